@@ -1,0 +1,408 @@
+//! Finding, verifying and loading plugin libraries.
+//!
+//! Every file in the plugins directory with the platform's library extension
+//! is tried in name order; each gets an outcome (loaded, or rejected with a
+//! reason a person can act on) and one bad file never keeps the others from
+//! loading. Libraries are loaded one by one through their abi_stable header
+//! (`lib_header_from_path` + `init_root_module`) and are never unloaded.
+
+pub mod sample;
+
+use crate::registry::{RegisteredTag, TagRegistry};
+use abi_stable::library::{lib_header_from_path, LibraryError};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tag_plugin_api::abi::TagPluginRef;
+use tag_plugin_api::{TagInfo, API_VERSION};
+
+/// Why a file in the plugins directory was not loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The file can be changed by users other than its owner.
+    #[error("the file is writable by group or others (mode {mode:o}); plugins run as trusted native code: `chmod go-w` it")]
+    WritableFile {
+        /// The file's permission bits.
+        mode: u32,
+    },
+    /// The directory lets users other than its owner add or replace files.
+    #[error(
+        "the plugins directory is writable by group or others (mode {mode:o}); `chmod go-w` it"
+    )]
+    WritableDirectory {
+        /// The directory's permission bits.
+        mode: u32,
+    },
+    /// The file could not be read.
+    #[error("cannot read the file: {0}")]
+    Unreadable(String),
+    /// The file is not a shared library this platform can load.
+    #[error("not a loadable shared library: {0}")]
+    NotALibrary(String),
+    /// A shared library without the tag-plugin entry point.
+    #[error("not a tag plugin: the library exports no abi_stable root module (build it with tag_plugin_api::export_plugin!)")]
+    NotATagPlugin,
+    /// Built against a plugin-api version this host cannot use.
+    #[error("incompatible plugin-api version: the plugin was built against {found}, this server uses {expected}; rebuild the plugin against tag-plugin-api {expected}")]
+    IncompatibleApi {
+        /// The version the plugin declares.
+        found: String,
+        /// This host's version.
+        expected: String,
+    },
+    /// Same version, different layout (or another abi_stable interface).
+    #[error("ABI mismatch with tag-plugin-api {expected}; rebuild the plugin against this version: {detail}")]
+    AbiMismatch {
+        /// This host's version.
+        expected: String,
+        /// abi_stable's description of the difference.
+        detail: String,
+    },
+    /// The plugin's own start-up failed.
+    #[error("the plugin failed to start: {0}")]
+    StartFailed(String),
+    /// The plugin provides a tag id another file already provides.
+    #[error("duplicate tag id {tag_id}: already provided by {}", other.display())]
+    DuplicateTagId {
+        /// The tag id.
+        tag_id: u32,
+        /// The file that provided it first (this file is rejected whole).
+        other: PathBuf,
+    },
+}
+
+/// A file that loaded.
+#[derive(Debug, Clone)]
+pub struct LoadedPlugin {
+    /// The plugin crate's name.
+    pub name: String,
+    /// The plugin crate's version.
+    pub version: String,
+    /// The plugin-api version it was built against.
+    pub api_version: String,
+    /// Its tags, by id.
+    pub tags: Vec<TagInfo>,
+}
+
+/// What became of one file.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Loaded, its tags registered.
+    Loaded(LoadedPlugin),
+    /// Not loaded.
+    Rejected(Rejection),
+}
+
+/// One file of the plugins directory.
+#[derive(Debug, Clone)]
+pub struct PluginFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Hex SHA-256 of its bytes (empty if unreadable).
+    pub sha256: String,
+    /// Loaded or rejected.
+    pub outcome: Outcome,
+}
+
+/// Every file found in one scan, in name order.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// The files.
+    pub files: Vec<PluginFile>,
+}
+
+impl LoadReport {
+    /// The files that were rejected.
+    pub fn rejected(&self) -> impl Iterator<Item = (&PluginFile, &Rejection)> {
+        self.files.iter().filter_map(|f| match &f.outcome {
+            Outcome::Rejected(r) => Some((f, r)),
+            Outcome::Loaded(_) => None,
+        })
+    }
+
+    /// The files that loaded.
+    pub fn loaded(&self) -> impl Iterator<Item = (&PluginFile, &LoadedPlugin)> {
+        self.files.iter().filter_map(|f| match &f.outcome {
+            Outcome::Loaded(p) => Some((f, p)),
+            Outcome::Rejected(_) => None,
+        })
+    }
+}
+
+/// The plugins directory itself could not be listed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read plugins directory {}: {source}", dir.display())]
+pub struct ScanError {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The I/O error.
+    pub source: std::io::Error,
+}
+
+/// A library's tasks, before they are checked against other files.
+struct Candidate {
+    name: String,
+    version: String,
+    api_version: String,
+    tags: Vec<RegisteredTag>,
+}
+
+fn is_library(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e == std::env::consts::DLL_EXTENSION)
+        && !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+fn group_or_other_writable(path: &Path) -> std::io::Result<Option<u32>> {
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    Ok((mode & 0o022 != 0).then_some(mode))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn classify(error: LibraryError) -> Rejection {
+    match error {
+        LibraryError::OpenError { err, .. } => Rejection::NotALibrary(err.to_string()),
+        LibraryError::GetSymbolError { .. } => Rejection::NotATagPlugin,
+        LibraryError::IncompatibleVersionNumber {
+            actual_version,
+            expected_version,
+            ..
+        } => Rejection::IncompatibleApi {
+            found: actual_version.to_string(),
+            expected: expected_version.to_string(),
+        },
+        LibraryError::ParseVersionError(e) => Rejection::IncompatibleApi {
+            found: format!("an unreadable version ({e})"),
+            expected: API_VERSION.to_string(),
+        },
+        LibraryError::RootModule { err, .. } => Rejection::StartFailed(err.to_string()),
+        other => Rejection::AbiMismatch {
+            expected: API_VERSION.to_string(),
+            detail: summarize(&other.to_string()),
+        },
+    }
+}
+
+/// abi_stable's layout reports run to pages; keep the verdict at their end
+/// ("Error:mismatched type Expected: X Found: Y") on one line.
+fn summarize(report: &str) -> String {
+    let verdict = report.rfind("Error:").map_or(report, |at| &report[at..]);
+    let line = verdict.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+}
+
+/// Opens one library and collects its tasks; checks nothing across files.
+fn open_library(path: &Path) -> Result<Candidate, Rejection> {
+    let header = lib_header_from_path(path).map_err(classify)?;
+    let api_version = header.version_strings().version.to_string();
+    let module = header
+        .init_root_module::<TagPluginRef>()
+        .map_err(classify)?;
+    let tasks = (module.tasks())()
+        .into_result()
+        .map_err(|e| Rejection::StartFailed(e.to_string()))?;
+    let tags = tasks
+        .into_iter()
+        .map(|task| RegisteredTag::new(task, path.to_path_buf()))
+        .collect::<Vec<_>>();
+    Ok(Candidate {
+        name: module.name().to_string(),
+        version: module.version().to_string(),
+        api_version,
+        tags,
+    })
+}
+
+/// Verifies and opens one file, given the tags registered so far.
+fn load_file(
+    path: &Path,
+    dir_mode: Option<u32>,
+    taken: &BTreeMap<u32, Arc<RegisteredTag>>,
+) -> (String, Result<Candidate, Rejection>) {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => return (String::new(), Err(Rejection::Unreadable(e.to_string()))),
+    };
+    let sha256 = sha256_hex(&bytes);
+    drop(bytes);
+    if let Some(mode) = dir_mode {
+        return (sha256, Err(Rejection::WritableDirectory { mode }));
+    }
+    match group_or_other_writable(path) {
+        Ok(Some(mode)) => return (sha256, Err(Rejection::WritableFile { mode })),
+        Err(e) => return (sha256, Err(Rejection::Unreadable(e.to_string()))),
+        Ok(None) => {}
+    }
+    let result = open_library(path).and_then(|candidate| {
+        let mut seen = BTreeMap::new();
+        for tag in &candidate.tags {
+            let id = tag.info.tag_id;
+            if let Some(other) = taken.get(&id) {
+                return Err(Rejection::DuplicateTagId {
+                    tag_id: id,
+                    other: other.source.clone(),
+                });
+            }
+            if seen.insert(id, ()).is_some() {
+                return Err(Rejection::DuplicateTagId {
+                    tag_id: id,
+                    other: path.to_path_buf(),
+                });
+            }
+        }
+        Ok(candidate)
+    });
+    (sha256, result)
+}
+
+/// Loads every plugin library in `dir` into a fresh registry.
+pub fn load_dir(dir: &Path) -> Result<(TagRegistry, LoadReport), ScanError> {
+    let scan_error = |source| ScanError {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut paths = std::fs::read_dir(dir)
+        .map_err(scan_error)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| is_library(p) && p.is_file())
+        .collect::<Vec<_>>();
+    paths.sort();
+    let dir_mode = group_or_other_writable(dir).map_err(scan_error)?;
+    let mut tags = BTreeMap::new();
+    let mut report = LoadReport::default();
+    for path in paths {
+        let (sha256, result) = load_file(&path, dir_mode, &tags);
+        let outcome = match result {
+            Ok(candidate) => {
+                let infos = candidate.tags.iter().map(|t| t.info.clone()).collect();
+                for tag in candidate.tags {
+                    tags.insert(tag.info.tag_id, Arc::new(tag));
+                }
+                Outcome::Loaded(LoadedPlugin {
+                    name: candidate.name,
+                    version: candidate.version,
+                    api_version: candidate.api_version,
+                    tags: infos,
+                })
+            }
+            Err(rejection) => Outcome::Rejected(rejection),
+        };
+        report.files.push(PluginFile {
+            path,
+            sha256,
+            outcome,
+        });
+    }
+    Ok((TagRegistry::new(tags), report))
+}
+
+/// Loads a single library file (as `tag-server plugins check` does), with
+/// the same checks as a directory scan.
+pub fn load_file_alone(path: &Path) -> (TagRegistry, PluginFile) {
+    let dir_mode = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .and_then(|p| group_or_other_writable(p).ok().flatten());
+    let (sha256, result) = load_file(path, dir_mode, &BTreeMap::new());
+    let (registry, outcome) = match result {
+        Ok(candidate) => {
+            let infos = candidate.tags.iter().map(|t| t.info.clone()).collect();
+            let tags = candidate
+                .tags
+                .into_iter()
+                .map(|t| (t.info.tag_id, Arc::new(t)))
+                .collect();
+            let loaded = LoadedPlugin {
+                name: candidate.name,
+                version: candidate.version,
+                api_version: candidate.api_version,
+                tags: infos,
+            };
+            (TagRegistry::new(tags), Outcome::Loaded(loaded))
+        }
+        Err(rejection) => (TagRegistry::default(), Outcome::Rejected(rejection)),
+    };
+    (
+        registry,
+        PluginFile {
+            path: path.to_path_buf(),
+            sha256,
+            outcome,
+        },
+    )
+}
+
+impl fmt::Display for LoadReport {
+    /// The `tag-server plugins` listing: the tag table, then every file.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rows: Vec<(&TagInfo, &Path)> = self
+            .loaded()
+            .flat_map(|(file, p)| p.tags.iter().map(move |t| (t, file.path.as_path())))
+            .collect();
+        rows.sort_by_key(|(t, _)| t.tag_id);
+        writeln!(
+            f,
+            "{} tags from {} files",
+            rows.len(),
+            self.loaded().count()
+        )?;
+        writeln!(
+            f,
+            "{:<6} {:<24} {:<10} {:<10} {:<8} FILE",
+            "TAG", "CLASS", "NAME", "CATEGORY", "VERSION"
+        )?;
+        for (tag, path) in rows {
+            let file = path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            writeln!(
+                f,
+                "{:<6} {:<24} {} {} {:<8} {file}",
+                tag.tag_id,
+                tag.task_class,
+                pad(&tag.description, 10),
+                pad(&tag.category, 10),
+                tag.version
+            )?;
+        }
+        for (file, plugin) in self.loaded() {
+            writeln!(
+                f,
+                "loaded   {} ({} {}, plugin-api {}, sha256 {})",
+                file.path.display(),
+                plugin.name,
+                plugin.version,
+                plugin.api_version,
+                file.sha256
+            )?;
+        }
+        for (file, rejection) in self.rejected() {
+            writeln!(f, "REJECTED {}: {rejection}", file.path.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// Pads to a display width, counting CJK characters as two columns.
+fn pad(text: &str, width: usize) -> String {
+    let used: usize = text
+        .chars()
+        .map(|c| if (c as u32) >= 0x1100 { 2 } else { 1 })
+        .sum();
+    format!("{text}{}", " ".repeat(width.saturating_sub(used)))
+}

@@ -1,0 +1,321 @@
+//! What a plugin author implements ([`Tag`]) and how it is exported
+//! ([`crate::export_plugin!`]): the adapter that turns a `Tag` into the FFI
+//! [`TagTask`] and guards every call with `catch_unwind`.
+
+use crate::abi::{
+    ColumnType, FfiBatch, FfiInput, FfiMask, FfiTagInfo, PluginError, PluginErrorKind, TagPlugin,
+    TagPluginRef, TagTask, TagTaskBox, TagTask_TO,
+};
+use crate::batch::{Batch, BatchError};
+use crate::date::Date;
+use crate::mask::Mask;
+use crate::rule::{EvalError, Rule, RuleError, Schema};
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RStr, RString, RVec};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// One column a tag reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// Source table.
+    pub table: String,
+    /// Column of that table.
+    pub column: String,
+    /// Type the tag expects.
+    pub column_type: ColumnType,
+}
+
+/// A tag's metadata. Build it with [`TagInfo::new`] and the chained setters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagInfo {
+    /// Public, unique tag id.
+    pub tag_id: u32,
+    /// Class name, e.g. `HighNetWorthUserTask`.
+    pub task_class: String,
+    /// Description, e.g. `高净值用户`.
+    pub description: String,
+    /// Category, e.g. `财富类`.
+    pub category: String,
+    /// The tag's version (defaults to the plugin crate's version).
+    pub version: String,
+    /// Columns read.
+    pub inputs: Vec<Input>,
+    /// Default rule, rule-language JSON.
+    pub default_rule: String,
+}
+
+impl TagInfo {
+    /// Metadata with no inputs and no rule yet.
+    pub fn new(tag_id: u32, task_class: &str, description: &str, category: &str) -> TagInfo {
+        TagInfo {
+            tag_id,
+            task_class: task_class.into(),
+            description: description.into(),
+            category: category.into(),
+            version: "1".into(),
+            inputs: Vec::new(),
+            default_rule: String::new(),
+        }
+    }
+
+    /// Declares that the tag reads `table.column` as `column_type`.
+    pub fn input(mut self, table: &str, column: &str, column_type: ColumnType) -> TagInfo {
+        self.inputs.push(Input {
+            table: table.into(),
+            column: column.into(),
+            column_type,
+        });
+        self
+    }
+
+    /// Sets the default rule (rule-language JSON).
+    pub fn default_rule(mut self, rule: &str) -> TagInfo {
+        self.default_rule = rule.into();
+        self
+    }
+
+    /// Sets the tag's version.
+    pub fn version(mut self, version: &str) -> TagInfo {
+        self.version = version.into();
+        self
+    }
+
+    /// The columns as a rule schema (column names are unique across tables
+    /// in a tag's inputs: the engine joins tables on `user_id`).
+    pub fn schema(&self) -> Schema {
+        Schema::new(
+            self.inputs
+                .iter()
+                .map(|i| (i.column.clone(), i.column_type)),
+        )
+    }
+
+    /// Reads metadata from its FFI form.
+    pub fn from_ffi(info: &FfiTagInfo) -> TagInfo {
+        TagInfo {
+            tag_id: info.tag_id,
+            task_class: info.task_class.to_string(),
+            description: info.description.to_string(),
+            category: info.category.to_string(),
+            version: info.version.to_string(),
+            inputs: info
+                .inputs
+                .iter()
+                .map(|i| Input {
+                    table: i.table.to_string(),
+                    column: i.column.to_string(),
+                    column_type: i.column_type,
+                })
+                .collect(),
+            default_rule: info.default_rule.to_string(),
+        }
+    }
+
+    fn to_ffi(&self) -> FfiTagInfo {
+        FfiTagInfo {
+            tag_id: self.tag_id,
+            task_class: self.task_class.as_str().into(),
+            description: self.description.as_str().into(),
+            category: self.category.as_str().into(),
+            version: self.version.as_str().into(),
+            inputs: self
+                .inputs
+                .iter()
+                .map(|i| FfiInput {
+                    table: i.table.as_str().into(),
+                    column: i.column.as_str().into(),
+                    column_type: i.column_type,
+                })
+                .collect(),
+            default_rule: self.default_rule.as_str().into(),
+        }
+    }
+
+    /// Checks the metadata a host relies on: a rule that fits the inputs and
+    /// no column declared twice.
+    pub fn check(&self) -> Result<(), String> {
+        for (i, a) in self.inputs.iter().enumerate() {
+            if self.inputs[..i].iter().any(|b| b.column == a.column) {
+                return Err(format!(
+                    "tag {}: column \"{}\" is declared twice",
+                    self.tag_id, a.column
+                ));
+            }
+        }
+        Rule::parse(&self.default_rule)
+            .and_then(|r| r.validate(&self.schema()))
+            .map_err(|e| format!("tag {}: default {e}", self.tag_id))
+    }
+}
+
+/// Why a tag could not produce a mask.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TagError {
+    /// The rule is invalid for this tag or batch.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// The batch lacks what the tag needs.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    /// The tag's own logic failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<EvalError> for TagError {
+    fn from(e: EvalError) -> TagError {
+        match e {
+            EvalError::Rule(r) => TagError::Rule(r),
+            EvalError::Batch(b) => TagError::Batch(b),
+        }
+    }
+}
+
+impl From<TagError> for PluginError {
+    fn from(e: TagError) -> PluginError {
+        let kind = match e {
+            TagError::Rule(_) => PluginErrorKind::InvalidRule,
+            TagError::Batch(_) => PluginErrorKind::InvalidBatch,
+            TagError::Failed(_) => PluginErrorKind::Evaluation,
+        };
+        PluginError {
+            kind,
+            message: e.to_string().into(),
+        }
+    }
+}
+
+/// A tag, as a plugin author writes it. Most tags only describe themselves:
+/// the default [`Tag::evaluate`] applies the (stored) rule.
+pub trait Tag: Send + Sync + 'static {
+    /// The tag's metadata; called once when the plugin is loaded.
+    fn info(&self) -> TagInfo;
+
+    /// Which rows of `batch` get the tag under `rule` on reference date
+    /// `as_of`. Override for logic the rule language cannot express; the
+    /// result must cover every row of the batch.
+    fn evaluate(&self, batch: &Batch<'_>, rule: &Rule, as_of: Date) -> Result<Mask, TagError> {
+        Ok(rule.evaluate(batch, as_of)?)
+    }
+}
+
+/// Runs `f`, turning a panic into a [`PluginError`] so it never unwinds
+/// across the FFI boundary (which would abort the host).
+pub fn guard<T>(f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result.into(),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_string());
+            RResult::RErr(PluginError {
+                kind: PluginErrorKind::Panic,
+                message: message.into(),
+            })
+        }
+    }
+}
+
+/// A [`Tag`] behind the FFI trait, with its metadata computed once.
+struct Exported {
+    tag: Box<dyn Tag>,
+    info: FfiTagInfo,
+    schema: Schema,
+}
+
+impl Exported {
+    fn parse_rule(&self, rule: RStr<'_>) -> Result<Rule, PluginError> {
+        let rule = Rule::parse(rule.as_str()).map_err(TagError::from)?;
+        rule.validate(&self.schema).map_err(TagError::from)?;
+        Ok(rule)
+    }
+}
+
+impl TagTask for Exported {
+    fn info(&self) -> FfiTagInfo {
+        self.info.clone()
+    }
+
+    fn validate_rule(&self, rule: RStr<'_>) -> RResult<(), PluginError> {
+        guard(|| self.parse_rule(rule).map(|_| ()))
+    }
+
+    fn evaluate(
+        &self,
+        batch: FfiBatch<'_>,
+        rule: RStr<'_>,
+        as_of: i32,
+    ) -> RResult<FfiMask, PluginError> {
+        guard(|| {
+            let rule = self.parse_rule(rule)?;
+            let batch = Batch::new(batch).map_err(TagError::from)?;
+            let mask = self.tag.evaluate(&batch, &rule, Date(as_of))?;
+            Ok(mask.into_ffi())
+        })
+    }
+}
+
+/// Wraps tags for export; the body of the plugin's `tasks` entry point.
+/// Each tag's metadata is checked here so a broken plugin fails to load with
+/// a reason instead of failing every task later.
+pub fn export_tasks(
+    make: impl FnOnce() -> Vec<Box<dyn Tag>>,
+) -> RResult<RVec<TagTaskBox>, PluginError> {
+    guard(|| {
+        make()
+            .into_iter()
+            .map(|tag| {
+                let info = tag.info();
+                info.check().map_err(|message| PluginError {
+                    kind: PluginErrorKind::InvalidRule,
+                    message: message.into(),
+                })?;
+                let exported = Exported {
+                    schema: info.schema(),
+                    info: info.to_ffi(),
+                    tag,
+                };
+                Ok(TagTask_TO::from_value(exported, TD_Opaque))
+            })
+            .collect()
+    })
+}
+
+/// Builds the root module a plugin exports (used by [`crate::export_plugin!`]).
+pub fn root_module(
+    name: &'static str,
+    version: &'static str,
+    tasks: extern "C" fn() -> RResult<RVec<TagTaskBox>, PluginError>,
+) -> TagPluginRef {
+    TagPlugin {
+        name: RStr::from_str(name),
+        version: RStr::from_str(version),
+        tasks,
+    }
+    .leak_into_prefix()
+}
+
+/// Calls a tag the way the host does (through the FFI adapter, rule as
+/// JSON), for plugin unit tests and `tag-server plugins check`.
+pub fn evaluate_via_ffi(
+    tag: Box<dyn Tag>,
+    batch: FfiBatch<'_>,
+    rule: &str,
+    as_of: Date,
+) -> Result<Mask, PluginError> {
+    let tasks = export_tasks(|| vec![tag]).into_result()?;
+    let task = tasks.into_iter().next().ok_or_else(|| PluginError {
+        kind: PluginErrorKind::Evaluation,
+        message: RString::from("no task exported"),
+    })?;
+    let mask = task
+        .evaluate(batch, RStr::from_str(rule), as_of.days())
+        .into_result()?;
+    Mask::from_ffi(mask).ok_or_else(|| PluginError {
+        kind: PluginErrorKind::Evaluation,
+        message: "mask words do not match its length".into(),
+    })
+}
