@@ -5,7 +5,7 @@
 //! elements (rows) per second.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use tag_plugin_api::abi::{FfiBatch, TagTask};
+use tag_plugin_api::abi::FfiBatch;
 use tag_plugin_api::abi_stable::std_types::{RSlice, RStr};
 use tag_plugin_api::owned::OwnedBatch;
 use tag_plugin_api::{tag::export_tasks, Batch, ColumnType, Date, Rule, Schema, Tag, TagInfo};
@@ -30,7 +30,7 @@ fn data() -> OwnedBatch {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            (x % 100 != 0).then(|| (x % 400_000) as f64)
+            (x % 100 != 0).then_some((x % 400_000) as f64)
         })
         .collect();
     OwnedBatch::new().float64("total_asset_value", &values)

@@ -76,6 +76,8 @@
 //! `tag-server plugins check <file>`. `plugins/README.md` walks through it.
 
 #![warn(missing_docs)]
+// The crate example shows a plugin's unit tests as a data team writes them.
+#![allow(clippy::test_attr_in_doctest)]
 
 pub mod abi;
 pub mod batch;
