@@ -1,77 +1,21 @@
-//! The `tag-server` command line.
+//! The one-shot commands: `plugins`, `plugins check`, `gen-data`, `run`.
 
+use crate::config::{Config, GenDataArgs, PluginsAction, PluginsArgs, RunArgs};
+use crate::data::gen::{gen_data_with, GenOptions};
+use crate::model::{now_timestamp, Priority, TaskRecord, TaskSpec, TaskStatus};
 use crate::plugins::{self, sample::sample_batch, Outcome};
-use clap::{Parser, Subcommand};
+use crate::scheduler::{RunError, TaskControl, TaskRunner};
+use crate::server::Core;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use tag_plugin_api::{Date, Rule};
 
-/// tag-server: computes user tags with plugins.
-#[derive(Debug, Parser)]
-#[command(name = "tag-server", version)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// The subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// List the plugins found in the plugins directory and why any were
-    /// rejected; exits non-zero if any file was rejected.
-    Plugins(PluginsArgs),
-}
-
-/// `tag-server plugins`.
-#[derive(Debug, clap::Args)]
-pub struct PluginsArgs {
-    /// Directory of plugin libraries [default: the directory of the
-    /// tag-server executable, where cargo puts the plugins it builds].
-    #[arg(long, env = "TAG_PLUGINS_DIR", global = true)]
-    pub plugins_dir: Option<PathBuf>,
-    /// `check FILE`: load one library and run each of its tags on a sample batch.
-    #[command(subcommand)]
-    pub action: Option<PluginsAction>,
-}
-
-/// Subcommands of `tag-server plugins`.
-#[derive(Debug, Subcommand)]
-pub enum PluginsAction {
-    /// Load one plugin library and evaluate each of its tags' default rules
-    /// on a built-in sample batch, to verify a plugin before shipping it.
-    Check {
-        /// The library file (.so).
-        file: PathBuf,
-        /// Reference date for date rules (YYYY-MM-DD) [default: today, UTC].
-        #[arg(long, value_parser = parse_date)]
-        as_of: Option<Date>,
-    },
-}
-
-/// Parses a `YYYY-MM-DD` argument.
-pub fn parse_date(text: &str) -> Result<Date, String> {
-    Date::parse(text).ok_or_else(|| format!("\"{text}\" is not a YYYY-MM-DD date"))
-}
-
-/// The plugins directory used when none is given: next to the executable.
-pub fn default_plugins_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// Runs the command line; what `main` returns.
-pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Plugins(args) => match args.action {
-            None => list_plugins(&args.plugins_dir.unwrap_or_else(default_plugins_dir), out),
-            Some(PluginsAction::Check { file, as_of }) => {
-                check_plugin(&file, as_of.unwrap_or_else(Date::today_utc), out)
-            }
-        },
+/// `tag-server plugins [check FILE]`.
+pub fn plugins_command(config: &Config, args: PluginsArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    match args.action {
+        None => list_plugins(&config.plugins_dir(), out),
+        Some(PluginsAction::Check { file, as_of }) => check_plugin(&file, as_of.unwrap_or_else(Date::today_utc), out),
     }
 }
 
@@ -79,11 +23,7 @@ fn list_plugins(dir: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let (_, report) = plugins::load_dir(dir)?;
     writeln!(out, "plugins directory: {}", dir.display())?;
     write!(out, "{report}")?;
-    Ok(if report.rejected().next().is_some() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if report.rejected().next().is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn check_plugin(file: &Path, as_of: Date, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
@@ -97,44 +37,101 @@ fn check_plugin(file: &Path, as_of: Date, out: &mut dyn Write) -> anyhow::Result
         }
         Outcome::Loaded(plugin) => plugin,
     };
-    writeln!(
-        out,
-        "plugin:  {} {} (plugin-api {})",
-        plugin.name, plugin.version, plugin.api_version
-    )?;
+    writeln!(out, "plugin:  {} {} (plugin-api {})", plugin.name, plugin.version, plugin.api_version)?;
     writeln!(out, "as_of:   {as_of}")?;
     let mut failed = false;
     for tag in registry.iter() {
         let info = &tag.info;
-        let label = format!(
-            "tag {} {} ({})",
-            info.tag_id, info.task_class, info.description
-        );
-        let checked = tag
-            .validate_rule(&info.default_rule)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                let rule = Rule::parse(&info.default_rule).map_err(|e| e.to_string())?;
-                let batch = sample_batch(info, &rule, as_of);
-                let mask = batch
-                    .with_ffi(|ffi| tag.evaluate(ffi, &info.default_rule, as_of))
-                    .map_err(|e| e.to_string())?;
-                Ok((batch.num_rows(), mask.count_ones()))
-            });
+        let label = format!("tag {} {} ({})", info.tag_id, info.task_class, info.description);
+        let checked = tag.validate_rule(&info.default_rule).map_err(|e| e.to_string()).and_then(|()| {
+            let rule = Rule::parse(&info.default_rule).map_err(|e| e.to_string())?;
+            let batch = sample_batch(info, &rule, as_of);
+            let mask = batch.with_ffi(|ffi| tag.evaluate(ffi, &info.default_rule, as_of)).map_err(|e| e.to_string())?;
+            Ok((batch.num_rows(), mask.count_ones()))
+        });
         match checked {
-            Ok((rows, matched)) => writeln!(
-                out,
-                "ok      {label}: default rule on {rows} sample rows, {matched} matched"
-            )?,
+            Ok((rows, matched)) => writeln!(out, "ok      {label}: default rule on {rows} sample rows, {matched} matched")?,
             Err(reason) => {
                 failed = true;
                 writeln!(out, "FAILED  {label}: {reason}")?;
             }
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// `tag-server gen-data`.
+pub fn gen_data_command(config: &Config, args: GenDataArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let dir = args.out.unwrap_or_else(|| config.data_dir.clone());
+    let options = GenOptions {
+        users: args.users,
+        seed: args.seed,
+        reference_date: args.reference_date.unwrap_or_else(Date::today_utc).days(),
+        ..GenOptions::default()
+    };
+    let summary = gen_data_with(&dir, &options)?;
+    writeln!(
+        out,
+        "wrote {} users to {} in {:.2} s (reference date {}): {}",
+        args.users,
+        dir.display(),
+        summary.elapsed.as_secs_f64(),
+        Date(summary.reference_date),
+        summary.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tag-server run`: one task through the server's engine and store; the
+/// task is recorded like a triggered one.
+pub fn run_command(config: &Config, args: RunArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let core = Core::open(config)?;
+    let mut tag_ids = args.tag_ids.clone();
+    tag_ids.sort_unstable();
+    tag_ids.dedup();
+    let registry = core.registry.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let unknown: Vec<u32> = tag_ids.iter().copied().filter(|id| registry.get(*id).is_none()).collect();
+    if !unknown.is_empty() {
+        anyhow::bail!("Invalid tag_ids: {unknown:?} (available: {:?})", registry.ids());
+    }
+    let mut task = TaskRecord {
+        task_id: uuid::Uuid::new_v4().to_string(),
+        spec: TaskSpec {
+            tag_ids,
+            user_ids: args.user_ids,
+            mode: args.mode,
+            priority: Priority::Normal,
+            as_of: args.as_of.map(|d| d.to_string()),
+        },
+        environment: config.env.as_str().to_string(),
+        status: TaskStatus::Running,
+        submitted_at: now_timestamp(),
+        started_at: Some(now_timestamp()),
+        completed_at: None,
+        result: None,
+        error: None,
+    };
+    core.store.insert_task(&task, None)?;
+    let outcome = core.engine.run(&task, &TaskControl::default());
+    task.completed_at = Some(now_timestamp());
+    let code = match outcome {
+        Ok(result) => {
+            task.status = TaskStatus::Completed;
+            task.result = Some(result);
+            ExitCode::SUCCESS
+        }
+        Err(RunError::Failed(reason)) => {
+            task.status = TaskStatus::Failed;
+            task.error = Some(reason);
+            ExitCode::FAILURE
+        }
+        Err(RunError::Stopped(_)) => {
+            task.status = TaskStatus::Cancelled;
+            task.error = Some("stopped".into());
+            ExitCode::FAILURE
+        }
+    };
+    core.store.update_task(&task)?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&task)?)?;
+    Ok(code)
 }

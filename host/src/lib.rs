@@ -1,14 +1,29 @@
 //! # tag-host
 //!
-//! The `tag-server` binary's library: it loads tag plugins, and (as the
-//! engine grows) computes user tags over parquet data and serves the HTTP API.
+//! The `tag-server` binary's library: it loads tag plugins, computes user
+//! tags over parquet data with polars, stores results, and serves the API.
 //!
 //! ## Layout
+//! - [`config`]: the command line (clap), every flag documented.
 //! - [`plugins`]: scan a directory, verify and load each library, report
 //!   every file's outcome; the sample batch of `plugins check`.
 //! - [`registry`]: the loaded tags, and checked calls into their plugins.
-//! - [`cli`]: the command line.
+//! - [`data`]: polars I/O: sample data, projected batched reads with type
+//!   coercion, zero-copy FFI batches.
+//! - [`engine`]: one task end to end: read, join, evaluate, diff, write.
+//! - [`scheduler`]: bounded priority queue and worker threads.
+//! - [`store`]: tasks, rules and `user_tags` (SQLite by default).
+//! - [`http`]: the API, one router per resource.
+//! - [`server`]: start-up and shutdown; [`cli`]: the one-shot commands.
 
 pub mod cli;
+pub mod config;
+pub mod data;
+pub mod engine;
+pub mod http;
+pub mod model;
 pub mod plugins;
 pub mod registry;
+pub mod scheduler;
+pub mod server;
+pub mod store;

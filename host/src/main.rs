@@ -2,10 +2,63 @@
 
 use clap::Parser;
 use std::process::ExitCode;
+use tag_host::config::{Cli, Command, Config};
+use tracing_subscriber::fmt::writer::MakeWriterExt;
+
+fn init_logging(config: &Config, to_file: bool) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log_filter()));
+    if to_file {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&config.log_file)?;
+        let file = std::sync::Mutex::new(file);
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout.and(file)).with_ansi(false).init();
+    } else {
+        // One-shot commands keep stdout for their output.
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    tag_host::server::prepare_local_data(&config)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let addr = format!("{}:{}", config.host, config.port);
+        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        tag_host::server::run(config, listener, shutdown_signal()).await
+    })
+}
 
 fn main() -> ExitCode {
-    let cli = tag_host::cli::Cli::parse();
-    match tag_host::cli::run(cli, &mut std::io::stdout()) {
+    let cli = Cli::parse();
+    let serving = cli.command.is_none();
+    if let Err(e) = init_logging(&cli.config, serving) {
+        eprintln!("error: cannot open log file {}: {e}", cli.config.log_file.display());
+        return ExitCode::FAILURE;
+    }
+    let mut stdout = std::io::stdout();
+    let outcome = match cli.command {
+        None => serve(cli.config).map(|()| ExitCode::SUCCESS),
+        Some(Command::Plugins(args)) => tag_host::cli::plugins_command(&cli.config, args, &mut stdout),
+        Some(Command::GenData(args)) => tag_host::cli::gen_data_command(&cli.config, args, &mut stdout),
+        Some(Command::Run(args)) => tag_host::cli::run_command(&cli.config, args, &mut stdout),
+    };
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -107,3 +107,155 @@ pub fn reference_plugins_dir() -> tempfile::TempDir {
             .collect::<Vec<_>>(),
     )
 }
+
+/// A tag-server running in-process on 127.0.0.1:0 with its own runtime.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The SQLite file of its store.
+    pub db: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server over `data_dir` and `plugins_dir`, with extra CLI flags.
+    pub fn start(data_dir: &Path, plugins_dir: &Path, db: &Path, extra: &[&str]) -> TestServer {
+        let mut args = vec![
+            "tag-server".to_string(),
+            "--plugins-dir".into(),
+            plugins_dir.display().to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--store".into(),
+            format!("sqlite://{}", db.display()),
+            "--batch-rows".into(),
+            "1000".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let cli = <tag_host::config::Cli as clap::Parser>::try_parse_from(&args).expect("valid test flags");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener.set_nonblocking(true).expect("non-blocking listener");
+        let base = format!("http://{}", listener.local_addr().expect("local addr"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                tag_host::server::run(cli.config, listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        });
+        let server = TestServer { base, db: db.to_path_buf(), stop: Some(stop), thread: Some(thread) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while server.get("/health").is_err() {
+            assert!(std::time::Instant::now() < deadline, "server did not come up");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// GET a path; the status and the JSON body.
+    pub fn get(&self, path: &str) -> reqwest::Result<(u16, serde_json::Value)> {
+        let response = client().get(format!("{}{path}", self.base)).send()?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().unwrap_or(serde_json::Value::Null)))
+    }
+
+    /// POST a raw body; the status and the JSON body.
+    pub fn post_raw(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let response = client()
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().unwrap_or(serde_json::Value::Null))
+    }
+
+    /// POST JSON; the status and the JSON body.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.post_raw(path, &body.to_string())
+    }
+
+    /// Triggers a task and returns its id (asserting 202).
+    pub fn trigger(&self, body: serde_json::Value) -> String {
+        let (status, reply) = self.post("/api/v1/tags/trigger", &body);
+        assert_eq!(status, 202, "{reply}");
+        reply["task_id"].as_str().expect("task_id").to_string()
+    }
+
+    /// Waits for a task to reach a terminal status; returns its status object.
+    pub fn wait(&self, task_id: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            let (code, body) = self.get(&format!("/api/v1/tasks/{task_id}/status")).expect("status");
+            assert_eq!(code, 200, "{body}");
+            let status = body["status"].clone();
+            if ["completed", "failed", "cancelled"].contains(&status["status"].as_str().unwrap_or("")) {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "task {task_id} did not finish: {status}");
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+    }
+
+    /// Triggers and waits; asserts the task completed and returns its result.
+    pub fn run(&self, body: serde_json::Value) -> serde_json::Value {
+        let id = self.trigger(body);
+        let status = self.wait(&id);
+        assert_eq!(status["status"], "completed", "{status}");
+        status["result"].clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A blocking HTTP client with a generous timeout.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .expect("http client")
+}
+
+/// `user_tags` as `user_id -> tag_ids`, read straight from SQLite.
+pub fn user_tags(db: &Path) -> std::collections::BTreeMap<String, Vec<u32>> {
+    let conn = rusqlite::Connection::open(db).expect("open store");
+    let mut stmt = conn.prepare("SELECT user_id, tag_ids FROM user_tags").expect("query");
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .expect("rows")
+        .map(|r| {
+            let (user, ids) = r.expect("row");
+            (user, serde_json::from_str(&ids).expect("tag_ids is a JSON array"))
+        })
+        .collect();
+    rows
+}
+
+/// `user_tags` rows with their timestamps, for idempotency checks.
+pub fn user_tag_rows(db: &Path) -> Vec<(String, String, String, String, String)> {
+    let conn = rusqlite::Connection::open(db).expect("open store");
+    let mut stmt = conn
+        .prepare("SELECT user_id, tag_ids, tag_details, created_time, updated_time FROM user_tags ORDER BY user_id")
+        .expect("query");
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .expect("rows")
+        .map(|r| r.expect("row"))
+        .collect();
+    rows
+}

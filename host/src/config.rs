@@ -1,0 +1,214 @@
+//! The command line: one clap struct whose doc comments are `--help`.
+//!
+//! Server flags are global, so `tag-server run ...` and `tag-server
+//! gen-data ...` take the same `--env`, `--plugins-dir`, `--data-dir` and
+//! `--store` as the server.
+
+use crate::model::Mode;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use tag_plugin_api::Date;
+
+/// tag-server: computes user tags with plugins and serves the tag API.
+#[derive(Debug, Parser)]
+#[command(name = "tag-server", version)]
+pub struct Cli {
+    /// Run one of these instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server and engine settings.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// The deployment environment (reported by the API; `local` also creates
+/// sample data when the data directory has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    /// A developer machine.
+    Local,
+    /// The shared development environment.
+    #[value(name = "glue-dev")]
+    GlueDev,
+    /// Production.
+    #[value(name = "glue-prod")]
+    GlueProd,
+}
+
+impl Environment {
+    /// The name used in API responses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Local => "local",
+            Environment::GlueDev => "glue-dev",
+            Environment::GlueProd => "glue-prod",
+        }
+    }
+}
+
+/// Log verbosity, spelled as the original system spelled it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum LogLevel {
+    /// Everything.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Problems only.
+    Warning,
+    /// Errors only.
+    Error,
+}
+
+/// Settings shared by the server and the one-shot commands.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Deployment environment.
+    #[arg(long, value_enum, default_value = "local", global = true)]
+    pub env: Environment,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0", global = true)]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 5000, global = true)]
+    pub port: u16,
+    /// Debug mode: DEBUG logging.
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Log level.
+    #[arg(long, value_enum, default_value = "INFO", global = true, ignore_case = true)]
+    pub log_level: LogLevel,
+    /// Log file (besides the console).
+    #[arg(long, default_value = "api_server.log", global = true)]
+    pub log_file: PathBuf,
+    /// Directory of plugin libraries [default: $TAG_PLUGINS_DIR, else the
+    /// directory of the tag-server executable, where cargo puts the plugins].
+    #[arg(long, env = "TAG_PLUGINS_DIR", global = true)]
+    pub plugins_dir: Option<PathBuf>,
+    /// Directory of the source tables (`<table>.parquet` or `<table>/*.parquet`).
+    #[arg(long, default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+    /// Store URL [default: sqlite://<data-dir>/tag_system.db].
+    #[arg(long, global = true)]
+    pub store: Option<String>,
+    /// Tasks computed at once.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64), global = true)]
+    pub max_concurrent_tasks: u16,
+    /// Tasks that may wait in the queue; a trigger beyond it gets 503.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub queue_capacity: u32,
+    /// Largest `user_ids` list a trigger may carry.
+    #[arg(long, default_value_t = 100_000, global = true)]
+    pub max_user_ids: usize,
+    /// Rows per batch handed to a plugin.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..), global = true)]
+    pub batch_rows: u32,
+}
+
+impl Config {
+    /// The plugins directory in effect.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.plugins_dir.clone().unwrap_or_else(default_plugins_dir)
+    }
+
+    /// The store URL in effect.
+    pub fn store_url(&self) -> String {
+        self.store.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("tag_system.db").display()))
+    }
+
+    /// The log filter in effect.
+    pub fn log_filter(&self) -> &'static str {
+        match (self.debug, self.log_level) {
+            (true, _) | (_, LogLevel::Debug) => "debug",
+            (_, LogLevel::Info) => "info",
+            (_, LogLevel::Warning) => "warn",
+            (_, LogLevel::Error) => "error",
+        }
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the plugins found in the plugins directory and why any were
+    /// rejected; exits non-zero if any file was rejected.
+    Plugins(PluginsArgs),
+    /// Write sample source tables (deterministic for a seed).
+    GenData(GenDataArgs),
+    /// Run one task with the server's engine and store, print its result as
+    /// JSON, exit non-zero on failure (for cron, Airflow and the like).
+    Run(RunArgs),
+}
+
+/// `tag-server plugins`.
+#[derive(Debug, Args)]
+pub struct PluginsArgs {
+    /// `check FILE`: load one library and run each of its tags on a sample batch.
+    #[command(subcommand)]
+    pub action: Option<PluginsAction>,
+}
+
+/// Subcommands of `tag-server plugins`.
+#[derive(Debug, Subcommand)]
+pub enum PluginsAction {
+    /// Load one plugin library and evaluate each of its tags' default rules
+    /// on a built-in sample batch, to verify a plugin before shipping it.
+    Check {
+        /// The library file (.so).
+        file: PathBuf,
+        /// Reference date for date rules (YYYY-MM-DD) [default: today, UTC].
+        #[arg(long, value_parser = parse_date)]
+        as_of: Option<Date>,
+    },
+}
+
+/// `tag-server gen-data`.
+#[derive(Debug, Args)]
+pub struct GenDataArgs {
+    /// Number of users.
+    #[arg(long, default_value_t = 100_000)]
+    pub users: usize,
+    /// Output directory [default: --data-dir].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Dates are generated relative to this day (YYYY-MM-DD) [default: today, UTC].
+    #[arg(long, value_parser = parse_date)]
+    pub reference_date: Option<Date>,
+}
+
+/// `tag-server run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Tags to compute, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub tag_ids: Vec<u32>,
+    /// Restrict to these users, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub user_ids: Option<Vec<String>>,
+    /// full or incremental.
+    #[arg(long, default_value = "full", value_parser = parse_mode)]
+    pub mode: Mode,
+    /// Reference date of the rules (YYYY-MM-DD) [default: today, UTC].
+    #[arg(long, value_parser = parse_date)]
+    pub as_of: Option<Date>,
+}
+
+/// Parses a `YYYY-MM-DD` argument.
+pub fn parse_date(text: &str) -> Result<Date, String> {
+    Date::parse(text).ok_or_else(|| format!("\"{text}\" is not a YYYY-MM-DD date"))
+}
+
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    text.parse()
+}
+
+/// The plugins directory used when none is given: next to the executable.
+pub fn default_plugins_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}

@@ -1,0 +1,529 @@
+//! One task end to end: read the declared columns of the source tables,
+//! de-duplicate and join them onto the user universe, evaluate each tag's
+//! current rule through its plugin batch by batch, then diff the per-user
+//! tag sets against the store and write the changes in one transaction.
+
+use crate::data::ffi::with_ffi_batch;
+use crate::data::read::{scan_table, ColumnRequest};
+use crate::data::DataError;
+use crate::model::{now_timestamp, Mode, TaskRecord};
+use crate::registry::{RegisteredTag, TagRegistry};
+use crate::scheduler::{RunError, Stop, TagProgress, TaskControl, TaskRunner};
+use crate::store::{CurrentTags, RunChanges, Store, StoredTags, TagState, UserTagRow};
+use polars::prelude::*;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+use tag_plugin_api::{ColumnType, Date, Mask, Rule};
+
+/// The table that defines the user universe.
+pub const UNIVERSE_TABLE: &str = "user_basic_info";
+const USER_ID: &str = "user_id";
+const UPDATED_TIME: &str = "updated_time";
+/// How many unknown `user_ids` a result lists.
+const UNKNOWN_SAMPLE: usize = 10;
+
+/// Computes tasks for the scheduler and the one-shot runner.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    registry: Arc<RwLock<TagRegistry>>,
+    data_dir: PathBuf,
+    batch_rows: usize,
+}
+
+/// A tag prepared for one run.
+struct TagRun {
+    tag: Arc<RegisteredTag>,
+    rule: String,
+    rule_version: i64,
+    /// Evaluate every row (full semantics) even in incremental mode.
+    whole_universe: bool,
+    watermark_us: Option<i64>,
+    mask: Vec<u64>,
+    scope: Option<Vec<u64>>,
+}
+
+/// One source table, aligned row for row with the universe.
+struct Aligned {
+    table: String,
+    frame: DataFrame,
+}
+
+fn failed(e: impl std::fmt::Display) -> RunError {
+    RunError::Failed(e.to_string())
+}
+
+fn stopped(stop: Stop) -> RunError {
+    RunError::Stopped(stop)
+}
+
+fn polars_failed(context: &str, e: PolarsError) -> RunError {
+    RunError::Failed(format!("{context}: {e}"))
+}
+
+fn bit(words: &[u64], i: usize) -> bool {
+    words[i / 64] >> (i % 64) & 1 == 1
+}
+
+impl Engine {
+    /// An engine over `data_dir`, using the tags of `registry` and `store`.
+    pub fn new(store: Arc<dyn Store>, registry: Arc<RwLock<TagRegistry>>, data_dir: PathBuf, batch_rows: usize) -> Engine {
+        Engine { store, registry, data_dir, batch_rows: batch_rows.max(64) }
+    }
+
+    /// The columns each table must provide for `tags` (plus `user_id` and
+    /// `updated_time`), universe first.
+    fn plan(tags: &[TagRun]) -> Result<Vec<(String, Vec<ColumnRequest>)>, RunError> {
+        let mut tables: BTreeMap<String, Vec<ColumnRequest>> = BTreeMap::new();
+        tables.entry(UNIVERSE_TABLE.to_string()).or_default();
+        for t in tags {
+            for input in &t.tag.info.inputs {
+                let columns = tables.entry(input.table.clone()).or_default();
+                match columns.iter().find(|c| c.name == input.column) {
+                    Some(c) if c.column_type != input.column_type => {
+                        return Err(RunError::Failed(format!(
+                            "tags disagree on the type of {}.{}: {} and {}",
+                            input.table, input.column, c.column_type, input.column_type
+                        )))
+                    }
+                    Some(_) => {}
+                    None => columns.push(ColumnRequest::new(input.column.clone(), input.column_type)),
+                }
+            }
+        }
+        let mut plan: Vec<_> = tables
+            .into_iter()
+            .map(|(table, mut columns)| {
+                columns.retain(|c| c.name != USER_ID && c.name != UPDATED_TIME);
+                columns.insert(0, ColumnRequest::new(USER_ID, ColumnType::Utf8));
+                columns.push(ColumnRequest::new(UPDATED_TIME, ColumnType::Timestamp));
+                (table, columns)
+            })
+            .collect();
+        plan.sort_by_key(|(table, _)| table != UNIVERSE_TABLE);
+        Ok(plan)
+    }
+
+    /// Reads a whole table's requested columns, keeping only `users` if given.
+    fn read_table(
+        &self,
+        table: &str,
+        columns: &[ColumnRequest],
+        users: Option<&HashSet<&str>>,
+        control: &TaskControl,
+    ) -> Result<DataFrame, RunError> {
+        let scan = scan_table(&self.data_dir, table, columns, self.batch_rows).map_err(failed)?;
+        let mut out: Option<DataFrame> = None;
+        for batch in scan {
+            control.checkpoint().map_err(stopped)?;
+            let mut batch = batch.map_err(failed)?;
+            if let Some(users) = users {
+                // The user filter is applied batch by batch as the scan goes,
+                // so a user_ids run never holds the whole table.
+                let ids = user_ids(&batch, table)?;
+                let keep: BooleanChunked = ids.iter().map(|id| Some(id.is_some_and(|id| users.contains(id)))).collect();
+                batch = batch.filter(&keep).map_err(|e| polars_failed(table, e))?;
+            }
+            match out.as_mut() {
+                None => out = Some(batch),
+                Some(acc) => {
+                    acc.vstack_mut(&batch).map_err(|e| polars_failed(table, e))?;
+                }
+            }
+        }
+        let mut frame = match out {
+            Some(frame) => frame,
+            None => DataFrame::empty_with_schema(
+                &columns.iter().map(|c| Field::new(c.name.as_str().into(), crate::data::read::polars_type(c.column_type))).collect(),
+            ),
+        };
+        frame.rechunk_mut();
+        Ok(frame)
+    }
+
+    fn prepare_tags(&self, task: &TaskRecord) -> Result<Vec<TagRun>, RunError> {
+        let registry = self.registry.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let states = self.store.tag_states().map_err(failed)?;
+        task.spec
+            .tag_ids
+            .iter()
+            .map(|&id| {
+                let tag = registry
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| RunError::Failed(format!("tag {id} is not provided by any loaded plugin")))?;
+                let stored = match self.store.current_rule(id).map_err(failed)? {
+                    Some(rule) => rule,
+                    None => self.store.seed_rule(id, &tag.info.default_rule).map_err(failed)?,
+                };
+                tag.validate_rule(&stored.rule)
+                    .map_err(|e| RunError::Failed(format!("stored rule version {} is invalid: {e}", stored.version)))?;
+                let state = states.get(&id);
+                let whole_universe = task.spec.mode == Mode::Full
+                    || state.is_none_or(|s| !s.had_full_run || s.rule_version != stored.version || s.watermark_us.is_none());
+                Ok(TagRun {
+                    tag,
+                    rule: stored.rule,
+                    rule_version: stored.version,
+                    whole_universe,
+                    watermark_us: state.and_then(|s| s.watermark_us),
+                    mask: Vec::new(),
+                    scope: None,
+                })
+            })
+            .collect()
+    }
+
+    fn run_task(&self, task: &TaskRecord, control: &TaskControl) -> Result<Value, RunError> {
+        let started = Instant::now();
+        let as_of = match &task.spec.as_of {
+            Some(text) => Date::parse(text).ok_or_else(|| RunError::Failed(format!("as_of {text:?} is not a date")))?,
+            None => Date::today_utc(),
+        };
+        let mut tags = self.prepare_tags(task)?;
+        let plan = Engine::plan(&tags)?;
+        control.set_progress(|p| {
+            p.stage = "reading".into();
+            p.tags = tags.iter().map(|t| TagProgress { tag_id: t.tag.info.tag_id, rows_done: 0 }).collect();
+        });
+
+        let requested: Option<HashSet<&str>> = task.spec.user_ids.as_ref().map(|ids| ids.iter().map(String::as_str).collect());
+        let mut duplicates = Map::new();
+        let mut aligned: Vec<Aligned> = Vec::new();
+        let mut universe_ids: Vec<String> = Vec::new();
+        for (table, columns) in &plan {
+            let frame = self.read_table(table, columns, requested.as_ref(), control)?;
+            let (frame, dropped) = dedupe(frame, table)?;
+            if dropped > 0 {
+                duplicates.insert(table.clone(), json!(dropped));
+            }
+            if table == UNIVERSE_TABLE {
+                universe_ids = user_ids(&frame, table)?.iter().map(|id| id.unwrap_or_default().to_string()).collect();
+                aligned.push(Aligned { table: table.clone(), frame });
+            } else {
+                let frame = align(&frame, table, &universe_ids)?;
+                aligned.push(Aligned { table: table.clone(), frame });
+            }
+        }
+        let rows = universe_ids.len();
+
+        // Incremental scope: rows whose source rows changed since the tag's watermark.
+        let mut newest: Option<i64> = None;
+        for a in &aligned {
+            newest = newest.max(max_updated(&a.frame, &a.table)?);
+        }
+        if task.spec.user_ids.is_none() && task.spec.mode == Mode::Incremental {
+            for t in tags.iter_mut().filter(|t| !t.whole_universe) {
+                t.scope = Some(changed_rows(&aligned, &t.tag, t.watermark_us.unwrap_or(i64::MIN), rows)?);
+            }
+        }
+
+        control.set_progress(|p| {
+            p.stage = "evaluating".into();
+            p.rows_total = rows * tags.len();
+        });
+        for t in tags.iter_mut() {
+            t.mask = vec![0; rows.div_ceil(64)];
+            let columns: Vec<Column> = t
+                .tag
+                .info
+                .inputs
+                .iter()
+                .map(|input| {
+                    let a = aligned.iter().find(|a| a.table == input.table).expect("every input table was read");
+                    a.frame.column(&input.column).cloned().map_err(|e| polars_failed(&input.table, e))
+                })
+                .collect::<Result<_, _>>()?;
+            let mut offset = 0;
+            while offset < rows {
+                control.checkpoint().map_err(stopped)?;
+                let len = self.batch_rows.min(rows - offset);
+                let batch = DataFrame::new(len, columns.iter().map(|c| c.slice(offset as i64, len)).collect())
+                    .map_err(|e| polars_failed("building a batch", e))?;
+                let mask = with_ffi_batch(&batch, |ffi| t.tag.evaluate(ffi, &t.rule, as_of))
+                    .map_err(|e: DataError| RunError::Failed(e.to_string()))?
+                    .map_err(failed)?;
+                merge_mask(&mut t.mask, offset, &mask);
+                offset += len;
+                let id = t.tag.info.tag_id;
+                control.set_progress(|p| {
+                    p.rows_done += len;
+                    if let Some(tp) = p.tags.iter_mut().find(|tp| tp.tag_id == id) {
+                        tp.rows_done += len;
+                    }
+                });
+            }
+        }
+
+        control.checkpoint().map_err(stopped)?;
+        control.set_progress(|p| p.stage = "writing".into());
+        let now = now_timestamp();
+        let mut counts: Vec<TagCounts> = tags.iter().map(|_| TagCounts::default()).collect();
+        let mut evaluated = 0usize;
+        let write_states = task.spec.user_ids.is_none();
+        let summary = self
+            .store
+            .write_run(&mut |current: &CurrentTags| {
+                counts.iter_mut().for_each(|c| *c = TagCounts::default());
+                let (changes, n) = diff(&universe_ids, &tags, current, &now, &mut counts);
+                evaluated = n;
+                let mut changes = changes;
+                if write_states {
+                    changes.tag_states = tags
+                        .iter()
+                        .map(|t| TagState {
+                            tag_id: t.tag.info.tag_id,
+                            rule_version: t.rule_version,
+                            watermark_us: newest.or(t.watermark_us),
+                            had_full_run: true,
+                        })
+                        .collect();
+                }
+                Ok(changes)
+            })
+            .map_err(|e| RunError::Failed(format!("writing results failed, nothing was written: {e}")))?;
+
+        let mut notes = Vec::new();
+        if task.spec.mode == Mode::Incremental {
+            let windowed: Vec<u32> = tags.iter().filter(|t| uses_date_window(&t.rule)).map(|t| t.tag.info.tag_id).collect();
+            if !windowed.is_empty() {
+                notes.push(format!(
+                    "tags {windowed:?} use date windows that move with as_of; an incremental run does not revoke tags that expired by date alone, a full run does"
+                ));
+            }
+        }
+        let mut result = json!({
+            "total_users": evaluated,
+            "message": format!("Successfully processed {evaluated} users"),
+            "mode": task.spec.mode,
+            "as_of": as_of.to_string(),
+            "universe_users": rows,
+            "tags": tags.iter().zip(&counts).map(|(t, c)| json!({
+                "tag_id": t.tag.info.tag_id,
+                "tag_name": t.tag.info.description,
+                "rule_version": t.rule_version,
+                "evaluated_users": c.evaluated,
+                "matched": c.matched,
+                "added": c.added,
+                "removed": c.removed,
+                "scope": if t.scope.is_some() { "changed users" } else { "all users" },
+            })).collect::<Vec<_>>(),
+            "rows_upserted": summary.rows_upserted,
+            "rows_deleted": summary.rows_deleted,
+            "duplicates_dropped": duplicates,
+            "notes": notes,
+            "duration_ms": started.elapsed().as_millis() as u64,
+        });
+        if let Some(requested) = &task.spec.user_ids {
+            let known: HashSet<&str> = universe_ids.iter().map(String::as_str).collect();
+            let unknown: Vec<&String> = requested.iter().filter(|id| !known.contains(id.as_str())).collect();
+            result["unknown_user_ids"] = json!({
+                "count": unknown.len(),
+                "sample": unknown.iter().take(UNKNOWN_SAMPLE).collect::<Vec<_>>(),
+            });
+        }
+        Ok(result)
+    }
+}
+
+impl TaskRunner for Engine {
+    fn run(&self, task: &TaskRecord, control: &TaskControl) -> Result<Value, RunError> {
+        self.run_task(task, control)
+    }
+}
+
+fn user_ids<'a>(frame: &'a DataFrame, table: &str) -> Result<&'a StringChunked, RunError> {
+    frame
+        .column(USER_ID)
+        .and_then(|c| c.as_materialized_series().str())
+        .map_err(|e| polars_failed(&format!("table {table}: column {USER_ID}"), e))
+}
+
+fn updated_times<'a>(frame: &'a DataFrame, table: &str) -> Result<&'a Int64Chunked, RunError> {
+    frame
+        .column(UPDATED_TIME)
+        .and_then(|c| c.as_materialized_series().datetime())
+        .map(|d| d.physical())
+        .map_err(|e| polars_failed(&format!("table {table}: column {UPDATED_TIME}"), e))
+}
+
+/// Keeps, per `user_id`, the row with the greatest `updated_time` (rows
+/// without a user id are dropped); returns how many rows were dropped.
+fn dedupe(frame: DataFrame, table: &str) -> Result<(DataFrame, usize), RunError> {
+    let ids = user_ids(&frame, table)?;
+    let times = updated_times(&frame, table)?;
+    let mut best: HashMap<&str, (IdxSize, Option<i64>)> = HashMap::with_capacity(ids.len());
+    let mut dropped = 0usize;
+    for (i, (id, time)) in ids.iter().zip(times.iter()).enumerate() {
+        let Some(id) = id else {
+            dropped += 1;
+            continue;
+        };
+        match best.entry(id) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert((i as IdxSize, time));
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                dropped += 1;
+                if time > o.get().1 {
+                    o.insert((i as IdxSize, time));
+                }
+            }
+        }
+    }
+    if dropped == 0 {
+        return Ok((frame, 0));
+    }
+    let mut keep: Vec<IdxSize> = best.values().map(|(i, _)| *i).collect();
+    keep.sort_unstable();
+    let frame = frame
+        .take(&IdxCa::from_vec("keep".into(), keep))
+        .map_err(|e| polars_failed(&format!("table {table}: de-duplicating"), e))?;
+    Ok((frame, dropped))
+}
+
+/// Left-joins a side table onto the universe: row `i` of the result belongs
+/// to `universe[i]` (nulls where the side table has no row for that user).
+fn align(frame: &DataFrame, table: &str, universe: &[String]) -> Result<DataFrame, RunError> {
+    let ids = user_ids(frame, table)?;
+    let index: HashMap<&str, IdxSize> = ids.iter().enumerate().filter_map(|(i, id)| id.map(|id| (id, i as IdxSize))).collect();
+    let take: IdxCa = universe.iter().map(|id| index.get(id.as_str()).copied()).collect();
+    let mut aligned = frame.take(&take).map_err(|e| polars_failed(&format!("table {table}: joining on user_id"), e))?;
+    aligned.rechunk_mut();
+    Ok(aligned)
+}
+
+fn max_updated(frame: &DataFrame, table: &str) -> Result<Option<i64>, RunError> {
+    Ok(updated_times(frame, table)?.max())
+}
+
+/// Rows where any table the tag reads has a row newer than `watermark`, or
+/// where the user's universe row has no `updated_time` (unknown: evaluate).
+fn changed_rows(aligned: &[Aligned], tag: &RegisteredTag, watermark: i64, rows: usize) -> Result<Vec<u64>, RunError> {
+    let mut scope = vec![0u64; rows.div_ceil(64)];
+    let tables: HashSet<&str> = tag.info.inputs.iter().map(|i| i.table.as_str()).chain([UNIVERSE_TABLE]).collect();
+    for a in aligned.iter().filter(|a| tables.contains(a.table.as_str())) {
+        let universe = a.table == UNIVERSE_TABLE;
+        for (i, time) in updated_times(&a.frame, &a.table)?.iter().enumerate() {
+            let changed = match time {
+                Some(t) => t > watermark,
+                None => universe,
+            };
+            if changed {
+                scope[i / 64] |= 1 << (i % 64);
+            }
+        }
+    }
+    Ok(scope)
+}
+
+fn merge_mask(words: &mut [u64], offset: usize, mask: &Mask) {
+    if offset % 64 == 0 {
+        let start = offset / 64;
+        words[start..start + mask.words().len()].copy_from_slice(mask.words());
+    } else {
+        for i in mask.ones() {
+            let at = offset + i;
+            words[at / 64] |= 1 << (at % 64);
+        }
+    }
+}
+
+fn uses_date_window(rule: &str) -> bool {
+    Rule::parse(rule).is_ok_and(|r| {
+        r.conditions().iter().any(|c| {
+            matches!(c.operator, tag_plugin_api::rule::Operator::RecentDays | tag_plugin_api::rule::Operator::DaysAgoBetween)
+        })
+    })
+}
+
+/// Per-tag figures of a run.
+#[derive(Debug, Default, Clone, Copy)]
+struct TagCounts {
+    evaluated: usize,
+    matched: usize,
+    added: usize,
+    removed: usize,
+}
+
+/// The rows to write so that each evaluated user's tags in the run's tag set
+/// are exactly those that matched; other tags are kept. Returns the changes
+/// and the number of users evaluated for at least one tag.
+fn diff(ids: &[String], tags: &[TagRun], current: &CurrentTags, now: &str, counts: &mut [TagCounts]) -> (RunChanges, usize) {
+    let mut changes = RunChanges::default();
+    let mut evaluated = 0;
+    let run_ids: Vec<u32> = tags.iter().map(|t| t.tag.info.tag_id).collect();
+    for (i, user) in ids.iter().enumerate() {
+        let in_scope: Vec<bool> = tags.iter().map(|t| t.scope.as_ref().is_none_or(|s| bit(s, i))).collect();
+        if !in_scope.iter().any(|b| *b) {
+            continue;
+        }
+        evaluated += 1;
+        let old = current.get(user);
+        let old_ids: &[u32] = old.map_or(&[], |o| o.tag_ids.as_slice());
+        let mut new_ids: Vec<u32> = old_ids
+            .iter()
+            .copied()
+            .filter(|id| run_ids.iter().zip(&in_scope).all(|(r, scoped)| r != id || !scoped))
+            .collect();
+        for ((t, scoped), c) in tags.iter().zip(&in_scope).zip(counts.iter_mut()) {
+            if !scoped {
+                continue;
+            }
+            c.evaluated += 1;
+            let id = t.tag.info.tag_id;
+            let hit = bit(&t.mask, i);
+            let had = old_ids.contains(&id);
+            if hit {
+                c.matched += 1;
+                new_ids.push(id);
+            }
+            match (had, hit) {
+                (false, true) => c.added += 1,
+                (true, false) => c.removed += 1,
+                _ => {}
+            }
+        }
+        new_ids.sort_unstable();
+        new_ids.dedup();
+        if new_ids == old_ids {
+            continue;
+        }
+        if new_ids.is_empty() {
+            changes.deletes.push(user.clone());
+            continue;
+        }
+        changes.upserts.push(UserTagRow {
+            user_id: user.clone(),
+            details: details(old, &new_ids, tags, now),
+            created_time: old.map_or_else(|| now.to_string(), |o| o.created_time.clone()),
+            updated_time: now.to_string(),
+            tag_ids: new_ids,
+        });
+    }
+    (changes, evaluated)
+}
+
+/// `tag_details` for the new tag set: entries of kept tags stay as they were
+/// (first hit time, rule version of that hit); new tags get `now`.
+fn details(old: Option<&StoredTags>, ids: &[u32], tags: &[TagRun], now: &str) -> String {
+    let previous: Map<String, Value> = old.and_then(|o| serde_json::from_str(&o.details).ok()).unwrap_or_default();
+    let mut out = Map::new();
+    for id in ids {
+        let key = id.to_string();
+        let entry = match (previous.get(&key), tags.iter().find(|t| t.tag.info.tag_id == *id)) {
+            (Some(kept), _) => kept.clone(),
+            (None, Some(t)) => json!({
+                "tag_name": t.tag.info.description,
+                "tag_category": t.tag.info.category,
+                "hit_time": now,
+                "rule_version": t.rule_version,
+            }),
+            (None, None) => json!({}),
+        };
+        out.insert(key, entry);
+    }
+    Value::Object(out).to_string()
+}

@@ -1,0 +1,31 @@
+//! `GET /health`.
+
+use super::AppState;
+use crate::model::now_timestamp;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+/// Routes of this resource.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/health", get(health))
+}
+
+/// Healthy when the store answers; 503 otherwise.
+async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let ping = state.blocking(|store| store.ping()).await;
+    let mut body = json!({"timestamp": now_timestamp(), "environment": state.environment});
+    match ping {
+        Ok(()) => {
+            body["status"] = json!("healthy");
+            (StatusCode::OK, Json(body))
+        }
+        Err(e) => {
+            body["status"] = json!("unhealthy");
+            body["error"] = json!(format!("{e:?}"));
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The HTTP API: one `router()` per resource, one error type that renders
+//! the seed's error JSON, and the shared application state.
+
+pub mod health;
+pub mod tags;
+pub mod tasks;
+
+use crate::registry::TagRegistry;
+use crate::scheduler::Scheduler;
+use crate::store::{Store, StoreError};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::{Arc, RwLock};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// `local`, `glue-dev` or `glue-prod`.
+    pub environment: String,
+    /// Persistence (calls block: run them with [`AppState::blocking`]).
+    pub store: Arc<dyn Store>,
+    /// The task queue.
+    pub scheduler: Scheduler,
+    /// The loaded tags (swapped whole on reload).
+    pub registry: Arc<RwLock<TagRegistry>>,
+    /// Largest accepted `user_ids` list.
+    pub max_user_ids: usize,
+}
+
+impl AppState {
+    /// The current registry.
+    pub fn tags(&self) -> TagRegistry {
+        self.registry.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs a store call off the async threads.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| ApiError::internal(format!("store call aborted: {e}")))?
+            .map_err(ApiError::from)
+    }
+}
+
+/// An error response: `{success: false, error, message, ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: String,
+    message: String,
+    extra: Vec<(&'static str, Value)>,
+}
+
+impl ApiError {
+    /// An error with an English `error` and a Chinese `message`.
+    pub fn new(status: StatusCode, error: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError { status, error: error.into(), message: message.into(), extra: Vec::new() }
+    }
+
+    /// A 400 for invalid input.
+    pub fn bad_request(error: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, error, message)
+    }
+
+    /// A 404.
+    pub fn not_found(error: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, error, message)
+    }
+
+    /// A 500; the detail is logged and returned.
+    pub fn internal(detail: impl Into<String>) -> ApiError {
+        let detail = detail.into();
+        tracing::error!(error = %detail, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, detail, "服务器内部错误")
+    }
+
+    /// Adds a field to the error body.
+    pub fn with(mut self, key: &'static str, value: Value) -> ApiError {
+        self.extra.push((key, value));
+        self
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "存储服务不可用")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"success": false, "error": self.error, "message": self.message});
+        for (k, v) in self.extra {
+            body[k] = v;
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("Not found: {}", uri.path()), "接口不存在")
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(tags::router())
+        .merge(tasks::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", "请求方法不被允许")
+        })
+        .with_state(state)
+}

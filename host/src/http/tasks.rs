@@ -1,0 +1,323 @@
+//! Tasks: trigger, status, list, cancel.
+
+use super::{ApiError, AppState};
+use crate::model::{now_timestamp, Mode, Priority, TaskRecord, TaskSpec, TaskStatus};
+use crate::registry::TagRegistry;
+use crate::scheduler::{CancelOutcome, SubmitError};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeSet;
+use tag_plugin_api::Date;
+
+/// Routes of this resource.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/tags/trigger", post(trigger))
+        .route("/api/v1/tasks", get(list))
+        .route("/api/v1/tasks/{task_id}/status", get(status))
+        .route("/api/v1/tasks/{task_id}/cancel", post(cancel))
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("\"{s}\""),
+        other => other.to_string(),
+    }
+}
+
+fn parse_tag_ids(body: &Map<String, Value>, registry: &TagRegistry) -> Result<Vec<u32>, ApiError> {
+    let raw = match body.get("tag_ids") {
+        None | Some(Value::Null) => return Err(ApiError::bad_request("tag_ids is required", "缺少必需参数: tag_ids")),
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(ApiError::bad_request("tag_ids must not be empty", "标签ID列表不能为空"))
+        }
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                format!("tag_ids must be a list of integers, got {}", describe(other)),
+                "tag_ids必须是整数列表",
+            ))
+        }
+    };
+    let mut ids = BTreeSet::new();
+    for (i, item) in raw.iter().enumerate() {
+        // JSON `true` is not an integer, and neither is 1.0.
+        let id = item.as_u64().filter(|_| item.is_number()).and_then(|n| u32::try_from(n).ok());
+        match id {
+            Some(id) => ids.insert(id),
+            None => {
+                return Err(ApiError::bad_request(
+                    format!("tag_ids must contain only positive integers; item {i} is {}", describe(item)),
+                    "tag_ids必须只包含整数",
+                ))
+            }
+        };
+    }
+    let unknown: Vec<u32> = ids.iter().copied().filter(|id| registry.get(*id).is_none()).collect();
+    if !unknown.is_empty() {
+        let list = format!("[{}]", unknown.iter().map(u32::to_string).collect::<Vec<_>>().join(", "));
+        return Err(ApiError::bad_request(format!("Invalid tag_ids: {list}"), format!("无效的标签ID: {list}"))
+            .with("available_tag_ids", json!(registry.ids())));
+    }
+    Ok(ids.into_iter().collect())
+}
+
+fn parse_user_ids(body: &Map<String, Value>, max: usize) -> Result<Option<Vec<String>>, ApiError> {
+    let items = match body.get("user_ids") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                format!("user_ids must be a list of strings, got {}", describe(other)),
+                "user_ids必须是字符串列表",
+            ))
+        }
+    };
+    if items.len() > max {
+        return Err(ApiError::bad_request(
+            format!("user_ids has {} entries; the maximum is {max}", items.len()),
+            format!("user_ids数量超过上限: {max}"),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    let mut ids = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match item.as_str() {
+            Some(s) if !s.trim().is_empty() => {
+                if seen.insert(s) {
+                    ids.push(s.to_string());
+                }
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    format!("user_ids must contain only non-empty strings; item {i} is {}", describe(item)),
+                    "user_ids必须只包含非空字符串",
+                ))
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Err(ApiError::bad_request("user_ids must not be empty when given", "user_ids不能为空列表"));
+    }
+    Ok(Some(ids))
+}
+
+fn parse_choice<T: std::str::FromStr<Err = String>>(body: &Map<String, Value>, key: &str, zh: &str) -> Result<Option<T>, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => s.parse().map(Some).map_err(|e: String| ApiError::bad_request(e, zh.to_string())),
+        Some(other) => Err(ApiError::bad_request(format!("{key} must be a string, got {}", describe(other)), zh.to_string())),
+    }
+}
+
+/// Validates a trigger body into a task spec; every failure is a 400 naming the field.
+pub fn parse_trigger(body: &[u8], registry: &TagRegistry, max_user_ids: usize) -> Result<TaskSpec, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("Request body is required", "请求体不能为空"));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Request body must be valid JSON: {e}"), "请求体必须是有效的JSON"))?;
+    let Value::Object(body) = value else {
+        return Err(ApiError::bad_request(
+            format!("Request body must be a JSON object, got {}", describe(&value)),
+            "请求体必须是JSON对象",
+        ));
+    };
+    let tag_ids = parse_tag_ids(&body, registry)?;
+    let user_ids = parse_user_ids(&body, max_user_ids)?;
+    let mode = parse_choice::<Mode>(&body, "mode", "mode必须是full或incremental")?.unwrap_or_default();
+    let priority = parse_choice::<Priority>(&body, "priority", "priority必须是low、normal或high")?.unwrap_or_default();
+    let as_of = match body.get("as_of") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if Date::parse(s).is_some() => Some(s.clone()),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                format!("as_of must be a YYYY-MM-DD date, got {}", describe(other)),
+                "as_of必须是YYYY-MM-DD格式的日期",
+            ))
+        }
+    };
+    Ok(TaskSpec { tag_ids, user_ids, mode, priority, as_of })
+}
+
+fn submitted_body(task: &TaskRecord) -> Value {
+    json!({
+        "success": true,
+        "task_id": task.task_id,
+        "message": "标签任务已成功提交",
+        "data": {
+            "tag_ids": task.spec.tag_ids,
+            "user_ids": task.spec.user_ids,
+            "mode": task.spec.mode,
+            "environment": task.environment,
+            "submitted_at": task.submitted_at,
+            "priority": task.spec.priority,
+            "as_of": task.spec.as_of,
+        }
+    })
+}
+
+/// `POST /api/v1/tags/trigger`: validates, persists and queues a task (202).
+async fn trigger(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let spec = parse_trigger(&body, &state.tags(), state.max_user_ids)?;
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 255 => Some(k.to_string()),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                "Idempotency-Key格式无效",
+            ))
+        }
+    };
+    let fingerprint = serde_json::to_string(&spec).map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(key) = key.clone() {
+        if let Some((task_id, hash)) = state.blocking(move |s| s.find_idempotent(&key)).await? {
+            if hash != fingerprint {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "Idempotency-Key was already used with a different request",
+                    "Idempotency-Key已被另一个请求使用",
+                ));
+            }
+            let task = state.blocking(move |s| s.get_task(&task_id)).await?;
+            if let Some(task) = task {
+                return Ok((StatusCode::OK, Json(submitted_body(&task))));
+            }
+        }
+    }
+    let task = TaskRecord {
+        task_id: uuid::Uuid::new_v4().to_string(),
+        spec,
+        environment: state.environment.clone(),
+        status: TaskStatus::Submitted,
+        submitted_at: now_timestamp(),
+        started_at: None,
+        completed_at: None,
+        result: None,
+        error: None,
+    };
+    let body = submitted_body(&task);
+    let scheduler = state.scheduler.clone();
+    let submitted = tokio::task::spawn_blocking(move || {
+        scheduler.submit(task, key.as_deref().map(|k| (k, fingerprint.as_str())))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("submit aborted: {e}")))?;
+    match submitted {
+        Ok(()) => Ok((StatusCode::ACCEPTED, Json(body))),
+        Err(SubmitError::QueueFull(n)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Task queue is full ({n} tasks waiting); retry later"),
+            "任务队列已满，请稍后重试",
+        )),
+        Err(SubmitError::ShuttingDown) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Server is shutting down", "服务器正在关闭"))
+        }
+        Err(SubmitError::Store(e)) => Err(e.into()),
+    }
+}
+
+fn task_json(task: &TaskRecord, state: &AppState) -> Value {
+    let mut v = json!({
+        "task_id": task.task_id,
+        "tag_ids": task.spec.tag_ids,
+        "user_ids": task.spec.user_ids,
+        "mode": task.spec.mode,
+        "priority": task.spec.priority,
+        "as_of": task.spec.as_of,
+        "environment": task.environment,
+        "status": task.status,
+        "submitted_at": task.submitted_at,
+        "started_at": task.started_at,
+        "completed_at": task.completed_at,
+    });
+    if let Some(result) = &task.result {
+        v["result"] = result.clone();
+    }
+    if let Some(error) = &task.error {
+        v["error"] = json!(error);
+    }
+    if task.status == TaskStatus::Running {
+        if let Some(progress) = state.scheduler.progress(&task.task_id) {
+            v["progress"] = json!(progress);
+        }
+    }
+    v
+}
+
+fn task_not_found(task_id: &str) -> ApiError {
+    ApiError::not_found(format!("Task not found: {task_id}"), format!("任务不存在: {task_id}"))
+}
+
+/// `GET /api/v1/tasks/{task_id}/status`.
+async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = task_id.clone();
+    let task = state.blocking(move |s| s.get_task(&id)).await?.ok_or_else(|| task_not_found(&task_id))?;
+    Ok(Json(json!({"success": true, "task_id": task.task_id, "status": task_json(&task, &state)})))
+}
+
+/// Query of `GET /api/v1/tasks`.
+#[derive(Debug, serde::Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<String>,
+    offset: Option<String>,
+}
+
+fn parse_count(raw: Option<&str>, key: &str, default: usize, max: usize) -> Result<usize, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if n <= max => Ok(n),
+            _ => Err(ApiError::bad_request(
+                format!("{key} must be an integer from 0 to {max}, got \"{s}\""),
+                format!("{key}参数无效"),
+            )),
+        },
+    }
+}
+
+/// `GET /api/v1/tasks?status=&limit=&offset=`: newest first.
+async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<TaskStatus>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e, "status参数无效"))?;
+    let limit = parse_count(q.limit.as_deref(), "limit", 100, 1000)?;
+    let offset = parse_count(q.offset.as_deref(), "offset", 0, usize::MAX / 2)?;
+    let (tasks, total) = state.blocking(move |s| s.list_tasks(status, limit, offset)).await?;
+    let tasks: Vec<Value> = tasks.iter().map(|t| task_json(t, &state)).collect();
+    Ok(Json(json!({"success": true, "tasks": tasks, "total": total, "limit": limit, "offset": offset})))
+}
+
+/// `POST /api/v1/tasks/{task_id}/cancel`.
+async fn cancel(State(state): State<AppState>, Path(task_id): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let scheduler = state.scheduler.clone();
+    let id = task_id.clone();
+    let outcome = tokio::task::spawn_blocking(move || scheduler.cancel(&id))
+        .await
+        .map_err(|e| ApiError::internal(format!("cancel aborted: {e}")))??;
+    match outcome {
+        CancelOutcome::Cancelled(task) => Ok((
+            StatusCode::OK,
+            Json(json!({"success": true, "task_id": task_id, "message": "任务已取消", "status": task_json(&task, &state)})),
+        )),
+        CancelOutcome::Requested => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"success": true, "task_id": task_id, "message": "任务将在下一个安全点停止，不写入任何结果"})),
+        )),
+        CancelOutcome::AlreadyFinished(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("Task already finished: {status}"),
+            format!("任务已结束: {status}"),
+        )),
+        CancelOutcome::NotFound => Err(task_not_found(&task_id)),
+    }
+}

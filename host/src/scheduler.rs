@@ -1,0 +1,371 @@
+//! The bounded priority queue and the worker pool that runs tasks.
+//!
+//! Workers are plain OS threads: tag computation is CPU work and never runs
+//! on the async runtime's threads, so the API answers while tasks compute.
+//! A task is persisted before it is queued, and reaches a terminal status
+//! whatever the runner does (an error or a panic fails it). Tasks still
+//! queued or running at shutdown stay `submitted` in the store and are queued
+//! again at the next start.
+
+use crate::model::{now_timestamp, Priority, TaskRecord, TaskStatus};
+use crate::store::{Store, StoreError};
+use serde::Serialize;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+/// How far a running task has got, for the status endpoint.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Progress {
+    /// What it is doing: `reading`, `evaluating`, `writing`.
+    pub stage: String,
+    /// Rows evaluated so far.
+    pub rows_done: usize,
+    /// Rows to evaluate.
+    pub rows_total: usize,
+    /// Per tag: rows evaluated so far.
+    pub tags: Vec<TagProgress>,
+}
+
+/// Rows done for one tag.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TagProgress {
+    /// The tag.
+    pub tag_id: u32,
+    /// Rows evaluated for it.
+    pub rows_done: usize,
+}
+
+/// Shared between a running task and the scheduler: cancellation and progress.
+#[derive(Debug, Default)]
+pub struct TaskControl {
+    cancelled: AtomicBool,
+    shutting_down: AtomicBool,
+    progress: Mutex<Progress>,
+}
+
+/// Why a running task stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Cancelled through the API.
+    Cancelled,
+    /// The server is shutting down; the task is queued again at next start.
+    Shutdown,
+}
+
+impl TaskControl {
+    /// `Err` once the task should stop: checked by the runner at safe points
+    /// (before each batch and before writing).
+    pub fn checkpoint(&self) -> Result<(), Stop> {
+        if self.shutting_down.load(AtomicOrdering::SeqCst) {
+            Err(Stop::Shutdown)
+        } else if self.cancelled.load(AtomicOrdering::SeqCst) {
+            Err(Stop::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Updates the progress report.
+    pub fn set_progress(&self, update: impl FnOnce(&mut Progress)) {
+        update(&mut self.progress.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// A copy of the progress report.
+    pub fn progress(&self) -> Progress {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// How a run ended, as the runner reports it.
+#[derive(Debug)]
+pub enum RunError {
+    /// The task failed; the reason is shown to the user.
+    Failed(String),
+    /// The task stopped at a checkpoint.
+    Stopped(Stop),
+}
+
+/// Computes one task: what the workers call.
+pub trait TaskRunner: Send + Sync {
+    /// Runs `task`, returning its result JSON.
+    fn run(&self, task: &TaskRecord, control: &TaskControl) -> Result<serde_json::Value, RunError>;
+}
+
+struct Queued {
+    priority: Priority,
+    seq: u64,
+    task: TaskRecord,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    /// Max-heap: higher priority first, then lower sequence (FIFO).
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.priority.cmp(&other.priority).then(other.seq.cmp(&self.seq))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    queue: BinaryHeap<Queued>,
+    /// Slots promised to submissions still being persisted.
+    reserved: usize,
+    running: HashMap<String, Arc<TaskControl>>,
+    next_seq: u64,
+    shutdown: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    capacity: usize,
+    store: Arc<dyn Store>,
+    runner: Arc<dyn TaskRunner>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue holds `capacity` tasks already.
+    #[error("the task queue is full ({0} tasks waiting)")]
+    QueueFull(usize),
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The task could not be persisted.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The outcome of a cancel request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// It was queued and is now cancelled.
+    Cancelled(Box<TaskRecord>),
+    /// It is running and will stop at its next safe point, writing nothing.
+    Requested,
+    /// It had already finished.
+    AlreadyFinished(TaskStatus),
+    /// No such task.
+    NotFound,
+}
+
+/// Queue figures for `/api/v1/system/stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStats {
+    /// Tasks waiting.
+    pub queued: usize,
+    /// Tasks running.
+    pub running: usize,
+    /// Worker threads.
+    pub workers: usize,
+    /// Queue capacity.
+    pub capacity: usize,
+}
+
+/// The queue and its workers. Cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    worker_count: usize,
+}
+
+impl Scheduler {
+    /// Starts `workers` threads over a queue of `capacity` tasks, and queues
+    /// the tasks the store holds as unfinished (from an earlier run).
+    pub fn start(store: Arc<dyn Store>, runner: Arc<dyn TaskRunner>, workers: usize, capacity: usize) -> Result<Scheduler, StoreError> {
+        let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake: Condvar::new(), capacity, store, runner });
+        {
+            let mut state = shared.lock();
+            for mut task in shared.store.unfinished_tasks()? {
+                if task.status == TaskStatus::Running {
+                    task.status = TaskStatus::Submitted;
+                    task.started_at = None;
+                    shared.store.update_task(&task)?;
+                }
+                let seq = state.next_seq;
+                state.next_seq += 1;
+                tracing::info!(task_id = %task.task_id, "re-queued a task accepted before the last shutdown");
+                state.queue.push(Queued { priority: task.spec.priority, seq, task });
+            }
+        }
+        let handles = (0..workers.max(1))
+            .map(|i| {
+                let shared = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name(format!("tag-worker-{i}"))
+                    .spawn(move || worker(&shared))
+                    .map_err(|e| StoreError::Database(format!("cannot start worker thread: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Scheduler { shared, workers: Arc::new(Mutex::new(handles)), worker_count: workers.max(1) })
+    }
+
+    /// Persists `task` (status `submitted`) and queues it.
+    pub fn submit(&self, task: TaskRecord, idempotency: Option<(&str, &str)>) -> Result<(), SubmitError> {
+        {
+            let mut state = self.shared.lock();
+            if state.shutdown {
+                return Err(SubmitError::ShuttingDown);
+            }
+            if state.queue.len() + state.reserved >= self.shared.capacity {
+                return Err(SubmitError::QueueFull(state.queue.len() + state.reserved));
+            }
+            state.reserved += 1;
+        }
+        let persisted = self.shared.store.insert_task(&task, idempotency);
+        let mut state = self.shared.lock();
+        state.reserved -= 1;
+        persisted?;
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.queue.push(Queued { priority: task.spec.priority, seq, task });
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Cancels a queued task at once, or asks a running one to stop.
+    pub fn cancel(&self, task_id: &str) -> Result<CancelOutcome, StoreError> {
+        let mut state = self.shared.lock();
+        if let Some(control) = state.running.get(task_id) {
+            control.cancelled.store(true, AtomicOrdering::SeqCst);
+            return Ok(CancelOutcome::Requested);
+        }
+        let before = state.queue.len();
+        let mut removed = None;
+        state.queue = std::mem::take(&mut state.queue)
+            .into_iter()
+            .filter_map(|q| if q.task.task_id == task_id { removed = Some(q.task); None } else { Some(q) })
+            .collect();
+        debug_assert!(removed.is_none() || state.queue.len() + 1 == before);
+        drop(state);
+        if let Some(mut task) = removed {
+            task.status = TaskStatus::Cancelled;
+            task.completed_at = Some(now_timestamp());
+            task.error = Some("cancelled before it started".into());
+            self.shared.store.update_task(&task)?;
+            return Ok(CancelOutcome::Cancelled(Box::new(task)));
+        }
+        Ok(match self.shared.store.get_task(task_id)? {
+            None => CancelOutcome::NotFound,
+            Some(task) if task.status.is_terminal() => CancelOutcome::AlreadyFinished(task.status),
+            // Between being taken off the queue and registered as running.
+            Some(_) => CancelOutcome::Requested,
+        })
+    }
+
+    /// The progress of a running task.
+    pub fn progress(&self, task_id: &str) -> Option<Progress> {
+        self.shared.lock().running.get(task_id).map(|c| c.progress())
+    }
+
+    /// Queue figures.
+    pub fn stats(&self) -> QueueStats {
+        let state = self.shared.lock();
+        QueueStats {
+            queued: state.queue.len(),
+            running: state.running.len(),
+            workers: self.worker_count,
+            capacity: self.shared.capacity,
+        }
+    }
+
+    /// Stops taking tasks, asks running ones to stop at their next safe
+    /// point, and waits for the workers. Unfinished tasks stay `submitted`.
+    pub fn shutdown(&self) {
+        {
+            let mut state = self.shared.lock();
+            state.shutdown = true;
+            for control in state.running.values() {
+                control.shutting_down.store(true, AtomicOrdering::SeqCst);
+            }
+        }
+        self.shared.wake.notify_all();
+        let handles = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in handles {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn worker(shared: &Shared) {
+    loop {
+        let (mut task, control) = {
+            let mut state = shared.lock();
+            loop {
+                if state.shutdown {
+                    return;
+                }
+                if let Some(next) = state.queue.pop() {
+                    let control = Arc::new(TaskControl::default());
+                    state.running.insert(next.task.task_id.clone(), Arc::clone(&control));
+                    break (next.task, control);
+                }
+                state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        run_one(shared, &mut task, &control);
+        shared.lock().running.remove(&task.task_id);
+    }
+}
+
+fn run_one(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
+    task.status = TaskStatus::Running;
+    task.started_at = Some(now_timestamp());
+    if let Err(e) = shared.store.update_task(task) {
+        tracing::error!(task_id = %task.task_id, error = %e, "cannot mark task running");
+    }
+    tracing::info!(task_id = %task.task_id, tag_ids = ?task.spec.tag_ids, mode = task.spec.mode.as_str(), "task started");
+    let outcome = catch_unwind(AssertUnwindSafe(|| shared.runner.run(task, control)))
+        .unwrap_or_else(|_| Err(RunError::Failed("internal error: the task runner panicked".into())));
+    match outcome {
+        Ok(result) => {
+            task.status = TaskStatus::Completed;
+            task.result = Some(result);
+        }
+        Err(RunError::Failed(reason)) => {
+            tracing::warn!(task_id = %task.task_id, reason = %reason, "task failed");
+            task.status = TaskStatus::Failed;
+            task.error = Some(reason);
+        }
+        Err(RunError::Stopped(Stop::Cancelled)) => {
+            task.status = TaskStatus::Cancelled;
+            task.error = Some("cancelled while running; nothing was written".into());
+        }
+        Err(RunError::Stopped(Stop::Shutdown)) => {
+            // Back to the queue at the next start.
+            task.status = TaskStatus::Submitted;
+            task.started_at = None;
+            if let Err(e) = shared.store.update_task(task) {
+                tracing::error!(task_id = %task.task_id, error = %e, "cannot re-queue task at shutdown");
+            }
+            return;
+        }
+    }
+    task.completed_at = Some(now_timestamp());
+    tracing::info!(task_id = %task.task_id, status = task.status.as_str(), "task finished");
+    if let Err(e) = shared.store.update_task(task) {
+        tracing::error!(task_id = %task.task_id, error = %e, "cannot record task outcome");
+    }
+}

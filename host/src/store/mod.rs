@@ -1,0 +1,174 @@
+//! Persistence: tasks, versioned rules, and the `user_tags` results table.
+//!
+//! [`Store`] is the interface the rest of the host uses; [`sqlite`] is the
+//! embedded default. A MySQL or PostgreSQL backend implements the same trait:
+//! the one subtle method is [`Store::write_run`], which must read the current
+//! tags and write the run's changes in one transaction that excludes other
+//! writers (SQLite: `BEGIN IMMEDIATE`; MySQL/PostgreSQL: `SELECT ... FOR
+//! UPDATE` on the rows touched), so concurrent runs never lose each other's tags.
+
+pub mod sqlite;
+
+use crate::model::{TaskRecord, TaskStatus};
+use std::collections::{BTreeMap, HashMap};
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("store error: {0}")]
+    Database(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt store data: {0}")]
+    Corrupt(String),
+    /// The store URL is not one this server supports.
+    #[error("unsupported store URL \"{0}\" (expected sqlite://PATH)")]
+    UnsupportedUrl(String),
+}
+
+/// One stored version of a tag's rule.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RuleVersion {
+    /// The tag.
+    pub tag_id: u32,
+    /// 1 for the seeded default, +1 per replacement.
+    pub version: i64,
+    /// Rule-language JSON.
+    pub rule: String,
+    /// When it was saved.
+    pub created_at: String,
+}
+
+/// A user's current row in `user_tags`, as read inside a run's transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTags {
+    /// Tag ids, ascending.
+    pub tag_ids: Vec<u32>,
+    /// `tag_details` JSON text.
+    pub details: String,
+    /// Set when the row was first written.
+    pub created_time: String,
+    /// Last change of `tag_ids`.
+    pub updated_time: String,
+}
+
+/// Every current row, by user id.
+pub type CurrentTags = HashMap<String, StoredTags>;
+
+/// A row to insert or replace in `user_tags`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserTagRow {
+    /// The user.
+    pub user_id: String,
+    /// Tag ids, ascending, no duplicates, never empty.
+    pub tag_ids: Vec<u32>,
+    /// `tag_details` JSON text.
+    pub details: String,
+    /// Kept from the existing row, or now for a new one.
+    pub created_time: String,
+    /// Now if `tag_ids` changed, else kept.
+    pub updated_time: String,
+}
+
+/// What the engine remembers per tag between runs (for incremental mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagState {
+    /// The tag.
+    pub tag_id: u32,
+    /// Rule version of the last successful run.
+    pub rule_version: i64,
+    /// Greatest source `updated_time` (µs) seen by the last successful run.
+    pub watermark_us: Option<i64>,
+    /// Whether any successful run evaluated the whole universe.
+    pub had_full_run: bool,
+}
+
+/// The changes of one run, computed against the current rows.
+#[derive(Debug, Clone, Default)]
+pub struct RunChanges {
+    /// Rows to insert or replace.
+    pub upserts: Vec<UserTagRow>,
+    /// Users whose row is deleted (no tag left).
+    pub deletes: Vec<String>,
+    /// New per-tag state, written in the same transaction.
+    pub tag_states: Vec<TagState>,
+}
+
+/// What a run's write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WriteSummary {
+    /// Rows inserted or replaced.
+    pub rows_upserted: usize,
+    /// Rows deleted.
+    pub rows_deleted: usize,
+}
+
+/// Computes a run's changes from the current rows (called inside the write
+/// transaction; returning `Err` rolls it back).
+pub type ChangeBuilder<'a> = dyn FnMut(&CurrentTags) -> Result<RunChanges, String> + 'a;
+
+/// Persistence used by the server and the one-shot runner.
+pub trait Store: Send + Sync {
+    /// Checks the store answers.
+    fn ping(&self) -> Result<(), StoreError>;
+
+    /// Records an accepted task (with its idempotency key and request hash).
+    fn insert_task(&self, task: &TaskRecord, idempotency: Option<(&str, &str)>) -> Result<(), StoreError>;
+    /// The task id and request hash recorded under an idempotency key.
+    fn find_idempotent(&self, key: &str) -> Result<Option<(String, String)>, StoreError>;
+    /// Sets a task's status, timestamps, result and error.
+    fn update_task(&self, task: &TaskRecord) -> Result<(), StoreError>;
+    /// One task.
+    fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError>;
+    /// Tasks newest first, optionally of one status, paged; with the total count.
+    fn list_tasks(&self, status: Option<TaskStatus>, limit: usize, offset: usize) -> Result<(Vec<TaskRecord>, usize), StoreError>;
+    /// Tasks not yet terminal, oldest first (re-queued at start-up).
+    fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Number of tasks per status.
+    fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError>;
+
+    /// The current rule of a tag.
+    fn current_rule(&self, tag_id: u32) -> Result<Option<RuleVersion>, StoreError>;
+    /// Every version of a tag's rule, oldest first.
+    fn rule_history(&self, tag_id: u32) -> Result<Vec<RuleVersion>, StoreError>;
+    /// Saves a new version of a tag's rule.
+    fn save_rule(&self, tag_id: u32, rule: &str) -> Result<RuleVersion, StoreError>;
+    /// Saves `rule` as version 1 unless the tag already has a rule.
+    fn seed_rule(&self, tag_id: u32, rule: &str) -> Result<RuleVersion, StoreError>;
+
+    /// Per-tag state of the last successful runs.
+    fn tag_states(&self) -> Result<HashMap<u32, TagState>, StoreError>;
+    /// Reads all current rows and applies `build`'s changes atomically.
+    fn write_run(&self, build: &mut ChangeBuilder<'_>) -> Result<WriteSummary, StoreError>;
+    /// One user's row.
+    fn user_tags(&self, user_id: &str) -> Result<Option<UserTagRow>, StoreError>;
+    /// Users holding a tag, ascending, after `cursor`.
+    fn users_with_tag(&self, tag_id: u32, limit: usize, cursor: Option<&str>) -> Result<Vec<String>, StoreError>;
+}
+
+/// Opens the store named by a URL (`sqlite://PATH`).
+pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
+    match url.strip_prefix("sqlite://") {
+        Some(path) if !path.is_empty() => Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(path))?)),
+        _ => Err(StoreError::UnsupportedUrl(url.to_string())),
+    }
+}
+
+/// Formats tag ids the way `user_tags.tag_ids` stores them: `[1,2,5]`.
+pub fn tag_ids_json(ids: &[u32]) -> String {
+    let mut out = String::with_capacity(ids.len() * 3 + 2);
+    out.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&id.to_string());
+    }
+    out.push(']');
+    out
+}
+
+/// Parses `user_tags.tag_ids`.
+pub fn parse_tag_ids(text: &str) -> Result<Vec<u32>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("tag_ids {text:?}: {e}")))
+}

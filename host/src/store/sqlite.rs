@@ -1,0 +1,361 @@
+//! The embedded SQLite store (WAL mode).
+//!
+//! Task and rule bookkeeping share one connection behind a mutex; each run's
+//! write opens its own connection, so a long `user_tags` transaction never
+//! holds that mutex. WAL lets readers proceed while a run writes.
+
+use super::*;
+use crate::model::{now_timestamp, TaskSpec};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    status TEXT NOT NULL,
+    submitted_at TEXT NOT NULL,
+    started_at TEXT,
+    completed_at TEXT,
+    result TEXT,
+    error TEXT,
+    idempotency_key TEXT UNIQUE,
+    request_hash TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
+CREATE TABLE IF NOT EXISTS tag_rules (
+    tag_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    rule TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (tag_id, version)
+);
+CREATE TABLE IF NOT EXISTS tag_state (
+    tag_id INTEGER PRIMARY KEY,
+    rule_version INTEGER NOT NULL,
+    watermark_us INTEGER,
+    had_full_run INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS user_tags (
+    user_id TEXT PRIMARY KEY,
+    tag_ids TEXT NOT NULL,
+    tag_details TEXT NOT NULL,
+    created_time TEXT NOT NULL,
+    updated_time TEXT NOT NULL
+);
+";
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(60)).map_err(db)?;
+    // FULL: a commit that returned is on disk; WAL keeps readers unblocked.
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;").map_err(db)?;
+    Ok(conn)
+}
+
+fn task_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRecord, StoreError>> {
+    let spec: String = row.get("spec")?;
+    let status: String = row.get("status")?;
+    let result: Option<String> = row.get("result")?;
+    let task_id: String = row.get("task_id")?;
+    let build = || -> Result<TaskRecord, StoreError> {
+        let spec: TaskSpec = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("task {task_id} spec: {e}")))?;
+        let status = status.parse().map_err(StoreError::Corrupt)?;
+        let result = result
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("task {task_id} result: {e}")))?;
+        Ok(TaskRecord {
+            task_id: task_id.clone(),
+            spec,
+            environment: row.get("environment").unwrap_or_default(),
+            status,
+            submitted_at: row.get("submitted_at").unwrap_or_default(),
+            started_at: row.get("started_at").unwrap_or_default(),
+            completed_at: row.get("completed_at").unwrap_or_default(),
+            result,
+            error: row.get("error").unwrap_or_default(),
+        })
+    };
+    Ok(build())
+}
+
+fn rule_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RuleVersion> {
+    Ok(RuleVersion {
+        tag_id: row.get(0)?,
+        version: row.get(1)?,
+        rule: row.get(2)?,
+        created_at: row.get(3)?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let conn = connect(path)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(SqliteStore { path: path.to_path_buf(), conn: Mutex::new(conn) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        // A poisoned mutex only means another thread panicked mid-call; the
+        // connection itself is still usable (SQLite rolls back open work).
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
+    }
+
+    fn query_tasks(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<TaskRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(sql).map_err(db)?;
+            let rows = stmt.query_map(args, task_from_row).map_err(db)?;
+            rows.map(|r| r.map_err(db)?).collect()
+        })
+    }
+}
+
+impl Store for SqliteStore {
+    fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db))
+    }
+
+    fn insert_task(&self, task: &TaskRecord, idempotency: Option<(&str, &str)>) -> Result<(), StoreError> {
+        let spec = serde_json::to_string(&task.spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO tasks (task_id, spec, environment, status, submitted_at, idempotency_key, request_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    task.task_id,
+                    spec,
+                    task.environment,
+                    task.status.as_str(),
+                    task.submitted_at,
+                    idempotency.map(|i| i.0),
+                    idempotency.map(|i| i.1)
+                ],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn find_idempotent(&self, key: &str) -> Result<Option<(String, String)>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT task_id, request_hash FROM tasks WHERE idempotency_key = ?1",
+                [key],
+                |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())),
+            )
+            .optional()
+            .map_err(db)
+        })
+    }
+
+    fn update_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        let result = task.result.as_ref().map(|r| r.to_string());
+        self.with(|c| {
+            c.execute(
+                "UPDATE tasks SET status = ?2, started_at = ?3, completed_at = ?4, result = ?5, error = ?6 WHERE task_id = ?1",
+                params![task.task_id, task.status.as_str(), task.started_at, task.completed_at, result, task.error],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self.query_tasks("SELECT * FROM tasks WHERE task_id = ?1", &[&task_id])?.pop())
+    }
+
+    fn list_tasks(&self, status: Option<TaskStatus>, limit: usize, offset: usize) -> Result<(Vec<TaskRecord>, usize), StoreError> {
+        let status = status.map(|s| s.as_str());
+        let (limit, offset) = (limit as i64, offset as i64);
+        let tasks = self.query_tasks(
+            "SELECT * FROM tasks WHERE ?1 IS NULL OR status = ?1 ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
+            &[&status, &limit, &offset],
+        )?;
+        let total = self.with(|c| {
+            c.query_row("SELECT COUNT(*) FROM tasks WHERE ?1 IS NULL OR status = ?1", [&status], |r| r.get::<_, i64>(0))
+                .map_err(db)
+        })?;
+        Ok((tasks, total as usize))
+    }
+
+    fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        self.query_tasks("SELECT * FROM tasks WHERE status IN ('submitted', 'running') ORDER BY seq", &[])
+    }
+
+    fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached("SELECT status, COUNT(*) FROM tasks GROUP BY status").map_err(db)?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))).map_err(db)?;
+            rows.collect::<Result<_, _>>().map_err(db)
+        })
+    }
+
+    fn current_rule(&self, tag_id: u32) -> Result<Option<RuleVersion>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT tag_id, version, rule, created_at FROM tag_rules WHERE tag_id = ?1 ORDER BY version DESC LIMIT 1",
+                [tag_id],
+                rule_from_row,
+            )
+            .optional()
+            .map_err(db)
+        })
+    }
+
+    fn rule_history(&self, tag_id: u32) -> Result<Vec<RuleVersion>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT tag_id, version, rule, created_at FROM tag_rules WHERE tag_id = ?1 ORDER BY version")
+                .map_err(db)?;
+            let rows = stmt.query_map([tag_id], rule_from_row).map_err(db)?;
+            rows.collect::<Result<_, _>>().map_err(db)
+        })
+    }
+
+    fn save_rule(&self, tag_id: u32, rule: &str) -> Result<RuleVersion, StoreError> {
+        let now = now_timestamp();
+        self.with(|c| {
+            let version: i64 = c
+                .query_row(
+                    "INSERT INTO tag_rules (tag_id, version, rule, created_at)
+                     SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3 FROM tag_rules WHERE tag_id = ?1
+                     RETURNING version",
+                    params![tag_id, rule, now],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            Ok(RuleVersion { tag_id, version, rule: rule.to_string(), created_at: now })
+        })
+    }
+
+    fn seed_rule(&self, tag_id: u32, rule: &str) -> Result<RuleVersion, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO tag_rules (tag_id, version, rule, created_at)
+                 SELECT ?1, 1, ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM tag_rules WHERE tag_id = ?1)",
+                params![tag_id, rule, now_timestamp()],
+            )
+            .map_err(db)?;
+            Ok(())
+        })?;
+        self.current_rule(tag_id)?.ok_or_else(|| StoreError::Database(format!("rule of tag {tag_id} vanished")))
+    }
+
+    fn tag_states(&self) -> Result<HashMap<u32, TagState>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached("SELECT tag_id, rule_version, watermark_us, had_full_run FROM tag_state").map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(TagState {
+                        tag_id: r.get(0)?,
+                        rule_version: r.get(1)?,
+                        watermark_us: r.get(2)?,
+                        had_full_run: r.get::<_, i64>(3)? != 0,
+                    })
+                })
+                .map_err(db)?;
+            rows.map(|r| r.map(|s| (s.tag_id, s))).collect::<Result<_, _>>().map_err(db)
+        })
+    }
+
+    fn write_run(&self, build: &mut ChangeBuilder<'_>) -> Result<WriteSummary, StoreError> {
+        let mut conn = connect(&self.path)?;
+        // IMMEDIATE takes the write lock before reading, so no other run can
+        // change the rows between this read and this write.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        let mut current = CurrentTags::new();
+        {
+            let mut stmt = tx.prepare("SELECT user_id, tag_ids, tag_details, created_time, updated_time FROM user_tags").map_err(db)?;
+            let mut rows = stmt.query([]).map_err(db)?;
+            while let Some(row) = rows.next().map_err(db)? {
+                let ids: String = row.get(1).map_err(db)?;
+                current.insert(
+                    row.get(0).map_err(db)?,
+                    StoredTags {
+                        tag_ids: parse_tag_ids(&ids)?,
+                        details: row.get(2).map_err(db)?,
+                        created_time: row.get(3).map_err(db)?,
+                        updated_time: row.get(4).map_err(db)?,
+                    },
+                );
+            }
+        }
+        let changes = build(&current).map_err(StoreError::Database)?;
+        drop(current);
+        {
+            let mut upsert = tx
+                .prepare(
+                    "INSERT OR REPLACE INTO user_tags (user_id, tag_ids, tag_details, created_time, updated_time)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(db)?;
+            for row in &changes.upserts {
+                upsert
+                    .execute(params![row.user_id, tag_ids_json(&row.tag_ids), row.details, row.created_time, row.updated_time])
+                    .map_err(db)?;
+            }
+            let mut delete = tx.prepare("DELETE FROM user_tags WHERE user_id = ?1").map_err(db)?;
+            for user in &changes.deletes {
+                delete.execute([user]).map_err(db)?;
+            }
+            let mut state = tx
+                .prepare("INSERT OR REPLACE INTO tag_state (tag_id, rule_version, watermark_us, had_full_run) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(db)?;
+            for s in &changes.tag_states {
+                state.execute(params![s.tag_id, s.rule_version, s.watermark_us, s.had_full_run as i64]).map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(WriteSummary { rows_upserted: changes.upserts.len(), rows_deleted: changes.deletes.len() })
+    }
+
+    fn user_tags(&self, user_id: &str) -> Result<Option<UserTagRow>, StoreError> {
+        self.with(|c| {
+            let row = c
+                .query_row(
+                    "SELECT user_id, tag_ids, tag_details, created_time, updated_time FROM user_tags WHERE user_id = ?1",
+                    [user_id],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            row.map(|(user_id, ids, details, created_time, updated_time)| {
+                Ok(UserTagRow { user_id, tag_ids: parse_tag_ids(&ids)?, details, created_time, updated_time })
+            })
+            .transpose()
+        })
+    }
+
+    fn users_with_tag(&self, tag_id: u32, limit: usize, cursor: Option<&str>) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT user_id FROM user_tags, json_each(user_tags.tag_ids)
+                     WHERE json_each.value = ?1 AND (?2 IS NULL OR user_id > ?2) ORDER BY user_id LIMIT ?3",
+                )
+                .map_err(db)?;
+            let rows = stmt.query_map(params![tag_id, cursor, limit as i64], |r| r.get(0)).map_err(db)?;
+            rows.collect::<Result<_, _>>().map_err(db)
+        })
+    }
+}
