@@ -12,10 +12,16 @@ use std::process::ExitCode;
 use tag_plugin_api::{Date, Rule};
 
 /// `tag-server plugins [check FILE]`.
-pub fn plugins_command(config: &Config, args: PluginsArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub fn plugins_command(
+    config: &Config,
+    args: PluginsArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     match args.action {
         None => list_plugins(&config.plugins_dir(), out),
-        Some(PluginsAction::Check { file, as_of }) => check_plugin(&file, as_of.unwrap_or_else(Date::today_utc), out),
+        Some(PluginsAction::Check { file, as_of }) => {
+            check_plugin(&file, as_of.unwrap_or_else(Date::today_utc), out)
+        }
     }
 }
 
@@ -23,7 +29,11 @@ fn list_plugins(dir: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let (_, report) = plugins::load_dir(dir)?;
     writeln!(out, "plugins directory: {}", dir.display())?;
     write!(out, "{report}")?;
-    Ok(if report.rejected().next().is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if report.rejected().next().is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn check_plugin(file: &Path, as_of: Date, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
@@ -37,31 +47,54 @@ fn check_plugin(file: &Path, as_of: Date, out: &mut dyn Write) -> anyhow::Result
         }
         Outcome::Loaded(plugin) => plugin,
     };
-    writeln!(out, "plugin:  {} {} (plugin-api {})", plugin.name, plugin.version, plugin.api_version)?;
+    writeln!(
+        out,
+        "plugin:  {} {} (plugin-api {})",
+        plugin.name, plugin.version, plugin.api_version
+    )?;
     writeln!(out, "as_of:   {as_of}")?;
     let mut failed = false;
     for tag in registry.iter() {
         let info = &tag.info;
-        let label = format!("tag {} {} ({})", info.tag_id, info.task_class, info.description);
-        let checked = tag.validate_rule(&info.default_rule).map_err(|e| e.to_string()).and_then(|()| {
-            let rule = Rule::parse(&info.default_rule).map_err(|e| e.to_string())?;
-            let batch = sample_batch(info, &rule, as_of);
-            let mask = batch.with_ffi(|ffi| tag.evaluate(ffi, &info.default_rule, as_of)).map_err(|e| e.to_string())?;
-            Ok((batch.num_rows(), mask.count_ones()))
-        });
+        let label = format!(
+            "tag {} {} ({})",
+            info.tag_id, info.task_class, info.description
+        );
+        let checked = tag
+            .validate_rule(&info.default_rule)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                let rule = Rule::parse(&info.default_rule).map_err(|e| e.to_string())?;
+                let batch = sample_batch(info, &rule, as_of);
+                let mask = batch
+                    .with_ffi(|ffi| tag.evaluate(ffi, &info.default_rule, as_of))
+                    .map_err(|e| e.to_string())?;
+                Ok((batch.num_rows(), mask.count_ones()))
+            });
         match checked {
-            Ok((rows, matched)) => writeln!(out, "ok      {label}: default rule on {rows} sample rows, {matched} matched")?,
+            Ok((rows, matched)) => writeln!(
+                out,
+                "ok      {label}: default rule on {rows} sample rows, {matched} matched"
+            )?,
             Err(reason) => {
                 failed = true;
                 writeln!(out, "FAILED  {label}: {reason}")?;
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `tag-server gen-data`.
-pub fn gen_data_command(config: &Config, args: GenDataArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub fn gen_data_command(
+    config: &Config,
+    args: GenDataArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let dir = args.out.unwrap_or_else(|| config.data_dir.clone());
     let options = GenOptions {
         users: args.users,
@@ -77,22 +110,42 @@ pub fn gen_data_command(config: &Config, args: GenDataArgs, out: &mut dyn Write)
         dir.display(),
         summary.elapsed.as_secs_f64(),
         Date(summary.reference_date),
-        summary.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+        summary
+            .files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `tag-server run`: one task through the server's engine and store; the
 /// task is recorded like a triggered one.
-pub fn run_command(config: &Config, args: RunArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+pub fn run_command(
+    config: &Config,
+    args: RunArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let core = Core::open(config)?;
     let mut tag_ids = args.tag_ids.clone();
     tag_ids.sort_unstable();
     tag_ids.dedup();
-    let registry = core.registry.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let unknown: Vec<u32> = tag_ids.iter().copied().filter(|id| registry.get(*id).is_none()).collect();
+    let registry = core
+        .registry
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let unknown: Vec<u32> = tag_ids
+        .iter()
+        .copied()
+        .filter(|id| registry.get(*id).is_none())
+        .collect();
     if !unknown.is_empty() {
-        anyhow::bail!("Invalid tag_ids: {unknown:?} (available: {:?})", registry.ids());
+        anyhow::bail!(
+            "Invalid tag_ids: {unknown:?} (available: {:?})",
+            registry.ids()
+        );
     }
     let mut task = TaskRecord {
         task_id: uuid::Uuid::new_v4().to_string(),

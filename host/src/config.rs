@@ -76,7 +76,13 @@ pub struct Config {
     #[arg(long, global = true)]
     pub debug: bool,
     /// Log level.
-    #[arg(long, value_enum, default_value = "INFO", global = true, ignore_case = true)]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "INFO",
+        global = true,
+        ignore_case = true
+    )]
     pub log_level: LogLevel,
     /// Log file (besides the console).
     #[arg(long, default_value = "api_server.log", global = true)]
@@ -113,7 +119,9 @@ impl Config {
 
     /// The store URL in effect.
     pub fn store_url(&self) -> String {
-        self.store.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("tag_system.db").display()))
+        self.store.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("tag_system.db").display())
+        })
     }
 
     /// The log filter in effect.

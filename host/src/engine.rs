@@ -40,7 +40,7 @@ struct TagRun {
     rule_version: i64,
     /// Evaluate every row (full semantics) even in incremental mode.
     whole_universe: bool,
-    watermark_us: Option<i64>,
+    watermarks: BTreeMap<String, i64>,
     mask: Vec<u64>,
     scope: Option<Vec<u64>>,
 }
@@ -69,8 +69,18 @@ fn bit(words: &[u64], i: usize) -> bool {
 
 impl Engine {
     /// An engine over `data_dir`, using the tags of `registry` and `store`.
-    pub fn new(store: Arc<dyn Store>, registry: Arc<RwLock<TagRegistry>>, data_dir: PathBuf, batch_rows: usize) -> Engine {
-        Engine { store, registry, data_dir, batch_rows: batch_rows.max(64) }
+    pub fn new(
+        store: Arc<dyn Store>,
+        registry: Arc<RwLock<TagRegistry>>,
+        data_dir: PathBuf,
+        batch_rows: usize,
+    ) -> Engine {
+        Engine {
+            store,
+            registry,
+            data_dir,
+            batch_rows: batch_rows.max(64),
+        }
     }
 
     /// The columns each table must provide for `tags` (plus `user_id` and
@@ -89,7 +99,9 @@ impl Engine {
                         )))
                     }
                     Some(_) => {}
-                    None => columns.push(ColumnRequest::new(input.column.clone(), input.column_type)),
+                    None => {
+                        columns.push(ColumnRequest::new(input.column.clone(), input.column_type))
+                    }
                 }
             }
         }
@@ -123,20 +135,32 @@ impl Engine {
                 // The user filter is applied batch by batch as the scan goes,
                 // so a user_ids run never holds the whole table.
                 let ids = user_ids(&batch, table)?;
-                let keep: BooleanChunked = ids.iter().map(|id| Some(id.is_some_and(|id| users.contains(id)))).collect();
+                let keep: BooleanChunked = ids
+                    .iter()
+                    .map(|id| Some(id.is_some_and(|id| users.contains(id))))
+                    .collect();
                 batch = batch.filter(&keep).map_err(|e| polars_failed(table, e))?;
             }
             match out.as_mut() {
                 None => out = Some(batch),
                 Some(acc) => {
-                    acc.vstack_mut(&batch).map_err(|e| polars_failed(table, e))?;
+                    acc.vstack_mut(&batch)
+                        .map_err(|e| polars_failed(table, e))?;
                 }
             }
         }
         let mut frame = match out {
             Some(frame) => frame,
             None => DataFrame::empty_with_schema(
-                &columns.iter().map(|c| Field::new(c.name.as_str().into(), crate::data::read::polars_type(c.column_type))).collect(),
+                &columns
+                    .iter()
+                    .map(|c| {
+                        Field::new(
+                            c.name.as_str().into(),
+                            crate::data::read::polars_type(c.column_type),
+                        )
+                    })
+                    .collect(),
             ),
         };
         frame.rechunk_mut();
@@ -144,31 +168,41 @@ impl Engine {
     }
 
     fn prepare_tags(&self, task: &TaskRecord) -> Result<Vec<TagRun>, RunError> {
-        let registry = self.registry.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let registry = self
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let states = self.store.tag_states().map_err(failed)?;
         task.spec
             .tag_ids
             .iter()
             .map(|&id| {
-                let tag = registry
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| RunError::Failed(format!("tag {id} is not provided by any loaded plugin")))?;
+                let tag = registry.get(id).cloned().ok_or_else(|| {
+                    RunError::Failed(format!("tag {id} is not provided by any loaded plugin"))
+                })?;
                 let stored = match self.store.current_rule(id).map_err(failed)? {
                     Some(rule) => rule,
-                    None => self.store.seed_rule(id, &tag.info.default_rule).map_err(failed)?,
+                    None => self
+                        .store
+                        .seed_rule(id, &tag.info.default_rule)
+                        .map_err(failed)?,
                 };
-                tag.validate_rule(&stored.rule)
-                    .map_err(|e| RunError::Failed(format!("stored rule version {} is invalid: {e}", stored.version)))?;
+                tag.validate_rule(&stored.rule).map_err(|e| {
+                    RunError::Failed(format!(
+                        "stored rule version {} is invalid: {e}",
+                        stored.version
+                    ))
+                })?;
                 let state = states.get(&id);
                 let whole_universe = task.spec.mode == Mode::Full
-                    || state.is_none_or(|s| !s.had_full_run || s.rule_version != stored.version || s.watermark_us.is_none());
+                    || state.is_none_or(|s| !s.had_full_run || s.rule_version != stored.version);
                 Ok(TagRun {
                     tag,
                     rule: stored.rule,
                     rule_version: stored.version,
                     whole_universe,
-                    watermark_us: state.and_then(|s| s.watermark_us),
+                    watermarks: state.map(|s| s.watermarks.clone()).unwrap_or_default(),
                     mask: Vec::new(),
                     scope: None,
                 })
@@ -179,17 +213,28 @@ impl Engine {
     fn run_task(&self, task: &TaskRecord, control: &TaskControl) -> Result<Value, RunError> {
         let started = Instant::now();
         let as_of = match &task.spec.as_of {
-            Some(text) => Date::parse(text).ok_or_else(|| RunError::Failed(format!("as_of {text:?} is not a date")))?,
+            Some(text) => Date::parse(text)
+                .ok_or_else(|| RunError::Failed(format!("as_of {text:?} is not a date")))?,
             None => Date::today_utc(),
         };
         let mut tags = self.prepare_tags(task)?;
         let plan = Engine::plan(&tags)?;
         control.set_progress(|p| {
             p.stage = "reading".into();
-            p.tags = tags.iter().map(|t| TagProgress { tag_id: t.tag.info.tag_id, rows_done: 0 }).collect();
+            p.tags = tags
+                .iter()
+                .map(|t| TagProgress {
+                    tag_id: t.tag.info.tag_id,
+                    rows_done: 0,
+                })
+                .collect();
         });
 
-        let requested: Option<HashSet<&str>> = task.spec.user_ids.as_ref().map(|ids| ids.iter().map(String::as_str).collect());
+        let requested: Option<HashSet<&str>> = task
+            .spec
+            .user_ids
+            .as_ref()
+            .map(|ids| ids.iter().map(String::as_str).collect());
         let mut duplicates = Map::new();
         let mut aligned: Vec<Aligned> = Vec::new();
         let mut universe_ids: Vec<String> = Vec::new();
@@ -200,23 +245,34 @@ impl Engine {
                 duplicates.insert(table.clone(), json!(dropped));
             }
             if table == UNIVERSE_TABLE {
-                universe_ids = user_ids(&frame, table)?.iter().map(|id| id.unwrap_or_default().to_string()).collect();
-                aligned.push(Aligned { table: table.clone(), frame });
+                universe_ids = user_ids(&frame, table)?
+                    .iter()
+                    .map(|id| id.unwrap_or_default().to_string())
+                    .collect();
+                aligned.push(Aligned {
+                    table: table.clone(),
+                    frame,
+                });
             } else {
                 let frame = align(&frame, table, &universe_ids)?;
-                aligned.push(Aligned { table: table.clone(), frame });
+                aligned.push(Aligned {
+                    table: table.clone(),
+                    frame,
+                });
             }
         }
         let rows = universe_ids.len();
 
-        // Incremental scope: rows whose source rows changed since the tag's watermark.
-        let mut newest: Option<i64> = None;
+        // Incremental scope: rows whose source rows changed since the tag's watermarks.
+        let mut newest: BTreeMap<String, i64> = BTreeMap::new();
         for a in &aligned {
-            newest = newest.max(max_updated(&a.frame, &a.table)?);
+            if let Some(max) = max_updated(&a.frame, &a.table)? {
+                newest.insert(a.table.clone(), max);
+            }
         }
         if task.spec.user_ids.is_none() && task.spec.mode == Mode::Incremental {
             for t in tags.iter_mut().filter(|t| !t.whole_universe) {
-                t.scope = Some(changed_rows(&aligned, &t.tag, t.watermark_us.unwrap_or(i64::MIN), rows)?);
+                t.scope = Some(changed_rows(&aligned, &t.tag, &t.watermarks, rows)?);
             }
         }
 
@@ -232,16 +288,28 @@ impl Engine {
                 .inputs
                 .iter()
                 .map(|input| {
-                    let a = aligned.iter().find(|a| a.table == input.table).expect("every input table was read");
-                    a.frame.column(&input.column).cloned().map_err(|e| polars_failed(&input.table, e))
+                    let a = aligned
+                        .iter()
+                        .find(|a| a.table == input.table)
+                        .expect("every input table was read");
+                    a.frame
+                        .column(&input.column)
+                        .cloned()
+                        .map_err(|e| polars_failed(&input.table, e))
                 })
                 .collect::<Result<_, _>>()?;
             let mut offset = 0;
             while offset < rows {
                 control.checkpoint().map_err(stopped)?;
                 let len = self.batch_rows.min(rows - offset);
-                let batch = DataFrame::new(len, columns.iter().map(|c| c.slice(offset as i64, len)).collect())
-                    .map_err(|e| polars_failed("building a batch", e))?;
+                let batch = DataFrame::new(
+                    len,
+                    columns
+                        .iter()
+                        .map(|c| c.slice(offset as i64, len))
+                        .collect(),
+                )
+                .map_err(|e| polars_failed("building a batch", e))?;
                 let mask = with_ffi_batch(&batch, |ffi| t.tag.evaluate(ffi, &t.rule, as_of))
                     .map_err(|e: DataError| RunError::Failed(e.to_string()))?
                     .map_err(failed)?;
@@ -276,18 +344,29 @@ impl Engine {
                         .map(|t| TagState {
                             tag_id: t.tag.info.tag_id,
                             rule_version: t.rule_version,
-                            watermark_us: newest.or(t.watermark_us),
+                            watermarks: tag_tables(&t.tag)
+                                .filter_map(|table| {
+                                    let mark = newest.get(table).or(t.watermarks.get(table))?;
+                                    Some((table.to_string(), *mark))
+                                })
+                                .collect(),
                             had_full_run: true,
                         })
                         .collect();
                 }
                 Ok(changes)
             })
-            .map_err(|e| RunError::Failed(format!("writing results failed, nothing was written: {e}")))?;
+            .map_err(|e| {
+                RunError::Failed(format!("writing results failed, nothing was written: {e}"))
+            })?;
 
         let mut notes = Vec::new();
         if task.spec.mode == Mode::Incremental {
-            let windowed: Vec<u32> = tags.iter().filter(|t| uses_date_window(&t.rule)).map(|t| t.tag.info.tag_id).collect();
+            let windowed: Vec<u32> = tags
+                .iter()
+                .filter(|t| uses_date_window(&t.rule))
+                .map(|t| t.tag.info.tag_id)
+                .collect();
             if !windowed.is_empty() {
                 notes.push(format!(
                     "tags {windowed:?} use date windows that move with as_of; an incremental run does not revoke tags that expired by date alone, a full run does"
@@ -318,7 +397,10 @@ impl Engine {
         });
         if let Some(requested) = &task.spec.user_ids {
             let known: HashSet<&str> = universe_ids.iter().map(String::as_str).collect();
-            let unknown: Vec<&String> = requested.iter().filter(|id| !known.contains(id.as_str())).collect();
+            let unknown: Vec<&String> = requested
+                .iter()
+                .filter(|id| !known.contains(id.as_str()))
+                .collect();
             result["unknown_user_ids"] = json!({
                 "count": unknown.len(),
                 "sample": unknown.iter().take(UNKNOWN_SAMPLE).collect::<Vec<_>>(),
@@ -388,9 +470,18 @@ fn dedupe(frame: DataFrame, table: &str) -> Result<(DataFrame, usize), RunError>
 /// to `universe[i]` (nulls where the side table has no row for that user).
 fn align(frame: &DataFrame, table: &str, universe: &[String]) -> Result<DataFrame, RunError> {
     let ids = user_ids(frame, table)?;
-    let index: HashMap<&str, IdxSize> = ids.iter().enumerate().filter_map(|(i, id)| id.map(|id| (id, i as IdxSize))).collect();
-    let take: IdxCa = universe.iter().map(|id| index.get(id.as_str()).copied()).collect();
-    let mut aligned = frame.take(&take).map_err(|e| polars_failed(&format!("table {table}: joining on user_id"), e))?;
+    let index: HashMap<&str, IdxSize> = ids
+        .iter()
+        .enumerate()
+        .filter_map(|(i, id)| id.map(|id| (id, i as IdxSize)))
+        .collect();
+    let take: IdxCa = universe
+        .iter()
+        .map(|id| index.get(id.as_str()).copied())
+        .collect();
+    let mut aligned = frame
+        .take(&take)
+        .map_err(|e| polars_failed(&format!("table {table}: joining on user_id"), e))?;
     aligned.rechunk_mut();
     Ok(aligned)
 }
@@ -399,13 +490,34 @@ fn max_updated(frame: &DataFrame, table: &str) -> Result<Option<i64>, RunError> 
     Ok(updated_times(frame, table)?.max())
 }
 
-/// Rows where any table the tag reads has a row newer than `watermark`, or
-/// where the user's universe row has no `updated_time` (unknown: evaluate).
-fn changed_rows(aligned: &[Aligned], tag: &RegisteredTag, watermark: i64, rows: usize) -> Result<Vec<u64>, RunError> {
+/// The tables a tag depends on: its inputs' and the universe.
+fn tag_tables(tag: &RegisteredTag) -> impl Iterator<Item = &str> {
+    let mut tables: Vec<&str> = tag
+        .info
+        .inputs
+        .iter()
+        .map(|i| i.table.as_str())
+        .chain([UNIVERSE_TABLE])
+        .collect();
+    tables.sort_unstable();
+    tables.dedup();
+    tables.into_iter()
+}
+
+/// Rows where any table the tag reads has a row newer than that table's
+/// watermark, or where the user's universe row has no `updated_time`
+/// (unknown: evaluate).
+fn changed_rows(
+    aligned: &[Aligned],
+    tag: &RegisteredTag,
+    watermarks: &BTreeMap<String, i64>,
+    rows: usize,
+) -> Result<Vec<u64>, RunError> {
     let mut scope = vec![0u64; rows.div_ceil(64)];
-    let tables: HashSet<&str> = tag.info.inputs.iter().map(|i| i.table.as_str()).chain([UNIVERSE_TABLE]).collect();
+    let tables: HashSet<&str> = tag_tables(tag).collect();
     for a in aligned.iter().filter(|a| tables.contains(a.table.as_str())) {
         let universe = a.table == UNIVERSE_TABLE;
+        let watermark = watermarks.get(&a.table).copied().unwrap_or(i64::MIN);
         for (i, time) in updated_times(&a.frame, &a.table)?.iter().enumerate() {
             let changed = match time {
                 Some(t) => t > watermark,
@@ -434,7 +546,11 @@ fn merge_mask(words: &mut [u64], offset: usize, mask: &Mask) {
 fn uses_date_window(rule: &str) -> bool {
     Rule::parse(rule).is_ok_and(|r| {
         r.conditions().iter().any(|c| {
-            matches!(c.operator, tag_plugin_api::rule::Operator::RecentDays | tag_plugin_api::rule::Operator::DaysAgoBetween)
+            matches!(
+                c.operator,
+                tag_plugin_api::rule::Operator::RecentDays
+                    | tag_plugin_api::rule::Operator::DaysAgoBetween
+            )
         })
     })
 }
@@ -451,12 +567,21 @@ struct TagCounts {
 /// The rows to write so that each evaluated user's tags in the run's tag set
 /// are exactly those that matched; other tags are kept. Returns the changes
 /// and the number of users evaluated for at least one tag.
-fn diff(ids: &[String], tags: &[TagRun], current: &CurrentTags, now: &str, counts: &mut [TagCounts]) -> (RunChanges, usize) {
+fn diff(
+    ids: &[String],
+    tags: &[TagRun],
+    current: &CurrentTags,
+    now: &str,
+    counts: &mut [TagCounts],
+) -> (RunChanges, usize) {
     let mut changes = RunChanges::default();
     let mut evaluated = 0;
     let run_ids: Vec<u32> = tags.iter().map(|t| t.tag.info.tag_id).collect();
     for (i, user) in ids.iter().enumerate() {
-        let in_scope: Vec<bool> = tags.iter().map(|t| t.scope.as_ref().is_none_or(|s| bit(s, i))).collect();
+        let in_scope: Vec<bool> = tags
+            .iter()
+            .map(|t| t.scope.as_ref().is_none_or(|s| bit(s, i)))
+            .collect();
         if !in_scope.iter().any(|b| *b) {
             continue;
         }
@@ -466,7 +591,12 @@ fn diff(ids: &[String], tags: &[TagRun], current: &CurrentTags, now: &str, count
         let mut new_ids: Vec<u32> = old_ids
             .iter()
             .copied()
-            .filter(|id| run_ids.iter().zip(&in_scope).all(|(r, scoped)| r != id || !scoped))
+            .filter(|id| {
+                run_ids
+                    .iter()
+                    .zip(&in_scope)
+                    .all(|(r, scoped)| r != id || !scoped)
+            })
             .collect();
         for ((t, scoped), c) in tags.iter().zip(&in_scope).zip(counts.iter_mut()) {
             if !scoped {
@@ -509,11 +639,16 @@ fn diff(ids: &[String], tags: &[TagRun], current: &CurrentTags, now: &str, count
 /// `tag_details` for the new tag set: entries of kept tags stay as they were
 /// (first hit time, rule version of that hit); new tags get `now`.
 fn details(old: Option<&StoredTags>, ids: &[u32], tags: &[TagRun], now: &str) -> String {
-    let previous: Map<String, Value> = old.and_then(|o| serde_json::from_str(&o.details).ok()).unwrap_or_default();
+    let previous: Map<String, Value> = old
+        .and_then(|o| serde_json::from_str(&o.details).ok())
+        .unwrap_or_default();
     let mut out = Map::new();
     for id in ids {
         let key = id.to_string();
-        let entry = match (previous.get(&key), tags.iter().find(|t| t.tag.info.tag_id == *id)) {
+        let entry = match (
+            previous.get(&key),
+            tags.iter().find(|t| t.tag.info.tag_id == *id),
+        ) {
             (Some(kept), _) => kept.clone(),
             (None, Some(t)) => json!({
                 "tag_name": t.tag.info.description,

@@ -9,12 +9,22 @@ fn init_logging(config: &Config, to_file: bool) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log_filter()));
     if to_file {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&config.log_file)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&config.log_file)?;
         let file = std::sync::Mutex::new(file);
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout.and(file)).with_ansi(false).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stdout.and(file))
+            .with_ansi(false)
+            .init();
     } else {
         // One-shot commands keep stdout for their output.
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     }
     Ok(())
 }
@@ -39,7 +49,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let addr = format!("{}:{}", config.host, config.port);
-        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         tag_host::server::run(config, listener, shutdown_signal()).await
     })
 }
@@ -48,14 +60,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = cli.command.is_none();
     if let Err(e) = init_logging(&cli.config, serving) {
-        eprintln!("error: cannot open log file {}: {e}", cli.config.log_file.display());
+        eprintln!(
+            "error: cannot open log file {}: {e}",
+            cli.config.log_file.display()
+        );
         return ExitCode::FAILURE;
     }
     let mut stdout = std::io::stdout();
     let outcome = match cli.command {
         None => serve(cli.config).map(|()| ExitCode::SUCCESS),
-        Some(Command::Plugins(args)) => tag_host::cli::plugins_command(&cli.config, args, &mut stdout),
-        Some(Command::GenData(args)) => tag_host::cli::gen_data_command(&cli.config, args, &mut stdout),
+        Some(Command::Plugins(args)) => {
+            tag_host::cli::plugins_command(&cli.config, args, &mut stdout)
+        }
+        Some(Command::GenData(args)) => {
+            tag_host::cli::gen_data_command(&cli.config, args, &mut stdout)
+        }
         Some(Command::Run(args)) => tag_host::cli::run_command(&cli.config, args, &mut stdout),
     };
     match outcome {

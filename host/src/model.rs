@@ -22,8 +22,13 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     /// Every status.
-    pub const ALL: [TaskStatus; 5] =
-        [TaskStatus::Submitted, TaskStatus::Running, TaskStatus::Completed, TaskStatus::Failed, TaskStatus::Cancelled];
+    pub const ALL: [TaskStatus; 5] = [
+        TaskStatus::Submitted,
+        TaskStatus::Running,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
 
     /// The lower-case name used in the API and the store.
     pub fn as_str(self) -> &'static str {
@@ -38,7 +43,10 @@ impl TaskStatus {
 
     /// True once the task can no longer change.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled)
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+        )
     }
 }
 
@@ -85,7 +93,9 @@ impl FromStr for Mode {
         match s {
             "full" => Ok(Mode::Full),
             "incremental" => Ok(Mode::Incremental),
-            _ => Err(format!("mode must be \"full\" or \"incremental\", got \"{s}\"")),
+            _ => Err(format!(
+                "mode must be \"full\" or \"incremental\", got \"{s}\""
+            )),
         }
     }
 }
@@ -121,7 +131,9 @@ impl FromStr for Priority {
             "low" => Ok(Priority::Low),
             "normal" => Ok(Priority::Normal),
             "high" => Ok(Priority::High),
-            _ => Err(format!("priority must be \"low\", \"normal\" or \"high\", got \"{s}\"")),
+            _ => Err(format!(
+                "priority must be \"low\", \"normal\" or \"high\", got \"{s}\""
+            )),
         }
     }
 }

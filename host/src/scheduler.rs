@@ -76,7 +76,10 @@ impl TaskControl {
 
     /// A copy of the progress report.
     pub fn progress(&self) -> Progress {
-        self.progress.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -115,7 +118,9 @@ impl PartialOrd for Queued {
 impl Ord for Queued {
     /// Max-heap: higher priority first, then lower sequence (FIFO).
     fn cmp(&self, other: &Self) -> Ordering {
-        self.priority.cmp(&other.priority).then(other.seq.cmp(&self.seq))
+        self.priority
+            .cmp(&other.priority)
+            .then(other.seq.cmp(&self.seq))
     }
 }
 
@@ -194,8 +199,19 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts `workers` threads over a queue of `capacity` tasks, and queues
     /// the tasks the store holds as unfinished (from an earlier run).
-    pub fn start(store: Arc<dyn Store>, runner: Arc<dyn TaskRunner>, workers: usize, capacity: usize) -> Result<Scheduler, StoreError> {
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake: Condvar::new(), capacity, store, runner });
+    pub fn start(
+        store: Arc<dyn Store>,
+        runner: Arc<dyn TaskRunner>,
+        workers: usize,
+        capacity: usize,
+    ) -> Result<Scheduler, StoreError> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            capacity,
+            store,
+            runner,
+        });
         {
             let mut state = shared.lock();
             for mut task in shared.store.unfinished_tasks()? {
@@ -207,7 +223,11 @@ impl Scheduler {
                 let seq = state.next_seq;
                 state.next_seq += 1;
                 tracing::info!(task_id = %task.task_id, "re-queued a task accepted before the last shutdown");
-                state.queue.push(Queued { priority: task.spec.priority, seq, task });
+                state.queue.push(Queued {
+                    priority: task.spec.priority,
+                    seq,
+                    task,
+                });
             }
         }
         let handles = (0..workers.max(1))
@@ -219,11 +239,19 @@ impl Scheduler {
                     .map_err(|e| StoreError::Database(format!("cannot start worker thread: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Scheduler { shared, workers: Arc::new(Mutex::new(handles)), worker_count: workers.max(1) })
+        Ok(Scheduler {
+            shared,
+            workers: Arc::new(Mutex::new(handles)),
+            worker_count: workers.max(1),
+        })
     }
 
     /// Persists `task` (status `submitted`) and queues it.
-    pub fn submit(&self, task: TaskRecord, idempotency: Option<(&str, &str)>) -> Result<(), SubmitError> {
+    pub fn submit(
+        &self,
+        task: TaskRecord,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<(), SubmitError> {
         {
             let mut state = self.shared.lock();
             if state.shutdown {
@@ -240,7 +268,11 @@ impl Scheduler {
         persisted?;
         let seq = state.next_seq;
         state.next_seq += 1;
-        state.queue.push(Queued { priority: task.spec.priority, seq, task });
+        state.queue.push(Queued {
+            priority: task.spec.priority,
+            seq,
+            task,
+        });
         self.shared.wake.notify_one();
         Ok(())
     }
@@ -256,7 +288,14 @@ impl Scheduler {
         let mut removed = None;
         state.queue = std::mem::take(&mut state.queue)
             .into_iter()
-            .filter_map(|q| if q.task.task_id == task_id { removed = Some(q.task); None } else { Some(q) })
+            .filter_map(|q| {
+                if q.task.task_id == task_id {
+                    removed = Some(q.task);
+                    None
+                } else {
+                    Some(q)
+                }
+            })
             .collect();
         debug_assert!(removed.is_none() || state.queue.len() + 1 == before);
         drop(state);
@@ -277,7 +316,11 @@ impl Scheduler {
 
     /// The progress of a running task.
     pub fn progress(&self, task_id: &str) -> Option<Progress> {
-        self.shared.lock().running.get(task_id).map(|c| c.progress())
+        self.shared
+            .lock()
+            .running
+            .get(task_id)
+            .map(|c| c.progress())
     }
 
     /// Queue figures.
@@ -319,7 +362,9 @@ fn worker(shared: &Shared) {
                 }
                 if let Some(next) = state.queue.pop() {
                     let control = Arc::new(TaskControl::default());
-                    state.running.insert(next.task.task_id.clone(), Arc::clone(&control));
+                    state
+                        .running
+                        .insert(next.task.task_id.clone(), Arc::clone(&control));
                     break (next.task, control);
                 }
                 state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
@@ -338,7 +383,11 @@ fn run_one(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
     }
     tracing::info!(task_id = %task.task_id, tag_ids = ?task.spec.tag_ids, mode = task.spec.mode.as_str(), "task started");
     let outcome = catch_unwind(AssertUnwindSafe(|| shared.runner.run(task, control)))
-        .unwrap_or_else(|_| Err(RunError::Failed("internal error: the task runner panicked".into())));
+        .unwrap_or_else(|_| {
+            Err(RunError::Failed(
+                "internal error: the task runner panicked".into(),
+            ))
+        });
     match outcome {
         Ok(result) => {
             task.status = TaskStatus::Completed;

@@ -27,7 +27,8 @@ impl Core {
     /// Opens the store, loads the plugins (logging each file's outcome) and
     /// seeds each tag's rule from its plugin's default.
     pub fn open(config: &Config) -> anyhow::Result<Core> {
-        let store: Arc<dyn Store> = Arc::from(store::open(&config.store_url()).context("opening the store")?);
+        let store: Arc<dyn Store> =
+            Arc::from(store::open(&config.store_url()).context("opening the store")?);
         let dir = config.plugins_dir();
         let (registry, report) = plugins::load_dir(&dir).context("loading plugins")?;
         for (file, plugin) in report.loaded() {
@@ -41,7 +42,9 @@ impl Core {
             tracing::warn!(dir = %dir.display(), "no tags loaded: every trigger will be refused");
         }
         for tag in registry.iter() {
-            store.seed_rule(tag.info.tag_id, &tag.info.default_rule).context("seeding rules")?;
+            store
+                .seed_rule(tag.info.tag_id, &tag.info.default_rule)
+                .context("seeding rules")?;
         }
         let registry = Arc::new(RwLock::new(registry));
         let engine = Arc::new(Engine::new(
@@ -50,7 +53,11 @@ impl Core {
             config.data_dir.clone(),
             config.batch_rows as usize,
         ));
-        Ok(Core { store, registry, engine })
+        Ok(Core {
+            store,
+            registry,
+            engine,
+        })
     }
 }
 
@@ -67,7 +74,10 @@ pub fn prepare_local_data(config: &Config) -> anyhow::Result<()> {
     };
     tracing::info!(dir = %config.data_dir.display(), users = options.users, "no source data: generating a sample dataset");
     let summary = gen_data_with(&config.data_dir, &options).context("generating sample data")?;
-    tracing::info!(elapsed_ms = summary.elapsed.as_millis() as u64, "sample data written");
+    tracing::info!(
+        elapsed_ms = summary.elapsed.as_millis() as u64,
+        "sample data written"
+    );
     Ok(())
 }
 
@@ -77,7 +87,11 @@ fn has_table(dir: &Path, table: &str) -> bool {
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops the
 /// workers (tasks not finished stay queued for the next start).
-pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let core = Core::open(&config)?;
     let scheduler = Scheduler::start(
         Arc::clone(&core.store),
@@ -93,10 +107,17 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: im
         registry: Arc::clone(&core.registry),
         max_user_ids: config.max_user_ids,
     };
-    let addr = listener.local_addr().context("reading the listener's address")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listener's address")?;
     tracing::info!(%addr, environment = config.env.as_str(), workers = config.max_concurrent_tasks, "tag-server listening");
-    axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+    axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
     tracing::info!("shutting down: waiting for running tasks to reach a safe point");
-    tokio::task::spawn_blocking(move || scheduler.shutdown()).await.context("stopping the workers")?;
+    tokio::task::spawn_blocking(move || scheduler.shutdown())
+        .await
+        .context("stopping the workers")?;
     Ok(())
 }

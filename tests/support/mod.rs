@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod oracle;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -133,9 +135,12 @@ impl TestServer {
             "1000".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let cli = <tag_host::config::Cli as clap::Parser>::try_parse_from(&args).expect("valid test flags");
+        let cli = <tag_host::config::Cli as clap::Parser>::try_parse_from(&args)
+            .expect("valid test flags");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener.set_nonblocking(true).expect("non-blocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let base = format!("http://{}", listener.local_addr().expect("local addr"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -148,10 +153,18 @@ impl TestServer {
                 .await
             })
         });
-        let server = TestServer { base, db: db.to_path_buf(), stop: Some(stop), thread: Some(thread) };
+        let server = TestServer {
+            base,
+            db: db.to_path_buf(),
+            stop: Some(stop),
+            thread: Some(thread),
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while server.get("/health").is_err() {
-            assert!(std::time::Instant::now() < deadline, "server did not come up");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not come up"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         server
@@ -192,13 +205,20 @@ impl TestServer {
     pub fn wait(&self, task_id: &str) -> serde_json::Value {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
         loop {
-            let (code, body) = self.get(&format!("/api/v1/tasks/{task_id}/status")).expect("status");
+            let (code, body) = self
+                .get(&format!("/api/v1/tasks/{task_id}/status"))
+                .expect("status");
             assert_eq!(code, 200, "{body}");
             let status = body["status"].clone();
-            if ["completed", "failed", "cancelled"].contains(&status["status"].as_str().unwrap_or("")) {
+            if ["completed", "failed", "cancelled"]
+                .contains(&status["status"].as_str().unwrap_or(""))
+            {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "task {task_id} did not finish: {status}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "task {task_id} did not finish: {status}"
+            );
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
     }
@@ -234,13 +254,18 @@ pub fn client() -> reqwest::blocking::Client {
 /// `user_tags` as `user_id -> tag_ids`, read straight from SQLite.
 pub fn user_tags(db: &Path) -> std::collections::BTreeMap<String, Vec<u32>> {
     let conn = rusqlite::Connection::open(db).expect("open store");
-    let mut stmt = conn.prepare("SELECT user_id, tag_ids FROM user_tags").expect("query");
+    let mut stmt = conn
+        .prepare("SELECT user_id, tag_ids FROM user_tags")
+        .expect("query");
     let rows = stmt
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
         .expect("rows")
         .map(|r| {
             let (user, ids) = r.expect("row");
-            (user, serde_json::from_str(&ids).expect("tag_ids is a JSON array"))
+            (
+                user,
+                serde_json::from_str(&ids).expect("tag_ids is a JSON array"),
+            )
         })
         .collect();
     rows
@@ -253,9 +278,36 @@ pub fn user_tag_rows(db: &Path) -> Vec<(String, String, String, String, String)>
         .prepare("SELECT user_id, tag_ids, tag_details, created_time, updated_time FROM user_tags ORDER BY user_id")
         .expect("query");
     let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .expect("rows")
         .map(|r| r.expect("row"))
         .collect();
     rows
+}
+
+/// Asserts two `user_tags` maps are equal, showing only the first differences.
+pub fn assert_same_tags(
+    actual: &std::collections::BTreeMap<String, Vec<u32>>,
+    expected: &std::collections::BTreeMap<String, Vec<u32>>,
+) {
+    let mut diffs = Vec::new();
+    for user in actual.keys().chain(expected.keys()) {
+        if actual.get(user) != expected.get(user)
+            && !diffs.iter().any(|(u, _, _): &(String, _, _)| u == user)
+        {
+            diffs.push((
+                user.clone(),
+                actual.get(user).cloned(),
+                expected.get(user).cloned(),
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} users differ (user, stored, expected), first ones: {:?}",
+        diffs.len(),
+        &diffs[..diffs.len().min(8)]
+    );
 }

@@ -18,16 +18,26 @@ fn read(dir: &Path, table: &str) -> DataFrame {
 /// `user_id -> row`, keeping the row with the greatest updated_time (the
 /// first one on ties), and the universe order.
 fn rows(df: &DataFrame) -> (HashMap<String, Row>, Vec<String>) {
-    let names: Vec<String> = df.get_column_names().iter().map(|n| n.to_string()).collect();
+    let names: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
     let mut best: HashMap<String, (Option<i64>, Row)> = HashMap::new();
     let mut order = Vec::new();
     for i in 0..df.height() {
         let row: Row = names
             .iter()
-            .map(|n| (n.clone(), df.column(n).unwrap().get(i).unwrap().into_static()))
+            .map(|n| {
+                (
+                    n.clone(),
+                    df.column(n).unwrap().get(i).unwrap().into_static(),
+                )
+            })
             .collect();
-        let AnyValue::String(_) | AnyValue::StringOwned(_) = &row["user_id"] else { continue };
-        let id = row["user_id"].get_str().unwrap().to_string();
+        let Some(id) = row["user_id"].get_str().map(str::to_string) else {
+            continue;
+        };
         let time = match &row["updated_time"] {
             AnyValue::Datetime(t, ..) | AnyValue::DatetimeOwned(t, ..) => Some(*t),
             _ => None,
@@ -77,16 +87,31 @@ pub fn expected(dir: &Path, as_of: i32, tag_ids: &[u32]) -> BTreeMap<String, Vec
     for user in universe {
         let (b, a, t) = (basic.get(&user), asset.get(&user), activity.get(&user));
         let checks: [(u32, bool); 8] = [
-            (1, num(a, "total_asset_value").is_some_and(|v| v >= 150_000.0) && num(a, "cash_balance").is_some_and(|v| v >= 60_000.0)),
+            (
+                1,
+                num(a, "total_asset_value").is_some_and(|v| v >= 150_000.0)
+                    && num(a, "cash_balance").is_some_and(|v| v >= 60_000.0),
+            ),
             (2, num(t, "trade_count_30d").is_some_and(|v| v > 10.0)),
-            (3, num(t, "risk_score").is_some_and(|v| (0.0..=30.0).contains(&v))),
+            (
+                3,
+                num(t, "risk_score").is_some_and(|v| (0.0..=30.0).contains(&v)),
+            ),
             (4, within(day(b, "registration_date"), 30)),
-            (5, matches!(text(b, "user_level"), Some("VIP2" | "VIP3")) && text(b, "kyc_status") == Some("verified")),
+            (
+                5,
+                matches!(text(b, "user_level"), Some("VIP2" | "VIP3"))
+                    && text(b, "kyc_status") == Some("verified"),
+            ),
             (6, num(a, "cash_balance").is_some_and(|v| v >= 50_000.0)),
             (7, num(b, "age").is_some_and(|v| (18.0..=30.0).contains(&v))),
             (8, within(day(t, "last_login_date"), 7)),
         ];
-        let tags: Vec<u32> = checks.iter().filter(|(id, hit)| *hit && tag_ids.contains(id)).map(|(id, _)| *id).collect();
+        let tags: Vec<u32> = checks
+            .iter()
+            .filter(|(id, hit)| *hit && tag_ids.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
         if !tags.is_empty() {
             out.insert(user, tags);
         }

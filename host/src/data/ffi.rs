@@ -28,10 +28,7 @@ pub fn with_ffi_batch<R>(df: &DataFrame, f: impl FnOnce(FfiBatch<'_>) -> R) -> R
         .iter()
         .map(Held::new)
         .collect::<Result<Vec<_>, _>>()?;
-    let columns = held
-        .iter()
-        .map(Held::ffi)
-        .collect::<Result<Vec<_>, _>>()?;
+    let columns = held.iter().map(Held::ffi).collect::<Result<Vec<_>, _>>()?;
     Ok(f(FfiBatch {
         num_rows: df.height(),
         columns: RSlice::from_slice(&columns),

@@ -113,10 +113,16 @@ pub fn gen_data_with(out_dir: &Path, options: &GenOptions) -> Result<GenSummary,
         reference_date: options.reference_date,
     };
 
-    let mut basic = TableWriter::create(out_dir, BASIC_TABLE, BasicChunk::new(0).finish()?, options)?;
-    let mut asset = TableWriter::create(out_dir, ASSET_TABLE, AssetChunk::new(0).finish()?, options)?;
-    let mut activity =
-        TableWriter::create(out_dir, ACTIVITY_TABLE, ActivityChunk::new(0).finish()?, options)?;
+    let mut basic =
+        TableWriter::create(out_dir, BASIC_TABLE, BasicChunk::new(0).finish()?, options)?;
+    let mut asset =
+        TableWriter::create(out_dir, ASSET_TABLE, AssetChunk::new(0).finish()?, options)?;
+    let mut activity = TableWriter::create(
+        out_dir,
+        ACTIVITY_TABLE,
+        ActivityChunk::new(0).finish()?,
+        options,
+    )?;
 
     let mut users_missing_asset = 0;
     let mut users_missing_activity = 0;
@@ -179,9 +185,18 @@ pub fn gen_data_with(out_dir: &Path, options: &GenOptions) -> Result<GenSummary,
                 variant.asset_row_unconditional(index),
                 variant.activity_row_unconditional(index),
             );
-            b.push(&BasicRow { updated_time: Some(bt - MICROS_PER_DAY), ..vb });
-            a.push(&AssetRow { updated_time: Some(at - MICROS_PER_DAY), ..va });
-            t.push(&ActivityRow { updated_time: Some(tt - MICROS_PER_DAY), ..vt });
+            b.push(&BasicRow {
+                updated_time: Some(bt - MICROS_PER_DAY),
+                ..vb
+            });
+            a.push(&AssetRow {
+                updated_time: Some(at - MICROS_PER_DAY),
+                ..va
+            });
+            t.push(&ActivityRow {
+                updated_time: Some(tt - MICROS_PER_DAY),
+                ..vt
+            });
             duplicate_rows += 1;
         }
         basic.write(b.finish()?)?;
@@ -306,7 +321,14 @@ fn mix64(mut z: u64) -> u64 {
 const LEVELS: [&str; 6] = ["VIP3", "VIP2", "VIP1", "GOLD", "SILVER", "BRONZE"];
 const LEVEL_WEIGHTS: [f64; 6] = [0.02, 0.05, 0.10, 0.18, 0.25, 0.40];
 /// Median total assets per tier, in currency units.
-const ASSET_MEDIAN: [f64; 6] = [3_000_000.0, 800_000.0, 220_000.0, 70_000.0, 18_000.0, 3_000.0];
+const ASSET_MEDIAN: [f64; 6] = [
+    3_000_000.0,
+    800_000.0,
+    220_000.0,
+    70_000.0,
+    18_000.0,
+    3_000.0,
+];
 /// Mean 30-day trade count per tier (for active users).
 const TRADE_MEAN: [f64; 6] = [40.0, 25.0, 15.0, 8.0, 4.0, 2.0];
 /// Share of users without a trade in 30 days, per tier.
@@ -329,7 +351,11 @@ const GENDER_WEIGHTS: [f64; 3] = [0.49, 0.49, 0.02];
 
 /// Countries with their cities and weights.
 const COUNTRIES: [(&str, &[&str], f64); 9] = [
-    ("CN", &["Beijing", "Shanghai", "Shenzhen", "Hangzhou", "Guangzhou"], 0.35),
+    (
+        "CN",
+        &["Beijing", "Shanghai", "Shenzhen", "Hangzhou", "Guangzhou"],
+        0.35,
+    ),
     ("US", &["New York", "San Francisco", "Chicago"], 0.15),
     ("SG", &["Singapore"], 0.10),
     ("HK", &["Hong Kong"], 0.10),
@@ -444,12 +470,14 @@ impl Ctx {
         let registration = self.day(reg_days_ago);
 
         let v = VERIFIED[tier];
-        let kyc = ["verified", "pending", "rejected"][rng.weighted(&[v, (1.0 - v) * 0.7, (1.0 - v) * 0.3])];
+        let kyc = ["verified", "pending", "rejected"]
+            [rng.weighted(&[v, (1.0 - v) * 0.7, (1.0 - v) * 0.3])];
         let weights: Vec<f64> = COUNTRIES.iter().map(|c| c.2).collect();
         let (country, cities, _) = COUNTRIES[rng.weighted(&weights)];
         let city = cities[rng.below(cities.len() as u64) as usize];
 
-        let created = i64::from(registration) * MICROS_PER_DAY + rng.below(MICROS_PER_DAY as u64) as i64;
+        let created =
+            i64::from(registration) * MICROS_PER_DAY + rng.below(MICROS_PER_DAY as u64) as i64;
         let span = reg_days_ago.max(0) * MICROS_PER_DAY + 1;
         let updated = created + rng.below(span as u64) as i64;
 
@@ -470,7 +498,8 @@ impl Ctx {
     /// The asset row of a user, or `None` for users the table does not cover.
     fn asset_row(&self, index: u64) -> Option<AssetRow> {
         let mut rng = Rng::new(self.seed, index, STREAM_ASSET);
-        rng.chance(SIDE_COVERAGE).then(|| self.asset_row_unconditional(index))
+        rng.chance(SIDE_COVERAGE)
+            .then(|| self.asset_row_unconditional(index))
     }
 
     fn asset_row_unconditional(&self, index: u64) -> AssetRow {
@@ -496,7 +525,12 @@ impl Ctx {
             None => cents(ASSET_MEDIAN[tier] * (0.9 * rng.normal()).exp() * 0.6),
         };
         // Split the rest over stock, bond, fund, crypto; crypto is rarer.
-        let w = [rng.f64() + 0.2, rng.f64() * 0.6, rng.f64() * 0.8, rng.f64() * rng.f64() * 0.5];
+        let w = [
+            rng.f64() + 0.2,
+            rng.f64() * 0.6,
+            rng.f64() * 0.8,
+            rng.f64() * rng.f64() * 0.5,
+        ];
         let sum: f64 = w.iter().sum();
         let stock = (rest as f64 * w[0] / sum) as i64;
         let bond = (rest as f64 * w[1] / sum) as i64;
@@ -522,7 +556,8 @@ impl Ctx {
     /// The activity row of a user, or `None` for users the table does not cover.
     fn activity_row(&self, index: u64) -> Option<ActivityRow> {
         let mut rng = Rng::new(self.seed, index, STREAM_ACTIVITY);
-        rng.chance(SIDE_COVERAGE).then(|| self.activity_row_unconditional(index))
+        rng.chance(SIDE_COVERAGE)
+            .then(|| self.activity_row_unconditional(index))
     }
 
     fn activity_row_unconditional(&self, index: u64) -> ActivityRow {
@@ -844,7 +879,12 @@ struct TableWriter {
 
 impl TableWriter {
     /// Creates `<dir>/<table>.parquet` with the schema of `empty`.
-    fn create(dir: &Path, table: &str, empty: DataFrame, options: &GenOptions) -> Result<Self, Error> {
+    fn create(
+        dir: &Path,
+        table: &str,
+        empty: DataFrame,
+        options: &GenOptions,
+    ) -> Result<Self, Error> {
         let path = dir.join(format!("{table}.parquet"));
         let file = File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
         let writer = ParquetWriter::new(file)
@@ -852,7 +892,11 @@ impl TableWriter {
             .with_row_group_size(Some(options.row_group_rows.max(1)))
             .batched(empty.schema())
             .map_err(|e| Error::polars(format!("opening {}", path.display()), e))?;
-        Ok(TableWriter { path, writer, rows: 0 })
+        Ok(TableWriter {
+            path,
+            writer,
+            rows: 0,
+        })
     }
 
     /// Appends the rows of `df` (if any) as a row group.

@@ -112,7 +112,11 @@ impl DataError {
     }
 
     /// Wraps an I/O error with what was done and where.
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> DataError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> DataError {
         DataError::Io {
             action,
             path: path.into(),

@@ -205,27 +205,28 @@ impl TableScan {
             let column = df
                 .column(&request.name)
                 .map_err(|e| Error::polars(context(), e))?;
-            let coerced = coerce_column(&self.table, column, request.column_type).map_err(|e| match e {
-                // Rows in the detail count from the batch start: say where it starts.
-                Error::InvalidValue {
-                    table,
-                    column,
-                    expected,
-                    found,
-                    detail,
-                } => Error::InvalidValue {
-                    table,
-                    column,
-                    expected,
-                    found,
-                    detail: format!(
-                        "{detail} (in the batch from row {} of {})",
-                        slice.offset,
-                        part.path.display()
-                    ),
-                },
-                other => other,
-            })?;
+            let coerced =
+                coerce_column(&self.table, column, request.column_type).map_err(|e| match e {
+                    // Rows in the detail count from the batch start: say where it starts.
+                    Error::InvalidValue {
+                        table,
+                        column,
+                        expected,
+                        found,
+                        detail,
+                    } => Error::InvalidValue {
+                        table,
+                        column,
+                        expected,
+                        found,
+                        detail: format!(
+                            "{detail} (in the batch from row {} of {})",
+                            slice.offset,
+                            part.path.display()
+                        ),
+                    },
+                    other => other,
+                })?;
             out.push(coerced);
         }
         DataFrame::new(df.height(), out).map_err(|e| Error::polars(context(), e))
@@ -273,7 +274,10 @@ pub fn check_coercible(
             ColumnType::Int32 | ColumnType::Int64 => found.is_integer(),
             ColumnType::Float64 => found.is_integer() || found.is_float(),
             ColumnType::Date => {
-                matches!(found, DataType::Date | DataType::Datetime(..) | DataType::String)
+                matches!(
+                    found,
+                    DataType::Date | DataType::Datetime(..) | DataType::String
+                )
             }
             ColumnType::Timestamp => matches!(found, DataType::Datetime(..) | DataType::Date),
             ColumnType::Utf8 => matches!(found, DataType::String),
@@ -332,9 +336,11 @@ pub fn coerce_column(table: &str, column: &Column, expected: ColumnType) -> Resu
                 },
             }
         }
-        return Ok(Int32Chunked::from_iter_options(column.name().clone(), days.into_iter())
-            .into_date()
-            .into_column());
+        return Ok(
+            Int32Chunked::from_iter_options(column.name().clone(), days.into_iter())
+                .into_date()
+                .into_column(),
+        );
     }
 
     let cast = column.cast(&target).map_err(|e| invalid(e.to_string()))?;

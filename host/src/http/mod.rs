@@ -32,7 +32,10 @@ pub struct AppState {
 impl AppState {
     /// The current registry.
     pub fn tags(&self) -> TagRegistry {
-        self.registry.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Runs a store call off the async threads.
@@ -59,8 +62,17 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with an English `error` and a Chinese `message`.
-    pub fn new(status: StatusCode, error: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError { status, error: error.into(), message: message.into(), extra: Vec::new() }
+    pub fn new(
+        status: StatusCode,
+        error: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            error: error.into(),
+            message: message.into(),
+            extra: Vec::new(),
+        }
     }
 
     /// A 400 for invalid input.
@@ -89,7 +101,11 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), "存储服务不可用")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+            "存储服务不可用",
+        )
     }
 }
 
@@ -115,7 +131,11 @@ pub fn router(state: AppState) -> Router {
         .merge(tasks::router())
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", "请求方法不被允许")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+                "请求方法不被允许",
+            )
         })
         .with_state(state)
 }

@@ -32,24 +32,31 @@ async fn available(State(state): State<AppState>) -> Json<Value> {
 }
 
 fn parse_tag_id(state: &AppState, raw: &str) -> Result<u32, ApiError> {
-    let id: u32 = raw
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("tag_id must be a positive integer, got \"{raw}\""), "标签ID必须是正整数"))?;
+    let id: u32 = raw.parse().map_err(|_| {
+        ApiError::bad_request(
+            format!("tag_id must be a positive integer, got \"{raw}\""),
+            "标签ID必须是正整数",
+        )
+    })?;
     if state.tags().get(id).is_none() {
-        return Err(ApiError::not_found(format!("Unknown tag_id: {id}"), format!("标签不存在: {id}"))
-            .with("available_tag_ids", json!(state.tags().ids())));
+        return Err(ApiError::not_found(
+            format!("Unknown tag_id: {id}"),
+            format!("标签不存在: {id}"),
+        )
+        .with("available_tag_ids", json!(state.tags().ids())));
     }
     Ok(id)
 }
 
 /// The current rule and its history.
-async fn get_rule(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_rule(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let tag_id = parse_tag_id(&state, &raw)?;
     let history = state.blocking(move |s| s.rule_history(tag_id)).await?;
     let current = history.last().cloned();
-    let rule = |r: &crate::store::RuleVersion| {
-        json!({"version": r.version, "rule": serde_json::from_str::<Value>(&r.rule).unwrap_or(Value::Null), "created_at": r.created_at})
-    };
+    let rule = |r: &crate::store::RuleVersion| json!({"version": r.version, "rule": serde_json::from_str::<Value>(&r.rule).unwrap_or(Value::Null), "created_at": r.created_at});
     Ok(Json(json!({
         "success": true,
         "tag_id": tag_id,
@@ -59,10 +66,18 @@ async fn get_rule(State(state): State<AppState>, Path(raw): Path<String>) -> Res
 }
 
 /// Replaces the rule (validated by the tag's plugin) as a new version.
-async fn put_rule(State(state): State<AppState>, Path(raw): Path<String>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+async fn put_rule(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
     let tag_id = parse_tag_id(&state, &raw)?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("Request body must be valid JSON: {e}"), "请求体必须是有效的JSON"))?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            format!("Request body must be valid JSON: {e}"),
+            "请求体必须是有效的JSON",
+        )
+    })?;
     // Accept either the rule itself or {"rule": {...}}.
     let rule = match value.get("rule") {
         Some(inner) if value.as_object().is_some_and(|o| o.len() == 1) => inner.clone(),
@@ -70,8 +85,11 @@ async fn put_rule(State(state): State<AppState>, Path(raw): Path<String>, body: 
     };
     let text = rule.to_string();
     let tags = state.tags();
-    let tag = tags.get(tag_id).ok_or_else(|| ApiError::not_found(format!("Unknown tag_id: {tag_id}"), "标签不存在"))?;
-    tag.validate_rule(&text).map_err(|e| ApiError::bad_request(format!("Invalid rule: {e}"), "规则无效"))?;
+    let tag = tags
+        .get(tag_id)
+        .ok_or_else(|| ApiError::not_found(format!("Unknown tag_id: {tag_id}"), "标签不存在"))?;
+    tag.validate_rule(&text)
+        .map_err(|e| ApiError::bad_request(format!("Invalid rule: {e}"), "规则无效"))?;
     let saved = state.blocking(move |s| s.save_rule(tag_id, &text)).await?;
     Ok(Json(json!({
         "success": true,

@@ -31,14 +31,25 @@ fn describe(v: &Value) -> String {
 
 fn parse_tag_ids(body: &Map<String, Value>, registry: &TagRegistry) -> Result<Vec<u32>, ApiError> {
     let raw = match body.get("tag_ids") {
-        None | Some(Value::Null) => return Err(ApiError::bad_request("tag_ids is required", "缺少必需参数: tag_ids")),
+        None | Some(Value::Null) => {
+            return Err(ApiError::bad_request(
+                "tag_ids is required",
+                "缺少必需参数: tag_ids",
+            ))
+        }
         Some(Value::Array(items)) if items.is_empty() => {
-            return Err(ApiError::bad_request("tag_ids must not be empty", "标签ID列表不能为空"))
+            return Err(ApiError::bad_request(
+                "tag_ids must not be empty",
+                "标签ID列表不能为空",
+            ))
         }
         Some(Value::Array(items)) => items,
         Some(other) => {
             return Err(ApiError::bad_request(
-                format!("tag_ids must be a list of integers, got {}", describe(other)),
+                format!(
+                    "tag_ids must be a list of integers, got {}",
+                    describe(other)
+                ),
                 "tag_ids必须是整数列表",
             ))
         }
@@ -46,22 +57,42 @@ fn parse_tag_ids(body: &Map<String, Value>, registry: &TagRegistry) -> Result<Ve
     let mut ids = BTreeSet::new();
     for (i, item) in raw.iter().enumerate() {
         // JSON `true` is not an integer, and neither is 1.0.
-        let id = item.as_u64().filter(|_| item.is_number()).and_then(|n| u32::try_from(n).ok());
+        let id = item
+            .as_u64()
+            .filter(|_| item.is_number())
+            .and_then(|n| u32::try_from(n).ok());
         match id {
             Some(id) => ids.insert(id),
             None => {
                 return Err(ApiError::bad_request(
-                    format!("tag_ids must contain only positive integers; item {i} is {}", describe(item)),
+                    format!(
+                        "tag_ids must contain only positive integers; item {i} is {}",
+                        describe(item)
+                    ),
                     "tag_ids必须只包含整数",
                 ))
             }
         };
     }
-    let unknown: Vec<u32> = ids.iter().copied().filter(|id| registry.get(*id).is_none()).collect();
+    let unknown: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|id| registry.get(*id).is_none())
+        .collect();
     if !unknown.is_empty() {
-        let list = format!("[{}]", unknown.iter().map(u32::to_string).collect::<Vec<_>>().join(", "));
-        return Err(ApiError::bad_request(format!("Invalid tag_ids: {list}"), format!("无效的标签ID: {list}"))
-            .with("available_tag_ids", json!(registry.ids())));
+        let list = format!(
+            "[{}]",
+            unknown
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Err(ApiError::bad_request(
+            format!("Invalid tag_ids: {list}"),
+            format!("无效的标签ID: {list}"),
+        )
+        .with("available_tag_ids", json!(registry.ids())));
     }
     Ok(ids.into_iter().collect())
 }
@@ -72,7 +103,10 @@ fn parse_user_ids(body: &Map<String, Value>, max: usize) -> Result<Option<Vec<St
         Some(Value::Array(items)) => items,
         Some(other) => {
             return Err(ApiError::bad_request(
-                format!("user_ids must be a list of strings, got {}", describe(other)),
+                format!(
+                    "user_ids must be a list of strings, got {}",
+                    describe(other)
+                ),
                 "user_ids必须是字符串列表",
             ))
         }
@@ -94,43 +128,75 @@ fn parse_user_ids(body: &Map<String, Value>, max: usize) -> Result<Option<Vec<St
             }
             _ => {
                 return Err(ApiError::bad_request(
-                    format!("user_ids must contain only non-empty strings; item {i} is {}", describe(item)),
+                    format!(
+                        "user_ids must contain only non-empty strings; item {i} is {}",
+                        describe(item)
+                    ),
                     "user_ids必须只包含非空字符串",
                 ))
             }
         }
     }
     if ids.is_empty() {
-        return Err(ApiError::bad_request("user_ids must not be empty when given", "user_ids不能为空列表"));
+        return Err(ApiError::bad_request(
+            "user_ids must not be empty when given",
+            "user_ids不能为空列表",
+        ));
     }
     Ok(Some(ids))
 }
 
-fn parse_choice<T: std::str::FromStr<Err = String>>(body: &Map<String, Value>, key: &str, zh: &str) -> Result<Option<T>, ApiError> {
+fn parse_choice<T: std::str::FromStr<Err = String>>(
+    body: &Map<String, Value>,
+    key: &str,
+    zh: &str,
+) -> Result<Option<T>, ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => s.parse().map(Some).map_err(|e: String| ApiError::bad_request(e, zh.to_string())),
-        Some(other) => Err(ApiError::bad_request(format!("{key} must be a string, got {}", describe(other)), zh.to_string())),
+        Some(Value::String(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|e: String| ApiError::bad_request(e, zh.to_string())),
+        Some(other) => Err(ApiError::bad_request(
+            format!("{key} must be a string, got {}", describe(other)),
+            zh.to_string(),
+        )),
     }
 }
 
 /// Validates a trigger body into a task spec; every failure is a 400 naming the field.
-pub fn parse_trigger(body: &[u8], registry: &TagRegistry, max_user_ids: usize) -> Result<TaskSpec, ApiError> {
+pub fn parse_trigger(
+    body: &[u8],
+    registry: &TagRegistry,
+    max_user_ids: usize,
+) -> Result<TaskSpec, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("Request body is required", "请求体不能为空"));
+        return Err(ApiError::bad_request(
+            "Request body is required",
+            "请求体不能为空",
+        ));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("Request body must be valid JSON: {e}"), "请求体必须是有效的JSON"))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            format!("Request body must be valid JSON: {e}"),
+            "请求体必须是有效的JSON",
+        )
+    })?;
     let Value::Object(body) = value else {
         return Err(ApiError::bad_request(
-            format!("Request body must be a JSON object, got {}", describe(&value)),
+            format!(
+                "Request body must be a JSON object, got {}",
+                describe(&value)
+            ),
             "请求体必须是JSON对象",
         ));
     };
     let tag_ids = parse_tag_ids(&body, registry)?;
     let user_ids = parse_user_ids(&body, max_user_ids)?;
-    let mode = parse_choice::<Mode>(&body, "mode", "mode必须是full或incremental")?.unwrap_or_default();
-    let priority = parse_choice::<Priority>(&body, "priority", "priority必须是low、normal或high")?.unwrap_or_default();
+    let mode =
+        parse_choice::<Mode>(&body, "mode", "mode必须是full或incremental")?.unwrap_or_default();
+    let priority = parse_choice::<Priority>(&body, "priority", "priority必须是low、normal或high")?
+        .unwrap_or_default();
     let as_of = match body.get("as_of") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if Date::parse(s).is_some() => Some(s.clone()),
@@ -141,7 +207,13 @@ pub fn parse_trigger(body: &[u8], registry: &TagRegistry, max_user_ids: usize) -
             ))
         }
     };
-    Ok(TaskSpec { tag_ids, user_ids, mode, priority, as_of })
+    Ok(TaskSpec {
+        tag_ids,
+        user_ids,
+        mode,
+        priority,
+        as_of,
+    })
 }
 
 fn submitted_body(task: &TaskRecord) -> Value {
@@ -162,7 +234,11 @@ fn submitted_body(task: &TaskRecord) -> Value {
 }
 
 /// `POST /api/v1/tags/trigger`: validates, persists and queues a task (202).
-async fn trigger(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn trigger(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let spec = parse_trigger(&body, &state.tags(), state.max_user_ids)?;
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => None,
@@ -174,7 +250,8 @@ async fn trigger(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
             ))
         }
     };
-    let fingerprint = serde_json::to_string(&spec).map_err(|e| ApiError::internal(e.to_string()))?;
+    let fingerprint =
+        serde_json::to_string(&spec).map_err(|e| ApiError::internal(e.to_string()))?;
     if let Some(key) = key.clone() {
         if let Some((task_id, hash)) = state.blocking(move |s| s.find_idempotent(&key)).await? {
             if hash != fingerprint {
@@ -215,9 +292,11 @@ async fn trigger(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
             format!("Task queue is full ({n} tasks waiting); retry later"),
             "任务队列已满，请稍后重试",
         )),
-        Err(SubmitError::ShuttingDown) => {
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Server is shutting down", "服务器正在关闭"))
-        }
+        Err(SubmitError::ShuttingDown) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server is shutting down",
+            "服务器正在关闭",
+        )),
         Err(SubmitError::Store(e)) => Err(e.into()),
     }
 }
@@ -251,14 +330,25 @@ fn task_json(task: &TaskRecord, state: &AppState) -> Value {
 }
 
 fn task_not_found(task_id: &str) -> ApiError {
-    ApiError::not_found(format!("Task not found: {task_id}"), format!("任务不存在: {task_id}"))
+    ApiError::not_found(
+        format!("Task not found: {task_id}"),
+        format!("任务不存在: {task_id}"),
+    )
 }
 
 /// `GET /api/v1/tasks/{task_id}/status`.
-async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn status(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = task_id.clone();
-    let task = state.blocking(move |s| s.get_task(&id)).await?.ok_or_else(|| task_not_found(&task_id))?;
-    Ok(Json(json!({"success": true, "task_id": task.task_id, "status": task_json(&task, &state)})))
+    let task = state
+        .blocking(move |s| s.get_task(&id))
+        .await?
+        .ok_or_else(|| task_not_found(&task_id))?;
+    Ok(Json(
+        json!({"success": true, "task_id": task.task_id, "status": task_json(&task, &state)}),
+    ))
 }
 
 /// Query of `GET /api/v1/tasks`.
@@ -269,7 +359,12 @@ struct ListQuery {
     offset: Option<String>,
 }
 
-fn parse_count(raw: Option<&str>, key: &str, default: usize, max: usize) -> Result<usize, ApiError> {
+fn parse_count(
+    raw: Option<&str>,
+    key: &str,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
     match raw {
         None => Ok(default),
         Some(s) => match s.parse::<usize>() {
@@ -283,7 +378,10 @@ fn parse_count(raw: Option<&str>, key: &str, default: usize, max: usize) -> Resu
 }
 
 /// `GET /api/v1/tasks?status=&limit=&offset=`: newest first.
-async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let status = q
         .status
         .as_deref()
@@ -292,13 +390,20 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resu
         .map_err(|e| ApiError::bad_request(e, "status参数无效"))?;
     let limit = parse_count(q.limit.as_deref(), "limit", 100, 1000)?;
     let offset = parse_count(q.offset.as_deref(), "offset", 0, usize::MAX / 2)?;
-    let (tasks, total) = state.blocking(move |s| s.list_tasks(status, limit, offset)).await?;
+    let (tasks, total) = state
+        .blocking(move |s| s.list_tasks(status, limit, offset))
+        .await?;
     let tasks: Vec<Value> = tasks.iter().map(|t| task_json(t, &state)).collect();
-    Ok(Json(json!({"success": true, "tasks": tasks, "total": total, "limit": limit, "offset": offset})))
+    Ok(Json(
+        json!({"success": true, "tasks": tasks, "total": total, "limit": limit, "offset": offset}),
+    ))
 }
 
 /// `POST /api/v1/tasks/{task_id}/cancel`.
-async fn cancel(State(state): State<AppState>, Path(task_id): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn cancel(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let scheduler = state.scheduler.clone();
     let id = task_id.clone();
     let outcome = tokio::task::spawn_blocking(move || scheduler.cancel(&id))
@@ -307,11 +412,15 @@ async fn cancel(State(state): State<AppState>, Path(task_id): Path<String>) -> R
     match outcome {
         CancelOutcome::Cancelled(task) => Ok((
             StatusCode::OK,
-            Json(json!({"success": true, "task_id": task_id, "message": "任务已取消", "status": task_json(&task, &state)})),
+            Json(
+                json!({"success": true, "task_id": task_id, "message": "任务已取消", "status": task_json(&task, &state)}),
+            ),
         )),
         CancelOutcome::Requested => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({"success": true, "task_id": task_id, "message": "任务将在下一个安全点停止，不写入任何结果"})),
+            Json(
+                json!({"success": true, "task_id": task_id, "message": "任务将在下一个安全点停止，不写入任何结果"}),
+            ),
         )),
         CancelOutcome::AlreadyFinished(status) => Err(ApiError::new(
             StatusCode::CONFLICT,

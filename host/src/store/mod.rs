@@ -77,8 +77,9 @@ pub struct TagState {
     pub tag_id: u32,
     /// Rule version of the last successful run.
     pub rule_version: i64,
-    /// Greatest source `updated_time` (µs) seen by the last successful run.
-    pub watermark_us: Option<i64>,
+    /// Per source table, the greatest `updated_time` (µs) the last
+    /// successful run saw (tables keep their own clocks).
+    pub watermarks: BTreeMap<String, i64>,
     /// Whether any successful run evaluated the whole universe.
     pub had_full_run: bool,
 }
@@ -113,7 +114,11 @@ pub trait Store: Send + Sync {
     fn ping(&self) -> Result<(), StoreError>;
 
     /// Records an accepted task (with its idempotency key and request hash).
-    fn insert_task(&self, task: &TaskRecord, idempotency: Option<(&str, &str)>) -> Result<(), StoreError>;
+    fn insert_task(
+        &self,
+        task: &TaskRecord,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<(), StoreError>;
     /// The task id and request hash recorded under an idempotency key.
     fn find_idempotent(&self, key: &str) -> Result<Option<(String, String)>, StoreError>;
     /// Sets a task's status, timestamps, result and error.
@@ -121,7 +126,12 @@ pub trait Store: Send + Sync {
     /// One task.
     fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError>;
     /// Tasks newest first, optionally of one status, paged; with the total count.
-    fn list_tasks(&self, status: Option<TaskStatus>, limit: usize, offset: usize) -> Result<(Vec<TaskRecord>, usize), StoreError>;
+    fn list_tasks(
+        &self,
+        status: Option<TaskStatus>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<TaskRecord>, usize), StoreError>;
     /// Tasks not yet terminal, oldest first (re-queued at start-up).
     fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, StoreError>;
     /// Number of tasks per status.
@@ -143,13 +153,20 @@ pub trait Store: Send + Sync {
     /// One user's row.
     fn user_tags(&self, user_id: &str) -> Result<Option<UserTagRow>, StoreError>;
     /// Users holding a tag, ascending, after `cursor`.
-    fn users_with_tag(&self, tag_id: u32, limit: usize, cursor: Option<&str>) -> Result<Vec<String>, StoreError>;
+    fn users_with_tag(
+        &self,
+        tag_id: u32,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Vec<String>, StoreError>;
 }
 
 /// Opens the store named by a URL (`sqlite://PATH`).
 pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     match url.strip_prefix("sqlite://") {
-        Some(path) if !path.is_empty() => Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(path))?)),
+        Some(path) if !path.is_empty() => Ok(Box::new(sqlite::SqliteStore::open(
+            std::path::Path::new(path),
+        )?)),
         _ => Err(StoreError::UnsupportedUrl(url.to_string())),
     }
 }

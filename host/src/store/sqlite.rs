@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS tag_rules (
 CREATE TABLE IF NOT EXISTS tag_state (
     tag_id INTEGER PRIMARY KEY,
     rule_version INTEGER NOT NULL,
-    watermark_us INTEGER,
+    watermarks TEXT NOT NULL,
     had_full_run INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS user_tags (
@@ -60,9 +60,11 @@ CREATE TABLE IF NOT EXISTS user_tags (
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(db)?;
-    conn.busy_timeout(std::time::Duration::from_secs(60)).map_err(db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(60))
+        .map_err(db)?;
     // FULL: a commit that returned is on disk; WAL keeps readers unblocked.
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;").map_err(db)?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
+        .map_err(db)?;
     Ok(conn)
 }
 
@@ -72,7 +74,8 @@ fn task_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRecord,
     let result: Option<String> = row.get("result")?;
     let task_id: String = row.get("task_id")?;
     let build = || -> Result<TaskRecord, StoreError> {
-        let spec: TaskSpec = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("task {task_id} spec: {e}")))?;
+        let spec: TaskSpec = serde_json::from_str(&spec)
+            .map_err(|e| StoreError::Corrupt(format!("task {task_id} spec: {e}")))?;
         let status = status.parse().map_err(StoreError::Corrupt)?;
         let result = result
             .map(|r| serde_json::from_str(&r))
@@ -106,22 +109,33 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Database(format!("cannot create {}: {e}", parent.display()))
+            })?;
         }
         let conn = connect(path)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
-        Ok(SqliteStore { path: path.to_path_buf(), conn: Mutex::new(conn) })
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         // A poisoned mutex only means another thread panicked mid-call; the
         // connection itself is still usable (SQLite rolls back open work).
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&conn)
     }
 
-    fn query_tasks(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<TaskRecord>, StoreError> {
+    fn query_tasks(
+        &self,
+        sql: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<TaskRecord>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(sql).map_err(db)?;
             let rows = stmt.query_map(args, task_from_row).map_err(db)?;
@@ -135,8 +149,13 @@ impl Store for SqliteStore {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db))
     }
 
-    fn insert_task(&self, task: &TaskRecord, idempotency: Option<(&str, &str)>) -> Result<(), StoreError> {
-        let spec = serde_json::to_string(&task.spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    fn insert_task(
+        &self,
+        task: &TaskRecord,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
+        let spec =
+            serde_json::to_string(&task.spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.with(|c| {
             c.execute(
                 "INSERT INTO tasks (task_id, spec, environment, status, submitted_at, idempotency_key, request_hash)
@@ -161,7 +180,12 @@ impl Store for SqliteStore {
             c.query_row(
                 "SELECT task_id, request_hash FROM tasks WHERE idempotency_key = ?1",
                 [key],
-                |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    ))
+                },
             )
             .optional()
             .map_err(db)
@@ -181,10 +205,17 @@ impl Store for SqliteStore {
     }
 
     fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        Ok(self.query_tasks("SELECT * FROM tasks WHERE task_id = ?1", &[&task_id])?.pop())
+        Ok(self
+            .query_tasks("SELECT * FROM tasks WHERE task_id = ?1", &[&task_id])?
+            .pop())
     }
 
-    fn list_tasks(&self, status: Option<TaskStatus>, limit: usize, offset: usize) -> Result<(Vec<TaskRecord>, usize), StoreError> {
+    fn list_tasks(
+        &self,
+        status: Option<TaskStatus>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<TaskRecord>, usize), StoreError> {
         let status = status.map(|s| s.as_str());
         let (limit, offset) = (limit as i64, offset as i64);
         let tasks = self.query_tasks(
@@ -192,20 +223,33 @@ impl Store for SqliteStore {
             &[&status, &limit, &offset],
         )?;
         let total = self.with(|c| {
-            c.query_row("SELECT COUNT(*) FROM tasks WHERE ?1 IS NULL OR status = ?1", [&status], |r| r.get::<_, i64>(0))
-                .map_err(db)
+            c.query_row(
+                "SELECT COUNT(*) FROM tasks WHERE ?1 IS NULL OR status = ?1",
+                [&status],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(db)
         })?;
         Ok((tasks, total as usize))
     }
 
     fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
-        self.query_tasks("SELECT * FROM tasks WHERE status IN ('submitted', 'running') ORDER BY seq", &[])
+        self.query_tasks(
+            "SELECT * FROM tasks WHERE status IN ('submitted', 'running') ORDER BY seq",
+            &[],
+        )
     }
 
     fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         self.with(|c| {
-            let mut stmt = c.prepare_cached("SELECT status, COUNT(*) FROM tasks GROUP BY status").map_err(db)?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))).map_err(db)?;
+            let mut stmt = c
+                .prepare_cached("SELECT status, COUNT(*) FROM tasks GROUP BY status")
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(db)?;
             rows.collect::<Result<_, _>>().map_err(db)
         })
     }
@@ -258,23 +302,43 @@ impl Store for SqliteStore {
             .map_err(db)?;
             Ok(())
         })?;
-        self.current_rule(tag_id)?.ok_or_else(|| StoreError::Database(format!("rule of tag {tag_id} vanished")))
+        self.current_rule(tag_id)?
+            .ok_or_else(|| StoreError::Database(format!("rule of tag {tag_id} vanished")))
     }
 
     fn tag_states(&self) -> Result<HashMap<u32, TagState>, StoreError> {
         self.with(|c| {
-            let mut stmt = c.prepare_cached("SELECT tag_id, rule_version, watermark_us, had_full_run FROM tag_state").map_err(db)?;
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT tag_id, rule_version, watermarks, had_full_run FROM tag_state",
+                )
+                .map_err(db)?;
             let rows = stmt
                 .query_map([], |r| {
-                    Ok(TagState {
-                        tag_id: r.get(0)?,
-                        rule_version: r.get(1)?,
-                        watermark_us: r.get(2)?,
-                        had_full_run: r.get::<_, i64>(3)? != 0,
-                    })
+                    Ok((
+                        r.get::<_, u32>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)? != 0,
+                    ))
                 })
                 .map_err(db)?;
-            rows.map(|r| r.map(|s| (s.tag_id, s))).collect::<Result<_, _>>().map_err(db)
+            let mut states = HashMap::new();
+            for row in rows {
+                let (tag_id, rule_version, watermarks, had_full_run) = row.map_err(db)?;
+                let watermarks = serde_json::from_str(&watermarks)
+                    .map_err(|e| StoreError::Corrupt(format!("watermarks of tag {tag_id}: {e}")))?;
+                states.insert(
+                    tag_id,
+                    TagState {
+                        tag_id,
+                        rule_version,
+                        watermarks,
+                        had_full_run,
+                    },
+                );
+            }
+            Ok(states)
         })
     }
 
@@ -282,7 +346,9 @@ impl Store for SqliteStore {
         let mut conn = connect(&self.path)?;
         // IMMEDIATE takes the write lock before reading, so no other run can
         // change the rows between this read and this write.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
         let mut current = CurrentTags::new();
         {
             let mut stmt = tx.prepare("SELECT user_id, tag_ids, tag_details, created_time, updated_time FROM user_tags").map_err(db)?;
@@ -311,22 +377,42 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             for row in &changes.upserts {
                 upsert
-                    .execute(params![row.user_id, tag_ids_json(&row.tag_ids), row.details, row.created_time, row.updated_time])
+                    .execute(params![
+                        row.user_id,
+                        tag_ids_json(&row.tag_ids),
+                        row.details,
+                        row.created_time,
+                        row.updated_time
+                    ])
                     .map_err(db)?;
             }
-            let mut delete = tx.prepare("DELETE FROM user_tags WHERE user_id = ?1").map_err(db)?;
+            let mut delete = tx
+                .prepare("DELETE FROM user_tags WHERE user_id = ?1")
+                .map_err(db)?;
             for user in &changes.deletes {
                 delete.execute([user]).map_err(db)?;
             }
             let mut state = tx
-                .prepare("INSERT OR REPLACE INTO tag_state (tag_id, rule_version, watermark_us, had_full_run) VALUES (?1, ?2, ?3, ?4)")
+                .prepare("INSERT OR REPLACE INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(db)?;
             for s in &changes.tag_states {
-                state.execute(params![s.tag_id, s.rule_version, s.watermark_us, s.had_full_run as i64]).map_err(db)?;
+                let watermarks = serde_json::to_string(&s.watermarks)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                state
+                    .execute(params![
+                        s.tag_id,
+                        s.rule_version,
+                        watermarks,
+                        s.had_full_run as i64
+                    ])
+                    .map_err(db)?;
             }
         }
         tx.commit().map_err(db)?;
-        Ok(WriteSummary { rows_upserted: changes.upserts.len(), rows_deleted: changes.deletes.len() })
+        Ok(WriteSummary {
+            rows_upserted: changes.upserts.len(),
+            rows_deleted: changes.deletes.len(),
+        })
     }
 
     fn user_tags(&self, user_id: &str) -> Result<Option<UserTagRow>, StoreError> {
@@ -346,7 +432,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn users_with_tag(&self, tag_id: u32, limit: usize, cursor: Option<&str>) -> Result<Vec<String>, StoreError> {
+    fn users_with_tag(
+        &self,
+        tag_id: u32,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
             let mut stmt = c
                 .prepare_cached(
