@@ -652,3 +652,109 @@ fn the_seed_documents_python_client_and_curl_examples_work_unchanged() {
         }
     }
 }
+
+fn wait_for_status(server: &TestServer, task_id: &str, wanted: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server
+        .get(&format!("/api/v1/tasks/{task_id}/status"))
+        .unwrap()
+        .1["status"]["status"]
+        != wanted
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {task_id} never became {wanted}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_full_queue_answers_503_and_cancel_stops_tasks_without_writes() {
+    let plugins = plugins_dir(&[
+        ("wealth.so", plugin("wealth")),
+        ("misbehaving.so", fixture("misbehaving")),
+    ]);
+    let env = env_with(
+        300,
+        plugins,
+        &["--max-concurrent-tasks", "1", "--queue-capacity", "1"],
+    );
+    let running = env.server.trigger(json!({"tag_ids": [904, 6]}));
+    wait_for_status(&env.server, &running, "running");
+    let (_, status) = env
+        .server
+        .get(&format!("/api/v1/tasks/{running}/status"))
+        .unwrap();
+    assert!(
+        status["status"]["progress"]["stage"].is_string(),
+        "a running task reports progress: {status}"
+    );
+    let queued = env.server.trigger(json!({"tag_ids": [6]}));
+    let (code, full) = env
+        .server
+        .post("/api/v1/tags/trigger", &json!({"tag_ids": [1]}));
+    assert_eq!(code, 503, "{full}");
+    assert!(
+        full["error"].as_str().unwrap().contains("queue is full"),
+        "{full}"
+    );
+
+    // A queued task is cancelled at once; a running one at its next safe point.
+    let (code, reply) = env
+        .server
+        .post(&format!("/api/v1/tasks/{queued}/cancel"), &json!({}));
+    assert_eq!(
+        (code, reply["status"]["status"].as_str()),
+        (200, Some("cancelled")),
+        "{reply}"
+    );
+    let (code, _) = env
+        .server
+        .post(&format!("/api/v1/tasks/{running}/cancel"), &json!({}));
+    assert_eq!(code, 202);
+    let status = env.server.wait(&running);
+    assert_eq!(status["status"], "cancelled", "{status}");
+    assert!(
+        user_tags(&env.server.db).is_empty(),
+        "a cancelled run writes nothing"
+    );
+
+    let (code, _) = env
+        .server
+        .post(&format!("/api/v1/tasks/{running}/cancel"), &json!({}));
+    assert_eq!(code, 409);
+    let (code, _) = env.server.post("/api/v1/tasks/nope/cancel", &json!({}));
+    assert_eq!(code, 404);
+    // The queue has room again.
+    env.server.run(json!({"tag_ids": [6]}));
+}
+
+#[test]
+fn an_idempotency_key_returns_the_task_already_created() {
+    let env = env(100);
+    let send = |key: &str, body: Value| {
+        let response = client()
+            .post(format!("{}/api/v1/tags/trigger", env.server.base))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().unwrap(),
+        )
+    };
+    let (code, first) = send("nightly-2025-01-15", json!({"tag_ids": [1, 2]}));
+    assert_eq!(code, 202);
+    let (code, again) = send("nightly-2025-01-15", json!({"tag_ids": [2, 1]}));
+    assert_eq!(
+        (code, &again["task_id"]),
+        (200, &first["task_id"]),
+        "{again}"
+    );
+    let (code, conflict) = send("nightly-2025-01-15", json!({"tag_ids": [3]}));
+    assert_eq!(code, 409, "{conflict}");
+    let (_, list) = env.server.get("/api/v1/tasks").unwrap();
+    assert_eq!(list["total"], 1);
+}

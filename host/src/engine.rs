@@ -230,6 +230,12 @@ impl Engine {
                 .collect();
         });
 
+        let mut timings = Map::new();
+        let mut lap = Instant::now();
+        let mut mark = |name: &str, timings: &mut Map<String, Value>| {
+            timings.insert(name.to_string(), json!(lap.elapsed().as_millis() as u64));
+            lap = Instant::now();
+        };
         let requested: Option<HashSet<&str>> = task
             .spec
             .user_ids
@@ -262,6 +268,7 @@ impl Engine {
             }
         }
         let rows = universe_ids.len();
+        mark("read_ms", &mut timings);
 
         // Incremental scope: rows whose source rows changed since the tag's watermarks.
         let mut newest: BTreeMap<String, i64> = BTreeMap::new();
@@ -325,6 +332,7 @@ impl Engine {
             }
         }
 
+        mark("evaluate_ms", &mut timings);
         control.checkpoint().map_err(stopped)?;
         control.set_progress(|p| p.stage = "writing".into());
         let now = now_timestamp();
@@ -360,6 +368,7 @@ impl Engine {
                 RunError::Failed(format!("writing results failed, nothing was written: {e}"))
             })?;
 
+        mark("write_ms", &mut timings);
         let mut notes = Vec::new();
         if task.spec.mode == Mode::Incremental {
             let windowed: Vec<u32> = tags
@@ -394,6 +403,7 @@ impl Engine {
             "duplicates_dropped": duplicates,
             "notes": notes,
             "duration_ms": started.elapsed().as_millis() as u64,
+            "timings": timings,
         });
         if let Some(requested) = &task.spec.user_ids {
             let known: HashSet<&str> = universe_ids.iter().map(String::as_str).collect();

@@ -43,8 +43,9 @@ pub struct GenOptions {
     pub reference_date: i32,
     /// Rows per parquet row group (and per generation chunk).
     pub row_group_rows: usize,
-    /// Extra, older rows appended per table for already present user ids, to
-    /// exercise de-duplication (the original row always has the newer `updated_time`).
+    /// Extra rows appended to each table for already present user ids, to
+    /// exercise de-duplication: alternately newer (they win) and older than
+    /// the original row (they lose); `updated_time` never ties.
     pub duplicates: usize,
     /// Parquet compression.
     pub compression: ParquetCompression,
@@ -155,7 +156,8 @@ pub fn gen_data_with(out_dir: &Path, options: &GenOptions) -> Result<GenSummary,
         start = end;
     }
 
-    // Older copies of existing rows: a de-duplicating reader must drop them.
+    // Copies of existing rows with other values and another `updated_time`:
+    // a de-duplicating reader must keep the newer of each pair.
     let mut duplicate_rows = 0;
     if users > 0 && options.duplicates > 0 {
         let mut b = BasicChunk::new(options.duplicates);
@@ -185,16 +187,23 @@ pub fn gen_data_with(out_dir: &Path, options: &GenOptions) -> Result<GenSummary,
                 variant.asset_row_unconditional(index),
                 variant.activity_row_unconditional(index),
             );
+            // Alternately a second newer (the copy wins) and a day older
+            // (the original wins), so neither "keep first" nor "keep last" passes.
+            let shift = if duplicate_rows % 2 == 0 {
+                1_000_000
+            } else {
+                -MICROS_PER_DAY
+            };
             b.push(&BasicRow {
-                updated_time: Some(bt - MICROS_PER_DAY),
+                updated_time: Some(bt + shift),
                 ..vb
             });
             a.push(&AssetRow {
-                updated_time: Some(at - MICROS_PER_DAY),
+                updated_time: Some(at + shift),
                 ..va
             });
             t.push(&ActivityRow {
-                updated_time: Some(tt - MICROS_PER_DAY),
+                updated_time: Some(tt + shift),
                 ..vt
             });
             duplicate_rows += 1;
@@ -349,22 +358,22 @@ const AGE_SKEW: [f64; 6] = [0.7, 0.8, 0.9, 1.1, 1.3, 1.6];
 const GENDERS: [&str; 3] = ["male", "female", "other"];
 const GENDER_WEIGHTS: [f64; 3] = [0.49, 0.49, 0.02];
 
-/// Countries with their cities and weights.
-const COUNTRIES: [(&str, &[&str], f64); 9] = [
+/// Countries (ISO 3166 codes) with their cities.
+const COUNTRIES: [(&str, &[&str]); 9] = [
     (
         "CN",
         &["Beijing", "Shanghai", "Shenzhen", "Hangzhou", "Guangzhou"],
-        0.35,
     ),
-    ("US", &["New York", "San Francisco", "Chicago"], 0.15),
-    ("SG", &["Singapore"], 0.10),
-    ("HK", &["Hong Kong"], 0.10),
-    ("JP", &["Tokyo", "Osaka"], 0.08),
-    ("GB", &["London", "Manchester"], 0.07),
-    ("DE", &["Berlin", "Frankfurt"], 0.05),
-    ("AU", &["Sydney", "Melbourne"], 0.05),
-    ("AE", &["Dubai"], 0.05),
+    ("US", &["New York", "San Francisco", "Chicago"]),
+    ("SG", &["Singapore"]),
+    ("HK", &["Hong Kong"]),
+    ("JP", &["Tokyo", "Osaka"]),
+    ("GB", &["London", "Manchester"]),
+    ("DE", &["Berlin", "Frankfurt"]),
+    ("AU", &["Sydney", "Melbourne"]),
+    ("AE", &["Dubai"]),
 ];
+const COUNTRY_WEIGHTS: [f64; 9] = [0.35, 0.15, 0.10, 0.10, 0.08, 0.07, 0.05, 0.05, 0.05];
 
 /// One row of `user_basic_info`.
 struct BasicRow {
@@ -472,8 +481,7 @@ impl Ctx {
         let v = VERIFIED[tier];
         let kyc = ["verified", "pending", "rejected"]
             [rng.weighted(&[v, (1.0 - v) * 0.7, (1.0 - v) * 0.3])];
-        let weights: Vec<f64> = COUNTRIES.iter().map(|c| c.2).collect();
-        let (country, cities, _) = COUNTRIES[rng.weighted(&weights)];
+        let (country, cities) = COUNTRIES[rng.weighted(&COUNTRY_WEIGHTS)];
         let city = cities[rng.below(cities.len() as u64) as usize];
 
         let created =

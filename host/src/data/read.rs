@@ -194,8 +194,9 @@ impl TableScan {
         let mut reader = ParquetReader::new(file)
             .with_columns(Some(self.columns.iter().map(|c| c.name.clone()).collect()))
             .with_slice(Some((slice.offset, slice.len)))
-            // Row groups outside the slice are skipped only by this strategy;
-            // the per-column one walks every row group before the slice.
+            // This strategy skips row groups outside the slice; the per-column
+            // one opens every earlier row group (reading its dictionary pages)
+            // on each call, which makes a full scan quadratic in row groups.
             .read_parallel(ParallelStrategy::RowGroups);
         reader.set_metadata(part.metadata.clone());
         let df = reader.finish().map_err(|e| Error::polars(context(), e))?;
