@@ -45,7 +45,7 @@ def run_duckdb(data, out, as_of):
                CASE WHEN cash_balance >= 50000 THEN 6 END,
                CASE WHEN age BETWEEN 18 AND 30 THEN 7 END,
                CASE WHEN last_login_date BETWEEN {d} - INTERVAL 7 DAY AND {d} THEN 8 END
-             ], x -> x IS NOT NULL) AS tag_ids FROM j)
+             ], lambda x: x IS NOT NULL) AS tag_ids FROM j)
       SELECT user_id, tag_ids FROM tagged WHERE len(tag_ids) > 0
     ) TO '{out}' (FORMAT parquet)""")
 

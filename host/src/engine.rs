@@ -9,10 +9,11 @@ use crate::data::DataError;
 use crate::model::{now_timestamp, Mode, TaskRecord};
 use crate::registry::{RegisteredTag, TagRegistry};
 use crate::scheduler::{RunError, Stop, TagProgress, TaskControl, TaskRunner};
-use crate::store::{CurrentTags, RunChanges, Store, StoredTags, TagState, UserTagRow};
+use crate::store::{ChangedUserTags, CurrentTags, NewUserTags, RunChanges, Store, TagState};
+use rustc_hash::FxHashMap;
 use polars::prelude::*;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -236,36 +237,42 @@ impl Engine {
             timings.insert(name.to_string(), json!(lap.elapsed().as_millis() as u64));
             lap = Instant::now();
         };
-        let requested: Option<HashSet<&str>> = task
-            .spec
-            .user_ids
-            .as_ref()
-            .map(|ids| ids.iter().map(String::as_str).collect());
+        let requested: Option<HashSet<&str>> = task.spec.user_ids.as_ref().map(|ids| ids.iter().map(String::as_str).collect());
         let mut duplicates = Map::new();
-        let mut aligned: Vec<Aligned> = Vec::new();
-        let mut universe_ids: Vec<String> = Vec::new();
-        for (table, columns) in &plan {
-            let frame = self.read_table(table, columns, requested.as_ref(), control)?;
-            let (frame, dropped) = dedupe(frame, table)?;
-            if dropped > 0 {
-                duplicates.insert(table.clone(), json!(dropped));
-            }
-            if table == UNIVERSE_TABLE {
-                universe_ids = user_ids(&frame, table)?
-                    .iter()
-                    .map(|id| id.unwrap_or_default().to_string())
-                    .collect();
-                aligned.push(Aligned {
-                    table: table.clone(),
-                    frame,
-                });
+        let (universe_table, universe_columns) = &plan[0];
+        let universe = {
+            let frame = self.read_table(universe_table, universe_columns, requested.as_ref(), control)?;
+            let (keep, dropped) = {
+                let (latest, dropped) = latest_rows(&frame, universe_table)?;
+                let mut keep: Vec<IdxSize> = latest.values().map(|(i, _)| *i).collect();
+                keep.sort_unstable();
+                (keep, dropped)
+            };
+            if dropped == 0 {
+                frame
             } else {
-                let frame = align(&frame, table, &universe_ids)?;
-                aligned.push(Aligned {
-                    table: table.clone(),
-                    frame,
-                });
+                duplicates.insert(universe_table.clone(), json!(dropped));
+                frame
+                    .take(&IdxCa::from_vec("keep".into(), keep))
+                    .map_err(|e| polars_failed(&format!("table {universe_table}: de-duplicating"), e))?
             }
+        };
+        let universe_ids: Vec<&str> = user_ids(&universe, universe_table)?.iter().map(Option::unwrap_or_default).collect();
+        let mut aligned = vec![Aligned { table: universe_table.clone(), frame: universe.clone() }];
+        for (table, columns) in &plan[1..] {
+            let frame = self.read_table(table, columns, requested.as_ref(), control)?;
+            let take: IdxCa = {
+                let (latest, dropped) = latest_rows(&frame, table)?;
+                if dropped > 0 {
+                    duplicates.insert(table.clone(), json!(dropped));
+                }
+                universe_ids.iter().map(|id| latest.get(id).map(|(i, _)| *i)).collect()
+            };
+            // Left join on user_id: row i belongs to universe_ids[i], nulls
+            // where this table has no row for that user.
+            let mut frame = frame.take(&take).map_err(|e| polars_failed(&format!("table {table}: joining on user_id"), e))?;
+            frame.rechunk_mut();
+            aligned.push(Aligned { table: table.clone(), frame });
         }
         let rows = universe_ids.len();
         mark("read_ms", &mut timings);
@@ -343,9 +350,8 @@ impl Engine {
             .store
             .write_run(&mut |current: &CurrentTags| {
                 counts.iter_mut().for_each(|c| *c = TagCounts::default());
-                let (changes, n) = diff(&universe_ids, &tags, current, &now, &mut counts);
+                let (mut changes, n) = diff(&universe_ids, &tags, current, &now, &mut counts);
                 evaluated = n;
-                let mut changes = changes;
                 if write_states {
                     changes.tag_states = tags
                         .iter()
@@ -406,7 +412,7 @@ impl Engine {
             "timings": timings,
         });
         if let Some(requested) = &task.spec.user_ids {
-            let known: HashSet<&str> = universe_ids.iter().map(String::as_str).collect();
+            let known: HashSet<&str> = universe_ids.iter().copied().collect();
             let unknown: Vec<&String> = requested
                 .iter()
                 .filter(|id| !known.contains(id.as_str()))
@@ -441,19 +447,20 @@ fn updated_times<'a>(frame: &'a DataFrame, table: &str) -> Result<&'a Int64Chunk
         .map_err(|e| polars_failed(&format!("table {table}: column {UPDATED_TIME}"), e))
 }
 
-/// Keeps, per `user_id`, the row with the greatest `updated_time` (rows
-/// without a user id are dropped); returns how many rows were dropped.
-fn dedupe(frame: DataFrame, table: &str) -> Result<(DataFrame, usize), RunError> {
-    let ids = user_ids(&frame, table)?;
-    let times = updated_times(&frame, table)?;
-    let mut best: HashMap<&str, (IdxSize, Option<i64>)> = HashMap::with_capacity(ids.len());
+/// For each `user_id`, the row with the greatest `updated_time` (the first
+/// such row on ties; rows without a user id are skipped), and how many rows
+/// that leaves out.
+fn latest_rows<'f>(frame: &'f DataFrame, table: &str) -> Result<(FxHashMap<&'f str, (IdxSize, Option<i64>)>, usize), RunError> {
+    let ids = user_ids(frame, table)?;
+    let times = updated_times(frame, table)?;
+    let mut latest: FxHashMap<&str, (IdxSize, Option<i64>)> = FxHashMap::with_capacity_and_hasher(ids.len(), Default::default());
     let mut dropped = 0usize;
     for (i, (id, time)) in ids.iter().zip(times.iter()).enumerate() {
         let Some(id) = id else {
             dropped += 1;
             continue;
         };
-        match best.entry(id) {
+        match latest.entry(id) {
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert((i as IdxSize, time));
             }
@@ -465,35 +472,7 @@ fn dedupe(frame: DataFrame, table: &str) -> Result<(DataFrame, usize), RunError>
             }
         }
     }
-    if dropped == 0 {
-        return Ok((frame, 0));
-    }
-    let mut keep: Vec<IdxSize> = best.values().map(|(i, _)| *i).collect();
-    keep.sort_unstable();
-    let frame = frame
-        .take(&IdxCa::from_vec("keep".into(), keep))
-        .map_err(|e| polars_failed(&format!("table {table}: de-duplicating"), e))?;
-    Ok((frame, dropped))
-}
-
-/// Left-joins a side table onto the universe: row `i` of the result belongs
-/// to `universe[i]` (nulls where the side table has no row for that user).
-fn align(frame: &DataFrame, table: &str, universe: &[String]) -> Result<DataFrame, RunError> {
-    let ids = user_ids(frame, table)?;
-    let index: HashMap<&str, IdxSize> = ids
-        .iter()
-        .enumerate()
-        .filter_map(|(i, id)| id.map(|id| (id, i as IdxSize)))
-        .collect();
-    let take: IdxCa = universe
-        .iter()
-        .map(|id| index.get(id.as_str()).copied())
-        .collect();
-    let mut aligned = frame
-        .take(&take)
-        .map_err(|e| polars_failed(&format!("table {table}: joining on user_id"), e))?;
-    aligned.rechunk_mut();
-    Ok(aligned)
+    Ok((latest, dropped))
 }
 
 fn max_updated(frame: &DataFrame, table: &str) -> Result<Option<i64>, RunError> {
@@ -574,40 +553,36 @@ struct TagCounts {
     removed: usize,
 }
 
+/// The `tag_details` entry of a tag a user has just gained.
+fn detail_entry(t: &TagRun, now: &str) -> Value {
+    json!({
+        "tag_name": t.tag.info.description,
+        "tag_category": t.tag.info.category,
+        "hit_time": now,
+        "rule_version": t.rule_version,
+    })
+}
+
 /// The rows to write so that each evaluated user's tags in the run's tag set
 /// are exactly those that matched; other tags are kept. Returns the changes
 /// and the number of users evaluated for at least one tag.
-fn diff(
-    ids: &[String],
-    tags: &[TagRun],
-    current: &CurrentTags,
-    now: &str,
-    counts: &mut [TagCounts],
-) -> (RunChanges, usize) {
-    let mut changes = RunChanges::default();
+fn diff(ids: &[&str], tags: &[TagRun], current: &CurrentTags, now: &str, counts: &mut [TagCounts]) -> (RunChanges, usize) {
+    let mut changes = RunChanges { now: now.to_string(), ..RunChanges::default() };
     let mut evaluated = 0;
-    let run_ids: Vec<u32> = tags.iter().map(|t| t.tag.info.tag_id).collect();
+    let mut in_scope = vec![false; tags.len()];
+    let mut new_ids: Vec<u32> = Vec::with_capacity(16);
     for (i, user) in ids.iter().enumerate() {
-        let in_scope: Vec<bool> = tags
-            .iter()
-            .map(|t| t.scope.as_ref().is_none_or(|s| bit(s, i)))
-            .collect();
-        if !in_scope.iter().any(|b| *b) {
+        for (scoped, t) in in_scope.iter_mut().zip(tags) {
+            *scoped = t.scope.as_ref().is_none_or(|s| bit(s, i));
+        }
+        if !in_scope.contains(&true) {
             continue;
         }
         evaluated += 1;
-        let old = current.get(user);
-        let old_ids: &[u32] = old.map_or(&[], |o| o.tag_ids.as_slice());
-        let mut new_ids: Vec<u32> = old_ids
-            .iter()
-            .copied()
-            .filter(|id| {
-                run_ids
-                    .iter()
-                    .zip(&in_scope)
-                    .all(|(r, scoped)| r != id || !scoped)
-            })
-            .collect();
+        let old: &[u32] = current.get(*user).map_or(&[], Vec::as_slice);
+        // Tags outside this run (or outside its scope for this user) stay.
+        new_ids.clear();
+        new_ids.extend(old.iter().copied().filter(|id| !tags.iter().zip(&in_scope).any(|(t, s)| *s && t.tag.info.tag_id == *id)));
         for ((t, scoped), c) in tags.iter().zip(&in_scope).zip(counts.iter_mut()) {
             if !scoped {
                 continue;
@@ -615,7 +590,7 @@ fn diff(
             c.evaluated += 1;
             let id = t.tag.info.tag_id;
             let hit = bit(&t.mask, i);
-            let had = old_ids.contains(&id);
+            let had = old.contains(&id);
             if hit {
                 c.matched += 1;
                 new_ids.push(id);
@@ -628,47 +603,36 @@ fn diff(
         }
         new_ids.sort_unstable();
         new_ids.dedup();
-        if new_ids == old_ids {
+        if new_ids.as_slice() == old {
             continue;
         }
+        let user_id = user.to_string();
         if new_ids.is_empty() {
-            changes.deletes.push(user.clone());
-            continue;
+            changes.deletes.push(user_id);
+        } else if old.is_empty() {
+            let details: Map<String, Value> = tags
+                .iter()
+                .filter(|t| new_ids.contains(&t.tag.info.tag_id))
+                .map(|t| (t.tag.info.tag_id.to_string(), detail_entry(t, now)))
+                .collect();
+            changes.inserts.push(NewUserTags { user_id, tag_ids: new_ids.clone(), details: Value::Object(details).to_string() });
+        } else {
+            // A merge patch: entries for gained tags, null for lost ones.
+            let mut patch = Map::new();
+            for t in tags {
+                let id = t.tag.info.tag_id;
+                match (old.contains(&id), new_ids.contains(&id)) {
+                    (false, true) => {
+                        patch.insert(id.to_string(), detail_entry(t, now));
+                    }
+                    (true, false) => {
+                        patch.insert(id.to_string(), Value::Null);
+                    }
+                    _ => {}
+                }
+            }
+            changes.updates.push(ChangedUserTags { user_id, tag_ids: new_ids.clone(), details_patch: Value::Object(patch).to_string() });
         }
-        changes.upserts.push(UserTagRow {
-            user_id: user.clone(),
-            details: details(old, &new_ids, tags, now),
-            created_time: old.map_or_else(|| now.to_string(), |o| o.created_time.clone()),
-            updated_time: now.to_string(),
-            tag_ids: new_ids,
-        });
     }
     (changes, evaluated)
-}
-
-/// `tag_details` for the new tag set: entries of kept tags stay as they were
-/// (first hit time, rule version of that hit); new tags get `now`.
-fn details(old: Option<&StoredTags>, ids: &[u32], tags: &[TagRun], now: &str) -> String {
-    let previous: Map<String, Value> = old
-        .and_then(|o| serde_json::from_str(&o.details).ok())
-        .unwrap_or_default();
-    let mut out = Map::new();
-    for id in ids {
-        let key = id.to_string();
-        let entry = match (
-            previous.get(&key),
-            tags.iter().find(|t| t.tag.info.tag_id == *id),
-        ) {
-            (Some(kept), _) => kept.clone(),
-            (None, Some(t)) => json!({
-                "tag_name": t.tag.info.description,
-                "tag_category": t.tag.info.category,
-                "hit_time": now,
-                "rule_version": t.rule_version,
-            }),
-            (None, None) => json!({}),
-        };
-        out.insert(key, entry);
-    }
-    Value::Object(out).to_string()
 }

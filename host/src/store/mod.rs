@@ -39,23 +39,35 @@ pub struct RuleVersion {
     pub created_at: String,
 }
 
-/// A user's current row in `user_tags`, as read inside a run's transaction.
+/// Every user's current tag ids (ascending), as read inside a run's
+/// transaction. Only the ids: a run never needs the other columns of rows it
+/// does not change, and merges `tag_details` of rows it does in the store.
+pub type CurrentTags = HashMap<String, Vec<u32>, rustc_hash::FxBuildHasher>;
+
+/// A new row for `user_tags`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredTags {
-    /// Tag ids, ascending.
+pub struct NewUserTags {
+    /// The user.
+    pub user_id: String,
+    /// Tag ids, ascending, no duplicates, never empty.
     pub tag_ids: Vec<u32>,
     /// `tag_details` JSON text.
     pub details: String,
-    /// Set when the row was first written.
-    pub created_time: String,
-    /// Last change of `tag_ids`.
-    pub updated_time: String,
 }
 
-/// Every current row, by user id.
-pub type CurrentTags = HashMap<String, StoredTags>;
+/// A change to an existing `user_tags` row whose `tag_ids` changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedUserTags {
+    /// The user.
+    pub user_id: String,
+    /// The new tag ids, ascending, never empty.
+    pub tag_ids: Vec<u32>,
+    /// A JSON merge patch (RFC 7396) for `tag_details`: entries of tags gained,
+    /// `null` for tags lost; entries of kept tags stay as they are.
+    pub details_patch: String,
+}
 
-/// A row to insert or replace in `user_tags`.
+/// A row of `user_tags`, as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserTagRow {
     /// The user.
@@ -84,11 +96,16 @@ pub struct TagState {
     pub had_full_run: bool,
 }
 
-/// The changes of one run, computed against the current rows.
+/// The changes of one run, computed against the current rows. Rows written
+/// get the run's timestamp as `updated_time` (and `created_time` when new).
 #[derive(Debug, Clone, Default)]
 pub struct RunChanges {
-    /// Rows to insert or replace.
-    pub upserts: Vec<UserTagRow>,
+    /// The run's timestamp.
+    pub now: String,
+    /// Rows to insert.
+    pub inserts: Vec<NewUserTags>,
+    /// Rows whose tags changed.
+    pub updates: Vec<ChangedUserTags>,
     /// Users whose row is deleted (no tag left).
     pub deletes: Vec<String>,
     /// New per-tag state, written in the same transaction.
@@ -98,7 +115,7 @@ pub struct RunChanges {
 /// What a run's write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WriteSummary {
-    /// Rows inserted or replaced.
+    /// Rows inserted or updated.
     pub rows_upserted: usize,
     /// Rows deleted.
     pub rows_deleted: usize,
@@ -185,7 +202,12 @@ pub fn tag_ids_json(ids: &[u32]) -> String {
     out
 }
 
-/// Parses `user_tags.tag_ids`.
+/// Parses `user_tags.tag_ids` (`[1,2,5]`; any JSON spacing).
 pub fn parse_tag_ids(text: &str) -> Result<Vec<u32>, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("tag_ids {text:?}: {e}")))
+    let corrupt = || StoreError::Corrupt(format!("tag_ids {text:?} is not a JSON array of tag ids"));
+    let inner = text.trim().strip_prefix('[').and_then(|t| t.strip_suffix(']')).ok_or_else(corrupt)?;
+    if inner.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    inner.split(',').map(|n| n.trim().parse::<u32>().map_err(|_| corrupt())).collect()
 }

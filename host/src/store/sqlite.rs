@@ -346,49 +346,39 @@ impl Store for SqliteStore {
         let mut conn = connect(&self.path)?;
         // IMMEDIATE takes the write lock before reading, so no other run can
         // change the rows between this read and this write.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let mut current = CurrentTags::new();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        let mut current = CurrentTags::default();
         {
-            let mut stmt = tx.prepare("SELECT user_id, tag_ids, tag_details, created_time, updated_time FROM user_tags").map_err(db)?;
+            let mut stmt = tx.prepare("SELECT user_id, tag_ids FROM user_tags").map_err(db)?;
             let mut rows = stmt.query([]).map_err(db)?;
             while let Some(row) = rows.next().map_err(db)? {
-                let ids: String = row.get(1).map_err(db)?;
-                current.insert(
-                    row.get(0).map_err(db)?,
-                    StoredTags {
-                        tag_ids: parse_tag_ids(&ids)?,
-                        details: row.get(2).map_err(db)?,
-                        created_time: row.get(3).map_err(db)?,
-                        updated_time: row.get(4).map_err(db)?,
-                    },
-                );
+                let ids = row.get_ref(1).map_err(db)?.as_str().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                current.insert(row.get(0).map_err(db)?, parse_tag_ids(ids)?);
             }
         }
         let changes = build(&current).map_err(StoreError::Database)?;
         drop(current);
+        let now = changes.now.as_str();
         {
-            let mut upsert = tx
+            let mut insert = tx
                 .prepare(
-                    "INSERT OR REPLACE INTO user_tags (user_id, tag_ids, tag_details, created_time, updated_time)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO user_tags (user_id, tag_ids, tag_details, created_time, updated_time)
+                     VALUES (?1, ?2, ?3, ?4, ?4)",
                 )
                 .map_err(db)?;
-            for row in &changes.upserts {
-                upsert
-                    .execute(params![
-                        row.user_id,
-                        tag_ids_json(&row.tag_ids),
-                        row.details,
-                        row.created_time,
-                        row.updated_time
-                    ])
-                    .map_err(db)?;
+            for row in &changes.inserts {
+                insert.execute(params![row.user_id, tag_ids_json(&row.tag_ids), row.details, now]).map_err(db)?;
             }
-            let mut delete = tx
-                .prepare("DELETE FROM user_tags WHERE user_id = ?1")
+            let mut update = tx
+                .prepare(
+                    "UPDATE user_tags SET tag_ids = ?2, tag_details = json_patch(tag_details, ?3), updated_time = ?4
+                     WHERE user_id = ?1",
+                )
                 .map_err(db)?;
+            for row in &changes.updates {
+                update.execute(params![row.user_id, tag_ids_json(&row.tag_ids), row.details_patch, now]).map_err(db)?;
+            }
+            let mut delete = tx.prepare("DELETE FROM user_tags WHERE user_id = ?1").map_err(db)?;
             for user in &changes.deletes {
                 delete.execute([user]).map_err(db)?;
             }
@@ -396,23 +386,12 @@ impl Store for SqliteStore {
                 .prepare("INSERT OR REPLACE INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(db)?;
             for s in &changes.tag_states {
-                let watermarks = serde_json::to_string(&s.watermarks)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                state
-                    .execute(params![
-                        s.tag_id,
-                        s.rule_version,
-                        watermarks,
-                        s.had_full_run as i64
-                    ])
-                    .map_err(db)?;
+                let watermarks = serde_json::to_string(&s.watermarks).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                state.execute(params![s.tag_id, s.rule_version, watermarks, s.had_full_run as i64]).map_err(db)?;
             }
         }
         tx.commit().map_err(db)?;
-        Ok(WriteSummary {
-            rows_upserted: changes.upserts.len(),
-            rows_deleted: changes.deletes.len(),
-        })
+        Ok(WriteSummary { rows_upserted: changes.inserts.len() + changes.updates.len(), rows_deleted: changes.deletes.len() })
     }
 
     fn user_tags(&self, user_id: &str) -> Result<Option<UserTagRow>, StoreError> {
