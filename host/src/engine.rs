@@ -10,8 +10,8 @@ use crate::model::{now_timestamp, Mode, TaskRecord};
 use crate::registry::{RegisteredTag, TagRegistry};
 use crate::scheduler::{RunError, Stop, TagProgress, TaskControl, TaskRunner};
 use crate::store::{ChangedUserTags, CurrentTags, NewUserTags, RunChanges, Store, TagState};
-use rustc_hash::FxHashMap;
 use polars::prelude::*;
+use rustc_hash::FxHashMap;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -237,42 +237,70 @@ impl Engine {
             timings.insert(name.to_string(), json!(lap.elapsed().as_millis() as u64));
             lap = Instant::now();
         };
-        let requested: Option<HashSet<&str>> = task.spec.user_ids.as_ref().map(|ids| ids.iter().map(String::as_str).collect());
+        let requested: Option<HashSet<&str>> = task
+            .spec
+            .user_ids
+            .as_ref()
+            .map(|ids| ids.iter().map(String::as_str).collect());
         let mut duplicates = Map::new();
         let (universe_table, universe_columns) = &plan[0];
         let universe = {
-            let frame = self.read_table(universe_table, universe_columns, requested.as_ref(), control)?;
+            let frame = self.read_table(
+                universe_table,
+                universe_columns,
+                requested.as_ref(),
+                control,
+            )?;
             let (keep, dropped) = {
                 let (latest, dropped) = latest_rows(&frame, universe_table)?;
-                let mut keep: Vec<IdxSize> = latest.values().map(|(i, _)| *i).collect();
-                keep.sort_unstable();
+                let keep: Option<Vec<IdxSize>> = (dropped > 0).then(|| {
+                    let mut keep: Vec<IdxSize> = latest.values().map(|(i, _)| *i).collect();
+                    keep.sort_unstable();
+                    keep
+                });
                 (keep, dropped)
             };
-            if dropped == 0 {
-                frame
-            } else {
-                duplicates.insert(universe_table.clone(), json!(dropped));
-                frame
-                    .take(&IdxCa::from_vec("keep".into(), keep))
-                    .map_err(|e| polars_failed(&format!("table {universe_table}: de-duplicating"), e))?
+            match keep {
+                None => frame,
+                Some(keep) => {
+                    duplicates.insert(universe_table.clone(), json!(dropped));
+                    frame
+                        .take(&IdxCa::from_vec("keep".into(), keep))
+                        .map_err(|e| {
+                            polars_failed(&format!("table {universe_table}: de-duplicating"), e)
+                        })?
+                }
             }
         };
-        let universe_ids: Vec<&str> = user_ids(&universe, universe_table)?.iter().map(Option::unwrap_or_default).collect();
-        let mut aligned = vec![Aligned { table: universe_table.clone(), frame: universe.clone() }];
+        let universe_ids: Vec<&str> = user_ids(&universe, universe_table)?
+            .iter()
+            .map(Option::unwrap_or_default)
+            .collect();
+        let universe_rows: FxHashMap<&str, IdxSize> = universe_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, i as IdxSize))
+            .collect();
+        let mut aligned = vec![Aligned {
+            table: universe_table.clone(),
+            frame: universe.clone(),
+        }];
         for (table, columns) in &plan[1..] {
             let frame = self.read_table(table, columns, requested.as_ref(), control)?;
-            let take: IdxCa = {
-                let (latest, dropped) = latest_rows(&frame, table)?;
-                if dropped > 0 {
-                    duplicates.insert(table.clone(), json!(dropped));
-                }
-                universe_ids.iter().map(|id| latest.get(id).map(|(i, _)| *i)).collect()
-            };
+            let (take, dropped) = join_latest(&frame, table, &universe_rows)?;
+            if dropped > 0 {
+                duplicates.insert(table.clone(), json!(dropped));
+            }
             // Left join on user_id: row i belongs to universe_ids[i], nulls
             // where this table has no row for that user.
-            let mut frame = frame.take(&take).map_err(|e| polars_failed(&format!("table {table}: joining on user_id"), e))?;
+            let mut frame = frame
+                .take(&take)
+                .map_err(|e| polars_failed(&format!("table {table}: joining on user_id"), e))?;
             frame.rechunk_mut();
-            aligned.push(Aligned { table: table.clone(), frame });
+            aligned.push(Aligned {
+                table: table.clone(),
+                frame,
+            });
         }
         let rows = universe_ids.len();
         mark("read_ms", &mut timings);
@@ -447,13 +475,16 @@ fn updated_times<'a>(frame: &'a DataFrame, table: &str) -> Result<&'a Int64Chunk
         .map_err(|e| polars_failed(&format!("table {table}: column {UPDATED_TIME}"), e))
 }
 
+/// Per user id: the row kept and its `updated_time`.
+type Latest<'f> = FxHashMap<&'f str, (IdxSize, Option<i64>)>;
+
 /// For each `user_id`, the row with the greatest `updated_time` (the first
 /// such row on ties; rows without a user id are skipped), and how many rows
 /// that leaves out.
-fn latest_rows<'f>(frame: &'f DataFrame, table: &str) -> Result<(FxHashMap<&'f str, (IdxSize, Option<i64>)>, usize), RunError> {
+fn latest_rows<'f>(frame: &'f DataFrame, table: &str) -> Result<(Latest<'f>, usize), RunError> {
     let ids = user_ids(frame, table)?;
     let times = updated_times(frame, table)?;
-    let mut latest: FxHashMap<&str, (IdxSize, Option<i64>)> = FxHashMap::with_capacity_and_hasher(ids.len(), Default::default());
+    let mut latest: Latest<'f> = FxHashMap::with_capacity_and_hasher(ids.len(), Default::default());
     let mut dropped = 0usize;
     for (i, (id, time)) in ids.iter().zip(times.iter()).enumerate() {
         let Some(id) = id else {
@@ -473,6 +504,39 @@ fn latest_rows<'f>(frame: &'f DataFrame, table: &str) -> Result<(FxHashMap<&'f s
         }
     }
     Ok((latest, dropped))
+}
+
+/// For each universe row, the row of a side table with that user's greatest
+/// `updated_time` (the first on ties), or null where the table has none: a
+/// de-duplicating left join in one pass over the side table. Also returns how
+/// many of the table's rows for universe users were left out as duplicates.
+fn join_latest(
+    frame: &DataFrame,
+    table: &str,
+    universe: &FxHashMap<&str, IdxSize>,
+) -> Result<(IdxCa, usize), RunError> {
+    let ids = user_ids(frame, table)?;
+    let times = updated_times(frame, table)?;
+    let mut chosen: Vec<Option<(IdxSize, Option<i64>)>> = vec![None; universe.len()];
+    let mut dropped = 0usize;
+    for (i, (id, time)) in ids.iter().zip(times.iter()).enumerate() {
+        let Some(&slot) = id.and_then(|id| universe.get(id)) else {
+            continue;
+        };
+        match &mut chosen[slot as usize] {
+            entry @ None => *entry = Some((i as IdxSize, time)),
+            Some(best) => {
+                dropped += 1;
+                if time > best.1 {
+                    *best = (i as IdxSize, time);
+                }
+            }
+        }
+    }
+    Ok((
+        chosen.into_iter().map(|c| c.map(|(i, _)| i)).collect(),
+        dropped,
+    ))
 }
 
 fn max_updated(frame: &DataFrame, table: &str) -> Result<Option<i64>, RunError> {
@@ -521,7 +585,7 @@ fn changed_rows(
 }
 
 fn merge_mask(words: &mut [u64], offset: usize, mask: &Mask) {
-    if offset % 64 == 0 {
+    if offset.is_multiple_of(64) {
         let start = offset / 64;
         words[start..start + mask.words().len()].copy_from_slice(mask.words());
     } else {
@@ -553,23 +617,67 @@ struct TagCounts {
     removed: usize,
 }
 
-/// The `tag_details` entry of a tag a user has just gained.
-fn detail_entry(t: &TagRun, now: &str) -> Value {
-    json!({
+/// `"<id>":{...}`: the `tag_details` member of a tag a user gains in this
+/// run. The same for every user, so built once per run.
+fn detail_member(t: &TagRun, now: &str) -> String {
+    let entry = json!({
         "tag_name": t.tag.info.description,
         "tag_category": t.tag.info.category,
         "hit_time": now,
         "rule_version": t.rule_version,
-    })
+    });
+    format!("\"{}\":{entry}", t.tag.info.tag_id)
+}
+
+/// The member for tag `id` in a per-run table of members.
+fn lookup(members: &[(u32, String)], id: u32) -> Option<&str> {
+    members
+        .iter()
+        .find(|(t, _)| *t == id)
+        .map(|(_, m)| m.as_str())
+}
+
+/// A JSON object of the members `member(id)` for each id of `ids` that has one.
+fn json_object<'m>(
+    ids: impl Iterator<Item = u32>,
+    member: impl Fn(u32) -> Option<&'m str>,
+) -> String {
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    for text in ids.filter_map(member) {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(text);
+    }
+    out.push('}');
+    out
 }
 
 /// The rows to write so that each evaluated user's tags in the run's tag set
 /// are exactly those that matched; other tags are kept. Returns the changes
 /// and the number of users evaluated for at least one tag.
-fn diff(ids: &[&str], tags: &[TagRun], current: &CurrentTags, now: &str, counts: &mut [TagCounts]) -> (RunChanges, usize) {
-    let mut changes = RunChanges { now: now.to_string(), ..RunChanges::default() };
+fn diff(
+    ids: &[&str],
+    tags: &[TagRun],
+    current: &CurrentTags,
+    now: &str,
+    counts: &mut [TagCounts],
+) -> (RunChanges, usize) {
+    let mut changes = RunChanges {
+        now: now.to_string(),
+        ..RunChanges::default()
+    };
     let mut evaluated = 0;
     let mut in_scope = vec![false; tags.len()];
+    let gained: Vec<(u32, String)> = tags
+        .iter()
+        .map(|t| (t.tag.info.tag_id, detail_member(t, now)))
+        .collect();
+    let lost: Vec<(u32, String)> = tags
+        .iter()
+        .map(|t| (t.tag.info.tag_id, format!("\"{}\":null", t.tag.info.tag_id)))
+        .collect();
     let mut new_ids: Vec<u32> = Vec::with_capacity(16);
     for (i, user) in ids.iter().enumerate() {
         for (scoped, t) in in_scope.iter_mut().zip(tags) {
@@ -579,10 +687,15 @@ fn diff(ids: &[&str], tags: &[TagRun], current: &CurrentTags, now: &str, counts:
             continue;
         }
         evaluated += 1;
-        let old: &[u32] = current.get(*user).map_or(&[], Vec::as_slice);
+        let old: &[u32] = current.get(*user).map_or(&[], |ids| ids.as_slice());
         // Tags outside this run (or outside its scope for this user) stay.
         new_ids.clear();
-        new_ids.extend(old.iter().copied().filter(|id| !tags.iter().zip(&in_scope).any(|(t, s)| *s && t.tag.info.tag_id == *id)));
+        new_ids.extend(old.iter().copied().filter(|id| {
+            !tags
+                .iter()
+                .zip(&in_scope)
+                .any(|(t, s)| *s && t.tag.info.tag_id == *id)
+        }));
         for ((t, scoped), c) in tags.iter().zip(&in_scope).zip(counts.iter_mut()) {
             if !scoped {
                 continue;
@@ -610,28 +723,30 @@ fn diff(ids: &[&str], tags: &[TagRun], current: &CurrentTags, now: &str, counts:
         if new_ids.is_empty() {
             changes.deletes.push(user_id);
         } else if old.is_empty() {
-            let details: Map<String, Value> = tags
-                .iter()
-                .filter(|t| new_ids.contains(&t.tag.info.tag_id))
-                .map(|t| (t.tag.info.tag_id.to_string(), detail_entry(t, now)))
-                .collect();
-            changes.inserts.push(NewUserTags { user_id, tag_ids: new_ids.clone(), details: Value::Object(details).to_string() });
+            let details = json_object(new_ids.iter().copied(), |id| lookup(&gained, id));
+            changes.inserts.push(NewUserTags {
+                user_id,
+                tag_ids: new_ids.clone(),
+                details,
+            });
         } else {
-            // A merge patch: entries for gained tags, null for lost ones.
-            let mut patch = Map::new();
-            for t in tags {
-                let id = t.tag.info.tag_id;
-                match (old.contains(&id), new_ids.contains(&id)) {
-                    (false, true) => {
-                        patch.insert(id.to_string(), detail_entry(t, now));
-                    }
-                    (true, false) => {
-                        patch.insert(id.to_string(), Value::Null);
-                    }
-                    _ => {}
+            // A merge patch: members for gained tags, null for lost ones.
+            let changed = tags
+                .iter()
+                .map(|t| t.tag.info.tag_id)
+                .filter(|id| old.contains(id) != new_ids.contains(id));
+            let details_patch = json_object(changed, |id| {
+                if new_ids.contains(&id) {
+                    lookup(&gained, id)
+                } else {
+                    lookup(&lost, id)
                 }
-            }
-            changes.updates.push(ChangedUserTags { user_id, tag_ids: new_ids.clone(), details_patch: Value::Object(patch).to_string() });
+            });
+            changes.updates.push(ChangedUserTags {
+                user_id,
+                tag_ids: new_ids.clone(),
+                details_patch,
+            });
         }
     }
     (changes, evaluated)

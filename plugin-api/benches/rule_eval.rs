@@ -30,7 +30,7 @@ fn data() -> OwnedBatch {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            (x % 100 != 0).then_some((x % 400_000) as f64)
+            (!x.is_multiple_of(100)).then_some((x % 400_000) as f64)
         })
         .collect();
     OwnedBatch::new().float64("total_asset_value", &values)

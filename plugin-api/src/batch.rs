@@ -168,7 +168,7 @@ fn bit(bitmap: &FfiBitmap<'_>, i: usize) -> bool {
 pub(crate) fn bitmap_words(bitmap: &FfiBitmap<'_>) -> Vec<u64> {
     let len = bitmap.len;
     let mut words = vec![0u64; word_count(len)];
-    if bitmap.offset % 8 == 0 {
+    if bitmap.offset.is_multiple_of(8) {
         let bytes = &bitmap.bytes[bitmap.offset / 8..];
         for (word, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
             let mut buf = [0u8; 8];

@@ -42,7 +42,12 @@ pub struct RuleVersion {
 /// Every user's current tag ids (ascending), as read inside a run's
 /// transaction. Only the ids: a run never needs the other columns of rows it
 /// does not change, and merges `tag_details` of rows it does in the store.
-pub type CurrentTags = HashMap<String, Vec<u32>, rustc_hash::FxBuildHasher>;
+/// Keys and id lists are stored inline (no allocation per user): a run holds
+/// one entry per tagged user.
+pub type CurrentTags = HashMap<compact_str::CompactString, TagIds, rustc_hash::FxBuildHasher>;
+
+/// A user's tag ids, ascending; inline up to eight.
+pub type TagIds = smallvec::SmallVec<[u32; 8]>;
 
 /// A new row for `user_tags`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,11 +208,19 @@ pub fn tag_ids_json(ids: &[u32]) -> String {
 }
 
 /// Parses `user_tags.tag_ids` (`[1,2,5]`; any JSON spacing).
-pub fn parse_tag_ids(text: &str) -> Result<Vec<u32>, StoreError> {
-    let corrupt = || StoreError::Corrupt(format!("tag_ids {text:?} is not a JSON array of tag ids"));
-    let inner = text.trim().strip_prefix('[').and_then(|t| t.strip_suffix(']')).ok_or_else(corrupt)?;
+pub fn parse_tag_ids<C: FromIterator<u32>>(text: &str) -> Result<C, StoreError> {
+    let corrupt =
+        || StoreError::Corrupt(format!("tag_ids {text:?} is not a JSON array of tag ids"));
+    let inner = text
+        .trim()
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .ok_or_else(corrupt)?;
     if inner.trim().is_empty() {
-        return Ok(Vec::new());
+        return Ok(C::from_iter(None));
     }
-    inner.split(',').map(|n| n.trim().parse::<u32>().map_err(|_| corrupt())).collect()
+    inner
+        .split(',')
+        .map(|n| n.trim().parse::<u32>().map_err(|_| corrupt()))
+        .collect()
 }

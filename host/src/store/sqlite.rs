@@ -346,18 +346,30 @@ impl Store for SqliteStore {
         let mut conn = connect(&self.path)?;
         // IMMEDIATE takes the write lock before reading, so no other run can
         // change the rows between this read and this write.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
         let mut current = CurrentTags::default();
         {
-            let mut stmt = tx.prepare("SELECT user_id, tag_ids FROM user_tags").map_err(db)?;
+            let mut stmt = tx
+                .prepare("SELECT user_id, tag_ids FROM user_tags")
+                .map_err(db)?;
             let mut rows = stmt.query([]).map_err(db)?;
             while let Some(row) = rows.next().map_err(db)? {
-                let ids = row.get_ref(1).map_err(db)?.as_str().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                current.insert(row.get(0).map_err(db)?, parse_tag_ids(ids)?);
+                let ids = row
+                    .get_ref(1)
+                    .map_err(db)?
+                    .as_str()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let user = row
+                    .get_ref(0)
+                    .map_err(db)?
+                    .as_str()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                current.insert(user.into(), parse_tag_ids(ids)?);
             }
         }
         let changes = build(&current).map_err(StoreError::Database)?;
-        drop(current);
         let now = changes.now.as_str();
         {
             let mut insert = tx
@@ -367,7 +379,14 @@ impl Store for SqliteStore {
                 )
                 .map_err(db)?;
             for row in &changes.inserts {
-                insert.execute(params![row.user_id, tag_ids_json(&row.tag_ids), row.details, now]).map_err(db)?;
+                insert
+                    .execute(params![
+                        row.user_id,
+                        tag_ids_json(&row.tag_ids),
+                        row.details,
+                        now
+                    ])
+                    .map_err(db)?;
             }
             let mut update = tx
                 .prepare(
@@ -376,9 +395,18 @@ impl Store for SqliteStore {
                 )
                 .map_err(db)?;
             for row in &changes.updates {
-                update.execute(params![row.user_id, tag_ids_json(&row.tag_ids), row.details_patch, now]).map_err(db)?;
+                update
+                    .execute(params![
+                        row.user_id,
+                        tag_ids_json(&row.tag_ids),
+                        row.details_patch,
+                        now
+                    ])
+                    .map_err(db)?;
             }
-            let mut delete = tx.prepare("DELETE FROM user_tags WHERE user_id = ?1").map_err(db)?;
+            let mut delete = tx
+                .prepare("DELETE FROM user_tags WHERE user_id = ?1")
+                .map_err(db)?;
             for user in &changes.deletes {
                 delete.execute([user]).map_err(db)?;
             }
@@ -386,12 +414,23 @@ impl Store for SqliteStore {
                 .prepare("INSERT OR REPLACE INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(db)?;
             for s in &changes.tag_states {
-                let watermarks = serde_json::to_string(&s.watermarks).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                state.execute(params![s.tag_id, s.rule_version, watermarks, s.had_full_run as i64]).map_err(db)?;
+                let watermarks = serde_json::to_string(&s.watermarks)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                state
+                    .execute(params![
+                        s.tag_id,
+                        s.rule_version,
+                        watermarks,
+                        s.had_full_run as i64
+                    ])
+                    .map_err(db)?;
             }
         }
         tx.commit().map_err(db)?;
-        Ok(WriteSummary { rows_upserted: changes.inserts.len() + changes.updates.len(), rows_deleted: changes.deletes.len() })
+        Ok(WriteSummary {
+            rows_upserted: changes.inserts.len() + changes.updates.len(),
+            rows_deleted: changes.deletes.len(),
+        })
     }
 
     fn user_tags(&self, user_id: &str) -> Result<Option<UserTagRow>, StoreError> {
