@@ -92,29 +92,39 @@ if command -v wrk >/dev/null; then
   trap 'kill $SERVER 2>/dev/null || true' EXIT
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" > /dev/null && break; sleep 0.1; done
   printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' "'{\"tag_ids\": [999]}'" > "$API/reject.lua"
-  # wrk_run NAME ARGS...: p50, p99, socket errors, unexpected statuses
+  running() { curl -sf "http://127.0.0.1:$PORT/api/v1/tasks?status=running" | $PY -c "import json,sys; print(json.load(sys.stdin)['total'])"; }
+  # wrk_run NAME ARGS...: p50, p99, max, socket errors, unexpected statuses,
+  # and how many tasks were still running when the window closed
   wrk_run() {
     local name=$1; shift
     wrk -t2 -c64 --latency "$@" > "$API/$name.wrk"
-    local p50 p99 errors non2xx
+    local p50 p99 max errors non2xx busy
+    busy=$(running)
     p50=$(awk '$1 == "50%" {print $2}' "$API/$name.wrk")
     p99=$(awk '$1 == "99%" {print $2}' "$API/$name.wrk")
+    max=$(awk '$1 == "Latency" {print $4; exit}' "$API/$name.wrk")
     errors=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$API/$name.wrk")
     non2xx=$(awk '/Non-2xx/ {print $5}' "$API/$name.wrk")
-    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$p50" "$p99" "${errors:-0}" "${non2xx:-0}" >> "$LATENCY"
-    echo "   $name: p50 $p50, p99 $p99, socket errors ${errors:-0}, non-2xx ${non2xx:-0}"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$p50" "$p99" "$max" "${errors:-0}" "${non2xx:-0}" "$busy" >> "$LATENCY"
+    echo "   $name: p50 $p50, p99 $p99, max $max, socket errors ${errors:-0}, non-2xx ${non2xx:-0}, tasks running at the end: $busy"
   }
+  full_runs() {
+    for _ in 1 2 3; do
+      curl -sf -X POST "http://127.0.0.1:$PORT/api/v1/tags/trigger" -H 'Content-Type: application/json' \
+        -d "{\"tag_ids\": [1,2,3,4,5,6,7,8], \"as_of\": \"$AS_OF\"}" > /dev/null
+    done
+    sleep 0.5
+  }
+  wait_idle() { while [ "$(running)" != 0 ]; do sleep 0.5; done; }
   wrk_run health-idle -d5s "http://127.0.0.1:$PORT/health"
   wrk_run reject-idle -d5s -s "$API/reject.lua" "http://127.0.0.1:$PORT/api/v1/tags/trigger"
-  for _ in 1 2 3; do
-    curl -sf -X POST "http://127.0.0.1:$PORT/api/v1/tags/trigger" -H 'Content-Type: application/json' \
-      -d "{\"tag_ids\": [1,2,3,4,5,6,7,8], \"as_of\": \"$AS_OF\"}" > /dev/null
-  done
-  sleep 0.5
-  wrk_run health-busy -d5s "http://127.0.0.1:$PORT/health"
-  wrk_run reject-busy -d5s -s "$API/reject.lua" "http://127.0.0.1:$PORT/api/v1/tags/trigger"
-  RUNNING=$(curl -sf "http://127.0.0.1:$PORT/api/v1/tasks?status=running" | $PY -c "import json,sys; print(json.load(sys.stdin)['total'])")
-  echo "   tasks still running after the busy measurements: $RUNNING of 3"
+  # Busy windows are short enough that the three runs outlast them.
+  full_runs
+  wrk_run health-busy -d3s "http://127.0.0.1:$PORT/health"
+  wait_idle
+  full_runs
+  wrk_run reject-busy -d3s -s "$API/reject.lua" "http://127.0.0.1:$PORT/api/v1/tags/trigger"
+  wait_idle
   kill $SERVER; wait $SERVER 2>/dev/null || true
   trap - EXIT
 fi
@@ -134,8 +144,8 @@ print(f"re-run on unchanged data: {sys.argv[3]} rows written, {res['tag-server-r
 print(f"incremental after 1% changed: {sys.argv[4]} users evaluated, {res['tag-server-incremental'][0] / ours:.2f}x the first run")
 lat = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
 if lat:
-    print(f"{'API, 64 connections':<26}{'p50':>9}{'p99':>9}{'errors':>8}{'non-2xx':>9}")
-    for name, p50, p99, errors, non2xx in lat:
-        print(f"{name:<26}{p50:>9}{p99:>9}{errors:>8}{non2xx:>9}")
+    print(f"{'API, 64 connections':<26}{'p50':>9}{'p99':>9}{'max':>9}{'errors':>8}{'non-2xx':>9}{'running':>9}")
+    for name, p50, p99, mx, errors, non2xx, busy in lat:
+        print(f"{name:<26}{p50:>9}{p99:>9}{mx:>9}{errors:>8}{non2xx:>9}{busy:>9}")
     print("(a rejected trigger answers 400 by design: its non-2xx count is every request)")
 PY

@@ -758,3 +758,141 @@ fn an_idempotency_key_returns_the_task_already_created() {
     let (_, list) = env.server.get("/api/v1/tasks").unwrap();
     assert_eq!(list["total"], 1);
 }
+
+fn tag_server(args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tag-server"))
+        .args(args)
+        .output()
+        .expect("run tag-server");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn one_shot_run_and_gen_data_work_from_the_command_line() {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = reference_plugins_dir();
+    let db = data.path().join("oneshot.db");
+    let store = format!("sqlite://{}", db.display());
+    let dir = data.path().to_str().unwrap();
+    let (ok, out, err) = tag_server(&[
+        "gen-data",
+        "--users",
+        "700",
+        "--out",
+        dir,
+        "--seed",
+        "3",
+        "--reference-date",
+        AS_OF,
+    ]);
+    assert!(ok, "{out}{err}");
+    let (ok, again, _) = tag_server(&[
+        "gen-data",
+        "--users",
+        "700",
+        "--out",
+        &format!("{dir}/again"),
+        "--seed",
+        "3",
+        "--reference-date",
+        AS_OF,
+    ]);
+    assert!(ok);
+    for table in [
+        "user_basic_info",
+        "user_asset_summary",
+        "user_activity_summary",
+    ] {
+        let first = std::fs::read(data.path().join(format!("{table}.parquet"))).unwrap();
+        let second = std::fs::read(data.path().join(format!("again/{table}.parquet"))).unwrap();
+        assert_eq!(
+            first, second,
+            "gen-data is deterministic for a seed ({table}): {again}"
+        );
+    }
+
+    let plugins_arg = plugins.path().to_str().unwrap();
+    let common = [
+        "--data-dir",
+        dir,
+        "--store",
+        &store,
+        "--plugins-dir",
+        plugins_arg,
+    ];
+    let mut args = vec!["run", "--tag-ids", "1,2,5", "--as-of", AS_OF];
+    args.extend(common);
+    let (ok, out, err) = tag_server(&args);
+    assert!(ok, "{out}{err}");
+    let task: Value = serde_json::from_str(&out).expect("run prints the task as JSON");
+    assert_eq!(task["status"], "completed");
+    assert_eq!(
+        task["result"]["message"],
+        "Successfully processed 700 users"
+    );
+    assert_same_tags(
+        &user_tags(&db),
+        &oracle::expected(data.path(), as_of(), &[1, 2, 5]),
+    );
+
+    std::fs::remove_file(data.path().join("user_asset_summary.parquet")).unwrap();
+    let mut args = vec!["run", "--tag-ids", "1"];
+    args.extend(common);
+    let (ok, out, _) = tag_server(&args);
+    assert!(!ok, "a failed run exits non-zero");
+    let task: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(task["status"], "failed");
+    assert!(
+        task["error"]
+            .as_str()
+            .unwrap()
+            .contains("user_asset_summary"),
+        "{task}"
+    );
+
+    let mut args = vec!["run", "--tag-ids", "42"];
+    args.extend(common);
+    let (ok, _, err) = tag_server(&args);
+    assert!(!ok && err.contains("Invalid tag_ids: [42]"), "{err}");
+}
+
+#[test]
+fn env_local_creates_sample_data_only_when_there_is_none() {
+    use clap::Parser;
+    let empty = tempfile::tempdir().unwrap();
+    let dir = empty.path().join("data");
+    let parse = |env: &str| {
+        tag_host::config::Cli::try_parse_from([
+            "tag-server",
+            "--env",
+            env,
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
+        .unwrap()
+    };
+    tag_host::server::prepare_local_data(&parse("glue-dev").config).unwrap();
+    assert!(
+        !dir.join("user_basic_info.parquet").exists(),
+        "only --env local generates data"
+    );
+    tag_host::server::prepare_local_data(&parse("local").config).unwrap();
+    let written = std::fs::metadata(dir.join("user_basic_info.parquet"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(
+        dir.join("user_asset_summary.parquet").exists()
+            && dir.join("user_activity_summary.parquet").exists()
+    );
+    tag_host::server::prepare_local_data(&parse("local").config).unwrap();
+    let again = std::fs::metadata(dir.join("user_basic_info.parquet"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(written, again, "existing data is left alone");
+}
