@@ -6,7 +6,6 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use support::*;
 use tag_host::plugins::{load_dir, LoadReport, Outcome, Rejection};
 use tag_host::registry::{TagFailure, TagRegistry};
@@ -371,22 +370,11 @@ fn a_missing_directory_is_an_error_naming_it() {
     assert!(err.to_string().contains("/nonexistent/plugins"), "{err}");
 }
 
-fn tag_server(args: &[&str]) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_tag-server"))
-        .args(args)
-        .output()
-        .expect("run tag-server");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
-}
-
 #[test]
 fn cli_lists_plugins_and_exits_non_zero_on_rejections() {
     let dir = reference_plugins_dir();
     let dir_arg = dir.path().to_str().unwrap();
-    let (code, out) = tag_server(&["plugins", "--plugins-dir", dir_arg]);
+    let (code, out, _) = tag_server(&["plugins", "--plugins-dir", dir_arg]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("8 tags from 5 files"), "{out}");
     for class in [
@@ -403,7 +391,7 @@ fn cli_lists_plugins_and_exits_non_zero_on_rejections() {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    let (code, out) = tag_server(&["plugins", "--plugins-dir", dir_arg]);
+    let (code, out, _) = tag_server(&["plugins", "--plugins-dir", dir_arg]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("8 tags from 5 files"), "{out}");
     assert!(
@@ -421,7 +409,7 @@ fn cli_check_runs_each_tag_on_the_sample_batch() {
         ("misbehaving.so", fixture("misbehaving")),
     ]);
     let wealth = dir.path().join("wealth.so");
-    let (code, out) = tag_server(&[
+    let (code, out, _) = tag_server(&[
         "plugins",
         "check",
         wealth.to_str().unwrap(),
@@ -441,7 +429,7 @@ fn cli_check_runs_each_tag_on_the_sample_batch() {
     );
 
     let bad = dir.path().join("misbehaving.so");
-    let (code, out) = tag_server(&["plugins", "check", bad.to_str().unwrap()]);
+    let (code, out, _) = tag_server(&["plugins", "check", bad.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.lines()
@@ -459,7 +447,7 @@ fn cli_check_runs_each_tag_on_the_sample_batch() {
         "{out}"
     );
 
-    let (code, out) = tag_server(&[
+    let (code, out, _) = tag_server(&[
         "plugins",
         "check",
         fixture("incompatible").to_str().unwrap(),

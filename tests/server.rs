@@ -759,18 +759,6 @@ fn an_idempotency_key_returns_the_task_already_created() {
     assert_eq!(list["total"], 1);
 }
 
-fn tag_server(args: &[&str]) -> (bool, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tag-server"))
-        .args(args)
-        .output()
-        .expect("run tag-server");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn one_shot_run_and_gen_data_work_from_the_command_line() {
     let data = tempfile::tempdir().unwrap();
@@ -778,7 +766,7 @@ fn one_shot_run_and_gen_data_work_from_the_command_line() {
     let db = data.path().join("oneshot.db");
     let store = format!("sqlite://{}", db.display());
     let dir = data.path().to_str().unwrap();
-    let (ok, out, err) = tag_server(&[
+    let (code, out, err) = tag_server(&[
         "gen-data",
         "--users",
         "700",
@@ -789,8 +777,8 @@ fn one_shot_run_and_gen_data_work_from_the_command_line() {
         "--reference-date",
         AS_OF,
     ]);
-    assert!(ok, "{out}{err}");
-    let (ok, again, _) = tag_server(&[
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, again, _) = tag_server(&[
         "gen-data",
         "--users",
         "700",
@@ -801,7 +789,7 @@ fn one_shot_run_and_gen_data_work_from_the_command_line() {
         "--reference-date",
         AS_OF,
     ]);
-    assert!(ok);
+    assert_eq!(code, 0);
     for table in [
         "user_basic_info",
         "user_asset_summary",
@@ -826,8 +814,8 @@ fn one_shot_run_and_gen_data_work_from_the_command_line() {
     ];
     let mut args = vec!["run", "--tag-ids", "1,2,5", "--as-of", AS_OF];
     args.extend(common);
-    let (ok, out, err) = tag_server(&args);
-    assert!(ok, "{out}{err}");
+    let (code, out, err) = tag_server(&args);
+    assert_eq!(code, 0, "{out}{err}");
     let task: Value = serde_json::from_str(&out).expect("run prints the task as JSON");
     assert_eq!(task["status"], "completed");
     assert_eq!(
@@ -842,8 +830,8 @@ fn one_shot_run_and_gen_data_work_from_the_command_line() {
     std::fs::remove_file(data.path().join("user_asset_summary.parquet")).unwrap();
     let mut args = vec!["run", "--tag-ids", "1"];
     args.extend(common);
-    let (ok, out, _) = tag_server(&args);
-    assert!(!ok, "a failed run exits non-zero");
+    let (code, out, _) = tag_server(&args);
+    assert_ne!(code, 0, "a failed run exits non-zero");
     let task: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(task["status"], "failed");
     assert!(
@@ -856,8 +844,8 @@ fn one_shot_run_and_gen_data_work_from_the_command_line() {
 
     let mut args = vec!["run", "--tag-ids", "42"];
     args.extend(common);
-    let (ok, _, err) = tag_server(&args);
-    assert!(!ok && err.contains("Invalid tag_ids: [42]"), "{err}");
+    let (code, _, err) = tag_server(&args);
+    assert!(code != 0 && err.contains("Invalid tag_ids: [42]"), "{err}");
 }
 
 #[test]

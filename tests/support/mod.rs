@@ -311,3 +311,16 @@ pub fn assert_same_tags(
         &diffs[..diffs.len().min(8)]
     );
 }
+
+/// Runs the real `tag-server` binary: exit code, stdout, stderr.
+pub fn tag_server(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tag-server"))
+        .args(args)
+        .output()
+        .expect("run tag-server");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
