@@ -15,7 +15,14 @@ pub fn router() -> Router<AppState> {
 
 /// Healthy when the store answers; 503 otherwise.
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let ping = state.blocking(|store| store.ping()).await;
+    let store = std::sync::Arc::clone(&state.store);
+    let ping = tokio::task::spawn_blocking(move || store.ping())
+        .await
+        .unwrap_or_else(|e| {
+            Err(crate::store::StoreError::Database(format!(
+                "health check aborted: {e}"
+            )))
+        });
     let mut body = json!({"timestamp": now_timestamp(), "environment": state.environment});
     match ping {
         Ok(()) => {
@@ -24,7 +31,7 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         }
         Err(e) => {
             body["status"] = json!("unhealthy");
-            body["error"] = json!(format!("{e:?}"));
+            body["error"] = json!(e.to_string());
             (StatusCode::SERVICE_UNAVAILABLE, Json(body))
         }
     }
