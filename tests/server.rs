@@ -884,3 +884,71 @@ fn env_local_creates_sample_data_only_when_there_is_none() {
         .unwrap();
     assert_eq!(written, again, "existing data is left alone");
 }
+
+#[test]
+fn results_can_be_read_per_user_and_per_tag() {
+    let env = env(400);
+    env.server.run(json!({"tag_ids": [6, 7], "as_of": AS_OF}));
+    let expected = oracle::expected(env.data.path(), as_of(), &[6, 7]);
+    let (user, ids) = expected
+        .iter()
+        .find(|(_, ids)| ids.len() == 2)
+        .expect("someone holds both");
+    let (code, body) = env
+        .server
+        .get(&format!("/api/v1/users/{user}/tags"))
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["tag_ids"], json!(ids));
+    assert_eq!(body["tag_details"]["7"]["tag_name"], "年轻用户");
+    let (code, _) = env.server.get("/api/v1/users/nobody/tags").unwrap();
+    assert_eq!(code, 404);
+
+    let holders: Vec<&String> = expected
+        .iter()
+        .filter(|(_, ids)| ids.contains(&6))
+        .map(|(u, _)| u)
+        .collect();
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (code, page) = env
+            .server
+            .get(&format!("/api/v1/tags/6/users?limit=7&cursor={cursor}"))
+            .unwrap();
+        assert_eq!(code, 200, "{page}");
+        seen.extend(
+            page["users"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u.as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen.iter().collect::<Vec<_>>(),
+        holders,
+        "paging lists every holder once, in order"
+    );
+    assert_eq!(env.server.get("/api/v1/tags/99/users").unwrap().0, 404);
+    assert_eq!(env.server.get("/api/v1/tags/x/users").unwrap().0, 400);
+    assert_eq!(
+        env.server.get("/api/v1/tags/6/users?limit=-1").unwrap().0,
+        400
+    );
+
+    let (code, stats) = env.server.get("/api/v1/system/stats").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(stats["tasks"]["completed"], 1);
+    assert_eq!(
+        (
+            stats["queue"]["workers"].as_u64(),
+            stats["tags_loaded"].as_u64()
+        ),
+        (Some(3), Some(8))
+    );
+}

@@ -4,6 +4,7 @@
 pub mod health;
 pub mod tags;
 pub mod tasks;
+pub mod users;
 
 use crate::registry::TagRegistry;
 use crate::scheduler::Scheduler;
@@ -129,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(tags::router())
         .merge(tasks::router())
+        .merge(users::router())
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -31,7 +31,8 @@ async fn available(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"success": true, "available_tags": tags}))
 }
 
-fn parse_tag_id(state: &AppState, raw: &str) -> Result<u32, ApiError> {
+/// A tag id from the path: 400 if not a number, 404 if no plugin provides it.
+pub(crate) fn parse_tag_id(state: &AppState, raw: &str) -> Result<u32, ApiError> {
     let id: u32 = raw.parse().map_err(|_| {
         ApiError::bad_request(
             format!("tag_id must be a positive integer, got \"{raw}\""),

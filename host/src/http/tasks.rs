@@ -359,7 +359,8 @@ struct ListQuery {
     offset: Option<String>,
 }
 
-fn parse_count(
+/// A non-negative count from the query string, at most `max`.
+pub(crate) fn parse_count(
     raw: Option<&str>,
     key: &str,
     default: usize,
