@@ -285,16 +285,36 @@ impl Engine {
             table: universe_table.clone(),
             frame: universe.clone(),
         }];
+        let incremental = task.spec.user_ids.is_none() && task.spec.mode == Mode::Incremental;
+        // Per table, the newest row read: the next incremental run's watermark.
+        let mut newest: BTreeMap<String, i64> = BTreeMap::new();
+        if let Some(max) = max_updated(&universe, universe_table)? {
+            newest.insert(universe_table.clone(), max);
+        }
         for (table, columns) in &plan[1..] {
             let frame = self.read_table(table, columns, requested.as_ref(), control)?;
             let (take, dropped) = join_latest(&frame, table, &universe_rows)?;
             if dropped > 0 {
                 duplicates.insert(table.clone(), json!(dropped));
             }
+            if let Some(max) = max_updated(&frame, table)? {
+                newest.insert(table.clone(), max);
+            }
+            // Only the tags' columns (and updated_time, for an incremental
+            // scope) are carried over: the join key is not copied.
+            let carried: Vec<PlSmallStr> = frame
+                .get_column_names()
+                .into_iter()
+                .filter(|name| {
+                    name.as_str() != USER_ID && (incremental || name.as_str() != UPDATED_TIME)
+                })
+                .cloned()
+                .collect();
             // Left join on user_id: row i belongs to universe_ids[i], nulls
             // where this table has no row for that user.
             let mut frame = frame
-                .take(&take)
+                .select(carried)
+                .and_then(|f| f.take(&take))
                 .map_err(|e| polars_failed(&format!("table {table}: joining on user_id"), e))?;
             frame.rechunk_mut();
             aligned.push(Aligned {
@@ -306,13 +326,7 @@ impl Engine {
         mark("read_ms", &mut timings);
 
         // Incremental scope: rows whose source rows changed since the tag's watermarks.
-        let mut newest: BTreeMap<String, i64> = BTreeMap::new();
-        for a in &aligned {
-            if let Some(max) = max_updated(&a.frame, &a.table)? {
-                newest.insert(a.table.clone(), max);
-            }
-        }
-        if task.spec.user_ids.is_none() && task.spec.mode == Mode::Incremental {
+        if incremental {
             for t in tags.iter_mut().filter(|t| !t.whole_universe) {
                 t.scope = Some(changed_rows(&aligned, &t.tag, &t.watermarks, rows)?);
             }
