@@ -9,7 +9,7 @@ use crate::data::DataError;
 use crate::model::{now_timestamp, Mode, TaskRecord};
 use crate::registry::{RegisteredTag, TagRegistry};
 use crate::scheduler::{RunError, Stop, TagProgress, TaskControl, TaskRunner};
-use crate::store::{ChangedUserTags, CurrentTags, NewUserTags, RunChanges, Store, TagState};
+use crate::store::{ChangeSink, CurrentTags, Store, StoreError, TagState};
 use polars::prelude::*;
 use rustc_hash::FxHashMap;
 use serde_json::{json, Map, Value};
@@ -390,12 +390,15 @@ impl Engine {
         let write_states = task.spec.user_ids.is_none();
         let summary = self
             .store
-            .write_run(&mut |current: &CurrentTags| {
-                counts.iter_mut().for_each(|c| *c = TagCounts::default());
-                let (mut changes, n) = diff(&universe_ids, &tags, current, &now, &mut counts);
-                evaluated = n;
-                if write_states {
-                    changes.tag_states = tags
+            .write_run(
+                &now,
+                &mut |current: &CurrentTags, sink: &mut dyn ChangeSink| {
+                    counts.iter_mut().for_each(|c| *c = TagCounts::default());
+                    evaluated = diff(&universe_ids, &tags, current, &now, &mut counts, sink)?;
+                    if !write_states {
+                        return Ok(Vec::new());
+                    }
+                    Ok(tags
                         .iter()
                         .map(|t| TagState {
                             tag_id: t.tag.info.tag_id,
@@ -408,10 +411,9 @@ impl Engine {
                                 .collect(),
                             had_full_run: true,
                         })
-                        .collect();
-                }
-                Ok(changes)
-            })
+                        .collect())
+                },
+            )
             .map_err(|e| {
                 RunError::Failed(format!("writing results failed, nothing was written: {e}"))
             })?;
@@ -668,20 +670,17 @@ fn json_object<'m>(
     out
 }
 
-/// The rows to write so that each evaluated user's tags in the run's tag set
-/// are exactly those that matched; other tags are kept. Returns the changes
-/// and the number of users evaluated for at least one tag.
+/// Sends to `sink` the rows to write so that each evaluated user's tags in
+/// the run's tag set are exactly those that matched; other tags are kept.
+/// Returns the number of users evaluated for at least one tag.
 fn diff(
     ids: &[&str],
     tags: &[TagRun],
     current: &CurrentTags,
     now: &str,
     counts: &mut [TagCounts],
-) -> (RunChanges, usize) {
-    let mut changes = RunChanges {
-        now: now.to_string(),
-        ..RunChanges::default()
-    };
+    sink: &mut dyn ChangeSink,
+) -> Result<usize, StoreError> {
     let mut evaluated = 0;
     let mut in_scope = vec![false; tags.len()];
     let gained: Vec<(u32, String)> = tags
@@ -733,16 +732,11 @@ fn diff(
         if new_ids.as_slice() == old {
             continue;
         }
-        let user_id = user.to_string();
         if new_ids.is_empty() {
-            changes.deletes.push(user_id);
+            sink.delete(user)?;
         } else if old.is_empty() {
             let details = json_object(new_ids.iter().copied(), |id| lookup(&gained, id));
-            changes.inserts.push(NewUserTags {
-                user_id,
-                tag_ids: new_ids.clone(),
-                details,
-            });
+            sink.insert(user, &new_ids, &details)?;
         } else {
             // A merge patch: members for gained tags, null for lost ones.
             let changed = tags
@@ -756,12 +750,8 @@ fn diff(
                     lookup(&lost, id)
                 }
             });
-            changes.updates.push(ChangedUserTags {
-                user_id,
-                tag_ids: new_ids.clone(),
-                details_patch,
-            });
+            sink.update(user, &new_ids, &details_patch)?;
         }
     }
-    (changes, evaluated)
+    Ok(evaluated)
 }

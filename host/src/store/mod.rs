@@ -49,27 +49,23 @@ pub type CurrentTags = HashMap<compact_str::CompactString, TagIds, rustc_hash::F
 /// A user's tag ids, ascending; inline up to eight.
 pub type TagIds = smallvec::SmallVec<[u32; 8]>;
 
-/// A new row for `user_tags`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewUserTags {
-    /// The user.
-    pub user_id: String,
-    /// Tag ids, ascending, no duplicates, never empty.
-    pub tag_ids: Vec<u32>,
-    /// `tag_details` JSON text.
-    pub details: String,
-}
-
-/// A change to an existing `user_tags` row whose `tag_ids` changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChangedUserTags {
-    /// The user.
-    pub user_id: String,
-    /// The new tag ids, ascending, never empty.
-    pub tag_ids: Vec<u32>,
-    /// A JSON merge patch (RFC 7396) for `tag_details`: entries of tags gained,
-    /// `null` for tags lost; entries of kept tags stay as they are.
-    pub details_patch: String,
+/// Receives a run's changes row by row, inside the run's write transaction,
+/// so a run never holds all of its changes in memory. Rows written get the
+/// run's timestamp as `updated_time` (and as `created_time` when new).
+pub trait ChangeSink {
+    /// A new row (`tag_ids` ascending, never empty; `details` is `tag_details`).
+    fn insert(&mut self, user_id: &str, tag_ids: &[u32], details: &str) -> Result<(), StoreError>;
+    /// An existing row whose `tag_ids` changed; `details_patch` is a JSON
+    /// merge patch (RFC 7396) for `tag_details`: members of tags gained,
+    /// `null` for tags lost, so entries of kept tags stay as they are.
+    fn update(
+        &mut self,
+        user_id: &str,
+        tag_ids: &[u32],
+        details_patch: &str,
+    ) -> Result<(), StoreError>;
+    /// A row left without tags.
+    fn delete(&mut self, user_id: &str) -> Result<(), StoreError>;
 }
 
 /// A row of `user_tags`, as read back.
@@ -101,22 +97,6 @@ pub struct TagState {
     pub had_full_run: bool,
 }
 
-/// The changes of one run, computed against the current rows. Rows written
-/// get the run's timestamp as `updated_time` (and `created_time` when new).
-#[derive(Debug, Clone, Default)]
-pub struct RunChanges {
-    /// The run's timestamp.
-    pub now: String,
-    /// Rows to insert.
-    pub inserts: Vec<NewUserTags>,
-    /// Rows whose tags changed.
-    pub updates: Vec<ChangedUserTags>,
-    /// Users whose row is deleted (no tag left).
-    pub deletes: Vec<String>,
-    /// New per-tag state, written in the same transaction.
-    pub tag_states: Vec<TagState>,
-}
-
 /// What a run's write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WriteSummary {
@@ -126,9 +106,11 @@ pub struct WriteSummary {
     pub rows_deleted: usize,
 }
 
-/// Computes a run's changes from the current rows (called inside the write
-/// transaction; returning `Err` rolls it back).
-pub type ChangeBuilder<'a> = dyn FnMut(&CurrentTags) -> Result<RunChanges, String> + 'a;
+/// Sends a run's changes, computed from the current rows, to the sink and
+/// returns the per-tag states to record. Called inside the write
+/// transaction; returning `Err` rolls everything back.
+pub type ChangeBuilder<'a> =
+    dyn FnMut(&CurrentTags, &mut dyn ChangeSink) -> Result<Vec<TagState>, StoreError> + 'a;
 
 /// Persistence used by the server and the one-shot runner.
 pub trait Store: Send + Sync {
@@ -170,8 +152,13 @@ pub trait Store: Send + Sync {
 
     /// Per-tag state of the last successful runs.
     fn tag_states(&self) -> Result<HashMap<u32, TagState>, StoreError>;
-    /// Reads all current rows and applies `build`'s changes atomically.
-    fn write_run(&self, build: &mut ChangeBuilder<'_>) -> Result<WriteSummary, StoreError>;
+    /// Reads every user's current tag ids and applies `build`'s changes, with
+    /// `now` as their timestamp, in one transaction.
+    fn write_run(
+        &self,
+        now: &str,
+        build: &mut ChangeBuilder<'_>,
+    ) -> Result<WriteSummary, StoreError>;
     /// One user's row.
     fn user_tags(&self, user_id: &str) -> Result<Option<UserTagRow>, StoreError>;
     /// Users holding a tag, ascending, after `cursor`.

@@ -68,6 +68,49 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Writes a run's changes as they are computed.
+struct SqliteSink<'t> {
+    insert: rusqlite::Statement<'t>,
+    update: rusqlite::Statement<'t>,
+    delete: rusqlite::Statement<'t>,
+    now: &'t str,
+    summary: WriteSummary,
+}
+
+impl ChangeSink for SqliteSink<'_> {
+    fn insert(&mut self, user_id: &str, tag_ids: &[u32], details: &str) -> Result<(), StoreError> {
+        self.insert
+            .execute(params![user_id, tag_ids_json(tag_ids), details, self.now])
+            .map_err(db)?;
+        self.summary.rows_upserted += 1;
+        Ok(())
+    }
+
+    fn update(
+        &mut self,
+        user_id: &str,
+        tag_ids: &[u32],
+        details_patch: &str,
+    ) -> Result<(), StoreError> {
+        self.update
+            .execute(params![
+                user_id,
+                tag_ids_json(tag_ids),
+                details_patch,
+                self.now
+            ])
+            .map_err(db)?;
+        self.summary.rows_upserted += 1;
+        Ok(())
+    }
+
+    fn delete(&mut self, user_id: &str) -> Result<(), StoreError> {
+        self.delete.execute([user_id]).map_err(db)?;
+        self.summary.rows_deleted += 1;
+        Ok(())
+    }
+}
+
 fn task_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRecord, StoreError>> {
     let spec: String = row.get("spec")?;
     let status: String = row.get("status")?;
@@ -342,7 +385,11 @@ impl Store for SqliteStore {
         })
     }
 
-    fn write_run(&self, build: &mut ChangeBuilder<'_>) -> Result<WriteSummary, StoreError> {
+    fn write_run(
+        &self,
+        now: &str,
+        build: &mut ChangeBuilder<'_>,
+    ) -> Result<WriteSummary, StoreError> {
         let mut conn = connect(&self.path)?;
         // IMMEDIATE takes the write lock before reading, so no other run can
         // change the rows between this read and this write.
@@ -356,64 +403,42 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             let mut rows = stmt.query([]).map_err(db)?;
             while let Some(row) = rows.next().map_err(db)? {
-                let ids = row
-                    .get_ref(1)
-                    .map_err(db)?
-                    .as_str()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let user = row
-                    .get_ref(0)
-                    .map_err(db)?
-                    .as_str()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                current.insert(user.into(), parse_tag_ids(ids)?);
+                let text = |i| {
+                    row.get_ref(i)
+                        .map_err(db)?
+                        .as_str()
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))
+                };
+                current.insert(text(0)?.into(), parse_tag_ids(text(1)?)?);
             }
         }
-        let changes = build(&current).map_err(StoreError::Database)?;
-        let now = changes.now.as_str();
+        let (states, summary) = {
+            let mut sink = SqliteSink {
+                insert: tx
+                    .prepare(
+                        "INSERT INTO user_tags (user_id, tag_ids, tag_details, created_time, updated_time)
+                         VALUES (?1, ?2, ?3, ?4, ?4)",
+                    )
+                    .map_err(db)?,
+                update: tx
+                    .prepare(
+                        "UPDATE user_tags SET tag_ids = ?2, tag_details = json_patch(tag_details, ?3), updated_time = ?4
+                         WHERE user_id = ?1",
+                    )
+                    .map_err(db)?,
+                delete: tx.prepare("DELETE FROM user_tags WHERE user_id = ?1").map_err(db)?,
+                now,
+                summary: WriteSummary::default(),
+            };
+            let states = build(&current, &mut sink)?;
+            (states, sink.summary)
+        };
+        drop(current);
         {
-            let mut insert = tx
-                .prepare(
-                    "INSERT INTO user_tags (user_id, tag_ids, tag_details, created_time, updated_time)
-                     VALUES (?1, ?2, ?3, ?4, ?4)",
-                )
-                .map_err(db)?;
-            for row in &changes.inserts {
-                insert
-                    .execute(params![
-                        row.user_id,
-                        tag_ids_json(&row.tag_ids),
-                        row.details,
-                        now
-                    ])
-                    .map_err(db)?;
-            }
-            let mut update = tx
-                .prepare(
-                    "UPDATE user_tags SET tag_ids = ?2, tag_details = json_patch(tag_details, ?3), updated_time = ?4
-                     WHERE user_id = ?1",
-                )
-                .map_err(db)?;
-            for row in &changes.updates {
-                update
-                    .execute(params![
-                        row.user_id,
-                        tag_ids_json(&row.tag_ids),
-                        row.details_patch,
-                        now
-                    ])
-                    .map_err(db)?;
-            }
-            let mut delete = tx
-                .prepare("DELETE FROM user_tags WHERE user_id = ?1")
-                .map_err(db)?;
-            for user in &changes.deletes {
-                delete.execute([user]).map_err(db)?;
-            }
             let mut state = tx
                 .prepare("INSERT OR REPLACE INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(db)?;
-            for s in &changes.tag_states {
+            for s in &states {
                 let watermarks = serde_json::to_string(&s.watermarks)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 state
@@ -427,10 +452,7 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().map_err(db)?;
-        Ok(WriteSummary {
-            rows_upserted: changes.inserts.len() + changes.updates.len(),
-            rows_deleted: changes.deletes.len(),
-        })
+        Ok(summary)
     }
 
     fn user_tags(&self, user_id: &str) -> Result<Option<UserTagRow>, StoreError> {
