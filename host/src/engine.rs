@@ -9,7 +9,7 @@ use crate::data::DataError;
 use crate::model::{now_timestamp, Mode, TaskRecord};
 use crate::registry::{RegisteredTag, TagRegistry};
 use crate::scheduler::{RunError, Stop, TagProgress, TaskControl, TaskRunner};
-use crate::store::{ChangeSink, CurrentTags, Store, StoreError, TagState};
+use crate::store::{ChangeSink, RunWriter, Store, StoreError, TagIds, TagState};
 use polars::prelude::*;
 use rustc_hash::FxHashMap;
 use serde_json::{json, Map, Value};
@@ -385,38 +385,39 @@ impl Engine {
         control.checkpoint().map_err(stopped)?;
         control.set_progress(|p| p.stage = "writing".into());
         let now = now_timestamp();
-        let mut counts: Vec<TagCounts> = tags.iter().map(|_| TagCounts::default()).collect();
-        let mut evaluated = 0usize;
-        let write_states = task.spec.user_ids.is_none();
-        let summary = self
-            .store
-            .write_run(
-                &now,
-                &mut |current: &CurrentTags, sink: &mut dyn ChangeSink| {
-                    counts.iter_mut().for_each(|c| *c = TagCounts::default());
-                    evaluated = diff(&universe_ids, &tags, current, &now, &mut counts, sink)?;
-                    if !write_states {
-                        return Ok(Vec::new());
-                    }
-                    Ok(tags
-                        .iter()
-                        .map(|t| TagState {
-                            tag_id: t.tag.info.tag_id,
-                            rule_version: t.rule_version,
-                            watermarks: tag_tables(&t.tag)
-                                .filter_map(|table| {
-                                    let mark = newest.get(table).or(t.watermarks.get(table))?;
-                                    Some((table.to_string(), *mark))
-                                })
-                                .collect(),
-                            had_full_run: true,
+        // A user_ids run evaluates only some users: it must not move the
+        // watermarks that incremental runs rely on.
+        let states = if task.spec.user_ids.is_some() {
+            Vec::new()
+        } else {
+            tags.iter()
+                .map(|t| TagState {
+                    tag_id: t.tag.info.tag_id,
+                    rule_version: t.rule_version,
+                    watermarks: tag_tables(&t.tag)
+                        .filter_map(|table| {
+                            let mark = newest.get(table).or(t.watermarks.get(table))?;
+                            Some((table.to_string(), *mark))
                         })
-                        .collect())
-                },
-            )
-            .map_err(|e| {
-                RunError::Failed(format!("writing results failed, nothing was written: {e}"))
-            })?;
+                        .collect(),
+                    had_full_run: true,
+                })
+                .collect()
+        };
+        let mut write = RunWrite {
+            ids: &universe_ids,
+            rows: &universe_rows,
+            tags: &tags,
+            now: &now,
+            old: vec![TagIds::new(); rows],
+            counts: Vec::new(),
+            evaluated: 0,
+            states,
+        };
+        let summary = self.store.write_run(&now, &mut write).map_err(|e| {
+            RunError::Failed(format!("writing results failed, nothing was written: {e}"))
+        })?;
+        let (evaluated, counts) = (write.evaluated, write.counts);
 
         mark("write_ms", &mut timings);
         let mut notes = Vec::new();
@@ -670,13 +671,49 @@ fn json_object<'m>(
     out
 }
 
+/// A run's side of the write transaction: current tag ids are placed by
+/// universe row as the store reads them, then the diff goes to the sink.
+struct RunWrite<'r> {
+    ids: &'r [&'r str],
+    rows: &'r FxHashMap<&'r str, IdxSize>,
+    tags: &'r [TagRun],
+    now: &'r str,
+    /// Current tag ids per universe row (users outside the universe keep
+    /// their rows untouched, so they are not held).
+    old: Vec<TagIds>,
+    counts: Vec<TagCounts>,
+    evaluated: usize,
+    states: Vec<TagState>,
+}
+
+impl RunWriter for RunWrite<'_> {
+    fn current(&mut self, user_id: &str, tag_ids: TagIds) {
+        if let Some(&row) = self.rows.get(user_id) {
+            self.old[row as usize] = tag_ids;
+        }
+    }
+
+    fn changes(&mut self, sink: &mut dyn ChangeSink) -> Result<Vec<TagState>, StoreError> {
+        self.counts = vec![TagCounts::default(); self.tags.len()];
+        self.evaluated = diff(
+            self.ids,
+            self.tags,
+            &self.old,
+            self.now,
+            &mut self.counts,
+            sink,
+        )?;
+        Ok(self.states.clone())
+    }
+}
+
 /// Sends to `sink` the rows to write so that each evaluated user's tags in
 /// the run's tag set are exactly those that matched; other tags are kept.
 /// Returns the number of users evaluated for at least one tag.
 fn diff(
     ids: &[&str],
     tags: &[TagRun],
-    current: &CurrentTags,
+    olds: &[TagIds],
     now: &str,
     counts: &mut [TagCounts],
     sink: &mut dyn ChangeSink,
@@ -700,7 +737,7 @@ fn diff(
             continue;
         }
         evaluated += 1;
-        let old: &[u32] = current.get(*user).map_or(&[], |ids| ids.as_slice());
+        let old: &[u32] = &olds[i];
         // Tags outside this run (or outside its scope for this user) stay.
         new_ids.clear();
         new_ids.extend(old.iter().copied().filter(|id| {

@@ -39,15 +39,8 @@ pub struct RuleVersion {
     pub created_at: String,
 }
 
-/// Every user's current tag ids (ascending), as read inside a run's
-/// transaction. Only the ids: a run never needs the other columns of rows it
-/// does not change, and merges `tag_details` of rows it does in the store.
-/// Keys and id lists are stored inline (no allocation per user): a run holds
-/// one entry per tagged user.
-pub type CurrentTags = HashMap<compact_str::CompactString, TagIds, rustc_hash::FxBuildHasher>;
-
-/// A user's tag ids, ascending; inline up to eight.
-pub type TagIds = smallvec::SmallVec<[u32; 8]>;
+/// A user's tag ids, ascending; inline up to four (a run holds one per user).
+pub type TagIds = smallvec::SmallVec<[u32; 4]>;
 
 /// Receives a run's changes row by row, inside the run's write transaction,
 /// so a run never holds all of its changes in memory. Rows written get the
@@ -106,11 +99,16 @@ pub struct WriteSummary {
     pub rows_deleted: usize,
 }
 
-/// Sends a run's changes, computed from the current rows, to the sink and
-/// returns the per-tag states to record. Called inside the write
-/// transaction; returning `Err` rolls everything back.
-pub type ChangeBuilder<'a> =
-    dyn FnMut(&CurrentTags, &mut dyn ChangeSink) -> Result<Vec<TagState>, StoreError> + 'a;
+/// A run's side of its write transaction.
+pub trait RunWriter {
+    /// Called once per `user_tags` row, before [`RunWriter::changes`], with
+    /// the user's current tag ids. Only ids are read: a run never needs the
+    /// other columns of rows it does not change.
+    fn current(&mut self, user_id: &str, tag_ids: TagIds);
+    /// Sends the run's changes to `sink` and returns the per-tag states to
+    /// record. Returning `Err` rolls everything back.
+    fn changes(&mut self, sink: &mut dyn ChangeSink) -> Result<Vec<TagState>, StoreError>;
+}
 
 /// Persistence used by the server and the one-shot runner.
 pub trait Store: Send + Sync {
@@ -154,11 +152,7 @@ pub trait Store: Send + Sync {
     fn tag_states(&self) -> Result<HashMap<u32, TagState>, StoreError>;
     /// Reads every user's current tag ids and applies `build`'s changes, with
     /// `now` as their timestamp, in one transaction.
-    fn write_run(
-        &self,
-        now: &str,
-        build: &mut ChangeBuilder<'_>,
-    ) -> Result<WriteSummary, StoreError>;
+    fn write_run(&self, now: &str, run: &mut dyn RunWriter) -> Result<WriteSummary, StoreError>;
     /// One user's row.
     fn user_tags(&self, user_id: &str) -> Result<Option<UserTagRow>, StoreError>;
     /// Users holding a tag, ascending, after `cursor`.

@@ -385,18 +385,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn write_run(
-        &self,
-        now: &str,
-        build: &mut ChangeBuilder<'_>,
-    ) -> Result<WriteSummary, StoreError> {
+    fn write_run(&self, now: &str, run: &mut dyn RunWriter) -> Result<WriteSummary, StoreError> {
         let mut conn = connect(&self.path)?;
         // IMMEDIATE takes the write lock before reading, so no other run can
         // change the rows between this read and this write.
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
-        let mut current = CurrentTags::default();
         {
             let mut stmt = tx
                 .prepare("SELECT user_id, tag_ids FROM user_tags")
@@ -409,7 +404,7 @@ impl Store for SqliteStore {
                         .as_str()
                         .map_err(|e| StoreError::Corrupt(e.to_string()))
                 };
-                current.insert(text(0)?.into(), parse_tag_ids(text(1)?)?);
+                run.current(text(0)?, parse_tag_ids(text(1)?)?);
             }
         }
         let (states, summary) = {
@@ -430,10 +425,9 @@ impl Store for SqliteStore {
                 now,
                 summary: WriteSummary::default(),
             };
-            let states = build(&current, &mut sink)?;
+            let states = run.changes(&mut sink)?;
             (states, sink.summary)
         };
-        drop(current);
         {
             let mut state = tx
                 .prepare("INSERT OR REPLACE INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES (?1, ?2, ?3, ?4)")
