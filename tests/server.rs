@@ -591,7 +591,12 @@ fn data_and_store_faults_fail_the_task_naming_the_cause() {
     let conn = rusqlite::Connection::open(&env.server.db).unwrap();
     conn.execute_batch("CREATE TRIGGER fail_writes BEFORE INSERT ON user_tags BEGIN SELECT RAISE(ABORT, 'injected write failure'); END;")
         .unwrap();
-    conn.execute_batch("DELETE FROM tag_rules WHERE tag_id = 6 AND version > 1")
+    let control = rusqlite::Connection::open(tag_host::store::sqlite::SqliteStore::control_path(
+        &env.server.db,
+    ))
+    .unwrap();
+    control
+        .execute_batch("DELETE FROM tag_rules WHERE tag_id = 6 AND version > 1")
         .unwrap();
     put_rule(
         &env.server,

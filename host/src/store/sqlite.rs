@@ -1,8 +1,11 @@
-//! The embedded SQLite store (WAL mode).
+//! The embedded SQLite store, in two files.
 //!
-//! Task and rule bookkeeping share one connection behind a mutex; each run's
-//! write opens its own connection, so a long `user_tags` transaction never
-//! holds that mutex. WAL lets readers proceed while a run writes.
+//! The store URL's file holds the results, `user_tags` (the original
+//! system's table, for its readers) and `tag_state`, in rollback-journal
+//! mode: a run writes each page once (WAL would write it twice, and a first
+//! run writes hundreds of megabytes). Tasks and rules live beside it in
+//! `<name>.control.db`, in WAL mode, so the API's bookkeeping never waits for
+//! a run's write. Each run's write opens its own connection.
 
 use super::*;
 use crate::model::{now_timestamp, TaskSpec};
@@ -12,15 +15,16 @@ use std::sync::Mutex;
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
-    path: PathBuf,
-    conn: Mutex<Connection>,
+    results_path: PathBuf,
+    control: Mutex<Connection>,
+    results: Mutex<Connection>,
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
-const SCHEMA: &str = "
+const CONTROL_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id TEXT NOT NULL UNIQUE,
@@ -43,6 +47,9 @@ CREATE TABLE IF NOT EXISTS tag_rules (
     created_at TEXT NOT NULL,
     PRIMARY KEY (tag_id, version)
 );
+";
+
+const RESULTS_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tag_state (
     tag_id INTEGER PRIMARY KEY,
     rule_version INTEGER NOT NULL,
@@ -58,13 +65,28 @@ CREATE TABLE IF NOT EXISTS user_tags (
 );
 ";
 
-fn connect(path: &Path) -> Result<Connection, StoreError> {
+/// How a database file journals its transactions.
+#[derive(Clone, Copy)]
+enum Journal {
+    /// Readers never wait for a writer; every page is written twice.
+    Wal,
+    /// Every page is written once; readers wait while a commit is written.
+    Rollback,
+}
+
+fn connect(path: &Path, journal: Journal) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(db)?;
     conn.busy_timeout(std::time::Duration::from_secs(60))
         .map_err(db)?;
-    // FULL: a commit that returned is on disk; WAL keeps readers unblocked.
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
-        .map_err(db)?;
+    let mode = match journal {
+        Journal::Wal => "WAL",
+        Journal::Rollback => "TRUNCATE",
+    };
+    // FULL: a commit that returned is on disk.
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode={mode}; PRAGMA synchronous=FULL; PRAGMA cache_size=-65536;"
+    ))
+    .map_err(db)?;
     Ok(conn)
 }
 
@@ -156,12 +178,20 @@ impl SqliteStore {
                 StoreError::Database(format!("cannot create {}: {e}", parent.display()))
             })?;
         }
-        let conn = connect(path)?;
-        conn.execute_batch(SCHEMA).map_err(db)?;
+        let control = connect(&SqliteStore::control_path(path), Journal::Wal)?;
+        control.execute_batch(CONTROL_SCHEMA).map_err(db)?;
+        let results = connect(path, Journal::Rollback)?;
+        results.execute_batch(RESULTS_SCHEMA).map_err(db)?;
         Ok(SqliteStore {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
+            results_path: path.to_path_buf(),
+            control: Mutex::new(control),
+            results: Mutex::new(results),
         })
+    }
+
+    /// Where tasks and rules are kept for a store whose results are at `path`.
+    pub fn control_path(path: &Path) -> PathBuf {
+        path.with_extension("control.db")
     }
 
     fn with<T>(
@@ -170,7 +200,15 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         // A poisoned mutex only means another thread panicked mid-call; the
         // connection itself is still usable (SQLite rolls back open work).
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
+    }
+
+    fn with_results<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.results.lock().unwrap_or_else(|p| p.into_inner());
         f(&conn)
     }
 
@@ -350,7 +388,7 @@ impl Store for SqliteStore {
     }
 
     fn tag_states(&self) -> Result<HashMap<u32, TagState>, StoreError> {
-        self.with(|c| {
+        self.with_results(|c| {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT tag_id, rule_version, watermarks, had_full_run FROM tag_state",
@@ -386,7 +424,7 @@ impl Store for SqliteStore {
     }
 
     fn write_run(&self, now: &str, run: &mut dyn RunWriter) -> Result<WriteSummary, StoreError> {
-        let mut conn = connect(&self.path)?;
+        let mut conn = connect(&self.results_path, Journal::Rollback)?;
         // IMMEDIATE takes the write lock before reading, so no other run can
         // change the rows between this read and this write.
         let tx = conn
@@ -450,7 +488,7 @@ impl Store for SqliteStore {
     }
 
     fn user_tags(&self, user_id: &str) -> Result<Option<UserTagRow>, StoreError> {
-        self.with(|c| {
+        self.with_results(|c| {
             let row = c
                 .query_row(
                     "SELECT user_id, tag_ids, tag_details, created_time, updated_time FROM user_tags WHERE user_id = ?1",
@@ -472,7 +510,7 @@ impl Store for SqliteStore {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
+        self.with_results(|c| {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT user_id FROM user_tags, json_each(user_tags.tag_ids)
