@@ -244,42 +244,39 @@ impl Engine {
             .map(|ids| ids.iter().map(String::as_str).collect());
         let mut duplicates = Map::new();
         let (universe_table, universe_columns) = &plan[0];
-        let universe = {
-            let frame = self.read_table(
-                universe_table,
-                universe_columns,
-                requested.as_ref(),
-                control,
-            )?;
-            let (keep, dropped) = {
-                let (latest, dropped) = latest_rows(&frame, universe_table)?;
-                let keep: Option<Vec<IdxSize>> = (dropped > 0).then(|| {
-                    let mut keep: Vec<IdxSize> = latest.values().map(|(i, _)| *i).collect();
-                    keep.sort_unstable();
-                    keep
-                });
-                (keep, dropped)
-            };
-            match keep {
-                None => frame,
-                Some(keep) => {
-                    duplicates.insert(universe_table.clone(), json!(dropped));
-                    frame
-                        .take(&IdxCa::from_vec("keep".into(), keep))
-                        .map_err(|e| {
-                            polars_failed(&format!("table {universe_table}: de-duplicating"), e)
-                        })?
-                }
-            }
+        let raw_universe = self.read_table(
+            universe_table,
+            universe_columns,
+            requested.as_ref(),
+            control,
+        )?;
+        let (latest, dropped) = latest_rows(&raw_universe, universe_table)?;
+        let deduplicated;
+        let (universe, universe_rows) = if dropped == 0 {
+            // Every row is its own user's latest: the map built to find
+            // duplicates is already the join index.
+            (&raw_universe, UniverseIndex::Latest(latest))
+        } else {
+            duplicates.insert(universe_table.clone(), json!(dropped));
+            let mut keep: Vec<IdxSize> = latest.values().map(|(i, _)| *i).collect();
+            keep.sort_unstable();
+            drop(latest);
+            deduplicated = raw_universe
+                .take(&IdxCa::from_vec("keep".into(), keep))
+                .map_err(|e| {
+                    polars_failed(&format!("table {universe_table}: de-duplicating"), e)
+                })?;
+            let ids = user_ids(&deduplicated, universe_table)?;
+            let rows = ids
+                .iter()
+                .enumerate()
+                .filter_map(|(i, id)| Some((id?, i as IdxSize)))
+                .collect();
+            (&deduplicated, UniverseIndex::Rows(rows))
         };
-        let universe_ids: Vec<&str> = user_ids(&universe, universe_table)?
+        let universe_ids: Vec<&str> = user_ids(universe, universe_table)?
             .iter()
             .map(Option::unwrap_or_default)
-            .collect();
-        let universe_rows: FxHashMap<&str, IdxSize> = universe_ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (*id, i as IdxSize))
             .collect();
         let mut aligned = vec![Aligned {
             table: universe_table.clone(),
@@ -288,12 +285,16 @@ impl Engine {
         let incremental = task.spec.user_ids.is_none() && task.spec.mode == Mode::Incremental;
         // Per table, the newest row read: the next incremental run's watermark.
         let mut newest: BTreeMap<String, i64> = BTreeMap::new();
-        if let Some(max) = max_updated(&universe, universe_table)? {
+        if let Some(max) = max_updated(universe, universe_table)? {
             newest.insert(universe_table.clone(), max);
         }
         for (table, columns) in &plan[1..] {
             let frame = self.read_table(table, columns, requested.as_ref(), control)?;
-            let (take, dropped) = join_latest(&frame, table, &universe_rows)?;
+            let (take, dropped) = join_latest(
+                &frame,
+                table,
+                &mut RowFinder::new(&universe_ids, &universe_rows),
+            )?;
             if dropped > 0 {
                 duplicates.insert(table.clone(), json!(dropped));
             }
@@ -406,7 +407,7 @@ impl Engine {
         };
         let mut write = RunWrite {
             ids: &universe_ids,
-            rows: &universe_rows,
+            rows: RowFinder::new(&universe_ids, &universe_rows),
             tags: &tags,
             now: &now,
             old: vec![TagIds::new(); rows],
@@ -492,6 +493,56 @@ fn updated_times<'a>(frame: &'a DataFrame, table: &str) -> Result<&'a Int64Chunk
         .map_err(|e| polars_failed(&format!("table {table}: column {UPDATED_TIME}"), e))
 }
 
+/// The universe row of each user id.
+enum UniverseIndex<'f> {
+    /// The de-duplication map, when the universe had no duplicates.
+    Latest(Latest<'f>),
+    /// Built after de-duplication.
+    Rows(FxHashMap<&'f str, IdxSize>),
+}
+
+impl UniverseIndex<'_> {
+    fn row(&self, user_id: &str) -> Option<IdxSize> {
+        match self {
+            UniverseIndex::Latest(map) => map.get(user_id).map(|(row, _)| *row),
+            UniverseIndex::Rows(map) => map.get(user_id).copied(),
+        }
+    }
+}
+
+/// Finds universe rows for a stream of user ids. Tables written by the same
+/// pipeline usually list users in the same order, so the row after the last
+/// one found is tried first; the hash index is the fallback (a lookup in a
+/// map of millions of users costs a cache miss, a comparison does not).
+struct RowFinder<'a> {
+    ids: &'a [&'a str],
+    index: &'a UniverseIndex<'a>,
+    next: usize,
+}
+
+impl<'a> RowFinder<'a> {
+    fn new(ids: &'a [&'a str], index: &'a UniverseIndex<'a>) -> RowFinder<'a> {
+        RowFinder {
+            ids,
+            index,
+            next: 0,
+        }
+    }
+
+    fn find(&mut self, user_id: &str) -> Option<IdxSize> {
+        // The next row, or the one after it (a user missing from this table).
+        for guess in [self.next, self.next + 1] {
+            if self.ids.get(guess) == Some(&user_id) {
+                self.next = guess + 1;
+                return Some(guess as IdxSize);
+            }
+        }
+        let row = self.index.row(user_id)?;
+        self.next = row as usize + 1;
+        Some(row)
+    }
+}
+
 /// Per user id: the row kept and its `updated_time`.
 type Latest<'f> = FxHashMap<&'f str, (IdxSize, Option<i64>)>;
 
@@ -530,14 +581,14 @@ fn latest_rows<'f>(frame: &'f DataFrame, table: &str) -> Result<(Latest<'f>, usi
 fn join_latest(
     frame: &DataFrame,
     table: &str,
-    universe: &FxHashMap<&str, IdxSize>,
+    universe: &mut RowFinder<'_>,
 ) -> Result<(IdxCa, usize), RunError> {
     let ids = user_ids(frame, table)?;
     let times = updated_times(frame, table)?;
-    let mut chosen: Vec<Option<(IdxSize, Option<i64>)>> = vec![None; universe.len()];
+    let mut chosen: Vec<Option<(IdxSize, Option<i64>)>> = vec![None; universe.ids.len()];
     let mut dropped = 0usize;
     for (i, (id, time)) in ids.iter().zip(times.iter()).enumerate() {
-        let Some(&slot) = id.and_then(|id| universe.get(id)) else {
+        let Some(slot) = id.and_then(|id| universe.find(id)) else {
             continue;
         };
         match &mut chosen[slot as usize] {
@@ -675,7 +726,7 @@ fn json_object<'m>(
 /// universe row as the store reads them, then the diff goes to the sink.
 struct RunWrite<'r> {
     ids: &'r [&'r str],
-    rows: &'r FxHashMap<&'r str, IdxSize>,
+    rows: RowFinder<'r>,
     tags: &'r [TagRun],
     now: &'r str,
     /// Current tag ids per universe row (users outside the universe keep
@@ -688,7 +739,7 @@ struct RunWrite<'r> {
 
 impl RunWriter for RunWrite<'_> {
     fn current(&mut self, user_id: &str, tag_ids: TagIds) {
-        if let Some(&row) = self.rows.get(user_id) {
+        if let Some(row) = self.rows.find(user_id) {
             self.old[row as usize] = tag_ids;
         }
     }
