@@ -108,8 +108,10 @@ if command -v wrk >/dev/null; then
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$p50" "$p99" "$max" "${errors:-0}" "${non2xx:-0}" "$busy" >> "$LATENCY"
     echo "   $name: p50 $p50, p99 $p99, max $max, socket errors ${errors:-0}, non-2xx ${non2xx:-0}, tasks running at the end: $busy"
   }
+  # Six full runs: three compute while three wait, so the workers stay busy
+  # for the whole window.
   full_runs() {
-    for _ in 1 2 3; do
+    for _ in 1 2 3 4 5 6; do
       curl -sf -X POST "http://127.0.0.1:$PORT/api/v1/tags/trigger" -H 'Content-Type: application/json' \
         -d "{\"tag_ids\": [1,2,3,4,5,6,7,8], \"as_of\": \"$AS_OF\"}" > /dev/null
     done
