@@ -136,11 +136,7 @@ pub fn run_command(
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let unknown: Vec<u32> = tag_ids
-        .iter()
-        .copied()
-        .filter(|id| registry.get(*id).is_none())
-        .collect();
+    let unknown = registry.unknown(&tag_ids);
     if !unknown.is_empty() {
         anyhow::bail!(
             "Invalid tag_ids: {unknown:?} (available: {:?})",

@@ -151,6 +151,14 @@ impl TagRegistry {
         self.tags.values()
     }
 
+    /// The ids among `ids` that no loaded plugin provides.
+    pub fn unknown(&self, ids: &[u32]) -> Vec<u32> {
+        ids.iter()
+            .copied()
+            .filter(|id| !self.tags.contains_key(id))
+            .collect()
+    }
+
     /// All tag ids, ascending.
     pub fn ids(&self) -> Vec<u32> {
         self.tags.keys().copied().collect()

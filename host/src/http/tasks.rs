@@ -74,11 +74,8 @@ fn parse_tag_ids(body: &Map<String, Value>, registry: &TagRegistry) -> Result<Ve
             }
         };
     }
-    let unknown: Vec<u32> = ids
-        .iter()
-        .copied()
-        .filter(|id| registry.get(*id).is_none())
-        .collect();
+    let ids: Vec<u32> = ids.into_iter().collect();
+    let unknown = registry.unknown(&ids);
     if !unknown.is_empty() {
         let list = format!(
             "[{}]",
@@ -94,7 +91,7 @@ fn parse_tag_ids(body: &Map<String, Value>, registry: &TagRegistry) -> Result<Ve
         )
         .with("available_tag_ids", json!(registry.ids())));
     }
-    Ok(ids.into_iter().collect())
+    Ok(ids)
 }
 
 fn parse_user_ids(body: &Map<String, Value>, max: usize) -> Result<Option<Vec<String>>, ApiError> {

@@ -150,6 +150,22 @@ struct Candidate {
     tags: Vec<RegisteredTag>,
 }
 
+impl Candidate {
+    /// Adds the library's tags to `tags`; what the report says of it.
+    fn register(self, tags: &mut BTreeMap<u32, Arc<RegisteredTag>>) -> LoadedPlugin {
+        let infos = self.tags.iter().map(|t| t.info.clone()).collect();
+        for tag in self.tags {
+            tags.insert(tag.info.tag_id, Arc::new(tag));
+        }
+        LoadedPlugin {
+            name: self.name,
+            version: self.version,
+            api_version: self.api_version,
+            tags: infos,
+        }
+    }
+}
+
 fn is_library(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e == std::env::consts::DLL_EXTENSION)
@@ -287,18 +303,7 @@ pub fn load_dir(dir: &Path) -> Result<(TagRegistry, LoadReport), ScanError> {
     for path in paths {
         let (sha256, result) = load_file(&path, dir_mode, &tags);
         let outcome = match result {
-            Ok(candidate) => {
-                let infos = candidate.tags.iter().map(|t| t.info.clone()).collect();
-                for tag in candidate.tags {
-                    tags.insert(tag.info.tag_id, Arc::new(tag));
-                }
-                Outcome::Loaded(LoadedPlugin {
-                    name: candidate.name,
-                    version: candidate.version,
-                    api_version: candidate.api_version,
-                    tags: infos,
-                })
-            }
+            Ok(candidate) => Outcome::Loaded(candidate.register(&mut tags)),
             Err(rejection) => Outcome::Rejected(rejection),
         };
         report.files.push(PluginFile {
@@ -320,18 +325,8 @@ pub fn load_file_alone(path: &Path) -> (TagRegistry, PluginFile) {
     let (sha256, result) = load_file(path, dir_mode, &BTreeMap::new());
     let (registry, outcome) = match result {
         Ok(candidate) => {
-            let infos = candidate.tags.iter().map(|t| t.info.clone()).collect();
-            let tags = candidate
-                .tags
-                .into_iter()
-                .map(|t| (t.info.tag_id, Arc::new(t)))
-                .collect();
-            let loaded = LoadedPlugin {
-                name: candidate.name,
-                version: candidate.version,
-                api_version: candidate.api_version,
-                tags: infos,
-            };
+            let mut tags = BTreeMap::new();
+            let loaded = candidate.register(&mut tags);
             (TagRegistry::new(tags), Outcome::Loaded(loaded))
         }
         Err(rejection) => (TagRegistry::default(), Outcome::Rejected(rejection)),
