@@ -421,6 +421,7 @@ impl Engine {
         let (evaluated, counts) = (write.evaluated, write.counts);
 
         mark("write_ms", &mut timings);
+        timings.insert("commit_ms".into(), json!(summary.commit_ms));
         let mut notes = Vec::new();
         if task.spec.mode == Mode::Incremental {
             let windowed: Vec<u32> = tags

@@ -7,6 +7,7 @@
 //! writers (SQLite: `BEGIN IMMEDIATE`; MySQL/PostgreSQL: `SELECT ... FOR
 //! UPDATE` on the rows touched), so concurrent runs never lose each other's tags.
 
+pub mod pipeline;
 pub mod sqlite;
 
 use crate::model::{TaskRecord, TaskStatus};
@@ -97,6 +98,8 @@ pub struct WriteSummary {
     pub rows_upserted: usize,
     /// Rows deleted.
     pub rows_deleted: usize,
+    /// Time spent committing (making the writes durable), in milliseconds.
+    pub commit_ms: u64,
 }
 
 /// A run's side of its write transaction.
@@ -177,15 +180,22 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
 /// Formats tag ids the way `user_tags.tag_ids` stores them: `[1,2,5]`.
 pub fn tag_ids_json(ids: &[u32]) -> String {
     let mut out = String::with_capacity(ids.len() * 3 + 2);
+    push_tag_ids(&mut out, ids);
+    out
+}
+
+/// Appends [`tag_ids_json`]`(ids)` to `out`.
+pub fn push_tag_ids(out: &mut String, ids: &[u32]) {
+    use std::fmt::Write;
     out.push('[');
     for (i, id) in ids.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&id.to_string());
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{id}");
     }
     out.push(']');
-    out
 }
 
 /// Parses `user_tags.tag_ids` (`[1,2,5]`; any JSON spacing).
