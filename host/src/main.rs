@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use tag_host::config::{Cli, Command, Config};
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(config: &Config, to_file: bool) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log_filter()));
