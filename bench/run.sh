@@ -5,8 +5,8 @@
 #   bench/run.sh [--users N] [--10m] [--spark]
 #
 # Needs python3 (a virtualenv with duckdb, polars, pyarrow[, pyspark] is made
-# in bench/.venv), wrk for the API latency part (apt-get install wrk) and
-# /usr/bin/time. Everything it writes goes to bench/out/.
+# in bench/.venv), wrk for the API latency part (installed with apt-get when
+# missing and run as root) and /usr/bin/time. Everything it writes goes to bench/out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=1000000
@@ -37,6 +37,11 @@ $PY -m pip install --quiet $PKGS
 if [ ! -f "$DATA/user_basic_info.parquet" ]; then
   echo "== generating $USERS users"
   $BIN gen-data --users "$USERS" --out "$DATA" --reference-date "$AS_OF" --seed 42
+fi
+
+if ! command -v wrk >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== installing wrk"
+  apt-get install -y -qq wrk > /dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk > /dev/null; } || true
 fi
 
 RESULTS=$OUT/results.tsv
