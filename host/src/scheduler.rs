@@ -352,7 +352,34 @@ impl Scheduler {
     }
 }
 
+/// The niceness of worker threads (and of the threads they start).
+const WORKER_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's CPU priority, so that on a busy machine the
+/// HTTP threads run first and the API stays responsive while runs compute.
+/// Threads started from it (a run's results writer, and polars' pool when
+/// a run creates it) inherit the priority. Failing to lower it only costs
+/// latency, so errors are ignored.
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: plain system calls on the calling thread's own id.
+    unsafe {
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            libc::gettid() as libc::id_t,
+            WORKER_NICENESS,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
+
 fn worker(shared: &Shared) {
+    lower_priority();
+    // polars starts its thread pool on first use; starting it here makes
+    // its threads inherit this thread's priority.
+    polars_core::runtime::THREAD_POOL.current_num_threads();
     loop {
         let (mut task, control) = {
             let mut state = shared.lock();
