@@ -2,7 +2,11 @@
 # tag-server against DuckDB, Polars and (optionally) PySpark on the same data,
 # in one run: wall time, peak memory and each anchor's time / ours.
 #
-#   bench/run.sh [--users N] [--10m] [--spark]
+#   bench/run.sh [--users N] [--10m] [--spark] [--rounds N]
+#
+# --rounds N (default 1) repeats the first full run and DuckDB N more times,
+# alternating, and reports each round's ratio and the median: on a shared
+# 2-core machine single timings vary by 20% or more.
 #
 # Needs python3 (a virtualenv with duckdb, polars, pyarrow[, pyspark] is made
 # in bench/.venv), wrk for the API latency part (installed with apt-get when
@@ -11,12 +15,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=1000000
 SPARK=0
+ROUNDS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --users) USERS="$2"; shift 2 ;;
     --10m) USERS=10000000; shift ;;
     --spark) SPARK=1; shift ;;
-    *) echo "usage: bench/run.sh [--users N] [--10m] [--spark]" >&2; exit 2 ;;
+    --rounds) ROUNDS="$2"; shift 2 ;;
+    *) echo "usage: bench/run.sh [--users N] [--10m] [--spark] [--rounds N]" >&2; exit 2 ;;
   esac
 done
 AS_OF=2025-01-15
@@ -79,6 +85,20 @@ fi
 echo "== same tag sets?"
 $PY bench/compare.py "$RUN/tags.db" $ANCHOR_OUT
 
+ROUNDS_TSV=$OUT/rounds.tsv
+: > "$ROUNDS_TSV"
+if [ "$ROUNDS" -gt 1 ]; then
+  echo "== $ROUNDS rounds: first full run and DuckDB, alternating"
+  for i in $(seq "$ROUNDS"); do
+    rm -rf "$RUN/round"; mkdir -p "$RUN/round"
+    /usr/bin/time -f "%e" -o "$RUN/round/ours.time" "$BIN" run --tag-ids $TAGS --data-dir "$DATA" --store "sqlite://$RUN/round/tags.db" --as-of $AS_OF > /dev/null 2>&1
+    /usr/bin/time -f "%e" -o "$RUN/round/duck.time" $PY bench/anchors.py duckdb "$DATA" "$RUN/round/duckdb.parquet" $AS_OF > /dev/null 2>&1
+    ours=$(cat "$RUN/round/ours.time"); duck=$(cat "$RUN/round/duck.time")
+    printf '%s\t%s\n' "$ours" "$duck" >> "$ROUNDS_TSV"
+    echo "   round $i: tag-server ${ours}s, duckdb ${duck}s"
+  done
+fi
+
 echo "== incremental run after 1% of the activity rows changed"
 INC=$OUT/inc-$USERS
 rm -rf "$INC"; cp -r "$DATA" "$INC"
@@ -138,8 +158,8 @@ fi
 
 echo
 echo "== results: $USERS users, 8 tags, as_of $AS_OF"
-$PY - "$RESULTS" "$LATENCY" "$RERUN_WRITES" "$INC_USERS" <<'PY'
-import sys
+$PY - "$RESULTS" "$LATENCY" "$RERUN_WRITES" "$INC_USERS" "$ROUNDS_TSV" <<'PY'
+import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 res = {name: (float(secs), int(mb)) for name, secs, mb in rows}
 ours = res["tag-server-full"][0]
@@ -149,6 +169,12 @@ for name, (secs, mb) in res.items():
     print(f"{name:<26}{secs:>9.2f}{mb:>9}{ratio:>13}")
 print(f"re-run on unchanged data: {sys.argv[3]} rows written, {res['tag-server-rerun'][0] / ours:.2f}x the first run")
 print(f"incremental after 1% changed: {sys.argv[4]} users evaluated, {res['tag-server-incremental'][0] / ours:.2f}x the first run")
+rounds = [tuple(map(float, l.split())) for l in open(sys.argv[5]) if l.strip()]
+if rounds:
+    ratios = [duck / ours for ours, duck in rounds]
+    listed = ", ".join(f"{o:.2f}/{d:.2f}" for o, d in rounds)
+    print(f"first run vs DuckDB, {len(rounds)} alternating rounds (ours/duckdb s): {listed}")
+    print(f"  duckdb / ours per round: {', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x")
 lat = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
 if lat:
     print(f"{'API, 64 connections':<26}{'p50':>9}{'p99':>9}{'max':>9}{'errors':>8}{'non-2xx':>9}{'running':>9}")
