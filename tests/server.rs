@@ -957,3 +957,37 @@ fn results_can_be_read_per_user_and_per_tag() {
         (Some(3), Some(8))
     );
 }
+
+/// Niceness of this process's threads whose name starts with `prefix`.
+#[cfg(target_os = "linux")]
+fn thread_niceness(prefix: &str) -> Vec<i64> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // the thread ended
+        };
+        // Fields after "pid (comm)": state is field 3, nice is field 19.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        found.push(fields[19 - 3].parse().unwrap());
+    }
+    found
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn task_workers_run_at_a_lower_priority_than_the_api() {
+    let env = env(50);
+    let workers = thread_niceness("tag-worker-");
+    assert!(workers.len() >= 3, "{workers:?}");
+    assert!(workers.iter().all(|n| *n == 10), "{workers:?}");
+    // The HTTP runtime's threads keep the default priority.
+    let http = thread_niceness("tokio-rt");
+    assert!(!http.is_empty() && http.iter().all(|n| *n == 0), "{http:?}");
+    // And runs still complete.
+    let result = env.server.run(json!({"tag_ids": [1, 7], "as_of": AS_OF}));
+    assert_eq!(result["total_users"], 50, "{result}");
+}
