@@ -991,3 +991,49 @@ fn task_workers_run_at_a_lower_priority_than_the_api() {
     let result = env.server.run(json!({"tag_ids": [1, 7], "as_of": AS_OF}));
     assert_eq!(result["total_users"], 50, "{result}");
 }
+
+#[test]
+fn universe_rows_without_a_user_id_are_dropped_and_counted() {
+    let env = env(300);
+    env.server.run(all_tags());
+    let (rows, nulls, users) = {
+        use polars::prelude::*;
+        let path = env.data.path().join("user_basic_info.parquet");
+        let mut df = ParquetReader::new(std::fs::File::open(&path).unwrap())
+            .finish()
+            .unwrap();
+        let ids: StringChunked = df
+            .column("user_id")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, id)| if i % 100 == 5 { None } else { id })
+            .collect();
+        let users: std::collections::BTreeSet<String> =
+            ids.iter().flatten().map(str::to_string).collect();
+        let (rows, nulls) = (ids.len(), ids.null_count());
+        df.with_column(ids.with_name("user_id".into()).into_column())
+            .unwrap();
+        ParquetWriter::new(std::fs::File::create(&path).unwrap())
+            .finish(&mut df)
+            .unwrap();
+        (rows, nulls, users)
+    };
+    assert!(nulls >= 3, "{nulls}");
+    let result = env.server.run(all_tags());
+    // Rows without an id and duplicate rows are left out; the rest are users.
+    assert_eq!(
+        result["duplicates_dropped"]["user_basic_info"],
+        rows - users.len(),
+        "{result}"
+    );
+    assert_eq!(result["universe_users"], users.len(), "{result}");
+    let expected = oracle::expected(env.data.path(), as_of(), &ALL);
+    // Users no longer in the universe keep their rows (a run only touches
+    // the users it evaluates): compare the universe's users.
+    let mut stored = user_tags(&env.server.db);
+    stored.retain(|user, _| users.contains(user));
+    assert_same_tags(&stored, &expected);
+}
