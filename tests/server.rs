@@ -231,65 +231,79 @@ fn concurrent_runs_on_the_same_users_lose_nothing() {
     );
 }
 
+/// Reads `<table>.parquet` in `dir`, lets `edit` change it, writes it back;
+/// returns what `edit` returned.
+fn rewrite_table<R>(
+    dir: &Path,
+    table: &str,
+    edit: impl FnOnce(&mut polars::prelude::DataFrame) -> R,
+) -> R {
+    use polars::prelude::*;
+    let path = dir.join(format!("{table}.parquet"));
+    let mut df = ParquetReader::new(std::fs::File::open(&path).unwrap())
+        .finish()
+        .unwrap();
+    let out = edit(&mut df);
+    ParquetWriter::new(std::fs::File::create(&path).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    out
+}
+
 /// Rewrites `user_activity_summary` so that the first `n` users trade a lot
 /// and have a newer updated_time; returns their ids.
 fn touch_activity(dir: &Path, n: usize) -> Vec<String> {
     use polars::prelude::*;
-    let path = dir.join("user_activity_summary.parquet");
-    let mut df = ParquetReader::new(std::fs::File::open(&path).unwrap())
-        .finish()
+    rewrite_table(dir, "user_activity_summary", |df| {
+        let ids: Vec<String> = df
+            .column("user_id")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .take(n)
+            .map(|s| s.unwrap().to_string())
+            .collect();
+        let height = df.height();
+        let trades: Int32Chunked = df
+            .column("trade_count_30d")
+            .unwrap()
+            .i32()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i < n { Some(500) } else { v })
+            .collect();
+        let newest = df
+            .column("updated_time")
+            .unwrap()
+            .datetime()
+            .unwrap()
+            .physical()
+            .max()
+            .unwrap();
+        let stamps: Int64Chunked = df
+            .column("updated_time")
+            .unwrap()
+            .datetime()
+            .unwrap()
+            .physical()
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i < n { Some(newest + 1_000_000) } else { v })
+            .collect();
+        df.with_column(trades.with_name("trade_count_30d".into()).into_column())
+            .unwrap();
+        df.with_column(
+            stamps
+                .with_name("updated_time".into())
+                .into_datetime(TimeUnit::Microseconds, None)
+                .into_column(),
+        )
         .unwrap();
-    let ids: Vec<String> = df
-        .column("user_id")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .take(n)
-        .map(|s| s.unwrap().to_string())
-        .collect();
-    let height = df.height();
-    let trades: Int32Chunked = df
-        .column("trade_count_30d")
-        .unwrap()
-        .i32()
-        .unwrap()
-        .iter()
-        .enumerate()
-        .map(|(i, v)| if i < n { Some(500) } else { v })
-        .collect();
-    let newest = df
-        .column("updated_time")
-        .unwrap()
-        .datetime()
-        .unwrap()
-        .physical()
-        .max()
-        .unwrap();
-    let stamps: Int64Chunked = df
-        .column("updated_time")
-        .unwrap()
-        .datetime()
-        .unwrap()
-        .physical()
-        .iter()
-        .enumerate()
-        .map(|(i, v)| if i < n { Some(newest + 1_000_000) } else { v })
-        .collect();
-    df.with_column(trades.with_name("trade_count_30d".into()).into_column())
-        .unwrap();
-    df.with_column(
-        stamps
-            .with_name("updated_time".into())
-            .into_datetime(TimeUnit::Microseconds, None)
-            .into_column(),
-    )
-    .unwrap();
-    assert_eq!(df.height(), height);
-    ParquetWriter::new(std::fs::File::create(&path).unwrap())
-        .finish(&mut df)
-        .unwrap();
-    ids
+        assert_eq!(df.height(), height);
+        ids
+    })
 }
 
 #[test]
@@ -562,12 +576,8 @@ fn data_and_store_faults_fail_the_task_naming_the_cause() {
     assert_failed_without_writes(&env, json!({"tag_ids": [2]}), "user_activity_summary");
     std::fs::write(&activity, saved).unwrap();
 
-    {
+    rewrite_table(env.data.path(), "user_basic_info", |df| {
         use polars::prelude::*;
-        let path = env.data.path().join("user_basic_info.parquet");
-        let mut df = ParquetReader::new(std::fs::File::open(&path).unwrap())
-            .finish()
-            .unwrap();
         let ages: StringChunked = df
             .column("age")
             .unwrap()
@@ -578,10 +588,7 @@ fn data_and_store_faults_fail_the_task_naming_the_cause() {
             .collect();
         df.with_column(ages.with_name("age".into()).into_column())
             .unwrap();
-        ParquetWriter::new(std::fs::File::create(&path).unwrap())
-            .finish(&mut df)
-            .unwrap();
-    }
+    });
     assert_failed_without_writes(
         &env,
         json!({"tag_ids": [7]}),
@@ -996,12 +1003,8 @@ fn task_workers_run_at_a_lower_priority_than_the_api() {
 fn universe_rows_without_a_user_id_are_dropped_and_counted() {
     let env = env(300);
     env.server.run(all_tags());
-    let (rows, nulls, users) = {
+    let (rows, nulls, users) = rewrite_table(env.data.path(), "user_basic_info", |df| {
         use polars::prelude::*;
-        let path = env.data.path().join("user_basic_info.parquet");
-        let mut df = ParquetReader::new(std::fs::File::open(&path).unwrap())
-            .finish()
-            .unwrap();
         let ids: StringChunked = df
             .column("user_id")
             .unwrap()
@@ -1016,11 +1019,8 @@ fn universe_rows_without_a_user_id_are_dropped_and_counted() {
         let (rows, nulls) = (ids.len(), ids.null_count());
         df.with_column(ids.with_name("user_id".into()).into_column())
             .unwrap();
-        ParquetWriter::new(std::fs::File::create(&path).unwrap())
-            .finish(&mut df)
-            .unwrap();
         (rows, nulls, users)
-    };
+    });
     assert!(nulls >= 3, "{nulls}");
     let result = env.server.run(all_tags());
     // Rows without an id and duplicate rows are left out; the rest are users.

@@ -520,11 +520,15 @@ impl UniverseIndex {
     fn of_unique(ids: &[&str]) -> UniverseIndex {
         let mut index = UniverseIndex::with_capacity(ids.len());
         for (row, id) in ids.iter().enumerate() {
-            index
-                .rows
-                .insert_unique(hash_id(id), row as IdxSize, |&r| hash_id(ids[r as usize]));
+            index.insert(ids, hash_id(id), row);
         }
         index
+    }
+
+    /// Adds `row` (whose id in `ids` hashes to `hash`), which is not in yet.
+    fn insert(&mut self, ids: &[&str], hash: u64, row: usize) {
+        self.rows
+            .insert_unique(hash, row as IdxSize, |&r| hash_id(ids[r as usize]));
     }
 
     /// The row of `user_id`, where `ids` are the ids the index was built on.
@@ -597,11 +601,7 @@ fn latest_rows(
         };
         let hash = hash_id(id);
         match latest.rows.find_mut(hash, |&r| ids[r as usize] == id) {
-            None => {
-                latest
-                    .rows
-                    .insert_unique(hash, i as IdxSize, |&r| hash_id(ids[r as usize]));
-            }
+            None => latest.insert(ids, hash, i),
             Some(kept) => {
                 dropped += 1;
                 // Duplicates are rare: the kept row's time is looked up.

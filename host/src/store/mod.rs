@@ -177,14 +177,8 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     }
 }
 
-/// Formats tag ids the way `user_tags.tag_ids` stores them: `[1,2,5]`.
-pub fn tag_ids_json(ids: &[u32]) -> String {
-    let mut out = String::with_capacity(ids.len() * 3 + 2);
-    push_tag_ids(&mut out, ids);
-    out
-}
-
-/// Appends [`tag_ids_json`]`(ids)` to `out`.
+/// Appends tag ids the way `user_tags.tag_ids` stores them (`[1,2,5]`) to
+/// `out`.
 pub fn push_tag_ids(out: &mut String, ids: &[u32]) {
     use std::fmt::Write;
     out.push('[');
