@@ -1,32 +1,55 @@
 """The eight reference rules of tags.md computed by other engines, as anchors
-for tag-server's benchmark. Each writes (user_id, tag_ids) to parquet for the
-users holding at least one tag, with the same semantics as tag-server: the
+for tag-server's benchmark, with the same semantics as tag-server: the
 universe is user_basic_info, side tables are left-joined on user_id, and a
 user_id repeated within a table keeps the row with the greatest updated_time.
+A table is DATA_DIR/<table>.parquet or a directory DATA_DIR/<table>/ of parts.
 
-usage: anchors.py ENGINE DATA_DIR OUT_PARQUET AS_OF   (ENGINE: duckdb, polars, spark)
+duckdb, polars and spark write (user_id, tag_ids) to parquet for the users
+holding at least one tag. duckdb_table does tag-server's work instead: it
+builds the table user_tags (user_id primary key, tag_ids as a JSON array,
+tag_details as a JSON object keyed by tag id, created_time, updated_time) in
+a new DuckDB database file OUT, and checkpoints and closes it.
+
+usage: anchors.py ENGINE DATA_DIR OUT AS_OF   (ENGINE: duckdb, duckdb_table, polars, spark)
 """
 
 import datetime as dt
+import json
+import os
 import sys
 import time
 
 TABLES = ("user_basic_info", "user_asset_summary", "user_activity_summary")
 
+# tags.md, "The eight reference tags": tag_id -> (tag_name, tag_category)
+TAGS = {
+    1: ("高净值用户", "财富类"),
+    2: ("活跃交易者", "行为类"),
+    3: ("低风险用户", "风险类"),
+    4: ("新注册用户", "生命周期类"),
+    5: ("VIP客户", "生命周期类"),
+    6: ("现金充足用户", "财富类"),
+    7: ("年轻用户", "人口统计类"),
+    8: ("最近活跃用户", "行为类"),
+}
 
-def run_duckdb(data, out, as_of):
-    import duckdb
 
-    con = duckdb.connect()
-    con.execute("SET threads TO 2")
+def source(data, table):
+    """The parquet file of a table, or a glob over its directory of parts."""
+    if os.path.isdir(f"{data}/{table}"):
+        return f"{data}/{table}/*.parquet"
+    return f"{data}/{table}.parquet"
+
+
+def duckdb_tagged(data, as_of):
+    """SQL: (user_id, tag_ids) for the users holding at least one tag, tag_ids ascending."""
     dedup = {
-        t: f"""SELECT * FROM read_parquet('{data}/{t}.parquet') WHERE user_id IS NOT NULL
+        t: f"""SELECT * FROM read_parquet('{source(data, t)}') WHERE user_id IS NOT NULL
                QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY updated_time DESC NULLS LAST) = 1"""
         for t in TABLES
     }
     d = f"DATE '{as_of}'"
-    con.execute(f"""
-    COPY (
+    return f"""
       WITH b AS ({dedup['user_basic_info']}),
            a AS ({dedup['user_asset_summary']}),
            t AS ({dedup['user_activity_summary']}),
@@ -46,8 +69,54 @@ def run_duckdb(data, out, as_of):
                CASE WHEN age BETWEEN 18 AND 30 THEN 7 END,
                CASE WHEN last_login_date BETWEEN {d} - INTERVAL 7 DAY AND {d} THEN 8 END
              ], lambda x: x IS NOT NULL) AS tag_ids FROM j)
-      SELECT user_id, tag_ids FROM tagged WHERE len(tag_ids) > 0
-    ) TO '{out}' (FORMAT parquet)""")
+      SELECT user_id, tag_ids FROM tagged WHERE len(tag_ids) > 0"""
+
+
+def run_duckdb(data, out, as_of):
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET threads TO 2")
+    con.execute(f"COPY ({duckdb_tagged(data, as_of)}) TO '{out}' (FORMAT parquet)")
+
+
+def run_duckdb_table(data, out, as_of):
+    import duckdb
+
+    for path in (out, out + ".wal"):
+        if os.path.exists(path):
+            os.remove(path)
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    # tag_details members, one per tag, as tag-server writes them for a first
+    # run (rule version 1); list element i is tag i.
+    members = [
+        f'"{tag}":'
+        + json.dumps(
+            {"tag_name": name, "tag_category": category, "hit_time": now, "rule_version": 1},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        for tag, (name, category) in sorted(TAGS.items())
+    ]
+    members_sql = "[" + ", ".join("'" + m.replace("'", "''") + "'" for m in members) + "]"
+    con = duckdb.connect(out)
+    con.execute("SET threads TO 2")
+    con.execute("""
+      CREATE TABLE user_tags (
+        user_id VARCHAR PRIMARY KEY,
+        tag_ids VARCHAR NOT NULL,
+        tag_details VARCHAR NOT NULL,
+        created_time VARCHAR NOT NULL,
+        updated_time VARCHAR NOT NULL)""")
+    con.execute(f"""
+      INSERT INTO user_tags
+      SELECT user_id,
+             '[' || array_to_string(tag_ids, ',') || ']',
+             '{{' || array_to_string(list_transform(tag_ids, lambda x: {members_sql}[x]), ',') || '}}',
+             '{now}', '{now}'
+      FROM ({duckdb_tagged(data, as_of)})""")
+    con.execute("CHECKPOINT")
+    con.close()
 
 
 def run_polars(data, out, as_of):
@@ -57,7 +126,7 @@ def run_polars(data, out, as_of):
 
     def table(name):
         return (
-            pl.scan_parquet(f"{data}/{name}.parquet")
+            pl.scan_parquet(source(data, name))
             .filter(pl.col("user_id").is_not_null())
             .sort("updated_time", descending=True, nulls_last=True)
             .unique(subset="user_id", keep="first")
@@ -100,7 +169,7 @@ def run_spark(data, out, as_of):
 
     def table(name):
         w = Window.partitionBy("user_id").orderBy(F.col("updated_time").desc_nulls_last())
-        df = spark.read.parquet(f"{data}/{name}.parquet").where(F.col("user_id").isNotNull())
+        df = spark.read.parquet(source(data, name).removesuffix("/*.parquet")).where(F.col("user_id").isNotNull())
         return df.withColumn("_rn", F.row_number().over(w)).where("_rn = 1").drop("_rn")
 
     b = table("user_basic_info").select("user_id", "age", "registration_date", "user_level", "kyc_status")
@@ -127,5 +196,5 @@ def run_spark(data, out, as_of):
 if __name__ == "__main__":
     engine, data, out, as_of = sys.argv[1:5]
     started = time.perf_counter()
-    {"duckdb": run_duckdb, "polars": run_polars, "spark": run_spark}[engine](data, out, as_of)
+    {"duckdb": run_duckdb, "duckdb_table": run_duckdb_table, "polars": run_polars, "spark": run_spark}[engine](data, out, as_of)
     print(f"{engine}: {time.perf_counter() - started:.3f} s", file=sys.stderr)

@@ -2,15 +2,31 @@
 # tag-server against DuckDB, Polars and (optionally) PySpark on the same data,
 # in one run: wall time, peak memory and each anchor's time / ours.
 #
-#   bench/run.sh [--users N] [--10m] [--spark] [--rounds N]
+#   [TAG_SERVER_BIN=path] bench/run.sh [--users N] [--10m] [--spark] [--rounds N]
 #
-# --rounds N (default 1) repeats the first full run and DuckDB N more times,
-# alternating, and reports each round's ratio and the median: on a shared
-# 2-core machine single timings vary by 20% or more.
+# Steps: gen-data (N users, default 1M); tag-server's first full run of the
+# eight tags into a fresh SQLite store and a re-run on unchanged data; the
+# anchors: DuckDB (same rules to parquet), DuckDB building the same user_tags
+# table as ours (JSON tag_ids and tag_details, timestamps, primary key) in a
+# DuckDB file, Polars[, PySpark with --spark]; a check that all produced the
+# same tag sets; an incremental run after 2% of the activity rows changed,
+# delivered as a new part file (user_activity_summary/ becomes a directory of
+# part-000.parquet, the original, and part-001.parquet, the changed rows),
+# checked against DuckDB over the new data; API latency with wrk (64
+# connections) of /health, a rejected trigger and GET /api/v1/users/{id}/tags,
+# idle and while six queued full runs compute (and, for the user lookups,
+# write: they alternate as_of so every run changes rows).
+#
+# --rounds N (default 1): N more rounds of the first full run, DuckDB and
+# DuckDB-table, alternating, with each round's ratios and their medians: on a
+# shared 2-core machine single timings vary by 20% or more.
+# TAG_SERVER_BIN: a prebuilt tag-server to use; without it the script runs
+# cargo build --release.
 #
 # Needs python3 (a virtualenv with duckdb, polars, pyarrow[, pyspark] is made
 # in bench/.venv), wrk for the API latency part (installed with apt-get when
-# missing and run as root) and /usr/bin/time. Everything it writes goes to bench/out/.
+# missing and run as root), curl and /usr/bin/time. Everything it writes goes
+# to bench/out/; the final table is printed last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=1000000
@@ -28,12 +44,17 @@ done
 AS_OF=2025-01-15
 OUT=bench/out
 DATA=$OUT/data-$USERS
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tag-engine-target}"
-BIN=$CARGO_TARGET_DIR/release/tag-server
 mkdir -p "$OUT"
 
-echo "== building (release)"
-cargo build --release --quiet
+if [ -n "${TAG_SERVER_BIN:-}" ]; then
+  BIN=$TAG_SERVER_BIN
+  echo "== using $BIN"
+else
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tag-engine-target}"
+  BIN=$CARGO_TARGET_DIR/release/tag-server
+  echo "== building (release)"
+  cargo build --release --quiet
+fi
 if [ ! -x bench/.venv/bin/python ]; then python3 -m venv bench/.venv; fi
 PY=bench/.venv/bin/python
 PKGS="duckdb polars pyarrow"
@@ -63,6 +84,7 @@ measure() {
   printf '%s\t%s\t%s\n' "$name" "$secs" "$((kb / 1024))" >> "$RESULTS"
   echo "   $name: ${secs}s, $((kb / 1024)) MB"
 }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 rows_written() { $PY -c "import json,sys; r=json.load(open(sys.argv[1]))['result']; print(r['rows_upserted'] + r['rows_deleted'])" "$1"; }
 
 RUN=$OUT/run-$USERS
@@ -76,8 +98,9 @@ RERUN_WRITES=$(rows_written "$OUT/tag-server-rerun.out")
 
 echo "== anchors"
 measure duckdb $PY bench/anchors.py duckdb "$DATA" "$RUN/duckdb.parquet" $AS_OF
+measure duckdb-table $PY bench/anchors.py duckdb_table "$DATA" "$RUN/duckdb-table.duckdb" $AS_OF
 measure polars $PY bench/anchors.py polars "$DATA" "$RUN/polars.parquet" $AS_OF
-ANCHOR_OUT="$RUN/duckdb.parquet $RUN/polars.parquet"
+ANCHOR_OUT="$RUN/duckdb.parquet $RUN/duckdb-table.duckdb $RUN/polars.parquet"
 if [ "$SPARK" = 1 ]; then
   measure pyspark $PY bench/anchors.py spark "$DATA" "$RUN/spark.parquet" $AS_OF
   ANCHOR_OUT="$ANCHOR_OUT $RUN/spark.parquet"
@@ -88,26 +111,34 @@ $PY bench/compare.py "$RUN/tags.db" $ANCHOR_OUT
 ROUNDS_TSV=$OUT/rounds.tsv
 : > "$ROUNDS_TSV"
 if [ "$ROUNDS" -gt 1 ]; then
-  echo "== $ROUNDS rounds: first full run and DuckDB, alternating"
+  echo "== $ROUNDS rounds: first full run, DuckDB and DuckDB-table, alternating"
   for i in $(seq "$ROUNDS"); do
     rm -rf "$RUN/round"; mkdir -p "$RUN/round"
-    /usr/bin/time -f "%e" -o "$RUN/round/ours.time" "$BIN" run --tag-ids $TAGS --data-dir "$DATA" --store "sqlite://$RUN/round/tags.db" --as-of $AS_OF > /dev/null 2>&1
-    /usr/bin/time -f "%e" -o "$RUN/round/duck.time" $PY bench/anchors.py duckdb "$DATA" "$RUN/round/duckdb.parquet" $AS_OF > /dev/null 2>&1
-    ours=$(cat "$RUN/round/ours.time"); duck=$(cat "$RUN/round/duck.time")
-    printf '%s\t%s\n' "$ours" "$duck" >> "$ROUNDS_TSV"
-    echo "   round $i: tag-server ${ours}s, duckdb ${duck}s"
+    /usr/bin/time -f "%e" -o "$RUN/round/ours.time" "$BIN" run --tag-ids $TAGS --data-dir "$DATA" --store "sqlite://$RUN/round/tags.db" --as-of $AS_OF > "$RUN/round/ours.log" 2>&1
+    /usr/bin/time -f "%e" -o "$RUN/round/duck.time" $PY bench/anchors.py duckdb "$DATA" "$RUN/round/duckdb.parquet" $AS_OF > "$RUN/round/duck.log" 2>&1
+    /usr/bin/time -f "%e" -o "$RUN/round/table.time" $PY bench/anchors.py duckdb_table "$DATA" "$RUN/round/duckdb-table.duckdb" $AS_OF > "$RUN/round/table.log" 2>&1
+    ours=$(cat "$RUN/round/ours.time"); duck=$(cat "$RUN/round/duck.time"); table=$(cat "$RUN/round/table.time")
+    printf '%s\t%s\t%s\n' "$ours" "$duck" "$table" >> "$ROUNDS_TSV"
+    echo "   round $i: tag-server ${ours}s, duckdb ${duck}s ($(ratio "$duck" "$ours")), duckdb-table ${table}s ($(ratio "$table" "$ours"))"
   done
 fi
 
-echo "== incremental run after 1% of the activity rows changed"
+echo "== incremental run after 2% of the activity rows changed, as a new part file"
+# The store is the first full run's (and re-run's) over DATA; the copy INC
+# differs only in user_activity_summary, now a directory of two parts.
 INC=$OUT/inc-$USERS
 rm -rf "$INC"; cp -r "$DATA" "$INC"
-$PY bench/touch_one_percent.py "$INC"
+$PY bench/touch_new_part.py "$INC"
 measure tag-server-incremental "$BIN" run --tag-ids $TAGS --data-dir "$INC" --store "$STORE" --as-of $AS_OF --mode incremental
 INC_USERS=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['result']['total_users'])" "$OUT/tag-server-incremental.out")
+INC_WRITES=$(rows_written "$OUT/tag-server-incremental.out")
+echo "== incremental result equals a full run's over the new data?"
+$PY bench/anchors.py duckdb "$INC" "$RUN/duckdb-inc.parquet" $AS_OF 2> /dev/null
+$PY bench/compare.py "$RUN/tags.db" "$RUN/duckdb-inc.parquet"
 
 LATENCY=$OUT/latency.tsv
-: > "$LATENCY"
+WINDOW_WRITES=$OUT/window-writes.tsv
+: > "$LATENCY"; : > "$WINDOW_WRITES"
 if command -v wrk >/dev/null; then
   echo "== API latency, 64 connections"
   PORT=5099
@@ -117,48 +148,114 @@ if command -v wrk >/dev/null; then
   trap 'kill $SERVER 2>/dev/null || true' EXIT
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" > /dev/null && break; sleep 0.1; done
   printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' "'{\"tag_ids\": [999]}'" > "$API/reject.lua"
+  # GET /api/v1/users/{id}/tags for random ids among 1000 that hold tags in
+  # the store of the runs above; 404 (a user without tags) is counted apart
+  # from other statuses, as "status 404" and "status other" after wrk's report.
+  $PY - "$RUN/tags.db" "$API/user_tags.lua" <<'PY'
+import sqlite3, sys
+ids = [u for (u,) in sqlite3.connect(sys.argv[1]).execute("SELECT user_id FROM user_tags ORDER BY random() LIMIT 1000")]
+lua = """local ids = {%s}
+local threads = {}
+local seeds = 0
+function setup(thread)
+  seeds = seeds + 1
+  thread:set("seed", seeds)
+  table.insert(threads, thread)
+end
+function init(args)
+  math.randomseed(seed)
+  n404 = 0
+  nother = 0
+end
+function request()
+  return wrk.format("GET", "/api/v1/users/" .. ids[math.random(#ids)] .. "/tags")
+end
+function response(status, headers, body)
+  if status == 404 then n404 = n404 + 1 elseif status ~= 200 then nother = nother + 1 end
+end
+function done(summary, latency, requests)
+  local a, b = 0, 0
+  for _, t in ipairs(threads) do a = a + t:get("n404"); b = b + t:get("nother") end
+  io.write(string.format("status 404: %%d\\nstatus other: %%d\\n", a, b))
+end
+""" % ", ".join('"%s"' % u for u in ids)
+open(sys.argv[2], "w").write(lua)
+print(f"   {len(ids)} user ids for the user-tags lookups")
+PY
   running() { curl -sf "http://127.0.0.1:$PORT/api/v1/tasks?status=running" | $PY -c "import json,sys; print(json.load(sys.stdin)['total'])"; }
-  # wrk_run NAME ARGS...: p50, p99, max, socket errors, unexpected statuses,
-  # and how many tasks were still running when the window closed
+  # wrk_run NAME ARGS...: p50, p99, max, socket errors, unexpected statuses
+  # (for user-tags: besides 404), 404s (user-tags only), and how many tasks
+  # were still running when the window closed
   wrk_run() {
     local name=$1; shift
     wrk -t2 -c64 --latency "$@" > "$API/$name.wrk"
-    local p50 p99 max errors non2xx busy
+    local p50 p99 max errors non2xx n404 busy
     busy=$(running)
     p50=$(awk '$1 == "50%" {print $2}' "$API/$name.wrk")
     p99=$(awk '$1 == "99%" {print $2}' "$API/$name.wrk")
     max=$(awk '$1 == "Latency" {print $4; exit}' "$API/$name.wrk")
     errors=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$API/$name.wrk")
-    non2xx=$(awk '/Non-2xx/ {print $5}' "$API/$name.wrk")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$p50" "$p99" "$max" "${errors:-0}" "${non2xx:-0}" "$busy" >> "$LATENCY"
-    echo "   $name: p50 $p50, p99 $p99, max $max, socket errors ${errors:-0}, non-2xx ${non2xx:-0}, tasks running at the end: $busy"
+    if grep -q '^status 404:' "$API/$name.wrk"; then
+      n404=$(awk '/^status 404:/ {print $3}' "$API/$name.wrk")
+      non2xx=$(awk '/^status other:/ {print $3}' "$API/$name.wrk")
+    else
+      n404=-
+      non2xx=$(awk '/Non-2xx/ {print $5}' "$API/$name.wrk")
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$p50" "$p99" "$max" "${errors:-0}" "${non2xx:-0}" "$n404" "$busy" >> "$LATENCY"
+    echo "   $name: p50 $p50, p99 $p99, max $max, socket errors ${errors:-0}, unexpected statuses ${non2xx:-0}, 404 $n404, tasks running at the end: $busy"
   }
-  # Six full runs: three compute while three wait, so the workers stay busy
-  # for the whole window.
+  # full_runs SLEEP AS_OF...: six full runs (three compute while three wait,
+  # so the workers stay busy for the whole window), the i-th with the i-th
+  # as_of given (cycling), then SLEEP seconds for them to get going.
   full_runs() {
-    for _ in 1 2 3 4 5 6; do
+    local pause=$1; shift
+    local dates=("$@")
+    for i in 0 1 2 3 4 5; do
       curl -sf -X POST "http://127.0.0.1:$PORT/api/v1/tags/trigger" -H 'Content-Type: application/json' \
-        -d "{\"tag_ids\": [1,2,3,4,5,6,7,8], \"as_of\": \"$AS_OF\"}" > /dev/null
+        -d "{\"tag_ids\": [1,2,3,4,5,6,7,8], \"as_of\": \"${dates[i % ${#dates[@]}]}\"}" > /dev/null
     done
-    sleep 0.5
+    sleep "$pause"
   }
-  wait_idle() { while [ "$(running)" != 0 ]; do sleep 0.5; done; }
+  wait_idle() { while [ "$(running)" != 0 ] || [ "$(curl -sf "http://127.0.0.1:$PORT/api/v1/tasks?status=submitted" | $PY -c "import json,sys; print(json.load(sys.stdin)['total'])")" != 0 ]; do sleep 0.5; done; }
+  # window_writes NAME: rows written by the six runs of the window just
+  # finished (the newest six tasks), once they are all done
+  window_writes() {
+    wait_idle
+    local rows
+    rows=$(curl -sf "http://127.0.0.1:$PORT/api/v1/tasks?limit=6" | $PY -c "
+import json, sys
+tasks = json.load(sys.stdin)['tasks']
+r = [t.get('result') or {} for t in tasks]
+print(sum(x.get('rows_upserted', 0) + x.get('rows_deleted', 0) for x in r), sum(t['status'] == 'completed' for t in tasks))")
+    printf '%s\t%s\n' "$1" "${rows% *}" >> "$WINDOW_WRITES"
+    echo "   $1: the six runs wrote ${rows% *} rows (${rows#* } of 6 completed)"
+  }
   wrk_run health-idle -d5s "http://127.0.0.1:$PORT/health"
   wrk_run reject-idle -d5s -s "$API/reject.lua" "http://127.0.0.1:$PORT/api/v1/tags/trigger"
-  # Busy windows are short enough that the three runs outlast them.
-  full_runs
+  # Busy windows are short enough that the three runs outlast them. The
+  # store is empty until the first of these runs commits.
+  full_runs 0.5 $AS_OF
   wrk_run health-busy -d3s "http://127.0.0.1:$PORT/health"
-  wait_idle
-  full_runs
+  window_writes health-busy
+  full_runs 0.5 $AS_OF
   wrk_run reject-busy -d3s -s "$API/reject.lua" "http://127.0.0.1:$PORT/api/v1/tags/trigger"
-  wait_idle
+  window_writes reject-busy
+  # The store now holds the tags as of AS_OF. Lookups while runs write: the
+  # runs alternate as_of between AS_OF + 90 days (no user is new or
+  # recently active: tags 4 and 8 are revoked) and AS_OF (granted again), so
+  # each run rewrites the rows of those users.
+  wrk_run user-tags-idle -d5s -s "$API/user_tags.lua" "http://127.0.0.1:$PORT"
+  full_runs 1 "$(date -d "$AS_OF + 90 days" +%F)" $AS_OF
+  wrk_run user-tags-busy -d3s -s "$API/user_tags.lua" "http://127.0.0.1:$PORT"
+  window_writes user-tags-busy
   kill $SERVER; wait $SERVER 2>/dev/null || true
   trap - EXIT
 fi
 
 echo
 echo "== results: $USERS users, 8 tags, as_of $AS_OF"
-$PY - "$RESULTS" "$LATENCY" "$RERUN_WRITES" "$INC_USERS" "$ROUNDS_TSV" <<'PY'
+$PY - "$RESULTS" "$LATENCY" "$RERUN_WRITES" "$INC_USERS" "$ROUNDS_TSV" "$INC_WRITES" "$WINDOW_WRITES" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 res = {name: (float(secs), int(mb)) for name, secs, mb in rows}
@@ -168,17 +265,22 @@ for name, (secs, mb) in res.items():
     ratio = f"{secs / ours:.2f}x" if not name.startswith("tag-server") else ""
     print(f"{name:<26}{secs:>9.2f}{mb:>9}{ratio:>13}")
 print(f"re-run on unchanged data: {sys.argv[3]} rows written, {res['tag-server-rerun'][0] / ours:.2f}x the first run")
-print(f"incremental after 1% changed: {sys.argv[4]} users evaluated, {res['tag-server-incremental'][0] / ours:.2f}x the first run")
+print(f"incremental after 2% of activity rows changed, as a new part file: {sys.argv[4]} users evaluated, "
+      f"{sys.argv[6]} rows written, {res['tag-server-incremental'][0] / ours:.2f}x the first run")
 rounds = [tuple(map(float, l.split())) for l in open(sys.argv[5]) if l.strip()]
 if rounds:
-    ratios = [duck / ours for ours, duck in rounds]
-    listed = ", ".join(f"{o:.2f}/{d:.2f}" for o, d in rounds)
-    print(f"first run vs DuckDB, {len(rounds)} alternating rounds (ours/duckdb s): {listed}")
-    print(f"  duckdb / ours per round: {', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x")
+    listed = ", ".join(f"{o:.2f}/{d:.2f}/{t:.2f}" for o, d, t in rounds)
+    print(f"first run vs DuckDB, {len(rounds)} alternating rounds (ours/duckdb/duckdb-table s): {listed}")
+    for label, col in (("duckdb", 1), ("duckdb-table", 2)):
+        ratios = [r[col] / r[0] for r in rounds]
+        print(f"  {label + ' / ours':<20} per round: {', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x")
 lat = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
+writes = dict(l.rstrip("\n").split("\t") for l in open(sys.argv[7]) if l.strip())
 if lat:
-    print(f"{'API, 64 connections':<26}{'p50':>9}{'p99':>9}{'max':>9}{'errors':>8}{'non-2xx':>9}{'running':>9}")
-    for name, p50, p99, mx, errors, non2xx, busy in lat:
-        print(f"{name:<26}{p50:>9}{p99:>9}{mx:>9}{errors:>8}{non2xx:>9}{busy:>9}")
-    print("(a rejected trigger answers 400 by design: its non-2xx count is every request)")
+    print(f"{'API, 64 connections':<26}{'p50':>9}{'p99':>9}{'max':>9}{'errors':>8}{'non-2xx':>9}{'404':>8}{'running':>9}{'written':>9}")
+    for name, p50, p99, mx, errors, non2xx, n404, busy in lat:
+        print(f"{name:<26}{p50:>9}{p99:>9}{mx:>9}{errors:>8}{non2xx:>9}{n404:>8}{busy:>9}{writes.get(name, '-'):>9}")
+    print("(a rejected trigger answers 400 by design: its non-2xx count is every request; for user-tags, non-2xx")
+    print(" excludes 404, a user without tags; running: tasks still running when the window closed; written: rows")
+    print(" the window's six full runs wrote)")
 PY

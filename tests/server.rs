@@ -596,7 +596,7 @@ fn data_and_store_faults_fail_the_task_naming_the_cause() {
     );
 
     let conn = rusqlite::Connection::open(&env.server.db).unwrap();
-    conn.execute_batch("CREATE TRIGGER fail_writes BEFORE INSERT ON user_tags BEGIN SELECT RAISE(ABORT, 'injected write failure'); END;")
+    conn.execute_batch("CREATE TRIGGER fail_writes BEFORE INSERT ON user_tag_sets BEGIN SELECT RAISE(ABORT, 'injected write failure'); END;")
         .unwrap();
     let control = rusqlite::Connection::open(tag_host::store::sqlite::SqliteStore::control_path(
         &env.server.db,

@@ -2,9 +2,10 @@
 
 use crate::config::{Config, GenDataArgs, PluginsAction, PluginsArgs, RunArgs};
 use crate::data::gen::{gen_data_with, GenOptions};
-use crate::model::{now_timestamp, Priority, TaskRecord, TaskSpec, TaskStatus};
+use crate::model::{Priority, TaskSpec, TaskStatus};
 use crate::plugins::{self, sample::sample_batch, Outcome};
-use crate::scheduler::{RunError, TaskControl, TaskRunner};
+use crate::scheduler::{TaskControl, TaskRunner};
+use crate::tasks::lifecycle;
 use crate::server::Core;
 use std::io::Write;
 use std::path::Path;
@@ -121,7 +122,7 @@ pub fn gen_data_command(
 }
 
 /// `tag-server run`: one task through the server's engine and store; the
-/// task is recorded like a triggered one.
+/// task is recorded like a triggered one, with the same lifecycle.
 pub fn run_command(
     config: &Config,
     args: RunArgs,
@@ -131,56 +132,27 @@ pub fn run_command(
     let mut tag_ids = args.tag_ids.clone();
     tag_ids.sort_unstable();
     tag_ids.dedup();
-    let registry = core
-        .registry
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let unknown = registry.unknown(&tag_ids);
-    if !unknown.is_empty() {
-        anyhow::bail!(
-            "Invalid tag_ids: {unknown:?} (available: {:?})",
-            registry.ids()
-        );
+    let spec = TaskSpec {
+        tag_ids,
+        user_ids: args.user_ids,
+        mode: args.mode,
+        priority: Priority::Normal,
+        as_of: args.as_of.map(|d| d.to_string()),
+    };
+    let registry = core.registry.read().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Err(unknown) = lifecycle::check(&spec, &registry) {
+        anyhow::bail!("{unknown} (available: {})", lifecycle::list(&unknown.available));
     }
-    let mut task = TaskRecord {
-        task_id: uuid::Uuid::new_v4().to_string(),
-        spec: TaskSpec {
-            tag_ids,
-            user_ids: args.user_ids,
-            mode: args.mode,
-            priority: Priority::Normal,
-            as_of: args.as_of.map(|d| d.to_string()),
-        },
-        environment: config.env.as_str().to_string(),
-        status: TaskStatus::Running,
-        submitted_at: now_timestamp(),
-        started_at: Some(now_timestamp()),
-        completed_at: None,
-        result: None,
-        error: None,
-    };
+    let mut task = lifecycle::create(spec, config.env.as_str());
+    lifecycle::start(&mut task);
     core.store.insert_task(&task, None)?;
-    let outcome = core.engine.run(&task, &TaskControl::default());
-    task.completed_at = Some(now_timestamp());
-    let code = match outcome {
-        Ok(result) => {
-            task.status = TaskStatus::Completed;
-            task.result = Some(result);
-            ExitCode::SUCCESS
-        }
-        Err(RunError::Failed(reason)) => {
-            task.status = TaskStatus::Failed;
-            task.error = Some(reason);
-            ExitCode::FAILURE
-        }
-        Err(RunError::Stopped(_)) => {
-            task.status = TaskStatus::Cancelled;
-            task.error = Some("stopped".into());
-            ExitCode::FAILURE
-        }
-    };
+    let outcome = TaskRunner::run(core.engine.as_ref(), &task, &TaskControl::default());
+    lifecycle::finish(&mut task, outcome);
     core.store.update_task(&task)?;
     writeln!(out, "{}", serde_json::to_string_pretty(&task)?)?;
-    Ok(code)
+    Ok(if task.status == TaskStatus::Completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -27,3 +27,4 @@ pub mod registry;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod tasks;

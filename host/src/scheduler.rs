@@ -7,7 +7,8 @@
 //! queued or running at shutdown stay `submitted` in the store and are queued
 //! again at the next start.
 
-use crate::model::{now_timestamp, Priority, TaskRecord, TaskStatus};
+use crate::model::{Priority, TaskRecord, TaskStatus};
+use crate::tasks::lifecycle::{self, Finished};
 use crate::store::{Store, StoreError};
 use serde::Serialize;
 use std::cmp::Ordering;
@@ -300,9 +301,7 @@ impl Scheduler {
         debug_assert!(removed.is_none() || state.queue.len() + 1 == before);
         drop(state);
         if let Some(mut task) = removed {
-            task.status = TaskStatus::Cancelled;
-            task.completed_at = Some(now_timestamp());
-            task.error = Some("cancelled before it started".into());
+            lifecycle::cancel_queued(&mut task);
             self.shared.store.update_task(&task)?;
             return Ok(CancelOutcome::Cancelled(Box::new(task)));
         }
@@ -403,44 +402,36 @@ fn worker(shared: &Shared) {
 }
 
 fn run_one(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
-    task.status = TaskStatus::Running;
-    task.started_at = Some(now_timestamp());
-    if let Err(e) = shared.store.update_task(task) {
-        tracing::error!(task_id = %task.task_id, error = %e, "cannot mark task running");
-    }
-    tracing::info!(task_id = %task.task_id, tag_ids = ?task.spec.tag_ids, mode = task.spec.mode.as_str(), "task started");
-    let outcome = catch_unwind(AssertUnwindSafe(|| shared.runner.run(task, control)))
-        .unwrap_or_else(|_| {
-            Err(RunError::Failed(
-                "internal error: the task runner panicked".into(),
-            ))
-        });
-    match outcome {
-        Ok(result) => {
-            task.status = TaskStatus::Completed;
-            task.result = Some(result);
+    // A task whose results (and outcome) were committed before the server
+    // stopped is finished with that outcome, not run again.
+    let outcome = match lifecycle::committed_outcome(task, shared.store.as_ref()) {
+        Ok(Some(result)) => {
+            tracing::info!(task_id = %task.task_id, "task had committed before the last stop: recorded its outcome");
+            lifecycle::start(task);
+            Ok(result)
         }
-        Err(RunError::Failed(reason)) => {
-            tracing::warn!(task_id = %task.task_id, reason = %reason, "task failed");
-            task.status = TaskStatus::Failed;
-            task.error = Some(reason);
-        }
-        Err(RunError::Stopped(Stop::Cancelled)) => {
-            task.status = TaskStatus::Cancelled;
-            task.error = Some("cancelled while running; nothing was written".into());
-        }
-        Err(RunError::Stopped(Stop::Shutdown)) => {
-            // Back to the queue at the next start.
-            task.status = TaskStatus::Submitted;
-            task.started_at = None;
+        Ok(None) | Err(_) => {
+            lifecycle::start(task);
             if let Err(e) = shared.store.update_task(task) {
-                tracing::error!(task_id = %task.task_id, error = %e, "cannot re-queue task at shutdown");
+                tracing::error!(task_id = %task.task_id, error = %e, "cannot mark task running");
             }
-            return;
+            tracing::info!(task_id = %task.task_id, tag_ids = ?task.spec.tag_ids, mode = task.spec.mode.as_str(), "task started");
+            catch_unwind(AssertUnwindSafe(|| shared.runner.run(task, control))).unwrap_or_else(
+                |_| Err(RunError::Failed("internal error: the task runner panicked".into())),
+            )
+        }
+    };
+    if let Err(RunError::Failed(reason)) = &outcome {
+        tracing::warn!(task_id = %task.task_id, reason = %reason, "task failed");
+    }
+    match lifecycle::finish(task, outcome) {
+        Finished::Requeued => {
+            tracing::info!(task_id = %task.task_id, "task stopped by shutdown: queued again at the next start");
+        }
+        Finished::Terminal(status) => {
+            tracing::info!(task_id = %task.task_id, status = status.as_str(), "task finished");
         }
     }
-    task.completed_at = Some(now_timestamp());
-    tracing::info!(task_id = %task.task_id, status = task.status.as_str(), "task finished");
     if let Err(e) = shared.store.update_task(task) {
         tracing::error!(task_id = %task.task_id, error = %e, "cannot record task outcome");
     }

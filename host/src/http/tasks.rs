@@ -1,7 +1,8 @@
 //! Tasks: trigger, status, list, cancel.
 
 use super::{ApiError, AppState};
-use crate::model::{now_timestamp, Mode, Priority, TaskRecord, TaskSpec, TaskStatus};
+use crate::model::{Mode, Priority, TaskRecord, TaskSpec, TaskStatus};
+use crate::tasks::lifecycle;
 use crate::registry::TagRegistry;
 use crate::scheduler::{CancelOutcome, SubmitError};
 use axum::body::Bytes;
@@ -29,7 +30,7 @@ fn describe(v: &Value) -> String {
     }
 }
 
-fn parse_tag_ids(body: &Map<String, Value>, registry: &TagRegistry) -> Result<Vec<u32>, ApiError> {
+fn parse_tag_ids(body: &Map<String, Value>) -> Result<Vec<u32>, ApiError> {
     let raw = match body.get("tag_ids") {
         None | Some(Value::Null) => {
             return Err(ApiError::bad_request(
@@ -74,24 +75,7 @@ fn parse_tag_ids(body: &Map<String, Value>, registry: &TagRegistry) -> Result<Ve
             }
         };
     }
-    let ids: Vec<u32> = ids.into_iter().collect();
-    let unknown = registry.unknown(&ids);
-    if !unknown.is_empty() {
-        let list = format!(
-            "[{}]",
-            unknown
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        return Err(ApiError::bad_request(
-            format!("Invalid tag_ids: {list}"),
-            format!("无效的标签ID: {list}"),
-        )
-        .with("available_tag_ids", json!(registry.ids())));
-    }
-    Ok(ids)
+    Ok(ids.into_iter().collect())
 }
 
 fn parse_user_ids(body: &Map<String, Value>, max: usize) -> Result<Option<Vec<String>>, ApiError> {
@@ -188,7 +172,7 @@ pub fn parse_trigger(
             "请求体必须是JSON对象",
         ));
     };
-    let tag_ids = parse_tag_ids(&body, registry)?;
+    let tag_ids = parse_tag_ids(&body)?;
     let user_ids = parse_user_ids(&body, max_user_ids)?;
     let mode =
         parse_choice::<Mode>(&body, "mode", "mode必须是full或incremental")?.unwrap_or_default();
@@ -204,13 +188,19 @@ pub fn parse_trigger(
             ))
         }
     };
-    Ok(TaskSpec {
+    let spec = TaskSpec {
         tag_ids,
         user_ids,
         mode,
         priority,
         as_of,
-    })
+    };
+    lifecycle::check(&spec, registry).map_err(|e| {
+        let list = lifecycle::list(&e.unknown);
+        ApiError::bad_request(e.to_string(), format!("无效的标签ID: {list}"))
+            .with("available_tag_ids", json!(e.available))
+    })?;
+    Ok(spec)
 }
 
 fn submitted_body(task: &TaskRecord) -> Value {
@@ -264,17 +254,7 @@ async fn trigger(
             }
         }
     }
-    let task = TaskRecord {
-        task_id: uuid::Uuid::new_v4().to_string(),
-        spec,
-        environment: state.environment.clone(),
-        status: TaskStatus::Submitted,
-        submitted_at: now_timestamp(),
-        started_at: None,
-        completed_at: None,
-        result: None,
-        error: None,
-    };
+    let task = lifecycle::create(spec, &state.environment);
     let body = submitted_body(&task);
     let scheduler = state.scheduler.clone();
     let submitted = tokio::task::spawn_blocking(move || {
@@ -299,31 +279,7 @@ async fn trigger(
 }
 
 fn task_json(task: &TaskRecord, state: &AppState) -> Value {
-    let mut v = json!({
-        "task_id": task.task_id,
-        "tag_ids": task.spec.tag_ids,
-        "user_ids": task.spec.user_ids,
-        "mode": task.spec.mode,
-        "priority": task.spec.priority,
-        "as_of": task.spec.as_of,
-        "environment": task.environment,
-        "status": task.status,
-        "submitted_at": task.submitted_at,
-        "started_at": task.started_at,
-        "completed_at": task.completed_at,
-    });
-    if let Some(result) = &task.result {
-        v["result"] = result.clone();
-    }
-    if let Some(error) = &task.error {
-        v["error"] = json!(error);
-    }
-    if task.status == TaskStatus::Running {
-        if let Some(progress) = state.scheduler.progress(&task.task_id) {
-            v["progress"] = json!(progress);
-        }
-    }
-    v
+    lifecycle::status_json(task, state.scheduler.progress(&task.task_id))
 }
 
 fn task_not_found(task_id: &str) -> ApiError {

@@ -1,13 +1,19 @@
 //! Persistence: tasks, versioned rules, and the `user_tags` results table.
 //!
 //! [`Store`] is the interface the rest of the host uses; [`sqlite`] is the
-//! embedded default. A MySQL or PostgreSQL backend implements the same trait:
-//! the one subtle method is [`Store::write_run`], which must read the current
-//! tags and write the run's changes in one transaction that excludes other
-//! writers (SQLite: `BEGIN IMMEDIATE`; MySQL/PostgreSQL: `SELECT ... FOR
-//! UPDATE` on the rows touched), so concurrent runs never lose each other's tags.
+//! embedded default. A MySQL or PostgreSQL backend implements the same trait.
+//! The one subtle part is a run's write, [`RunTx`]: one transaction that
+//! reads the current tags of the users in scope, applies the run's changes in
+//! batches and commits with the tag states and the task's outcome, excluding
+//! other writers of those rows meanwhile (SQLite: `BEGIN IMMEDIATE`;
+//! MySQL/PostgreSQL: `SELECT ... FOR UPDATE`), so concurrent runs never lose
+//! each other's tags. The store never calls into the engine: the engine
+//! pulls current rows and pushes changes.
+//!
+//! Whatever the physical layout, `SELECT user_id, tag_ids, tag_details,
+//! created_time, updated_time FROM user_tags` returns the columns of
+//! `tags.md` on every backend.
 
-pub mod pipeline;
 pub mod sqlite;
 
 use crate::model::{TaskRecord, TaskStatus};
@@ -40,26 +46,137 @@ pub struct RuleVersion {
     pub created_at: String,
 }
 
-/// A user's tag ids, ascending; inline up to four (a run holds one per user).
-pub type TagIds = smallvec::SmallVec<[u32; 4]>;
+/// One tag as a user holds it: the tag, and the grant that gave it to the
+/// user (which run, so which `tag_details` entry: name, category, hit time,
+/// rule version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The tag.
+    pub tag_id: u32,
+    /// The store's id of the grant, or [`Held::NEW`].
+    pub grant: u32,
+}
 
-/// Receives a run's changes row by row, inside the run's write transaction,
-/// so a run never holds all of its changes in memory. Rows written get the
-/// run's timestamp as `updated_time` (and as `created_time` when new).
-pub trait ChangeSink {
-    /// A new row (`tag_ids` ascending, never empty; `details` is `tag_details`).
-    fn insert(&mut self, user_id: &str, tag_ids: &[u32], details: &str) -> Result<(), StoreError>;
-    /// An existing row whose `tag_ids` changed; `details_patch` is a JSON
-    /// merge patch (RFC 7396) for `tag_details`: members of tags gained,
-    /// `null` for tags lost, so entries of kept tags stay as they are.
-    fn update(
-        &mut self,
-        user_id: &str,
-        tag_ids: &[u32],
-        details_patch: &str,
-    ) -> Result<(), StoreError>;
+impl Held {
+    /// The grant of the run being written: the store creates the grant
+    /// (with the run's time and the tag's rule version) when first used.
+    pub const NEW: u32 = 0;
+}
+
+/// A user's held tags, ascending by tag id; inline up to four.
+pub type HeldTags = smallvec::SmallVec<[Held; 4]>;
+
+/// What a run does to one user's `user_tags` row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A new row.
+    Insert,
+    /// An existing row whose tag ids changed.
+    Update,
     /// A row left without tags.
-    fn delete(&mut self, user_id: &str) -> Result<(), StoreError>;
+    Delete,
+}
+
+/// Users with their held tags, text and tags in shared buffers (no
+/// allocation per row): the current rows a run reads, and the changes it writes.
+#[derive(Debug, Default, Clone)]
+pub struct UserRows {
+    text: String,
+    held: Vec<Held>,
+    /// Per row: op, then the ends of its text and of its held tags.
+    rows: Vec<(Op, u32, u32)>,
+}
+
+impl UserRows {
+    /// Adds a row: `op` (ignored for current rows), the user and its tags.
+    pub fn push(&mut self, op: Op, user_id: &str, held: &[Held]) {
+        self.text.push_str(user_id);
+        self.held.extend_from_slice(held);
+        self.rows
+            .push((op, self.text.len() as u32, self.held.len() as u32));
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether it holds no row.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Forgets every row, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.held.clear();
+        self.rows.clear();
+    }
+
+    /// Row `i`: its op, user and tags.
+    pub fn get(&self, i: usize) -> (Op, &str, &[Held]) {
+        let (op, text_end, held_end) = self.rows[i];
+        let (text_start, held_start) = match i {
+            0 => (0, 0),
+            _ => (self.rows[i - 1].1, self.rows[i - 1].2),
+        };
+        (
+            op,
+            &self.text[text_start as usize..text_end as usize],
+            &self.held[held_start as usize..held_end as usize],
+        )
+    }
+
+    /// The rows in the order pushed.
+    pub fn iter(&self) -> impl Iterator<Item = (Op, &str, &[Held])> {
+        (0..self.rows.len()).map(|i| self.get(i))
+    }
+}
+
+/// The tags of a run, as `tag_details` shows them for the users it grants them to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantInfo {
+    /// The tag.
+    pub tag_id: u32,
+    /// `tag_name` (the tag's description, e.g. 高净值用户).
+    pub tag_name: String,
+    /// `tag_category`.
+    pub tag_category: String,
+    /// The rule version the run evaluated.
+    pub rule_version: i64,
+}
+
+/// What a run's transaction needs to know up front.
+#[derive(Debug, Clone)]
+pub struct RunStart {
+    /// The task the run belongs to.
+    pub task_id: String,
+    /// The run's time (`YYYY-MM-DDTHH:MM:SS`, UTC): `hit_time` of the tags
+    /// it grants, `created_time`/`updated_time` of the rows it writes.
+    pub now: String,
+    /// Its tags.
+    pub tags: Vec<GrantInfo>,
+}
+
+/// A run's write transaction. Data flows one way: the engine reads the
+/// current tags of the users in scope, sends the changes in batches and
+/// commits with the tag states and the task's outcome. Dropping it without
+/// [`RunTx::commit`] rolls everything back.
+pub trait RunTx {
+    /// The held tags of `users` (all users holding a tag when `None`) that
+    /// have a row, ascending by user id. Other writers are excluded from
+    /// the rows read until the transaction ends.
+    fn current(&mut self, users: Option<&[&str]>) -> Result<UserRows, StoreError>;
+    /// Applies a batch of changes (rows ascending by user id are fastest).
+    fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError>;
+    /// Records the tag states and the task's outcome (its result JSON), and
+    /// commits. The outcome is in the same transaction as the results, so a
+    /// task interrupted after its commit is reported as done, not re-run.
+    fn commit(
+        self: Box<Self>,
+        states: &[TagState],
+        outcome: &serde_json::Value,
+    ) -> Result<WriteSummary, StoreError>;
 }
 
 /// A row of `user_tags`, as read back.
@@ -102,17 +219,6 @@ pub struct WriteSummary {
     pub commit_ms: u64,
 }
 
-/// A run's side of its write transaction.
-pub trait RunWriter {
-    /// Called once per `user_tags` row, before [`RunWriter::changes`], with
-    /// the user's current tag ids. Only ids are read: a run never needs the
-    /// other columns of rows it does not change.
-    fn current(&mut self, user_id: &str, tag_ids: TagIds);
-    /// Sends the run's changes to `sink` and returns the per-tag states to
-    /// record. Returning `Err` rolls everything back.
-    fn changes(&mut self, sink: &mut dyn ChangeSink) -> Result<Vec<TagState>, StoreError>;
-}
-
 /// Persistence used by the server and the one-shot runner.
 pub trait Store: Send + Sync {
     /// Checks the store answers.
@@ -153,9 +259,10 @@ pub trait Store: Send + Sync {
 
     /// Per-tag state of the last successful runs.
     fn tag_states(&self) -> Result<HashMap<u32, TagState>, StoreError>;
-    /// Reads every user's current tag ids and applies `build`'s changes, with
-    /// `now` as their timestamp, in one transaction.
-    fn write_run(&self, now: &str, run: &mut dyn RunWriter) -> Result<WriteSummary, StoreError>;
+    /// Starts a run's write transaction.
+    fn begin_run(&self, start: &RunStart) -> Result<Box<dyn RunTx + '_>, StoreError>;
+    /// The outcome a task's run committed with its results, if it did.
+    fn run_outcome(&self, task_id: &str) -> Result<Option<serde_json::Value>, StoreError>;
     /// One user's row.
     fn user_tags(&self, user_id: &str) -> Result<Option<UserTagRow>, StoreError>;
     /// Users holding a tag, ascending, after `cursor`.

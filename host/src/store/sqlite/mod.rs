@@ -1,74 +1,33 @@
 //! The embedded SQLite store, in two files.
 //!
-//! The store URL's file holds the results, `user_tags` (the original
-//! system's table, for its readers) and `tag_state`, in rollback-journal
-//! mode: a run writes each page once (WAL would write it twice, and a first
-//! run writes hundreds of megabytes). Tasks and rules live beside it in
-//! `<name>.control.db`, in WAL mode, so the API's bookkeeping never waits for
-//! a run's write. Each run's write opens its own connection.
+//! The store URL's file holds the results ([`results`]: `user_tags` as a
+//! view over compact tables, per-tag run state, run outcomes). Tasks and
+//! rules live beside it in `<name>.control.db`, so the API's bookkeeping
+//! never waits for a run's write. Both are in WAL mode: readers see the last
+//! committed state without waiting for a writer. Each run's write opens its
+//! own connection; reads of results share a small pool of connections.
 
-use super::pipeline::{
-    abandoned, pipelined, ChangeReceiver, CurrentBatch, CurrentSender, Op, ToWriter,
-};
+mod results;
+
 use super::*;
 use crate::model::{now_timestamp, TaskSpec};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use results::SqliteRunTx;
+use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     results_path: PathBuf,
     control: Mutex<Connection>,
-    results: Mutex<Connection>,
-    // Declared after the connections, so it is closed after them (see
-    // [`Writeback`]).
-    writeback: Writeback,
+    /// Read connections to the results file, used round-robin.
+    reads: Vec<Mutex<Connection>>,
+    next_read: AtomicUsize,
 }
 
-/// Starts the kernel writing a results file's dirty pages while a run is
-/// still producing them.
-///
-/// A first run writes hundreds of megabytes. Left alone, Linux holds them
-/// in the page cache (nothing is written back until 10% of memory is
-/// dirty), so the commit's fsync waits for all of them at the disk's speed.
-/// Asking for write-back as the rows go makes the disk work alongside the
-/// run; the commit's fsync, which is what makes the run durable, is
-/// unchanged.
-///
-/// The descriptor stays open for the store's lifetime: closing any
-/// descriptor of a file drops every POSIX lock this process holds on it,
-/// SQLite's included.
-struct Writeback {
-    file: Option<std::fs::File>,
-}
-
-impl Writeback {
-    /// Rows written between two requests (a few megabytes).
-    const EVERY_ROWS: usize = 8192;
-
-    fn open(path: &Path) -> Writeback {
-        Writeback {
-            file: std::fs::File::open(path).ok(),
-        }
-    }
-
-    /// Requests write-back of every dirty page of the file; returns at once.
-    #[cfg(target_os = "linux")]
-    fn start(&self) {
-        use std::os::fd::AsRawFd;
-        if let Some(file) = &self.file {
-            // SAFETY: a valid descriptor; the call only schedules I/O. Its
-            // result is ignored: this is a hint, and the commit still syncs.
-            unsafe {
-                libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-            }
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn start(&self) {}
-}
+/// Read connections to the results file.
+const READERS: usize = 4;
 
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
@@ -99,151 +58,20 @@ CREATE TABLE IF NOT EXISTS tag_rules (
 );
 ";
 
-// 16 KiB pages (set before the first table, so only for a new file): a
-// user_tags row is ~310 bytes, and larger pages mean fewer B-tree splits and
-// page writes per row (a first run over 1M users: write 20% faster than 4 KiB).
-const RESULTS_SCHEMA: &str = "
-PRAGMA page_size = 16384;
-CREATE TABLE IF NOT EXISTS tag_state (
-    tag_id INTEGER PRIMARY KEY,
-    rule_version INTEGER NOT NULL,
-    watermarks TEXT NOT NULL,
-    had_full_run INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS user_tags (
-    user_id TEXT PRIMARY KEY,
-    tag_ids TEXT NOT NULL,
-    tag_details TEXT NOT NULL,
-    created_time TEXT NOT NULL,
-    updated_time TEXT NOT NULL
-);
-";
-
-/// How a database file journals its transactions.
-#[derive(Clone, Copy)]
-enum Journal {
-    /// Readers never wait for a writer; every page is written twice.
-    Wal,
-    /// Every page is written once; readers wait while a commit is written.
-    Rollback,
-}
-
-fn connect(path: &Path, journal: Journal) -> Result<Connection, StoreError> {
+fn connect(path: &Path, results: bool) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(db)?;
     conn.busy_timeout(std::time::Duration::from_secs(60))
         .map_err(db)?;
-    let mode = match journal {
-        Journal::Wal => "WAL",
-        Journal::Rollback => "TRUNCATE",
-    };
-    // FULL: a commit that returned is on disk.
+    // 16 KiB pages for the results (only takes effect on a new file, before
+    // WAL is set): fewer B-tree splits and page writes per row.
+    // FULL: a commit that returned is on disk. The WAL is truncated back to
+    // 64 MB after a checkpoint, so a large first run leaves no large file.
+    let page = if results { "PRAGMA page_size = 16384;" } else { "" };
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode={mode}; PRAGMA synchronous=FULL; PRAGMA cache_size=-65536;"
+        "{page} PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -65536; PRAGMA journal_size_limit = 67108864;"
     ))
     .map_err(db)?;
     Ok(conn)
-}
-
-/// The database side of a run's write, on the pipeline's writer thread:
-/// one `BEGIN IMMEDIATE` transaction that reads the current tag ids, applies
-/// the changes as they arrive, records the tag states and commits.
-fn write_changes(
-    mut conn: Connection,
-    now: &str,
-    writeback: &Writeback,
-    current: CurrentSender,
-    changes: ChangeReceiver,
-) -> Result<WriteSummary, StoreError> {
-    // IMMEDIATE takes the write lock before reading, so no other run can
-    // change the rows between this read and this write. Dropping `tx`
-    // without committing rolls back.
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db)?;
-    {
-        let mut stmt = tx
-            .prepare("SELECT user_id, tag_ids FROM user_tags")
-            .map_err(db)?;
-        let mut rows = stmt.query([]).map_err(db)?;
-        let mut batch = CurrentBatch::default();
-        while let Some(row) = rows.next().map_err(db)? {
-            let text = |i| {
-                row.get_ref(i)
-                    .map_err(db)?
-                    .as_str()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))
-            };
-            if batch.push(text(0)?, parse_tag_ids(text(1)?)?) {
-                current
-                    .send(std::mem::take(&mut batch))
-                    .map_err(|_| abandoned())?;
-            }
-        }
-        if !batch.is_empty() {
-            current.send(batch).map_err(|_| abandoned())?;
-        }
-    }
-    drop(current);
-    let mut insert = tx
-        .prepare(
-            "INSERT INTO user_tags (user_id, tag_ids, tag_details, created_time, updated_time)
-             VALUES (?1, ?2, ?3, ?4, ?4)",
-        )
-        .map_err(db)?;
-    let mut update = tx
-        .prepare(
-            "UPDATE user_tags SET tag_ids = ?2, tag_details = json_patch(tag_details, ?3), updated_time = ?4
-             WHERE user_id = ?1",
-        )
-        .map_err(db)?;
-    let mut delete = tx
-        .prepare("DELETE FROM user_tags WHERE user_id = ?1")
-        .map_err(db)?;
-    let mut summary = WriteSummary::default();
-    let states = loop {
-        match changes.recv().map_err(|_| abandoned())? {
-            ToWriter::Changes(batch) => {
-                for (op, user_id, tag_ids, details) in batch.iter() {
-                    match op {
-                        Op::Insert => insert.execute(params![user_id, tag_ids, details, now]),
-                        Op::Update => update.execute(params![user_id, tag_ids, details, now]),
-                        Op::Delete => delete.execute([user_id]),
-                    }
-                    .map_err(db)?;
-                    match op {
-                        Op::Delete => summary.rows_deleted += 1,
-                        _ => summary.rows_upserted += 1,
-                    }
-                    if (summary.rows_upserted + summary.rows_deleted) % Writeback::EVERY_ROWS == 0 {
-                        writeback.start();
-                    }
-                }
-            }
-            ToWriter::Finish(states) => break states,
-        }
-    };
-    drop((insert, update, delete));
-    {
-        let mut state = tx
-            .prepare("INSERT OR REPLACE INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES (?1, ?2, ?3, ?4)")
-            .map_err(db)?;
-        for s in &states {
-            let watermarks = serde_json::to_string(&s.watermarks)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            state
-                .execute(params![
-                    s.tag_id,
-                    s.rule_version,
-                    watermarks,
-                    s.had_full_run as i64
-                ])
-                .map_err(db)?;
-        }
-    }
-    let commit = std::time::Instant::now();
-    tx.commit().map_err(db)?;
-    summary.commit_ms = commit.elapsed().as_millis() as u64;
-    Ok(summary)
 }
 
 fn task_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRecord, StoreError>> {
@@ -291,15 +119,19 @@ impl SqliteStore {
                 StoreError::Database(format!("cannot create {}: {e}", parent.display()))
             })?;
         }
-        let control = connect(&SqliteStore::control_path(path), Journal::Wal)?;
+        let control = connect(&SqliteStore::control_path(path), false)?;
         control.execute_batch(CONTROL_SCHEMA).map_err(db)?;
-        let results = connect(path, Journal::Rollback)?;
-        results.execute_batch(RESULTS_SCHEMA).map_err(db)?;
+        let mut results = connect(path, true)?;
+        results::prepare(&mut results)?;
+        let mut reads = vec![Mutex::new(results)];
+        for _ in 1..READERS {
+            reads.push(Mutex::new(connect(path, true)?));
+        }
         Ok(SqliteStore {
             results_path: path.to_path_buf(),
             control: Mutex::new(control),
-            results: Mutex::new(results),
-            writeback: Writeback::open(path),
+            reads,
+            next_read: AtomicUsize::new(0),
         })
     }
 
@@ -322,7 +154,10 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let conn = self.results.lock().unwrap_or_else(|p| p.into_inner());
+        // Round-robin: concurrent readers spread over the pool instead of
+        // queueing behind one connection.
+        let i = self.next_read.fetch_add(1, Ordering::Relaxed) % self.reads.len();
+        let conn = self.reads[i].lock().unwrap_or_else(|p| p.into_inner());
         f(&conn)
     }
 
@@ -537,11 +372,25 @@ impl Store for SqliteStore {
         })
     }
 
-    fn write_run(&self, now: &str, run: &mut dyn RunWriter) -> Result<WriteSummary, StoreError> {
-        let conn = connect(&self.results_path, Journal::Rollback)?;
-        pipelined(run, |current, changes| {
-            write_changes(conn, now, &self.writeback, current, changes)
+    fn begin_run(&self, start: &RunStart) -> Result<Box<dyn RunTx + '_>, StoreError> {
+        Ok(Box::new(SqliteRunTx::begin(&self.results_path, start)?))
+    }
+
+    fn run_outcome(&self, task_id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let text: Option<String> = self.with_results(|c| {
+            c.query_row(
+                "SELECT result FROM run_outcomes WHERE task_id = ?1",
+                [task_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)
+        })?;
+        text.map(|t| {
+            serde_json::from_str(&t)
+                .map_err(|e| StoreError::Corrupt(format!("outcome of task {task_id}: {e}")))
         })
+        .transpose()
     }
 
     fn user_tags(&self, user_id: &str) -> Result<Option<UserTagRow>, StoreError> {
@@ -570,7 +419,7 @@ impl Store for SqliteStore {
         self.with_results(|c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT user_id FROM user_tags, json_each(user_tags.tag_ids)
+                    "SELECT user_id FROM user_tag_sets, json_each(user_tag_sets.tag_ids)
                      WHERE json_each.value = ?1 AND (?2 IS NULL OR user_id > ?2) ORDER BY user_id LIMIT ?3",
                 )
                 .map_err(db)?;

@@ -1,0 +1,128 @@
+//! The commit stage: one store transaction per run. Read the current tags
+//! of the users in scope, diff, send the changes in batches, and commit them
+//! with the tag states and the run's report.
+
+use super::bitset::Bitset;
+use super::diff::{diff, Current, DiffCounts, DiffTag};
+use super::index::{sorted_rows, RowFinder};
+use super::load::Universe;
+use super::plan::{tag_tables, Plan};
+use super::report::RunReport;
+use super::{stopped, RunError};
+use crate::model::now_timestamp;
+use crate::scheduler::TaskControl;
+use crate::store::{GrantInfo, RunStart, Store, StoreError, TagState, UserRows, WriteSummary};
+
+/// Changes per batch sent to the store.
+const BATCH: usize = 4096;
+
+/// What the stage hands back.
+pub struct Committed {
+    /// The report, as committed with the results.
+    pub report: RunReport,
+    /// What the store's commit did.
+    pub written: WriteSummary,
+}
+
+/// Writes a run's changes and its report in one transaction. `report`
+/// builds the report from the diff's counts (it is committed with them).
+pub fn commit(
+    store: &dyn Store,
+    task_id: &str,
+    plan: &Plan,
+    universe: &Universe,
+    scopes: &[Option<Bitset>],
+    matched: &[Bitset],
+    control: &TaskControl,
+    report: impl FnOnce(&DiffCounts) -> RunReport,
+) -> Result<Committed, RunError> {
+    let start = RunStart {
+        task_id: task_id.to_string(),
+        now: now_timestamp(),
+        tags: plan
+            .tags
+            .iter()
+            .map(|t| GrantInfo {
+                tag_id: t.id(),
+                tag_name: t.tag.info.description.clone(),
+                tag_category: t.tag.info.category.clone(),
+                rule_version: t.rule_version,
+            })
+            .collect(),
+    };
+    let failed = |e: StoreError| {
+        RunError::Failed(format!("writing results failed, nothing was written: {e}"))
+    };
+    let mut tx = store.begin_run(&start).map_err(failed)?;
+    let scoped = scoped_users(plan, universe, scopes);
+    let stored = tx.current(scoped.as_deref()).map_err(failed)?;
+    let mut finder = RowFinder::new(&universe.ids, &universe.index);
+    let current = Current::place(universe.rows(), &stored, |user| finder.find(user));
+    let tags: Vec<DiffTag<'_>> = plan
+        .tags
+        .iter()
+        .zip(scopes)
+        .zip(matched)
+        .map(|((t, scope), matched)| DiffTag { tag_id: t.id(), matched, scope: scope.as_ref() })
+        .collect();
+    let mut batch = UserRows::default();
+    let counts = diff(sorted_rows(&universe.ids).into_iter().map(|r| r as usize), &tags, &current, |op, row, held| {
+        batch.push(op, universe.ids.get(row), held);
+        if batch.len() >= BATCH {
+            control.checkpoint().map_err(stopped)?;
+            tx.apply(&batch).map_err(failed)?;
+            batch.clear();
+        }
+        Ok(())
+    })?;
+    tx.apply(&batch).map_err(failed)?;
+    control.checkpoint().map_err(stopped)?;
+    let report = report(&counts);
+    let outcome = serde_json::to_value(&report)
+        .map_err(|e| RunError::Failed(format!("cannot encode the run report: {e}")))?;
+    let written = tx.commit(&states(plan, universe), &outcome).map_err(failed)?;
+    Ok(Committed { report, written })
+}
+
+/// The users whose current tags the diff needs: `None` for all (a full run
+/// over the whole universe), else the ids of the rows in any tag's scope.
+fn scoped_users<'u>(
+    plan: &Plan,
+    universe: &'u Universe,
+    scopes: &[Option<Bitset>],
+) -> Option<Vec<&'u str>> {
+    if plan.user_ids.is_none() && scopes.iter().any(Option::is_none) {
+        return None;
+    }
+    let mut rows = Bitset::empty(universe.rows());
+    for scope in scopes {
+        match scope {
+            Some(s) => rows.union_with(s),
+            None => rows = Bitset::full(universe.rows()),
+        }
+    }
+    Some(rows.ones().map(|i| universe.ids.get(i)).collect())
+}
+
+/// What the next incremental run starts from. A `user_ids` run evaluates
+/// only some users: it must not move the watermarks.
+fn states(plan: &Plan, universe: &Universe) -> Vec<TagState> {
+    if plan.user_ids.is_some() {
+        return Vec::new();
+    }
+    plan.tags
+        .iter()
+        .map(|t| TagState {
+            tag_id: t.id(),
+            rule_version: t.rule_version,
+            watermarks: tag_tables(&t.tag.info)
+                .into_iter()
+                .filter_map(|table| {
+                    let mark = universe.newest.get(table).or(t.watermarks.get(table))?;
+                    Some((table.to_string(), *mark))
+                })
+                .collect(),
+            had_full_run: true,
+        })
+        .collect()
+}

@@ -1,0 +1,74 @@
+//! The evaluate stage: each tag's rule through its plugin, batch by batch,
+//! into one bitset of matching universe rows per tag.
+
+use super::bitset::Bitset;
+use super::load::Universe;
+use super::plan::TagRun;
+use super::{failed, polars_failed, stopped, RunError};
+use crate::data::ffi::with_ffi_batch;
+use crate::data::DataError;
+use crate::scheduler::{TagProgress, TaskControl};
+use polars::prelude::*;
+use tag_plugin_api::Date;
+
+/// Per tag, in order, the rows whose whole rule is true.
+pub fn evaluate(
+    tags: &[TagRun],
+    universe: &Universe,
+    as_of: Date,
+    batch_rows: usize,
+    control: &TaskControl,
+) -> Result<Vec<Bitset>, RunError> {
+    let rows = universe.rows();
+    control.set_progress(|p| {
+        p.stage = "evaluating".into();
+        p.rows_total = rows * tags.len();
+        p.tags = tags
+            .iter()
+            .map(|t| TagProgress { tag_id: t.id(), rows_done: 0 })
+            .collect();
+    });
+    tags.iter()
+        .map(|t| evaluate_tag(t, universe, as_of, batch_rows, control))
+        .collect()
+}
+
+fn evaluate_tag(
+    t: &TagRun,
+    universe: &Universe,
+    as_of: Date,
+    batch_rows: usize,
+    control: &TaskControl,
+) -> Result<Bitset, RunError> {
+    let rows = universe.rows();
+    let columns: Vec<Column> = t
+        .tag
+        .info
+        .inputs
+        .iter()
+        .map(|input| universe.column(&input.table, &input.column).cloned())
+        .collect::<Result<_, _>>()?;
+    let mut matched = Bitset::empty(rows);
+    let mut offset = 0;
+    while offset < rows {
+        control.checkpoint().map_err(stopped)?;
+        let len = batch_rows.min(rows - offset);
+        let batch = DataFrame::new(
+            len,
+            columns.iter().map(|c| c.slice(offset as i64, len)).collect(),
+        )
+        .map_err(|e| polars_failed("building a batch", e))?;
+        let mask = with_ffi_batch(&batch, |ffi| t.tag.evaluate(ffi, &t.rule, as_of))
+            .map_err(|e: DataError| failed(e))?
+            .map_err(failed)?;
+        matched.place(offset, &mask);
+        offset += len;
+        control.set_progress(|p| {
+            p.rows_done += len;
+            if let Some(tp) = p.tags.iter_mut().find(|tp| tp.tag_id == t.id()) {
+                tp.rows_done += len;
+            }
+        });
+    }
+    Ok(matched)
+}

@@ -1,0 +1,218 @@
+//! The load stage: read each planned table, keep each user's newest row, and
+//! left-join the side tables onto the universe, row for row.
+
+use super::index::{join_latest, latest_rows, RowFinder, UniverseIndex, UserIds};
+use super::plan::{Plan, TablePlan};
+use super::{failed, polars_failed, stopped, RunError, UPDATED_TIME, USER_ID};
+use crate::data::read::{polars_type, scan_table};
+use crate::scheduler::TaskControl;
+use polars::prelude::*;
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+/// Where source tables are read from, and in what batch size.
+pub struct Source<'a> {
+    /// `<table>.parquet` files or `<table>/` directories of parts.
+    pub data_dir: &'a Path,
+    /// Rows per batch read (and per batch handed to a plugin).
+    pub batch_rows: usize,
+}
+
+/// The users of a run and their source rows, aligned: row `i` of every
+/// table's frame belongs to user `ids.get(i)`.
+pub struct Universe {
+    /// The universe's user ids, one per row, unique.
+    pub ids: UserIds,
+    /// Finds a user's row.
+    pub index: UniverseIndex,
+    /// Per table, its read columns (side tables: without `user_id`).
+    pub tables: Vec<(String, DataFrame)>,
+    /// Per table, rows left out because a newer row of the same user exists.
+    pub duplicates: BTreeMap<String, usize>,
+    /// Per table, the newest `updated_time` read.
+    pub newest: BTreeMap<String, i64>,
+}
+
+impl Universe {
+    /// Users in the universe.
+    pub fn rows(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// A column of a table, aligned with the universe.
+    pub fn column(&self, table: &str, column: &str) -> Result<&Column, RunError> {
+        let (_, frame) = self
+            .tables
+            .iter()
+            .find(|(t, _)| t == table)
+            .ok_or_else(|| RunError::Failed(format!("table {table} was not read")))?;
+        frame
+            .column(column)
+            .map_err(|e| polars_failed(&format!("table {table}"), e))
+    }
+
+    /// A table's `updated_time`, aligned with the universe, if it was kept.
+    pub fn updated_times(&self, table: &str) -> Option<&Int64Chunked> {
+        let column = self.column(table, UPDATED_TIME).ok()?;
+        column
+            .as_materialized_series()
+            .datetime()
+            .ok()
+            .map(|d| d.physical())
+    }
+}
+
+/// Reads the plan's tables into a [`Universe`]. A `user_ids` run keeps only
+/// those users as it reads.
+pub fn load(plan: &Plan, source: &Source<'_>, control: &TaskControl) -> Result<Universe, RunError> {
+    let wanted: Option<HashSet<&str>> = plan
+        .user_ids
+        .as_ref()
+        .map(|ids| ids.iter().map(String::as_str).collect());
+    let keep_times = plan.incremental();
+    let (first, rest) = plan
+        .tables
+        .split_first()
+        .ok_or_else(|| RunError::Failed("no table planned".into()))?;
+    let mut universe = load_universe(first, source, wanted.as_ref(), control)?;
+    for table in rest {
+        let frame = read_table(table, source, wanted.as_ref(), control)?;
+        join_side_table(&mut universe, &table.table, frame, keep_times)?;
+    }
+    Ok(universe)
+}
+
+fn load_universe(
+    plan: &TablePlan,
+    source: &Source<'_>,
+    wanted: Option<&HashSet<&str>>,
+    control: &TaskControl,
+) -> Result<Universe, RunError> {
+    let table = &plan.table;
+    let raw = read_table(plan, source, wanted, control)?;
+    let (keep, dropped) = latest_rows(user_ids(&raw, table)?, updated_times(&raw, table)?)?;
+    let frame = if dropped == 0 {
+        raw
+    } else {
+        let mut frame = raw
+            .take(&IdxCa::from_vec("keep".into(), keep))
+            .map_err(|e| polars_failed(&format!("table {table}: de-duplicating"), e))?;
+        frame.rechunk_mut();
+        frame
+    };
+    let ids = UserIds::new(user_ids(&frame, table)?);
+    let index = UniverseIndex::of_unique(&ids);
+    let mut universe = Universe {
+        ids,
+        index,
+        tables: Vec::new(),
+        duplicates: BTreeMap::new(),
+        newest: BTreeMap::new(),
+    };
+    if dropped > 0 {
+        universe.duplicates.insert(table.clone(), dropped);
+    }
+    if let Some(max) = updated_times(&frame, table)?.max() {
+        universe.newest.insert(table.clone(), max);
+    }
+    universe.tables.push((table.clone(), frame));
+    Ok(universe)
+}
+
+/// Left-joins `frame` (a side table's rows) onto the universe, keeping each
+/// user's newest row; `updated_time` is carried only when `keep_times`.
+fn join_side_table(
+    universe: &mut Universe,
+    table: &str,
+    frame: DataFrame,
+    keep_times: bool,
+) -> Result<(), RunError> {
+    let times = updated_times(&frame, table)?;
+    let (take, dropped) = join_latest(
+        user_ids(&frame, table)?,
+        times,
+        &mut RowFinder::new(&universe.ids, &universe.index),
+    );
+    if dropped > 0 {
+        universe.duplicates.insert(table.to_string(), dropped);
+    }
+    if let Some(max) = times.max() {
+        universe.newest.insert(table.to_string(), max);
+    }
+    // Only the tags' columns (and updated_time, for an incremental scope)
+    // are carried over: the join key is not copied.
+    let carried: Vec<PlSmallStr> = frame
+        .get_column_names()
+        .into_iter()
+        .filter(|name| name.as_str() != USER_ID && (keep_times || name.as_str() != UPDATED_TIME))
+        .cloned()
+        .collect();
+    let mut frame = frame
+        .select(carried)
+        .and_then(|f| f.take(&take))
+        .map_err(|e| polars_failed(&format!("table {table}: joining on user_id"), e))?;
+    frame.rechunk_mut();
+    universe.tables.push((table.to_string(), frame));
+    Ok(())
+}
+
+/// Reads a whole table's planned columns, keeping only `wanted` users if given.
+fn read_table(
+    plan: &TablePlan,
+    source: &Source<'_>,
+    wanted: Option<&HashSet<&str>>,
+    control: &TaskControl,
+) -> Result<DataFrame, RunError> {
+    let table = &plan.table;
+    let scan =
+        scan_table(source.data_dir, table, &plan.columns, source.batch_rows).map_err(failed)?;
+    let mut out: Option<DataFrame> = None;
+    for batch in scan {
+        control.checkpoint().map_err(stopped)?;
+        let mut batch = batch.map_err(failed)?;
+        if let Some(wanted) = wanted {
+            // Filtered batch by batch as the scan goes, so a user_ids run
+            // never holds the whole table.
+            let keep: BooleanChunked = user_ids(&batch, table)?
+                .iter()
+                .map(|id| Some(id.is_some_and(|id| wanted.contains(id))))
+                .collect();
+            batch = batch
+                .filter(&keep)
+                .map_err(|e| polars_failed(table, e))?;
+        }
+        match out.as_mut() {
+            None => out = Some(batch),
+            Some(acc) => {
+                acc.vstack_mut(&batch)
+                    .map_err(|e| polars_failed(table, e))?;
+            }
+        }
+    }
+    let mut frame = out.unwrap_or_else(|| {
+        DataFrame::empty_with_schema(
+            &plan
+                .columns
+                .iter()
+                .map(|c| Field::new(c.name.as_str().into(), polars_type(c.column_type)))
+                .collect(),
+        )
+    });
+    frame.rechunk_mut();
+    Ok(frame)
+}
+
+fn user_ids<'a>(frame: &'a DataFrame, table: &str) -> Result<&'a StringChunked, RunError> {
+    frame
+        .column(USER_ID)
+        .and_then(|c| c.as_materialized_series().str())
+        .map_err(|e| polars_failed(&format!("table {table}: column {USER_ID}"), e))
+}
+
+fn updated_times<'a>(frame: &'a DataFrame, table: &str) -> Result<&'a Int64Chunked, RunError> {
+    frame
+        .column(UPDATED_TIME)
+        .and_then(|c| c.as_materialized_series().datetime())
+        .map(|d| d.physical())
+        .map_err(|e| polars_failed(&format!("table {table}: column {UPDATED_TIME}"), e))
+}

@@ -1,0 +1,121 @@
+//! One task end to end, as a list of stages with typed hand-offs:
+//!
+//! plan → load → scope → evaluate → commit (diff inside the store's
+//! transaction) → report.
+//!
+//! - [`plan`]: the tags' rules and last states, and the columns to read.
+//! - [`load`]: read, de-duplicate and left-join the tables into a [`load::Universe`].
+//! - [`index`]: finding users by id (the hash index the joins use).
+//! - [`scope`]: which rows each tag evaluates (full, `user_ids`, incremental).
+//! - [`evaluate`]: plugin batches into a [`bitset::Bitset`] of matches per tag.
+//! - [`diff`]: a pure function from matches and current tags to changes.
+//! - [`commit`]: the store transaction ([`crate::store::RunTx`]).
+//! - [`report`]: the typed result a task shows.
+//!
+//! Data flows one way: the engine reads from and writes to the store; the
+//! store never calls back.
+
+pub mod bitset;
+pub mod commit;
+pub mod diff;
+pub mod evaluate;
+pub mod index;
+pub mod load;
+pub mod plan;
+pub mod report;
+pub mod scope;
+
+use crate::model::TaskRecord;
+use crate::registry::TagRegistry;
+use crate::scheduler::{RunError, Stop, TaskControl, TaskRunner};
+use crate::store::Store;
+use polars::prelude::PolarsError;
+use report::{RunReport, Timings};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+/// The table that defines the user universe.
+pub const UNIVERSE_TABLE: &str = "user_basic_info";
+const USER_ID: &str = "user_id";
+const UPDATED_TIME: &str = "updated_time";
+
+/// Computes tasks for the scheduler and the one-shot runner.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    registry: Arc<RwLock<TagRegistry>>,
+    data_dir: PathBuf,
+    batch_rows: usize,
+}
+
+fn failed(e: impl std::fmt::Display) -> RunError {
+    RunError::Failed(e.to_string())
+}
+
+fn stopped(stop: Stop) -> RunError {
+    RunError::Stopped(stop)
+}
+
+fn polars_failed(context: &str, e: PolarsError) -> RunError {
+    RunError::Failed(format!("{context}: {e}"))
+}
+
+impl Engine {
+    /// An engine over `data_dir`, using the tags of `registry` and `store`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        registry: Arc<RwLock<TagRegistry>>,
+        data_dir: PathBuf,
+        batch_rows: usize,
+    ) -> Engine {
+        Engine {
+            store,
+            registry,
+            data_dir,
+            batch_rows: batch_rows.max(64),
+        }
+    }
+
+    /// Runs `task`: every stage in order; the results and the report are
+    /// committed together, or nothing is.
+    pub fn run(&self, task: &TaskRecord, control: &TaskControl) -> Result<RunReport, RunError> {
+        let mut timings = Timings::start();
+        let registry = self.registry.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let plan = plan::plan(task, &registry, self.store.as_ref())?;
+        control.set_progress(|p| p.stage = "reading".into());
+        let source = load::Source { data_dir: &self.data_dir, batch_rows: self.batch_rows };
+        let universe = load::load(&plan, &source, control)?;
+        timings.lap("read_ms");
+        let scopes = scope::scopes(&plan, &universe)?;
+        let matched =
+            evaluate::evaluate(&plan.tags, &universe, plan.as_of, self.batch_rows, control)?;
+        timings.lap("evaluate_ms");
+        control.checkpoint().map_err(stopped)?;
+        control.set_progress(|p| p.stage = "writing".into());
+        let committed = commit::commit(
+            self.store.as_ref(),
+            &task.task_id,
+            &plan,
+            &universe,
+            &scopes,
+            &matched,
+            control,
+            |counts| {
+                let mut timings = Timings::clone_of(&timings);
+                timings.lap("write_ms");
+                report::report(&plan, &universe, &scopes, counts, &timings)
+            },
+        )?;
+        let mut report = committed.report;
+        report.timings.insert("commit_ms".into(), committed.written.commit_ms);
+        report.duration_ms += committed.written.commit_ms;
+        Ok(report)
+    }
+}
+
+impl TaskRunner for Engine {
+    fn run(&self, task: &TaskRecord, control: &TaskControl) -> Result<serde_json::Value, RunError> {
+        let report = Engine::run(self, task, control)?;
+        serde_json::to_value(&report)
+            .map_err(|e| RunError::Failed(format!("cannot encode the run report: {e}")))
+    }
+}

@@ -1,0 +1,204 @@
+//! The run report: what a task's `result` shows (the seed's `total_users`
+//! and `message`, then per-tag counts, rows written, duplicates, notes and
+//! stage timings).
+
+use super::bitset::Bitset;
+use super::diff::{DiffCounts, TagCounts};
+use super::load::Universe;
+use super::plan::Plan;
+use crate::model::Mode;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+use tag_plugin_api::rule::Operator;
+use tag_plugin_api::Rule;
+
+/// How many unknown `user_ids` a report lists.
+const UNKNOWN_SAMPLE: usize = 10;
+
+/// A run's outcome, as `result` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Users evaluated for at least one tag (the seed's field).
+    pub total_users: usize,
+    /// `Successfully processed N users` (the seed's field).
+    pub message: String,
+    /// Full or incremental.
+    pub mode: Mode,
+    /// The rules' reference date.
+    pub as_of: String,
+    /// Users in the universe the run loaded.
+    pub universe_users: usize,
+    /// Per tag, in the task's order.
+    pub tags: Vec<TagReport>,
+    /// `user_tags` rows inserted or updated.
+    pub rows_upserted: usize,
+    /// `user_tags` rows deleted.
+    pub rows_deleted: usize,
+    /// Per table, rows left out because the user has a newer row.
+    pub duplicates_dropped: BTreeMap<String, usize>,
+    /// Things the reader should know (e.g. date windows in incremental runs).
+    pub notes: Vec<String>,
+    /// Wall time of the run.
+    pub duration_ms: u64,
+    /// Per stage, milliseconds (`commit_ms` once committed).
+    pub timings: BTreeMap<String, u64>,
+    /// Requested `user_ids` not in the universe (count and a sample).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_user_ids: Option<UnknownUsers>,
+}
+
+/// One tag's line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct TagReport {
+    /// The tag.
+    pub tag_id: u32,
+    /// Its description.
+    pub tag_name: String,
+    /// The rule version evaluated.
+    pub rule_version: i64,
+    /// Its counts.
+    #[serde(flatten)]
+    pub counts: TagCounts,
+    /// `all users` or `changed users`.
+    pub scope: &'static str,
+}
+
+/// Requested users that are not in the universe.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnknownUsers {
+    /// How many.
+    pub count: usize,
+    /// The first few, in request order.
+    pub sample: Vec<String>,
+}
+
+/// Wall time per stage.
+pub struct Timings {
+    started: Instant,
+    lap: Instant,
+    laps: BTreeMap<String, u64>,
+}
+
+impl Timings {
+    /// Starts the clock.
+    pub fn start() -> Timings {
+        let now = Instant::now();
+        Timings { started: now, lap: now, laps: BTreeMap::new() }
+    }
+
+    /// A copy, to take laps on without moving the original.
+    pub fn clone_of(other: &Timings) -> Timings {
+        Timings { started: other.started, lap: other.lap, laps: other.laps.clone() }
+    }
+
+    /// Records the time since the last lap as `name`.
+    pub fn lap(&mut self, name: &str) {
+        self.laps.insert(name.to_string(), self.lap.elapsed().as_millis() as u64);
+        self.lap = Instant::now();
+    }
+}
+
+/// The report of a run, from its plan, universe, scopes and diff.
+pub fn report(
+    plan: &Plan,
+    universe: &Universe,
+    scopes: &[Option<Bitset>],
+    counts: &DiffCounts,
+    timings: &Timings,
+) -> RunReport {
+    let tags = plan
+        .tags
+        .iter()
+        .zip(scopes)
+        .zip(&counts.tags)
+        .map(|((t, scope), c)| TagReport {
+            tag_id: t.id(),
+            tag_name: t.tag.info.description.clone(),
+            rule_version: t.rule_version,
+            counts: *c,
+            scope: if scope.is_some() { "changed users" } else { "all users" },
+        })
+        .collect();
+    RunReport {
+        total_users: counts.evaluated,
+        message: format!("Successfully processed {} users", counts.evaluated),
+        mode: plan.mode,
+        as_of: plan.as_of.to_string(),
+        universe_users: universe.rows(),
+        tags,
+        rows_upserted: counts.upserted,
+        rows_deleted: counts.deleted,
+        duplicates_dropped: universe.duplicates.clone(),
+        notes: notes(plan),
+        duration_ms: timings.started.elapsed().as_millis() as u64,
+        timings: timings.laps.clone(),
+        unknown_user_ids: plan.user_ids.as_ref().map(|wanted| unknown(wanted, universe)),
+    }
+}
+
+fn unknown(wanted: &[String], universe: &Universe) -> UnknownUsers {
+    let known: HashSet<&str> = (0..universe.rows()).map(|i| universe.ids.get(i)).collect();
+    let missing: Vec<&String> = wanted.iter().filter(|id| !known.contains(id.as_str())).collect();
+    UnknownUsers {
+        count: missing.len(),
+        sample: missing.into_iter().take(UNKNOWN_SAMPLE).cloned().collect(),
+    }
+}
+
+fn notes(plan: &Plan) -> Vec<String> {
+    if plan.mode != Mode::Incremental {
+        return Vec::new();
+    }
+    let windowed: Vec<u32> = plan
+        .tags
+        .iter()
+        .filter(|t| uses_date_window(&t.rule))
+        .map(|t| t.id())
+        .collect();
+    if windowed.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "tags {windowed:?} use date windows that move with as_of; an incremental run does not revoke tags that expired by date alone, a full run does"
+    )]
+}
+
+/// Whether a rule has a condition relative to `as_of`.
+pub fn uses_date_window(rule: &str) -> bool {
+    Rule::parse(rule).is_ok_and(|r| {
+        r.conditions()
+            .iter()
+            .any(|c| matches!(c.operator, Operator::RecentDays | Operator::DaysAgoBetween))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date_windows_are_recognised() {
+        assert!(uses_date_window(
+            r#"{"logic":"AND","conditions":[{"field":"d","operator":"recent_days","value":7}]}"#
+        ));
+        assert!(!uses_date_window(
+            r#"{"logic":"AND","conditions":[{"field":"x","operator":">","value":7}]}"#
+        ));
+    }
+
+    #[test]
+    fn a_report_serialises_the_seed_fields_and_flattens_counts() {
+        let line = TagReport {
+            tag_id: 2,
+            tag_name: "活跃交易者".into(),
+            rule_version: 1,
+            counts: TagCounts { evaluated_users: 3, matched: 2, added: 1, removed: 0 },
+            scope: "all users",
+        };
+        let v = serde_json::to_value(&line).unwrap();
+        assert_eq!(v["evaluated_users"], 3);
+        assert_eq!(v["matched"], 2);
+        assert_eq!(v["scope"], "all users");
+    }
+}

@@ -1,0 +1,371 @@
+//! The results file: `user_tags` as a view over compact base tables, the
+//! per-tag run state, and each run's committed outcome.
+//!
+//! Layout (schema version 2):
+//! - `tag_grants`: one row per tag per run that granted it: the
+//!   `tag_details` entry every user who gained the tag in that run shows
+//!   (name, category, hit time, rule version), stored once, not per user.
+//! - `user_tag_sets`: one row per user holding a tag: `tag_ids` (JSON array,
+//!   ascending), `grants` (JSON array of grant ids, parallel to `tag_ids`),
+//!   `created_time`/`updated_time` as Unix seconds. Keyed by `user_id`
+//!   (`WITHOUT ROWID`: the row lives in the primary-key B-tree, one lookup).
+//! - `user_tags`: a view that rebuilds the original table's five columns.
+//!
+//! A row is about 45 bytes instead of about 310, so a first run over 1M
+//! users writes some 50 MB instead of 260 MB. The file is in WAL mode:
+//! readers see the last committed state and never wait for a run's write.
+
+use super::{connect, db};
+use crate::store::{Held, HeldTags, Op, RunStart, RunTx, StoreError, TagState, UserRows, WriteSummary};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// The layout this code reads and writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 2;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tag_state (
+    tag_id INTEGER PRIMARY KEY,
+    rule_version INTEGER NOT NULL,
+    watermarks TEXT NOT NULL,
+    had_full_run INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tag_grants (
+    grant_id INTEGER PRIMARY KEY,
+    tag_id INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS user_tag_sets (
+    user_id TEXT PRIMARY KEY,
+    tag_ids TEXT NOT NULL,
+    grants TEXT NOT NULL,
+    created_time INTEGER NOT NULL,
+    updated_time INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS run_outcomes (
+    task_id TEXT PRIMARY KEY,
+    result TEXT NOT NULL,
+    committed_at TEXT NOT NULL
+);
+CREATE VIEW IF NOT EXISTS user_tags AS
+SELECT s.user_id AS user_id,
+       s.tag_ids AS tag_ids,
+       (SELECT json_group_object(g.tag_id, json(g.detail) ORDER BY g.tag_id)
+          FROM json_each(s.grants) AS j JOIN tag_grants AS g ON g.grant_id = j.value) AS tag_details,
+       strftime('%Y-%m-%dT%H:%M:%S', s.created_time, 'unixepoch') AS created_time,
+       strftime('%Y-%m-%dT%H:%M:%S', s.updated_time, 'unixepoch') AS updated_time
+FROM user_tag_sets AS s;
+";
+
+/// The first layout kept `user_tags` as a plain table with the detail JSON
+/// on every row: its rows move into the compact tables, with one grant per
+/// distinct detail entry.
+const MIGRATE_FROM_V1: &str = "
+ALTER TABLE user_tags RENAME TO user_tags_v1;
+";
+const MIGRATE_ROWS_FROM_V1: &str = "
+INSERT INTO tag_grants (tag_id, detail)
+SELECT DISTINCT CAST(j.key AS INTEGER), json(j.value)
+FROM user_tags_v1 AS u, json_each(u.tag_details) AS j;
+INSERT INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time)
+SELECT u.user_id, json(u.tag_ids),
+       (SELECT json_group_array(g.grant_id ORDER BY g.tag_id)
+          FROM json_each(u.tag_details) AS j
+          JOIN tag_grants AS g ON g.tag_id = CAST(j.key AS INTEGER) AND g.detail = json(j.value)),
+       unixepoch(u.created_time), unixepoch(u.updated_time)
+FROM user_tags_v1 AS u;
+DROP TABLE user_tags_v1;
+";
+
+/// Creates or upgrades the results schema; refuses a newer one.
+pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Database(format!(
+            "the results database has schema version {version}, newer than this server's {SCHEMA_VERSION}: upgrade tag-server"
+        )));
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction().map_err(db)?;
+    let old_table: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'user_tags')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    if old_table {
+        tx.execute_batch(MIGRATE_FROM_V1).map_err(db)?;
+    }
+    tx.execute_batch(SCHEMA).map_err(db)?;
+    if old_table {
+        tx.execute_batch(MIGRATE_ROWS_FROM_V1).map_err(db)?;
+        tracing::info!("results migrated to the compact layout (user_tags is now a view)");
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+        .map_err(db)?;
+    tx.commit().map_err(db)
+}
+
+/// Parses a JSON array of non-negative integers (`[1,2,5]`, any spacing).
+fn parse_ids(text: &str, out: &mut Vec<u32>) -> Result<(), StoreError> {
+    out.clear();
+    let corrupt = || StoreError::Corrupt(format!("{text:?} is not a JSON array of ids"));
+    let inner = text
+        .trim()
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .ok_or_else(corrupt)?;
+    if inner.trim().is_empty() {
+        return Ok(());
+    }
+    for n in inner.split(',') {
+        out.push(n.trim().parse().map_err(|_| corrupt())?);
+    }
+    Ok(())
+}
+
+/// A user's held tags from the two stored arrays.
+pub fn held_tags(tag_ids: &str, grants: &str, scratch: &mut [Vec<u32>; 2]) -> Result<HeldTags, StoreError> {
+    let [ids, gs] = scratch;
+    parse_ids(tag_ids, ids)?;
+    parse_ids(grants, gs)?;
+    if ids.len() != gs.len() {
+        return Err(StoreError::Corrupt(format!(
+            "tag_ids {tag_ids} and grants {grants} differ in length"
+        )));
+    }
+    Ok(ids
+        .iter()
+        .zip(gs.iter())
+        .map(|(&tag_id, &grant)| Held { tag_id, grant })
+        .collect())
+}
+
+fn push_array(out: &mut String, values: impl Iterator<Item = u32>) {
+    use std::fmt::Write;
+    out.clear();
+    out.push('[');
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{v}");
+    }
+    out.push(']');
+}
+
+/// `Some(users)` lists up to this many are looked up one by one; more are
+/// found by one scan of the table.
+const POINT_LOOKUPS: usize = 50_000;
+
+/// The SQLite side of one run's write: its own connection, inside
+/// `BEGIN IMMEDIATE` (the write lock, taken before reading, so no other run
+/// changes the rows between this read and this write).
+pub struct SqliteRunTx {
+    conn: Connection,
+    start: RunStart,
+    /// The run's time in Unix seconds.
+    now: i64,
+    /// Grant ids created by this run, per tag.
+    grants: Vec<(u32, u32)>,
+    summary: WriteSummary,
+    committed: bool,
+    text: [String; 2],
+}
+
+impl SqliteRunTx {
+    /// Opens a connection to `path` and begins the transaction.
+    pub fn begin(path: &Path, start: &RunStart) -> Result<SqliteRunTx, StoreError> {
+        let now = chrono::NaiveDateTime::parse_from_str(&start.now, "%Y-%m-%dT%H:%M:%S")
+            .map_err(|e| StoreError::Corrupt(format!("run time {:?}: {e}", start.now)))?
+            .and_utc()
+            .timestamp();
+        let conn = connect(path, true)?;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+        Ok(SqliteRunTx {
+            conn,
+            start: start.clone(),
+            now,
+            grants: Vec::new(),
+            summary: WriteSummary::default(),
+            committed: false,
+            text: Default::default(),
+        })
+    }
+
+    /// This run's grant of `tag_id`, created on first use.
+    fn grant(&mut self, tag_id: u32) -> Result<u32, StoreError> {
+        if let Some(&(_, id)) = self.grants.iter().find(|(t, _)| *t == tag_id) {
+            return Ok(id);
+        }
+        let info = self
+            .start
+            .tags
+            .iter()
+            .find(|t| t.tag_id == tag_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("tag {tag_id} is not part of this run")))?;
+        let detail = serde_json::json!({
+            "tag_name": info.tag_name,
+            "tag_category": info.tag_category,
+            "hit_time": self.start.now,
+            "rule_version": info.rule_version,
+        });
+        let id: u32 = self
+            .conn
+            .query_row(
+                "INSERT INTO tag_grants (tag_id, detail) VALUES (?1, ?2) RETURNING grant_id",
+                params![tag_id, detail.to_string()],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        self.grants.push((tag_id, id));
+        Ok(id)
+    }
+
+    fn scan(&self, keep: Option<&HashSet<&str>>, out: &mut UserRows) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT user_id, tag_ids, grants FROM user_tag_sets")
+            .map_err(db)?;
+        let mut rows = stmt.query([]).map_err(db)?;
+        let mut scratch = Default::default();
+        while let Some(row) = rows.next().map_err(db)? {
+            let text = |i| -> Result<&str, StoreError> {
+                row.get_ref(i)
+                    .map_err(db)?
+                    .as_str()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            };
+            let user = text(0)?;
+            if keep.is_some_and(|k| !k.contains(user)) {
+                continue;
+            }
+            out.push(Op::Update, user, &held_tags(text(1)?, text(2)?, &mut scratch)?);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, users: &[&str], out: &mut UserRows) -> Result<(), StoreError> {
+        let mut sorted = users.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT tag_ids, grants FROM user_tag_sets WHERE user_id = ?1")
+            .map_err(db)?;
+        let mut scratch = Default::default();
+        for user in sorted {
+            let row = stmt
+                .query_row([user], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .optional()
+                .map_err(db)?;
+            if let Some((ids, grants)) = row {
+                out.push(Op::Update, user, &held_tags(&ids, &grants, &mut scratch)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_one(&mut self, op: Op, user: &str, held: &[Held]) -> Result<(), StoreError> {
+        if op == Op::Delete {
+            let mut stmt = self
+                .conn
+                .prepare_cached("DELETE FROM user_tag_sets WHERE user_id = ?1")
+                .map_err(db)?;
+            stmt.execute([user]).map_err(db)?;
+            self.summary.rows_deleted += 1;
+            return Ok(());
+        }
+        let mut slots = [0u32; 16];
+        let mut resolved: Vec<u32> = Vec::new();
+        let grants: &[u32] = if held.len() <= slots.len() {
+            for (slot, h) in slots.iter_mut().zip(held) {
+                *slot = if h.grant == Held::NEW { self.grant(h.tag_id)? } else { h.grant };
+            }
+            &slots[..held.len()]
+        } else {
+            for h in held {
+                resolved.push(if h.grant == Held::NEW { self.grant(h.tag_id)? } else { h.grant });
+            }
+            &resolved
+        };
+        let [ids_text, grants_text] = &mut self.text;
+        push_array(ids_text, held.iter().map(|h| h.tag_id));
+        push_array(grants_text, grants.iter().copied());
+        let sql = match op {
+            Op::Insert => "INSERT INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time) VALUES (?1, ?2, ?3, ?4, ?4)",
+            _ => "UPDATE user_tag_sets SET tag_ids = ?2, grants = ?3, updated_time = ?4 WHERE user_id = ?1",
+        };
+        let mut stmt = self.conn.prepare_cached(sql).map_err(db)?;
+        stmt.execute(params![user, ids_text.as_str(), grants_text.as_str(), self.now])
+            .map_err(db)?;
+        self.summary.rows_upserted += 1;
+        Ok(())
+    }
+}
+
+impl RunTx for SqliteRunTx {
+    fn current(&mut self, users: Option<&[&str]>) -> Result<UserRows, StoreError> {
+        let mut out = UserRows::default();
+        match users {
+            None => self.scan(None, &mut out)?,
+            Some(users) if users.len() <= POINT_LOOKUPS => self.lookup(users, &mut out)?,
+            Some(users) => {
+                let keep: HashSet<&str> = users.iter().copied().collect();
+                self.scan(Some(&keep), &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError> {
+        for (op, user, held) in changes.iter() {
+            self.apply_one(op, user, held)?;
+        }
+        Ok(())
+    }
+
+    fn commit(
+        mut self: Box<Self>,
+        states: &[TagState],
+        outcome: &serde_json::Value,
+    ) -> Result<WriteSummary, StoreError> {
+        for s in states {
+            let watermarks = serde_json::to_string(&s.watermarks)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            self.conn
+                .prepare_cached("INSERT OR REPLACE INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(db)?
+                .execute(params![s.tag_id, s.rule_version, watermarks, s.had_full_run as i64])
+                .map_err(db)?;
+        }
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO run_outcomes (task_id, result, committed_at) VALUES (?1, ?2, ?3)",
+                params![self.start.task_id, outcome.to_string(), self.start.now],
+            )
+            .map_err(db)?;
+        let started = std::time::Instant::now();
+        self.conn.execute_batch("COMMIT").map_err(db)?;
+        self.committed = true;
+        self.summary.commit_ms = started.elapsed().as_millis() as u64;
+        Ok(self.summary)
+    }
+}
+
+impl Drop for SqliteRunTx {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Nothing of an unfinished run stays; an error here means the
+            // transaction is already gone.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The only place a task is created, checked, finished and turned into a
+//! status: the HTTP API, the workers and `tag-server run` all go through
+//! these functions, so they agree on states and error texts.
+
+use crate::model::{now_timestamp, TaskRecord, TaskSpec, TaskStatus};
+use crate::registry::TagRegistry;
+use crate::scheduler::{Progress, RunError, Stop};
+use crate::store::{Store, StoreError};
+use serde_json::{json, Value};
+
+/// Tag ids no loaded plugin provides.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Invalid tag_ids: {}", list(.unknown))]
+pub struct UnknownTags {
+    /// The ids asked for that are not loaded, ascending.
+    pub unknown: Vec<u32>,
+    /// Every loaded id, ascending.
+    pub available: Vec<u32>,
+}
+
+/// `[1, 2]`.
+pub fn list(ids: &[u32]) -> String {
+    format!(
+        "[{}]",
+        ids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// A new task for `spec`, `submitted` now.
+pub fn create(spec: TaskSpec, environment: &str) -> TaskRecord {
+    TaskRecord {
+        task_id: uuid::Uuid::new_v4().to_string(),
+        spec,
+        environment: environment.to_string(),
+        status: TaskStatus::Submitted,
+        submitted_at: now_timestamp(),
+        started_at: None,
+        completed_at: None,
+        result: None,
+        error: None,
+    }
+}
+
+/// Checks that every tag of `spec` is loaded.
+pub fn check(spec: &TaskSpec, registry: &TagRegistry) -> Result<(), UnknownTags> {
+    let unknown = registry.unknown(&spec.tag_ids);
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(UnknownTags {
+            unknown,
+            available: registry.ids(),
+        })
+    }
+}
+
+/// Marks a task taken by a worker.
+pub fn start(task: &mut TaskRecord) {
+    task.status = TaskStatus::Running;
+    task.started_at = Some(now_timestamp());
+    task.completed_at = None;
+}
+
+/// What became of a task after its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// It reached a terminal status.
+    Terminal(TaskStatus),
+    /// The server is stopping: it goes back to the queue for the next start.
+    Requeued,
+}
+
+/// Applies a run's outcome to `task`.
+pub fn finish(task: &mut TaskRecord, outcome: Result<Value, RunError>) -> Finished {
+    match outcome {
+        Ok(result) => {
+            task.status = TaskStatus::Completed;
+            task.result = Some(result);
+            task.error = None;
+        }
+        Err(RunError::Failed(reason)) => {
+            task.status = TaskStatus::Failed;
+            task.error = Some(reason);
+        }
+        Err(RunError::Stopped(Stop::Cancelled)) => {
+            task.status = TaskStatus::Cancelled;
+            task.error = Some("cancelled while running; nothing was written".into());
+        }
+        Err(RunError::Stopped(Stop::Shutdown)) => {
+            task.status = TaskStatus::Submitted;
+            task.started_at = None;
+            return Finished::Requeued;
+        }
+    }
+    task.completed_at = Some(now_timestamp());
+    Finished::Terminal(task.status)
+}
+
+/// Cancels a task that never started.
+pub fn cancel_queued(task: &mut TaskRecord) {
+    task.status = TaskStatus::Cancelled;
+    task.completed_at = Some(now_timestamp());
+    task.error = Some("cancelled before it started".into());
+}
+
+/// The outcome a task's run committed with its results, if the process
+/// stopped after that commit but before the task was marked finished: the
+/// task is completed with it instead of running again.
+pub fn committed_outcome(task: &TaskRecord, store: &dyn Store) -> Result<Option<Value>, StoreError> {
+    let Some(mut result) = store.run_outcome(&task.task_id)? else {
+        return Ok(None);
+    };
+    if let Some(notes) = result.get_mut("notes").and_then(Value::as_array_mut) {
+        notes.push(json!(
+            "recovered after a restart: this outcome was committed with the results before the server stopped"
+        ));
+    }
+    Ok(Some(result))
+}
+
+/// A task as the status and list endpoints show it (with `progress` while
+/// it runs).
+pub fn status_json(task: &TaskRecord, progress: Option<Progress>) -> Value {
+    let mut v = json!({
+        "task_id": task.task_id,
+        "tag_ids": task.spec.tag_ids,
+        "user_ids": task.spec.user_ids,
+        "mode": task.spec.mode,
+        "priority": task.spec.priority,
+        "as_of": task.spec.as_of,
+        "environment": task.environment,
+        "status": task.status,
+        "submitted_at": task.submitted_at,
+        "started_at": task.started_at,
+        "completed_at": task.completed_at,
+    });
+    if let Some(result) = &task.result {
+        v["result"] = result.clone();
+    }
+    if let Some(error) = &task.error {
+        v["error"] = json!(error);
+    }
+    if task.status == TaskStatus::Running {
+        if let Some(progress) = progress {
+            v["progress"] = json!(progress);
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Mode, Priority};
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            tag_ids: vec![1],
+            user_ids: None,
+            mode: Mode::Full,
+            priority: Priority::Normal,
+            as_of: None,
+        }
+    }
+
+    #[test]
+    fn a_task_moves_from_submitted_to_a_terminal_status() {
+        let mut task = create(spec(), "local");
+        assert_eq!(task.status, TaskStatus::Submitted);
+        start(&mut task);
+        assert_eq!(task.status, TaskStatus::Running);
+        let done = finish(&mut task, Err(RunError::Failed("boom".into())));
+        assert_eq!(done, Finished::Terminal(TaskStatus::Failed));
+        assert_eq!(task.error.as_deref(), Some("boom"));
+        assert!(task.completed_at.is_some());
+    }
+
+    #[test]
+    fn a_shutdown_requeues_and_unknown_tags_are_named() {
+        let mut task = create(spec(), "local");
+        start(&mut task);
+        assert_eq!(finish(&mut task, Err(RunError::Stopped(Stop::Shutdown))), Finished::Requeued);
+        assert_eq!((task.status, task.started_at.clone()), (TaskStatus::Submitted, None));
+        let err = check(&spec(), &TagRegistry::default()).unwrap_err();
+        assert_eq!(err.to_string(), "Invalid tag_ids: [1]");
+        assert!(err.available.is_empty());
+    }
+}
