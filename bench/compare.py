@@ -11,17 +11,18 @@ Exits non-zero and names the first differing users if any set differs.
 
 import json
 import re
-import sqlite3
 import sys
 
 import pyarrow.parquet as pq
+
+from sqlite3 import connect
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 SAMPLE = 1000
 
 
 def ours(db):
-    con = sqlite3.connect(db)
+    con = connect(db)
     return {u: tuple(json.loads(t)) for u, t in con.execute("SELECT user_id, tag_ids FROM user_tags")}
 
 
@@ -52,7 +53,7 @@ def detail_problems(db, path):
     rows = con.execute(
         f"SELECT user_id, tag_details, created_time, updated_time FROM user_tags USING SAMPLE {SAMPLE} ROWS"
     ).fetchall()
-    mine = sqlite3.connect(db)
+    mine = connect(db)
     problems = []
     for user_id, details, created, updated in rows:
         row = mine.execute(

@@ -23,8 +23,8 @@
 # TAG_SERVER_BIN: a prebuilt tag-server to use; without it the script runs
 # cargo build --release.
 #
-# Needs python3 (a virtualenv with duckdb, polars, pyarrow[, pyspark] is made
-# in bench/.venv), wrk for the API latency part (installed with apt-get when
+# Needs python3 (a virtualenv with duckdb, polars, pyarrow[, pyspark] is made in
+# bench/.venv), wrk for the API latency part (installed with apt-get when
 # missing and run as root), curl and /usr/bin/time. Everything it writes goes
 # to bench/out/; the final table is printed last.
 set -euo pipefail
@@ -148,40 +148,7 @@ if command -v wrk >/dev/null; then
   trap 'kill $SERVER 2>/dev/null || true' EXIT
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" > /dev/null && break; sleep 0.1; done
   printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' "'{\"tag_ids\": [999]}'" > "$API/reject.lua"
-  # GET /api/v1/users/{id}/tags for random ids among 1000 that hold tags in
-  # the store of the runs above; 404 (a user without tags) is counted apart
-  # from other statuses, as "status 404" and "status other" after wrk's report.
-  $PY - "$RUN/tags.db" "$API/user_tags.lua" <<'PY'
-import sqlite3, sys
-ids = [u for (u,) in sqlite3.connect(sys.argv[1]).execute("SELECT user_id FROM user_tags ORDER BY random() LIMIT 1000")]
-lua = """local ids = {%s}
-local threads = {}
-local seeds = 0
-function setup(thread)
-  seeds = seeds + 1
-  thread:set("seed", seeds)
-  table.insert(threads, thread)
-end
-function init(args)
-  math.randomseed(seed)
-  n404 = 0
-  nother = 0
-end
-function request()
-  return wrk.format("GET", "/api/v1/users/" .. ids[math.random(#ids)] .. "/tags")
-end
-function response(status, headers, body)
-  if status == 404 then n404 = n404 + 1 elseif status ~= 200 then nother = nother + 1 end
-end
-function done(summary, latency, requests)
-  local a, b = 0, 0
-  for _, t in ipairs(threads) do a = a + t:get("n404"); b = b + t:get("nother") end
-  io.write(string.format("status 404: %%d\\nstatus other: %%d\\n", a, b))
-end
-""" % ", ".join('"%s"' % u for u in ids)
-open(sys.argv[2], "w").write(lua)
-print(f"   {len(ids)} user ids for the user-tags lookups")
-PY
+  $PY bench/user_tags_lua.py "$RUN/tags.db" "$API/user_tags.lua"
   running() { curl -sf "http://127.0.0.1:$PORT/api/v1/tasks?status=running" | $PY -c "import json,sys; print(json.load(sys.stdin)['total'])"; }
   # wrk_run NAME ARGS...: p50, p99, max, socket errors, unexpected statuses
   # (for user-tags: besides 404), 404s (user-tags only), and how many tasks

@@ -26,7 +26,10 @@ os.mkdir(parts)
 os.rename(original, f"{parts}/part-000.parquet")
 table = pq.read_table(f"{parts}/part-000.parquet")
 schema = table.schema
-changed = table.take(pa.array(range(0, table.num_rows, EVERY), type=pa.int64()))
+# take has no kernel for string_view (gen-data's user_id): take as string,
+# then cast back.
+plain = pa.schema([f.with_type(pa.string()) if f.type == pa.string_view() else f for f in schema], metadata=schema.metadata)
+changed = table.cast(plain).take(pa.array(range(0, table.num_rows, EVERY), type=pa.int64())).cast(schema)
 
 newest = pc.max(table.column("updated_time")).as_py()
 times = pa.array([newest + datetime.timedelta(seconds=1)] * changed.num_rows, type=schema.field("updated_time").type)

@@ -15,6 +15,8 @@ use crate::store::{GrantInfo, RunStart, Store, StoreError, TagState, UserRows, W
 
 /// Changes per batch sent to the store.
 const BATCH: usize = 4096;
+/// Batches in flight to the writer thread.
+const IN_FLIGHT: usize = 4;
 
 /// What the stage hands back.
 pub struct Committed {
@@ -65,17 +67,37 @@ pub fn commit(
         .zip(matched)
         .map(|((t, scope), matched)| DiffTag { tag_id: t.id(), matched, scope: scope.as_ref() })
         .collect();
-    let mut batch = UserRows::default();
-    let counts = diff(sorted_rows(&universe.ids).into_iter().map(|r| r as usize), &tags, &current, |op, row, held| {
-        batch.push(op, universe.ids.get(row), held);
-        if batch.len() >= BATCH {
-            control.checkpoint().map_err(stopped)?;
-            tx.apply(&batch).map_err(failed)?;
-            batch.clear();
-        }
-        Ok(())
+    let order = sorted_rows(&universe.ids);
+    // The store applies batches on a thread of its own while this one diffs.
+    let (tx, counts) = std::thread::scope(|scope| {
+        let (send, receive) = std::sync::mpsc::sync_channel::<UserRows>(IN_FLIGHT);
+        let writer = std::thread::Builder::new()
+            .name("results-writer".into())
+            .spawn_scoped(scope, move || {
+                for batch in receive {
+                    tx.apply(&batch)?;
+                }
+                Ok::<_, StoreError>(tx)
+            })
+            .map_err(|e| RunError::Failed(format!("cannot start the results writer: {e}")))?;
+        let mut batch = UserRows::default();
+        let counts = diff(order.iter().map(|&r| r as usize), &tags, &current, |op, row, held| {
+            batch.push(op, universe.ids.get(row), held);
+            if batch.len() >= BATCH {
+                control.checkpoint().map_err(stopped)?;
+                // A closed channel means the writer failed: its error is reported below.
+                let _ = send.send(std::mem::take(&mut batch));
+            }
+            Ok(())
+        });
+        let _ = send.send(batch);
+        drop(send);
+        let tx = writer
+            .join()
+            .map_err(|_| RunError::Failed("the results writer panicked".into()))?
+            .map_err(failed);
+        Ok::<_, RunError>((tx?, counts?))
     })?;
-    tx.apply(&batch).map_err(failed)?;
     control.checkpoint().map_err(stopped)?;
     let report = report(&counts);
     let outcome = serde_json::to_value(&report)

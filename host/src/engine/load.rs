@@ -74,9 +74,26 @@ pub fn load(plan: &Plan, source: &Source<'_>, control: &TaskControl) -> Result<U
         .tables
         .split_first()
         .ok_or_else(|| RunError::Failed("no table planned".into()))?;
-    let mut universe = load_universe(first, source, wanted.as_ref(), control)?;
-    for table in rest {
-        let frame = read_table(table, source, wanted.as_ref(), control)?;
+    let wanted = wanted.as_ref();
+    // Side tables are read on a second thread while this one reads,
+    // de-duplicates and indexes the universe; then they are joined.
+    let (universe, sides) = std::thread::scope(|scope| {
+        let sides = std::thread::Builder::new()
+            .name("side-table-reader".into())
+            .spawn_scoped(scope, || {
+                rest.iter()
+                    .map(|table| read_table(table, source, wanted, control))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| RunError::Failed(format!("cannot start a reader thread: {e}")))?;
+        let universe = load_universe(first, source, wanted, control);
+        let sides = sides
+            .join()
+            .map_err(|_| RunError::Failed("the side-table reader panicked".into()))?;
+        Ok::<_, RunError>((universe?, sides?))
+    })?;
+    let mut universe = universe;
+    for (table, frame) in rest.iter().zip(sides) {
         join_side_table(&mut universe, &table.table, frame, keep_times)?;
     }
     Ok(universe)
@@ -164,8 +181,10 @@ fn read_table(
     control: &TaskControl,
 ) -> Result<DataFrame, RunError> {
     let table = &plan.table;
-    let scan =
-        scan_table(source.data_dir, table, &plan.columns, source.batch_rows).map_err(failed)?;
+    // Unfiltered, the whole table is kept: read whole row groups (a slice
+    // inside a row group decodes its pages again up to the slice).
+    let batch_rows = if wanted.is_some() { source.batch_rows } else { usize::MAX };
+    let scan = scan_table(source.data_dir, table, &plan.columns, batch_rows).map_err(failed)?;
     let mut out: Option<DataFrame> = None;
     for batch in scan {
         control.checkpoint().map_err(stopped)?;

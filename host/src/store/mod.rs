@@ -162,7 +162,7 @@ pub struct RunStart {
 /// current tags of the users in scope, sends the changes in batches and
 /// commits with the tag states and the task's outcome. Dropping it without
 /// [`RunTx::commit`] rolls everything back.
-pub trait RunTx {
+pub trait RunTx: Send {
     /// The held tags of `users` (all users holding a tag when `None`) that
     /// have a row, ascending by user id. Other writers are excluded from
     /// the rows read until the transaction ends.
