@@ -108,6 +108,38 @@ pub fn scan_table(
     columns: &[ColumnRequest],
     batch_rows: usize,
 ) -> Result<TableScan, Error> {
+    scan_row_groups(data_dir, table, columns, batch_rows, &|_| true)
+}
+
+/// A row group of a table: which part file, which group, and its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RowGroupId {
+    /// The part's index in [`table_files`] order.
+    pub part: usize,
+    /// The row group's index in that file.
+    pub group: usize,
+}
+
+/// What a row group's statistics say about a time column, in microseconds
+/// since the epoch (the unit rows are coerced to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupTimes {
+    /// Which row group.
+    pub id: RowGroupId,
+    /// The greatest value, if the file records it.
+    pub max: Option<i64>,
+    /// How many nulls, if the file records it.
+    pub nulls: Option<u64>,
+}
+
+/// Like [`scan_table`], reading only the row groups `keep` accepts.
+pub fn scan_row_groups(
+    data_dir: &Path,
+    table: &str,
+    columns: &[ColumnRequest],
+    batch_rows: usize,
+    keep: &dyn Fn(RowGroupId) -> bool,
+) -> Result<TableScan, Error> {
     let batch_rows = batch_rows.max(1);
     let mut parts = Vec::new();
     let mut plan = Vec::new();
@@ -141,8 +173,12 @@ pub fn scan_table(
 
         let part = parts.len();
         let mut offset = 0;
-        for row_group in &metadata.row_groups {
+        for (group, row_group) in metadata.row_groups.iter().enumerate() {
             let end = offset + row_group.num_rows();
+            if !keep(RowGroupId { part, group }) {
+                offset = end;
+                continue;
+            }
             while offset < end {
                 let len = batch_rows.min(end - offset);
                 plan.push(Slice { part, offset, len });
@@ -245,6 +281,58 @@ impl Iterator for TableScan {
             self.plan = Vec::new().into_iter();
         }
         Some(result)
+    }
+}
+
+/// The statistics of a time column (timestamp or date) per row group of
+/// `table`, read from the footers only. A group whose file has no usable
+/// statistics for the column has `max: None`.
+pub fn group_times(data_dir: &Path, table: &str, column: &str) -> Result<Vec<GroupTimes>, Error> {
+    let mut out = Vec::new();
+    for (part, path) in table_files(data_dir, table)?.into_iter().enumerate() {
+        let mut file = File::open(&path).map_err(|e| Error::io("opening", &path, e))?;
+        let mut reader = ParquetReader::new(&mut file);
+        let context = || format!("table {table}: reading footer of {}", path.display());
+        let schema = reader.schema().map_err(|e| Error::polars(context(), e))?;
+        let scale: Option<i64> = match schema.get(column).map(DataType::from_arrow_field) {
+            Some(DataType::Datetime(TimeUnit::Milliseconds, _)) => Some(1_000),
+            Some(DataType::Datetime(TimeUnit::Microseconds, _)) => Some(1),
+            Some(DataType::Datetime(TimeUnit::Nanoseconds, _)) => Some(-1_000),
+            Some(DataType::Date) => Some(86_400_000_000),
+            _ => None,
+        };
+        let metadata = reader.get_metadata().map_err(|e| Error::polars(context(), e))?.clone();
+        for (group, row_group) in metadata.row_groups.iter().enumerate() {
+            let stats = row_group
+                .columns_under_root_iter(column)
+                .and_then(|mut chunks| chunks.next())
+                .and_then(|chunk| chunk.statistics(&metadata.footer_buf))
+                .and_then(Result::ok);
+            let (max, nulls) = match (&stats, scale) {
+                (Some(stats), Some(scale)) => match (stats.as_int64(), stats.as_int32()) {
+                    (Some(s), _) => (s.max_value.map(|v| to_micros(v, scale)), s.null_count),
+                    (_, Some(s)) => (s.max_value.map(|v| to_micros(v as i64, scale)), s.null_count),
+                    _ => (None, None),
+                },
+                _ => (None, None),
+            };
+            out.push(GroupTimes {
+                id: RowGroupId { part, group },
+                max,
+                nulls: nulls.map(|n| n.max(0) as u64),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A raw statistic in microseconds: `scale` > 0 multiplies, < 0 divides
+/// (rounding down, as the cast of the values does).
+fn to_micros(value: i64, scale: i64) -> i64 {
+    if scale > 0 {
+        value.saturating_mul(scale)
+    } else {
+        value.div_euclid(-scale)
     }
 }
 

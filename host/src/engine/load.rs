@@ -4,7 +4,8 @@
 use super::index::{join_latest, latest_rows, RowFinder, UniverseIndex, UserIds};
 use super::plan::{Plan, TablePlan};
 use super::{failed, polars_failed, stopped, RunError, UPDATED_TIME, USER_ID};
-use crate::data::read::{polars_type, scan_table};
+use super::delta;
+use crate::data::read::{polars_type, scan_row_groups, RowGroupId};
 use crate::scheduler::TaskControl;
 use polars::prelude::*;
 use std::collections::{BTreeMap, HashSet};
@@ -29,8 +30,10 @@ pub struct Universe {
     pub tables: Vec<(String, DataFrame)>,
     /// Per table, rows left out because a newer row of the same user exists.
     pub duplicates: BTreeMap<String, usize>,
-    /// Per table, the newest `updated_time` read.
+    /// Per table, the newest `updated_time` in the table.
     pub newest: BTreeMap<String, i64>,
+    /// For an incremental run: row groups read to find changes, of all.
+    pub row_groups: Option<(usize, usize)>,
 }
 
 impl Universe {
@@ -65,10 +68,13 @@ impl Universe {
 /// Reads the plan's tables into a [`Universe`]. A `user_ids` run keeps only
 /// those users as it reads.
 pub fn load(plan: &Plan, source: &Source<'_>, control: &TaskControl) -> Result<Universe, RunError> {
-    let wanted: Option<HashSet<&str>> = plan
-        .user_ids
-        .as_ref()
-        .map(|ids| ids.iter().map(String::as_str).collect());
+    let delta = delta::find(plan, source.data_dir, control)?;
+    let wanted: Option<HashSet<&str>> = match (&plan.user_ids, &delta) {
+        (Some(ids), _) => Some(ids.iter().map(String::as_str).collect()),
+        (None, Some(delta)) => Some(delta.users.iter().map(String::as_str).collect()),
+        (None, None) => None,
+    };
+    let skip = |table: &str| delta.as_ref().and_then(|d| d.skip.get(table));
     let keep_times = plan.incremental();
     let (first, rest) = plan
         .tables
@@ -82,11 +88,11 @@ pub fn load(plan: &Plan, source: &Source<'_>, control: &TaskControl) -> Result<U
             .name("side-table-reader".into())
             .spawn_scoped(scope, || {
                 rest.iter()
-                    .map(|table| read_table(table, source, wanted, control))
+                    .map(|table| read_table(table, source, wanted, skip(&table.table), control))
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(|e| RunError::Failed(format!("cannot start a reader thread: {e}")))?;
-        let universe = load_universe(first, source, wanted, control);
+        let universe = load_universe(first, source, wanted, skip(&first.table), control);
         let sides = sides
             .join()
             .map_err(|_| RunError::Failed("the side-table reader panicked".into()))?;
@@ -96,6 +102,12 @@ pub fn load(plan: &Plan, source: &Source<'_>, control: &TaskControl) -> Result<U
     for (table, frame) in rest.iter().zip(sides) {
         join_side_table(&mut universe, &table.table, frame, keep_times)?;
     }
+    if let Some(delta) = delta {
+        // Only changed users were read: the watermarks come from the
+        // whole tables' statistics and changed rows.
+        universe.newest = delta.newest;
+        universe.row_groups = Some((delta.groups_read, delta.groups_total));
+    }
     Ok(universe)
 }
 
@@ -103,10 +115,11 @@ fn load_universe(
     plan: &TablePlan,
     source: &Source<'_>,
     wanted: Option<&HashSet<&str>>,
+    skip: Option<&HashSet<RowGroupId>>,
     control: &TaskControl,
 ) -> Result<Universe, RunError> {
     let table = &plan.table;
-    let raw = read_table(plan, source, wanted, control)?;
+    let raw = read_table(plan, source, wanted, skip, control)?;
     let (keep, dropped) = latest_rows(user_ids(&raw, table)?, updated_times(&raw, table)?)?;
     let frame = if dropped == 0 {
         raw
@@ -125,6 +138,7 @@ fn load_universe(
         tables: Vec::new(),
         duplicates: BTreeMap::new(),
         newest: BTreeMap::new(),
+        row_groups: None,
     };
     if dropped > 0 {
         universe.duplicates.insert(table.clone(), dropped);
@@ -173,18 +187,22 @@ fn join_side_table(
     Ok(())
 }
 
-/// Reads a whole table's planned columns, keeping only `wanted` users if given.
+/// Reads a table's planned columns, keeping only `wanted` users if given
+/// and leaving out the row groups in `skip`.
 fn read_table(
     plan: &TablePlan,
     source: &Source<'_>,
     wanted: Option<&HashSet<&str>>,
+    skip: Option<&HashSet<RowGroupId>>,
     control: &TaskControl,
 ) -> Result<DataFrame, RunError> {
     let table = &plan.table;
     // Unfiltered, the whole table is kept: read whole row groups (a slice
     // inside a row group decodes its pages again up to the slice).
     let batch_rows = if wanted.is_some() { source.batch_rows } else { usize::MAX };
-    let scan = scan_table(source.data_dir, table, &plan.columns, batch_rows).map_err(failed)?;
+    let keep = |id: RowGroupId| skip.is_none_or(|s| !s.contains(&id));
+    let scan = scan_row_groups(source.data_dir, table, &plan.columns, batch_rows, &keep)
+        .map_err(failed)?;
     let mut out: Option<DataFrame> = None;
     for batch in scan {
         control.checkpoint().map_err(stopped)?;

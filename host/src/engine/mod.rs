@@ -4,6 +4,8 @@
 //! transaction) → report.
 //!
 //! - [`plan`]: the tags' rules and last states, and the columns to read.
+//! - [`delta`]: for an incremental run, the changed users, from parquet
+//!   statistics and the changed row groups only.
 //! - [`load`]: read, de-duplicate and left-join the tables into a [`load::Universe`].
 //! - [`index`]: finding users by id (the hash index the joins use).
 //! - [`scope`]: which rows each tag evaluates (full, `user_ids`, incremental).
@@ -17,6 +19,7 @@
 
 pub mod bitset;
 pub mod commit;
+pub mod delta;
 pub mod diff;
 pub mod evaluate;
 pub mod index;

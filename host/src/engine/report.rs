@@ -43,6 +43,11 @@ pub struct RunReport {
     pub duration_ms: u64,
     /// Per stage, milliseconds (`commit_ms` once committed).
     pub timings: BTreeMap<String, u64>,
+    /// An incremental run's reads: row groups read to find changed rows,
+    /// of all row groups of the tables it reads (parquet statistics skip
+    /// the rest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed_row_groups: Option<RowGroups>,
     /// Requested `user_ids` not in the universe (count and a sample).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown_user_ids: Option<UnknownUsers>,
@@ -62,6 +67,15 @@ pub struct TagReport {
     pub counts: TagCounts,
     /// `all users` or `changed users`.
     pub scope: &'static str,
+}
+
+/// Row groups an incremental run read to find what changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowGroups {
+    /// Read (their statistics allow a changed row).
+    pub read: usize,
+    /// In all.
+    pub total: usize,
 }
 
 /// Requested users that are not in the universe.
@@ -133,6 +147,7 @@ pub fn report(
         notes: notes(plan),
         duration_ms: timings.started.elapsed().as_millis() as u64,
         timings: timings.laps.clone(),
+        changed_row_groups: universe.row_groups.map(|(read, total)| RowGroups { read, total }),
         unknown_user_ids: plan.user_ids.as_ref().map(|wanted| unknown(wanted, universe)),
     }
 }
