@@ -95,11 +95,19 @@ fn the_eight_reference_tags_load_with_their_metadata() {
     assert!(inputs
         .iter()
         .all(|i| i.table == "user_asset_summary" && i.column_type == ColumnType::Float64));
+    // The recorded SHA-256 is the file's, computed here independently.
+    let mut checked = 0;
     for (file, _) in report.loaded() {
-        assert_eq!(file.sha256.len(), 64);
+        use sha2::Digest;
         let bytes = std::fs::read(&file.path).unwrap();
-        assert_ne!(bytes.len(), 0);
+        let digest: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(file.sha256, digest, "{}", file.path.display());
+        checked += 1;
     }
+    assert_eq!(checked, 5, "every reference plugin file is checked");
 }
 
 #[test]

@@ -10,9 +10,28 @@ use std::path::Path;
 /// One user's values from one table.
 type Row = HashMap<String, AnyValue<'static>>;
 
+/// `<table>.parquet`, or every `*.parquet` part of the directory `<table>/`.
 fn read(dir: &Path, table: &str) -> DataFrame {
-    let file = std::fs::File::open(dir.join(format!("{table}.parquet"))).expect("table file");
-    ParquetReader::new(file).finish().expect("read parquet")
+    let single = dir.join(format!("{table}.parquet"));
+    let mut files: Vec<_> = if single.is_file() {
+        vec![single]
+    } else {
+        std::fs::read_dir(dir.join(table))
+            .expect("table directory")
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect()
+    };
+    files.sort();
+    let mut frames = files.into_iter().map(|path| {
+        let file = std::fs::File::open(path).expect("table file");
+        ParquetReader::new(file).finish().expect("read parquet")
+    });
+    let mut all = frames.next().expect("at least one part");
+    for frame in frames {
+        all.vstack_mut(&frame).expect("parts share a schema");
+    }
+    all
 }
 
 /// `user_id -> row`, keeping the row with the greatest updated_time (the
