@@ -308,21 +308,36 @@ fn touch_activity(dir: &Path, n: usize) -> Vec<String> {
 
 /// Universe users and, among them, those whose newest universe row has no
 /// `updated_time` (an incremental run cannot know whether they changed).
-fn universe_users(dir: &Path) -> (std::collections::HashSet<String>, std::collections::HashSet<String>) {
+fn universe_users(
+    dir: &Path,
+) -> (
+    std::collections::HashSet<String>,
+    std::collections::HashSet<String>,
+) {
     use polars::prelude::*;
     let path = dir.join("user_basic_info.parquet");
     let df = ParquetReader::new(std::fs::File::open(path).unwrap())
         .finish()
         .unwrap();
     let ids = df.column("user_id").unwrap().str().unwrap().clone();
-    let times = df.column("updated_time").unwrap().datetime().unwrap().physical().clone();
+    let times = df
+        .column("updated_time")
+        .unwrap()
+        .datetime()
+        .unwrap()
+        .physical()
+        .clone();
     let mut timed: std::collections::HashMap<String, bool> = Default::default();
     for (id, time) in ids.iter().zip(times.iter()) {
         if let Some(id) = id {
             *timed.entry(id.to_string()).or_default() |= time.is_some();
         }
     }
-    let untimed = timed.iter().filter(|(_, t)| !**t).map(|(id, _)| id.clone()).collect();
+    let untimed = timed
+        .iter()
+        .filter(|(_, t)| !**t)
+        .map(|(id, _)| id.clone())
+        .collect();
     (timed.into_keys().collect(), untimed)
 }
 
@@ -332,33 +347,54 @@ fn an_incremental_run_evaluates_changed_users_with_a_full_runs_outcome() {
     env.server.run(json!({"tag_ids": [2, 8], "as_of": AS_OF}));
     let changed = touch_activity(env.data.path(), 25);
     let (universe, untimed) = universe_users(env.data.path());
-    let changed_in_universe: Vec<&String> = changed.iter().filter(|u| universe.contains(*u)).collect();
-    assert!(!untimed.is_empty() && changed_in_universe.len() >= 20, "{untimed:?} {changed_in_universe:?}");
+    let changed_in_universe: Vec<&String> =
+        changed.iter().filter(|u| universe.contains(*u)).collect();
+    assert!(
+        !untimed.is_empty() && changed_in_universe.len() >= 20,
+        "{untimed:?} {changed_in_universe:?}"
+    );
     let result = env
         .server
         .run(json!({"tag_ids": [2, 8], "mode": "incremental", "as_of": AS_OF}));
     // Exactly the changed users and those whose change cannot be known.
     let mut expected = untimed.clone();
     expected.extend(changed_in_universe.iter().map(|u| u.to_string()));
-    assert_eq!(result["tags"][0]["evaluated_users"].as_u64(), Some(expected.len() as u64), "{result}");
+    assert_eq!(
+        result["tags"][0]["evaluated_users"].as_u64(),
+        Some(expected.len() as u64),
+        "{result}"
+    );
     assert_eq!(result["tags"][0]["scope"], "changed users");
     let notes = result["notes"][0].as_str().unwrap_or_default();
     assert!(notes.contains("date windows"), "{result}");
     // The outcome equals a full run on the new data.
     let stored = user_tags(&env.server.db);
-    assert_same_tags(&stored, &oracle::expected(env.data.path(), as_of(), &[2, 8]));
+    assert_same_tags(
+        &stored,
+        &oracle::expected(env.data.path(), as_of(), &[2, 8]),
+    );
     // Every changed user now trades a lot: each holds tag 2.
     for user in changed_in_universe {
-        assert!(stored.get(user).is_some_and(|tags| tags.contains(&2)), "{user}");
+        assert!(
+            stored.get(user).is_some_and(|tags| tags.contains(&2)),
+            "{user}"
+        );
     }
     // With nothing changed, a second incremental run evaluates only users
     // whose universe row carries no updated_time, and writes nothing.
     let idle = env
         .server
         .run(json!({"tag_ids": [2, 8], "mode": "incremental", "as_of": AS_OF}));
-    assert_eq!(idle["total_users"].as_u64(), Some(untimed.len() as u64), "{idle}");
     assert_eq!(
-        (idle["rows_upserted"].as_u64(), idle["rows_deleted"].as_u64()),
+        idle["total_users"].as_u64(),
+        Some(untimed.len() as u64),
+        "{idle}"
+    );
+    assert_eq!(
+        (
+            idle["rows_upserted"].as_u64(),
+            idle["rows_deleted"].as_u64()
+        ),
         (Some(0), Some(0)),
         "{idle}"
     );
@@ -373,8 +409,17 @@ fn new_activity_part(dir: &Path, n: usize) -> Vec<String> {
     std::fs::create_dir(&parts).unwrap();
     let old = parts.join("part-000.parquet");
     std::fs::rename(dir.join("user_activity_summary.parquet"), &old).unwrap();
-    let df = ParquetReader::new(std::fs::File::open(&old).unwrap()).finish().unwrap();
-    let newest = df.column("updated_time").unwrap().datetime().unwrap().physical().max().unwrap();
+    let df = ParquetReader::new(std::fs::File::open(&old).unwrap())
+        .finish()
+        .unwrap();
+    let newest = df
+        .column("updated_time")
+        .unwrap()
+        .datetime()
+        .unwrap()
+        .physical()
+        .max()
+        .unwrap();
     let mut head = df.head(Some(n));
     let trades = Int32Chunked::full("trade_count_30d".into(), 500, n);
     let stamps = Int64Chunked::full("updated_time".into(), newest + 1_000_000, n)
@@ -384,7 +429,14 @@ fn new_activity_part(dir: &Path, n: usize) -> Vec<String> {
     ParquetWriter::new(std::fs::File::create(parts.join("part-001.parquet")).unwrap())
         .finish(&mut head)
         .unwrap();
-    head.column("user_id").unwrap().str().unwrap().iter().flatten().map(str::to_string).collect()
+    head.column("user_id")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .flatten()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -402,7 +454,10 @@ fn an_incremental_run_over_a_new_part_file_skips_row_groups_that_cannot_have_cha
     // Statistics rule out the old activity part and every asset row group;
     // the universe's row groups hold rows without a time, so they are read.
     let groups = &result["changed_row_groups"];
-    let (read, total) = (groups["read"].as_u64().unwrap(), groups["total"].as_u64().unwrap());
+    let (read, total) = (
+        groups["read"].as_u64().unwrap(),
+        groups["total"].as_u64().unwrap(),
+    );
     assert!(read < total / 2, "{result}");
     let stored = user_tags(&env.server.db);
     let (universe, _) = universe_users(env.data.path());
@@ -413,7 +468,14 @@ fn an_incremental_run_over_a_new_part_file_skips_row_groups_that_cannot_have_cha
     let idle = env
         .server
         .run(json!({"tag_ids": ALL, "mode": "incremental", "as_of": AS_OF}));
-    assert_eq!((idle["rows_upserted"].as_u64(), idle["rows_deleted"].as_u64()), (Some(0), Some(0)), "{idle}");
+    assert_eq!(
+        (
+            idle["rows_upserted"].as_u64(),
+            idle["rows_deleted"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{idle}"
+    );
 }
 
 #[test]

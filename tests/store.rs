@@ -33,7 +33,11 @@ fn start(data: &Path, plugins: &Path, db: &Path) -> TestServer {
 
 #[test]
 fn user_tags_is_a_view_with_the_seed_columns_and_an_indexed_user_lookup() {
-    let (data, plugins, dir) = (data(400), reference_plugins_dir(), tempfile::tempdir().unwrap());
+    let (data, plugins, dir) = (
+        data(400),
+        reference_plugins_dir(),
+        tempfile::tempdir().unwrap(),
+    );
     let db = dir.path().join("tags.db");
     let server = start(data.path(), plugins.path(), &db);
     let result = server.run(json!({"tag_ids": [1, 6, 7], "as_of": AS_OF}));
@@ -48,10 +52,14 @@ fn user_tags_is_a_view_with_the_seed_columns_and_an_indexed_user_lookup() {
         let entry = &details[id.to_string()];
         assert_eq!(entry["rule_version"], 1, "{entry}");
         assert_eq!(entry["hit_time"].as_str().unwrap(), created);
-        assert!(["现金充足用户", "高净值用户", "年轻用户"].contains(&entry["tag_name"].as_str().unwrap()));
+        assert!(["现金充足用户", "高净值用户", "年轻用户"]
+            .contains(&entry["tag_name"].as_str().unwrap()));
     }
     assert_eq!(created, updated);
-    assert!(chrono::NaiveDateTime::parse_from_str(created, "%Y-%m-%dT%H:%M:%S").is_ok(), "{created}");
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(created, "%Y-%m-%dT%H:%M:%S").is_ok(),
+        "{created}"
+    );
     // The API shows the same row.
     let (status, body) = server.get(&format!("/api/v1/users/{user}/tags")).unwrap();
     assert_eq!(status, 200);
@@ -65,9 +73,17 @@ fn user_tags_is_a_view_with_the_seed_columns_and_an_indexed_user_lookup() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert!(plan.iter().any(|p| p.contains("SEARCH s USING PRIMARY KEY (user_id=?)")), "{plan:?}");
+    assert!(
+        plan.iter()
+            .any(|p| p.contains("SEARCH s USING PRIMARY KEY (user_id=?)")),
+        "{plan:?}"
+    );
     let kind: String = conn
-        .query_row("SELECT type FROM sqlite_master WHERE name = 'user_tags'", [], |r| r.get(0))
+        .query_row(
+            "SELECT type FROM sqlite_master WHERE name = 'user_tags'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(kind, "view");
 }
@@ -92,17 +108,41 @@ fn first_layout(db: &Path) {
 
 #[test]
 fn a_store_in_the_first_layout_is_migrated_with_every_row() {
-    let (data, plugins, dir) = (data(100), reference_plugins_dir(), tempfile::tempdir().unwrap());
+    let (data, plugins, dir) = (
+        data(100),
+        reference_plugins_dir(),
+        tempfile::tempdir().unwrap(),
+    );
     let db = dir.path().join("tags.db");
     first_layout(&db);
     let before: Vec<(String, String, serde_json::Value, String, String)> = vec![
-        ("old-a".into(), "[1,7]".into(), json!({"1":{"tag_name":"高净值用户","tag_category":"财富类","hit_time":"2025-01-01T08:00:00","rule_version":1},"7":{"tag_name":"年轻用户","tag_category":"人口统计类","hit_time":"2025-01-02T09:30:00","rule_version":2}}), "2025-01-01T08:00:00".into(), "2025-01-02T09:30:00".into()),
-        ("old-b".into(), "[7]".into(), json!({"7":{"tag_name":"年轻用户","tag_category":"人口统计类","hit_time":"2025-01-02T09:30:00","rule_version":2}}), "2025-01-02T09:30:00".into(), "2025-01-02T09:30:00".into()),
+        (
+            "old-a".into(),
+            "[1,7]".into(),
+            json!({"1":{"tag_name":"高净值用户","tag_category":"财富类","hit_time":"2025-01-01T08:00:00","rule_version":1},"7":{"tag_name":"年轻用户","tag_category":"人口统计类","hit_time":"2025-01-02T09:30:00","rule_version":2}}),
+            "2025-01-01T08:00:00".into(),
+            "2025-01-02T09:30:00".into(),
+        ),
+        (
+            "old-b".into(),
+            "[7]".into(),
+            json!({"7":{"tag_name":"年轻用户","tag_category":"人口统计类","hit_time":"2025-01-02T09:30:00","rule_version":2}}),
+            "2025-01-02T09:30:00".into(),
+            "2025-01-02T09:30:00".into(),
+        ),
     ];
     let server = start(data.path(), plugins.path(), &db);
     let after: Vec<_> = user_tag_rows(&db)
         .into_iter()
-        .map(|(u, i, d, c, up)| (u, i, serde_json::from_str::<serde_json::Value>(&d).unwrap(), c, up))
+        .map(|(u, i, d, c, up)| {
+            (
+                u,
+                i,
+                serde_json::from_str::<serde_json::Value>(&d).unwrap(),
+                c,
+                up,
+            )
+        })
         .collect();
     assert_eq!(after, before);
     let (status, body) = server.get("/api/v1/users/old-a/tags").unwrap();
@@ -115,7 +155,11 @@ fn a_store_in_the_first_layout_is_migrated_with_every_row() {
 
 #[test]
 fn a_task_committed_before_a_stop_is_finished_with_its_outcome_not_run_again() {
-    let (data, plugins, dir) = (data(300), reference_plugins_dir(), tempfile::tempdir().unwrap());
+    let (data, plugins, dir) = (
+        data(300),
+        reference_plugins_dir(),
+        tempfile::tempdir().unwrap(),
+    );
     let db = dir.path().join("tags.db");
     let server = start(data.path(), plugins.path(), &db);
     let task = server.trigger(json!({"tag_ids": [1, 7], "as_of": AS_OF}));
@@ -125,7 +169,9 @@ fn a_task_committed_before_a_stop_is_finished_with_its_outcome_not_run_again() {
     drop(server);
     // As if the process died between the results' commit and recording the
     // task as completed.
-    let control = rusqlite::Connection::open(tag_host::store::sqlite::SqliteStore::control_path(&db)).unwrap();
+    let control =
+        rusqlite::Connection::open(tag_host::store::sqlite::SqliteStore::control_path(&db))
+            .unwrap();
     let changed = control
         .execute("UPDATE tasks SET status = 'running', result = NULL, completed_at = NULL WHERE task_id = ?1", [&task])
         .unwrap();
@@ -135,14 +181,27 @@ fn a_task_committed_before_a_stop_is_finished_with_its_outcome_not_run_again() {
     let again = server.wait(&task);
     assert_eq!(again["status"], "completed", "{again}");
     // Had it run again on unchanged data, it would report 0 rows written.
-    assert_eq!(again["result"]["rows_upserted"].as_u64(), Some(written), "{again}");
-    assert!(again["result"]["notes"].to_string().contains("recovered after a restart"), "{again}");
+    assert_eq!(
+        again["result"]["rows_upserted"].as_u64(),
+        Some(written),
+        "{again}"
+    );
+    assert!(
+        again["result"]["notes"]
+            .to_string()
+            .contains("recovered after a restart"),
+        "{again}"
+    );
     assert_eq!(user_tag_rows(&db), before);
 }
 
 #[test]
 fn readers_see_the_last_commit_while_a_writer_holds_the_store() {
-    let (data, plugins, dir) = (data(200), reference_plugins_dir(), tempfile::tempdir().unwrap());
+    let (data, plugins, dir) = (
+        data(200),
+        reference_plugins_dir(),
+        tempfile::tempdir().unwrap(),
+    );
     let db = dir.path().join("tags.db");
     let server = start(data.path(), plugins.path(), &db);
     server.run(json!({"tag_ids": [7], "as_of": AS_OF}));
@@ -150,13 +209,18 @@ fn readers_see_the_last_commit_while_a_writer_holds_the_store() {
     // Another writer takes the store exclusively and changes the user.
     let writer = rusqlite::Connection::open(&db).unwrap();
     writer
-        .execute_batch(&format!("BEGIN EXCLUSIVE; DELETE FROM user_tag_sets WHERE user_id = '{user}';"))
+        .execute_batch(&format!(
+            "BEGIN EXCLUSIVE; DELETE FROM user_tag_sets WHERE user_id = '{user}';"
+        ))
         .unwrap();
     let started = Instant::now();
     let (status, body) = server.get(&format!("/api/v1/users/{user}/tags")).unwrap();
     let waited = started.elapsed();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["tag_ids"].to_string(), ids);
-    assert!(waited < Duration::from_secs(2), "the read waited {waited:?}");
+    assert!(
+        waited < Duration::from_secs(2),
+        "the read waited {waited:?}"
+    );
     writer.execute_batch("ROLLBACK").unwrap();
 }

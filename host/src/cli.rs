@@ -5,8 +5,8 @@ use crate::data::gen::{gen_data_with, GenOptions};
 use crate::model::{Priority, TaskSpec, TaskStatus};
 use crate::plugins::{self, sample::sample_batch, Outcome};
 use crate::scheduler::{TaskControl, TaskRunner};
-use crate::tasks::lifecycle;
 use crate::server::Core;
+use crate::tasks::lifecycle;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -139,9 +139,16 @@ pub fn run_command(
         priority: Priority::Normal,
         as_of: args.as_of.map(|d| d.to_string()),
     };
-    let registry = core.registry.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let registry = core
+        .registry
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     if let Err(unknown) = lifecycle::check(&spec, &registry) {
-        anyhow::bail!("{unknown} (available: {})", lifecycle::list(&unknown.available));
+        anyhow::bail!(
+            "{unknown} (available: {})",
+            lifecycle::list(&unknown.available)
+        );
     }
     let mut task = lifecycle::create(spec, config.env.as_str());
     lifecycle::start(&mut task);

@@ -8,8 +8,8 @@
 //! again at the next start.
 
 use crate::model::{Priority, TaskRecord, TaskStatus};
-use crate::tasks::lifecycle::{self, Finished};
 use crate::store::{Store, StoreError};
+use crate::tasks::lifecycle::{self, Finished};
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -417,7 +417,11 @@ fn run_one(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
             }
             tracing::info!(task_id = %task.task_id, tag_ids = ?task.spec.tag_ids, mode = task.spec.mode.as_str(), "task started");
             catch_unwind(AssertUnwindSafe(|| shared.runner.run(task, control))).unwrap_or_else(
-                |_| Err(RunError::Failed("internal error: the task runner panicked".into())),
+                |_| {
+                    Err(RunError::Failed(
+                        "internal error: the task runner panicked".into(),
+                    ))
+                },
             )
         }
     };

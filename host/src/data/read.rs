@@ -301,7 +301,10 @@ pub fn group_times(data_dir: &Path, table: &str, column: &str) -> Result<Vec<Gro
             Some(DataType::Date) => Some(86_400_000_000),
             _ => None,
         };
-        let metadata = reader.get_metadata().map_err(|e| Error::polars(context(), e))?.clone();
+        let metadata = reader
+            .get_metadata()
+            .map_err(|e| Error::polars(context(), e))?
+            .clone();
         for (group, row_group) in metadata.row_groups.iter().enumerate() {
             let stats = row_group
                 .columns_under_root_iter(column)
@@ -311,7 +314,10 @@ pub fn group_times(data_dir: &Path, table: &str, column: &str) -> Result<Vec<Gro
             let (max, nulls) = match (&stats, scale) {
                 (Some(stats), Some(scale)) => match (stats.as_int64(), stats.as_int32()) {
                     (Some(s), _) => (s.max_value.map(|v| to_micros(v, scale)), s.null_count),
-                    (_, Some(s)) => (s.max_value.map(|v| to_micros(v as i64, scale)), s.null_count),
+                    (_, Some(s)) => (
+                        s.max_value.map(|v| to_micros(v as i64, scale)),
+                        s.null_count,
+                    ),
                     _ => (None, None),
                 },
                 _ => (None, None),

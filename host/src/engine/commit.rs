@@ -11,7 +11,9 @@ use super::report::RunReport;
 use super::{stopped, RunError};
 use crate::model::now_timestamp;
 use crate::scheduler::TaskControl;
-use crate::store::{GrantInfo, RunStart, Store, StoreError, TagState, UserRows, WriteSummary};
+use crate::store::{
+    GrantInfo, RunStart, RunTx, Store, StoreError, TagState, UserRows, WriteSummary,
+};
 
 /// Changes per batch sent to the store.
 const BATCH: usize = 4096;
@@ -28,6 +30,7 @@ pub struct Committed {
 
 /// Writes a run's changes and its report in one transaction. `report`
 /// builds the report from the diff's counts (it is committed with them).
+#[allow(clippy::too_many_arguments)]
 pub fn commit(
     store: &dyn Store,
     task_id: &str,
@@ -38,7 +41,40 @@ pub fn commit(
     control: &TaskControl,
     report: impl FnOnce(&DiffCounts) -> RunReport,
 ) -> Result<Committed, RunError> {
-    let start = RunStart {
+    let mut tx = store.begin_run(&run_start(task_id, plan)).map_err(failed)?;
+    let scoped = scoped_users(plan, universe, scopes);
+    let stored = tx.current(scoped.as_deref()).map_err(failed)?;
+    let mut finder = RowFinder::new(&universe.ids, &universe.index);
+    let current = Current::place(universe.rows(), &stored, |user| finder.find(user));
+    let tags: Vec<DiffTag<'_>> = plan
+        .tags
+        .iter()
+        .zip(scopes)
+        .zip(matched)
+        .map(|((t, scope), matched)| DiffTag {
+            tag_id: t.id(),
+            matched,
+            scope: scope.as_ref(),
+        })
+        .collect();
+    let (tx, counts) = write_changes(tx, universe, &tags, &current, control)?;
+    control.checkpoint().map_err(stopped)?;
+    let report = report(&counts);
+    let outcome = serde_json::to_value(&report)
+        .map_err(|e| RunError::Failed(format!("cannot encode the run report: {e}")))?;
+    let written = tx
+        .commit(&states(plan, universe), &outcome)
+        .map_err(failed)?;
+    Ok(Committed { report, written })
+}
+
+fn failed(e: StoreError) -> RunError {
+    RunError::Failed(format!("writing results failed, nothing was written: {e}"))
+}
+
+/// What the transaction records about the run's tags.
+fn run_start(task_id: &str, plan: &Plan) -> RunStart {
+    RunStart {
         task_id: task_id.to_string(),
         now: now_timestamp(),
         tags: plan
@@ -51,25 +87,20 @@ pub fn commit(
                 rule_version: t.rule_version,
             })
             .collect(),
-    };
-    let failed = |e: StoreError| {
-        RunError::Failed(format!("writing results failed, nothing was written: {e}"))
-    };
-    let mut tx = store.begin_run(&start).map_err(failed)?;
-    let scoped = scoped_users(plan, universe, scopes);
-    let stored = tx.current(scoped.as_deref()).map_err(failed)?;
-    let mut finder = RowFinder::new(&universe.ids, &universe.index);
-    let current = Current::place(universe.rows(), &stored, |user| finder.find(user));
-    let tags: Vec<DiffTag<'_>> = plan
-        .tags
-        .iter()
-        .zip(scopes)
-        .zip(matched)
-        .map(|((t, scope), matched)| DiffTag { tag_id: t.id(), matched, scope: scope.as_ref() })
-        .collect();
+    }
+}
+
+/// Diffs in user-id order on this thread while the store applies the
+/// batches on a thread of its own; hands the transaction back uncommitted.
+fn write_changes<'s>(
+    mut tx: Box<dyn RunTx + 's>,
+    universe: &Universe,
+    tags: &[DiffTag<'_>],
+    current: &Current<'_>,
+    control: &TaskControl,
+) -> Result<(Box<dyn RunTx + 's>, DiffCounts), RunError> {
     let order = sorted_rows(&universe.ids);
-    // The store applies batches on a thread of its own while this one diffs.
-    let (tx, counts) = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let (send, receive) = std::sync::mpsc::sync_channel::<UserRows>(IN_FLIGHT);
         let writer = std::thread::Builder::new()
             .name("results-writer".into())
@@ -81,29 +112,28 @@ pub fn commit(
             })
             .map_err(|e| RunError::Failed(format!("cannot start the results writer: {e}")))?;
         let mut batch = UserRows::default();
-        let counts = diff(order.iter().map(|&r| r as usize), &tags, &current, |op, row, held| {
-            batch.push(op, universe.ids.get(row), held);
-            if batch.len() >= BATCH {
-                control.checkpoint().map_err(stopped)?;
-                // A closed channel means the writer failed: its error is reported below.
-                let _ = send.send(std::mem::take(&mut batch));
-            }
-            Ok(())
-        });
+        let counts = diff(
+            order.iter().map(|&r| r as usize),
+            tags,
+            current,
+            |op, row, held| {
+                batch.push(op, universe.ids.get(row), held);
+                if batch.len() >= BATCH {
+                    control.checkpoint().map_err(stopped)?;
+                    // A closed channel means the writer failed: its error is reported below.
+                    let _ = send.send(std::mem::take(&mut batch));
+                }
+                Ok(())
+            },
+        );
         let _ = send.send(batch);
         drop(send);
         let tx = writer
             .join()
             .map_err(|_| RunError::Failed("the results writer panicked".into()))?
             .map_err(failed);
-        Ok::<_, RunError>((tx?, counts?))
-    })?;
-    control.checkpoint().map_err(stopped)?;
-    let report = report(&counts);
-    let outcome = serde_json::to_value(&report)
-        .map_err(|e| RunError::Failed(format!("cannot encode the run report: {e}")))?;
-    let written = tx.commit(&states(plan, universe), &outcome).map_err(failed)?;
-    Ok(Committed { report, written })
+        Ok((tx?, counts?))
+    })
 }
 
 /// The users whose current tags the diff needs: `None` for all (a full run

@@ -50,7 +50,11 @@ struct TableDelta {
 
 /// The delta of an incremental run, or `None` when some tag needs the
 /// whole universe anyway (first run, changed rule).
-pub fn find(plan: &Plan, data_dir: &Path, control: &TaskControl) -> Result<Option<Delta>, RunError> {
+pub fn find(
+    plan: &Plan,
+    data_dir: &Path,
+    control: &TaskControl,
+) -> Result<Option<Delta>, RunError> {
     if !plan.incremental() || plan.tags.iter().any(|t| t.whole_universe) {
         return Ok(None);
     }
@@ -106,11 +110,19 @@ fn table_delta(
     let changed = |g: &crate::data::read::GroupTimes| {
         g.max.is_none_or(|max| max > threshold) || (universe && g.nulls != Some(0))
     };
-    let unchanged: HashSet<RowGroupId> = groups.iter().filter(|g| !changed(g)).map(|g| g.id).collect();
+    let unchanged: HashSet<RowGroupId> = groups
+        .iter()
+        .filter(|g| !changed(g))
+        .map(|g| g.id)
+        .collect();
     let mut found = TableDelta {
         newer: HashSet::new(),
         wanted: HashSet::new(),
-        newest: groups.iter().filter(|g| !changed(g)).filter_map(|g| g.max).max(),
+        newest: groups
+            .iter()
+            .filter(|g| !changed(g))
+            .filter_map(|g| g.max)
+            .max(),
         read: groups.len() - unchanged.len(),
         total: groups.len(),
         unchanged,
@@ -124,10 +136,14 @@ fn table_delta(
     for batch in scan {
         control.checkpoint().map_err(stopped)?;
         let batch = batch.map_err(failed)?;
-        let ids = batch.column(USER_ID).and_then(|c| c.as_materialized_series().str().cloned());
-        let times = batch
-            .column(UPDATED_TIME)
-            .and_then(|c| c.as_materialized_series().datetime().map(|d| d.physical().clone()));
+        let ids = batch
+            .column(USER_ID)
+            .and_then(|c| c.as_materialized_series().str().cloned());
+        let times = batch.column(UPDATED_TIME).and_then(|c| {
+            c.as_materialized_series()
+                .datetime()
+                .map(|d| d.physical().clone())
+        });
         let (ids, times) = ids
             .and_then(|i| Ok((i, times?)))
             .map_err(|e| RunError::Failed(format!("table {name}: {e}")))?;

@@ -119,7 +119,10 @@ pub fn diff<E>(
             let hit = t.matched.contains(row);
             if hit {
                 c.matched += 1;
-                new.push(had.copied().unwrap_or(Held { tag_id: t.tag_id, grant: Held::NEW }));
+                new.push(had.copied().unwrap_or(Held {
+                    tag_id: t.tag_id,
+                    grant: Held::NEW,
+                }));
             }
             match (had.is_some(), hit) {
                 (false, true) => c.added += 1,
@@ -129,7 +132,11 @@ pub fn diff<E>(
         }
         new.sort_unstable_by_key(|h| h.tag_id);
         new.dedup_by_key(|h| h.tag_id);
-        if new.iter().map(|h| h.tag_id).eq(old.iter().map(|h| h.tag_id)) {
+        if new
+            .iter()
+            .map(|h| h.tag_id)
+            .eq(old.iter().map(|h| h.tag_id))
+        {
             continue;
         }
         let op = if new.is_empty() {
@@ -153,11 +160,18 @@ mod tests {
     use super::*;
 
     fn held(pairs: &[(u32, u32)]) -> Vec<Held> {
-        pairs.iter().map(|&(tag_id, grant)| Held { tag_id, grant }).collect()
+        pairs
+            .iter()
+            .map(|&(tag_id, grant)| Held { tag_id, grant })
+            .collect()
     }
 
     /// Runs the diff over rows 0..n in order, collecting the changes.
-    fn run(n: usize, tags: &[DiffTag<'_>], stored: &UserRows) -> (Vec<(Op, usize, Vec<Held>)>, DiffCounts) {
+    fn run(
+        n: usize,
+        tags: &[DiffTag<'_>],
+        stored: &UserRows,
+    ) -> (Vec<(Op, usize, Vec<Held>)>, DiffCounts) {
         let current = Current::place(n, stored, |u| u.strip_prefix('u')?.parse().ok());
         let mut out = Vec::new();
         let counts = diff(0..n, tags, &current, |op, row, h| {
@@ -178,8 +192,16 @@ mod tests {
         let one = Bitset::from_fn(4, |i| i == 0 || i == 2);
         let two = Bitset::from_fn(4, |i| i == 0);
         let tags = [
-            DiffTag { tag_id: 1, matched: &one, scope: None },
-            DiffTag { tag_id: 2, matched: &two, scope: None },
+            DiffTag {
+                tag_id: 1,
+                matched: &one,
+                scope: None,
+            },
+            DiffTag {
+                tag_id: 2,
+                matched: &two,
+                scope: None,
+            },
         ];
         let (changes, counts) = run(4, &tags, &stored);
         assert_eq!(
@@ -195,7 +217,12 @@ mod tests {
         assert_eq!((counts.upserted, counts.deleted), (2, 1));
         assert_eq!(
             counts.tags[0],
-            TagCounts { evaluated_users: 4, matched: 2, added: 1, removed: 1 }
+            TagCounts {
+                evaluated_users: 4,
+                matched: 2,
+                added: 1,
+                removed: 1
+            }
         );
     }
 
@@ -207,13 +234,21 @@ mod tests {
         // Nobody matches, but only row 1 is in scope: row 0 keeps its tag.
         let none = Bitset::empty(2);
         let scope = Bitset::from_fn(2, |i| i == 1);
-        let tags = [DiffTag { tag_id: 1, matched: &none, scope: Some(&scope) }];
+        let tags = [DiffTag {
+            tag_id: 1,
+            matched: &none,
+            scope: Some(&scope),
+        }];
         let (changes, counts) = run(2, &tags, &stored);
         assert_eq!(changes, vec![(Op::Delete, 1, vec![])]);
         assert_eq!(counts.evaluated, 1);
         // A rerun that matches what is stored writes nothing.
         let all = Bitset::full(2);
-        let tags = [DiffTag { tag_id: 1, matched: &all, scope: None }];
+        let tags = [DiffTag {
+            tag_id: 1,
+            matched: &all,
+            scope: None,
+        }];
         let (changes, counts) = run(2, &tags, &stored);
         assert!(changes.is_empty());
         assert_eq!(counts.tags[0].matched, 2);

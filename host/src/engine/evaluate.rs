@@ -25,7 +25,10 @@ pub fn evaluate(
         p.rows_total = rows * tags.len();
         p.tags = tags
             .iter()
-            .map(|t| TagProgress { tag_id: t.id(), rows_done: 0 })
+            .map(|t| TagProgress {
+                tag_id: t.id(),
+                rows_done: 0,
+            })
             .collect();
     });
     tags.iter()
@@ -55,7 +58,10 @@ fn evaluate_tag(
         let len = batch_rows.min(rows - offset);
         let batch = DataFrame::new(
             len,
-            columns.iter().map(|c| c.slice(offset as i64, len)).collect(),
+            columns
+                .iter()
+                .map(|c| c.slice(offset as i64, len))
+                .collect(),
         )
         .map_err(|e| polars_failed("building a batch", e))?;
         let mask = with_ffi_batch(&batch, |ffi| t.tag.evaluate(ffi, &t.rule, as_of))

@@ -1,10 +1,10 @@
 //! The load stage: read each planned table, keep each user's newest row, and
 //! left-join the side tables onto the universe, row for row.
 
+use super::delta;
 use super::index::{join_latest, latest_rows, RowFinder, UniverseIndex, UserIds};
 use super::plan::{Plan, TablePlan};
 use super::{failed, polars_failed, stopped, RunError, UPDATED_TIME, USER_ID};
-use super::delta;
 use crate::data::read::{polars_type, scan_row_groups, RowGroupId};
 use crate::scheduler::TaskControl;
 use polars::prelude::*;
@@ -199,7 +199,11 @@ fn read_table(
     let table = &plan.table;
     // Unfiltered, the whole table is kept: read whole row groups (a slice
     // inside a row group decodes its pages again up to the slice).
-    let batch_rows = if wanted.is_some() { source.batch_rows } else { usize::MAX };
+    let batch_rows = if wanted.is_some() {
+        source.batch_rows
+    } else {
+        usize::MAX
+    };
     let keep = |id: RowGroupId| skip.is_none_or(|s| !s.contains(&id));
     let scan = scan_row_groups(source.data_dir, table, &plan.columns, batch_rows, &keep)
         .map_err(failed)?;
@@ -214,9 +218,7 @@ fn read_table(
                 .iter()
                 .map(|id| Some(id.is_some_and(|id| wanted.contains(id))))
                 .collect();
-            batch = batch
-                .filter(&keep)
-                .map_err(|e| polars_failed(table, e))?;
+            batch = batch.filter(&keep).map_err(|e| polars_failed(table, e))?;
         }
         match out.as_mut() {
             None => out = Some(batch),

@@ -82,10 +82,17 @@ impl Engine {
     /// committed together, or nothing is.
     pub fn run(&self, task: &TaskRecord, control: &TaskControl) -> Result<RunReport, RunError> {
         let mut timings = Timings::start();
-        let registry = self.registry.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let registry = self
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let plan = plan::plan(task, &registry, self.store.as_ref())?;
         control.set_progress(|p| p.stage = "reading".into());
-        let source = load::Source { data_dir: &self.data_dir, batch_rows: self.batch_rows };
+        let source = load::Source {
+            data_dir: &self.data_dir,
+            batch_rows: self.batch_rows,
+        };
         let universe = load::load(&plan, &source, control)?;
         timings.lap("read_ms");
         let scopes = scope::scopes(&plan, &universe)?;
@@ -109,7 +116,9 @@ impl Engine {
             },
         )?;
         let mut report = committed.report;
-        report.timings.insert("commit_ms".into(), committed.written.commit_ms);
+        report
+            .timings
+            .insert("commit_ms".into(), committed.written.commit_ms);
         report.duration_ms += committed.written.commit_ms;
         Ok(report)
     }

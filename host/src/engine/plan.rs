@@ -63,7 +63,11 @@ impl Plan {
 
 /// Plans `task`: each tag's rule (seeded from its plugin's default if the
 /// store has none), its last run's state, and the column plan.
-pub fn plan(task: &TaskRecord, registry: &TagRegistry, store: &dyn Store) -> Result<Plan, RunError> {
+pub fn plan(
+    task: &TaskRecord,
+    registry: &TagRegistry,
+    store: &dyn Store,
+) -> Result<Plan, RunError> {
     let as_of = match &task.spec.as_of {
         Some(text) => Date::parse(text)
             .ok_or_else(|| RunError::Failed(format!("as_of {text:?} is not a date")))?,
@@ -93,10 +97,9 @@ fn tag_run(
     store: &dyn Store,
     states: &HashMap<u32, TagState>,
 ) -> Result<TagRun, RunError> {
-    let tag = registry
-        .get(id)
-        .cloned()
-        .ok_or_else(|| RunError::Failed(format!("tag {id} is not provided by any loaded plugin")))?;
+    let tag = registry.get(id).cloned().ok_or_else(|| {
+        RunError::Failed(format!("tag {id} is not provided by any loaded plugin"))
+    })?;
     let stored: RuleVersion = match store.current_rule(id).map_err(super::failed)? {
         Some(rule) => rule,
         None => store
@@ -188,7 +191,10 @@ mod tests {
         assert_eq!(plan[0].table, UNIVERSE_TABLE);
         assert_eq!(names(&plan[0]), vec!["user_id", "age", "updated_time"]);
         assert_eq!(plan[1].table, "user_asset_summary");
-        assert_eq!(names(&plan[1]), vec!["user_id", "cash_balance", "updated_time"]);
+        assert_eq!(
+            names(&plan[1]),
+            vec!["user_id", "cash_balance", "updated_time"]
+        );
         assert_eq!(tag_tables(&a), vec!["user_asset_summary", UNIVERSE_TABLE]);
     }
 

@@ -98,17 +98,26 @@ impl Timings {
     /// Starts the clock.
     pub fn start() -> Timings {
         let now = Instant::now();
-        Timings { started: now, lap: now, laps: BTreeMap::new() }
+        Timings {
+            started: now,
+            lap: now,
+            laps: BTreeMap::new(),
+        }
     }
 
     /// A copy, to take laps on without moving the original.
     pub fn clone_of(other: &Timings) -> Timings {
-        Timings { started: other.started, lap: other.lap, laps: other.laps.clone() }
+        Timings {
+            started: other.started,
+            lap: other.lap,
+            laps: other.laps.clone(),
+        }
     }
 
     /// Records the time since the last lap as `name`.
     pub fn lap(&mut self, name: &str) {
-        self.laps.insert(name.to_string(), self.lap.elapsed().as_millis() as u64);
+        self.laps
+            .insert(name.to_string(), self.lap.elapsed().as_millis() as u64);
         self.lap = Instant::now();
     }
 }
@@ -131,7 +140,11 @@ pub fn report(
             tag_name: t.tag.info.description.clone(),
             rule_version: t.rule_version,
             counts: *c,
-            scope: if scope.is_some() { "changed users" } else { "all users" },
+            scope: if scope.is_some() {
+                "changed users"
+            } else {
+                "all users"
+            },
         })
         .collect();
     RunReport {
@@ -147,14 +160,22 @@ pub fn report(
         notes: notes(plan),
         duration_ms: timings.started.elapsed().as_millis() as u64,
         timings: timings.laps.clone(),
-        changed_row_groups: universe.row_groups.map(|(read, total)| RowGroups { read, total }),
-        unknown_user_ids: plan.user_ids.as_ref().map(|wanted| unknown(wanted, universe)),
+        changed_row_groups: universe
+            .row_groups
+            .map(|(read, total)| RowGroups { read, total }),
+        unknown_user_ids: plan
+            .user_ids
+            .as_ref()
+            .map(|wanted| unknown(wanted, universe)),
     }
 }
 
 fn unknown(wanted: &[String], universe: &Universe) -> UnknownUsers {
     let known: HashSet<&str> = (0..universe.rows()).map(|i| universe.ids.get(i)).collect();
-    let missing: Vec<&String> = wanted.iter().filter(|id| !known.contains(id.as_str())).collect();
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|id| !known.contains(id.as_str()))
+        .collect();
     UnknownUsers {
         count: missing.len(),
         sample: missing.into_iter().take(UNKNOWN_SAMPLE).cloned().collect(),
@@ -208,7 +229,12 @@ mod tests {
             tag_id: 2,
             tag_name: "活跃交易者".into(),
             rule_version: 1,
-            counts: TagCounts { evaluated_users: 3, matched: 2, added: 1, removed: 0 },
+            counts: TagCounts {
+                evaluated_users: 3,
+                matched: 2,
+                added: 1,
+                removed: 0,
+            },
             scope: "all users",
         };
         let v = serde_json::to_value(&line).unwrap();

@@ -81,8 +81,16 @@ mod tests {
         let scope = changed_rows(
             4,
             &[
-                TableTimes { universe: true, times: &universe, watermark: 5 },
-                TableTimes { universe: false, times: &side, watermark: 7 },
+                TableTimes {
+                    universe: true,
+                    times: &universe,
+                    watermark: 5,
+                },
+                TableTimes {
+                    universe: false,
+                    times: &side,
+                    watermark: 7,
+                },
             ],
         );
         // Row 1: unknown universe time; row 2: newer universe row; row 3:
@@ -95,7 +103,11 @@ mod tests {
         let side = times(&[Some(i64::MIN + 1), None]);
         let scope = changed_rows(
             2,
-            &[TableTimes { universe: false, times: &side, watermark: i64::MIN }],
+            &[TableTimes {
+                universe: false,
+                times: &side,
+                watermark: i64::MIN,
+            }],
         );
         assert_eq!(scope.ones().collect::<Vec<_>>(), vec![0]);
     }

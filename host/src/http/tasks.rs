@@ -2,9 +2,9 @@
 
 use super::{ApiError, AppState};
 use crate::model::{Mode, Priority, TaskRecord, TaskSpec, TaskStatus};
-use crate::tasks::lifecycle;
 use crate::registry::TagRegistry;
 use crate::scheduler::{CancelOutcome, SubmitError};
+use crate::tasks::lifecycle;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};

@@ -22,7 +22,10 @@ pub struct UnknownTags {
 pub fn list(ids: &[u32]) -> String {
     format!(
         "[{}]",
-        ids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        ids.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -106,7 +109,10 @@ pub fn cancel_queued(task: &mut TaskRecord) {
 /// The outcome a task's run committed with its results, if the process
 /// stopped after that commit but before the task was marked finished: the
 /// task is completed with it instead of running again.
-pub fn committed_outcome(task: &TaskRecord, store: &dyn Store) -> Result<Option<Value>, StoreError> {
+pub fn committed_outcome(
+    task: &TaskRecord,
+    store: &dyn Store,
+) -> Result<Option<Value>, StoreError> {
     let Some(mut result) = store.run_outcome(&task.task_id)? else {
         return Ok(None);
     };
@@ -179,8 +185,14 @@ mod tests {
     fn a_shutdown_requeues_and_unknown_tags_are_named() {
         let mut task = create(spec(), "local");
         start(&mut task);
-        assert_eq!(finish(&mut task, Err(RunError::Stopped(Stop::Shutdown))), Finished::Requeued);
-        assert_eq!((task.status, task.started_at.clone()), (TaskStatus::Submitted, None));
+        assert_eq!(
+            finish(&mut task, Err(RunError::Stopped(Stop::Shutdown))),
+            Finished::Requeued
+        );
+        assert_eq!(
+            (task.status, task.started_at.clone()),
+            (TaskStatus::Submitted, None)
+        );
         let err = check(&spec(), &TagRegistry::default()).unwrap_err();
         assert_eq!(err.to_string(), "Invalid tag_ids: [1]");
         assert!(err.available.is_empty());

@@ -66,7 +66,11 @@ fn connect(path: &Path, results: bool) -> Result<Connection, StoreError> {
     // WAL is set): fewer B-tree splits and page writes per row.
     // FULL: a commit that returned is on disk. The WAL is truncated back to
     // 64 MB after a checkpoint, so a large first run leaves no large file.
-    let page = if results { "PRAGMA page_size = 16384;" } else { "" };
+    let page = if results {
+        "PRAGMA page_size = 16384;"
+    } else {
+        ""
+    };
     conn.execute_batch(&format!(
         "{page} PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -65536; PRAGMA journal_size_limit = 67108864;"
     ))

@@ -19,7 +19,9 @@
 //! readers see the last committed state and never wait for a run's write.
 
 use super::{connect, db};
-use crate::store::{Held, HeldTags, Op, RunStart, RunTx, StoreError, TagState, UserRows, WriteSummary};
+use crate::store::{
+    Held, HeldTags, Op, RunStart, RunTx, StoreError, TagState, UserRows, WriteSummary,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashSet;
 use std::path::Path;
@@ -135,7 +137,11 @@ fn parse_ids(text: &str, out: &mut Vec<u32>) -> Result<(), StoreError> {
 }
 
 /// A user's held tags from the two stored arrays.
-pub fn held_tags(tag_ids: &str, grants: &str, scratch: &mut [Vec<u32>; 2]) -> Result<HeldTags, StoreError> {
+pub fn held_tags(
+    tag_ids: &str,
+    grants: &str,
+    scratch: &mut [Vec<u32>; 2],
+) -> Result<HeldTags, StoreError> {
     let [ids, gs] = scratch;
     parse_ids(tag_ids, ids)?;
     parse_ids(grants, gs)?;
@@ -272,7 +278,11 @@ impl SqliteRunTx {
             if keep.is_some_and(|k| !k.contains(user)) {
                 continue;
             }
-            out.push(Op::Update, user, &held_tags(text(1)?, text(2)?, &mut scratch)?);
+            out.push(
+                Op::Update,
+                user,
+                &held_tags(text(1)?, text(2)?, &mut scratch)?,
+            );
         }
         Ok(())
     }
@@ -288,7 +298,9 @@ impl SqliteRunTx {
         let mut scratch = Default::default();
         for user in sorted {
             let row = stmt
-                .query_row([user], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .query_row([user], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
                 .optional()
                 .map_err(db)?;
             if let Some((ids, grants)) = row {
@@ -317,7 +329,11 @@ impl SqliteRunTx {
 
     /// Inserts [`INSERT_ROWS`] new rows with one statement: fewer statement
     /// runs, and one cursor that appends keys in order.
-    fn insert_many(&mut self, rows: &[(Op, &str)], texts: &[(String, String)]) -> Result<(), StoreError> {
+    fn insert_many(
+        &mut self,
+        rows: &[(Op, &str)],
+        texts: &[(String, String)],
+    ) -> Result<(), StoreError> {
         let sql = insert_many_sql();
         let mut stmt = self.conn.prepare_cached(&sql).map_err(db)?;
         for (k, ((_, user), (ids, grants))) in rows.iter().zip(texts).enumerate() {
@@ -337,7 +353,11 @@ impl SqliteRunTx {
     fn resolve(&mut self, held: &[Held], out: &mut Vec<u32>) -> Result<(), StoreError> {
         out.clear();
         for h in held {
-            out.push(if h.grant == Held::NEW { self.grant(h.tag_id)? } else { h.grant });
+            out.push(if h.grant == Held::NEW {
+                self.grant(h.tag_id)?
+            } else {
+                h.grant
+            });
         }
         Ok(())
     }
