@@ -8,6 +8,24 @@ use tracing_subscriber::fmt::writer::MakeWriterExt;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc v3's `mi_option_purge_delay` (its `mi_option_e` has no Rust
+/// constant for it); this build's default is 1000 ms (the header says 10).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Returns freed memory to the OS at once instead of after a delay: a run
+/// frees and allocates large column buffers in quick succession, and at 10M
+/// users the delay left about 0.5 GB of freed memory resident at the peak
+/// (2.2 GiB against 1.7 GiB). The option is only set if it reads as one of
+/// the known defaults, so a renumbered enum in another mimalloc is left alone.
+fn purge_freed_memory_at_once() {
+    // SAFETY: plain calls into the allocator's option table.
+    unsafe {
+        if matches!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 10 | 1000) {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        }
+    }
+}
+
 fn init_logging(config: &Config, to_file: bool) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log_filter()));
@@ -60,6 +78,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    purge_freed_memory_at_once();
     let cli = Cli::parse();
     let serving = cli.command.is_none();
     if let Err(e) = init_logging(&cli.config, serving) {

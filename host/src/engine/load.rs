@@ -124,11 +124,9 @@ fn load_universe(
     let frame = if dropped == 0 {
         raw
     } else {
-        let mut frame = raw
-            .take(&IdxCa::from_vec("keep".into(), keep))
-            .map_err(|e| polars_failed(&format!("table {table}: de-duplicating"), e))?;
-        frame.rechunk_mut();
-        frame
+        let keep = IdxCa::from_vec("keep".into(), keep);
+        take_columns(raw, |_| true, &keep)
+            .map_err(|e| polars_failed(&format!("table {table}: de-duplicating"), e))?
     };
     let ids = UserIds::new(user_ids(&frame, table)?);
     let index = UniverseIndex::of_unique(&ids);
@@ -172,19 +170,28 @@ fn join_side_table(
     }
     // Only the tags' columns (and updated_time, for an incremental scope)
     // are carried over: the join key is not copied.
-    let carried: Vec<PlSmallStr> = frame
-        .get_column_names()
-        .into_iter()
-        .filter(|name| name.as_str() != USER_ID && (keep_times || name.as_str() != UPDATED_TIME))
-        .cloned()
-        .collect();
-    let mut frame = frame
-        .select(carried)
-        .and_then(|f| f.take(&take))
+    let carried = |name: &str| name != USER_ID && (keep_times || name != UPDATED_TIME);
+    let frame = take_columns(frame, carried, &take)
         .map_err(|e| polars_failed(&format!("table {table}: joining on user_id"), e))?;
-    frame.rechunk_mut();
     universe.tables.push((table.to_string(), frame));
     Ok(())
+}
+
+/// The rows `rows` of the columns of `frame` that `keep` names, one column
+/// at a time: each source column is freed as soon as it is copied, so a
+/// table is never held twice (at 10M users a universe copy is ~600 MB).
+fn take_columns(
+    frame: DataFrame,
+    keep: impl Fn(&str) -> bool,
+    rows: &IdxCa,
+) -> PolarsResult<DataFrame> {
+    let mut out = Vec::new();
+    for column in frame.into_columns() {
+        if keep(column.name().as_str()) {
+            out.push(column.take(rows)?.rechunk());
+        }
+    }
+    DataFrame::new(rows.len(), out)
 }
 
 /// Reads a table's planned columns, keeping only `wanted` users if given
@@ -228,7 +235,7 @@ fn read_table(
             }
         }
     }
-    let mut frame = out.unwrap_or_else(|| {
+    let frame = out.unwrap_or_else(|| {
         DataFrame::empty_with_schema(
             &plan
                 .columns
@@ -237,8 +244,10 @@ fn read_table(
                 .collect(),
         )
     });
-    frame.rechunk_mut();
-    Ok(frame)
+    // One column at a time, so the table is not held twice.
+    let height = frame.height();
+    let columns = frame.into_columns().into_iter().map(|c| c.rechunk()).collect();
+    DataFrame::new(height, columns).map_err(|e| polars_failed(table, e))
 }
 
 fn user_ids<'a>(frame: &'a DataFrame, table: &str) -> Result<&'a StringChunked, RunError> {
