@@ -20,7 +20,10 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 fn purge_freed_memory_at_once() {
     // SAFETY: plain calls into the allocator's option table.
     unsafe {
-        if matches!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 10 | 1000) {
+        if matches!(
+            libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY),
+            10 | 1000
+        ) {
             libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
         }
     }

@@ -70,6 +70,11 @@ impl TaskControl {
         }
     }
 
+    /// Asks the task to stop, writing nothing, at its next checkpoint.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, AtomicOrdering::SeqCst);
+    }
+
     /// Updates the progress report.
     pub fn set_progress(&self, update: impl FnOnce(&mut Progress)) {
         update(&mut self.progress.lock().unwrap_or_else(|p| p.into_inner()));
@@ -282,7 +287,7 @@ impl Scheduler {
     pub fn cancel(&self, task_id: &str) -> Result<CancelOutcome, StoreError> {
         let mut state = self.shared.lock();
         if let Some(control) = state.running.get(task_id) {
-            control.cancelled.store(true, AtomicOrdering::SeqCst);
+            control.cancel();
             return Ok(CancelOutcome::Requested);
         }
         let before = state.queue.len();

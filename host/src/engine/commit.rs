@@ -178,3 +178,104 @@ fn states(plan: &Plan, universe: &Universe) -> Vec<TagState> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::load::{load, tests::sample, Source};
+    use crate::engine::report::{report, Timings};
+    use crate::engine::testkit::{plan, tag_at_least};
+    use crate::model::Mode;
+    use crate::store::sqlite::SqliteStore;
+
+    #[test]
+    fn a_commit_writes_the_diff_and_the_report_together_and_the_next_one_revokes() {
+        let dir = tempfile::tempdir().unwrap();
+        sample(dir.path());
+        let store = SqliteStore::open(&dir.path().join("tags.db")).unwrap();
+        let tags = [tag_at_least(1, "user_asset_summary", "cash", 150.0)];
+        let plan = plan(&tags, Mode::Full, None);
+        let control = TaskControl::default();
+        let source = Source {
+            data_dir: dir.path(),
+            batch_rows: 2,
+        };
+        let universe = load(&plan, &source, &control).unwrap();
+        let scopes = [None];
+        let run = |task: &str, matched: Bitset| {
+            commit(
+                &store,
+                task,
+                &plan,
+                &universe,
+                &scopes,
+                &[matched],
+                &control,
+                |counts| report(&plan, &universe, &scopes, counts, &Timings::start()),
+            )
+            .unwrap()
+        };
+        // Rows: u2, u1, u3. First u1 holds the tag, then u3 instead.
+        let first = run("t1", Bitset::from_fn(3, |i| i == 1));
+        assert_eq!(
+            (first.report.rows_upserted, first.report.rows_deleted),
+            (1, 0)
+        );
+        assert_eq!(store.user_tags("u1").unwrap().unwrap().tag_ids, vec![1]);
+        let second = run("t2", Bitset::from_fn(3, |i| i == 2));
+        assert_eq!(
+            (second.report.rows_upserted, second.report.rows_deleted),
+            (1, 1)
+        );
+        assert!(store.user_tags("u1").unwrap().is_none());
+        let u3 = store.user_tags("u3").unwrap().unwrap();
+        assert!(
+            u3.details.contains("\"tag_name\":\"tag 1\""),
+            "{}",
+            u3.details
+        );
+        let outcome = store.run_outcome("t2").unwrap().expect("committed outcome");
+        assert_eq!(outcome["rows_deleted"], 1);
+        // Unchanged matches write nothing.
+        let third = run("t3", Bitset::from_fn(3, |i| i == 2));
+        assert_eq!(
+            (third.report.rows_upserted, third.report.rows_deleted),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn a_cancelled_commit_leaves_the_store_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        sample(dir.path());
+        let store = SqliteStore::open(&dir.path().join("tags.db")).unwrap();
+        let tags = [tag_at_least(1, "user_asset_summary", "cash", 150.0)];
+        let plan = plan(&tags, Mode::Full, None);
+        let control = TaskControl::default();
+        let universe = load(
+            &plan,
+            &Source {
+                data_dir: dir.path(),
+                batch_rows: 2,
+            },
+            &control,
+        )
+        .unwrap();
+        let cancelled = TaskControl::default();
+        cancelled.cancel();
+        let scopes = [None];
+        let outcome = commit(
+            &store,
+            "t1",
+            &plan,
+            &universe,
+            &scopes,
+            &[Bitset::full(3)],
+            &cancelled,
+            |counts| report(&plan, &universe, &scopes, counts, &Timings::start()),
+        );
+        assert!(matches!(outcome, Err(RunError::Stopped(_))));
+        assert!(store.user_tags("u1").unwrap().is_none());
+        assert!(store.run_outcome("t1").unwrap().is_none());
+    }
+}

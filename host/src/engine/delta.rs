@@ -164,3 +164,91 @@ fn table_delta(
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::load::{load, Source};
+    use crate::engine::testkit::{at, plan, tag_at_least, write_table};
+    use crate::model::Mode;
+
+    #[test]
+    fn only_users_with_newer_rows_are_loaded_and_old_parts_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let universe = [
+            (Some("u1"), at(1), Some(1.0)),
+            (Some("u2"), at(2), Some(2.0)),
+            (Some("u3"), at(3), Some(3.0)),
+        ];
+        write_table(
+            &dir.path().join("user_basic_info.parquet"),
+            "score",
+            &universe,
+            2,
+        );
+        let parts = dir.path().join("user_asset_summary");
+        let old = [
+            (Some("u1"), at(1), Some(10.0)),
+            (Some("u2"), at(2), Some(20.0)),
+            (Some("u3"), at(2), Some(30.0)),
+        ];
+        write_table(&parts.join("part-000.parquet"), "cash", &old, 2);
+        write_table(
+            &parts.join("part-001.parquet"),
+            "cash",
+            &[(Some("u3"), at(7), Some(300.0))],
+            2,
+        );
+        let tags = [tag_at_least(1, "user_asset_summary", "cash", 150.0)];
+        let mut plan = plan(&tags, Mode::Incremental, None);
+        plan.tags[0].watermarks = [
+            ("user_basic_info".to_string(), at(3).unwrap()),
+            ("user_asset_summary".to_string(), at(2).unwrap()),
+        ]
+        .into();
+        let control = TaskControl::default();
+        let delta = find(&plan, dir.path(), &control).unwrap().expect("a delta");
+        assert_eq!(delta.users, HashSet::from(["u3".to_string()]));
+        // Every group of the old part is skipped; the universe is read for u3.
+        let groups = group_times(dir.path(), "user_asset_summary", UPDATED_TIME).unwrap();
+        let old_part: HashSet<RowGroupId> = groups
+            .iter()
+            .map(|g| g.id)
+            .filter(|id| id.part == 0)
+            .collect();
+        assert!(!old_part.is_empty());
+        assert_eq!(delta.skip["user_asset_summary"], old_part);
+        assert!(!delta.skip.contains_key("user_basic_info"));
+        assert_eq!(delta.newest["user_asset_summary"], at(7).unwrap());
+        let universe_groups = group_times(dir.path(), "user_basic_info", UPDATED_TIME)
+            .unwrap()
+            .len();
+        // Only the new part's group could hold a change.
+        assert_eq!(
+            (delta.groups_read, delta.groups_total),
+            (1, universe_groups + groups.len())
+        );
+        let source = Source {
+            data_dir: dir.path(),
+            batch_rows: 2,
+        };
+        let loaded = load(&plan, &source, &control).unwrap();
+        assert_eq!(loaded.rows(), 1);
+        let cash = loaded.column("user_asset_summary", "cash").unwrap();
+        assert_eq!(
+            cash.as_materialized_series().f64().unwrap().get(0),
+            Some(300.0)
+        );
+    }
+
+    #[test]
+    fn a_tag_that_needs_the_whole_universe_means_no_delta() {
+        let dir = tempfile::tempdir().unwrap();
+        let tags = [tag_at_least(1, "user_asset_summary", "cash", 150.0)];
+        let mut plan = plan(&tags, Mode::Incremental, None);
+        plan.tags[0].whole_universe = true;
+        assert!(find(&plan, dir.path(), &TaskControl::default())
+            .unwrap()
+            .is_none());
+    }
+}

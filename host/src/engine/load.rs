@@ -246,7 +246,11 @@ fn read_table(
     });
     // One column at a time, so the table is not held twice.
     let height = frame.height();
-    let columns = frame.into_columns().into_iter().map(|c| c.rechunk()).collect();
+    let columns = frame
+        .into_columns()
+        .into_iter()
+        .map(|c| c.rechunk())
+        .collect();
     DataFrame::new(height, columns).map_err(|e| polars_failed(table, e))
 }
 
@@ -263,4 +267,95 @@ fn updated_times<'a>(frame: &'a DataFrame, table: &str) -> Result<&'a Int64Chunk
         .and_then(|c| c.as_materialized_series().datetime())
         .map(|d| d.physical())
         .map_err(|e| polars_failed(&format!("table {table}: column {UPDATED_TIME}"), e))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::engine::testkit::{at, plan, tag_at_least, write_table};
+    use crate::model::Mode;
+
+    /// A universe with a newer duplicate, a null id and a null time; a side
+    /// table with a newer duplicate, a missing user and an outsider.
+    pub fn sample(dir: &Path) {
+        write_table(
+            &dir.join("user_basic_info.parquet"),
+            "score",
+            &[
+                (Some("u1"), at(1), Some(1.0)),
+                (Some("u2"), at(1), Some(2.0)),
+                (Some("u1"), at(5), Some(10.0)),
+                (None, at(1), Some(3.0)),
+                (Some("u3"), None, Some(4.0)),
+            ],
+            2,
+        );
+        write_table(
+            &dir.join("user_asset_summary.parquet"),
+            "cash",
+            &[
+                (Some("u3"), at(1), Some(30.0)),
+                (Some("u1"), at(1), Some(100.0)),
+                (Some("u1"), at(2), Some(200.0)),
+                (Some("zz"), at(9), Some(9.0)),
+            ],
+            3,
+        );
+    }
+
+    fn values(universe: &Universe, table: &str, column: &str) -> Vec<Option<f64>> {
+        let column = universe.column(table, column).unwrap();
+        column
+            .as_materialized_series()
+            .f64()
+            .unwrap()
+            .iter()
+            .collect()
+    }
+
+    #[test]
+    fn the_universe_keeps_each_users_newest_row_and_side_tables_align_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        sample(dir.path());
+        let tags = [tag_at_least(1, "user_asset_summary", "cash", 150.0)];
+        let source = Source {
+            data_dir: dir.path(),
+            batch_rows: 2,
+        };
+        let universe = load(
+            &plan(&tags, Mode::Full, None),
+            &source,
+            &TaskControl::default(),
+        )
+        .unwrap();
+        let ids: Vec<&str> = (0..universe.rows()).map(|i| universe.ids.get(i)).collect();
+        assert_eq!(ids, vec!["u2", "u1", "u3"]);
+        assert_eq!(
+            values(&universe, "user_asset_summary", "cash"),
+            vec![None, Some(200.0), Some(30.0)]
+        );
+        assert_eq!(universe.duplicates["user_basic_info"], 2);
+        assert_eq!(universe.duplicates["user_asset_summary"], 1);
+        assert_eq!(universe.newest["user_basic_info"], at(5).unwrap());
+        assert_eq!(universe.newest["user_asset_summary"], at(9).unwrap());
+        assert_eq!(universe.index.row(&universe.ids, "u3"), Some(2));
+    }
+
+    #[test]
+    fn a_user_ids_run_loads_only_those_users() {
+        let dir = tempfile::tempdir().unwrap();
+        sample(dir.path());
+        let tags = [tag_at_least(1, "user_asset_summary", "cash", 150.0)];
+        let source = Source {
+            data_dir: dir.path(),
+            batch_rows: 2,
+        };
+        let plan = plan(&tags, Mode::Full, Some(&["u3", "nobody"]));
+        let universe = load(&plan, &source, &TaskControl::default()).unwrap();
+        assert_eq!(universe.rows(), 1);
+        assert_eq!(
+            values(&universe, "user_asset_summary", "cash"),
+            vec![Some(30.0)]
+        );
+    }
 }

@@ -27,6 +27,8 @@ pub mod load;
 pub mod plan;
 pub mod report;
 pub mod scope;
+#[cfg(test)]
+mod testkit;
 
 use crate::model::TaskRecord;
 use crate::registry::TagRegistry;
