@@ -28,19 +28,33 @@ pub struct Committed {
     pub written: WriteSummary,
 }
 
+/// What the stages before the commit produced.
+pub struct Evaluated<'a> {
+    /// The plan.
+    pub plan: &'a Plan,
+    /// The loaded users.
+    pub universe: &'a Universe,
+    /// Per tag, the rows evaluated (`None`: all).
+    pub scopes: &'a [Option<Bitset>],
+    /// Per tag, the rows that matched.
+    pub matched: &'a [Bitset],
+}
+
 /// Writes a run's changes and its report in one transaction. `report`
 /// builds the report from the diff's counts (it is committed with them).
-#[allow(clippy::too_many_arguments)]
 pub fn commit(
     store: &dyn Store,
     task_id: &str,
-    plan: &Plan,
-    universe: &Universe,
-    scopes: &[Option<Bitset>],
-    matched: &[Bitset],
+    run: &Evaluated<'_>,
     control: &TaskControl,
     report: impl FnOnce(&DiffCounts) -> RunReport,
 ) -> Result<Committed, RunError> {
+    let Evaluated {
+        plan,
+        universe,
+        scopes,
+        matched,
+    } = *run;
     let mut tx = store.begin_run(&run_start(task_id, plan)).map_err(failed)?;
     let scoped = scoped_users(plan, universe, scopes);
     let stored = tx.current(scoped.as_deref()).map_err(failed)?;

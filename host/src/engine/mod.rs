@@ -103,18 +103,21 @@ impl Engine {
         timings.lap("evaluate_ms");
         control.checkpoint().map_err(stopped)?;
         control.set_progress(|p| p.stage = "writing".into());
+        let run = commit::Evaluated {
+            plan: &plan,
+            universe: &universe,
+            scopes: &scopes,
+            matched: &matched,
+        };
         let committed = commit::commit(
             self.store.as_ref(),
             &task.task_id,
-            &plan,
-            &universe,
-            &scopes,
-            &matched,
+            &run,
             control,
             |counts| {
                 let mut timings = Timings::clone_of(&timings);
                 timings.lap("write_ms");
-                report::report(&plan, &universe, &scopes, counts, &timings)
+                report::report(&run, counts, &timings)
             },
         )?;
         let mut report = committed.report;

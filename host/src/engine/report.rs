@@ -2,7 +2,7 @@
 //! and `message`, then per-tag counts, rows written, duplicates, notes and
 //! stage timings).
 
-use super::bitset::Bitset;
+use super::commit::Evaluated;
 use super::diff::{DiffCounts, TagCounts};
 use super::load::Universe;
 use super::plan::Plan;
@@ -122,14 +122,14 @@ impl Timings {
     }
 }
 
-/// The report of a run, from its plan, universe, scopes and diff.
-pub fn report(
-    plan: &Plan,
-    universe: &Universe,
-    scopes: &[Option<Bitset>],
-    counts: &DiffCounts,
-    timings: &Timings,
-) -> RunReport {
+/// The report of a run, from its stages' outputs and the diff's counts.
+pub fn report(run: &Evaluated<'_>, counts: &DiffCounts, timings: &Timings) -> RunReport {
+    let Evaluated {
+        plan,
+        universe,
+        scopes,
+        ..
+    } = *run;
     let tags = plan
         .tags
         .iter()
