@@ -217,16 +217,16 @@ mod tests {
         let universe = load(&plan, &source, &control).unwrap();
         let scopes = [None];
         let run = |task: &str, matched: Bitset| {
-            commit(
-                &store,
-                task,
-                &plan,
-                &universe,
-                &scopes,
-                &[matched],
-                &control,
-                |counts| report(&plan, &universe, &scopes, counts, &Timings::start()),
-            )
+            let matched = [matched];
+            let run = Evaluated {
+                plan: &plan,
+                universe: &universe,
+                scopes: &scopes,
+                matched: &matched,
+            };
+            commit(&store, task, &run, &control, |counts| {
+                report(&run, counts, &Timings::start())
+            })
             .unwrap()
         };
         // Rows: u2, u1, u3. First u1 holds the tag, then u3 instead.
@@ -278,16 +278,16 @@ mod tests {
         let cancelled = TaskControl::default();
         cancelled.cancel();
         let scopes = [None];
-        let outcome = commit(
-            &store,
-            "t1",
-            &plan,
-            &universe,
-            &scopes,
-            &[Bitset::full(3)],
-            &cancelled,
-            |counts| report(&plan, &universe, &scopes, counts, &Timings::start()),
-        );
+        let matched = [Bitset::full(3)];
+        let run = Evaluated {
+            plan: &plan,
+            universe: &universe,
+            scopes: &scopes,
+            matched: &matched,
+        };
+        let outcome = commit(&store, "t1", &run, &cancelled, |counts| {
+            report(&run, counts, &Timings::start())
+        });
         assert!(matches!(outcome, Err(RunError::Stopped(_))));
         assert!(store.user_tags("u1").unwrap().is_none());
         assert!(store.run_outcome("t1").unwrap().is_none());
