@@ -196,47 +196,45 @@ fn states(plan: &Plan, universe: &Universe) -> Vec<TagState> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::load::{load, tests::sample, Source};
+    use crate::engine::load::tests::{cash_tag, loaded};
     use crate::engine::report::{report, Timings};
-    use crate::engine::testkit::{plan, tag_at_least};
-    use crate::model::Mode;
     use crate::store::sqlite::SqliteStore;
+
+    /// Commits task `task` with `matched` as tag 1's matches.
+    fn run(
+        store: &SqliteStore,
+        task: &str,
+        plan: &Plan,
+        universe: &Universe,
+        matched: Bitset,
+        control: &TaskControl,
+    ) -> Result<Committed, RunError> {
+        let (scopes, matched) = ([None], [matched]);
+        let run = Evaluated {
+            plan,
+            universe,
+            scopes: &scopes,
+            matched: &matched,
+        };
+        commit(store, task, &run, control, |counts| {
+            report(&run, counts, &Timings::start())
+        })
+    }
 
     #[test]
     fn a_commit_writes_the_diff_and_the_report_together_and_the_next_one_revokes() {
-        let dir = tempfile::tempdir().unwrap();
-        sample(dir.path());
+        let (dir, plan, universe) = loaded(&[cash_tag()], None);
         let store = SqliteStore::open(&dir.path().join("tags.db")).unwrap();
-        let tags = [tag_at_least(1, "user_asset_summary", "cash", 150.0)];
-        let plan = plan(&tags, Mode::Full, None);
         let control = TaskControl::default();
-        let source = Source {
-            data_dir: dir.path(),
-            batch_rows: 2,
-        };
-        let universe = load(&plan, &source, &control).unwrap();
-        let scopes = [None];
-        let run = |task: &str, matched: Bitset| {
-            let matched = [matched];
-            let run = Evaluated {
-                plan: &plan,
-                universe: &universe,
-                scopes: &scopes,
-                matched: &matched,
-            };
-            commit(&store, task, &run, &control, |counts| {
-                report(&run, counts, &Timings::start())
-            })
-            .unwrap()
-        };
+        let rows = |only: usize| Bitset::from_fn(3, |i| i == only);
         // Rows: u2, u1, u3. First u1 holds the tag, then u3 instead.
-        let first = run("t1", Bitset::from_fn(3, |i| i == 1));
+        let first = run(&store, "t1", &plan, &universe, rows(1), &control).unwrap();
         assert_eq!(
             (first.report.rows_upserted, first.report.rows_deleted),
             (1, 0)
         );
         assert_eq!(store.user_tags("u1").unwrap().unwrap().tag_ids, vec![1]);
-        let second = run("t2", Bitset::from_fn(3, |i| i == 2));
+        let second = run(&store, "t2", &plan, &universe, rows(2), &control).unwrap();
         assert_eq!(
             (second.report.rows_upserted, second.report.rows_deleted),
             (1, 1)
@@ -251,7 +249,7 @@ mod tests {
         let outcome = store.run_outcome("t2").unwrap().expect("committed outcome");
         assert_eq!(outcome["rows_deleted"], 1);
         // Unchanged matches write nothing.
-        let third = run("t3", Bitset::from_fn(3, |i| i == 2));
+        let third = run(&store, "t3", &plan, &universe, rows(2), &control).unwrap();
         assert_eq!(
             (third.report.rows_upserted, third.report.rows_deleted),
             (0, 0)
@@ -260,34 +258,11 @@ mod tests {
 
     #[test]
     fn a_cancelled_commit_leaves_the_store_as_it_was() {
-        let dir = tempfile::tempdir().unwrap();
-        sample(dir.path());
+        let (dir, plan, universe) = loaded(&[cash_tag()], None);
         let store = SqliteStore::open(&dir.path().join("tags.db")).unwrap();
-        let tags = [tag_at_least(1, "user_asset_summary", "cash", 150.0)];
-        let plan = plan(&tags, Mode::Full, None);
-        let control = TaskControl::default();
-        let universe = load(
-            &plan,
-            &Source {
-                data_dir: dir.path(),
-                batch_rows: 2,
-            },
-            &control,
-        )
-        .unwrap();
         let cancelled = TaskControl::default();
         cancelled.cancel();
-        let scopes = [None];
-        let matched = [Bitset::full(3)];
-        let run = Evaluated {
-            plan: &plan,
-            universe: &universe,
-            scopes: &scopes,
-            matched: &matched,
-        };
-        let outcome = commit(&store, "t1", &run, &cancelled, |counts| {
-            report(&run, counts, &Timings::start())
-        });
+        let outcome = run(&store, "t1", &plan, &universe, Bitset::full(3), &cancelled);
         assert!(matches!(outcome, Err(RunError::Stopped(_))));
         assert!(store.user_tags("u1").unwrap().is_none());
         assert!(store.run_outcome("t1").unwrap().is_none());

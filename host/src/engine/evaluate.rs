@@ -82,25 +82,14 @@ fn evaluate_tag(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::load::{load, tests::sample, Source};
-    use crate::engine::testkit::{plan, tag_at_least};
-    use crate::model::Mode;
+    use crate::engine::load::tests::{cash_tag, loaded};
+    use crate::engine::testkit::tag_at_least;
 
     #[test]
     fn each_tag_gets_the_rows_its_rule_matches_across_batches() {
-        let dir = tempfile::tempdir().unwrap();
-        sample(dir.path());
-        let tags = [
-            tag_at_least(1, "user_asset_summary", "cash", 150.0),
-            tag_at_least(2, "user_basic_info", "score", 2.0),
-        ];
-        let plan = plan(&tags, Mode::Full, None);
+        let tags = [cash_tag(), tag_at_least(2, "user_basic_info", "score", 2.0)];
+        let (_dir, plan, universe) = loaded(&tags, None);
         let control = TaskControl::default();
-        let source = Source {
-            data_dir: dir.path(),
-            batch_rows: 2,
-        };
-        let universe = load(&plan, &source, &control).unwrap();
         // Batches of two rows: the second starts at an unaligned offset.
         let matched = evaluate(&plan.tags, &universe, plan.as_of, 2, &control).unwrap();
         // Rows: u2 (score 2, no cash), u1 (score 10, cash 200), u3 (score 4, cash 30).

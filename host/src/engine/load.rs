@@ -65,8 +65,25 @@ impl Universe {
     }
 }
 
+/// How tables are read in one run: where, which users, which row groups.
+struct Reader<'a> {
+    source: &'a Source<'a>,
+    /// Only these users are kept (`None`: all).
+    wanted: Option<HashSet<&'a str>>,
+    /// An incremental run's delta: row groups to skip.
+    delta: Option<&'a delta::Delta>,
+    control: &'a TaskControl,
+}
+
+impl Reader<'_> {
+    fn read(&self, plan: &TablePlan) -> Result<DataFrame, RunError> {
+        let skip = self.delta.and_then(|d| d.skip.get(&plan.table));
+        read_table(plan, self.source, self.wanted.as_ref(), skip, self.control)
+    }
+}
+
 /// Reads the plan's tables into a [`Universe`]. A `user_ids` run keeps only
-/// those users as it reads.
+/// those users as it reads; an incremental run only the users its delta names.
 pub fn load(plan: &Plan, source: &Source<'_>, control: &TaskControl) -> Result<Universe, RunError> {
     let delta = delta::find(plan, source.data_dir, control)?;
     let wanted: Option<HashSet<&str>> = match (&plan.user_ids, &delta) {
@@ -74,33 +91,37 @@ pub fn load(plan: &Plan, source: &Source<'_>, control: &TaskControl) -> Result<U
         (None, Some(delta)) => Some(delta.users.iter().map(String::as_str).collect()),
         (None, None) => None,
     };
-    let skip = |table: &str| delta.as_ref().and_then(|d| d.skip.get(table));
-    let keep_times = plan.incremental();
+    let reader = Reader {
+        source,
+        wanted,
+        delta: delta.as_ref(),
+        control,
+    };
     let (first, rest) = plan
         .tables
         .split_first()
         .ok_or_else(|| RunError::Failed("no table planned".into()))?;
-    let wanted = wanted.as_ref();
     // Side tables are read on a second thread while this one reads,
     // de-duplicates and indexes the universe; then they are joined.
-    let (universe, sides) = std::thread::scope(|scope| {
+    let (mut universe, sides) = std::thread::scope(|scope| {
         let sides = std::thread::Builder::new()
             .name("side-table-reader".into())
             .spawn_scoped(scope, || {
                 rest.iter()
-                    .map(|table| read_table(table, source, wanted, skip(&table.table), control))
+                    .map(|table| reader.read(table))
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(|e| RunError::Failed(format!("cannot start a reader thread: {e}")))?;
-        let universe = load_universe(first, source, wanted, skip(&first.table), control);
+        let universe = reader
+            .read(first)
+            .and_then(|raw| universe_of(&first.table, raw));
         let sides = sides
             .join()
             .map_err(|_| RunError::Failed("the side-table reader panicked".into()))?;
         Ok::<_, RunError>((universe?, sides?))
     })?;
-    let mut universe = universe;
     for (table, frame) in rest.iter().zip(sides) {
-        join_side_table(&mut universe, &table.table, frame, keep_times)?;
+        join_side_table(&mut universe, &table.table, frame, plan.incremental())?;
     }
     if let Some(delta) = delta {
         // Only changed users were read: the watermarks come from the
@@ -111,15 +132,9 @@ pub fn load(plan: &Plan, source: &Source<'_>, control: &TaskControl) -> Result<U
     Ok(universe)
 }
 
-fn load_universe(
-    plan: &TablePlan,
-    source: &Source<'_>,
-    wanted: Option<&HashSet<&str>>,
-    skip: Option<&HashSet<RowGroupId>>,
-    control: &TaskControl,
-) -> Result<Universe, RunError> {
-    let table = &plan.table;
-    let raw = read_table(plan, source, wanted, skip, control)?;
+/// The universe from the universe table's rows: each user's newest row,
+/// indexed by user id.
+fn universe_of(table: &str, raw: DataFrame) -> Result<Universe, RunError> {
     let (keep, dropped) = latest_rows(user_ids(&raw, table)?, updated_times(&raw, table)?)?;
     let frame = if dropped == 0 {
         raw
@@ -139,12 +154,12 @@ fn load_universe(
         row_groups: None,
     };
     if dropped > 0 {
-        universe.duplicates.insert(table.clone(), dropped);
+        universe.duplicates.insert(table.to_string(), dropped);
     }
     if let Some(max) = updated_times(&frame, table)?.max() {
-        universe.newest.insert(table.clone(), max);
+        universe.newest.insert(table.to_string(), max);
     }
-    universe.tables.push((table.clone(), frame));
+    universe.tables.push((table.to_string(), frame));
     Ok(universe)
 }
 
@@ -272,8 +287,11 @@ fn updated_times<'a>(frame: &'a DataFrame, table: &str) -> Result<&'a Int64Chunk
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::engine::plan::Plan;
     use crate::engine::testkit::{at, plan, tag_at_least, write_table};
     use crate::model::Mode;
+    use crate::registry::RegisteredTag;
+    use std::sync::Arc;
 
     /// A universe with a newer duplicate, a null id and a null time; a side
     /// table with a newer duplicate, a missing user and an outsider.
@@ -303,6 +321,28 @@ pub(crate) mod tests {
         );
     }
 
+    /// The sample written to a new directory, planned for `tags` (a full
+    /// run, or one over `user_ids`) and loaded in batches of two rows.
+    pub fn loaded(
+        tags: &[Arc<RegisteredTag>],
+        user_ids: Option<&[&str]>,
+    ) -> (tempfile::TempDir, Plan, Universe) {
+        let dir = tempfile::tempdir().unwrap();
+        sample(dir.path());
+        let plan = plan(tags, Mode::Full, user_ids);
+        let source = Source {
+            data_dir: dir.path(),
+            batch_rows: 2,
+        };
+        let universe = load(&plan, &source, &TaskControl::default()).unwrap();
+        (dir, plan, universe)
+    }
+
+    /// Tag 1: `user_asset_summary.cash >= 150`.
+    pub fn cash_tag() -> Arc<RegisteredTag> {
+        tag_at_least(1, "user_asset_summary", "cash", 150.0)
+    }
+
     fn values(universe: &Universe, table: &str, column: &str) -> Vec<Option<f64>> {
         let column = universe.column(table, column).unwrap();
         column
@@ -315,19 +355,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_universe_keeps_each_users_newest_row_and_side_tables_align_with_it() {
-        let dir = tempfile::tempdir().unwrap();
-        sample(dir.path());
-        let tags = [tag_at_least(1, "user_asset_summary", "cash", 150.0)];
-        let source = Source {
-            data_dir: dir.path(),
-            batch_rows: 2,
-        };
-        let universe = load(
-            &plan(&tags, Mode::Full, None),
-            &source,
-            &TaskControl::default(),
-        )
-        .unwrap();
+        let (_dir, _, universe) = loaded(&[cash_tag()], None);
         let ids: Vec<&str> = (0..universe.rows()).map(|i| universe.ids.get(i)).collect();
         assert_eq!(ids, vec!["u2", "u1", "u3"]);
         assert_eq!(
@@ -343,15 +371,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_user_ids_run_loads_only_those_users() {
-        let dir = tempfile::tempdir().unwrap();
-        sample(dir.path());
-        let tags = [tag_at_least(1, "user_asset_summary", "cash", 150.0)];
-        let source = Source {
-            data_dir: dir.path(),
-            batch_rows: 2,
-        };
-        let plan = plan(&tags, Mode::Full, Some(&["u3", "nobody"]));
-        let universe = load(&plan, &source, &TaskControl::default()).unwrap();
+        let (_dir, _, universe) = loaded(&[cash_tag()], Some(&["u3", "nobody"]));
         assert_eq!(universe.rows(), 1);
         assert_eq!(
             values(&universe, "user_asset_summary", "cash"),

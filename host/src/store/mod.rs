@@ -284,35 +284,28 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     }
 }
 
-/// Appends tag ids the way `user_tags.tag_ids` stores them (`[1,2,5]`) to
-/// `out`.
-pub fn push_tag_ids(out: &mut String, ids: &[u32]) {
-    use std::fmt::Write;
-    out.push('[');
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{id}");
-    }
-    out.push(']');
-}
-
 /// Parses `user_tags.tag_ids` (`[1,2,5]`; any JSON spacing).
 pub fn parse_tag_ids<C: FromIterator<u32>>(text: &str) -> Result<C, StoreError> {
-    let corrupt =
-        || StoreError::Corrupt(format!("tag_ids {text:?} is not a JSON array of tag ids"));
+    let mut ids = Vec::new();
+    parse_ids_into(text, &mut ids)?;
+    Ok(ids.into_iter().collect())
+}
+
+/// Parses a JSON array of non-negative integers (`[1,2,5]`, any spacing)
+/// into `out`, reusing its buffer.
+pub fn parse_ids_into(text: &str, out: &mut Vec<u32>) -> Result<(), StoreError> {
+    out.clear();
+    let corrupt = || StoreError::Corrupt(format!("{text:?} is not a JSON array of ids"));
     let inner = text
         .trim()
         .strip_prefix('[')
         .and_then(|t| t.strip_suffix(']'))
         .ok_or_else(corrupt)?;
     if inner.trim().is_empty() {
-        return Ok(C::from_iter(None));
+        return Ok(());
     }
-    inner
-        .split(',')
-        .map(|n| n.trim().parse::<u32>().map_err(|_| corrupt()))
-        .collect()
+    for n in inner.split(',') {
+        out.push(n.trim().parse().map_err(|_| corrupt())?);
+    }
+    Ok(())
 }

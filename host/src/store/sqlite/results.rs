@@ -20,7 +20,8 @@
 
 use super::{connect, db};
 use crate::store::{
-    Held, HeldTags, Op, RunStart, RunTx, StoreError, TagState, UserRows, WriteSummary,
+    parse_ids_into, Held, HeldTags, Op, RunStart, RunTx, StoreError, TagState, UserRows,
+    WriteSummary,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashSet;
@@ -118,24 +119,6 @@ pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
     tx.commit().map_err(db)
 }
 
-/// Parses a JSON array of non-negative integers (`[1,2,5]`, any spacing).
-fn parse_ids(text: &str, out: &mut Vec<u32>) -> Result<(), StoreError> {
-    out.clear();
-    let corrupt = || StoreError::Corrupt(format!("{text:?} is not a JSON array of ids"));
-    let inner = text
-        .trim()
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .ok_or_else(corrupt)?;
-    if inner.trim().is_empty() {
-        return Ok(());
-    }
-    for n in inner.split(',') {
-        out.push(n.trim().parse().map_err(|_| corrupt())?);
-    }
-    Ok(())
-}
-
 /// A user's held tags from the two stored arrays.
 pub fn held_tags(
     tag_ids: &str,
@@ -143,8 +126,8 @@ pub fn held_tags(
     scratch: &mut [Vec<u32>; 2],
 ) -> Result<HeldTags, StoreError> {
     let [ids, gs] = scratch;
-    parse_ids(tag_ids, ids)?;
-    parse_ids(grants, gs)?;
+    parse_ids_into(tag_ids, ids)?;
+    parse_ids_into(grants, gs)?;
     if ids.len() != gs.len() {
         return Err(StoreError::Corrupt(format!(
             "tag_ids {tag_ids} and grants {grants} differ in length"
