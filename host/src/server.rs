@@ -92,14 +92,21 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let core = Core::open(&config)?;
-    let scheduler = Scheduler::start(
-        Arc::clone(&core.store),
-        core.engine.clone(),
-        config.max_concurrent_tasks as usize,
-        config.queue_capacity as usize,
-    )
-    .context("starting the workers")?;
+    // Opening the store and re-queueing tasks block (a network store's
+    // client runs its own I/O): off the async threads.
+    let (config, core, scheduler) = tokio::task::spawn_blocking(move || {
+        let core = Core::open(&config)?;
+        let scheduler = Scheduler::start(
+            Arc::clone(&core.store),
+            core.engine.clone(),
+            config.max_concurrent_tasks as usize,
+            config.queue_capacity as usize,
+        )
+        .context("starting the workers")?;
+        Ok::<_, anyhow::Error>((config, core, scheduler))
+    })
+    .await
+    .context("starting up")??;
     let state = AppState {
         environment: config.env.as_str().to_string(),
         store: Arc::clone(&core.store),

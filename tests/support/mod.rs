@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod oracle;
 
 use std::os::unix::fs::PermissionsExt;
@@ -114,15 +115,30 @@ pub fn reference_plugins_dir() -> tempfile::TempDir {
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
-    /// The SQLite file of its store.
+    /// The SQLite file of its store (empty for another backend).
     pub db: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestServer {
-    /// Starts a server over `data_dir` and `plugins_dir`, with extra CLI flags.
+    /// Starts a server over `data_dir` and `plugins_dir` with an SQLite
+    /// store at `db`, with extra CLI flags.
     pub fn start(data_dir: &Path, plugins_dir: &Path, db: &Path, extra: &[&str]) -> TestServer {
+        let url = format!("sqlite://{}", db.display());
+        let mut server = TestServer::start_with_store(data_dir, plugins_dir, &url, extra);
+        server.db = db.to_path_buf();
+        server
+    }
+
+    /// Starts a server over `data_dir` and `plugins_dir` with the store at
+    /// `store` (a `--store` URL), with extra CLI flags.
+    pub fn start_with_store(
+        data_dir: &Path,
+        plugins_dir: &Path,
+        store: &str,
+        extra: &[&str],
+    ) -> TestServer {
         let mut args = vec![
             "tag-server".to_string(),
             "--plugins-dir".into(),
@@ -130,7 +146,7 @@ impl TestServer {
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--store".into(),
-            format!("sqlite://{}", db.display()),
+            store.to_string(),
             "--batch-rows".into(),
             "1000".into(),
         ];
@@ -155,7 +171,7 @@ impl TestServer {
         });
         let server = TestServer {
             base,
-            db: db.to_path_buf(),
+            db: PathBuf::new(),
             stop: Some(stop),
             thread: Some(thread),
         };

@@ -76,9 +76,12 @@ pub fn commit(
     let report = report(&counts);
     let outcome = serde_json::to_value(&report)
         .map_err(|e| RunError::Failed(format!("cannot encode the run report: {e}")))?;
-    let written = tx
+    // The whole commit call: PostgreSQL merges its staged rows here.
+    let started = std::time::Instant::now();
+    let mut written = tx
         .commit(&states(plan, universe), &outcome)
         .map_err(failed)?;
+    written.commit_ms = started.elapsed().as_millis() as u64;
     Ok(Committed { report, written })
 }
 

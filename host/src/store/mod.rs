@@ -14,6 +14,7 @@
 //! created_time, updated_time FROM user_tags` returns the columns of
 //! `tags.md` on every backend.
 
+pub mod postgres;
 pub mod sqlite;
 
 use crate::model::{TaskRecord, TaskStatus};
@@ -29,7 +30,9 @@ pub enum StoreError {
     #[error("corrupt store data: {0}")]
     Corrupt(String),
     /// The store URL is not one this server supports.
-    #[error("unsupported store URL \"{0}\" (expected sqlite://PATH)")]
+    #[error(
+        "unsupported store URL \"{0}\" (expected sqlite://PATH or postgres://USER@HOST/DATABASE)"
+    )]
     UnsupportedUrl(String),
 }
 
@@ -215,7 +218,7 @@ pub struct WriteSummary {
     pub rows_upserted: usize,
     /// Rows deleted.
     pub rows_deleted: usize,
-    /// Time spent committing (making the writes durable), in milliseconds.
+    /// Time spent in [`RunTx::commit`], in milliseconds (set by the engine).
     pub commit_ms: u64,
 }
 
@@ -274,14 +277,18 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<String>, StoreError>;
 }
 
-/// Opens the store named by a URL (`sqlite://PATH`).
+/// Opens the store named by a URL: `sqlite://PATH` or
+/// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`.
 pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
-    match url.strip_prefix("sqlite://") {
-        Some(path) if !path.is_empty() => Ok(Box::new(sqlite::SqliteStore::open(
-            std::path::Path::new(path),
-        )?)),
-        _ => Err(StoreError::UnsupportedUrl(url.to_string())),
+    if let Some(path) = url.strip_prefix("sqlite://").filter(|p| !p.is_empty()) {
+        return Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(
+            path,
+        ))?));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Box::new(postgres::PgStore::open(url)?));
+    }
+    Err(StoreError::UnsupportedUrl(redact(url)))
 }
 
 /// Parses `user_tags.tag_ids` (`[1,2,5]`; any JSON spacing).
@@ -308,4 +315,120 @@ pub fn parse_ids_into(text: &str, out: &mut Vec<u32>) -> Result<(), StoreError> 
         out.push(n.trim().parse().map_err(|_| corrupt())?);
     }
     Ok(())
+}
+
+impl RunStart {
+    /// The run's time in Unix seconds (how the stores keep row times).
+    pub fn unix_time(&self) -> Result<i64, StoreError> {
+        chrono::NaiveDateTime::parse_from_str(&self.now, "%Y-%m-%dT%H:%M:%S")
+            .map(|t| t.and_utc().timestamp())
+            .map_err(|e| StoreError::Corrupt(format!("run time {:?}: {e}", self.now)))
+    }
+
+    /// The `tag_details` entry of tag `tag_id` for users this run grants it to.
+    pub fn grant_detail(&self, tag_id: u32) -> Result<serde_json::Value, StoreError> {
+        let info = self
+            .tags
+            .iter()
+            .find(|t| t.tag_id == tag_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("tag {tag_id} is not part of this run")))?;
+        Ok(serde_json::json!({
+            "tag_name": info.tag_name,
+            "tag_category": info.tag_category,
+            "hit_time": self.now,
+            "rule_version": info.rule_version,
+        }))
+    }
+}
+
+/// A task's stored columns, as text.
+pub struct TaskColumns {
+    /// `task_id`.
+    pub task_id: String,
+    /// The spec as JSON.
+    pub spec: String,
+    /// `environment`.
+    pub environment: String,
+    /// The status name.
+    pub status: String,
+    /// `submitted_at`.
+    pub submitted_at: String,
+    /// `started_at`.
+    pub started_at: Option<String>,
+    /// `completed_at`.
+    pub completed_at: Option<String>,
+    /// The result as JSON.
+    pub result: Option<String>,
+    /// `error`.
+    pub error: Option<String>,
+}
+
+impl TaskColumns {
+    /// Decodes the record.
+    pub fn decode(self) -> Result<TaskRecord, StoreError> {
+        let task_id = self.task_id;
+        let spec = serde_json::from_str(&self.spec)
+            .map_err(|e| StoreError::Corrupt(format!("task {task_id} spec: {e}")))?;
+        let status = self.status.parse().map_err(StoreError::Corrupt)?;
+        let result = self
+            .result
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("task {task_id} result: {e}")))?;
+        Ok(TaskRecord {
+            task_id,
+            spec,
+            environment: self.environment,
+            status,
+            submitted_at: self.submitted_at,
+            started_at: self.started_at,
+            completed_at: self.completed_at,
+            result,
+            error: self.error,
+        })
+    }
+}
+
+/// Appends a JSON array of integers (`[1,2,5]`) to `out`, after clearing it.
+pub fn push_ids(out: &mut String, values: impl Iterator<Item = u32>) {
+    out.clear();
+    out.push('[');
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_u32(out, v);
+    }
+    out.push(']');
+}
+
+/// Appends the decimal digits of `v` (no formatting machinery: this runs
+/// twice per row written).
+fn push_u32(out: &mut String, mut v: u32) {
+    let mut digits = [0u8; 10];
+    let mut n = digits.len();
+    loop {
+        n -= 1;
+        digits[n] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[n..]).unwrap_or_default());
+}
+
+/// A store URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{host}")
+        }
+        None => url.to_string(),
+    }
 }

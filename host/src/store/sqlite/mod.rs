@@ -10,7 +10,7 @@
 mod results;
 
 use super::*;
-use crate::model::{now_timestamp, TaskSpec};
+use crate::model::now_timestamp;
 use results::SqliteRunTx;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -79,31 +79,18 @@ fn connect(path: &Path, results: bool) -> Result<Connection, StoreError> {
 }
 
 fn task_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRecord, StoreError>> {
-    let spec: String = row.get("spec")?;
-    let status: String = row.get("status")?;
-    let result: Option<String> = row.get("result")?;
-    let task_id: String = row.get("task_id")?;
-    let build = || -> Result<TaskRecord, StoreError> {
-        let spec: TaskSpec = serde_json::from_str(&spec)
-            .map_err(|e| StoreError::Corrupt(format!("task {task_id} spec: {e}")))?;
-        let status = status.parse().map_err(StoreError::Corrupt)?;
-        let result = result
-            .map(|r| serde_json::from_str(&r))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("task {task_id} result: {e}")))?;
-        Ok(TaskRecord {
-            task_id: task_id.clone(),
-            spec,
-            environment: row.get("environment").unwrap_or_default(),
-            status,
-            submitted_at: row.get("submitted_at").unwrap_or_default(),
-            started_at: row.get("started_at").unwrap_or_default(),
-            completed_at: row.get("completed_at").unwrap_or_default(),
-            result,
-            error: row.get("error").unwrap_or_default(),
-        })
+    let columns = TaskColumns {
+        task_id: row.get("task_id")?,
+        spec: row.get("spec")?,
+        environment: row.get("environment")?,
+        status: row.get("status")?,
+        submitted_at: row.get("submitted_at")?,
+        started_at: row.get("started_at")?,
+        completed_at: row.get("completed_at")?,
+        result: row.get("result")?,
+        error: row.get("error")?,
     };
-    Ok(build())
+    Ok(columns.decode())
 }
 
 fn rule_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RuleVersion> {

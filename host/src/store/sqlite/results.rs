@@ -20,7 +20,7 @@
 
 use super::{connect, db};
 use crate::store::{
-    parse_ids_into, Held, HeldTags, Op, RunStart, RunTx, StoreError, TagState, UserRows,
+    parse_ids_into, push_ids, Held, HeldTags, Op, RunStart, RunTx, StoreError, TagState, UserRows,
     WriteSummary,
 };
 use rusqlite::{params, Connection, OptionalExtension};
@@ -140,35 +140,6 @@ pub fn held_tags(
         .collect())
 }
 
-fn push_array(out: &mut String, values: impl Iterator<Item = u32>) {
-    out.clear();
-    out.push('[');
-    for (i, v) in values.enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        push_u32(out, v);
-    }
-    out.push(']');
-}
-
-/// Appends the decimal digits of `v` (no formatting machinery: this runs
-/// twice per row written).
-fn push_u32(out: &mut String, mut v: u32) {
-    let mut digits = [0u8; 10];
-    let mut n = digits.len();
-    loop {
-        n -= 1;
-        digits[n] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[n..]).unwrap_or_default());
-}
-
 /// New rows per multi-row `INSERT` (5 parameters each).
 const INSERT_ROWS: usize = 64;
 
@@ -198,10 +169,7 @@ pub struct SqliteRunTx {
 impl SqliteRunTx {
     /// Opens a connection to `path` and begins the transaction.
     pub fn begin(path: &Path, start: &RunStart) -> Result<SqliteRunTx, StoreError> {
-        let now = chrono::NaiveDateTime::parse_from_str(&start.now, "%Y-%m-%dT%H:%M:%S")
-            .map_err(|e| StoreError::Corrupt(format!("run time {:?}: {e}", start.now)))?
-            .and_utc()
-            .timestamp();
+        let now = start.unix_time()?;
         let conn = connect(path, true)?;
         conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
         Ok(SqliteRunTx {
@@ -219,18 +187,7 @@ impl SqliteRunTx {
         if let Some(&(_, id)) = self.grants.iter().find(|(t, _)| *t == tag_id) {
             return Ok(id);
         }
-        let info = self
-            .start
-            .tags
-            .iter()
-            .find(|t| t.tag_id == tag_id)
-            .ok_or_else(|| StoreError::Corrupt(format!("tag {tag_id} is not part of this run")))?;
-        let detail = serde_json::json!({
-            "tag_name": info.tag_name,
-            "tag_category": info.tag_category,
-            "hit_time": self.start.now,
-            "rule_version": info.rule_version,
-        });
+        let detail = self.start.grant_detail(tag_id)?;
         let id: u32 = self
             .conn
             .query_row(
@@ -302,8 +259,8 @@ impl SqliteRunTx {
             let (mut ids, mut gs) = (String::new(), String::new());
             if op != Op::Delete {
                 self.resolve(held, &mut grants)?;
-                push_array(&mut ids, held.iter().map(|h| h.tag_id));
-                push_array(&mut gs, grants.iter().copied());
+                push_ids(&mut ids, held.iter().map(|h| h.tag_id));
+                push_ids(&mut gs, grants.iter().copied());
             }
             out.push((ids, gs));
         }
@@ -417,10 +374,8 @@ impl RunTx for SqliteRunTx {
                 params![self.start.task_id, outcome.to_string(), self.start.now],
             )
             .map_err(db)?;
-        let started = std::time::Instant::now();
         self.conn.execute_batch("COMMIT").map_err(db)?;
         self.committed = true;
-        self.summary.commit_ms = started.elapsed().as_millis() as u64;
         Ok(self.summary)
     }
 }

@@ -1,0 +1,254 @@
+//! A run's write on PostgreSQL: one transaction on a connection of its own.
+//! Changes are streamed with `COPY` into a temporary staging table and
+//! merged into `user_tag_sets` with three set-based statements at commit,
+//! so a run makes a handful of round trips, not one per row.
+
+use super::{db, Pooled};
+use crate::store::{
+    parse_ids_into, push_ids, Held, HeldTags, Op, RunStart, RunTx, StoreError, TagState, UserRows,
+    WriteSummary,
+};
+use std::io::Write;
+
+/// The PostgreSQL side of one run's write.
+pub struct PgRunTx<'a> {
+    client: Pooled<'a>,
+    start: RunStart,
+    /// The run's time in Unix seconds.
+    now: i64,
+    /// Grant ids created by this run, per tag.
+    grants: Vec<(u32, u32)>,
+    summary: WriteSummary,
+    committed: bool,
+}
+
+impl<'a> PgRunTx<'a> {
+    /// Begins the transaction. Other runs' writes wait until it ends (the
+    /// table lock lets readers through), so no run changes the rows between
+    /// this one's read and its write.
+    pub fn begin(mut client: Pooled<'a>, start: &RunStart) -> Result<PgRunTx<'a>, StoreError> {
+        let now = start.unix_time()?;
+        client
+            .batch_execute(
+                "BEGIN;
+                 LOCK TABLE user_tag_sets IN SHARE ROW EXCLUSIVE MODE;
+                 CREATE TEMPORARY TABLE run_stage (op \"char\" NOT NULL, user_id TEXT NOT NULL, tag_ids JSONB, grants JSONB) ON COMMIT DROP;",
+            )
+            .map_err(db)?;
+        Ok(PgRunTx {
+            client,
+            start: start.clone(),
+            now,
+            grants: Vec::new(),
+            summary: WriteSummary::default(),
+            committed: false,
+        })
+    }
+
+    /// This run's grant of `tag_id`, created on first use.
+    fn grant(&mut self, tag_id: u32) -> Result<u32, StoreError> {
+        if let Some(&(_, id)) = self.grants.iter().find(|(t, _)| *t == tag_id) {
+            return Ok(id);
+        }
+        let detail = self.start.grant_detail(tag_id)?.to_string();
+        let id: i32 = self
+            .client
+            .query_one(
+                "INSERT INTO tag_grants (tag_id, detail) VALUES ($1, $2::text::jsonb) RETURNING grant_id",
+                &[&(tag_id as i64), &detail],
+            )
+            .map_err(db)?
+            .get(0);
+        self.grants.push((tag_id, id as u32));
+        Ok(id as u32)
+    }
+
+    /// One change as a line of `COPY` text: a new row for `user_tag_sets`
+    /// (`user_id, tag_ids, grants, created_time, updated_time`) or a staged
+    /// update or delete (`op, user_id, tag_ids, grants`).
+    fn copy_line(
+        &mut self,
+        out: &mut Vec<u8>,
+        op: Op,
+        user: &str,
+        held: &[Held],
+        text: &mut String,
+    ) -> Result<(), StoreError> {
+        match op {
+            Op::Insert => {}
+            Op::Update => out.extend_from_slice(b"U\t"),
+            Op::Delete => out.extend_from_slice(b"D\t"),
+        }
+        copy_escape(out, user);
+        if op == Op::Delete {
+            out.extend_from_slice(b"\t\\N\t\\N\n");
+            return Ok(());
+        }
+        push_ids(text, held.iter().map(|h| h.tag_id));
+        out.push(b'\t');
+        out.extend_from_slice(text.as_bytes());
+        let mut grants = Vec::with_capacity(held.len());
+        for h in held {
+            grants.push(if h.grant == Held::NEW {
+                self.grant(h.tag_id)?
+            } else {
+                h.grant
+            });
+        }
+        push_ids(text, grants.into_iter());
+        out.push(b'\t');
+        out.extend_from_slice(text.as_bytes());
+        if op == Op::Insert {
+            out.extend_from_slice(format!("\t{0}\t{0}", self.now).as_bytes());
+        }
+        out.push(b'\n');
+        Ok(())
+    }
+
+    fn copy(&mut self, sql: &str, lines: &[u8]) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut copy = self.client.copy_in(sql).map_err(db)?;
+        copy.write_all(lines)
+            .map_err(|e| StoreError::Database(format!("COPY: {e}")))?;
+        copy.finish().map_err(db)?;
+        Ok(())
+    }
+
+    /// Applies the staged updates and deletes to `user_tag_sets`.
+    fn merge(&mut self) -> Result<(), StoreError> {
+        let updated = self
+            .client
+            .execute(
+                "UPDATE user_tag_sets AS u SET tag_ids = s.tag_ids, grants = s.grants, updated_time = $1
+                 FROM run_stage AS s WHERE s.op = 'U' AND u.user_id = s.user_id",
+                &[&self.now],
+            )
+            .map_err(db)?;
+        let deleted = self
+            .client
+            .execute(
+                "DELETE FROM user_tag_sets AS u USING run_stage AS s WHERE s.op = 'D' AND u.user_id = s.user_id",
+                &[],
+            )
+            .map_err(db)?;
+        self.summary.rows_upserted += updated as usize;
+        self.summary.rows_deleted += deleted as usize;
+        Ok(())
+    }
+}
+
+/// Appends `text` escaped for `COPY`'s text format.
+fn copy_escape(out: &mut Vec<u8>, text: &str) {
+    for b in text.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+impl RunTx for PgRunTx<'_> {
+    fn current(&mut self, users: Option<&[&str]>) -> Result<UserRows, StoreError> {
+        let rows = match users {
+            None => self.client.query(
+                "SELECT user_id, tag_ids::text, grants::text FROM user_tag_sets ORDER BY user_id",
+                &[],
+            ),
+            Some(users) => self.client.query(
+                "SELECT user_id, tag_ids::text, grants::text FROM user_tag_sets WHERE user_id = ANY($1) ORDER BY user_id",
+                &[&users],
+            ),
+        }
+        .map_err(db)?;
+        let mut out = UserRows::default();
+        let (mut ids, mut grants) = (Vec::new(), Vec::new());
+        for row in rows {
+            parse_ids_into(row.get(1), &mut ids)?;
+            parse_ids_into(row.get(2), &mut grants)?;
+            if ids.len() != grants.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "user {}: tag_ids and grants differ in length",
+                    row.get::<_, &str>(0)
+                )));
+            }
+            let held: HeldTags = ids
+                .iter()
+                .zip(&grants)
+                .map(|(&tag_id, &grant)| Held { tag_id, grant })
+                .collect();
+            out.push(Op::Update, row.get(0), &held);
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError> {
+        // New rows go straight into the table; updates and deletes are
+        // staged and merged with one statement each at commit.
+        let (mut new_rows, mut staged) = (Vec::new(), Vec::new());
+        let mut text = String::new();
+        for (op, user, held) in changes.iter() {
+            let out = if op == Op::Insert {
+                &mut new_rows
+            } else {
+                &mut staged
+            };
+            self.copy_line(out, op, user, held, &mut text)?;
+            if op == Op::Insert {
+                self.summary.rows_upserted += 1;
+            }
+        }
+        self.copy(
+            "COPY user_tag_sets (user_id, tag_ids, grants, created_time, updated_time) FROM STDIN",
+            &new_rows,
+        )?;
+        self.copy(
+            "COPY run_stage (op, user_id, tag_ids, grants) FROM STDIN",
+            &staged,
+        )
+    }
+
+    fn commit(
+        mut self: Box<Self>,
+        states: &[TagState],
+        outcome: &serde_json::Value,
+    ) -> Result<WriteSummary, StoreError> {
+        self.merge()?;
+        for s in states {
+            let watermarks = serde_json::to_string(&s.watermarks)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            self.client
+                .execute(
+                    "INSERT INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (tag_id) DO UPDATE SET rule_version = EXCLUDED.rule_version,
+                       watermarks = EXCLUDED.watermarks, had_full_run = EXCLUDED.had_full_run",
+                    &[&(s.tag_id as i64), &s.rule_version, &watermarks, &s.had_full_run],
+                )
+                .map_err(db)?;
+        }
+        self.client
+            .execute(
+                "INSERT INTO run_outcomes (task_id, result, committed_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (task_id) DO UPDATE SET result = EXCLUDED.result, committed_at = EXCLUDED.committed_at",
+                &[&self.start.task_id, &outcome.to_string(), &self.start.now],
+            )
+            .map_err(db)?;
+        self.client.batch_execute("COMMIT").map_err(db)?;
+        self.committed = true;
+        Ok(self.summary)
+    }
+}
+
+impl Drop for PgRunTx<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            // An error here means the connection is gone, and the server
+            // rolls the transaction back itself.
+            let _ = self.client.batch_execute("ROLLBACK");
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Versioned migrations: each runs once, in order, inside a transaction; a
+//! database migrated by a newer tag-server is refused.
+
+use super::{db, StoreError};
+use ::postgres::Client;
+
+/// The migrations, version 1 first. Append only: a released one never changes.
+const MIGRATIONS: &[&str] = &[
+    // 1: everything of a deployment in one database.
+    r#"
+CREATE TABLE tasks (
+    seq BIGSERIAL PRIMARY KEY,
+    task_id TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    status TEXT NOT NULL,
+    submitted_at TEXT NOT NULL,
+    started_at TEXT,
+    completed_at TEXT,
+    result TEXT,
+    error TEXT,
+    idempotency_key TEXT UNIQUE,
+    request_hash TEXT
+);
+CREATE INDEX tasks_status ON tasks (status);
+CREATE TABLE tag_rules (
+    tag_id BIGINT NOT NULL,
+    version BIGINT NOT NULL,
+    rule TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (tag_id, version)
+);
+CREATE TABLE tag_state (
+    tag_id BIGINT PRIMARY KEY,
+    rule_version BIGINT NOT NULL,
+    watermarks TEXT NOT NULL,
+    had_full_run BOOLEAN NOT NULL
+);
+CREATE TABLE tag_grants (
+    grant_id INTEGER GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tag_id BIGINT NOT NULL,
+    detail JSONB NOT NULL
+);
+CREATE TABLE user_tag_sets (
+    user_id TEXT PRIMARY KEY,
+    tag_ids JSONB NOT NULL,
+    grants JSONB NOT NULL,
+    created_time BIGINT NOT NULL,
+    updated_time BIGINT NOT NULL
+);
+CREATE TABLE run_outcomes (
+    task_id TEXT PRIMARY KEY,
+    result TEXT NOT NULL,
+    committed_at TEXT NOT NULL
+);
+CREATE VIEW user_tags AS
+SELECT s.user_id,
+       s.tag_ids,
+       (SELECT jsonb_object_agg(g.tag_id::text, g.detail)
+          FROM jsonb_array_elements(s.grants) AS j(grant_id)
+          JOIN tag_grants AS g ON g.grant_id = (j.grant_id)::integer) AS tag_details,
+       to_char(to_timestamp(s.created_time) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS') AS created_time,
+       to_char(to_timestamp(s.updated_time) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS') AS updated_time
+FROM user_tag_sets AS s;
+"#,
+];
+
+/// Applies the migrations the database lacks; refuses a newer database.
+pub fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut tx = client.transaction().map_err(db)?;
+    // One migrator at a time when several servers start together.
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(7461676573);
+         CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+    )
+    .map_err(db)?;
+    let current: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .map_err(db)?
+        .get(0);
+    let known = MIGRATIONS.len() as i32;
+    if current > known {
+        return Err(StoreError::Database(format!(
+            "the database has schema version {current}, newer than this server's {known}: upgrade tag-server"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i32 + 1;
+        tx.batch_execute(sql)
+            .map_err(|e| StoreError::Database(format!("migration {version}: {e}")))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+            &[&version, &crate::model::now_timestamp()],
+        )
+        .map_err(db)?;
+        tracing::info!(version, "store migrated");
+    }
+    tx.commit().map_err(db)
+}

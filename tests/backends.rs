@@ -1,0 +1,315 @@
+//! The store semantics of tags.md on every backend: each scenario runs
+//! against SQLite and PostgreSQL through a real server, in a database of
+//! its own, and is checked against the independent computation.
+
+mod support;
+
+use serde_json::json;
+use support::backend::Backend;
+use support::*;
+use tag_host::data::gen::{gen_data_with, GenOptions};
+use tag_plugin_api::Date;
+
+const AS_OF: &str = "2025-01-15";
+
+fn as_of() -> i32 {
+    Date::parse(AS_OF).unwrap().days()
+}
+
+/// A server over fresh sample data and `backend`.
+struct Env {
+    data: tempfile::TempDir,
+    plugins: tempfile::TempDir,
+    backend: Backend,
+    server: TestServer,
+}
+
+impl Env {
+    fn new(backend: Backend, users: usize) -> Env {
+        let data = tempfile::tempdir().unwrap();
+        let options = GenOptions {
+            users,
+            seed: 5,
+            reference_date: as_of(),
+            row_group_rows: 700,
+            duplicates: 30,
+            ..GenOptions::default()
+        };
+        gen_data_with(data.path(), &options).expect("generate data");
+        let plugins = reference_plugins_dir();
+        let server = TestServer::start_with_store(data.path(), plugins.path(), &backend.url(), &[]);
+        Env {
+            data,
+            plugins,
+            backend,
+            server,
+        }
+    }
+
+    /// A server on existing data and store (a restart).
+    fn start(data: tempfile::TempDir, plugins: tempfile::TempDir, backend: Backend) -> Env {
+        let server = TestServer::start_with_store(data.path(), plugins.path(), &backend.url(), &[]);
+        Env {
+            data,
+            plugins,
+            backend,
+            server,
+        }
+    }
+
+    fn expected(&self, tags: &[u32]) -> std::collections::BTreeMap<String, Vec<u32>> {
+        oracle::expected(self.data.path(), as_of(), tags)
+    }
+}
+
+fn full_runs_equal_the_oracle_and_a_rerun_writes_nothing(backend: Backend) {
+    let env = Env::new(backend, 1200);
+    let all = [1, 2, 3, 4, 5, 6, 7, 8];
+    let result = env.server.run(json!({"tag_ids": all, "as_of": AS_OF}));
+    assert_same_tags(&env.backend.tags(), &env.expected(&all));
+    assert_eq!(
+        result["rows_upserted"].as_u64(),
+        Some(env.backend.rows().len() as u64)
+    );
+    let before = env.backend.rows();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let again = env.server.run(json!({"tag_ids": all, "as_of": AS_OF}));
+    assert_eq!(
+        (
+            again["rows_upserted"].as_u64(),
+            again["rows_deleted"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    assert_eq!(env.backend.rows(), before, "not even updated_time moves");
+    // The API reads the same rows.
+    let (user, ids, ..) = &before[0];
+    let (status, body) = env
+        .server
+        .get(&format!("/api/v1/users/{user}/tags"))
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["tag_ids"],
+        serde_json::from_str::<serde_json::Value>(ids).unwrap()
+    );
+}
+
+fn a_user_ids_run_touches_only_those_users(backend: Backend) {
+    let env = Env::new(backend, 600);
+    env.server.run(json!({"tag_ids": [7], "as_of": AS_OF}));
+    let before = env.backend.tags();
+    // Tag 2 for two users only: nobody else gains it.
+    let users: Vec<String> = env.expected(&[2]).into_keys().take(2).collect();
+    let result = env
+        .server
+        .run(json!({"tag_ids": [2], "user_ids": [users[0], users[1], "ghost"], "as_of": AS_OF}));
+    assert_eq!(result["unknown_user_ids"]["count"], 1);
+    let after = env.backend.tags();
+    for (user, tags) in &after {
+        let had = before.get(user).cloned().unwrap_or_default();
+        if users.contains(user) {
+            assert!(tags.contains(&2), "{user}: {tags:?}");
+        } else {
+            assert_eq!(tags, &had, "{user} was not in the run");
+        }
+    }
+}
+
+fn a_changed_rule_revokes_and_leaves_other_tags(backend: Backend) {
+    let env = Env::new(backend, 800);
+    env.server.run(json!({"tag_ids": [6, 7], "as_of": AS_OF}));
+    let response = client()
+        .put(format!("{}/api/v1/tags/6/rule", env.server.base))
+        .json(&json!({"rule": {"field": "cash_balance", "operator": ">=", "value": 1.0e12}}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let result = env.server.run(json!({"tag_ids": [6], "as_of": AS_OF}));
+    assert!(
+        result["tags"][0]["removed"].as_u64().unwrap() > 0,
+        "{result}"
+    );
+    let after = env.backend.tags();
+    assert!(after.values().all(|tags| !tags.contains(&6)));
+    assert_same_tags(&after, &env.expected(&[7]));
+}
+
+fn an_incremental_run_equals_a_full_one(backend: Backend) {
+    let env = Env::new(backend, 900);
+    env.server
+        .run(json!({"tag_ids": [2, 3, 8], "as_of": AS_OF}));
+    let path = env.data.path().join("user_activity_summary.parquet");
+    // Every user trades a lot now, with a newer time.
+    {
+        use polars::prelude::*;
+        let mut df = ParquetReader::new(std::fs::File::open(&path).unwrap())
+            .finish()
+            .unwrap();
+        let newest = df
+            .column("updated_time")
+            .unwrap()
+            .datetime()
+            .unwrap()
+            .physical()
+            .max()
+            .unwrap();
+        let n = df.height();
+        df.with_column(Int32Chunked::full("trade_count_30d".into(), 99, n).into_column())
+            .unwrap();
+        df.with_column(
+            Int64Chunked::full("updated_time".into(), newest + 1_000_000, n)
+                .into_datetime(TimeUnit::Microseconds, None)
+                .into_column(),
+        )
+        .unwrap();
+        ParquetWriter::new(std::fs::File::create(&path).unwrap())
+            .finish(&mut df)
+            .unwrap();
+    }
+    let result = env
+        .server
+        .run(json!({"tag_ids": [2, 3, 8], "mode": "incremental", "as_of": AS_OF}));
+    assert_eq!(result["tags"][0]["scope"], "changed users");
+    assert_same_tags(&env.backend.tags(), &env.expected(&[2, 3, 8]));
+}
+
+fn overlapping_runs_lose_nothing(backend: Backend) {
+    let env = Env::new(backend, 1500);
+    let ids: Vec<String> = [vec![1, 6], vec![2, 8], vec![3, 7], vec![4, 5]]
+        .iter()
+        .map(|tags| env.server.trigger(json!({"tag_ids": tags, "as_of": AS_OF})))
+        .collect();
+    for id in &ids {
+        assert_eq!(env.server.wait(id)["status"], "completed");
+    }
+    assert_same_tags(
+        &env.backend.tags(),
+        &env.expected(&[1, 2, 3, 4, 5, 6, 7, 8]),
+    );
+}
+
+fn a_failure_mid_write_leaves_nothing(backend: Backend) {
+    let env = Env::new(backend, 500);
+    env.server.run(json!({"tag_ids": [7], "as_of": AS_OF}));
+    let before = env.backend.rows();
+    let trigger = match env.backend {
+        Backend::Sqlite(_) => "CREATE TRIGGER fail_writes BEFORE UPDATE ON user_tag_sets BEGIN SELECT RAISE(ABORT, 'injected write failure'); END;",
+        Backend::Postgres(_) => "CREATE FUNCTION fail_writes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected write failure'; END $$;
+             CREATE TRIGGER fail_writes BEFORE UPDATE ON user_tag_sets FOR EACH ROW EXECUTE FUNCTION fail_writes();",
+    };
+    env.backend.execute(trigger, false);
+    // Gains for new users are inserted first, then an update fails.
+    let id = env
+        .server
+        .trigger(json!({"tag_ids": [1, 2, 3, 6], "as_of": AS_OF}));
+    let status = env.server.wait(&id);
+    assert_eq!(status["status"], "failed", "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("injected write failure"),
+        "{status}"
+    );
+    assert_eq!(env.backend.rows(), before);
+}
+
+fn a_restart_finishes_committed_tasks_and_runs_queued_ones(backend: Backend) {
+    let env = Env::new(backend, 400);
+    let done = env.server.trigger(json!({"tag_ids": [7], "as_of": AS_OF}));
+    let written = env.server.wait(&done)["result"]["rows_upserted"]
+        .as_u64()
+        .unwrap();
+    assert!(written > 0);
+    let Env {
+        data,
+        plugins,
+        backend,
+        server,
+    } = env;
+    drop(server);
+    // As if the process died after the results' commit, with a task queued.
+    backend.execute(
+        &format!(
+            "UPDATE tasks SET status = 'running', result = NULL, completed_at = NULL WHERE task_id = '{done}';
+             INSERT INTO tasks (task_id, spec, environment, status, submitted_at)
+             VALUES ('queued-1', '{{\"tag_ids\":[2],\"user_ids\":null,\"mode\":\"full\",\"priority\":\"normal\",\"as_of\":\"{AS_OF}\"}}', 'local', 'submitted', '2025-01-15T00:00:00');"
+        ),
+        true,
+    );
+    let env = Env::start(data, plugins, backend);
+    let recovered = env.server.wait(&done);
+    assert_eq!(recovered["status"], "completed", "{recovered}");
+    assert_eq!(
+        recovered["result"]["rows_upserted"].as_u64(),
+        Some(written),
+        "not run again"
+    );
+    assert_eq!(env.server.wait("queued-1")["status"], "completed");
+    assert_same_tags(&env.backend.tags(), &env.expected(&[2, 7]));
+}
+
+macro_rules! on_every_backend {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $scenario() { super::$scenario(super::Backend::sqlite()) })*
+        }
+        mod postgres {
+            $(#[test] fn $scenario() { super::$scenario(super::Backend::postgres()) })*
+        }
+    };
+}
+
+on_every_backend!(
+    full_runs_equal_the_oracle_and_a_rerun_writes_nothing,
+    a_user_ids_run_touches_only_those_users,
+    a_changed_rule_revokes_and_leaves_other_tags,
+    an_incremental_run_equals_a_full_one,
+    overlapping_runs_lose_nothing,
+    a_failure_mid_write_leaves_nothing,
+    a_restart_finishes_committed_tasks_and_runs_queued_ones,
+);
+
+#[test]
+fn an_unreachable_store_is_named_without_its_password() {
+    let data = tempfile::tempdir().unwrap();
+    let (code, out, err) = tag_server(&[
+        "run",
+        "--tag-ids",
+        "1",
+        "--data-dir",
+        &data.path().display().to_string(),
+        "--store",
+        "postgres://tagger:s3cret@127.0.0.1:1/tags",
+    ]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("cannot connect to postgres://tagger@127.0.0.1:1/tags"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret") && !out.contains("s3cret"), "{err}");
+}
+
+#[test]
+fn a_database_from_a_newer_server_is_refused_and_a_second_start_changes_nothing() {
+    let backend = Backend::postgres();
+    let first = tag_host::store::open(&backend.url()).expect("migrate a new database");
+    drop(first);
+    let count = |backend: &Backend| {
+        let mut client = ::postgres::Client::connect(&backend.url(), ::postgres::NoTls).unwrap();
+        client
+            .query_one("SELECT COUNT(*) FROM schema_migrations", &[])
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let migrated = count(&backend);
+    assert!(migrated >= 1);
+    drop(tag_host::store::open(&backend.url()).expect("open again"));
+    assert_eq!(count(&backend), migrated);
+    backend.execute("INSERT INTO schema_migrations VALUES (999, 'later')", false);
+    let Err(err) = tag_host::store::open(&backend.url()) else {
+        panic!("a newer schema must be refused");
+    };
+    assert!(err.to_string().contains("schema version 999"), "{err}");
+}

@@ -1,0 +1,119 @@
+//! The stores the backend suite runs against, each test in a database of
+//! its own: SQLite in a temporary directory, PostgreSQL on 127.0.0.1:5432
+//! (user postgres, trust authentication), a fresh database per test.
+
+use std::collections::BTreeMap;
+
+/// Where PostgreSQL's administrative connection goes.
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// One store for one test; dropped, it removes its database.
+pub enum Backend {
+    /// An SQLite file in a temporary directory.
+    Sqlite(tempfile::TempDir),
+    /// A PostgreSQL database created for the test.
+    Postgres(String),
+}
+
+impl Backend {
+    /// A fresh SQLite store.
+    pub fn sqlite() -> Backend {
+        Backend::Sqlite(tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// A fresh PostgreSQL database.
+    pub fn postgres() -> Backend {
+        let name = format!("tag_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = postgres::Client::connect(PG_ADMIN, postgres::NoTls)
+            .expect("PostgreSQL on 127.0.0.1:5432 (start it with `service postgresql start`)");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create test database");
+        Backend::Postgres(name)
+    }
+
+    /// The `--store` URL.
+    pub fn url(&self) -> String {
+        match self {
+            Backend::Sqlite(dir) => format!("sqlite://{}", dir.path().join("tags.db").display()),
+            Backend::Postgres(name) => format!("postgres://postgres@127.0.0.1:5432/{name}"),
+        }
+    }
+
+    /// Runs SQL statements on the results database (and, for SQLite, the
+    /// same on the control file when `control` is set).
+    pub fn execute(&self, sql: &str, control: bool) {
+        match self {
+            Backend::Sqlite(dir) => {
+                let file = if control {
+                    "tags.control.db"
+                } else {
+                    "tags.db"
+                };
+                let conn = rusqlite::Connection::open(dir.path().join(file)).expect("open store");
+                conn.execute_batch(sql).expect("run SQL");
+            }
+            Backend::Postgres(_) => {
+                let mut client =
+                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                client.batch_execute(sql).expect("run SQL");
+            }
+        }
+    }
+
+    /// `SELECT user_id, tag_ids, tag_details, created_time, updated_time
+    /// FROM user_tags`, ordered by user, as text.
+    pub fn rows(&self) -> Vec<(String, String, String, String, String)> {
+        const SQL: &str = "SELECT user_id, tag_ids, tag_details, created_time, updated_time FROM user_tags ORDER BY user_id";
+        match self {
+            Backend::Sqlite(dir) => {
+                let conn =
+                    rusqlite::Connection::open(dir.path().join("tags.db")).expect("open store");
+                let mut stmt = conn.prepare(SQL).expect("query");
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })
+                    .expect("rows")
+                    .map(|r| r.expect("row"))
+                    .collect();
+                rows
+            }
+            Backend::Postgres(_) => {
+                let mut client =
+                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                let sql = "SELECT user_id, tag_ids::text, tag_details::text, created_time, updated_time FROM user_tags ORDER BY user_id";
+                client
+                    .query(sql, &[])
+                    .expect("query")
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                    .collect()
+            }
+        }
+    }
+
+    /// `user_id -> tag_ids`.
+    pub fn tags(&self) -> BTreeMap<String, Vec<u32>> {
+        self.rows()
+            .into_iter()
+            .map(|(user, ids, ..)| {
+                (
+                    user,
+                    serde_json::from_str(&ids).expect("tag_ids is a JSON array"),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Backend::Postgres(name) = self {
+            if let Ok(mut admin) = postgres::Client::connect(PG_ADMIN, postgres::NoTls) {
+                let _ =
+                    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
+    }
+}
