@@ -1,6 +1,6 @@
 //! The store semantics of tags.md on every backend: each scenario runs
-//! against SQLite and PostgreSQL through a real server, in a database of
-//! its own, and is checked against the independent computation.
+//! against SQLite, PostgreSQL and MariaDB through a real server, in a
+//! database of its own, and is checked against the independent computation.
 
 mod support;
 
@@ -197,6 +197,7 @@ fn a_failure_mid_write_leaves_nothing(backend: Backend) {
         Backend::Sqlite(_) => "CREATE TRIGGER fail_writes BEFORE UPDATE ON user_tag_sets BEGIN SELECT RAISE(ABORT, 'injected write failure'); END;",
         Backend::Postgres(_) => "CREATE FUNCTION fail_writes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected write failure'; END $$;
              CREATE TRIGGER fail_writes BEFORE UPDATE ON user_tag_sets FOR EACH ROW EXECUTE FUNCTION fail_writes();",
+        Backend::Mysql(_) => "CREATE TRIGGER fail_writes BEFORE UPDATE ON user_tag_sets FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected write failure'",
     };
     env.backend.execute(trigger, false);
     // Gains for new users are inserted first, then an update fails.
@@ -258,6 +259,9 @@ macro_rules! on_every_backend {
         mod postgres {
             $(#[test] fn $scenario() { super::$scenario(super::Backend::postgres()) })*
         }
+        mod mariadb {
+            $(#[test] fn $scenario() { super::$scenario(super::Backend::mysql()) })*
+        }
     };
 }
 
@@ -312,4 +316,24 @@ fn a_database_from_a_newer_server_is_refused_and_a_second_start_changes_nothing(
         panic!("a newer schema must be refused");
     };
     assert!(err.to_string().contains("schema version 999"), "{err}");
+}
+
+#[test]
+fn an_unreachable_mariadb_is_named_without_its_password() {
+    let data = tempfile::tempdir().unwrap();
+    let (code, out, err) = tag_server(&[
+        "run",
+        "--tag-ids",
+        "1",
+        "--data-dir",
+        &data.path().display().to_string(),
+        "--store",
+        "mysql://tagger:s3cret@127.0.0.1:1/tags",
+    ]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("cannot connect to mysql://tagger@127.0.0.1:1/tags"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret") && !out.contains("s3cret"), "{err}");
 }

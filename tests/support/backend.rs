@@ -1,11 +1,20 @@
 //! The stores the backend suite runs against, each test in a database of
 //! its own: SQLite in a temporary directory, PostgreSQL on 127.0.0.1:5432
-//! (user postgres, trust authentication), a fresh database per test.
+//! (user postgres, trust authentication) and MariaDB on 127.0.0.1:3306
+//! (root, no password), a fresh database per test.
 
 use std::collections::BTreeMap;
 
 /// Where PostgreSQL's administrative connection goes.
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Where MariaDB's administrative connection goes.
+const MY_ADMIN: &str = "mysql://root@127.0.0.1:3306/test";
+
+fn mysql_admin() -> mysql::PooledConn {
+    mysql::Pool::new(MY_ADMIN)
+        .and_then(|p| p.get_conn())
+        .expect("MariaDB on 127.0.0.1:3306 (start it with `service mariadb start`)")
+}
 
 /// One store for one test; dropped, it removes its database.
 pub enum Backend {
@@ -13,6 +22,8 @@ pub enum Backend {
     Sqlite(tempfile::TempDir),
     /// A PostgreSQL database created for the test.
     Postgres(String),
+    /// A MariaDB database created for the test.
+    Mysql(String),
 }
 
 impl Backend {
@@ -32,11 +43,24 @@ impl Backend {
         Backend::Postgres(name)
     }
 
+    /// A fresh MariaDB database.
+    pub fn mysql() -> Backend {
+        use mysql::prelude::Queryable;
+        let name = format!("tag_test_{}", uuid::Uuid::new_v4().simple());
+        mysql_admin()
+            .query_drop(format!(
+                "CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            ))
+            .expect("create test database");
+        Backend::Mysql(name)
+    }
+
     /// The `--store` URL.
     pub fn url(&self) -> String {
         match self {
             Backend::Sqlite(dir) => format!("sqlite://{}", dir.path().join("tags.db").display()),
             Backend::Postgres(name) => format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            Backend::Mysql(name) => format!("mysql://root@127.0.0.1:3306/{name}"),
         }
     }
 
@@ -57,6 +81,14 @@ impl Backend {
                 let mut client =
                     postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
                 client.batch_execute(sql).expect("run SQL");
+            }
+            Backend::Mysql(_) => {
+                use mysql::prelude::Queryable;
+                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
+                pool.get_conn()
+                    .expect("connect")
+                    .query_drop(sql)
+                    .expect("run SQL");
             }
         }
     }
@@ -89,6 +121,11 @@ impl Backend {
                     .iter()
                     .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
                     .collect()
+            }
+            Backend::Mysql(_) => {
+                use mysql::prelude::Queryable;
+                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
+                pool.get_conn().expect("connect").query(SQL).expect("query")
             }
         }
     }

@@ -14,6 +14,7 @@
 //! created_time, updated_time FROM user_tags` returns the columns of
 //! `tags.md` on every backend.
 
+pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 
@@ -31,7 +32,7 @@ pub enum StoreError {
     Corrupt(String),
     /// The store URL is not one this server supports.
     #[error(
-        "unsupported store URL \"{0}\" (expected sqlite://PATH or postgres://USER@HOST/DATABASE)"
+        "unsupported store URL \"{0}\" (expected sqlite://PATH, postgres://USER@HOST/DATABASE or mysql://USER@HOST/DATABASE)"
     )]
     UnsupportedUrl(String),
 }
@@ -277,8 +278,9 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<String>, StoreError>;
 }
 
-/// Opens the store named by a URL: `sqlite://PATH` or
-/// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`.
+/// Opens the store named by a URL: `sqlite://PATH`,
+/// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` or
+/// `mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE` (MySQL or MariaDB).
 pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://").filter(|p| !p.is_empty()) {
         return Ok(Box::new(sqlite::SqliteStore::open(std::path::Path::new(
@@ -287,6 +289,10 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Box::new(postgres::PgStore::open(url)?));
+    }
+    if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        let url = url.replacen("mariadb://", "mysql://", 1);
+        return Ok(Box::new(mysql::MyStore::open(&url)?));
     }
     Err(StoreError::UnsupportedUrl(redact(url)))
 }

@@ -1,0 +1,253 @@
+//! A run's write on MySQL/MariaDB: one transaction on a connection of its
+//! own. New rows go in with multi-row `INSERT`s of up to [`ROWS`] rows;
+//! updates and deletes are staged in a temporary table the same way and
+//! merged with one statement each at commit.
+
+use super::db;
+use crate::store::{
+    parse_ids_into, push_ids, Held, HeldTags, Op, RunStart, RunTx, StoreError, TagState, UserRows,
+    WriteSummary,
+};
+use ::mysql::prelude::Queryable;
+use ::mysql::{Params, PooledConn, Value};
+
+/// Rows per multi-row statement.
+const ROWS: usize = 1000;
+
+/// The MySQL side of one run's write.
+pub struct MyRunTx {
+    conn: PooledConn,
+    start: RunStart,
+    /// The run's time in Unix seconds.
+    now: i64,
+    /// Grant ids created by this run, per tag.
+    grants: Vec<(u32, u32)>,
+    summary: WriteSummary,
+    committed: bool,
+}
+
+impl MyRunTx {
+    /// Begins the transaction and takes the run lock: other runs' writes
+    /// wait until it ends; readers see the last commit meanwhile.
+    pub fn begin(mut conn: PooledConn, start: &RunStart) -> Result<MyRunTx, StoreError> {
+        let now = start.unix_time()?;
+        for sql in [
+            "DROP TEMPORARY TABLE IF EXISTS run_stage",
+            "CREATE TEMPORARY TABLE run_stage (op CHAR(1) NOT NULL, user_id VARCHAR(255) NOT NULL,
+               tag_ids LONGTEXT, grants LONGTEXT, PRIMARY KEY (user_id))
+             CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+            "START TRANSACTION",
+            "SELECT id FROM run_lock WHERE id = 1 FOR UPDATE",
+        ] {
+            conn.query_drop(sql).map_err(db)?;
+        }
+        Ok(MyRunTx {
+            conn,
+            start: start.clone(),
+            now,
+            grants: Vec::new(),
+            summary: WriteSummary::default(),
+            committed: false,
+        })
+    }
+
+    /// This run's grant of `tag_id`, created on first use.
+    fn grant(&mut self, tag_id: u32) -> Result<u32, StoreError> {
+        if let Some(&(_, id)) = self.grants.iter().find(|(t, _)| *t == tag_id) {
+            return Ok(id);
+        }
+        let detail = self.start.grant_detail(tag_id)?.to_string();
+        self.conn
+            .exec_drop(
+                "INSERT INTO tag_grants (tag_id, detail) VALUES (?, ?)",
+                (tag_id, detail),
+            )
+            .map_err(db)?;
+        let id = self.conn.last_insert_id() as u32;
+        self.grants.push((tag_id, id));
+        Ok(id)
+    }
+
+    /// The parameters of one changed row: user, `tag_ids`, `grants`.
+    fn row_values(
+        &mut self,
+        user: &str,
+        held: &[Held],
+        out: &mut Vec<Value>,
+    ) -> Result<(), StoreError> {
+        let mut text = String::new();
+        out.push(Value::from(user));
+        push_ids(&mut text, held.iter().map(|h| h.tag_id));
+        out.push(Value::from(text.as_str()));
+        let mut grants = Vec::with_capacity(held.len());
+        for h in held {
+            grants.push(if h.grant == Held::NEW {
+                self.grant(h.tag_id)?
+            } else {
+                h.grant
+            });
+        }
+        push_ids(&mut text, grants.into_iter());
+        out.push(Value::from(text.as_str()));
+        Ok(())
+    }
+
+    /// One multi-row statement: `head` then `tuple` once per row.
+    fn insert_rows(
+        &mut self,
+        head: &str,
+        tuple: &str,
+        rows: usize,
+        values: Vec<Value>,
+    ) -> Result<(), StoreError> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let sql = format!("{head} {}", vec![tuple; rows].join(", "));
+        self.conn
+            .exec_drop(sql, Params::Positional(values))
+            .map_err(db)
+    }
+
+    fn merge(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .exec_drop(
+                "UPDATE user_tag_sets AS u JOIN run_stage AS s ON u.user_id = s.user_id AND s.op = 'U'
+                 SET u.tag_ids = s.tag_ids, u.grants = s.grants, u.updated_time = ?",
+                (self.now,),
+            )
+            .map_err(db)?;
+        self.summary.rows_upserted += self.conn.affected_rows() as usize;
+        self.conn
+            .query_drop("DELETE u FROM user_tag_sets AS u JOIN run_stage AS s ON u.user_id = s.user_id AND s.op = 'D'")
+            .map_err(db)?;
+        self.summary.rows_deleted += self.conn.affected_rows() as usize;
+        Ok(())
+    }
+
+    fn read_rows(
+        &mut self,
+        sql: &str,
+        params: Params,
+        out: &mut UserRows,
+    ) -> Result<(), StoreError> {
+        let rows: Vec<(String, String, String)> = self.conn.exec(sql, params).map_err(db)?;
+        let (mut ids, mut grants) = (Vec::new(), Vec::new());
+        for (user, tag_ids, grant_ids) in rows {
+            parse_ids_into(&tag_ids, &mut ids)?;
+            parse_ids_into(&grant_ids, &mut grants)?;
+            if ids.len() != grants.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "user {user}: tag_ids and grants differ in length"
+                )));
+            }
+            let held: HeldTags = ids
+                .iter()
+                .zip(&grants)
+                .map(|(&tag_id, &grant)| Held { tag_id, grant })
+                .collect();
+            out.push(Op::Update, &user, &held);
+        }
+        Ok(())
+    }
+}
+
+impl RunTx for MyRunTx {
+    fn current(&mut self, users: Option<&[&str]>) -> Result<UserRows, StoreError> {
+        let mut out = UserRows::default();
+        const ALL: &str = "SELECT user_id, tag_ids, grants FROM user_tag_sets ORDER BY user_id";
+        let Some(users) = users else {
+            self.read_rows(ALL, Params::Empty, &mut out)?;
+            return Ok(out);
+        };
+        let mut sorted = users.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        for chunk in sorted.chunks(ROWS) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("SELECT user_id, tag_ids, grants FROM user_tag_sets WHERE user_id IN ({marks}) ORDER BY user_id");
+            let params = Params::Positional(chunk.iter().map(|u| Value::from(*u)).collect());
+            self.read_rows(&sql, params, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError> {
+        let rows: Vec<(Op, &str, &[Held])> = changes.iter().collect();
+        for chunk in rows.chunks(ROWS) {
+            let (mut new_rows, mut new_values) = (0, Vec::new());
+            let (mut staged, mut staged_values) = (0, Vec::new());
+            for &(op, user, held) in chunk {
+                if op == Op::Insert {
+                    self.row_values(user, held, &mut new_values)?;
+                    new_values.extend([Value::from(self.now), Value::from(self.now)]);
+                    new_rows += 1;
+                } else {
+                    staged_values.push(Value::from(if op == Op::Update { "U" } else { "D" }));
+                    self.row_values(user, held, &mut staged_values)?;
+                    staged += 1;
+                }
+            }
+            self.insert_rows(
+                "INSERT INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time) VALUES",
+                "(?, ?, ?, ?, ?)",
+                new_rows,
+                new_values,
+            )?;
+            self.summary.rows_upserted += new_rows;
+            self.insert_rows(
+                "INSERT INTO run_stage (op, user_id, tag_ids, grants) VALUES",
+                "(?, ?, ?, ?)",
+                staged,
+                staged_values,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn commit(
+        mut self: Box<Self>,
+        states: &[TagState],
+        outcome: &serde_json::Value,
+    ) -> Result<WriteSummary, StoreError> {
+        self.merge()?;
+        for s in states {
+            let watermarks = serde_json::to_string(&s.watermarks)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            self.conn
+                .exec_drop(
+                    "INSERT INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES (?, ?, ?, ?)
+                     ON DUPLICATE KEY UPDATE rule_version = VALUES(rule_version), watermarks = VALUES(watermarks),
+                       had_full_run = VALUES(had_full_run)",
+                    (s.tag_id, s.rule_version, watermarks, s.had_full_run),
+                )
+                .map_err(db)?;
+        }
+        self.conn
+            .exec_drop(
+                "INSERT INTO run_outcomes (task_id, result, committed_at) VALUES (?, ?, ?)
+                 ON DUPLICATE KEY UPDATE result = VALUES(result), committed_at = VALUES(committed_at)",
+                (&self.start.task_id, outcome.to_string(), &self.start.now),
+            )
+            .map_err(db)?;
+        self.conn.query_drop("COMMIT").map_err(db)?;
+        self.committed = true;
+        let _ = self
+            .conn
+            .query_drop("DROP TEMPORARY TABLE IF EXISTS run_stage");
+        Ok(self.summary)
+    }
+}
+
+impl Drop for MyRunTx {
+    fn drop(&mut self) {
+        if !self.committed {
+            // An error here means the connection is gone, and the server
+            // rolls the transaction back itself.
+            let _ = self.conn.query_drop("ROLLBACK");
+            let _ = self
+                .conn
+                .query_drop("DROP TEMPORARY TABLE IF EXISTS run_stage");
+        }
+    }
+}

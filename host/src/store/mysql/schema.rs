@@ -1,0 +1,110 @@
+//! Versioned migrations for MySQL/MariaDB; a newer database is refused.
+
+use super::{db, StoreError};
+use ::mysql::prelude::Queryable;
+use ::mysql::PooledConn;
+
+/// The migrations, version 1 first. Append only. Text is utf8mb4; user ids
+/// compare byte for byte (`utf8mb4_bin`): `User1` is not `user1`.
+const MIGRATIONS: &[&[&str]] = &[&[
+    "CREATE TABLE tasks (
+        seq BIGINT AUTO_INCREMENT PRIMARY KEY,
+        task_id VARCHAR(64) NOT NULL UNIQUE,
+        spec LONGTEXT NOT NULL,
+        environment VARCHAR(32) NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        submitted_at VARCHAR(32) NOT NULL,
+        started_at VARCHAR(32),
+        completed_at VARCHAR(32),
+        result LONGTEXT,
+        error LONGTEXT,
+        idempotency_key VARCHAR(255) UNIQUE,
+        request_hash LONGTEXT,
+        INDEX tasks_status (status)
+    ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+    "CREATE TABLE tag_rules (
+        tag_id BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        rule LONGTEXT NOT NULL,
+        created_at VARCHAR(32) NOT NULL,
+        PRIMARY KEY (tag_id, version)
+    ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+    "CREATE TABLE tag_state (
+        tag_id BIGINT PRIMARY KEY,
+        rule_version BIGINT NOT NULL,
+        watermarks LONGTEXT NOT NULL,
+        had_full_run BOOLEAN NOT NULL
+    ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+    "CREATE TABLE tag_grants (
+        grant_id INT AUTO_INCREMENT PRIMARY KEY,
+        tag_id BIGINT NOT NULL,
+        detail JSON NOT NULL
+    ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+    "CREATE TABLE user_tag_sets (
+        user_id VARCHAR(255) NOT NULL PRIMARY KEY,
+        tag_ids JSON NOT NULL,
+        grants JSON NOT NULL,
+        created_time BIGINT NOT NULL,
+        updated_time BIGINT NOT NULL
+    ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+    "CREATE TABLE run_outcomes (
+        task_id VARCHAR(64) PRIMARY KEY,
+        result LONGTEXT NOT NULL,
+        committed_at VARCHAR(32) NOT NULL
+    ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+    // One row that a run's transaction locks: writers take turns, readers
+    // of user_tag_sets never wait (InnoDB reads a snapshot).
+    "CREATE TABLE run_lock (id INT PRIMARY KEY) ENGINE = InnoDB",
+    "INSERT INTO run_lock VALUES (1)",
+    "CREATE VIEW user_tags AS
+     SELECT s.user_id AS user_id,
+            s.tag_ids AS tag_ids,
+            (SELECT JSON_OBJECTAGG(g.tag_id, JSON_EXTRACT(g.detail, '$'))
+               FROM JSON_TABLE(s.grants, '$[*]' COLUMNS (grant_id INT PATH '$')) AS j
+               JOIN tag_grants AS g ON g.grant_id = j.grant_id) AS tag_details,
+            DATE_FORMAT(TIMESTAMPADD(SECOND, s.created_time, '1970-01-01 00:00:00'), '%Y-%m-%dT%H:%i:%s') AS created_time,
+            DATE_FORMAT(TIMESTAMPADD(SECOND, s.updated_time, '1970-01-01 00:00:00'), '%Y-%m-%dT%H:%i:%s') AS updated_time
+     FROM user_tag_sets AS s",
+]];
+
+/// Applies the migrations the database lacks; refuses a newer database.
+/// DDL commits on its own in MySQL, so a named lock keeps two starting
+/// servers from migrating at once.
+pub fn migrate(conn: &mut PooledConn) -> Result<(), StoreError> {
+    conn.query_drop("SELECT GET_LOCK('tag_server_migrate', 60)")
+        .map_err(db)?;
+    let outcome = apply(conn);
+    let _ = conn.query_drop("SELECT RELEASE_LOCK('tag_server_migrate')");
+    outcome
+}
+
+fn apply(conn: &mut PooledConn) -> Result<(), StoreError> {
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY, applied_at VARCHAR(32) NOT NULL)",
+    )
+    .map_err(db)?;
+    let current: Option<i64> = conn
+        .query_first("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        .map_err(db)?;
+    let current = current.unwrap_or(0);
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::Database(format!(
+            "the database has schema version {current}, newer than this server's {known}: upgrade tag-server"
+        )));
+    }
+    for (i, statements) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i64 + 1;
+        for sql in *statements {
+            conn.query_drop(*sql)
+                .map_err(|e| StoreError::Database(format!("migration {version}: {e}")))?;
+        }
+        conn.exec_drop(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+            (version, crate::model::now_timestamp()),
+        )
+        .map_err(db)?;
+        tracing::info!(version, "store migrated");
+    }
+    Ok(())
+}
