@@ -251,6 +251,174 @@ fn a_restart_finishes_committed_tasks_and_runs_queued_ones(backend: Backend) {
     assert_same_tags(&env.backend.tags(), &env.expected(&[2, 7]));
 }
 
+/// A `tag-server` process serving on a free loopback port.
+struct Process {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Process {
+    /// Starts the process and waits until it answers `/health`.
+    fn start(
+        data: &std::path::Path,
+        plugins: &std::path::Path,
+        store: &str,
+        log: &std::path::Path,
+    ) -> Process {
+        let process = Process::spawn(data, plugins, store, log);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while client()
+            .get(format!("{}/health", process.base))
+            .send()
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tag-server did not come up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        process
+    }
+
+    /// Starts the process without waiting for it.
+    fn spawn(
+        data: &std::path::Path,
+        plugins: &std::path::Path,
+        store: &str,
+        log: &std::path::Path,
+    ) -> Process {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tag-server"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--store",
+                store,
+            ])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--plugins-dir")
+            .arg(plugins)
+            .arg("--log-file")
+            .arg(log)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tag-server");
+        Process {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn status(&self, task: &str) -> serde_json::Value {
+        let url = format!("{}/api/v1/tasks/{task}/status", self.base);
+        client()
+            .get(url)
+            .send()
+            .unwrap()
+            .json::<serde_json::Value>()
+            .unwrap()["status"]
+            .clone()
+    }
+
+    /// Waits for the process to die by itself (the task aborts it).
+    fn wait_for_crash(mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(!status.success(), "{status}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn a_task_that_kills_the_server_is_failed_after_its_second_crash(backend: Backend) {
+    let data = tempfile::tempdir().unwrap();
+    let options = GenOptions {
+        users: 300,
+        reference_date: as_of(),
+        ..GenOptions::default()
+    };
+    gen_data_with(data.path(), &options).unwrap();
+    let mut files: Vec<(String, std::path::PathBuf)> = REFERENCE_PLUGINS
+        .iter()
+        .map(|n| (format!("{n}.so"), plugin(n)))
+        .collect();
+    files.push(("misbehaving.so".into(), fixture("misbehaving")));
+    let named: Vec<(&str, std::path::PathBuf)> =
+        files.iter().map(|(n, p)| (n.as_str(), p.clone())).collect();
+    let plugins = plugins_dir(&named);
+    let log = data.path().join("server.log");
+    let server = Process::start(data.path(), plugins.path(), &backend.url(), &log);
+    let (code, reply) = {
+        let response = client()
+            .post(format!("{}/api/v1/tags/trigger", server.base))
+            .json(&json!({"tag_ids": [905], "as_of": AS_OF}))
+            .send()
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<serde_json::Value>().unwrap(),
+        )
+    };
+    assert_eq!(code, 202, "{reply}");
+    let task = reply["task_id"].as_str().unwrap().to_string();
+    server.wait_for_crash();
+    // Restarted, it runs the task again at once, which stops it a second time.
+    Process::spawn(data.path(), plugins.path(), &backend.url(), &log).wait_for_crash();
+    let server = Process::start(data.path(), plugins.path(), &backend.url(), &log);
+    let status = server.status(&task);
+    assert_eq!(status["status"], "failed", "{status}");
+    assert_eq!(status["attempts"], 2, "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped while running this task 2 times"),
+        "{status}"
+    );
+    // And it serves on: another task completes.
+    let response = client()
+        .post(format!("{}/api/v1/tags/trigger", server.base))
+        .json(&json!({"tag_ids": [7], "as_of": AS_OF}))
+        .send()
+        .unwrap();
+    let other = response.json::<serde_json::Value>().unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while server.status(&other)["status"] != "completed" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            server.status(&other)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 macro_rules! on_every_backend {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite {
@@ -273,6 +441,7 @@ on_every_backend!(
     overlapping_runs_lose_nothing,
     a_failure_mid_write_leaves_nothing,
     a_restart_finishes_committed_tasks_and_runs_queued_ones,
+    a_task_that_kills_the_server_is_failed_after_its_second_crash,
 );
 
 #[test]

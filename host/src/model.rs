@@ -175,6 +175,10 @@ pub struct TaskRecord {
     pub result: Option<serde_json::Value>,
     /// Why it failed or was cancelled.
     pub error: Option<String>,
+    /// Times a worker started it without finishing it cleanly (a crash of
+    /// the server while it ran counts; a shutdown does not).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// Now, in the API's timestamp format (UTC, seconds).

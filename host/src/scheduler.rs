@@ -221,9 +221,13 @@ impl Scheduler {
         {
             let mut state = shared.lock();
             for mut task in shared.store.unfinished_tasks()? {
-                if task.status == TaskStatus::Running {
-                    task.status = TaskStatus::Submitted;
-                    task.started_at = None;
+                let was_running = task.status == TaskStatus::Running;
+                if !lifecycle::recover(&mut task) {
+                    tracing::error!(task_id = %task.task_id, attempts = task.attempts, "task stopped the server on every attempt: failed, not run again");
+                    shared.store.update_task(&task)?;
+                    continue;
+                }
+                if was_running {
                     shared.store.update_task(&task)?;
                 }
                 let seq = state.next_seq;

@@ -367,6 +367,8 @@ pub struct TaskColumns {
     pub result: Option<String>,
     /// `error`.
     pub error: Option<String>,
+    /// `attempts`.
+    pub attempts: i64,
 }
 
 impl TaskColumns {
@@ -391,6 +393,7 @@ impl TaskColumns {
             completed_at: self.completed_at,
             result,
             error: self.error,
+            attempts: self.attempts.clamp(0, u32::MAX as i64) as u32,
         })
     }
 }

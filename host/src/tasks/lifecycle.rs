@@ -41,6 +41,7 @@ pub fn create(spec: TaskSpec, environment: &str) -> TaskRecord {
         completed_at: None,
         result: None,
         error: None,
+        attempts: 0,
     }
 }
 
@@ -57,11 +58,37 @@ pub fn check(spec: &TaskSpec, registry: &TagRegistry) -> Result<(), UnknownTags>
     }
 }
 
-/// Marks a task taken by a worker.
+/// Marks a task taken by a worker, counting the attempt.
 pub fn start(task: &mut TaskRecord) {
     task.status = TaskStatus::Running;
     task.started_at = Some(now_timestamp());
     task.completed_at = None;
+    task.attempts += 1;
+}
+
+/// Attempts after which a task found running at start-up (so the server
+/// stopped while it ran, without a shutdown) is failed instead of re-run.
+pub const MAX_CRASHED_ATTEMPTS: u32 = 2;
+
+/// What to do with a task found unfinished at start-up: `true` to run it
+/// (again); `false` if it already stopped the server too often, in which
+/// case it is now `failed` with the reason.
+pub fn recover(task: &mut TaskRecord) -> bool {
+    if task.status != TaskStatus::Running {
+        return true;
+    }
+    if task.attempts >= MAX_CRASHED_ATTEMPTS {
+        task.status = TaskStatus::Failed;
+        task.completed_at = Some(now_timestamp());
+        task.error = Some(format!(
+            "the server stopped while running this task {} times; it is not run again (see the server log for the cause)",
+            task.attempts
+        ));
+        return false;
+    }
+    task.status = TaskStatus::Submitted;
+    task.started_at = None;
+    true
 }
 
 /// What became of a task after its run.
@@ -90,8 +117,10 @@ pub fn finish(task: &mut TaskRecord, outcome: Result<Value, RunError>) -> Finish
             task.error = Some("cancelled while running; nothing was written".into());
         }
         Err(RunError::Stopped(Stop::Shutdown)) => {
+            // A shutdown is not the task's doing: the attempt does not count.
             task.status = TaskStatus::Submitted;
             task.started_at = None;
+            task.attempts = task.attempts.saturating_sub(1);
             return Finished::Requeued;
         }
     }
@@ -139,6 +168,7 @@ pub fn status_json(task: &TaskRecord, progress: Option<Progress>) -> Value {
         "submitted_at": task.submitted_at,
         "started_at": task.started_at,
         "completed_at": task.completed_at,
+        "attempts": task.attempts,
     });
     if let Some(result) = &task.result {
         v["result"] = result.clone();
@@ -179,6 +209,24 @@ mod tests {
         assert_eq!(done, Finished::Terminal(TaskStatus::Failed));
         assert_eq!(task.error.as_deref(), Some("boom"));
         assert!(task.completed_at.is_some());
+    }
+
+    #[test]
+    fn a_task_that_stopped_the_server_twice_is_failed_at_start_up() {
+        let mut task = create(spec(), "local");
+        start(&mut task);
+        // Found running: the server died once; it runs again.
+        assert!(recover(&mut task));
+        assert_eq!(task.status, TaskStatus::Submitted);
+        start(&mut task);
+        assert_eq!(task.attempts, 2);
+        assert!(!recover(&mut task));
+        assert_eq!(task.status, TaskStatus::Failed);
+        assert!(
+            task.error.as_deref().unwrap().contains("2 times"),
+            "{:?}",
+            task.error
+        );
     }
 
     #[test]

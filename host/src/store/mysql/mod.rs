@@ -25,11 +25,21 @@ fn db(e: ::mysql::Error) -> StoreError {
 }
 
 const TASK_COLUMNS: &str =
-    "task_id, spec, environment, status, submitted_at, started_at, completed_at, result, error";
+    "task_id, spec, environment, status, submitted_at, started_at, completed_at, result, error, attempts";
 
 fn task_from_row(row: Row) -> Result<TaskRecord, StoreError> {
-    let (task_id, spec, environment, status, submitted_at, started_at, completed_at, result, error) =
-        ::mysql::from_row_opt(row).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let (
+        task_id,
+        spec,
+        environment,
+        status,
+        submitted_at,
+        started_at,
+        completed_at,
+        result,
+        error,
+        attempts,
+    ) = ::mysql::from_row_opt(row).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     TaskColumns {
         task_id,
         spec,
@@ -40,6 +50,7 @@ fn task_from_row(row: Row) -> Result<TaskRecord, StoreError> {
         completed_at,
         result,
         error,
+        attempts,
     }
     .decode()
 }
@@ -125,8 +136,8 @@ impl Store for MyStore {
         let result = task.result.as_ref().map(|r| r.to_string());
         self.conn()?
             .exec_drop(
-                "UPDATE tasks SET status = ?, started_at = ?, completed_at = ?, result = ?, error = ? WHERE task_id = ?",
-                (task.status.as_str(), &task.started_at, &task.completed_at, result, &task.error, &task.task_id),
+                "UPDATE tasks SET status = ?, started_at = ?, completed_at = ?, result = ?, error = ?, attempts = ? WHERE task_id = ?",
+                (task.status.as_str(), &task.started_at, &task.completed_at, result, &task.error, task.attempts, &task.task_id),
             )
             .map_err(db)
     }

@@ -65,6 +65,9 @@ const MIGRATIONS: &[&[&str]] = &[&[
             DATE_FORMAT(TIMESTAMPADD(SECOND, s.created_time, '1970-01-01 00:00:00'), '%Y-%m-%dT%H:%i:%s') AS created_time,
             DATE_FORMAT(TIMESTAMPADD(SECOND, s.updated_time, '1970-01-01 00:00:00'), '%Y-%m-%dT%H:%i:%s') AS updated_time
      FROM user_tag_sets AS s",
+], &[
+    // 2: how often a task was started without finishing cleanly.
+    "ALTER TABLE tasks ADD COLUMN attempts INT NOT NULL DEFAULT 0",
 ]];
 
 /// Applies the migrations the database lacks; refuses a newer database.

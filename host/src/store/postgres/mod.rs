@@ -139,6 +139,7 @@ fn task_from_row(row: &Row) -> Result<TaskRecord, StoreError> {
         completed_at: get("completed_at")?,
         result: get("result")?,
         error: get("error")?,
+        attempts: row.try_get::<_, i32>("attempts").map_err(db)? as i64,
     }
     .decode()
 }
@@ -153,7 +154,7 @@ fn rule_from_row(row: &Row) -> Result<RuleVersion, StoreError> {
 }
 
 const TASK_COLUMNS: &str =
-    "task_id, spec, environment, status, submitted_at, started_at, completed_at, result, error";
+    "task_id, spec, environment, status, submitted_at, started_at, completed_at, result, error, attempts";
 
 impl Store for PgStore {
     fn ping(&self) -> Result<(), StoreError> {
@@ -196,8 +197,8 @@ impl Store for PgStore {
         let result = task.result.as_ref().map(|r| r.to_string());
         self.client()?
             .execute(
-                "UPDATE tasks SET status = $2, started_at = $3, completed_at = $4, result = $5, error = $6 WHERE task_id = $1",
-                &[&task.task_id, &task.status.as_str(), &task.started_at, &task.completed_at, &result, &task.error],
+                "UPDATE tasks SET status = $2, started_at = $3, completed_at = $4, result = $5, error = $6, attempts = $7 WHERE task_id = $1",
+                &[&task.task_id, &task.status.as_str(), &task.started_at, &task.completed_at, &result, &task.error, &(task.attempts as i32)],
             )
             .map(|_| ())
             .map_err(db)

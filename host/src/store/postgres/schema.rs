@@ -63,6 +63,8 @@ SELECT s.user_id,
        to_char(to_timestamp(s.updated_time) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS') AS updated_time
 FROM user_tag_sets AS s;
 "#,
+    // 2: how often a task was started without finishing cleanly.
+    "ALTER TABLE tasks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Applies the migrations the database lacks; refuses a newer database.

@@ -58,6 +58,23 @@ CREATE TABLE IF NOT EXISTS tag_rules (
 );
 ";
 
+/// Control files made before attempts were counted lack the column.
+fn add_attempts(control: &Connection) -> Result<(), StoreError> {
+    let present: bool = control
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'attempts')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    if !present {
+        control
+            .execute_batch("ALTER TABLE tasks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
 fn connect(path: &Path, results: bool) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(db)?;
     conn.busy_timeout(std::time::Duration::from_secs(60))
@@ -89,6 +106,7 @@ fn task_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRecord,
         completed_at: row.get("completed_at")?,
         result: row.get("result")?,
         error: row.get("error")?,
+        attempts: row.get("attempts")?,
     };
     Ok(columns.decode())
 }
@@ -112,6 +130,7 @@ impl SqliteStore {
         }
         let control = connect(&SqliteStore::control_path(path), false)?;
         control.execute_batch(CONTROL_SCHEMA).map_err(db)?;
+        add_attempts(&control)?;
         let mut results = connect(path, true)?;
         results::prepare(&mut results)?;
         let mut reads = vec![Mutex::new(results)];
@@ -217,8 +236,8 @@ impl Store for SqliteStore {
         let result = task.result.as_ref().map(|r| r.to_string());
         self.with(|c| {
             c.execute(
-                "UPDATE tasks SET status = ?2, started_at = ?3, completed_at = ?4, result = ?5, error = ?6 WHERE task_id = ?1",
-                params![task.task_id, task.status.as_str(), task.started_at, task.completed_at, result, task.error],
+                "UPDATE tasks SET status = ?2, started_at = ?3, completed_at = ?4, result = ?5, error = ?6, attempts = ?7 WHERE task_id = ?1",
+                params![task.task_id, task.status.as_str(), task.started_at, task.completed_at, result, task.error, task.attempts],
             )
             .map_err(db)?;
             Ok(())
