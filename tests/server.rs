@@ -1170,3 +1170,46 @@ fn universe_rows_without_a_user_id_are_dropped_and_counted() {
     stored.retain(|user, _| users.contains(user));
     assert_same_tags(&stored, &expected);
 }
+
+#[test]
+fn profiles_apply_under_flags_and_glue_prod_lists_every_problem_at_once() {
+    let profiles = workspace().join("config");
+    let dir = profiles.display().to_string();
+    // The shipped production profile names a MySQL store; without tokens
+    // the server refuses to start, and says why.
+    let (code, out, err) = tag_server(&["--env", "glue-prod", "--config-dir", &dir, "plugins"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("TAG_API_TOKENS"), "{err}");
+    // With SQLite forced by a flag, both problems are listed together.
+    let (code, _, err) = tag_server(&[
+        "--env",
+        "glue-prod",
+        "--config-dir",
+        &dir,
+        "--store",
+        "sqlite://x.db",
+        "plugins",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("not SQLite") && err.contains("TAG_API_TOKENS"),
+        "{err}"
+    );
+    // glue-dev's profile applies: its plugins directory does not matter to
+    // `plugins`, but a bad profile does.
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bad.path().join("glue-dev.toml"),
+        "workers = 0\nnot_a_key = 1\n",
+    )
+    .unwrap();
+    let (code, _, err) = tag_server(&[
+        "--env",
+        "glue-dev",
+        "--config-dir",
+        &bad.path().display().to_string(),
+        "plugins",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not_a_key"), "{err}");
+}

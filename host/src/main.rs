@@ -1,8 +1,8 @@
 //! `tag-server`: see `tag-server --help`.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
-use tag_host::config::{Cli, Command, Config};
+use tag_host::config::{Cli, Command, Config, LogFormat};
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 #[global_allocator]
@@ -38,11 +38,14 @@ fn init_logging(config: &Config, to_file: bool) -> anyhow::Result<()> {
             .append(true)
             .open(&config.log_file)?;
         let file = std::sync::Mutex::new(file);
-        tracing_subscriber::fmt()
+        let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stdout.and(file))
-            .with_ansi(false)
-            .init();
+            .with_ansi(false);
+        match config.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
     } else {
         // One-shot commands keep stdout for their output.
         tracing_subscriber::fmt()
@@ -82,7 +85,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     purge_freed_memory_at_once();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Err(errors) = tag_host::config::profile::resolve(&mut cli.config, &matches) {
+        eprintln!("error: {errors}");
+        return ExitCode::from(2);
+    }
     let serving = cli.command.is_none();
     if let Err(e) = init_logging(&cli.config, serving) {
         eprintln!(

@@ -2,7 +2,12 @@
 //!
 //! Server flags are global, so `tag-server run ...` and `tag-server
 //! gen-data ...` take the same `--env`, `--plugins-dir`, `--data-dir` and
-//! `--store` as the server.
+//! `--store` as the server. Every setting can also come from a `TAG_*`
+//! environment variable and from the environment's profile file
+//! (`config/<env>.toml`, see [`profile`]); a flag beats the variable, which
+//! beats the profile, which beats the built-in default.
+
+pub mod profile;
 
 use crate::model::Mode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -46,9 +51,20 @@ impl Environment {
     }
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// Log verbosity, spelled as the original system spelled it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
 #[value(rename_all = "UPPER")]
+#[serde(rename_all = "UPPERCASE")]
 pub enum LogLevel {
     /// Everything.
     Debug,
@@ -64,13 +80,22 @@ pub enum LogLevel {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Deployment environment.
-    #[arg(long, value_enum, default_value = "local", global = true)]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "local",
+        env = "TAG_ENV",
+        global = true
+    )]
     pub env: Environment,
+    /// Directory of the profile files (`<env>.toml`).
+    #[arg(long, default_value = "config", env = "TAG_CONFIG_DIR", global = true)]
+    pub config_dir: PathBuf,
     /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0", global = true)]
+    #[arg(long, default_value = "0.0.0.0", env = "TAG_HOST", global = true)]
     pub host: String,
     /// Port to listen on.
-    #[arg(long, default_value_t = 5000, global = true)]
+    #[arg(long, default_value_t = 5000, env = "TAG_PORT", global = true)]
     pub port: u16,
     /// Debug mode: DEBUG logging.
     #[arg(long, global = true)]
@@ -80,34 +105,56 @@ pub struct Config {
         long,
         value_enum,
         default_value = "INFO",
+        env = "TAG_LOG_LEVEL",
         global = true,
         ignore_case = true
     )]
     pub log_level: LogLevel,
+    /// Log line format.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "TAG_LOG_FORMAT",
+        global = true
+    )]
+    pub log_format: LogFormat,
     /// Log file (besides the console).
-    #[arg(long, default_value = "api_server.log", global = true)]
+    #[arg(
+        long,
+        default_value = "api_server.log",
+        env = "TAG_LOG_FILE",
+        global = true
+    )]
     pub log_file: PathBuf,
     /// Directory of plugin libraries [default: $TAG_PLUGINS_DIR, else the
     /// directory of the tag-server executable, where cargo puts the plugins].
     #[arg(long, env = "TAG_PLUGINS_DIR", global = true)]
     pub plugins_dir: Option<PathBuf>,
     /// Directory of the source tables (`<table>.parquet` or `<table>/*.parquet`).
-    #[arg(long, default_value = "data", global = true)]
+    #[arg(long, default_value = "data", env = "TAG_DATA_DIR", global = true)]
     pub data_dir: PathBuf,
-    /// Store URL [default: sqlite://<data-dir>/tag_system.db].
-    #[arg(long, global = true)]
+    /// Store URL: sqlite://PATH, postgres://… or mysql://… [default:
+    /// sqlite://<data-dir>/tag_system.db]. A password belongs in TAG_STORE,
+    /// not in a profile file.
+    #[arg(long, env = "TAG_STORE", hide_env_values = true, global = true)]
     pub store: Option<String>,
     /// Tasks computed at once.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64), global = true)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64), env = "TAG_MAX_CONCURRENT_TASKS", global = true)]
     pub max_concurrent_tasks: u16,
     /// Tasks that may wait in the queue; a trigger beyond it gets 503.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..), env = "TAG_QUEUE_CAPACITY", global = true)]
     pub queue_capacity: u32,
     /// Largest `user_ids` list a trigger may carry.
-    #[arg(long, default_value_t = 100_000, global = true)]
+    #[arg(
+        long,
+        default_value_t = 100_000,
+        env = "TAG_MAX_USER_IDS",
+        global = true
+    )]
     pub max_user_ids: usize,
     /// Rows per batch handed to a plugin.
-    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..), global = true)]
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..), env = "TAG_BATCH_ROWS", global = true)]
     pub batch_rows: u32,
 }
 

@@ -1,0 +1,263 @@
+//! Environment profiles: `--env local|glue-dev|glue-prod` selects
+//! `<config-dir>/<env>.toml`, whose settings apply where neither a flag nor
+//! a `TAG_*` environment variable gave one. Then the whole configuration is
+//! checked, and every problem is reported at once.
+//!
+//! A profile holds no secret: a store URL with a password is refused there
+//! (put it in `TAG_STORE`), and API tokens come only from the environment.
+
+use super::{Config, Environment, LogFormat, LogLevel};
+use clap::parser::ValueSource;
+use clap::ArgMatches;
+use std::path::PathBuf;
+
+/// The settings a profile file may hold (unknown keys are errors).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Address to listen on.
+    pub host: Option<String>,
+    /// Port to listen on.
+    pub port: Option<u16>,
+    /// Source tables.
+    pub data_dir: Option<PathBuf>,
+    /// Store URL, without a password.
+    pub store: Option<String>,
+    /// Plugin libraries.
+    pub plugins_dir: Option<PathBuf>,
+    /// Tasks computed at once.
+    pub workers: Option<u16>,
+    /// Tasks that may wait.
+    pub queue_capacity: Option<u32>,
+    /// Largest `user_ids` list.
+    pub max_user_ids: Option<usize>,
+    /// Rows per plugin batch.
+    pub batch_rows: Option<u32>,
+    /// Log level.
+    pub log_level: Option<LogLevel>,
+    /// Log line format.
+    pub log_format: Option<LogFormat>,
+    /// Log file.
+    pub log_file: Option<PathBuf>,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("the configuration is invalid:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Applies the environment's profile under `matches` (flags and variables
+/// win), then validates the result.
+pub fn resolve(config: &mut Config, matches: &ArgMatches) -> Result<(), ConfigErrors> {
+    let mut errors = Vec::new();
+    let path = config
+        .config_dir
+        .join(format!("{}.toml", config.env.as_str()));
+    let profile = match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str::<Profile>(&text)
+            .map_err(|e| errors.push(format!("{}: {}", path.display(), e.message())))
+            .ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.env == Environment::Local => {
+            None
+        }
+        Err(e) => {
+            errors.push(format!("profile {}: {e}", path.display()));
+            None
+        }
+    };
+    if let Some(profile) = profile {
+        check_secrets(&profile, &path, &mut errors);
+        apply(profile, config, matches);
+    }
+    validate(
+        config,
+        std::env::var("TAG_API_TOKENS").ok().as_deref(),
+        &mut errors,
+    );
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Whether `id` was left at its built-in default (no flag, no variable).
+fn defaulted(matches: &ArgMatches, id: &str) -> bool {
+    matches!(
+        matches.value_source(id),
+        None | Some(ValueSource::DefaultValue)
+    )
+}
+
+fn apply(profile: Profile, config: &mut Config, matches: &ArgMatches) {
+    let free = |id: &str| defaulted(matches, id);
+    macro_rules! set {
+        ($field:ident, $id:literal, $value:expr) => {
+            if let Some(value) = $value {
+                if free($id) {
+                    config.$field = value;
+                }
+            }
+        };
+    }
+    set!(host, "host", profile.host);
+    set!(port, "port", profile.port);
+    set!(data_dir, "data_dir", profile.data_dir);
+    set!(
+        max_concurrent_tasks,
+        "max_concurrent_tasks",
+        profile.workers
+    );
+    set!(queue_capacity, "queue_capacity", profile.queue_capacity);
+    set!(max_user_ids, "max_user_ids", profile.max_user_ids);
+    set!(batch_rows, "batch_rows", profile.batch_rows);
+    set!(log_level, "log_level", profile.log_level);
+    set!(log_format, "log_format", profile.log_format);
+    set!(log_file, "log_file", profile.log_file);
+    set!(store, "store", profile.store.map(Some));
+    set!(plugins_dir, "plugins_dir", profile.plugins_dir.map(Some));
+}
+
+fn check_secrets(profile: &Profile, path: &std::path::Path, errors: &mut Vec<String>) {
+    let has_password = profile.store.as_deref().is_some_and(|url| {
+        url.split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .is_some_and(|(credentials, _)| credentials.contains(':'))
+    });
+    if has_password {
+        errors.push(format!(
+            "{}: store holds a password; secrets come only from the environment (TAG_STORE)",
+            path.display()
+        ));
+    }
+}
+
+/// The checks that span settings.
+pub fn validate(config: &Config, tokens: Option<&str>, errors: &mut Vec<String>) {
+    let bound = |name: &str, value: u64, min: u64, max: u64, errors: &mut Vec<String>| {
+        if value < min || value > max {
+            errors.push(format!("{name} must be from {min} to {max}, got {value}"));
+        }
+    };
+    bound(
+        "workers (max_concurrent_tasks)",
+        config.max_concurrent_tasks.into(),
+        1,
+        64,
+        errors,
+    );
+    bound(
+        "queue_capacity",
+        config.queue_capacity.into(),
+        1,
+        u32::MAX.into(),
+        errors,
+    );
+    bound(
+        "batch_rows",
+        config.batch_rows.into(),
+        64,
+        u32::MAX.into(),
+        errors,
+    );
+    let store = config.store_url();
+    let known = [
+        "sqlite://",
+        "postgres://",
+        "postgresql://",
+        "mysql://",
+        "mariadb://",
+    ];
+    if !known.iter().any(|scheme| store.starts_with(scheme)) {
+        errors.push(format!(
+            "store {} is not sqlite://, postgres:// or mysql://",
+            crate::store::redact(&store)
+        ));
+    }
+    if config.env == Environment::GlueProd {
+        if store.starts_with("sqlite://") {
+            errors.push(
+                "glue-prod needs a network store (postgres:// or mysql://), not SQLite".into(),
+            );
+        }
+        if tokens.is_none_or(|t| t.trim().is_empty()) {
+            errors.push("glue-prod refuses to start without API tokens: set TAG_API_TOKENS".into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cli;
+    use clap::{CommandFactory, FromArgMatches};
+
+    /// Parses `args` with a profile directory holding `files`.
+    fn parse(args: &[&str], files: &[(&str, &str)]) -> (Result<(), ConfigErrors>, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let dir_arg = dir.path().display().to_string();
+        let mut all = vec!["tag-server", "--config-dir", &dir_arg];
+        all.extend_from_slice(args);
+        let matches = Cli::command().try_get_matches_from(all).unwrap();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap();
+        let outcome = resolve(&mut cli.config, &matches);
+        (outcome, cli.config)
+    }
+
+    #[test]
+    fn a_profile_fills_what_flags_leave_at_their_defaults() {
+        let profile = "workers = 7\nport = 6000\ndata_dir = \"/srv/data\"\nlog_format = \"json\"\n";
+        let (outcome, config) = parse(
+            &["--env", "glue-dev", "--port", "7000"],
+            &[("glue-dev.toml", profile)],
+        );
+        outcome.unwrap();
+        assert_eq!(config.max_concurrent_tasks, 7);
+        assert_eq!(config.port, 7000, "the flag wins");
+        assert_eq!(config.data_dir, PathBuf::from("/srv/data"));
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let profile = "store = \"mysql://root:hunter2@db/tags\"\nworkerz = 3\n";
+        let (outcome, _) = parse(&["--env", "glue-prod"], &[("glue-prod.toml", profile)]);
+        let errors = outcome.unwrap_err().0;
+        // The unknown key stops the file from being read at all.
+        assert!(errors.iter().any(|e| e.contains("workerz")), "{errors:?}");
+        let profile = "store = \"mysql://root:hunter2@db/tags\"\n";
+        let (outcome, _) = parse(&["--env", "glue-prod"], &[("glue-prod.toml", profile)]);
+        let errors = outcome.unwrap_err().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("secrets come only from the environment")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("TAG_API_TOKENS")),
+            "{errors:?}"
+        );
+        assert!(!errors.iter().any(|e| e.contains("hunter2")), "{errors:?}");
+    }
+
+    #[test]
+    fn glue_prod_refuses_sqlite_and_a_missing_profile_is_an_error_outside_local() {
+        let (outcome, _) = parse(
+            &["--env", "glue-prod"],
+            &[("glue-prod.toml", "workers = 2\n")],
+        );
+        let errors = outcome.unwrap_err().0;
+        assert!(
+            errors.iter().any(|e| e.contains("not SQLite")),
+            "{errors:?}"
+        );
+        let (outcome, _) = parse(&["--env", "glue-dev"], &[]);
+        assert!(outcome.unwrap_err().0[0].contains("glue-dev.toml"));
+        let (outcome, _) = parse(&["--env", "local"], &[]);
+        outcome.unwrap();
+    }
+}
