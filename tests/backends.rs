@@ -301,6 +301,11 @@ impl Process {
                 &port.to_string(),
                 "--store",
                 store,
+                // A dead process's claims expire within two seconds.
+                "--task-lease-secs",
+                "2",
+                "--batch-rows",
+                "1000",
             ])
             .arg("--data-dir")
             .arg(data)
@@ -388,7 +393,15 @@ fn a_task_that_kills_the_server_is_failed_after_its_second_crash(backend: Backen
     // Restarted, it runs the task again at once, which stops it a second time.
     Process::spawn(data.path(), plugins.path(), &backend.url(), &log).wait_for_crash();
     let server = Process::start(data.path(), plugins.path(), &backend.url(), &log);
-    let status = server.status(&task);
+    // Once the dead process's lease expires, the task is claimed and failed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let status = server.status(&task);
+        if status["status"] != "running" || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert_eq!(status["status"], "failed", "{status}");
     assert_eq!(status["attempts"], 2, "{status}");
     assert!(
@@ -419,6 +432,85 @@ fn a_task_that_kills_the_server_is_failed_after_its_second_crash(backend: Backen
     }
 }
 
+fn trigger(base: &str, body: serde_json::Value) -> String {
+    let response = client()
+        .post(format!("{base}/api/v1/tags/trigger"))
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    response.json::<serde_json::Value>().unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn three_processes_share_the_queue_and_take_over_from_one_killed_mid_run(backend: Backend) {
+    let data = tempfile::tempdir().unwrap();
+    let options = GenOptions {
+        users: 3000,
+        reference_date: as_of(),
+        ..GenOptions::default()
+    };
+    gen_data_with(data.path(), &options).unwrap();
+    let mut files: Vec<(String, std::path::PathBuf)> = REFERENCE_PLUGINS
+        .iter()
+        .map(|n| (format!("{n}.so"), plugin(n)))
+        .collect();
+    files.push(("misbehaving.so".into(), fixture("misbehaving")));
+    let named: Vec<(&str, std::path::PathBuf)> =
+        files.iter().map(|(n, p)| (n.as_str(), p.clone())).collect();
+    let plugins = plugins_dir(&named);
+    let log = data.path().join("server.log");
+    let first = Process::start(data.path(), plugins.path(), &backend.url(), &log);
+    // Tag 904 takes 1.5 s a batch: three batches keep each task running ~4.5 s.
+    let tasks: Vec<String> = (1..=6)
+        .map(|tag| trigger(&first.base, json!({"tag_ids": [904, tag], "as_of": AS_OF})))
+        .collect();
+    // Its three workers take three tasks; those die with it.
+    let running = |p: &Process| -> Vec<String> {
+        tasks
+            .iter()
+            .filter(|t| p.status(t)["status"] == "running")
+            .cloned()
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let killed = loop {
+        let now_running = running(&first);
+        if now_running.len() == 3 {
+            break now_running;
+        }
+        assert!(std::time::Instant::now() < deadline, "{now_running:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let others = [
+        Process::start(data.path(), plugins.path(), &backend.url(), &log),
+        Process::start(data.path(), plugins.path(), &backend.url(), &log),
+    ];
+    drop(first); // kill -9 mid-run
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    for task in &tasks {
+        loop {
+            let status = others[0].status(task);
+            if status["status"] == "completed" {
+                // Taken over once if its first owner died, else run once.
+                let runs = if killed.contains(task) { 2 } else { 1 };
+                assert_eq!(status["attempts"], runs, "{status}");
+                break;
+            }
+            assert_ne!(status["status"], "failed", "{status}");
+            assert!(std::time::Instant::now() < deadline, "{status}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    assert!(!killed.is_empty());
+    assert_same_tags(
+        &backend.tags(),
+        &oracle::expected(data.path(), as_of(), &[1, 2, 3, 4, 5, 6]),
+    );
+}
+
 macro_rules! on_every_backend {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite {
@@ -442,6 +534,7 @@ on_every_backend!(
     a_failure_mid_write_leaves_nothing,
     a_restart_finishes_committed_tasks_and_runs_queued_ones,
     a_task_that_kills_the_server_is_failed_after_its_second_crash,
+    three_processes_share_the_queue_and_take_over_from_one_killed_mid_run,
 );
 
 #[test]

@@ -136,16 +136,41 @@ struct State {
     /// Slots promised to submissions still being persisted.
     reserved: usize,
     running: HashMap<String, Arc<TaskControl>>,
+    /// Ids in `queue`, so a refill from the store does not queue one twice.
+    queued: std::collections::HashSet<String>,
     next_seq: u64,
     shutdown: bool,
 }
 
+impl State {
+    fn push(&mut self, task: TaskRecord) {
+        if self.running.contains_key(&task.task_id) || !self.queued.insert(task.task_id.clone()) {
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push(Queued {
+            priority: task.spec.priority,
+            seq,
+            task,
+        });
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
+    /// Wakes workers when tasks are queued (and at shutdown).
     wake: Condvar,
+    /// Wakes the lease keeper at shutdown (its own condvar, so a
+    /// notification meant for a worker never lands on it).
+    tick: Condvar,
     capacity: usize,
     store: Arc<dyn Store>,
     runner: Arc<dyn TaskRunner>,
+    /// This process's name on the tasks it claims.
+    owner: String,
+    /// How long a claim holds without renewal.
+    lease: std::time::Duration,
 }
 
 impl Shared {
@@ -203,44 +228,29 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts `workers` threads over a queue of `capacity` tasks, and queues
-    /// the tasks the store holds as unfinished (from an earlier run).
+    /// Starts `workers` threads over a queue of `capacity` tasks, and a
+    /// lease keeper that renews this process's claims and queues the tasks
+    /// the store holds as claimable: queued ones (from an earlier run or
+    /// another process) and running ones whose owner's lease expired.
     pub fn start(
         store: Arc<dyn Store>,
         runner: Arc<dyn TaskRunner>,
         workers: usize,
         capacity: usize,
+        lease: std::time::Duration,
     ) -> Result<Scheduler, StoreError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
+            tick: Condvar::new(),
             capacity,
             store,
             runner,
+            owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            lease,
         });
-        {
-            let mut state = shared.lock();
-            for mut task in shared.store.unfinished_tasks()? {
-                let was_running = task.status == TaskStatus::Running;
-                if !lifecycle::recover(&mut task) {
-                    tracing::error!(task_id = %task.task_id, attempts = task.attempts, "task stopped the server on every attempt: failed, not run again");
-                    shared.store.update_task(&task)?;
-                    continue;
-                }
-                if was_running {
-                    shared.store.update_task(&task)?;
-                }
-                let seq = state.next_seq;
-                state.next_seq += 1;
-                tracing::info!(task_id = %task.task_id, "re-queued a task accepted before the last shutdown");
-                state.queue.push(Queued {
-                    priority: task.spec.priority,
-                    seq,
-                    task,
-                });
-            }
-        }
-        let handles = (0..workers.max(1))
+        refill(&shared)?;
+        let mut handles = (0..workers.max(1))
             .map(|i| {
                 let shared = Arc::clone(&shared);
                 std::thread::Builder::new()
@@ -249,6 +259,13 @@ impl Scheduler {
                     .map_err(|e| StoreError::Database(format!("cannot start worker thread: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let keeper = Arc::clone(&shared);
+        handles.push(
+            std::thread::Builder::new()
+                .name("tag-leases".into())
+                .spawn(move || keep_leases(&keeper))
+                .map_err(|e| StoreError::Database(format!("cannot start the lease keeper: {e}")))?,
+        );
         Ok(Scheduler {
             shared,
             workers: Arc::new(Mutex::new(handles)),
@@ -276,13 +293,7 @@ impl Scheduler {
         let mut state = self.shared.lock();
         state.reserved -= 1;
         persisted?;
-        let seq = state.next_seq;
-        state.next_seq += 1;
-        state.queue.push(Queued {
-            priority: task.spec.priority,
-            seq,
-            task,
-        });
+        state.push(task);
         self.shared.wake.notify_one();
         Ok(())
     }
@@ -308,6 +319,7 @@ impl Scheduler {
             })
             .collect();
         debug_assert!(removed.is_none() || state.queue.len() + 1 == before);
+        state.queued.remove(task_id);
         drop(state);
         if let Some(mut task) = removed {
             lifecycle::cancel_queued(&mut task);
@@ -353,6 +365,7 @@ impl Scheduler {
             }
         }
         self.shared.wake.notify_all();
+        self.shared.tick.notify_all();
         let handles = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
         for handle in handles {
             let _ = handle.join();
@@ -383,19 +396,64 @@ fn lower_priority() {
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
 
+/// Unix seconds now.
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Queues every task the store says may be taken.
+fn refill(shared: &Shared) -> Result<(), StoreError> {
+    let tasks = shared.store.claimable_tasks(unix_now())?;
+    let mut state = shared.lock();
+    let before = state.queue.len();
+    for task in tasks {
+        state.push(task);
+    }
+    if state.queue.len() > before {
+        shared.wake.notify_all();
+    }
+    Ok(())
+}
+
+/// Renews this process's leases and picks up claimable tasks, a few times
+/// per lease, until shutdown.
+fn keep_leases(shared: &Shared) {
+    let every = (shared.lease / 3).min(std::time::Duration::from_secs(1));
+    loop {
+        {
+            let state = shared.lock();
+            let (state, _) = shared
+                .tick
+                .wait_timeout_while(state, every, |s| !s.shutdown)
+                .unwrap_or_else(|p| p.into_inner());
+            if state.shutdown {
+                return;
+            }
+        }
+        let lease_until = unix_now() + shared.lease.as_secs() as i64;
+        if let Err(e) = shared.store.renew_leases(&shared.owner, lease_until) {
+            tracing::warn!(error = %e, "cannot renew task leases");
+        }
+        if let Err(e) = refill(shared) {
+            tracing::warn!(error = %e, "cannot read claimable tasks");
+        }
+    }
+}
+
 fn worker(shared: &Shared) {
     lower_priority();
     // polars starts its thread pool on first use; starting it here makes
     // its threads inherit this thread's priority.
     polars_core::runtime::THREAD_POOL.current_num_threads();
     loop {
-        let (mut task, control) = {
+        let (queued, control) = {
             let mut state = shared.lock();
             loop {
                 if state.shutdown {
                     return;
                 }
                 if let Some(next) = state.queue.pop() {
+                    state.queued.remove(&next.task.task_id);
                     let control = Arc::new(TaskControl::default());
                     state
                         .running
@@ -405,9 +463,34 @@ fn worker(shared: &Shared) {
                 state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
             }
         };
-        run_one(shared, &mut task, &control);
-        shared.lock().running.remove(&task.task_id);
+        let now = unix_now();
+        let lease_until = now + shared.lease.as_secs() as i64;
+        match shared
+            .store
+            .claim_task(&queued.task_id, &shared.owner, now, lease_until)
+        {
+            Ok(Some(mut task)) => run_claimed(shared, &mut task, &control),
+            // Another worker (here or in another process) has it, or it ended.
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(task_id = %queued.task_id, error = %e, "cannot claim task");
+            }
+        }
+        shared.lock().running.remove(&queued.task_id);
     }
+}
+
+/// Runs a task this process claimed, unless it already stopped the server
+/// too often.
+fn run_claimed(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
+    if lifecycle::crashed_too_often(task) {
+        tracing::error!(task_id = %task.task_id, attempts = task.attempts, "task stopped the server on every attempt: failed, not run again");
+        if let Err(e) = shared.store.update_task(task) {
+            tracing::error!(task_id = %task.task_id, error = %e, "cannot record task outcome");
+        }
+        return;
+    }
+    run_one(shared, task, control);
 }
 
 fn run_one(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
@@ -416,14 +499,9 @@ fn run_one(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
     let outcome = match lifecycle::committed_outcome(task, shared.store.as_ref()) {
         Ok(Some(result)) => {
             tracing::info!(task_id = %task.task_id, "task had committed before the last stop: recorded its outcome");
-            lifecycle::start(task);
             Ok(result)
         }
         Ok(None) | Err(_) => {
-            lifecycle::start(task);
-            if let Err(e) = shared.store.update_task(task) {
-                tracing::error!(task_id = %task.task_id, error = %e, "cannot mark task running");
-            }
             tracing::info!(task_id = %task.task_id, tag_ids = ?task.spec.tag_ids, mode = task.spec.mode.as_str(), "task started");
             catch_unwind(AssertUnwindSafe(|| shared.runner.run(task, control))).unwrap_or_else(
                 |_| {

@@ -101,6 +101,7 @@ pub async fn run(
             core.engine.clone(),
             config.max_concurrent_tasks as usize,
             config.queue_capacity as usize,
+            std::time::Duration::from_secs(config.task_lease_secs.into()),
         )
         .context("starting the workers")?;
         Ok::<_, anyhow::Error>((config, core, scheduler))

@@ -153,6 +153,10 @@ pub struct Config {
         global = true
     )]
     pub max_user_ids: usize,
+    /// Seconds a worker's claim on a task holds without renewal: when a
+    /// process dies, its running tasks are taken by another after this.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..=3600), env = "TAG_TASK_LEASE_SECS", global = true)]
+    pub task_lease_secs: u32,
     /// Rows per batch handed to a plugin.
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..), env = "TAG_BATCH_ROWS", global = true)]
     pub batch_rows: u32,

@@ -247,8 +247,22 @@ pub trait Store: Send + Sync {
         limit: usize,
         offset: usize,
     ) -> Result<(Vec<TaskRecord>, usize), StoreError>;
-    /// Tasks not yet terminal, oldest first (re-queued at start-up).
-    fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Tasks a worker may take, oldest first: queued ones, and running ones
+    /// whose lease expired before `now` (Unix seconds; their process died).
+    fn claimable_tasks(&self, now: i64) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Takes a claimable task for `owner` in one atomic update: it becomes
+    /// `running`, its attempt is counted and it is leased until
+    /// `lease_until`. `None` if it is no longer claimable (another worker,
+    /// in this process or another, took it; or it finished).
+    fn claim_task(
+        &self,
+        task_id: &str,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<TaskRecord>, StoreError>;
+    /// Extends the leases of `owner`'s running tasks to `lease_until`.
+    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<(), StoreError>;
     /// Number of tasks per status.
     fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError>;
 
@@ -440,4 +454,29 @@ pub fn redact(url: &str) -> String {
         }
         None => url.to_string(),
     }
+}
+
+/// The claim every backend runs, with `?` placeholders: task id, owner,
+/// start time, lease end, now. Atomic per row: of two workers, one updates
+/// the row and the other finds nothing to update.
+pub const CLAIM_SQL: &str = "UPDATE tasks SET status = 'running', owner = ?, started_at = ?, lease_until = ?,
+    attempts = attempts + 1, completed_at = NULL
+    WHERE task_id = ? AND (status = 'submitted' OR (status = 'running' AND (lease_until IS NULL OR lease_until < ?)))";
+
+/// Tasks a worker may take (`?`: now), oldest first.
+pub const CLAIMABLE_SQL: &str = "status = 'submitted' OR (status = 'running' AND (lease_until IS NULL OR lease_until < ?)) ORDER BY seq";
+
+/// `?` placeholders numbered `$1`, `$2`, ... (PostgreSQL).
+pub fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

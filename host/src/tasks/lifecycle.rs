@@ -66,28 +66,24 @@ pub fn start(task: &mut TaskRecord) {
     task.attempts += 1;
 }
 
-/// Attempts after which a task found running at start-up (so the server
-/// stopped while it ran, without a shutdown) is failed instead of re-run.
+/// Attempts after which a task whose owner died while running it (its
+/// lease expired without a shutdown) is failed instead of re-run.
 pub const MAX_CRASHED_ATTEMPTS: u32 = 2;
 
-/// What to do with a task found unfinished at start-up: `true` to run it
-/// (again); `false` if it already stopped the server too often, in which
-/// case it is now `failed` with the reason.
-pub fn recover(task: &mut TaskRecord) -> bool {
-    if task.status != TaskStatus::Running {
-        return true;
-    }
-    if task.attempts >= MAX_CRASHED_ATTEMPTS {
-        task.status = TaskStatus::Failed;
-        task.completed_at = Some(now_timestamp());
-        task.error = Some(format!(
-            "the server stopped while running this task {} times; it is not run again (see the server log for the cause)",
-            task.attempts
-        ));
+/// Whether a task just claimed had already stopped the server on every
+/// allowed attempt (its earlier owners died while running it). If so it is
+/// now `failed` with the reason, and the claim is not counted.
+pub fn crashed_too_often(task: &mut TaskRecord) -> bool {
+    if task.attempts <= MAX_CRASHED_ATTEMPTS {
         return false;
     }
-    task.status = TaskStatus::Submitted;
-    task.started_at = None;
+    task.attempts -= 1;
+    task.status = TaskStatus::Failed;
+    task.completed_at = Some(now_timestamp());
+    task.error = Some(format!(
+        "the server stopped while running this task {} times; it is not run again (see the server log for the cause)",
+        task.attempts
+    ));
     true
 }
 
@@ -212,16 +208,14 @@ mod tests {
     }
 
     #[test]
-    fn a_task_that_stopped_the_server_twice_is_failed_at_start_up() {
+    fn a_task_that_stopped_the_server_twice_is_failed_when_claimed_again() {
         let mut task = create(spec(), "local");
-        start(&mut task);
-        // Found running: the server died once; it runs again.
-        assert!(recover(&mut task));
-        assert_eq!(task.status, TaskStatus::Submitted);
-        start(&mut task);
-        assert_eq!(task.attempts, 2);
-        assert!(!recover(&mut task));
-        assert_eq!(task.status, TaskStatus::Failed);
+        // Claimed twice (the store counts each claim), its owner died each time.
+        task.attempts = 2;
+        assert!(!crashed_too_often(&mut task));
+        task.attempts = 3;
+        assert!(crashed_too_often(&mut task));
+        assert_eq!((task.status, task.attempts), (TaskStatus::Failed, 2));
         assert!(
             task.error.as_deref().unwrap().contains("2 times"),
             "{:?}",

@@ -168,9 +168,41 @@ impl Store for MyStore {
         Ok((tasks, total.unwrap_or(0) as usize))
     }
 
-    fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
-        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE status IN ('submitted', 'running') ORDER BY seq");
-        self.tasks(&sql, ())
+    fn claimable_tasks(&self, now: i64) -> Result<Vec<TaskRecord>, StoreError> {
+        self.tasks(
+            &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE {CLAIMABLE_SQL}"),
+            (now,),
+        )
+    }
+
+    fn claim_task(
+        &self,
+        task_id: &str,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let mut conn = self.conn()?;
+        conn.exec_drop(
+            CLAIM_SQL,
+            (owner, now_timestamp(), lease_until, task_id, now),
+        )
+        .map_err(db)?;
+        if conn.affected_rows() == 1 {
+            drop(conn);
+            self.get_task(task_id)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<(), StoreError> {
+        self.conn()?
+            .exec_drop(
+                "UPDATE tasks SET lease_until = ? WHERE owner = ? AND status = 'running'",
+                (lease_until, owner),
+            )
+            .map_err(db)
     }
 
     fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {

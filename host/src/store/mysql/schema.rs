@@ -68,6 +68,10 @@ const MIGRATIONS: &[&[&str]] = &[&[
 ], &[
     // 2: how often a task was started without finishing cleanly.
     "ALTER TABLE tasks ADD COLUMN attempts INT NOT NULL DEFAULT 0",
+], &[
+    // 3: which process runs a task, and until when its lease holds.
+    "ALTER TABLE tasks ADD COLUMN owner VARCHAR(64)",
+    "ALTER TABLE tasks ADD COLUMN lease_until BIGINT",
 ]];
 
 /// Applies the migrations the database lacks; refuses a newer database.

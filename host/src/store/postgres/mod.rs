@@ -232,9 +232,42 @@ impl Store for PgStore {
         Ok((tasks, total as usize))
     }
 
-    fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
-        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE status IN ('submitted', 'running') ORDER BY seq");
-        self.query_tasks(&sql, &[])
+    fn claimable_tasks(&self, now: i64) -> Result<Vec<TaskRecord>, StoreError> {
+        let sql = numbered(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE {CLAIMABLE_SQL}"
+        ));
+        self.query_tasks(&sql, &[&now])
+    }
+
+    fn claim_task(
+        &self,
+        task_id: &str,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let claimed = self
+            .client()?
+            .execute(
+                &numbered(CLAIM_SQL),
+                &[&owner, &now_timestamp(), &lease_until, &task_id, &now],
+            )
+            .map_err(db)?;
+        if claimed == 1 {
+            self.get_task(task_id)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<(), StoreError> {
+        self.client()?
+            .execute(
+                "UPDATE tasks SET lease_until = $1 WHERE owner = $2 AND status = 'running'",
+                &[&lease_until, &owner],
+            )
+            .map(|_| ())
+            .map_err(db)
     }
 
     fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {

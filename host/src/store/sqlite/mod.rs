@@ -58,19 +58,26 @@ CREATE TABLE IF NOT EXISTS tag_rules (
 );
 ";
 
-/// Control files made before attempts were counted lack the column.
-fn add_attempts(control: &Connection) -> Result<(), StoreError> {
-    let present: bool = control
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'attempts')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(db)?;
-    if !present {
-        control
-            .execute_batch("ALTER TABLE tasks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+/// Control files made before attempts were counted and tasks were leased
+/// lack these columns.
+fn add_task_columns(control: &Connection) -> Result<(), StoreError> {
+    for (column, kind) in [
+        ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("owner", "TEXT"),
+        ("lease_until", "INTEGER"),
+    ] {
+        let present: bool = control
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('tasks') WHERE name = ?1)",
+                [column],
+                |r| r.get(0),
+            )
             .map_err(db)?;
+        if !present {
+            control
+                .execute_batch(&format!("ALTER TABLE tasks ADD COLUMN {column} {kind}"))
+                .map_err(db)?;
+        }
     }
     Ok(())
 }
@@ -130,7 +137,7 @@ impl SqliteStore {
         }
         let control = connect(&SqliteStore::control_path(path), false)?;
         control.execute_batch(CONTROL_SCHEMA).map_err(db)?;
-        add_attempts(&control)?;
+        add_task_columns(&control)?;
         let mut results = connect(path, true)?;
         results::prepare(&mut results)?;
         let mut reads = vec![Mutex::new(results)];
@@ -273,11 +280,43 @@ impl Store for SqliteStore {
         Ok((tasks, total as usize))
     }
 
-    fn unfinished_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+    fn claimable_tasks(&self, now: i64) -> Result<Vec<TaskRecord>, StoreError> {
         self.query_tasks(
-            "SELECT * FROM tasks WHERE status IN ('submitted', 'running') ORDER BY seq",
-            &[],
+            &format!("SELECT * FROM tasks WHERE {CLAIMABLE_SQL}"),
+            &[&now],
         )
+    }
+
+    fn claim_task(
+        &self,
+        task_id: &str,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let claimed = self.with(|c| {
+            c.execute(
+                CLAIM_SQL,
+                params![owner, now_timestamp(), lease_until, task_id, now],
+            )
+            .map_err(db)
+        })?;
+        if claimed == 1 {
+            self.get_task(task_id)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE tasks SET lease_until = ?1 WHERE owner = ?2 AND status = 'running'",
+                params![lease_until, owner],
+            )
+            .map(|_| ())
+            .map_err(db)
+        })
     }
 
     fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
