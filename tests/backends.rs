@@ -265,7 +265,18 @@ impl Process {
         store: &str,
         log: &std::path::Path,
     ) -> Process {
-        let process = Process::spawn(data, plugins, store, log);
+        Process::start_with(data, plugins, store, log, &[])
+    }
+
+    /// [`Process::start`] with extra flags.
+    fn start_with(
+        data: &std::path::Path,
+        plugins: &std::path::Path,
+        store: &str,
+        log: &std::path::Path,
+        extra: &[&str],
+    ) -> Process {
+        let process = Process::spawn_with(data, plugins, store, log, extra);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while client()
             .get(format!("{}/health", process.base))
@@ -287,6 +298,16 @@ impl Process {
         plugins: &std::path::Path,
         store: &str,
         log: &std::path::Path,
+    ) -> Process {
+        Process::spawn_with(data, plugins, store, log, &[])
+    }
+
+    fn spawn_with(
+        data: &std::path::Path,
+        plugins: &std::path::Path,
+        store: &str,
+        log: &std::path::Path,
+        extra: &[&str],
     ) -> Process {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -313,6 +334,7 @@ impl Process {
             .arg(plugins)
             .arg("--log-file")
             .arg(log)
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -511,6 +533,80 @@ fn three_processes_share_the_queue_and_take_over_from_one_killed_mid_run(backend
     );
 }
 
+fn cancels_reach_tasks_queued_or_running_in_another_process(backend: Backend) {
+    let data = tempfile::tempdir().unwrap();
+    let options = GenOptions {
+        users: 3000,
+        reference_date: as_of(),
+        ..GenOptions::default()
+    };
+    gen_data_with(data.path(), &options).unwrap();
+    let named = [("misbehaving.so", fixture("misbehaving"))];
+    let plugins = plugins_dir(&named);
+    let log = data.path().join("server.log");
+    let first = Process::start(data.path(), plugins.path(), &backend.url(), &log);
+    // Five slow tasks: three run in `first`, one in `second` (one worker),
+    // one waits in both queues.
+    let tasks: Vec<String> = (0..5)
+        .map(|_| trigger(&first.base, json!({"tag_ids": [904], "as_of": AS_OF})))
+        .collect();
+    let count = |status: &str| {
+        tasks
+            .iter()
+            .filter(|t| first.status(t)["status"] == status)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let wait_running = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while count("running").len() < n {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_running(3);
+    let running = count("running")[0].clone();
+    let second = Process::start_with(
+        data.path(),
+        plugins.path(),
+        &backend.url(),
+        &log,
+        &["--max-concurrent-tasks", "1"],
+    );
+    wait_running(4);
+    let waiting = count("submitted")[0].clone();
+    let cancel = |task: &str| {
+        let url = format!("{}/api/v1/tasks/{task}/cancel", second.base);
+        let response = client().post(url).send().unwrap();
+        let status = response.status().as_u16();
+        if status >= 500 {
+            eprintln!("cancel: {}", response.text().unwrap_or_default());
+        }
+        status
+    };
+    assert_eq!(cancel(&waiting), 200);
+    // `running` runs in `first`: the request reaches it through the store.
+    assert_eq!(cancel(&running), 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while second.status(&running)["status"] == "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            second.status(&running)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(second.status(&running)["status"], "cancelled");
+    // The cancelled queued task never ran, though `first` had it queued too.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let waited = second.status(&waiting);
+    assert_eq!(
+        (waited["status"].clone(), waited["attempts"].clone()),
+        (json!("cancelled"), json!(0)),
+        "{waited}"
+    );
+}
+
 macro_rules! on_every_backend {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite {
@@ -535,6 +631,7 @@ on_every_backend!(
     a_restart_finishes_committed_tasks_and_runs_queued_ones,
     a_task_that_kills_the_server_is_failed_after_its_second_crash,
     three_processes_share_the_queue_and_take_over_from_one_killed_mid_run,
+    cancels_reach_tasks_queued_or_running_in_another_process,
 );
 
 #[test]

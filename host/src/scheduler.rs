@@ -8,7 +8,7 @@
 //! again at the next start.
 
 use crate::model::{Priority, TaskRecord, TaskStatus};
-use crate::store::{Store, StoreError};
+use crate::store::{CancelState, Store, StoreError};
 use crate::tasks::lifecycle::{self, Finished};
 use serde::Serialize;
 use std::cmp::Ordering;
@@ -305,32 +305,20 @@ impl Scheduler {
             control.cancel();
             return Ok(CancelOutcome::Requested);
         }
-        let before = state.queue.len();
-        let mut removed = None;
-        state.queue = std::mem::take(&mut state.queue)
-            .into_iter()
-            .filter_map(|q| {
-                if q.task.task_id == task_id {
-                    removed = Some(q.task);
-                    None
-                } else {
-                    Some(q)
-                }
-            })
-            .collect();
-        debug_assert!(removed.is_none() || state.queue.len() + 1 == before);
+        // Off the local queue (if it is there); the store cancels it.
+        state.queue.retain(|q| q.task.task_id != task_id);
         state.queued.remove(task_id);
         drop(state);
-        if let Some(mut task) = removed {
-            lifecycle::cancel_queued(&mut task);
-            self.shared.store.update_task(&task)?;
-            return Ok(CancelOutcome::Cancelled(Box::new(task)));
-        }
-        Ok(match self.shared.store.get_task(task_id)? {
-            None => CancelOutcome::NotFound,
-            Some(task) if task.status.is_terminal() => CancelOutcome::AlreadyFinished(task.status),
-            // Between being taken off the queue and registered as running.
-            Some(_) => CancelOutcome::Requested,
+        // The store decides: another process may have claimed it meanwhile.
+        Ok(match self.shared.store.cancel_task(task_id)? {
+            CancelState::Cancelled => match self.shared.store.get_task(task_id)? {
+                Some(task) => CancelOutcome::Cancelled(Box::new(task)),
+                None => CancelOutcome::NotFound,
+            },
+            // Running here or in another process: it stops at its next safe point.
+            CancelState::StopRequested => CancelOutcome::Requested,
+            CancelState::AlreadyFinished(status) => CancelOutcome::AlreadyFinished(status),
+            CancelState::NotFound => CancelOutcome::NotFound,
         })
     }
 
@@ -431,8 +419,17 @@ fn keep_leases(shared: &Shared) {
             }
         }
         let lease_until = unix_now() + shared.lease.as_secs() as i64;
-        if let Err(e) = shared.store.renew_leases(&shared.owner, lease_until) {
-            tracing::warn!(error = %e, "cannot renew task leases");
+        match shared.store.renew_leases(&shared.owner, lease_until) {
+            // Cancels requested through another process's API.
+            Ok(cancelled) => {
+                let state = shared.lock();
+                for id in cancelled {
+                    if let Some(control) = state.running.get(&id) {
+                        control.cancel();
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew task leases"),
         }
         if let Err(e) = refill(shared) {
             tracing::warn!(error = %e, "cannot read claimable tasks");

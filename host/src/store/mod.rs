@@ -261,8 +261,12 @@ pub trait Store: Send + Sync {
         now: i64,
         lease_until: i64,
     ) -> Result<Option<TaskRecord>, StoreError>;
-    /// Extends the leases of `owner`'s running tasks to `lease_until`.
-    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<(), StoreError>;
+    /// Extends the leases of `owner`'s running tasks to `lease_until`;
+    /// returns those of them whose cancellation was requested.
+    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<Vec<String>, StoreError>;
+    /// Cancels a task that is still queued, or records a request to cancel
+    /// a running one (its process sees it when it renews its lease).
+    fn cancel_task(&self, task_id: &str) -> Result<CancelState, StoreError>;
     /// Number of tasks per status.
     fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError>;
 
@@ -479,4 +483,50 @@ pub fn numbered(sql: &str) -> String {
         }
     }
     out
+}
+
+/// Cancels a queued task (`?`: completed_at, error, task id).
+pub const CANCEL_QUEUED_SQL: &str = "UPDATE tasks SET status = 'cancelled', completed_at = ?,
+    error = ? WHERE task_id = ? AND status = 'submitted'";
+/// Asks a running task to stop (`?`: task id).
+pub const CANCEL_RUNNING_SQL: &str =
+    "UPDATE tasks SET cancel_requested = 1 WHERE task_id = ? AND status = 'running'";
+/// An owner's running tasks whose cancellation was requested (`?`: owner).
+pub const CANCEL_REQUESTED_SQL: &str =
+    "SELECT task_id FROM tasks WHERE owner = ? AND status = 'running' AND cancel_requested = 1";
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelState {
+    /// The task was queued and is now cancelled.
+    Cancelled,
+    /// The task is running; its process will stop it at a safe point.
+    StopRequested,
+    /// The task had already ended.
+    AlreadyFinished(TaskStatus),
+    /// No such task.
+    NotFound,
+}
+
+/// Runs the two cancel updates in order through `execute` (which returns
+/// rows changed), then, if neither applied, reads the status with `status`.
+pub fn cancel_with(
+    task_id: &str,
+    mut execute: impl FnMut(&str, &[&str]) -> Result<u64, StoreError>,
+    status: impl FnOnce() -> Result<Option<TaskStatus>, StoreError>,
+) -> Result<CancelState, StoreError> {
+    let now = crate::model::now_timestamp();
+    let reason = crate::tasks::lifecycle::CANCELLED_BEFORE_START;
+    if execute(CANCEL_QUEUED_SQL, &[&now, reason, task_id])? == 1 {
+        return Ok(CancelState::Cancelled);
+    }
+    if execute(CANCEL_RUNNING_SQL, &[task_id])? == 1 {
+        return Ok(CancelState::StopRequested);
+    }
+    Ok(match status()? {
+        None => CancelState::NotFound,
+        Some(s) if s.is_terminal() => CancelState::AlreadyFinished(s),
+        // It changed state between the two updates: ask again later.
+        Some(_) => CancelState::StopRequested,
+    })
 }

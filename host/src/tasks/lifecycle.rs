@@ -124,12 +124,8 @@ pub fn finish(task: &mut TaskRecord, outcome: Result<Value, RunError>) -> Finish
     Finished::Terminal(task.status)
 }
 
-/// Cancels a task that never started.
-pub fn cancel_queued(task: &mut TaskRecord) {
-    task.status = TaskStatus::Cancelled;
-    task.completed_at = Some(now_timestamp());
-    task.error = Some("cancelled before it started".into());
-}
+/// The error of a task cancelled before it started.
+pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
 
 /// The outcome a task's run committed with its results, if the process
 /// stopped after that commit but before the task was marked finished: the

@@ -196,13 +196,28 @@ impl Store for MyStore {
         }
     }
 
-    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<(), StoreError> {
-        self.conn()?
-            .exec_drop(
-                "UPDATE tasks SET lease_until = ? WHERE owner = ? AND status = 'running'",
-                (lease_until, owner),
-            )
-            .map_err(db)
+    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn()?;
+        conn.exec_drop(
+            "UPDATE tasks SET lease_until = ? WHERE owner = ? AND status = 'running'",
+            (lease_until, owner),
+        )
+        .map_err(db)?;
+        conn.exec(CANCEL_REQUESTED_SQL, (owner,)).map_err(db)
+    }
+
+    fn cancel_task(&self, task_id: &str) -> Result<CancelState, StoreError> {
+        cancel_with(
+            task_id,
+            |sql, args| {
+                let mut conn = self.conn()?;
+                let params: Vec<::mysql::Value> =
+                    args.iter().map(|a| ::mysql::Value::from(*a)).collect();
+                conn.exec_drop(sql, params).map_err(db)?;
+                Ok(conn.affected_rows())
+            },
+            || Ok(self.get_task(task_id)?.map(|t| t.status)),
+        )
     }
 
     fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {

@@ -72,6 +72,7 @@ const MIGRATIONS: &[&[&str]] = &[&[
     // 3: which process runs a task, and until when its lease holds.
     "ALTER TABLE tasks ADD COLUMN owner VARCHAR(64)",
     "ALTER TABLE tasks ADD COLUMN lease_until BIGINT",
+    "ALTER TABLE tasks ADD COLUMN cancel_requested INT NOT NULL DEFAULT 0",
 ]];
 
 /// Applies the migrations the database lacks; refuses a newer database.

@@ -260,14 +260,32 @@ impl Store for PgStore {
         }
     }
 
-    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<(), StoreError> {
-        self.client()?
+    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<Vec<String>, StoreError> {
+        let mut client = self.client()?;
+        client
             .execute(
                 "UPDATE tasks SET lease_until = $1 WHERE owner = $2 AND status = 'running'",
                 &[&lease_until, &owner],
             )
-            .map(|_| ())
-            .map_err(db)
+            .map_err(db)?;
+        let rows = client
+            .query(&numbered(CANCEL_REQUESTED_SQL), &[&owner])
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn cancel_task(&self, task_id: &str) -> Result<CancelState, StoreError> {
+        cancel_with(
+            task_id,
+            |sql, args| {
+                let args: Vec<&(dyn ::postgres::types::ToSql + Sync)> = args
+                    .iter()
+                    .map(|a| a as &(dyn ::postgres::types::ToSql + Sync))
+                    .collect();
+                self.client()?.execute(&numbered(sql), &args).map_err(db)
+            },
+            || Ok(self.get_task(task_id)?.map(|t| t.status)),
+        )
     }
 
     fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {

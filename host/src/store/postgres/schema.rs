@@ -66,7 +66,8 @@ FROM user_tag_sets AS s;
     // 2: how often a task was started without finishing cleanly.
     "ALTER TABLE tasks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;",
     // 3: which process runs a task, and until when its lease holds.
-    "ALTER TABLE tasks ADD COLUMN owner TEXT; ALTER TABLE tasks ADD COLUMN lease_until BIGINT;",
+    "ALTER TABLE tasks ADD COLUMN owner TEXT; ALTER TABLE tasks ADD COLUMN lease_until BIGINT;
+     ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Applies the migrations the database lacks; refuses a newer database.

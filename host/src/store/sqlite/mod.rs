@@ -65,6 +65,7 @@ fn add_task_columns(control: &Connection) -> Result<(), StoreError> {
         ("attempts", "INTEGER NOT NULL DEFAULT 0"),
         ("owner", "TEXT"),
         ("lease_until", "INTEGER"),
+        ("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),
     ] {
         let present: bool = control
             .query_row(
@@ -308,15 +309,33 @@ impl Store for SqliteStore {
         }
     }
 
-    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<(), StoreError> {
+    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE tasks SET lease_until = ?1 WHERE owner = ?2 AND status = 'running'",
                 params![lease_until, owner],
             )
-            .map(|_| ())
-            .map_err(db)
+            .map_err(db)?;
+            let mut stmt = c.prepare_cached(CANCEL_REQUESTED_SQL).map_err(db)?;
+            let ids = stmt.query_map([owner], |r| r.get(0)).map_err(db)?;
+            ids.collect::<Result<_, _>>().map_err(db)
         })
+    }
+
+    fn cancel_task(&self, task_id: &str) -> Result<CancelState, StoreError> {
+        cancel_with(
+            task_id,
+            |sql, args| {
+                let args: Vec<&dyn rusqlite::ToSql> =
+                    args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
+                self.with(|c| {
+                    c.execute(sql, args.as_slice())
+                        .map(|n| n as u64)
+                        .map_err(db)
+                })
+            },
+            || Ok(self.get_task(task_id)?.map(|t| t.status)),
+        )
     }
 
     fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
