@@ -419,7 +419,11 @@ fn keep_leases(shared: &Shared) {
             }
         }
         let lease_until = unix_now() + shared.lease.as_secs() as i64;
-        match shared.store.renew_leases(&shared.owner, lease_until) {
+        let running: Vec<String> = shared.lock().running.keys().cloned().collect();
+        match shared
+            .store
+            .renew_leases(&shared.owner, &running, lease_until)
+        {
             // Cancels requested through another process's API.
             Ok(cancelled) => {
                 let state = shared.lock();

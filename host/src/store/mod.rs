@@ -261,9 +261,17 @@ pub trait Store: Send + Sync {
         now: i64,
         lease_until: i64,
     ) -> Result<Option<TaskRecord>, StoreError>;
-    /// Extends the leases of `owner`'s running tasks to `lease_until`;
-    /// returns those of them whose cancellation was requested.
-    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<Vec<String>, StoreError>;
+    /// Extends `owner`'s leases on `task_ids` (the tasks its workers are
+    /// running now) to `lease_until`; returns those of them whose
+    /// cancellation was requested. A task of `owner` not listed keeps its
+    /// lease until it expires (its worker ended without recording the
+    /// outcome), so it can be claimed again.
+    fn renew_leases(
+        &self,
+        owner: &str,
+        task_ids: &[String],
+        lease_until: i64,
+    ) -> Result<Vec<String>, StoreError>;
     /// Cancels a task that is still queued, or records a request to cancel
     /// a running one (its process sees it when it renews its lease).
     fn cancel_task(&self, task_id: &str) -> Result<CancelState, StoreError>;
@@ -530,3 +538,7 @@ pub fn cancel_with(
         Some(_) => CancelState::StopRequested,
     })
 }
+
+/// Renews one lease (`?`: lease end, task id, owner).
+pub const RENEW_SQL: &str =
+    "UPDATE tasks SET lease_until = ? WHERE task_id = ? AND owner = ? AND status = 'running'";

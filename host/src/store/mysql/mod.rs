@@ -196,13 +196,17 @@ impl Store for MyStore {
         }
     }
 
-    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<Vec<String>, StoreError> {
+    fn renew_leases(
+        &self,
+        owner: &str,
+        task_ids: &[String],
+        lease_until: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn()?;
-        conn.exec_drop(
-            "UPDATE tasks SET lease_until = ? WHERE owner = ? AND status = 'running'",
-            (lease_until, owner),
-        )
-        .map_err(db)?;
+        for id in task_ids {
+            conn.exec_drop(RENEW_SQL, (lease_until, id, owner))
+                .map_err(db)?;
+        }
         conn.exec(CANCEL_REQUESTED_SQL, (owner,)).map_err(db)
     }
 

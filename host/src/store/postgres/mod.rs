@@ -260,14 +260,19 @@ impl Store for PgStore {
         }
     }
 
-    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<Vec<String>, StoreError> {
+    fn renew_leases(
+        &self,
+        owner: &str,
+        task_ids: &[String],
+        lease_until: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let mut client = self.client()?;
-        client
-            .execute(
-                "UPDATE tasks SET lease_until = $1 WHERE owner = $2 AND status = 'running'",
-                &[&lease_until, &owner],
-            )
-            .map_err(db)?;
+        let renew = numbered(RENEW_SQL);
+        for id in task_ids {
+            client
+                .execute(&renew, &[&lease_until, id, &owner])
+                .map_err(db)?;
+        }
         let rows = client
             .query(&numbered(CANCEL_REQUESTED_SQL), &[&owner])
             .map_err(db)?;

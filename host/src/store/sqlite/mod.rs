@@ -309,13 +309,17 @@ impl Store for SqliteStore {
         }
     }
 
-    fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<Vec<String>, StoreError> {
+    fn renew_leases(
+        &self,
+        owner: &str,
+        task_ids: &[String],
+        lease_until: i64,
+    ) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
-            c.execute(
-                "UPDATE tasks SET lease_until = ?1 WHERE owner = ?2 AND status = 'running'",
-                params![lease_until, owner],
-            )
-            .map_err(db)?;
+            for id in task_ids {
+                c.execute(RENEW_SQL, params![lease_until, id, owner])
+                    .map_err(db)?;
+            }
             let mut stmt = c.prepare_cached(CANCEL_REQUESTED_SQL).map_err(db)?;
             let ids = stmt.query_map([owner], |r| r.get(0)).map_err(db)?;
             ids.collect::<Result<_, _>>().map_err(db)
