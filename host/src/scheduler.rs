@@ -303,7 +303,14 @@ impl Scheduler {
         let mut state = self.shared.lock();
         if let Some(control) = state.running.get(task_id) {
             control.cancel();
-            return Ok(CancelOutcome::Requested);
+            drop(state);
+            // Its worker may have recorded the end a moment ago.
+            return Ok(match self.shared.store.get_task(task_id)? {
+                Some(task) if task.status.is_terminal() => {
+                    CancelOutcome::AlreadyFinished(task.status)
+                }
+                _ => CancelOutcome::Requested,
+            });
         }
         // Off the local queue (if it is there); the store cancels it.
         state.queue.retain(|q| q.task.task_id != task_id);
