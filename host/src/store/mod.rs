@@ -542,3 +542,37 @@ pub fn cancel_with(
 /// Renews one lease (`?`: lease end, task id, owner).
 pub const RENEW_SQL: &str =
     "UPDATE tasks SET lease_until = ? WHERE task_id = ? AND owner = ? AND status = 'running'";
+
+/// The grants a run created, one per tag, each created in the store the
+/// first time a user gains the tag (a run that grants nothing adds none).
+#[derive(Debug, Default)]
+pub struct RunGrants {
+    created: Vec<(u32, u32)>,
+}
+
+impl RunGrants {
+    /// The grant ids of `held`, into `out`: kept tags keep theirs; this
+    /// run's ([`Held::NEW`]) come from `create(tag_id, detail JSON)` the
+    /// first time, then from memory.
+    pub fn resolve(
+        &mut self,
+        start: &RunStart,
+        held: &[Held],
+        out: &mut Vec<u32>,
+        mut create: impl FnMut(u32, &str) -> Result<u32, StoreError>,
+    ) -> Result<(), StoreError> {
+        out.clear();
+        for h in held {
+            if h.grant != Held::NEW {
+                out.push(h.grant);
+            } else if let Some(&(_, id)) = self.created.iter().find(|(t, _)| *t == h.tag_id) {
+                out.push(id);
+            } else {
+                let id = create(h.tag_id, &start.grant_detail(h.tag_id)?.to_string())?;
+                self.created.push((h.tag_id, id));
+                out.push(id);
+            }
+        }
+        Ok(())
+    }
+}

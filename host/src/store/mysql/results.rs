@@ -5,8 +5,8 @@
 
 use super::db;
 use crate::store::{
-    parse_ids_into, push_ids, Held, HeldTags, Op, RunStart, RunTx, StoreError, TagState, UserRows,
-    WriteSummary,
+    parse_ids_into, push_ids, Held, HeldTags, Op, RunGrants, RunStart, RunTx, StoreError, TagState,
+    UserRows, WriteSummary,
 };
 use ::mysql::prelude::Queryable;
 use ::mysql::{Params, PooledConn, Value};
@@ -20,8 +20,8 @@ pub struct MyRunTx {
     start: RunStart,
     /// The run's time in Unix seconds.
     now: i64,
-    /// Grant ids created by this run, per tag.
-    grants: Vec<(u32, u32)>,
+    /// This run's grants, per tag.
+    grants: RunGrants,
     summary: WriteSummary,
     committed: bool,
 }
@@ -45,27 +45,24 @@ impl MyRunTx {
             conn,
             start: start.clone(),
             now,
-            grants: Vec::new(),
+            grants: RunGrants::default(),
             summary: WriteSummary::default(),
             committed: false,
         })
     }
 
-    /// This run's grant of `tag_id`, created on first use.
-    fn grant(&mut self, tag_id: u32) -> Result<u32, StoreError> {
-        if let Some(&(_, id)) = self.grants.iter().find(|(t, _)| *t == tag_id) {
-            return Ok(id);
-        }
-        let detail = self.start.grant_detail(tag_id)?.to_string();
-        self.conn
-            .exec_drop(
-                "INSERT INTO tag_grants (tag_id, detail) VALUES (?, ?)",
-                (tag_id, detail),
-            )
-            .map_err(db)?;
-        let id = self.conn.last_insert_id() as u32;
-        self.grants.push((tag_id, id));
-        Ok(id)
+    /// Grant ids for `held`, creating this run's grants on first use.
+    fn resolve(&mut self, held: &[Held], out: &mut Vec<u32>) -> Result<(), StoreError> {
+        let conn = &mut self.conn;
+        self.grants
+            .resolve(&self.start, held, out, |tag_id, detail| {
+                conn.exec_drop(
+                    "INSERT INTO tag_grants (tag_id, detail) VALUES (?, ?)",
+                    (tag_id, detail),
+                )
+                .map_err(db)?;
+                Ok(conn.last_insert_id() as u32)
+            })
     }
 
     /// The parameters of one changed row: user, `tag_ids`, `grants`.
@@ -80,13 +77,7 @@ impl MyRunTx {
         push_ids(&mut text, held.iter().map(|h| h.tag_id));
         out.push(Value::from(text.as_str()));
         let mut grants = Vec::with_capacity(held.len());
-        for h in held {
-            grants.push(if h.grant == Held::NEW {
-                self.grant(h.tag_id)?
-            } else {
-                h.grant
-            });
-        }
+        self.resolve(held, &mut grants)?;
         push_ids(&mut text, grants.into_iter());
         out.push(Value::from(text.as_str()));
         Ok(())

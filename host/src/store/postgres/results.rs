@@ -5,8 +5,8 @@
 
 use super::{db, Pooled};
 use crate::store::{
-    parse_ids_into, push_ids, Held, HeldTags, Op, RunStart, RunTx, StoreError, TagState, UserRows,
-    WriteSummary,
+    parse_ids_into, push_ids, Held, HeldTags, Op, RunGrants, RunStart, RunTx, StoreError, TagState,
+    UserRows, WriteSummary,
 };
 use std::io::Write;
 
@@ -16,8 +16,8 @@ pub struct PgRunTx<'a> {
     start: RunStart,
     /// The run's time in Unix seconds.
     now: i64,
-    /// Grant ids created by this run, per tag.
-    grants: Vec<(u32, u32)>,
+    /// This run's grants, per tag.
+    grants: RunGrants,
     summary: WriteSummary,
     committed: bool,
 }
@@ -39,28 +39,24 @@ impl<'a> PgRunTx<'a> {
             client,
             start: start.clone(),
             now,
-            grants: Vec::new(),
+            grants: RunGrants::default(),
             summary: WriteSummary::default(),
             committed: false,
         })
     }
 
-    /// This run's grant of `tag_id`, created on first use.
-    fn grant(&mut self, tag_id: u32) -> Result<u32, StoreError> {
-        if let Some(&(_, id)) = self.grants.iter().find(|(t, _)| *t == tag_id) {
-            return Ok(id);
-        }
-        let detail = self.start.grant_detail(tag_id)?.to_string();
-        let id: i32 = self
-            .client
-            .query_one(
-                "INSERT INTO tag_grants (tag_id, detail) VALUES ($1, $2::text::jsonb) RETURNING grant_id",
-                &[&(tag_id as i64), &detail],
-            )
-            .map_err(db)?
-            .get(0);
-        self.grants.push((tag_id, id as u32));
-        Ok(id as u32)
+    /// Grant ids for `held`, creating this run's grants on first use.
+    fn resolve(&mut self, held: &[Held], out: &mut Vec<u32>) -> Result<(), StoreError> {
+        let client = &mut self.client;
+        self.grants.resolve(&self.start, held, out, |tag_id, detail| {
+            let row = client
+                .query_one(
+                    "INSERT INTO tag_grants (tag_id, detail) VALUES ($1, $2::text::jsonb) RETURNING grant_id",
+                    &[&(tag_id as i64), &detail],
+                )
+                .map_err(db)?;
+            Ok(row.get::<_, i32>(0) as u32)
+        })
     }
 
     /// One change as a line of `COPY` text: a new row for `user_tag_sets`
@@ -88,13 +84,7 @@ impl<'a> PgRunTx<'a> {
         out.push(b'\t');
         out.extend_from_slice(text.as_bytes());
         let mut grants = Vec::with_capacity(held.len());
-        for h in held {
-            grants.push(if h.grant == Held::NEW {
-                self.grant(h.tag_id)?
-            } else {
-                h.grant
-            });
-        }
+        self.resolve(held, &mut grants)?;
         push_ids(text, grants.into_iter());
         out.push(b'\t');
         out.extend_from_slice(text.as_bytes());

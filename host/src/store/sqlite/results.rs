@@ -20,8 +20,8 @@
 
 use super::{connect, db};
 use crate::store::{
-    parse_ids_into, push_ids, Held, HeldTags, Op, RunStart, RunTx, StoreError, TagState, UserRows,
-    WriteSummary,
+    parse_ids_into, push_ids, Held, HeldTags, Op, RunGrants, RunStart, RunTx, StoreError, TagState,
+    UserRows, WriteSummary,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashSet;
@@ -160,8 +160,8 @@ pub struct SqliteRunTx {
     start: RunStart,
     /// The run's time in Unix seconds.
     now: i64,
-    /// Grant ids created by this run, per tag.
-    grants: Vec<(u32, u32)>,
+    /// This run's grants, per tag.
+    grants: RunGrants,
     summary: WriteSummary,
     committed: bool,
 }
@@ -176,28 +176,10 @@ impl SqliteRunTx {
             conn,
             start: start.clone(),
             now,
-            grants: Vec::new(),
+            grants: RunGrants::default(),
             summary: WriteSummary::default(),
             committed: false,
         })
-    }
-
-    /// This run's grant of `tag_id`, created on first use.
-    fn grant(&mut self, tag_id: u32) -> Result<u32, StoreError> {
-        if let Some(&(_, id)) = self.grants.iter().find(|(t, _)| *t == tag_id) {
-            return Ok(id);
-        }
-        let detail = self.start.grant_detail(tag_id)?;
-        let id: u32 = self
-            .conn
-            .query_row(
-                "INSERT INTO tag_grants (tag_id, detail) VALUES (?1, ?2) RETURNING grant_id",
-                params![tag_id, detail.to_string()],
-                |r| r.get(0),
-            )
-            .map_err(db)?;
-        self.grants.push((tag_id, id));
-        Ok(id)
     }
 
     fn scan(&self, keep: Option<&HashSet<&str>>, out: &mut UserRows) -> Result<(), StoreError> {
@@ -291,15 +273,16 @@ impl SqliteRunTx {
 
     /// Grant ids for `held`, creating this run's grants on first use.
     fn resolve(&mut self, held: &[Held], out: &mut Vec<u32>) -> Result<(), StoreError> {
-        out.clear();
-        for h in held {
-            out.push(if h.grant == Held::NEW {
-                self.grant(h.tag_id)?
-            } else {
-                h.grant
-            });
-        }
-        Ok(())
+        let conn = &self.conn;
+        self.grants
+            .resolve(&self.start, held, out, |tag_id, detail| {
+                conn.query_row(
+                    "INSERT INTO tag_grants (tag_id, detail) VALUES (?1, ?2) RETURNING grant_id",
+                    params![tag_id, detail],
+                    |r| r.get(0),
+                )
+                .map_err(db)
+            })
     }
 }
 
