@@ -251,6 +251,30 @@ fn a_restart_finishes_committed_tasks_and_runs_queued_ones(backend: Backend) {
     assert_same_tags(&env.backend.tags(), &env.expected(&[2, 7]));
 }
 
+/// Sample data for `users` users, for the tests that start processes.
+fn sample_data(users: usize) -> tempfile::TempDir {
+    let data = tempfile::tempdir().unwrap();
+    let options = GenOptions {
+        users,
+        reference_date: as_of(),
+        ..GenOptions::default()
+    };
+    gen_data_with(data.path(), &options).unwrap();
+    data
+}
+
+/// The reference plugins and the misbehaving fixture (tags 901-905).
+fn reference_and_misbehaving_plugins() -> tempfile::TempDir {
+    let mut files: Vec<(String, std::path::PathBuf)> = REFERENCE_PLUGINS
+        .iter()
+        .map(|n| (format!("{n}.so"), plugin(n)))
+        .collect();
+    files.push(("misbehaving.so".into(), fixture("misbehaving")));
+    let named: Vec<(&str, std::path::PathBuf)> =
+        files.iter().map(|(n, p)| (n.as_str(), p.clone())).collect();
+    plugins_dir(&named)
+}
+
 /// A `tag-server` process serving on a free loopback port.
 struct Process {
     child: std::process::Child,
@@ -381,21 +405,8 @@ impl Drop for Process {
 }
 
 fn a_task_that_kills_the_server_is_failed_after_its_second_crash(backend: Backend) {
-    let data = tempfile::tempdir().unwrap();
-    let options = GenOptions {
-        users: 300,
-        reference_date: as_of(),
-        ..GenOptions::default()
-    };
-    gen_data_with(data.path(), &options).unwrap();
-    let mut files: Vec<(String, std::path::PathBuf)> = REFERENCE_PLUGINS
-        .iter()
-        .map(|n| (format!("{n}.so"), plugin(n)))
-        .collect();
-    files.push(("misbehaving.so".into(), fixture("misbehaving")));
-    let named: Vec<(&str, std::path::PathBuf)> =
-        files.iter().map(|(n, p)| (n.as_str(), p.clone())).collect();
-    let plugins = plugins_dir(&named);
+    let data = sample_data(300);
+    let plugins = reference_and_misbehaving_plugins();
     let log = data.path().join("server.log");
     let server = Process::start(data.path(), plugins.path(), &backend.url(), &log);
     let (code, reply) = {
@@ -468,21 +479,8 @@ fn trigger(base: &str, body: serde_json::Value) -> String {
 }
 
 fn three_processes_share_the_queue_and_take_over_from_one_killed_mid_run(backend: Backend) {
-    let data = tempfile::tempdir().unwrap();
-    let options = GenOptions {
-        users: 3000,
-        reference_date: as_of(),
-        ..GenOptions::default()
-    };
-    gen_data_with(data.path(), &options).unwrap();
-    let mut files: Vec<(String, std::path::PathBuf)> = REFERENCE_PLUGINS
-        .iter()
-        .map(|n| (format!("{n}.so"), plugin(n)))
-        .collect();
-    files.push(("misbehaving.so".into(), fixture("misbehaving")));
-    let named: Vec<(&str, std::path::PathBuf)> =
-        files.iter().map(|(n, p)| (n.as_str(), p.clone())).collect();
-    let plugins = plugins_dir(&named);
+    let data = sample_data(3000);
+    let plugins = reference_and_misbehaving_plugins();
     let log = data.path().join("server.log");
     let first = Process::start(data.path(), plugins.path(), &backend.url(), &log);
     // Tag 904 takes 1.5 s a batch: three batches keep each task running ~4.5 s.
@@ -534,13 +532,7 @@ fn three_processes_share_the_queue_and_take_over_from_one_killed_mid_run(backend
 }
 
 fn cancels_reach_tasks_queued_or_running_in_another_process(backend: Backend) {
-    let data = tempfile::tempdir().unwrap();
-    let options = GenOptions {
-        users: 3000,
-        reference_date: as_of(),
-        ..GenOptions::default()
-    };
-    gen_data_with(data.path(), &options).unwrap();
+    let data = sample_data(3000);
     let named = [("misbehaving.so", fixture("misbehaving"))];
     let plugins = plugins_dir(&named);
     let log = data.path().join("server.log");
