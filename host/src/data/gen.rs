@@ -160,57 +160,11 @@ pub fn gen_data_with(out_dir: &Path, options: &GenOptions) -> Result<GenSummary,
     // a de-duplicating reader must keep the newer of each pair.
     let mut duplicate_rows = 0;
     if users > 0 && options.duplicates > 0 {
-        let mut b = BasicChunk::new(options.duplicates);
-        let mut a = AssetChunk::new(options.duplicates);
-        let mut t = ActivityChunk::new(options.duplicates);
-        let mut rng = Rng::new(options.seed, u64::MAX, STREAM_DUPLICATES);
-        let mut attempts = 0;
-        while duplicate_rows < options.duplicates && attempts < options.duplicates * 20 {
-            attempts += 1;
-            let index = rng.below(users as u64);
-            let original = ctx.basic_row(index);
-            let (Some(asset_original), Some(activity_original)) =
-                (ctx.asset_row(index), ctx.activity_row(index))
-            else {
-                continue;
-            };
-            let (Some(bt), Some(at), Some(tt)) = (
-                original.updated_time,
-                asset_original.updated_time,
-                activity_original.updated_time,
-            ) else {
-                continue;
-            };
-            let variant = ctx.reseeded(attempts as u64);
-            let (vb, va, vt) = (
-                variant.basic_row(index),
-                variant.asset_row_unconditional(index),
-                variant.activity_row_unconditional(index),
-            );
-            // Alternately a second newer (the copy wins) and a day older
-            // (the original wins), so neither "keep first" nor "keep last" passes.
-            let shift = if duplicate_rows % 2 == 0 {
-                1_000_000
-            } else {
-                -MICROS_PER_DAY
-            };
-            b.push(&BasicRow {
-                updated_time: Some(bt + shift),
-                ..vb
-            });
-            a.push(&AssetRow {
-                updated_time: Some(at + shift),
-                ..va
-            });
-            t.push(&ActivityRow {
-                updated_time: Some(tt + shift),
-                ..vt
-            });
-            duplicate_rows += 1;
-        }
+        let (b, a, t, rows) = duplicates(&ctx, options);
         basic.write(b.finish()?)?;
         asset.write(a.finish()?)?;
         activity.write(t.finish()?)?;
+        duplicate_rows = rows;
     }
 
     let basic_rows = basic.finish()?;
@@ -231,6 +185,63 @@ pub fn gen_data_with(out_dir: &Path, options: &GenOptions) -> Result<GenSummary,
             .collect(),
         elapsed: started.elapsed(),
     })
+}
+
+/// Up to `options.duplicates` copies of existing users' rows in every table,
+/// with other values and a `updated_time` a second newer or a day older, and
+/// how many were made.
+fn duplicates(ctx: &Ctx, options: &GenOptions) -> (BasicChunk, AssetChunk, ActivityChunk, usize) {
+    let users = options.users;
+    let mut duplicate_rows = 0;
+    let mut b = BasicChunk::new(options.duplicates);
+    let mut a = AssetChunk::new(options.duplicates);
+    let mut t = ActivityChunk::new(options.duplicates);
+    let mut rng = Rng::new(options.seed, u64::MAX, STREAM_DUPLICATES);
+    let mut attempts = 0;
+    while duplicate_rows < options.duplicates && attempts < options.duplicates * 20 {
+        attempts += 1;
+        let index = rng.below(users as u64);
+        let original = ctx.basic_row(index);
+        let (Some(asset_original), Some(activity_original)) =
+            (ctx.asset_row(index), ctx.activity_row(index))
+        else {
+            continue;
+        };
+        let (Some(bt), Some(at), Some(tt)) = (
+            original.updated_time,
+            asset_original.updated_time,
+            activity_original.updated_time,
+        ) else {
+            continue;
+        };
+        let variant = ctx.reseeded(attempts as u64);
+        let (vb, va, vt) = (
+            variant.basic_row(index),
+            variant.asset_row_unconditional(index),
+            variant.activity_row_unconditional(index),
+        );
+        // Alternately a second newer (the copy wins) and a day older
+        // (the original wins), so neither "keep first" nor "keep last" passes.
+        let shift = if duplicate_rows % 2 == 0 {
+            1_000_000
+        } else {
+            -MICROS_PER_DAY
+        };
+        b.push(&BasicRow {
+            updated_time: Some(bt + shift),
+            ..vb
+        });
+        a.push(&AssetRow {
+            updated_time: Some(at + shift),
+            ..va
+        });
+        t.push(&ActivityRow {
+            updated_time: Some(tt + shift),
+            ..vt
+        });
+        duplicate_rows += 1;
+    }
+    (b, a, t, duplicate_rows)
 }
 
 /// The user id of the user at `index` (0-based): `user_000001` for index 0.
