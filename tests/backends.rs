@@ -626,24 +626,23 @@ on_every_backend!(
     cancels_reach_tasks_queued_or_running_in_another_process,
 );
 
+/// `tag-server run` against a `scheme://` store on a closed port fails,
+/// naming the URL without its password.
+fn assert_unreachable_store_named(scheme: &str) {
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("{scheme}://tagger:s3cret@127.0.0.1:1/tags");
+    let dir = data.path().display().to_string();
+    let (code, out, err) =
+        tag_server(&["run", "--tag-ids", "1", "--data-dir", &dir, "--store", &url]);
+    assert_ne!(code, 0, "{out}");
+    let shown = format!("cannot connect to {scheme}://tagger@127.0.0.1:1/tags");
+    assert!(err.contains(&shown), "{err}");
+    assert!(!err.contains("s3cret") && !out.contains("s3cret"), "{err}");
+}
+
 #[test]
 fn an_unreachable_store_is_named_without_its_password() {
-    let data = tempfile::tempdir().unwrap();
-    let (code, out, err) = tag_server(&[
-        "run",
-        "--tag-ids",
-        "1",
-        "--data-dir",
-        &data.path().display().to_string(),
-        "--store",
-        "postgres://tagger:s3cret@127.0.0.1:1/tags",
-    ]);
-    assert_ne!(code, 0, "{out}");
-    assert!(
-        err.contains("cannot connect to postgres://tagger@127.0.0.1:1/tags"),
-        "{err}"
-    );
-    assert!(!err.contains("s3cret") && !out.contains("s3cret"), "{err}");
+    assert_unreachable_store_named("postgres");
 }
 
 #[test]
@@ -671,20 +670,5 @@ fn a_database_from_a_newer_server_is_refused_and_a_second_start_changes_nothing(
 
 #[test]
 fn an_unreachable_mariadb_is_named_without_its_password() {
-    let data = tempfile::tempdir().unwrap();
-    let (code, out, err) = tag_server(&[
-        "run",
-        "--tag-ids",
-        "1",
-        "--data-dir",
-        &data.path().display().to_string(),
-        "--store",
-        "mysql://tagger:s3cret@127.0.0.1:1/tags",
-    ]);
-    assert_ne!(code, 0, "{out}");
-    assert!(
-        err.contains("cannot connect to mysql://tagger@127.0.0.1:1/tags"),
-        "{err}"
-    );
-    assert!(!err.contains("s3cret") && !out.contains("s3cret"), "{err}");
+    assert_unreachable_store_named("mysql");
 }

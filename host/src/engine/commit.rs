@@ -11,9 +11,7 @@ use super::report::RunReport;
 use super::{stopped, RunError};
 use crate::model::now_timestamp;
 use crate::scheduler::TaskControl;
-use crate::store::{
-    GrantInfo, RunStart, RunTx, Store, StoreError, TagState, UserRows, WriteSummary,
-};
+use crate::store::{GrantInfo, RunStart, RunTx, Store, StoreError, TagState, UserRows};
 
 /// Changes per batch sent to the store.
 const BATCH: usize = 4096;
@@ -24,8 +22,8 @@ const IN_FLIGHT: usize = 4;
 pub struct Committed {
     /// The report, as committed with the results.
     pub report: RunReport,
-    /// What the store's commit did.
-    pub written: WriteSummary,
+    /// Milliseconds spent in the store's commit.
+    pub commit_ms: u64,
 }
 
 /// What the stages before the commit produced.
@@ -78,11 +76,10 @@ pub fn commit(
         .map_err(|e| RunError::Failed(format!("cannot encode the run report: {e}")))?;
     // The whole commit call: PostgreSQL merges its staged rows here.
     let started = std::time::Instant::now();
-    let mut written = tx
-        .commit(&states(plan, universe), &outcome)
+    tx.commit(&states(plan, universe), &outcome)
         .map_err(failed)?;
-    written.commit_ms = started.elapsed().as_millis() as u64;
-    Ok(Committed { report, written })
+    let commit_ms = started.elapsed().as_millis() as u64;
+    Ok(Committed { report, commit_ms })
 }
 
 fn failed(e: StoreError) -> RunError {

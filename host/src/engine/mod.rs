@@ -123,8 +123,8 @@ impl Engine {
         let mut report = committed.report;
         report
             .timings
-            .insert("commit_ms".into(), committed.written.commit_ms);
-        report.duration_ms += committed.written.commit_ms;
+            .insert("commit_ms".into(), committed.commit_ms);
+        report.duration_ms += committed.commit_ms;
         Ok(report)
     }
 }

@@ -110,13 +110,6 @@ impl UserRows {
         self.rows.is_empty()
     }
 
-    /// Forgets every row, keeping the buffers.
-    pub fn clear(&mut self) {
-        self.text.clear();
-        self.held.clear();
-        self.rows.clear();
-    }
-
     /// Row `i`: its op, user and tags.
     pub fn get(&self, i: usize) -> (Op, &str, &[Held]) {
         let (op, text_end, held_end) = self.rows[i];
@@ -180,7 +173,7 @@ pub trait RunTx: Send {
         self: Box<Self>,
         states: &[TagState],
         outcome: &serde_json::Value,
-    ) -> Result<WriteSummary, StoreError>;
+    ) -> Result<(), StoreError>;
 }
 
 /// A row of `user_tags`, as read back.
@@ -210,17 +203,6 @@ pub struct TagState {
     pub watermarks: BTreeMap<String, i64>,
     /// Whether any successful run evaluated the whole universe.
     pub had_full_run: bool,
-}
-
-/// What a run's write did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct WriteSummary {
-    /// Rows inserted or updated.
-    pub rows_upserted: usize,
-    /// Rows deleted.
-    pub rows_deleted: usize,
-    /// Time spent in [`RunTx::commit`], in milliseconds (set by the engine).
-    pub commit_ms: u64,
 }
 
 /// Persistence used by the server and the one-shot runner.

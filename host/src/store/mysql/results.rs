@@ -6,7 +6,7 @@
 use super::db;
 use crate::store::{
     parse_ids_into, push_ids, Held, HeldTags, Op, RunGrants, RunStart, RunTx, StoreError, TagState,
-    UserRows, WriteSummary,
+    UserRows,
 };
 use ::mysql::prelude::Queryable;
 use ::mysql::{Params, PooledConn, Value};
@@ -22,7 +22,6 @@ pub struct MyRunTx {
     now: i64,
     /// This run's grants, per tag.
     grants: RunGrants,
-    summary: WriteSummary,
     committed: bool,
 }
 
@@ -46,7 +45,6 @@ impl MyRunTx {
             start: start.clone(),
             now,
             grants: RunGrants::default(),
-            summary: WriteSummary::default(),
             committed: false,
         })
     }
@@ -108,11 +106,9 @@ impl MyRunTx {
                 (self.now,),
             )
             .map_err(db)?;
-        self.summary.rows_upserted += self.conn.affected_rows() as usize;
         self.conn
             .query_drop("DELETE u FROM user_tag_sets AS u JOIN run_stage AS s ON u.user_id = s.user_id AND s.op = 'D'")
             .map_err(db)?;
-        self.summary.rows_deleted += self.conn.affected_rows() as usize;
         Ok(())
     }
 
@@ -185,7 +181,6 @@ impl RunTx for MyRunTx {
                 new_rows,
                 new_values,
             )?;
-            self.summary.rows_upserted += new_rows;
             self.insert_rows(
                 "INSERT INTO run_stage (op, user_id, tag_ids, grants) VALUES",
                 "(?, ?, ?, ?)",
@@ -200,7 +195,7 @@ impl RunTx for MyRunTx {
         mut self: Box<Self>,
         states: &[TagState],
         outcome: &serde_json::Value,
-    ) -> Result<WriteSummary, StoreError> {
+    ) -> Result<(), StoreError> {
         self.merge()?;
         for s in states {
             let watermarks = serde_json::to_string(&s.watermarks)
@@ -226,7 +221,7 @@ impl RunTx for MyRunTx {
         let _ = self
             .conn
             .query_drop("DROP TEMPORARY TABLE IF EXISTS run_stage");
-        Ok(self.summary)
+        Ok(())
     }
 }
 

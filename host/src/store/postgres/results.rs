@@ -6,7 +6,7 @@
 use super::{db, Pooled};
 use crate::store::{
     parse_ids_into, push_ids, Held, HeldTags, Op, RunGrants, RunStart, RunTx, StoreError, TagState,
-    UserRows, WriteSummary,
+    UserRows,
 };
 use std::io::Write;
 
@@ -18,7 +18,6 @@ pub struct PgRunTx<'a> {
     now: i64,
     /// This run's grants, per tag.
     grants: RunGrants,
-    summary: WriteSummary,
     committed: bool,
 }
 
@@ -40,7 +39,6 @@ impl<'a> PgRunTx<'a> {
             start: start.clone(),
             now,
             grants: RunGrants::default(),
-            summary: WriteSummary::default(),
             committed: false,
         })
     }
@@ -108,23 +106,19 @@ impl<'a> PgRunTx<'a> {
 
     /// Applies the staged updates and deletes to `user_tag_sets`.
     fn merge(&mut self) -> Result<(), StoreError> {
-        let updated = self
-            .client
+        self.client
             .execute(
                 "UPDATE user_tag_sets AS u SET tag_ids = s.tag_ids, grants = s.grants, updated_time = $1
                  FROM run_stage AS s WHERE s.op = 'U' AND u.user_id = s.user_id",
                 &[&self.now],
             )
             .map_err(db)?;
-        let deleted = self
-            .client
+        self.client
             .execute(
                 "DELETE FROM user_tag_sets AS u USING run_stage AS s WHERE s.op = 'D' AND u.user_id = s.user_id",
                 &[],
             )
             .map_err(db)?;
-        self.summary.rows_upserted += updated as usize;
-        self.summary.rows_deleted += deleted as usize;
         Ok(())
     }
 }
@@ -188,9 +182,6 @@ impl RunTx for PgRunTx<'_> {
                 &mut staged
             };
             self.copy_line(out, op, user, held, &mut text)?;
-            if op == Op::Insert {
-                self.summary.rows_upserted += 1;
-            }
         }
         self.copy(
             "COPY user_tag_sets (user_id, tag_ids, grants, created_time, updated_time) FROM STDIN",
@@ -206,7 +197,7 @@ impl RunTx for PgRunTx<'_> {
         mut self: Box<Self>,
         states: &[TagState],
         outcome: &serde_json::Value,
-    ) -> Result<WriteSummary, StoreError> {
+    ) -> Result<(), StoreError> {
         self.merge()?;
         for s in states {
             let watermarks = serde_json::to_string(&s.watermarks)
@@ -229,7 +220,7 @@ impl RunTx for PgRunTx<'_> {
             .map_err(db)?;
         self.client.batch_execute("COMMIT").map_err(db)?;
         self.committed = true;
-        Ok(self.summary)
+        Ok(())
     }
 }
 

@@ -21,7 +21,7 @@
 use super::{connect, db};
 use crate::store::{
     parse_ids_into, push_ids, Held, HeldTags, Op, RunGrants, RunStart, RunTx, StoreError, TagState,
-    UserRows, WriteSummary,
+    UserRows,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashSet;
@@ -162,7 +162,6 @@ pub struct SqliteRunTx {
     now: i64,
     /// This run's grants, per tag.
     grants: RunGrants,
-    summary: WriteSummary,
     committed: bool,
 }
 
@@ -177,7 +176,6 @@ impl SqliteRunTx {
             start: start.clone(),
             now,
             grants: RunGrants::default(),
-            summary: WriteSummary::default(),
             committed: false,
         })
     }
@@ -267,7 +265,6 @@ impl SqliteRunTx {
             stmt.raw_bind_parameter(at + 5, self.now).map_err(db)?;
         }
         stmt.raw_execute().map_err(db)?;
-        self.summary.rows_upserted += rows.len();
         Ok(())
     }
 
@@ -328,10 +325,6 @@ impl RunTx for SqliteRunTx {
                 _ => stmt.execute(params![user, ids, grants, self.now]),
             }
             .map_err(db)?;
-            match op {
-                Op::Delete => self.summary.rows_deleted += 1,
-                _ => self.summary.rows_upserted += 1,
-            }
             i += 1;
         }
         Ok(())
@@ -341,7 +334,7 @@ impl RunTx for SqliteRunTx {
         mut self: Box<Self>,
         states: &[TagState],
         outcome: &serde_json::Value,
-    ) -> Result<WriteSummary, StoreError> {
+    ) -> Result<(), StoreError> {
         for s in states {
             let watermarks = serde_json::to_string(&s.watermarks)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -359,7 +352,7 @@ impl RunTx for SqliteRunTx {
             .map_err(db)?;
         self.conn.execute_batch("COMMIT").map_err(db)?;
         self.committed = true;
-        Ok(self.summary)
+        Ok(())
     }
 }
 
