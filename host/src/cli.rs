@@ -96,7 +96,14 @@ pub fn gen_data_command(
     args: GenDataArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let dir = args.out.unwrap_or_else(|| config.data_dir.clone());
+    let dir = match (args.out, config.data_dir.local()) {
+        (Some(dir), _) => dir,
+        (None, Some(dir)) => dir.to_path_buf(),
+        (None, None) => anyhow::bail!(
+            "gen-data writes local files: data_dir is {}, give --out DIR",
+            config.data_dir
+        ),
+    };
     let options = GenOptions {
         users: args.users,
         seed: args.seed,

@@ -2,6 +2,7 @@
 
 use crate::config::{Config, Environment};
 use crate::data::gen::{gen_data_with, GenOptions};
+use crate::data::source::DataSource;
 use crate::engine::{Engine, UNIVERSE_TABLE};
 use crate::http::{self, AppState};
 use crate::plugins;
@@ -47,10 +48,12 @@ impl Core {
                 .context("seeding rules")?;
         }
         let registry = Arc::new(RwLock::new(registry));
+        let data = DataSource::open(&config.data_dir, &config.s3_cache_dir())
+            .context("opening the data location")?;
         let engine = Arc::new(Engine::new(
             Arc::clone(&store),
             Arc::clone(&registry),
-            config.data_dir.clone(),
+            data,
             config.batch_rows as usize,
         ));
         Ok(Core {
@@ -64,7 +67,10 @@ impl Core {
 /// With `--env local`, writes a default sample dataset when the data
 /// directory has no universe table yet, so a fresh checkout just runs.
 pub fn prepare_local_data(config: &Config) -> anyhow::Result<()> {
-    if config.env != Environment::Local || has_table(&config.data_dir, UNIVERSE_TABLE) {
+    let Some(dir) = config.data_dir.local() else {
+        return Ok(());
+    };
+    if config.env != Environment::Local || has_table(dir, UNIVERSE_TABLE) {
         return Ok(());
     }
     let options = GenOptions {
@@ -72,8 +78,8 @@ pub fn prepare_local_data(config: &Config) -> anyhow::Result<()> {
         reference_date: tag_plugin_api::Date::today_utc().days(),
         ..GenOptions::default()
     };
-    tracing::info!(dir = %config.data_dir.display(), users = options.users, "no source data: generating a sample dataset");
-    let summary = gen_data_with(&config.data_dir, &options).context("generating sample data")?;
+    tracing::info!(dir = %dir.display(), users = options.users, "no source data: generating a sample dataset");
+    let summary = gen_data_with(dir, &options).context("generating sample data")?;
     tracing::info!(
         elapsed_ms = summary.elapsed.as_millis() as u64,
         "sample data written"

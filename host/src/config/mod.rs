@@ -9,9 +9,11 @@
 
 pub mod profile;
 
+use crate::data::source::DataLocation;
 use crate::model::Mode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use tag_plugin_api::Date;
 
 /// tag-server: computes user tags with plugins and serves the tag API.
@@ -131,9 +133,14 @@ pub struct Config {
     /// directory of the tag-server executable, where cargo puts the plugins].
     #[arg(long, env = "TAG_PLUGINS_DIR", global = true)]
     pub plugins_dir: Option<PathBuf>,
-    /// Directory of the source tables (`<table>.parquet` or `<table>/*.parquet`).
-    #[arg(long, default_value = "data", env = "TAG_DATA_DIR", global = true)]
-    pub data_dir: PathBuf,
+    /// Source tables (`<table>.parquet` or `<table>/*.parquet`): a local
+    /// directory, or `s3://bucket/prefix` (endpoint, region and credentials
+    /// from the AWS environment variables or `AWS_PROFILE`).
+    #[arg(long, default_value = "data", env = "TAG_DATA_DIR", global = true, value_parser = DataLocation::from_str)]
+    pub data_dir: DataLocation,
+    /// Where S3 tables are mirrored for reading [default: <temp dir>/tag-server-s3].
+    #[arg(long, env = "TAG_S3_CACHE_DIR", global = true)]
+    pub s3_cache_dir: Option<PathBuf>,
     /// Store URL: sqlite://PATH, postgres://… or mysql://… [default:
     /// sqlite://<data-dir>/tag_system.db]. A password belongs in TAG_STORE,
     /// not in a profile file.
@@ -168,11 +175,22 @@ impl Config {
         self.plugins_dir.clone().unwrap_or_else(default_plugins_dir)
     }
 
-    /// The store URL in effect.
+    /// The store URL in effect: the default SQLite store lives in a local
+    /// data directory (an S3 data location needs `--store`).
     pub fn store_url(&self) -> String {
-        self.store.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.data_dir.join("tag_system.db").display())
+        self.store.clone().unwrap_or_else(|| match &self.data_dir {
+            DataLocation::Local(dir) => {
+                format!("sqlite://{}", dir.join("tag_system.db").display())
+            }
+            DataLocation::S3(_) => String::new(),
         })
+    }
+
+    /// The directory S3 tables are mirrored into.
+    pub fn s3_cache_dir(&self) -> PathBuf {
+        self.s3_cache_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("tag-server-s3"))
     }
 
     /// The log filter in effect.

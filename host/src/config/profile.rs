@@ -19,8 +19,10 @@ pub struct Profile {
     pub host: Option<String>,
     /// Port to listen on.
     pub port: Option<u16>,
-    /// Source tables.
-    pub data_dir: Option<PathBuf>,
+    /// Source tables: a directory or `s3://bucket/prefix`.
+    pub data_dir: Option<String>,
+    /// Where S3 tables are mirrored.
+    pub s3_cache_dir: Option<PathBuf>,
     /// Store URL, without a password.
     pub store: Option<String>,
     /// Plugin libraries.
@@ -67,7 +69,7 @@ pub fn resolve(config: &mut Config, matches: &ArgMatches) -> Result<(), ConfigEr
     };
     if let Some(profile) = profile {
         check_secrets(&profile, &path, &mut errors);
-        apply(profile, config, matches);
+        apply(profile, config, matches, &mut errors);
     }
     validate(
         config,
@@ -89,7 +91,7 @@ fn defaulted(matches: &ArgMatches, id: &str) -> bool {
     )
 }
 
-fn apply(profile: Profile, config: &mut Config, matches: &ArgMatches) {
+fn apply(profile: Profile, config: &mut Config, matches: &ArgMatches, errors: &mut Vec<String>) {
     let free = |id: &str| defaulted(matches, id);
     macro_rules! set {
         ($field:ident, $id:literal, $value:expr) => {
@@ -102,7 +104,13 @@ fn apply(profile: Profile, config: &mut Config, matches: &ArgMatches) {
     }
     set!(host, "host", profile.host);
     set!(port, "port", profile.port);
-    set!(data_dir, "data_dir", profile.data_dir);
+    let data_dir = profile.data_dir.and_then(|text| {
+        text.parse()
+            .map_err(|e| errors.push(format!("data_dir {e}")))
+            .ok()
+    });
+    set!(data_dir, "data_dir", data_dir);
+    set!(s3_cache_dir, "s3_cache_dir", profile.s3_cache_dir.map(Some));
     set!(
         max_concurrent_tasks,
         "max_concurrent_tasks",
@@ -161,6 +169,12 @@ pub fn validate(config: &Config, tokens: Option<&str>, errors: &mut Vec<String>)
         errors,
     );
     let store = config.store_url();
+    if store.is_empty() {
+        errors.push(format!(
+            "data_dir {} is not local, so the default SQLite store has no place: set --store (TAG_STORE)",
+            config.data_dir
+        ));
+    }
     let known = [
         "sqlite://",
         "postgres://",
@@ -168,7 +182,7 @@ pub fn validate(config: &Config, tokens: Option<&str>, errors: &mut Vec<String>)
         "mysql://",
         "mariadb://",
     ];
-    if !known.iter().any(|scheme| store.starts_with(scheme)) {
+    if !store.is_empty() && !known.iter().any(|scheme| store.starts_with(scheme)) {
         errors.push(format!(
             "store {} is not sqlite://, postgres:// or mysql://",
             crate::store::redact(&store)
@@ -217,7 +231,10 @@ mod tests {
         outcome.unwrap();
         assert_eq!(config.max_concurrent_tasks, 7);
         assert_eq!(config.port, 7000, "the flag wins");
-        assert_eq!(config.data_dir, PathBuf::from("/srv/data"));
+        assert_eq!(
+            config.data_dir.local(),
+            Some(std::path::Path::new("/srv/data"))
+        );
         assert_eq!(config.log_format, LogFormat::Json);
     }
 
@@ -242,6 +259,35 @@ mod tests {
             "{errors:?}"
         );
         assert!(!errors.iter().any(|e| e.contains("hunter2")), "{errors:?}");
+    }
+
+    #[test]
+    fn an_s3_data_location_needs_a_store_and_other_schemes_are_refused() {
+        let (outcome, _) = parse(&["--data-dir", "s3://exports/daily"], &[]);
+        let errors = outcome.unwrap_err().0;
+        assert!(
+            errors.iter().any(|e| e.contains("set --store")),
+            "{errors:?}"
+        );
+        let (outcome, config) = parse(
+            &[
+                "--data-dir",
+                "s3://exports/daily",
+                "--store",
+                "postgres://db/tags",
+            ],
+            &[],
+        );
+        outcome.unwrap();
+        assert_eq!(config.data_dir.to_string(), "s3://exports/daily");
+        let profile = "data_dir = \"gs://exports\"\nworkers = 0\n";
+        let (outcome, _) = parse(&["--env", "glue-dev"], &[("glue-dev.toml", profile)]);
+        let errors = outcome.unwrap_err().0;
+        assert!(
+            errors.iter().any(|e| e.contains("gs://exports")),
+            "{errors:?}"
+        );
+        assert!(errors.iter().any(|e| e.contains("workers")), "{errors:?}");
     }
 
     #[test]

@@ -7,10 +7,14 @@
 //! - [`read`]: one table (file or directory of parts) as bounded batches of
 //!   the requested columns, coerced to the types the tags expect.
 //! - [`ffi`]: a polars `DataFrame` borrowed as a [`tag_plugin_api::abi::FfiBatch`].
+//! - [`source`]: where the tables live (a local directory or S3), made local
+//!   for a run; [`s3`] mirrors an S3 prefix.
 
 pub mod ffi;
 pub mod gen;
 pub mod read;
+pub mod s3;
+pub mod source;
 
 use std::path::PathBuf;
 
@@ -82,6 +86,14 @@ pub enum DataError {
         /// The type found in the data, as polars names it.
         found: String,
         /// Which value failed and why.
+        detail: String,
+    },
+    /// An S3 location could not be listed or fetched.
+    #[error("{url}: {detail}")]
+    Remote {
+        /// The `s3://` location.
+        url: String,
+        /// What failed, naming bucket and endpoint.
         detail: String,
     },
     /// A DataFrame column has a type that has no FFI representation.

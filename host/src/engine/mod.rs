@@ -30,6 +30,8 @@ pub mod scope;
 #[cfg(test)]
 mod testkit;
 
+use crate::data::s3::SyncSummary;
+use crate::data::source::DataSource;
 use crate::model::TaskRecord;
 use crate::registry::TagRegistry;
 use crate::scheduler::{RunError, Stop, TaskControl, TaskRunner};
@@ -48,7 +50,7 @@ const UPDATED_TIME: &str = "updated_time";
 pub struct Engine {
     store: Arc<dyn Store>,
     registry: Arc<RwLock<TagRegistry>>,
-    data_dir: PathBuf,
+    data: DataSource,
     batch_rows: usize,
 }
 
@@ -65,17 +67,17 @@ fn polars_failed(context: &str, e: PolarsError) -> RunError {
 }
 
 impl Engine {
-    /// An engine over `data_dir`, using the tags of `registry` and `store`.
+    /// An engine over the tables of `data`, using the tags of `registry` and `store`.
     pub fn new(
         store: Arc<dyn Store>,
         registry: Arc<RwLock<TagRegistry>>,
-        data_dir: PathBuf,
+        data: DataSource,
         batch_rows: usize,
     ) -> Engine {
         Engine {
             store,
             registry,
-            data_dir,
+            data,
             batch_rows: batch_rows.max(64),
         }
     }
@@ -91,8 +93,9 @@ impl Engine {
             .clone();
         let plan = plan::plan(task, &registry, self.store.as_ref())?;
         control.set_progress(|p| p.stage = "reading".into());
+        let (data_dir, fetched) = self.fetch(&plan, &mut timings)?;
         let source = load::Source {
-            data_dir: &self.data_dir,
+            data_dir: &data_dir,
             batch_rows: self.batch_rows,
         };
         let universe = load::load(&plan, &source, control)?;
@@ -117,7 +120,9 @@ impl Engine {
             |counts| {
                 let mut timings = Timings::clone_of(&timings);
                 timings.lap("write_ms");
-                report::report(&run, counts, &timings)
+                let mut report = report::report(&run, counts, &timings);
+                report.source_objects = fetched;
+                report
             },
         )?;
         let mut report = committed.report;
@@ -126,6 +131,25 @@ impl Engine {
             .insert("commit_ms".into(), committed.commit_ms);
         report.duration_ms += committed.commit_ms;
         Ok(report)
+    }
+}
+
+impl Engine {
+    /// Makes the plan's tables local (an S3 mirror fetches what changed,
+    /// timed as `fetch_ms`); the directory to read them from.
+    fn fetch(
+        &self,
+        plan: &plan::Plan,
+        timings: &mut Timings,
+    ) -> Result<(PathBuf, Option<SyncSummary>), RunError> {
+        let tables: Vec<&str> = plan.tables.iter().map(|t| t.table.as_str()).collect();
+        let (dir, fetched) = self.data.prepare(&tables).map_err(failed)?;
+        if let Some(summary) = fetched {
+            tracing::info!(source = %self.data, fetched = summary.fetched, bytes = summary.bytes,
+                cached = summary.cached, removed = summary.removed, "source tables mirrored");
+            timings.lap("fetch_ms");
+        }
+        Ok((dir, fetched))
     }
 }
 

@@ -6,6 +6,7 @@ use super::commit::Evaluated;
 use super::diff::{DiffCounts, TagCounts};
 use super::load::Universe;
 use super::plan::Plan;
+use crate::data::s3::SyncSummary;
 use crate::model::Mode;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -51,6 +52,10 @@ pub struct RunReport {
     /// Requested `user_ids` not in the universe (count and a sample).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown_user_ids: Option<UnknownUsers>,
+    /// For tables in S3: objects fetched into the local mirror, and those
+    /// already there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_objects: Option<SyncSummary>,
 }
 
 /// One tag's line of the report.
@@ -167,6 +172,7 @@ pub fn report(run: &Evaluated<'_>, counts: &DiffCounts, timings: &Timings) -> Ru
             .user_ids
             .as_ref()
             .map(|wanted| unknown(wanted, universe)),
+        source_objects: None,
     }
 }
 

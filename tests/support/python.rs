@@ -1,0 +1,54 @@
+//! A Python interpreter for the tests that need a real third-party peer
+//! (an S3 server, parquet written by pyarrow or DuckDB): a virtual
+//! environment under cargo's test scratch directory, created on first use
+//! and given the packages the caller needs from PyPI.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The environment's directory (kept between runs with the target directory).
+pub fn venv() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-venv")
+}
+
+/// The environment's `python`, with `modules` importable: `packages` (pip
+/// requirement strings) are installed when one of them is not.
+pub fn python_with(modules: &[&str], packages: &[&str]) -> PathBuf {
+    static SETUP: Mutex<()> = Mutex::new(());
+    let _one = SETUP.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = venv();
+    let python = dir.join("bin").join("python");
+    if !python.exists() {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .status()
+            .expect("python3 is needed for this test");
+        assert!(status.success(), "python3 -m venv {} failed", dir.display());
+    }
+    let imports = format!("import {}", modules.join(", "));
+    let present = Command::new(&python)
+        .args(["-c", &imports])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        let output = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(packages)
+            .output()
+            .expect("run pip");
+        assert!(
+            output.status.success(),
+            "pip install {packages:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    python
+}
