@@ -672,3 +672,76 @@ fn a_database_from_a_newer_server_is_refused_and_a_second_start_changes_nothing(
 fn an_unreachable_mariadb_is_named_without_its_password() {
     assert_unreachable_store_named("mysql");
 }
+
+/// The network store goes away under a running server (every connection
+/// cut, new ones refused) and comes back: `/health` says 503 naming the
+/// store without its password, a trigger meanwhile gets 503 (not 500), and
+/// the task accepted just before completes once the store is back.
+fn a_store_that_goes_away_is_reported_and_nothing_accepted_is_lost(backend: Backend) {
+    let direct = backend.url();
+    let target = if direct.starts_with("postgres") {
+        "127.0.0.1:5432"
+    } else {
+        "127.0.0.1:3306"
+    };
+    let proxy = support::proxy::Proxy::start(target.parse().unwrap());
+    let mut url = direct.replace(target, &proxy.addr.to_string());
+    if url.starts_with("postgres") {
+        // Trust authentication never asks for it: it only has to stay hidden.
+        url = url.replace("postgres@", "postgres:hunter2@");
+    } else {
+        // Or the client would reconnect through MariaDB's local socket.
+        url.push_str("?prefer_socket=false");
+    }
+    let data = sample_data(600);
+    let plugins = reference_plugins_dir();
+    let server = TestServer::start_with_store(
+        data.path(),
+        plugins.path(),
+        &url,
+        &["--task-lease-secs", "2"],
+    );
+    let all = json!({"tag_ids": [1, 2, 3, 4, 5, 6, 7, 8], "as_of": AS_OF});
+    let accepted = server.trigger(all.clone());
+    proxy.cut();
+
+    let (code, health) = server.get("/health").unwrap();
+    assert_eq!(code, 503, "{health}");
+    let error = health["error"].as_str().unwrap();
+    assert!(error.contains(&proxy.addr.to_string()), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
+    let (code, refused) = server.post("/api/v1/tags/trigger", &all);
+    assert_eq!(code, 503, "{refused}");
+    assert_eq!(refused["success"], false);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+
+    proxy.restore();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server.get("/health").unwrap().0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let done = server.wait(&accepted);
+    assert_eq!(done["status"], "completed", "{done}");
+    let expected = oracle::expected(data.path(), as_of(), &[1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_same_tags(&backend.tags(), &expected);
+}
+
+mod store_outage {
+    #[test]
+    fn postgres() {
+        super::a_store_that_goes_away_is_reported_and_nothing_accepted_is_lost(
+            super::Backend::postgres(),
+        )
+    }
+
+    #[test]
+    fn mariadb() {
+        super::a_store_that_goes_away_is_reported_and_nothing_accepted_is_lost(
+            super::Backend::mysql(),
+        )
+    }
+}

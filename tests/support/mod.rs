@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod oracle;
+pub mod proxy;
 pub mod python;
 
 use std::os::unix::fs::PermissionsExt;
