@@ -10,7 +10,10 @@ builds the table user_tags (user_id primary key, tag_ids as a JSON array,
 tag_details as a JSON object keyed by tag id, created_time, updated_time) in
 a new DuckDB database file OUT, and checkpoints and closes it.
 
-usage: anchors.py ENGINE DATA_DIR OUT AS_OF   (ENGINE: duckdb, duckdb_table, polars, spark)
+spark_jdbc does what the replaced system did: Spark computes the same rules
+and appends user_tags rows to MariaDB over JDBC (OUT is the JDBC URL).
+
+usage: anchors.py ENGINE DATA_DIR OUT AS_OF   (ENGINE: duckdb, duckdb_table, polars, spark, spark_jdbc)
 """
 
 import datetime as dt
@@ -155,17 +158,25 @@ def run_polars(data, out, as_of):
     )
 
 
-def run_spark(data, out, as_of):
-    from pyspark.sql import SparkSession, Window, functions as F
+def spark_session(jars=None):
+    from pyspark.sql import SparkSession
 
-    spark = (
+    builder = (
         SparkSession.builder.master("local[2]")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "8")
         .config("spark.driver.memory", "4g")
-        .getOrCreate()
     )
+    if jars:
+        builder = builder.config("spark.jars", jars)
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def spark_tagged(spark, data, as_of):
+    """DataFrame (user_id, tag_ids) for the users holding at least one tag."""
+    from pyspark.sql import Window, functions as F
 
     def table(name):
         w = Window.partitionBy("user_id").orderBy(F.col("updated_time").desc_nulls_last())
@@ -189,12 +200,72 @@ def run_spark(data, out, as_of):
         within("last_login_date", 7),
     ]
     tags = F.array_compact(F.array(*[F.when(r, F.lit(i + 1)) for i, r in enumerate(rules)]))
-    j.select("user_id", tags.alias("tag_ids")).where(F.size("tag_ids") > 0).write.mode("overwrite").parquet(out)
+    return j.select("user_id", tags.alias("tag_ids")).where(F.size("tag_ids") > 0)
+
+
+def run_spark(data, out, as_of):
+    spark = spark_session()
+    spark_tagged(spark, data, as_of).write.mode("overwrite").parquet(out)
+    spark.stop()
+
+
+# Debian's libmariadb-java (spark.jars.packages cannot download here).
+MARIADB_JAR = "/usr/share/java/mariadb-java-client.jar"
+
+
+def run_spark_jdbc(data, out, as_of):
+    """The original system's way: Spark computes the rules and appends the
+    rows of user_tags (the seed's columns, JSON as text) to MariaDB over
+    JDBC. OUT is a JDBC URL whose database holds an empty user_tags."""
+    from pyspark.sql import functions as F
+
+    spark = spark_session(MARIADB_JAR)
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    members = F.array(
+        *[
+            F.lit(
+                f'"{tag}":'
+                + json.dumps(
+                    {"tag_name": name, "tag_category": category, "hit_time": now, "rule_version": 1},
+                    ensure_ascii=False,
+                    separators=(",", ":"),
+                )
+            )
+            for tag, (name, category) in sorted(TAGS.items())
+        ]
+    )
+    rows = spark_tagged(spark, data, as_of).select(
+        "user_id",
+        F.concat(F.lit("["), F.array_join("tag_ids", ","), F.lit("]")).alias("tag_ids"),
+        F.concat(
+            F.lit("{"),
+            F.array_join(F.transform("tag_ids", lambda t: F.element_at(members, t)), ","),
+            F.lit("}"),
+        ).alias("tag_details"),
+        F.lit(now).alias("created_time"),
+        F.lit(now).alias("updated_time"),
+    )
+    (
+        rows.write.format("jdbc")
+        .option("url", out)
+        .option("driver", "org.mariadb.jdbc.Driver")
+        .option("dbtable", "user_tags")
+        .option("batchsize", 10000)
+        .mode("append")
+        .save()
+    )
     spark.stop()
 
 
 if __name__ == "__main__":
     engine, data, out, as_of = sys.argv[1:5]
     started = time.perf_counter()
-    {"duckdb": run_duckdb, "duckdb_table": run_duckdb_table, "polars": run_polars, "spark": run_spark}[engine](data, out, as_of)
+    engines = {
+        "duckdb": run_duckdb,
+        "duckdb_table": run_duckdb_table,
+        "polars": run_polars,
+        "spark": run_spark,
+        "spark_jdbc": run_spark_jdbc,
+    }
+    engines[engine](data, out, as_of)
     print(f"{engine}: {time.perf_counter() - started:.3f} s", file=sys.stderr)

@@ -3,6 +3,7 @@
 # in one run: wall time, peak memory and each anchor's time / ours.
 #
 #   [TAG_SERVER_BIN=path] bench/run.sh [--users N] [--10m] [--spark] [--rounds N]
+#                                      [--stores] [--no-api]
 #
 # Steps: gen-data (N users, default 1M); tag-server's first full run of the
 # eight tags into a fresh SQLite store and a re-run on unchanged data; the
@@ -17,6 +18,14 @@
 # idle and while six queued full runs compute (and, for the user lookups,
 # write: they alternate as_of so every run changes rows).
 #
+# --stores: also the first full run and re-run into MariaDB (127.0.0.1:3306,
+# root) and PostgreSQL (127.0.0.1:5432, postgres), each in a fresh database
+# bench_tags, as ratios to the SQLite run; with --spark also the replaced
+# system's way, PySpark computing the rules and appending user_tags to
+# MariaDB over JDBC (driver: Debian's libmariadb-java, installed with
+# apt-get when missing; a jdbc:mysql: URL so that Spark quotes identifiers
+# the MySQL way), beside ours into MariaDB.
+# --no-api: skip the API latency part.
 # --rounds N (default 1): N more rounds of the first full run, DuckDB and
 # DuckDB-table, alternating, with each round's ratios and their medians: on a
 # shared 2-core machine single timings vary by 20% or more.
@@ -32,13 +41,17 @@ cd "$(dirname "$0")/.."
 USERS=1000000
 SPARK=0
 ROUNDS=1
+STORES=0
+API_PART=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --users) USERS="$2"; shift 2 ;;
     --10m) USERS=10000000; shift ;;
     --spark) SPARK=1; shift ;;
+    --stores) STORES=1; shift ;;
+    --no-api) API_PART=0; shift ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
-    *) echo "usage: bench/run.sh [--users N] [--10m] [--spark] [--rounds N]" >&2; exit 2 ;;
+    *) echo "usage: bench/run.sh [--users N] [--10m] [--spark] [--rounds N] [--stores] [--no-api]" >&2; exit 2 ;;
   esac
 done
 AS_OF=2025-01-15
@@ -136,10 +149,35 @@ echo "== incremental result equals a full run's over the new data?"
 $PY bench/anchors.py duckdb "$INC" "$RUN/duckdb-inc.parquet" $AS_OF 2> /dev/null
 $PY bench/compare.py "$RUN/tags.db" "$RUN/duckdb-inc.parquet"
 
+if [ "$STORES" = 1 ]; then
+  echo "== network stores: first full run and re-run into MariaDB and PostgreSQL"
+  mysql -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS bench_tags; CREATE DATABASE bench_tags CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS bench_tags" -c "CREATE DATABASE bench_tags"
+  for store in mariadb:mysql://root@127.0.0.1:3306/bench_tags postgres:postgres://postgres@127.0.0.1:5432/bench_tags; do
+    name=${store%%:*}; url=${store#*:}
+    measure "tag-server-$name" "$BIN" run --tag-ids $TAGS --data-dir "$DATA" --store "$url" --as-of $AS_OF
+    measure "tag-server-$name-rerun" "$BIN" run --tag-ids $TAGS --data-dir "$DATA" --store "$url" --as-of $AS_OF
+    echo "   $name re-run wrote $(rows_written "$OUT/tag-server-$name-rerun.out") rows"
+  done
+  if [ "$SPARK" = 1 ]; then
+    if [ ! -f /usr/share/java/mariadb-java-client.jar ]; then
+      apt-get install -y -qq libmariadb-java > /dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libmariadb-java > /dev/null; }
+    fi
+    mysql -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS bench_spark; CREATE DATABASE bench_spark CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+      CREATE TABLE bench_spark.user_tags (user_id VARCHAR(64) PRIMARY KEY, tag_ids JSON NOT NULL, tag_details JSON NOT NULL,
+        created_time VARCHAR(19) NOT NULL, updated_time VARCHAR(19) NOT NULL)"
+    measure pyspark-jdbc-mariadb $PY bench/anchors.py spark_jdbc "$DATA" "jdbc:mysql://127.0.0.1:3306/bench_spark?user=root&rewriteBatchedStatements=true" $AS_OF
+    echo "== same rows in MariaDB? (user_id, tag_ids)"
+    ours_sum=$(mysql -N -h 127.0.0.1 -u root -e "SELECT COUNT(*), SUM(CRC32(CONCAT(user_id, REPLACE(tag_ids, ' ', '')))) FROM bench_tags.user_tags")
+    spark_sum=$(mysql -N -h 127.0.0.1 -u root -e "SELECT COUNT(*), SUM(CRC32(CONCAT(user_id, REPLACE(tag_ids, ' ', '')))) FROM bench_spark.user_tags")
+    if [ "$ours_sum" = "$spark_sum" ]; then echo "   yes: $ours_sum"; else echo "   NO: ours $ours_sum, pyspark $spark_sum"; exit 1; fi
+  fi
+fi
+
 LATENCY=$OUT/latency.tsv
 WINDOW_WRITES=$OUT/window-writes.tsv
 : > "$LATENCY"; : > "$WINDOW_WRITES"
-if command -v wrk >/dev/null; then
+if [ "$API_PART" = 1 ] && command -v wrk >/dev/null; then
   echo "== API latency, 64 connections"
   PORT=5099
   API=$OUT/api-$USERS; rm -rf "$API"; mkdir -p "$API"
@@ -234,6 +272,13 @@ for name, (secs, mb) in res.items():
 print(f"re-run on unchanged data: {sys.argv[3]} rows written, {res['tag-server-rerun'][0] / ours:.2f}x the first run")
 print(f"incremental after 2% of activity rows changed, as a new part file: {sys.argv[4]} users evaluated, "
       f"{sys.argv[6]} rows written, {res['tag-server-incremental'][0] / ours:.2f}x the first run")
+for name in ("mariadb", "postgres"):
+    if f"tag-server-{name}" in res:
+        first, rerun = res[f"tag-server-{name}"][0], res[f"tag-server-{name}-rerun"][0]
+        print(f"into {name}: first run {first:.2f} s ({first / ours:.2f}x SQLite), re-run {rerun:.2f} s")
+if "pyspark-jdbc-mariadb" in res:
+    spark, mine = res["pyspark-jdbc-mariadb"][0], res["tag-server-mariadb"][0]
+    print(f"PySpark -> MariaDB over JDBC (the replaced system's way): {spark:.2f} s, {spark / mine:.2f}x ours into MariaDB")
 rounds = [tuple(map(float, l.split())) for l in open(sys.argv[5]) if l.strip()]
 if rounds:
     listed = ", ".join(f"{o:.2f}/{d:.2f}/{t:.2f}" for o, d, t in rounds)
