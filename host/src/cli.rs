@@ -4,7 +4,7 @@ use crate::config::{Config, GenDataArgs, PluginsAction, PluginsArgs, RunArgs};
 use crate::data::gen::{gen_data_with, GenOptions};
 use crate::model::{Priority, TaskSpec, TaskStatus};
 use crate::plugins::{self, sample::sample_batch, Outcome};
-use crate::scheduler::{TaskControl, TaskRunner};
+use crate::scheduler::{run_caught, RunError, TaskControl};
 use crate::server::Core;
 use crate::tasks::lifecycle;
 use std::io::Write;
@@ -160,7 +160,10 @@ pub fn run_command(
     let mut task = lifecycle::create(spec, config.env.as_str());
     lifecycle::start(&mut task);
     core.store.insert_task(&task, None)?;
-    let outcome = TaskRunner::run(core.engine.as_ref(), &task, &TaskControl::default());
+    let outcome = run_caught(core.engine.as_ref(), &task, &TaskControl::default());
+    if let Err(RunError::Failed(reason)) = &outcome {
+        tracing::warn!(task_id = %task.task_id, reason = %reason, "task failed");
+    }
     lifecycle::finish(&mut task, outcome);
     core.store.update_task(&task)?;
     writeln!(out, "{}", serde_json::to_string_pretty(&task)?)?;

@@ -29,31 +29,65 @@ fn purge_freed_memory_at_once() {
     }
 }
 
-fn init_logging(config: &Config, to_file: bool) -> anyhow::Result<()> {
+/// Where log lines go besides the log file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Console {
+    /// The server: the console is its output.
+    Stdout,
+    /// `tag-server run`: stdout holds the task JSON.
+    Stderr,
+}
+
+fn init_logging(config: &Config, to_file: Option<Console>) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log_filter()));
-    if to_file {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&config.log_file)?;
-        let file = std::sync::Mutex::new(file);
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stdout.and(file))
-            .with_ansi(false);
-        match config.log_format {
-            LogFormat::Text => builder.init(),
-            LogFormat::Json => builder.json().init(),
-        }
-    } else {
-        // One-shot commands keep stdout for their output.
+    let Some(console) = to_file else {
+        // `plugins` and `gen-data` keep stdout for their output.
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .init();
+        return Ok(());
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&config.log_file)?;
+    let file = std::sync::Mutex::new(file);
+    let console = move || -> Box<dyn std::io::Write> {
+        match console {
+            Console::Stdout => Box::new(std::io::stdout()),
+            Console::Stderr => Box::new(std::io::stderr()),
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(console.and(file))
+        .with_ansi(false);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+/// Panics are logged (and so reach the log file) before the default hook
+/// prints them; the task they happen in fails with the message.
+fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = tag_host::scheduler::panic_message(info.payload());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        tracing::error!(panic = %message, %location, %thread, "panic");
+        default(info);
+    }));
 }
 
 async fn shutdown_signal() {
@@ -94,14 +128,19 @@ fn main() -> ExitCode {
         eprintln!("error: {errors}");
         return ExitCode::from(2);
     }
-    let serving = cli.command.is_none();
-    if let Err(e) = init_logging(&cli.config, serving) {
+    let to_file = match cli.command {
+        None => Some(Console::Stdout),
+        Some(Command::Run(_)) => Some(Console::Stderr),
+        Some(_) => None,
+    };
+    if let Err(e) = init_logging(&cli.config, to_file) {
         eprintln!(
             "error: cannot open log file {}: {e}",
             cli.config.log_file.display()
         );
         return ExitCode::FAILURE;
     }
+    log_panics();
     let mut stdout = std::io::stdout();
     let outcome = match cli.command {
         None => serve(cli.config).map(|()| ExitCode::SUCCESS),

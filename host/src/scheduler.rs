@@ -501,6 +501,30 @@ fn run_claimed(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
     run_one(shared, task, control);
 }
 
+/// The text of a caught panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Runs `task` with `runner`; a panic anywhere in it (engine, polars, a
+/// plugin call not caught at its boundary) fails the task with its message.
+pub fn run_caught(
+    runner: &dyn TaskRunner,
+    task: &TaskRecord,
+    control: &TaskControl,
+) -> Result<serde_json::Value, RunError> {
+    catch_unwind(AssertUnwindSafe(|| runner.run(task, control))).unwrap_or_else(|payload| {
+        Err(RunError::Failed(format!(
+            "the run panicked: {}",
+            panic_message(payload.as_ref())
+        )))
+    })
+}
+
 fn run_one(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
     // A task whose results (and outcome) were committed before the server
     // stopped is finished with that outcome, not run again.
@@ -511,13 +535,7 @@ fn run_one(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
         }
         Ok(None) | Err(_) => {
             tracing::info!(task_id = %task.task_id, tag_ids = ?task.spec.tag_ids, mode = task.spec.mode.as_str(), "task started");
-            catch_unwind(AssertUnwindSafe(|| shared.runner.run(task, control))).unwrap_or_else(
-                |_| {
-                    Err(RunError::Failed(
-                        "internal error: the task runner panicked".into(),
-                    ))
-                },
-            )
+            run_caught(shared.runner.as_ref(), task, control)
         }
     };
     if let Err(RunError::Failed(reason)) = &outcome {

@@ -418,3 +418,65 @@ fn impossible_coercions_name_table_column_and_types() {
     assert!(err.to_string().contains("\"soon\""), "{err}");
     assert!(scan.next().is_none());
 }
+
+#[test]
+fn decimals_become_the_nearest_float_so_thresholds_hold() {
+    // Unscaled values of DECIMAL(18,2) and DECIMAL(38,10).
+    let cents = Int128Chunked::from_slice("cash".into(), &[6_000_000, 5_999_999, -1, 0])
+        .into_decimal_unchecked(18, 2)
+        .into_column();
+    let out = coerce_column("t", &cents, ColumnType::Float64).unwrap();
+    let values: Vec<f64> = out.f64().unwrap().into_no_null_iter().collect();
+    assert_eq!(values[0], 60_000.0, "60000.00 is exactly the threshold");
+    assert!(values[1] < 60_000.0 && values[1] == 59_999.99);
+    assert_eq!(values[2], -0.01);
+    let fine =
+        Int128Chunked::from_slice("v".into(), &[1_500_000_000_000_000, 1_499_999_999_999_999])
+            .into_decimal_unchecked(38, 10)
+            .into_column();
+    let out = coerce_column("t", &fine, ColumnType::Float64).unwrap();
+    let values: Vec<f64> = out.f64().unwrap().into_no_null_iter().collect();
+    assert_eq!(values[0], 150_000.0);
+    assert!(values[1] < 150_000.0);
+}
+
+#[test]
+fn timestamps_in_any_unit_and_zone_become_utc_days_and_microseconds() {
+    // 2025-01-14T23:30:00Z, which is already the 15th in Shanghai.
+    let instant_ns: i64 = 1_736_897_400_000_000_000;
+    let column = Int64Chunked::from_slice("t".into(), &[instant_ns])
+        // SAFETY: a valid IANA name, as a parquet export would carry.
+        .into_datetime(
+            TimeUnit::Nanoseconds,
+            Some(unsafe { TimeZone::from_static("Asia/Shanghai") }),
+        )
+        .into_column();
+    let day = coerce_column("t", &column, ColumnType::Date).unwrap();
+    let expected = tag_plugin_api::Date::parse("2025-01-14").unwrap().days();
+    assert_eq!(day.date().unwrap().physical().get(0), Some(expected));
+    let micros = coerce_column("t", &column, ColumnType::Timestamp).unwrap();
+    assert_eq!(
+        micros.datetime().unwrap().physical().get(0),
+        Some(instant_ns / 1000)
+    );
+    let millis = Int64Chunked::from_slice("t".into(), &[-1])
+        .into_datetime(TimeUnit::Milliseconds, None)
+        .into_column();
+    let day = coerce_column("t", &millis, ColumnType::Date).unwrap();
+    assert_eq!(
+        day.date().unwrap().physical().get(0),
+        Some(-1),
+        "before 1970 rounds down"
+    );
+}
+
+#[test]
+fn dictionary_strings_read_as_strings() {
+    let column = Series::new("level".into(), ["VIP1", "VIP2", "VIP1"])
+        .cast(&DataType::from_categories(Categories::global()))
+        .unwrap()
+        .into_column();
+    let out = coerce_column("t", &column, ColumnType::Utf8).unwrap();
+    let values: Vec<Option<&str>> = out.str().unwrap().iter().collect();
+    assert_eq!(values, [Some("VIP1"), Some("VIP2"), Some("VIP1")]);
+}

@@ -332,8 +332,14 @@ pub fn assert_same_tags(
 
 /// Runs the real `tag-server` binary: exit code, stdout, stderr.
 pub fn tag_server(args: &[&str]) -> (i32, String, String) {
+    // `run` logs to a file too: keep it out of the source tree (a
+    // `--log-file` among `args` wins over the variable).
     let output = Command::new(env!("CARGO_BIN_EXE_tag-server"))
         .args(args)
+        .env(
+            "TAG_LOG_FILE",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("tag-server-run.log"),
+        )
         .output()
         .expect("run tag-server");
     (

@@ -342,6 +342,60 @@ fn to_micros(value: i64, scale: i64) -> i64 {
     }
 }
 
+/// A timestamp column (any unit, any time zone: its values are UTC instants)
+/// as the UTC day or as UTC microseconds, computed on the instants
+/// themselves so that no time zone database is consulted.
+fn instants(column: &Column, unit: TimeUnit, expected: ColumnType) -> PolarsResult<Column> {
+    let per_second: i64 = match unit {
+        TimeUnit::Nanoseconds => 1_000_000_000,
+        TimeUnit::Microseconds => 1_000_000,
+        TimeUnit::Milliseconds => 1_000,
+    };
+    let values = column
+        .as_materialized_series()
+        .datetime()?
+        .physical()
+        .clone();
+    let name = column.name().clone();
+    Ok(match expected {
+        ColumnType::Date => {
+            let per_day = per_second * 86_400;
+            let days: Int32Chunked = values
+                .apply_nonnull_values_generic(DataType::Int32, |v| v.div_euclid(per_day) as i32);
+            days.with_name(name).into_date().into_column()
+        }
+        _ => {
+            let scale = match unit {
+                TimeUnit::Nanoseconds => -1_000,
+                TimeUnit::Microseconds => 1,
+                TimeUnit::Milliseconds => 1_000,
+            };
+            let micros: Int64Chunked =
+                values.apply_nonnull_values_generic(DataType::Int64, |v| to_micros(v, scale));
+            micros
+                .with_name(name)
+                .into_datetime(TimeUnit::Microseconds, None)
+                .into_column()
+        }
+    })
+}
+
+/// A DECIMAL column as float64: each unscaled integer divided by the exact
+/// power of ten, so a value with up to 15 significant digits becomes the
+/// float nearest to it (60000.00 is exactly 60000.0, 59999.99 stays below
+/// it), where multiplying by 10^-scale would not.
+fn decimal_to_float(column: &Column, scale: usize) -> PolarsResult<Column> {
+    let divisor = 10f64.powi(scale as i32);
+    let values = column
+        .as_materialized_series()
+        .decimal()?
+        .physical()
+        .clone();
+    let floats: Float64Chunked =
+        values.apply_nonnull_values_generic(DataType::Float64, |v| v as f64 / divisor);
+    Ok(floats.with_name(column.name().clone()).into_column())
+}
+
 /// The polars type a column of logical type `column_type` has after coercion.
 pub fn polars_type(column_type: ColumnType) -> DataType {
     match column_type {
@@ -367,7 +421,9 @@ pub fn check_coercible(
         || match expected {
             ColumnType::Boolean => matches!(found, DataType::Boolean),
             ColumnType::Int32 | ColumnType::Int64 => found.is_integer(),
-            ColumnType::Float64 => found.is_integer() || found.is_float(),
+            ColumnType::Float64 => {
+                found.is_integer() || found.is_float() || matches!(found, DataType::Decimal(..))
+            }
             ColumnType::Date => {
                 matches!(
                     found,
@@ -375,7 +431,10 @@ pub fn check_coercible(
                 )
             }
             ColumnType::Timestamp => matches!(found, DataType::Datetime(..) | DataType::Date),
-            ColumnType::Utf8 => matches!(found, DataType::String),
+            ColumnType::Utf8 => matches!(
+                found,
+                DataType::String | DataType::Categorical(..) | DataType::Enum(..)
+            ),
         };
     if ok {
         Ok(())
@@ -390,9 +449,10 @@ pub fn check_coercible(
 }
 
 /// Coerces `column` of `table` to `expected`: integer widths (with overflow
-/// check), timestamps to dates (UTC day), dates to timestamps (midnight),
-/// timestamp units to microseconds, and `YYYY-MM-DD` strings to dates.
-/// A column already of the target type is returned as is (no copy).
+/// check), DECIMAL and float32 to float64, timestamps of any unit and time
+/// zone to dates (the UTC day) and to UTC microseconds, dates to timestamps
+/// (midnight UTC), `YYYY-MM-DD` strings to dates, and dictionary strings to
+/// strings. A column already of the target type is returned as is (no copy).
 pub fn coerce_column(table: &str, column: &Column, expected: ColumnType) -> Result<Column, Error> {
     let found = column.dtype();
     let target = polars_type(expected);
@@ -411,7 +471,12 @@ pub fn coerce_column(table: &str, column: &Column, expected: ColumnType) -> Resu
         found: found.to_string(),
         detail,
     };
-
+    if let DataType::Datetime(unit, _) = found {
+        return instants(column, *unit, expected).map_err(|e| invalid(e.to_string()));
+    }
+    if let DataType::Decimal(_, scale) = found {
+        return decimal_to_float(column, *scale).map_err(|e| invalid(e.to_string()));
+    }
     if let (DataType::String, ColumnType::Date) = (found, expected) {
         let strings = column
             .as_materialized_series()

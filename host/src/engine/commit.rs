@@ -10,7 +10,7 @@ use super::plan::{tag_tables, Plan};
 use super::report::RunReport;
 use super::{stopped, RunError};
 use crate::model::now_timestamp;
-use crate::scheduler::TaskControl;
+use crate::scheduler::{panic_message, TaskControl};
 use crate::store::{GrantInfo, RunStart, RunTx, Store, StoreError, TagState, UserRows};
 
 /// Changes per batch sent to the store.
@@ -144,7 +144,12 @@ fn write_changes<'s>(
         drop(send);
         let tx = writer
             .join()
-            .map_err(|_| RunError::Failed("the results writer panicked".into()))?
+            .map_err(|payload| {
+                RunError::Failed(format!(
+                    "the results writer panicked: {}",
+                    panic_message(payload.as_ref())
+                ))
+            })?
             .map_err(failed);
         Ok((tx?, counts?))
     })

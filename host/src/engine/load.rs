@@ -6,7 +6,7 @@ use super::index::{join_latest, latest_rows, RowFinder, UniverseIndex, UserIds};
 use super::plan::{Plan, TablePlan};
 use super::{failed, polars_failed, stopped, RunError, UPDATED_TIME, USER_ID};
 use crate::data::read::{polars_type, scan_row_groups, RowGroupId};
-use crate::scheduler::TaskControl;
+use crate::scheduler::{panic_message, TaskControl};
 use polars::prelude::*;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -115,9 +115,12 @@ pub fn load(plan: &Plan, source: &Source<'_>, control: &TaskControl) -> Result<U
         let universe = reader
             .read(first)
             .and_then(|raw| universe_of(&first.table, raw));
-        let sides = sides
-            .join()
-            .map_err(|_| RunError::Failed("the side-table reader panicked".into()))?;
+        let sides = sides.join().map_err(|payload| {
+            RunError::Failed(format!(
+                "the side-table reader panicked: {}",
+                panic_message(payload.as_ref())
+            ))
+        })?;
         Ok::<_, RunError>((universe?, sides?))
     })?;
     for (table, frame) in rest.iter().zip(sides) {

@@ -1,0 +1,151 @@
+"""Source tables as real exports type them, written by pyarrow, and the
+eight reference tags computed over them by DuckDB (the independent oracle).
+
+    typed_export.py write DIR USERS SEED
+        Writes DIR/user_basic_info.parquet, user_asset_summary.parquet and
+        user_activity_summary.parquet: DECIMAL(18,2) and DECIMAL(38,10)
+        money (with values on both sides of every threshold), timestamps
+        with time zones in ms/us/ns (a date column as instants whose UTC
+        day is the date), dates as YYYY-MM-DD strings, dictionary, large and view strings, integers of every
+        width, float32, duplicate users (the newest row wins) and nulls in
+        every column.
+    typed_export.py expected DIR AS_OF
+        Prints {user_id: [tag ids]} for the users holding at least one tag.
+"""
+import datetime as dt
+import json
+import random
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SHANGHAI = "Asia/Shanghai"
+
+
+def maybe(rng, value, nulls=0.08):
+    return None if rng.random() < nulls else value
+
+
+def money(rng, thresholds):
+    """A decimal string near a threshold (on either side) or anywhere."""
+    if rng.random() < 0.4:
+        base = rng.choice(thresholds)
+        return f"{base + rng.choice([-0.01, 0, 0.01, -1, 1]):.2f}"
+    return f"{rng.uniform(0, 400000):.2f}"
+
+
+def write(directory, users, seed):
+    from decimal import Decimal
+
+    rng = random.Random(int(seed))
+    users = int(users)
+    as_of = dt.date(2025, 1, 15)
+    base = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    ids = [f"u{n:06d}" for n in range(users)]
+    # Every tenth user appears twice; the later updated_time wins.
+    rows = ids + ids[::10]
+
+    def stamp(i):
+        return base + dt.timedelta(minutes=i if i < users else users + i)
+
+    def updated(i):
+        # A duplicated user's rows always carry times, so which wins is defined.
+        duplicated = i >= users or i % 10 == 0
+        return stamp(i) if duplicated else maybe(rng, stamp(i), 0.02)
+
+    basic = {
+        "user_id": [maybe(rng, u, 0.01) for u in rows],
+        "age": [maybe(rng, rng.randint(10, 70)) for _ in rows],
+        # Instants near midnight: Shanghai's day is not always UTC's.
+        "registration_date": [
+            maybe(
+                rng,
+                dt.datetime.combine(
+                    as_of - dt.timedelta(days=rng.randint(-3, 90)),
+                    dt.time(hour=rng.choice([0, 7, 16, 23]), minute=30),
+                    tzinfo=dt.timezone.utc,
+                ),
+            )
+            for _ in rows
+        ],
+        "user_level": [maybe(rng, rng.choice(["VIP1", "VIP2", "VIP3", "普通"])) for _ in rows],
+        "kyc_status": [maybe(rng, rng.choice(["verified", "pending", "rejected"])) for _ in rows],
+        "updated_time": [updated(i) for i in range(len(rows))],
+    }
+    basic_schema = pa.schema([
+        ("user_id", pa.dictionary(pa.int32(), pa.string())),
+        ("age", pa.int8()),
+        ("registration_date", pa.timestamp("us", tz=SHANGHAI)),
+        ("user_level", pa.dictionary(pa.int8(), pa.large_string())),
+        ("kyc_status", pa.string_view()),
+        ("updated_time", pa.timestamp("ns", tz=SHANGHAI)),
+    ])
+    pq.write_table(pa.table(basic, schema=basic_schema), f"{directory}/user_basic_info.parquet")
+
+    asset = {
+        "user_id": [maybe(rng, u, 0.01) for u in rows],
+        "total_asset_value": [maybe(rng, Decimal(money(rng, [150000]))) for _ in rows],
+        "cash_balance": [maybe(rng, Decimal(money(rng, [60000, 50000]))) for _ in rows],
+        "updated_time": [updated(i) for i in range(len(rows))],
+    }
+    asset_schema = pa.schema([
+        ("user_id", pa.large_string()),
+        ("total_asset_value", pa.decimal128(38, 10)),
+        ("cash_balance", pa.decimal128(18, 2)),
+        ("updated_time", pa.timestamp("us", tz="UTC")),
+    ])
+    pq.write_table(pa.table(asset, schema=asset_schema), f"{directory}/user_asset_summary.parquet")
+
+    activity = {
+        "user_id": [maybe(rng, u, 0.01) for u in rows],
+        "trade_count_30d": [maybe(rng, rng.randint(0, 20)) for _ in rows],
+        "risk_score": [maybe(rng, rng.choice([0.0, 30.0, 30.5, rng.uniform(0, 100)])) for _ in rows],
+        "last_login_date": [
+            maybe(rng, (as_of - dt.timedelta(days=rng.randint(-2, 20))).isoformat()) for _ in rows
+        ],
+        "updated_time": [updated(i) for i in range(len(rows))],
+    }
+    activity_schema = pa.schema([
+        ("user_id", pa.string()),
+        ("trade_count_30d", pa.uint16()),
+        ("risk_score", pa.float32()),
+        ("last_login_date", pa.large_string()),
+        ("updated_time", pa.timestamp("ms")),
+    ])
+    pq.write_table(pa.table(activity, schema=activity_schema), f"{directory}/user_activity_summary.parquet")
+
+
+def expected(directory, as_of):
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+
+    def newest(table):
+        return f"""(SELECT * FROM read_parquet('{directory}/{table}.parquet') WHERE user_id IS NOT NULL
+                   QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY updated_time DESC NULLS LAST) = 1)"""
+
+    day = f"DATE '{as_of}'"
+    rules = [
+        "a.total_asset_value >= 150000 AND a.cash_balance >= 60000",
+        "t.trade_count_30d > 10",
+        "t.risk_score BETWEEN 0 AND 30",
+        f"CAST(b.registration_date AS DATE) BETWEEN {day} - 30 AND {day}",
+        "b.user_level IN ('VIP2', 'VIP3') AND b.kyc_status = 'verified'",
+        "a.cash_balance >= 50000",
+        "b.age BETWEEN 18 AND 30",
+        f"CAST(t.last_login_date AS DATE) BETWEEN {day} - 7 AND {day}",
+    ]
+    tags = ", ".join(f"CASE WHEN {r} THEN {i + 1} END" for i, r in enumerate(rules))
+    rows = con.execute(f"""
+        SELECT b.user_id, list_filter([{tags}], lambda x: x IS NOT NULL) AS tag_ids
+        FROM {newest('user_basic_info')} b
+        LEFT JOIN {newest('user_asset_summary')} a USING (user_id)
+        LEFT JOIN {newest('user_activity_summary')} t USING (user_id)""").fetchall()
+    print(json.dumps({str(u): sorted(t) for u, t in rows if t}))
+
+
+if __name__ == "__main__":
+    command, args = sys.argv[1], sys.argv[2:]
+    {"write": write, "expected": expected}[command](*args)
