@@ -678,21 +678,7 @@ fn an_unreachable_mariadb_is_named_without_its_password() {
 /// store without its password, a trigger meanwhile gets 503 (not 500), and
 /// the task accepted just before completes once the store is back.
 fn a_store_that_goes_away_is_reported_and_nothing_accepted_is_lost(backend: Backend) {
-    let direct = backend.url();
-    let target = if direct.starts_with("postgres") {
-        "127.0.0.1:5432"
-    } else {
-        "127.0.0.1:3306"
-    };
-    let proxy = support::proxy::Proxy::start(target.parse().unwrap());
-    let mut url = direct.replace(target, &proxy.addr.to_string());
-    if url.starts_with("postgres") {
-        // Trust authentication never asks for it: it only has to stay hidden.
-        url = url.replace("postgres@", "postgres:hunter2@");
-    } else {
-        // Or the client would reconnect through MariaDB's local socket.
-        url.push_str("?prefer_socket=false");
-    }
+    let (proxy, url) = proxied(&backend);
     let data = sample_data(600);
     let plugins = reference_plugins_dir();
     let server = TestServer::start_with_store(
@@ -716,6 +702,36 @@ fn a_store_that_goes_away_is_reported_and_nothing_accepted_is_lost(backend: Back
     std::thread::sleep(std::time::Duration::from_secs(1));
 
     proxy.restore();
+    wait_healthy(&server);
+    let done = server.wait(&accepted);
+    assert_eq!(done["status"], "completed", "{done}");
+    let expected = oracle::expected(data.path(), as_of(), &[1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_same_tags(&backend.tags(), &expected);
+}
+
+/// A proxy in front of `backend`'s server and the store URL through it
+/// (with a password for PostgreSQL, which trust authentication ignores: it
+/// only has to stay hidden).
+fn proxied(backend: &Backend) -> (support::proxy::Proxy, String) {
+    let direct = backend.url();
+    let target = if direct.starts_with("postgres") {
+        "127.0.0.1:5432"
+    } else {
+        "127.0.0.1:3306"
+    };
+    let proxy = support::proxy::Proxy::start(target.parse().unwrap());
+    let mut url = direct.replace(target, &proxy.addr.to_string());
+    if url.starts_with("postgres") {
+        url = url.replace("postgres@", "postgres:hunter2@");
+    } else {
+        // Or the client would reconnect through MariaDB's local socket.
+        url.push_str("?prefer_socket=false");
+    }
+    (proxy, url)
+}
+
+/// Waits until `/health` answers 200.
+fn wait_healthy(server: &TestServer) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while server.get("/health").unwrap().0 != 200 {
         assert!(
@@ -724,13 +740,52 @@ fn a_store_that_goes_away_is_reported_and_nothing_accepted_is_lost(backend: Back
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let done = server.wait(&accepted);
-    assert_eq!(done["status"], "completed", "{done}");
-    let expected = oracle::expected(data.path(), as_of(), &[1, 2, 3, 4, 5, 6, 7, 8]);
-    assert_same_tags(&backend.tags(), &expected);
+}
+
+/// A store down when the server starts: the server still starts, answers
+/// `/health` 503 naming the store without its password and every other
+/// request 503 in the seed's format, and serves the API once the store is up.
+fn a_store_down_at_start_is_waited_for(backend: Backend) {
+    let (proxy, url) = proxied(&backend);
+    proxy.cut();
+    let data = sample_data(300);
+    let plugins = reference_plugins_dir();
+    let server = TestServer::start_with_store(data.path(), plugins.path(), &url, &[]);
+    let (code, health) = server.get("/health").unwrap();
+    assert_eq!(code, 503, "{health}");
+    let error = health["error"].as_str().unwrap();
+    assert!(
+        error.contains(&proxy.addr.to_string()) && !error.contains("hunter2"),
+        "{error}"
+    );
+    let (code, refused) = server.get("/api/v1/tags/available").unwrap();
+    assert_eq!(
+        (code, &refused["success"]),
+        (503, &json!(false)),
+        "{refused}"
+    );
+
+    proxy.restore();
+    wait_healthy(&server);
+    let result = server.run(json!({"tag_ids": [1, 7], "as_of": AS_OF}));
+    assert_eq!(result["tags"][0]["tag_id"], 1);
+    assert_same_tags(
+        &backend.tags(),
+        &oracle::expected(data.path(), as_of(), &[1, 7]),
+    );
 }
 
 mod store_outage {
+    #[test]
+    fn postgres_down_at_start() {
+        super::a_store_down_at_start_is_waited_for(super::Backend::postgres())
+    }
+
+    #[test]
+    fn mariadb_down_at_start() {
+        super::a_store_down_at_start_is_waited_for(super::Backend::mysql())
+    }
+
     #[test]
     fn postgres() {
         super::a_store_that_goes_away_is_reported_and_nothing_accepted_is_lost(

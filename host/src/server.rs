@@ -91,47 +91,158 @@ fn has_table(dir: &Path, table: &str) -> bool {
     dir.join(format!("{table}.parquet")).is_file() || dir.join(table).is_dir()
 }
 
+/// The parts a serving process runs on.
+struct Started {
+    core: Core,
+    scheduler: Scheduler,
+}
+
+/// Opens the store and plugins and starts the workers (blocking: a network
+/// store's client runs its own I/O).
+fn start(config: &Config) -> anyhow::Result<Started> {
+    let core = Core::open(config)?;
+    let scheduler = Scheduler::start(
+        Arc::clone(&core.store),
+        core.engine.clone(),
+        config.max_concurrent_tasks as usize,
+        config.queue_capacity as usize,
+        std::time::Duration::from_secs(config.task_lease_secs.into()),
+    )
+    .context("starting the workers")?;
+    Ok(Started { core, scheduler })
+}
+
+/// Whether start-up failed only because the store cannot be reached now.
+fn store_unreachable(error: &anyhow::Error) -> Option<String> {
+    error
+        .chain()
+        .find_map(|cause| match cause.downcast_ref::<store::StoreError>() {
+            Some(store::StoreError::Unreachable(message)) => Some(message.clone()),
+            _ => None,
+        })
+}
+
+/// The API of a started process.
+fn api(config: &Config, started: &Started) -> axum::Router {
+    http::router(AppState {
+        environment: config.env.as_str().to_string(),
+        store: Arc::clone(&started.core.store),
+        scheduler: started.scheduler.clone(),
+        registry: Arc::clone(&started.core.registry),
+        max_user_ids: config.max_user_ids,
+    })
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then stops the
 /// workers (tasks not finished stay queued for the next start).
+///
+/// A store that cannot be reached at start does not stop the process: it
+/// serves `/health` (503, naming the store) and answers every other request
+/// 503 while it retries, then serves the API once the store answers.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // Opening the store and re-queueing tasks block (a network store's
-    // client runs its own I/O): off the async threads.
-    let (config, core, scheduler) = tokio::task::spawn_blocking(move || {
-        let core = Core::open(&config)?;
-        let scheduler = Scheduler::start(
-            Arc::clone(&core.store),
-            core.engine.clone(),
-            config.max_concurrent_tasks as usize,
-            config.queue_capacity as usize,
-            std::time::Duration::from_secs(config.task_lease_secs.into()),
-        )
-        .context("starting the workers")?;
-        Ok::<_, anyhow::Error>((config, core, scheduler))
-    })
-    .await
-    .context("starting up")??;
-    let state = AppState {
-        environment: config.env.as_str().to_string(),
-        store: Arc::clone(&core.store),
-        scheduler: scheduler.clone(),
-        registry: Arc::clone(&core.registry),
-        max_user_ids: config.max_user_ids,
+    let config = Arc::new(config);
+    let first = {
+        let config = Arc::clone(&config);
+        tokio::task::spawn_blocking(move || start(&config))
+            .await
+            .context("starting up")?
     };
+    let app = http::swap::SwapRouter::default();
+    let started = Arc::new(std::sync::Mutex::new(None::<Started>));
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    match first {
+        Ok(parts) => {
+            app.set(api(&config, &parts));
+            *started.lock().unwrap_or_else(|p| p.into_inner()) = Some(parts);
+        }
+        Err(e) => {
+            let Some(reason) = store_unreachable(&e) else {
+                return Err(e);
+            };
+            tracing::error!(error = %reason, "the store cannot be reached: serving /health 503 and retrying");
+            app.set(http::swap::waiting(config.env.as_str(), &reason));
+            let retry = Retry {
+                config: Arc::clone(&config),
+                app: app.clone(),
+                started: Arc::clone(&started),
+                stopping: Arc::clone(&stopping),
+            };
+            std::thread::Builder::new()
+                .name("store-retry".into())
+                .spawn(move || retry.run())
+                .context("starting the store retry thread")?;
+        }
+    }
     let addr = listener
         .local_addr()
         .context("reading the listener's address")?;
     tracing::info!(%addr, environment = config.env.as_str(), workers = config.max_concurrent_tasks, "tag-server listening");
-    axum::serve(listener, http::router(state))
+    axum::serve(listener, app.router())
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP")?;
-    tracing::info!("shutting down: waiting for running tasks to reach a safe point");
-    tokio::task::spawn_blocking(move || scheduler.shutdown())
-        .await
-        .context("stopping the workers")?;
+    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    let parts = started.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(parts) = parts {
+        tracing::info!("shutting down: waiting for running tasks to reach a safe point");
+        tokio::task::spawn_blocking(move || parts.scheduler.shutdown())
+            .await
+            .context("stopping the workers")?;
+    }
     Ok(())
+}
+
+/// Retries start-up while the store cannot be reached.
+struct Retry {
+    config: Arc<Config>,
+    app: http::swap::SwapRouter,
+    started: Arc<std::sync::Mutex<Option<Started>>>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Retry {
+    fn run(self) {
+        let mut pause = std::time::Duration::from_millis(500);
+        loop {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            match start(&self.config) {
+                Ok(parts) => return self.serve(parts),
+                Err(e) => match store_unreachable(&e) {
+                    Some(reason) => {
+                        tracing::warn!(error = %reason, "the store still cannot be reached");
+                        self.app
+                            .set(http::swap::waiting(self.config.env.as_str(), &reason));
+                    }
+                    None => {
+                        tracing::error!(error = %format!("{e:#}"), "start-up failed once the store answered; serving 503 until restarted");
+                        self.app.set(http::swap::waiting(
+                            self.config.env.as_str(),
+                            &format!("start-up failed: {e:#}"),
+                        ));
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn serve(self, parts: Started) {
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(started);
+            parts.scheduler.shutdown();
+            return;
+        }
+        tracing::info!("the store answers: serving the API");
+        self.app.set(api(&self.config, &parts));
+        *started = Some(parts);
+    }
 }

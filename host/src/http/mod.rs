@@ -2,6 +2,7 @@
 //! the seed's error JSON, and the shared application state.
 
 pub mod health;
+pub mod swap;
 pub mod tags;
 pub mod tasks;
 pub mod users;

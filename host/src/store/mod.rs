@@ -27,6 +27,10 @@ pub enum StoreError {
     /// The database reported an error.
     #[error("store error: {0}")]
     Database(String),
+    /// The database could not be reached (connection refused or lost,
+    /// authentication refused): worth retrying.
+    #[error("{0}")]
+    Unreachable(String),
     /// A stored value could not be decoded.
     #[error("corrupt store data: {0}")]
     Corrupt(String),

@@ -76,7 +76,7 @@ impl MyStore {
         let opts =
             OptsBuilder::from_opts(opts).pool_opts(PoolOpts::default().with_constraints(limits));
         let pool = Pool::new(opts)
-            .map_err(|e| StoreError::Database(format!("cannot connect to {shown}: {e}")))?;
+            .map_err(|e| StoreError::Unreachable(format!("cannot connect to {shown}: {e}")))?;
         let store = MyStore { pool, shown };
         schema::migrate(&mut store.conn()?)?;
         Ok(store)
@@ -86,7 +86,7 @@ impl MyStore {
     pub fn conn(&self) -> Result<PooledConn, StoreError> {
         self.pool
             .get_conn()
-            .map_err(|e| StoreError::Database(format!("cannot connect to {}: {e}", self.shown)))
+            .map_err(|e| StoreError::Unreachable(format!("cannot connect to {}: {e}", self.shown)))
     }
 
     fn tasks(

@@ -108,7 +108,11 @@ impl PgStore {
         let client = match idle {
             Some(client) => client,
             None => self.config.connect(NoTls).map_err(|e| {
-                StoreError::Database(format!("cannot connect to {}: {}", self.shown, message(&e)))
+                StoreError::Unreachable(format!(
+                    "cannot connect to {}: {}",
+                    self.shown,
+                    message(&e)
+                ))
             })?,
         };
         Ok(Pooled {
