@@ -463,3 +463,44 @@ fn cli_check_runs_each_tag_on_the_sample_batch() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("incompatible plugin-api version"), "{out}");
 }
+
+#[test]
+fn building_the_workspace_never_builds_the_fixture_libraries() {
+    // `cargo build` and `cargo test --workspace` build the members of the
+    // root workspace into the directory tag-server loads plugins from by
+    // default; the misbehaving fixtures must not be among them.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--manifest-path",
+        ])
+        .arg(workspace().join("Cargo.toml"))
+        .output()
+        .expect("cargo metadata");
+    assert!(output.status.success());
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let names: Vec<&str> = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"tag-plugin-wealth"), "{names:?}");
+    assert!(
+        names.iter().all(|n| !n.starts_with("tag-fixture")),
+        "{names:?}"
+    );
+    // The tests build them apart, into their own target directory.
+    let misbehaving = fixture("misbehaving");
+    assert!(
+        misbehaving
+            .components()
+            .any(|c| c.as_os_str() == "e2e-plugins"),
+        "{}",
+        misbehaving.display()
+    );
+}

@@ -40,25 +40,35 @@ pub fn built_libraries() -> &'static Path {
             .expect("test binary lives in target/<profile>/deps")
             .to_path_buf();
         let out = target.join("e2e-plugins");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--manifest-path"])
-            .arg(workspace().join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&out);
-        for name in REFERENCE_PLUGINS {
-            cmd.args(["-p", &format!("tag-plugin-{name}")]);
+        // The reference plugins from this workspace, the fixtures from
+        // theirs (tests/fixtures), both into the tests' own target directory.
+        let builds = [
+            (
+                "Cargo.toml",
+                REFERENCE_PLUGINS
+                    .map(|n| format!("tag-plugin-{n}"))
+                    .to_vec(),
+            ),
+            (
+                "tests/fixtures/Cargo.toml",
+                FIXTURES.map(|n| format!("tag-fixture-{n}")).to_vec(),
+            ),
+        ];
+        for (manifest, packages) in builds {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "--manifest-path"])
+                .arg(workspace().join(manifest))
+                .arg("--target-dir")
+                .arg(&out);
+            for package in &packages {
+                cmd.args(["-p", package]);
+            }
+            let status = cmd
+                .status()
+                .expect("run cargo build for the plugin libraries");
+            assert!(status.success(), "building {packages:?} failed: {status}");
         }
-        for name in FIXTURES {
-            cmd.args(["-p", &format!("tag-fixture-{name}")]);
-        }
-        let status = cmd
-            .status()
-            .expect("run cargo build for the plugin libraries");
-        assert!(
-            status.success(),
-            "building the plugin libraries failed: {status}"
-        );
         out.join("debug")
     })
 }
