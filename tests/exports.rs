@@ -201,7 +201,7 @@ fn run_cli(data: &Path, tags: &str) -> (i32, Value, String) {
 }
 
 #[test]
-fn a_column_that_cannot_be_coerced_names_table_column_and_types() {
+fn a_column_that_cannot_be_coerced_fails_its_tag_naming_table_column_and_types() {
     let data = exported(200, 3);
     // Integers where tag 5 declares text.
     rewrite_column(
@@ -210,13 +210,24 @@ fn a_column_that_cannot_be_coerced_names_table_column_and_types() {
         "kyc_status",
         "pa.array(range(t.num_rows), pa.int32())",
     );
-    let (code, task, _) = run_cli(data.path(), "5");
+    let (code, task, _) = run_cli(data.path(), "5,6");
     assert_ne!(code, 0);
     assert_eq!(task["status"], "failed");
     let error = task["error"].as_str().unwrap();
-    for part in ["user_basic_info", "kyc_status", "i32", "string"] {
+    for part in ["tag 5", "user_basic_info", "kyc_status", "i32", "string"] {
         assert!(error.contains(part), "{part} missing from: {error}");
     }
+    // Tag 5 fails alone: tag 6, reading other columns, completes.
+    let tags = &task["result"]["tags"];
+    assert_eq!(
+        (&tags[0]["tag_id"], &tags[0]["status"]),
+        (&json!(5), &json!("failed"))
+    );
+    assert_eq!(
+        (&tags[1]["tag_id"], &tags[1]["status"]),
+        (&json!(6), &json!("completed"))
+    );
+    assert!(tags[1]["matched"].as_u64().unwrap() > 0);
 }
 
 #[test]

@@ -654,29 +654,90 @@ fn assert_failed_without_writes(env: &Env, body: Value, reason: &str) {
 }
 
 #[test]
-fn faulty_plugins_fail_their_task_and_nothing_else() {
+fn a_faulty_tag_fails_alone_and_a_retry_runs_only_the_failed_tags() {
     let plugins = plugins_dir(&[
         ("wealth.so", plugin("wealth")),
         ("misbehaving.so", fixture("misbehaving")),
     ]);
     let env = env_with(500, plugins, &[]);
-    env.server.run(json!({"tag_ids": [1, 6], "as_of": AS_OF}));
-    assert_failed_without_writes(
-        &env,
-        json!({"tag_ids": [6, 901]}),
-        "tag 901: plugin panicked: fixture tag 901 always panics",
+    env.server.run(json!({"tag_ids": [1], "as_of": AS_OF}));
+
+    // Tag 6 is new and computes; tag 901's plugin panics.
+    let id = env
+        .server
+        .trigger(json!({"tag_ids": [6, 901], "as_of": AS_OF}));
+    let status = env.server.wait(&id);
+    assert_eq!(
+        status["status"], "failed",
+        "seed clients see a failure: {status}"
     );
-    assert_failed_without_writes(
-        &env,
-        json!({"tag_ids": [902, 1]}),
-        "tag 902: plugin returned an error: fixture tag 902 always fails",
+    let error = status["error"].as_str().unwrap();
+    assert!(
+        error.contains("tags [901] failed")
+            && error.contains("tag 901: plugin panicked: fixture tag 901 always panics"),
+        "{error}"
     );
+    let result = &status["result"];
+    assert_eq!(result["failed_tags"], json!([901]));
+    let (six, bad) = (&result["tags"][0], &result["tags"][1]);
+    assert_eq!(
+        (&six["tag_id"], &six["status"]),
+        (&json!(6), &json!("completed"))
+    );
+    assert!(six["added"].as_u64().unwrap() > 0, "{six}");
+    assert_eq!(
+        (&bad["tag_id"], &bad["status"]),
+        (&json!(901), &json!("failed"))
+    );
+    assert!(bad["error"].as_str().unwrap().contains("always panics"));
+    // Tag 6's results are committed beside tag 1's.
+    assert_same_tags(
+        &user_tags(&env.server.db),
+        &oracle::expected(env.data.path(), as_of(), &[1, 6]),
+    );
+
+    // The retry queues only tag 901, with the same as_of, and links back.
+    let (code, retried) = env
+        .server
+        .post(&format!("/api/v1/tasks/{id}/retry"), &json!({}));
+    assert_eq!(code, 202, "{retried}");
+    assert_eq!(retried["retry_of"], json!(id));
+    assert_eq!(retried["data"]["tag_ids"], json!([901]));
+    assert_eq!(retried["data"]["as_of"], json!(AS_OF));
+    let again = env.server.wait(retried["task_id"].as_str().unwrap());
+    assert_eq!(
+        (&again["status"], &again["retry_of"]),
+        (&json!("failed"), &json!(id))
+    );
+
+    // A plugin error and a wrong-length mask fail their tag the same way;
+    // a task whose every tag fails writes nothing.
+    let id = env
+        .server
+        .trigger(json!({"tag_ids": [1, 902], "as_of": AS_OF}));
+    let status = env.server.wait(&id);
+    assert_eq!(status["result"]["failed_tags"], json!([902]), "{status}");
+    assert!(status["error"]
+        .as_str()
+        .unwrap()
+        .contains("tag 902: plugin returned an error: fixture tag 902 always fails"));
     assert_failed_without_writes(
         &env,
         json!({"tag_ids": [903]}),
         "tag 903: plugin returned a mask of",
     );
-    env.server.run(json!({"tag_ids": [1, 6], "as_of": AS_OF}));
+
+    // Only a failed task can be retried.
+    let done = env.server.trigger(json!({"tag_ids": [1], "as_of": AS_OF}));
+    env.server.wait(&done);
+    let (code, body) = env
+        .server
+        .post(&format!("/api/v1/tasks/{done}/retry"), &json!({}));
+    assert_eq!((code, &body["success"]), (409, &json!(false)), "{body}");
+    let (code, _) = env
+        .server
+        .post("/api/v1/tasks/no-such-task/retry", &json!({}));
+    assert_eq!(code, 404);
 }
 
 #[test]

@@ -145,6 +145,7 @@ pub fn run_command(
         mode: args.mode,
         priority: Priority::Normal,
         as_of: args.as_of.map(|d| d.to_string()),
+        retry_of: None,
     };
     let registry = core
         .registry

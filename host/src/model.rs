@@ -151,6 +151,9 @@ pub struct TaskSpec {
     pub priority: Priority,
     /// The rules' reference date, `YYYY-MM-DD` (`None`: today, UTC, when it runs).
     pub as_of: Option<String>,
+    /// The failed task this one retries (`POST /api/v1/tasks/{id}/retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
 }
 
 /// A task as stored and reported.

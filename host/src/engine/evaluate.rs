@@ -11,14 +11,17 @@ use crate::scheduler::{TagProgress, TaskControl};
 use polars::prelude::*;
 use tag_plugin_api::Date;
 
-/// Per tag, in order, the rows whose whole rule is true.
+/// Per tag, in order, the rows whose whole rule is true, or why the tag
+/// failed (its plugin erred, panicked or answered for the wrong number of
+/// rows): one tag's failure does not stop the others. Only a stop (cancel,
+/// shutdown) ends the stage.
 pub fn evaluate(
     tags: &[TagRun],
     universe: &Universe,
     as_of: Date,
     batch_rows: usize,
     control: &TaskControl,
-) -> Result<Vec<Bitset>, RunError> {
+) -> Result<Vec<Result<Bitset, String>>, RunError> {
     let rows = universe.rows();
     control.set_progress(|p| {
         p.stage = "evaluating".into();
@@ -32,7 +35,13 @@ pub fn evaluate(
             .collect();
     });
     tags.iter()
-        .map(|t| evaluate_tag(t, universe, as_of, batch_rows, control))
+        .map(
+            |t| match evaluate_tag(t, universe, as_of, batch_rows, control) {
+                Ok(matched) => Ok(Ok(matched)),
+                Err(RunError::Failed(error)) => Ok(Err(error)),
+                Err(stop) => Err(stop),
+            },
+        )
         .collect()
 }
 
@@ -93,8 +102,9 @@ mod tests {
         // Batches of two rows: the second starts at an unaligned offset.
         let matched = evaluate(&plan.tags, &universe, plan.as_of, 2, &control).unwrap();
         // Rows: u2 (score 2, no cash), u1 (score 10, cash 200), u3 (score 4, cash 30).
-        assert_eq!(matched[0].ones().collect::<Vec<_>>(), vec![1]);
-        assert_eq!(matched[1].ones().collect::<Vec<_>>(), vec![0, 1, 2]);
+        let ones = |i: usize| matched[i].as_ref().unwrap().ones().collect::<Vec<_>>();
+        assert_eq!(ones(0), vec![1]);
+        assert_eq!(ones(1), vec![0, 1, 2]);
         let progress = control.progress();
         assert_eq!((progress.rows_done, progress.rows_total), (6, 6));
     }

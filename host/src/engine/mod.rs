@@ -4,6 +4,8 @@
 //! transaction) → report.
 //!
 //! - [`plan`]: the tags' rules and last states, and the columns to read.
+//! - [`inputs`]: each tag's tables and columns exist and coerce (footers
+//!   only); a tag that fails here, or in [`evaluate`], fails alone.
 //! - [`delta`]: for an incremental run, the changed users, from parquet
 //!   statistics and the changed row groups only.
 //! - [`load`]: read, de-duplicate and left-join the tables into a [`load::Universe`].
@@ -23,6 +25,7 @@ pub mod delta;
 pub mod diff;
 pub mod evaluate;
 pub mod index;
+pub mod inputs;
 pub mod load;
 pub mod plan;
 pub mod report;
@@ -91,18 +94,20 @@ impl Engine {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let plan = plan::plan(task, &registry, self.store.as_ref())?;
+        let mut plan = plan::plan(task, &registry, self.store.as_ref())?;
         control.set_progress(|p| p.stage = "reading".into());
         let (data_dir, fetched) = self.fetch(&plan, &mut timings)?;
+        inputs::check(&mut plan, &data_dir)?;
         let source = load::Source {
             data_dir: &data_dir,
             batch_rows: self.batch_rows,
         };
         let universe = load::load(&plan, &source, control)?;
         timings.lap("read_ms");
-        let scopes = scope::scopes(&plan, &universe)?;
-        let matched =
+        let mut scopes = scope::scopes(&plan, &universe)?;
+        let outcomes =
             evaluate::evaluate(&plan.tags, &universe, plan.as_of, self.batch_rows, control)?;
+        let matched = keep_succeeded(&mut plan, &mut scopes, outcomes)?;
         timings.lap("evaluate_ms");
         control.checkpoint().map_err(stopped)?;
         control.set_progress(|p| p.stage = "writing".into());
@@ -132,6 +137,31 @@ impl Engine {
         report.duration_ms += committed.commit_ms;
         Ok(report)
     }
+}
+
+/// The matches of the tags that evaluated; the others move to
+/// `plan.failed` with their scopes dropped (their results stay as they were).
+fn keep_succeeded(
+    plan: &mut plan::Plan,
+    scopes: &mut Vec<Option<bitset::Bitset>>,
+    outcomes: Vec<Result<bitset::Bitset, String>>,
+) -> Result<Vec<bitset::Bitset>, RunError> {
+    let mut matched = Vec::with_capacity(outcomes.len());
+    let mut failures = Vec::new();
+    let mut kept_scopes = Vec::with_capacity(outcomes.len());
+    for ((t, scope), outcome) in plan.tags.iter().zip(scopes.drain(..)).zip(outcomes) {
+        match outcome {
+            Ok(bits) => {
+                matched.push(bits);
+                kept_scopes.push(scope);
+            }
+            Err(error) => failures.push((t.id(), error)),
+        }
+    }
+    *scopes = kept_scopes;
+    plan.fail_tags(failures)?;
+    plan.any_left()?;
+    Ok(matched)
 }
 
 impl Engine {

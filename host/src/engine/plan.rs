@@ -40,10 +40,25 @@ pub struct TablePlan {
     pub columns: Vec<ColumnRequest>,
 }
 
+/// A tag of the task that does not run, and why (the others still do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagFailure {
+    /// The tag.
+    pub tag_id: u32,
+    /// Its description, when its plugin is loaded.
+    pub tag_name: String,
+    /// The rule version it was to evaluate, once known.
+    pub rule_version: Option<i64>,
+    /// What went wrong.
+    pub error: String,
+}
+
 /// What a run will do.
 pub struct Plan {
-    /// The tags, in the task's order.
+    /// The tags that run, in the task's order.
     pub tags: Vec<TagRun>,
+    /// The tags that failed so far (they keep their results and state).
+    pub failed: Vec<TagFailure>,
     /// Tables to read, the universe first.
     pub tables: Vec<TablePlan>,
     /// The rules' reference date.
@@ -58,6 +73,38 @@ impl Plan {
     /// An incremental run over the whole universe (not restricted to `user_ids`).
     pub fn incremental(&self) -> bool {
         self.mode == Mode::Incremental && self.user_ids.is_none()
+    }
+
+    /// Moves the tags named in `failures` (tag id, error) from the run to
+    /// `failed` and plans the columns again for the tags left.
+    pub fn fail_tags(&mut self, failures: Vec<(u32, String)>) -> Result<(), RunError> {
+        for (tag_id, error) in failures {
+            if let Some(at) = self.tags.iter().position(|t| t.id() == tag_id) {
+                let t = self.tags.remove(at);
+                self.failed.push(TagFailure {
+                    tag_id,
+                    tag_name: t.tag.info.description.clone(),
+                    rule_version: Some(t.rule_version),
+                    error,
+                });
+            }
+        }
+        self.failed.sort_by_key(|f| f.tag_id);
+        self.tables = columns(self.tags.iter().map(|t| &t.tag.info))?;
+        Ok(())
+    }
+
+    /// Fails the run when no tag is left to run, naming every failure.
+    pub fn any_left(&self) -> Result<(), RunError> {
+        if self.tags.is_empty() {
+            let each: Vec<String> = self
+                .failed
+                .iter()
+                .map(|f| format!("tag {}: {}", f.tag_id, f.error))
+                .collect();
+            return Err(RunError::Failed(each.join("; ")));
+        }
+        Ok(())
     }
 }
 
@@ -74,20 +121,34 @@ pub fn plan(
         None => Date::today_utc(),
     };
     let states = store.tag_states().map_err(super::failed)?;
-    let tags = task
-        .spec
-        .tag_ids
-        .iter()
-        .map(|&id| tag_run(id, task.spec.mode, registry, store, &states))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut tags = Vec::new();
+    let mut failed = Vec::new();
+    for &id in &task.spec.tag_ids {
+        match tag_run(id, task.spec.mode, registry, store, &states) {
+            Ok(run) => tags.push(run),
+            Err(RunError::Failed(error)) => failed.push(TagFailure {
+                tag_id: id,
+                tag_name: registry
+                    .get(id)
+                    .map(|t| t.info.description.clone())
+                    .unwrap_or_default(),
+                rule_version: None,
+                error,
+            }),
+            Err(stop) => return Err(stop),
+        }
+    }
     let tables = columns(tags.iter().map(|t| &t.tag.info))?;
-    Ok(Plan {
+    let plan = Plan {
         tags,
+        failed,
         tables,
         as_of,
         mode: task.spec.mode,
         user_ids: task.spec.user_ids.clone(),
-    })
+    };
+    plan.any_left()?;
+    Ok(plan)
 }
 
 fn tag_run(

@@ -32,6 +32,10 @@ pub struct RunReport {
     pub universe_users: usize,
     /// Per tag, in the task's order.
     pub tags: Vec<TagReport>,
+    /// The tags that failed (the task is then `failed`; the others'
+    /// results are committed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_tags: Vec<u32>,
     /// `user_tags` rows inserted or updated.
     pub rows_upserted: usize,
     /// `user_tags` rows deleted.
@@ -65,13 +69,21 @@ pub struct TagReport {
     pub tag_id: u32,
     /// Its description.
     pub tag_name: String,
-    /// The rule version evaluated.
-    pub rule_version: i64,
-    /// Its counts.
-    #[serde(flatten)]
-    pub counts: TagCounts,
-    /// `all users` or `changed users`.
-    pub scope: &'static str,
+    /// `completed` (its results are committed) or `failed` (its results
+    /// and state are as before the run).
+    pub status: &'static str,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The rule version evaluated (or to be).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_version: Option<i64>,
+    /// Its counts, when it completed.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<TagCounts>,
+    /// `all users` or `changed users`, when it completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<&'static str>,
 }
 
 /// Row groups an incremental run read to find what changed.
@@ -135,7 +147,7 @@ pub fn report(run: &Evaluated<'_>, counts: &DiffCounts, timings: &Timings) -> Ru
         scopes,
         ..
     } = *run;
-    let tags = plan
+    let mut tags: Vec<TagReport> = plan
         .tags
         .iter()
         .zip(scopes)
@@ -143,18 +155,41 @@ pub fn report(run: &Evaluated<'_>, counts: &DiffCounts, timings: &Timings) -> Ru
         .map(|((t, scope), c)| TagReport {
             tag_id: t.id(),
             tag_name: t.tag.info.description.clone(),
-            rule_version: t.rule_version,
-            counts: *c,
-            scope: if scope.is_some() {
+            status: "completed",
+            error: None,
+            rule_version: Some(t.rule_version),
+            counts: Some(*c),
+            scope: Some(if scope.is_some() {
                 "changed users"
             } else {
                 "all users"
-            },
+            }),
         })
         .collect();
+    tags.extend(plan.failed.iter().map(|f| TagReport {
+        tag_id: f.tag_id,
+        tag_name: f.tag_name.clone(),
+        status: "failed",
+        error: Some(f.error.clone()),
+        rule_version: f.rule_version,
+        counts: None,
+        scope: None,
+    }));
+    // A task's tag ids are ascending: its order.
+    tags.sort_by_key(|t| t.tag_id);
+    let failed_tags: Vec<u32> = plan.failed.iter().map(|f| f.tag_id).collect();
+    let message = if failed_tags.is_empty() {
+        format!("Successfully processed {} users", counts.evaluated)
+    } else {
+        format!(
+            "Processed {} users; tags {failed_tags:?} failed",
+            counts.evaluated
+        )
+    };
     RunReport {
         total_users: counts.evaluated,
-        message: format!("Successfully processed {} users", counts.evaluated),
+        message,
+        failed_tags,
         mode: plan.mode,
         as_of: plan.as_of.to_string(),
         universe_users: universe.rows(),
@@ -234,18 +269,35 @@ mod tests {
         let line = TagReport {
             tag_id: 2,
             tag_name: "活跃交易者".into(),
-            rule_version: 1,
-            counts: TagCounts {
+            status: "completed",
+            error: None,
+            rule_version: Some(1),
+            counts: Some(TagCounts {
                 evaluated_users: 3,
                 matched: 2,
                 added: 1,
                 removed: 0,
-            },
-            scope: "all users",
+            }),
+            scope: Some("all users"),
         };
         let v = serde_json::to_value(&line).unwrap();
         assert_eq!(v["evaluated_users"], 3);
         assert_eq!(v["matched"], 2);
         assert_eq!(v["scope"], "all users");
+        assert_eq!(v["status"], "completed");
+        assert!(v.get("error").is_none());
+        let failed = TagReport {
+            status: "failed",
+            error: Some("boom".into()),
+            counts: None,
+            scope: None,
+            ..line
+        };
+        let v = serde_json::to_value(&failed).unwrap();
+        assert_eq!(
+            (&v["status"], &v["error"]),
+            (&serde_json::json!("failed"), &serde_json::json!("boom"))
+        );
+        assert!(v.get("matched").is_none() && v.get("scope").is_none());
     }
 }

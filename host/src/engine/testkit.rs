@@ -48,6 +48,7 @@ pub fn plan(tags: &[Arc<RegisteredTag>], mode: Mode, user_ids: Option<&[&str]>) 
     Plan {
         tables: columns(runs.iter().map(|t| &t.tag.info)).expect("column plan"),
         tags: runs,
+        failed: Vec::new(),
         as_of: Date::parse("2025-01-15").expect("date"),
         mode,
         user_ids: user_ids.map(|ids| ids.iter().map(|s| s.to_string()).collect()),

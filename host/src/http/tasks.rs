@@ -1,4 +1,4 @@
-//! Tasks: trigger, status, list, cancel.
+//! Tasks: trigger, status, list, cancel, retry.
 
 use super::{ApiError, AppState};
 use crate::model::{Mode, Priority, TaskRecord, TaskSpec, TaskStatus};
@@ -21,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/tasks", get(list))
         .route("/api/v1/tasks/{task_id}/status", get(status))
         .route("/api/v1/tasks/{task_id}/cancel", post(cancel))
+        .route("/api/v1/tasks/{task_id}/retry", post(retry))
 }
 
 fn describe(v: &Value) -> String {
@@ -194,6 +195,7 @@ pub fn parse_trigger(
         mode,
         priority,
         as_of,
+        retry_of: None,
     };
     lifecycle::check(&spec, registry).map_err(|e| {
         let list = lifecycle::list(&e.unknown);
@@ -204,7 +206,7 @@ pub fn parse_trigger(
 }
 
 fn submitted_body(task: &TaskRecord) -> Value {
-    json!({
+    let mut body = json!({
         "success": true,
         "task_id": task.task_id,
         "message": "标签任务已成功提交",
@@ -217,7 +219,11 @@ fn submitted_body(task: &TaskRecord) -> Value {
             "priority": task.spec.priority,
             "as_of": task.spec.as_of,
         }
-    })
+    });
+    if let Some(retried) = &task.spec.retry_of {
+        body["retry_of"] = json!(retried);
+    }
+    body
 }
 
 /// `POST /api/v1/tags/trigger`: validates, persists and queues a task (202).
@@ -256,14 +262,24 @@ async fn trigger(
     }
     let task = lifecycle::create(spec, &state.environment);
     let body = submitted_body(&task);
+    submit(&state, task, key.map(|k| (k, fingerprint))).await?;
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+/// Persists and queues `task` (with its idempotency key and fingerprint).
+async fn submit(
+    state: &AppState,
+    task: TaskRecord,
+    key: Option<(String, String)>,
+) -> Result<(), ApiError> {
     let scheduler = state.scheduler.clone();
     let submitted = tokio::task::spawn_blocking(move || {
-        scheduler.submit(task, key.as_deref().map(|k| (k, fingerprint.as_str())))
+        scheduler.submit(task, key.as_ref().map(|(k, f)| (k.as_str(), f.as_str())))
     })
     .await
     .map_err(|e| ApiError::internal(format!("submit aborted: {e}")))?;
     match submitted {
-        Ok(()) => Ok((StatusCode::ACCEPTED, Json(body))),
+        Ok(()) => Ok(()),
         Err(SubmitError::QueueFull(n)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("Task queue is full ({n} tasks waiting); retry later"),
@@ -276,6 +292,49 @@ async fn trigger(
         )),
         Err(SubmitError::Store(e)) => Err(e.into()),
     }
+}
+
+/// `POST /api/v1/tasks/{task_id}/retry`: queues a new task with the failed
+/// tags of a failed task (all its tags if it failed as a whole), with the
+/// same users, mode, `as_of` and priority; the new task names the old one
+/// in `retry_of` (202).
+async fn retry(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = task_id.clone();
+    let old = state
+        .blocking(move |s| s.get_task(&id))
+        .await?
+        .ok_or_else(|| task_not_found(&task_id))?;
+    if old.status != TaskStatus::Failed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "Task {task_id} is {}: only a failed task can be retried",
+                old.status.as_str()
+            ),
+            "只能重试失败的任务",
+        ));
+    }
+    let spec = TaskSpec {
+        tag_ids: lifecycle::tags_to_retry(&old),
+        retry_of: Some(old.task_id.clone()),
+        ..old.spec.clone()
+    };
+    lifecycle::check(&spec, &state.tags()).map_err(|e| {
+        let list = lifecycle::list(&e.unknown);
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{e}: no loaded plugin provides them any more"),
+            format!("无效的标签ID: {list}"),
+        )
+        .with("available_tag_ids", json!(e.available))
+    })?;
+    let task = lifecycle::create(spec, &state.environment);
+    let body = submitted_body(&task);
+    submit(&state, task, None).await?;
+    Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
 fn task_json(task: &TaskRecord, state: &AppState) -> Value {

@@ -100,9 +100,13 @@ pub enum Finished {
 pub fn finish(task: &mut TaskRecord, outcome: Result<Value, RunError>) -> Finished {
     match outcome {
         Ok(result) => {
-            task.status = TaskStatus::Completed;
+            task.error = failed_tags_error(&result);
+            task.status = if task.error.is_some() {
+                TaskStatus::Failed
+            } else {
+                TaskStatus::Completed
+            };
             task.result = Some(result);
-            task.error = None;
         }
         Err(RunError::Failed(reason)) => {
             task.status = TaskStatus::Failed;
@@ -122,6 +126,46 @@ pub fn finish(task: &mut TaskRecord, outcome: Result<Value, RunError>) -> Finish
     }
     task.completed_at = Some(now_timestamp());
     Finished::Terminal(task.status)
+}
+
+/// For a run some of whose tags failed (the others committed): the task's
+/// error, naming each failed tag and why.
+pub fn failed_tags_error(result: &Value) -> Option<String> {
+    let failed: Vec<String> = result
+        .get("tags")?
+        .as_array()?
+        .iter()
+        .filter(|t| t["status"] == "failed")
+        .map(|t| {
+            format!(
+                "tag {}: {}",
+                t["tag_id"],
+                t["error"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        return None;
+    }
+    let ids = result["failed_tags"].to_string();
+    Some(format!(
+        "tags {ids} failed (the other tags' results are committed): {}",
+        failed.join("; ")
+    ))
+}
+
+/// The tags a retry of `task` runs: the failed tags of a partly failed
+/// run, or all its tags when the run failed as a whole.
+pub fn tags_to_retry(task: &TaskRecord) -> Vec<u32> {
+    let failed = task
+        .result
+        .as_ref()
+        .and_then(|r| r.get("failed_tags"))
+        .and_then(|ids| serde_json::from_value::<Vec<u32>>(ids.clone()).ok());
+    match failed {
+        Some(ids) if !ids.is_empty() => ids,
+        _ => task.spec.tag_ids.clone(),
+    }
 }
 
 /// The error of a task cancelled before it started.
@@ -162,6 +206,9 @@ pub fn status_json(task: &TaskRecord, progress: Option<Progress>) -> Value {
         "completed_at": task.completed_at,
         "attempts": task.attempts,
     });
+    if let Some(retried) = &task.spec.retry_of {
+        v["retry_of"] = json!(retried);
+    }
     if let Some(result) = &task.result {
         v["result"] = result.clone();
     }
@@ -188,6 +235,7 @@ mod tests {
             mode: Mode::Full,
             priority: Priority::Normal,
             as_of: None,
+            retry_of: None,
         }
     }
 

@@ -1,0 +1,116 @@
+//! Before anything is read: each tag's tables and columns exist and their
+//! types can become the declared ones (parquet footers only). A tag whose
+//! inputs fail this fails alone; the others run.
+
+use super::plan::{Plan, TagRun};
+use super::{RunError, UNIVERSE_TABLE, UPDATED_TIME, USER_ID};
+use crate::data::read::{scan_table, ColumnRequest};
+use std::path::Path;
+use tag_plugin_api::ColumnType;
+
+/// Moves the tags whose inputs cannot be read to `plan.failed`.
+pub fn check(plan: &mut Plan, data_dir: &Path) -> Result<(), RunError> {
+    let mut failures: Vec<(u32, String)> = Vec::new();
+    for table in &plan.tables {
+        if scan_table(data_dir, &table.table, &table.columns, 1).is_ok() {
+            continue;
+        }
+        // Something in this table fails: find whose columns.
+        for t in plan.tags.iter().filter(|t| reads(t, &table.table)) {
+            if failures.iter().any(|(id, _)| *id == t.id()) {
+                continue;
+            }
+            if let Err(e) = scan_table(data_dir, &table.table, &requests(t, &table.table), 1) {
+                failures.push((t.id(), e.to_string()));
+            }
+        }
+    }
+    plan.fail_tags(failures)?;
+    plan.any_left()
+}
+
+/// Whether `t` needs `table` (every tag needs the universe).
+fn reads(t: &TagRun, table: &str) -> bool {
+    table == UNIVERSE_TABLE || t.tag.info.inputs.iter().any(|i| i.table == table)
+}
+
+/// The columns `t` reads from `table`, with the key and time columns.
+fn requests(t: &TagRun, table: &str) -> Vec<ColumnRequest> {
+    let mut columns = vec![ColumnRequest::new(USER_ID, ColumnType::Utf8)];
+    columns.extend(
+        t.tag
+            .info
+            .inputs
+            .iter()
+            .filter(|i| i.table == table && i.column != USER_ID && i.column != UPDATED_TIME)
+            .map(|i| ColumnRequest::new(i.column.clone(), i.column_type)),
+    );
+    columns.push(ColumnRequest::new(UPDATED_TIME, ColumnType::Timestamp));
+    columns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::testkit::{at, plan, tag_at_least, write_table};
+    use crate::model::Mode;
+
+    #[test]
+    fn a_tag_with_a_missing_table_or_column_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = [(Some("u1"), at(1), Some(1.0))];
+        write_table(
+            &dir.path().join("user_basic_info.parquet"),
+            "score",
+            &rows,
+            10,
+        );
+        let tags = [
+            tag_at_least(1, "user_basic_info", "score", 0.0),
+            tag_at_least(2, "user_basic_info", "no_such_column", 0.0),
+            tag_at_least(3, "no_such_table", "x", 0.0),
+        ];
+        let mut plan = plan(&tags, Mode::Full, None);
+        check(&mut plan, dir.path()).unwrap();
+        let running: Vec<u32> = plan.tags.iter().map(|t| t.id()).collect();
+        assert_eq!(running, vec![1]);
+        let failed: Vec<(u32, &str)> = plan
+            .failed
+            .iter()
+            .map(|f| (f.tag_id, f.error.as_str()))
+            .collect();
+        assert_eq!(failed.len(), 2);
+        assert!(
+            failed[0].0 == 2 && failed[0].1.contains("no_such_column"),
+            "{failed:?}"
+        );
+        assert!(
+            failed[1].0 == 3 && failed[1].1.contains("no_such_table"),
+            "{failed:?}"
+        );
+        // The column plan no longer asks for what the failed tags read.
+        assert_eq!(plan.tables.len(), 1);
+        assert_eq!(plan.tables[0].columns.len(), 3);
+    }
+
+    #[test]
+    fn when_every_tag_fails_the_run_fails_naming_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = [(Some("u1"), at(1), Some(1.0))];
+        write_table(
+            &dir.path().join("user_basic_info.parquet"),
+            "score",
+            &rows,
+            10,
+        );
+        let tags = [tag_at_least(2, "user_basic_info", "nope", 0.0)];
+        let mut plan = plan(&tags, Mode::Full, None);
+        let Err(RunError::Failed(message)) = check(&mut plan, dir.path()) else {
+            panic!("expected the run to fail");
+        };
+        assert!(
+            message.contains("tag 2:") && message.contains("nope"),
+            "{message}"
+        );
+    }
+}
