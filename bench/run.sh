@@ -68,6 +68,12 @@ else
   echo "== building (release)"
   cargo build --release --quiet
 fi
+# The loader refuses libraries under a directory others can write (such as
+# /var/tmp, where CARGO_TARGET_DIR often is): run from a copy in bench/out.
+mkdir -p "$OUT/plugins"
+cp "$(dirname "$BIN")"/libtag_plugin_*.so "$OUT/plugins/"
+chmod 755 "$OUT/plugins" "$OUT/plugins"/*.so
+export TAG_PLUGINS_DIR=$PWD/$OUT/plugins
 if [ ! -x bench/.venv/bin/python ]; then python3 -m venv bench/.venv; fi
 PY=bench/.venv/bin/python
 PKGS="duckdb polars pyarrow"

@@ -367,9 +367,11 @@ fn a_group_writable_directory_rejects_every_file() {
     let (registry, report) = load(dir.path());
     assert!(registry.is_empty());
     assert_eq!(report.rejected().count(), 5);
-    assert!(report
-        .rejected()
-        .all(|(_, r)| *r == Rejection::WritableDirectory { mode: 0o775 }));
+    let expected = Rejection::WritableDirectory {
+        dir: dir.path().canonicalize().unwrap(),
+        mode: 0o775,
+    };
+    assert!(report.rejected().all(|(_, r)| *r == expected), "{report}");
 }
 
 #[test]
@@ -455,10 +457,15 @@ fn cli_check_runs_each_tag_on_the_sample_batch() {
         "{out}"
     );
 
+    let incompatible = plugins_dir(&[("incompatible.so", fixture("incompatible"))]);
     let (code, out, _) = tag_server(&[
         "plugins",
         "check",
-        fixture("incompatible").to_str().unwrap(),
+        incompatible
+            .path()
+            .join("incompatible.so")
+            .to_str()
+            .unwrap(),
     ]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("incompatible plugin-api version"), "{out}");
@@ -503,4 +510,345 @@ fn building_the_workspace_never_builds_the_fixture_libraries() {
         "{}",
         misbehaving.display()
     );
+}
+
+/// `tag-server plugins` over `dir`, with the constructor fixture's marker
+/// pointed at `marker`: the listing, and whether the library was loaded.
+fn list_with_marker(dir: &Path, marker: &Path) -> (String, bool) {
+    let _ = std::fs::remove_file(marker);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tag-server"))
+        .args(["plugins", "--plugins-dir"])
+        .arg(dir)
+        .env("TAG_FIXTURE_CONSTRUCTOR_MARKER", marker)
+        .output()
+        .expect("run tag-server plugins");
+    assert!(
+        output.status.code().is_some(),
+        "tag-server died of a signal: {output:?}"
+    );
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        marker.exists(),
+    )
+}
+
+#[test]
+fn untrusted_files_are_rejected_before_they_are_ever_loaded() {
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker = marker_dir.path().join("constructor-ran");
+
+    // Control: in a trusted directory the library is loaded (its
+    // constructor runs) and then rejected as not being a tag plugin.
+    let trusted = plugins_dir(&[("ctor.so", fixture("constructor"))]);
+    let (out, loaded) = list_with_marker(trusted.path(), &marker);
+    assert!(loaded, "the fixture's constructor runs when loaded: {out}");
+    assert!(out.contains("not a tag plugin"), "{out}");
+
+    // A symlink into a world-writable directory (the system temp dir).
+    let open_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let target = open_dir.path().join("ctor.so");
+    std::fs::copy(fixture("constructor"), &target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let linked = plugins_dir(&[]);
+    std::os::unix::fs::symlink(&target, linked.path().join("ctor.so")).unwrap();
+    let (out, loaded) = list_with_marker(linked.path(), &marker);
+    assert!(!loaded, "a rejected file was loaded: {out}");
+    assert!(
+        out.contains("REJECTED") && out.contains("writable by group or others"),
+        "{out}"
+    );
+
+    // A 0755 plugins directory inside a 0777 parent.
+    let parent = plugins_dir(&[]);
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let inner = parent.path().join("plugins");
+    std::fs::create_dir(&inner).unwrap();
+    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy(fixture("constructor"), inner.join("ctor.so")).unwrap();
+    std::fs::set_permissions(
+        inner.join("ctor.so"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let (out, loaded) = list_with_marker(&inner, &marker);
+    assert!(!loaded, "{out}");
+    let parent_shown = parent.path().canonicalize().unwrap();
+    assert!(
+        out.contains(&format!("{} is writable", parent_shown.display())),
+        "{out}"
+    );
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // A file, then a directory, owned by another user (needs root to make).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let nobody = 65534;
+        let owned = plugins_dir(&[("ctor.so", fixture("constructor"))]);
+        std::os::unix::fs::chown(owned.path().join("ctor.so"), Some(nobody), None).unwrap();
+        let (out, loaded) = list_with_marker(owned.path(), &marker);
+        assert!(!loaded && out.contains("belongs to uid 65534"), "{out}");
+        std::os::unix::fs::chown(owned.path().join("ctor.so"), Some(0), None).unwrap();
+        std::os::unix::fs::chown(owned.path(), Some(nobody), None).unwrap();
+        let (out, loaded) = list_with_marker(owned.path(), &marker);
+        assert!(!loaded && out.contains("belongs to uid 65534"), "{out}");
+    } else {
+        eprintln!("not root: the foreign-owner cases need chown and are not run");
+    }
+}
+
+#[test]
+fn truncated_copies_of_a_real_plugin_are_rejected_and_the_rest_load() {
+    let dir = plugins_dir(&[("behavior.so", plugin("behavior"))]);
+    let whole = std::fs::read(plugin("wealth")).unwrap();
+    for size in [4096usize, 65536] {
+        assert!(whole.len() > size, "the plugin is larger than {size} bytes");
+        let path = dir.path().join(format!("wealth_{size}.so"));
+        std::fs::write(&path, &whole[..size]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // In this process and through the real binary (which used to die of
+    // SIGBUS mapping such a file).
+    let (registry, report) = load(dir.path());
+    assert_eq!(registry.ids(), vec![2, 8]);
+    for size in [4096, 65536] {
+        let name = format!("wealth_{size}.so");
+        match rejection(&report, &name) {
+            Rejection::Truncated { size: have, needed } => {
+                assert_eq!(*have, size as u64);
+                assert!(*needed > *have);
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tag-server"))
+        .args(["plugins", "--plugins-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("2 tags from 1 files"), "{out}");
+    assert_eq!(out.matches("truncated").count(), 2, "{out}");
+}
+
+/// Sample data for `users` users, as of 2025-01-15.
+fn sample_data(users: usize) -> tempfile::TempDir {
+    use tag_host::data::gen::{gen_data_with, GenOptions};
+    let data = tempfile::tempdir().unwrap();
+    let options = GenOptions {
+        users,
+        reference_date: Date::parse("2025-01-15").unwrap().days(),
+        ..GenOptions::default()
+    };
+    gen_data_with(data.path(), &options).unwrap();
+    data
+}
+
+/// Copies `source` into `dir` as `name`, mode 0755.
+fn install(dir: &Path, name: &str, source: &Path) {
+    let target = dir.join(name);
+    let _ = std::fs::remove_file(&target);
+    std::fs::copy(source, &target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn trigger_status(server: &TestServer, tags: serde_json::Value) -> u16 {
+    server
+        .post(
+            "/api/v1/tags/trigger",
+            &serde_json::json!({"tag_ids": tags, "as_of": "2025-01-15"}),
+        )
+        .0
+}
+
+#[test]
+fn plugins_are_listed_and_reloaded_without_a_restart() {
+    use serde_json::json;
+    let data = sample_data(300);
+    let dir = plugins_dir(&[("wealth.so", plugin("wealth"))]);
+    let work = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path(), dir.path(), &work.path().join("t.db"), &[]);
+
+    let (code, listing) = server.get("/api/v1/plugins").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        (&listing["loaded"], &listing["rejected"]),
+        (&json!(1), &json!(0))
+    );
+    let file = &listing["files"][0];
+    assert_eq!(
+        (&file["file"], &file["status"]),
+        (&json!("wealth.so"), &json!("loaded"))
+    );
+    assert_eq!(file["plugin"], "tag-plugin-wealth");
+    assert_eq!(file["tags"][0]["tag_id"], 1);
+    assert_eq!(file["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(server.get("/health").unwrap().1["status"], "healthy");
+
+    // A new library: offered after a reload, not before.
+    install(dir.path(), "behavior.so", &plugin("behavior"));
+    assert_eq!(trigger_status(&server, json!([2])), 400);
+    let (code, reloaded) = server.post("/api/v1/plugins/reload", &json!({}));
+    assert_eq!(code, 200, "{reloaded}");
+    assert_eq!(reloaded["loaded"], 2);
+    let (_, available) = server.get("/api/v1/tags/available").unwrap();
+    assert!(
+        available.to_string().contains("ActiveTraderTask"),
+        "{available}"
+    );
+    server.run(json!({"tag_ids": [2], "as_of": "2025-01-15"}));
+
+    // A broken file: rejected with its reason, the rest still served, and
+    // /health says degraded (still 200) with the count.
+    std::fs::write(dir.path().join("broken.so"), b"not a library").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("broken.so"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let (_, reloaded) = server.post("/api/v1/plugins/reload", &json!({}));
+    assert_eq!(
+        (&reloaded["loaded"], &reloaded["rejected"]),
+        (&json!(2), &json!(1))
+    );
+    let broken = reloaded["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file"] == "broken.so")
+        .unwrap();
+    assert!(
+        broken["reason"].as_str().unwrap().contains("ELF"),
+        "{broken}"
+    );
+    let (code, health) = server.get("/health").unwrap();
+    assert_eq!(
+        (code, &health["status"], &health["rejected_plugins"]),
+        (200, &json!("degraded"), &json!(1))
+    );
+
+    // A removed library stops being offered.
+    std::fs::remove_file(dir.path().join("behavior.so")).unwrap();
+    std::fs::remove_file(dir.path().join("broken.so")).unwrap();
+    server.post("/api/v1/plugins/reload", &json!({}));
+    assert_eq!(trigger_status(&server, json!([2])), 400);
+    assert_eq!(trigger_status(&server, json!([1])), 202);
+    assert_eq!(server.get("/health").unwrap().1["status"], "healthy");
+}
+
+#[test]
+fn a_running_task_keeps_the_plugin_build_it_started_with() {
+    use serde_json::json;
+    let data = sample_data(2000);
+    let dir = plugins_dir(&[("misbehaving.so", fixture("misbehaving"))]);
+    let work = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path(), dir.path(), &work.path().join("t.db"), &[]);
+    let first = server.get("/api/v1/plugins").unwrap().1["files"][0]["sha256"].clone();
+
+    // Tag 904 sleeps 1.5 s per batch of 1,000 rows: about 3 s here.
+    let slow = server.trigger(json!({"tag_ids": [904], "as_of": "2025-01-15"}));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server
+        .get(&format!("/api/v1/tasks/{slow}/status"))
+        .unwrap()
+        .1["status"]["status"]
+        != "running"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A new build of the same plugin (same code, other bytes) replaces it.
+    let mut bytes = std::fs::read(fixture("misbehaving")).unwrap();
+    bytes.extend_from_slice(b"\\0another build");
+    let path = dir.path().join("misbehaving.so");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, reloaded) = server.post("/api/v1/plugins/reload", &json!({}));
+    assert_eq!(code, 200, "{reloaded}");
+    let second = reloaded["files"][0]["sha256"].clone();
+    assert_ne!(first, second);
+    assert_eq!(
+        server
+            .get(&format!("/api/v1/tasks/{slow}/status"))
+            .unwrap()
+            .1["status"]["status"],
+        "running",
+        "the reload happened while the task ran"
+    );
+
+    let done = server.wait(&slow);
+    assert_eq!(done["status"], "completed", "{done}");
+    let used = &done["result"]["tags"][0]["plugin"];
+    assert_eq!(
+        (&used["name"], &used["sha256"]),
+        (&json!("tag-fixture-misbehaving"), &first)
+    );
+    // A task started after the reload records the new build.
+    let id = server.trigger(json!({"tag_ids": [904], "as_of": "2025-01-15"}));
+    let after = server.wait(&id);
+    assert_eq!(
+        after["result"]["tags"][0]["plugin"]["sha256"], second,
+        "{after}"
+    );
+}
+
+#[test]
+fn sighup_reloads_the_plugins_of_a_running_server() {
+    let data = sample_data(100);
+    let dir = plugins_dir(&[("wealth.so", plugin("wealth"))]);
+    let work = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = format!("sqlite://{}", work.path().join("t.db").display());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tag-server"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--store",
+            &store,
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--plugins-dir")
+        .arg(dir.path())
+        .arg("--log-file")
+        .arg(work.path().join("server.log"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = client();
+    let loaded = || -> Option<u64> {
+        let reply = http.get(format!("{base}/api/v1/plugins")).send().ok()?;
+        reply.json::<serde_json::Value>().ok()?["loaded"].as_u64()
+    };
+    let wait_for = |want: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while loaded() != Some(want) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never saw {want} plugins loaded"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_for(1);
+    install(dir.path(), "behavior.so", &plugin("behavior"));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    wait_for(2);
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
 }

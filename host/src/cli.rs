@@ -19,15 +19,19 @@ pub fn plugins_command(
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
     match args.action {
-        None => list_plugins(&config.plugins_dir(), out),
-        Some(PluginsAction::Check { file, as_of }) => {
-            check_plugin(&file, as_of.unwrap_or_else(Date::today_utc), out)
-        }
+        None => list_plugins(config, out),
+        Some(PluginsAction::Check { file, as_of }) => check_plugin(
+            &file,
+            &config.plugin_copies_dir(),
+            as_of.unwrap_or_else(Date::today_utc),
+            out,
+        ),
     }
 }
 
-fn list_plugins(dir: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let (_, report) = plugins::load_dir(dir)?;
+fn list_plugins(config: &Config, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let dir = config.plugins_dir();
+    let (_, report) = plugins::load_dir_with(&dir, &config.plugin_copies_dir())?;
     writeln!(out, "plugins directory: {}", dir.display())?;
     write!(out, "{report}")?;
     Ok(if report.rejected().next().is_some() {
@@ -37,8 +41,13 @@ fn list_plugins(dir: &Path, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn check_plugin(file: &Path, as_of: Date, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let (registry, report) = plugins::load_file_alone(file);
+fn check_plugin(
+    file: &Path,
+    copies: &Path,
+    as_of: Date,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let (registry, report) = plugins::load_file_alone(file, copies);
     writeln!(out, "file:    {}", file.display())?;
     writeln!(out, "sha256:  {}", report.sha256)?;
     let plugin = match report.outcome {

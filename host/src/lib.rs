@@ -8,6 +8,7 @@
 //! - [`plugins`]: scan a directory, verify and load each library, report
 //!   every file's outcome; the sample batch of `plugins check`.
 //! - [`registry`]: the loaded tags, and checked calls into their plugins.
+//! - [`catalog`]: the current scan and registry, replaced whole by a reload.
 //! - [`data`]: polars I/O: sample data, projected batched reads with type
 //!   coercion, zero-copy FFI batches.
 //! - [`engine`]: one task end to end: read, join, evaluate, diff, write.
@@ -16,6 +17,7 @@
 //! - [`http`]: the API, one router per resource.
 //! - [`server`]: start-up and shutdown; [`cli`]: the one-shot commands.
 
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod data;

@@ -11,12 +11,25 @@ use tag_plugin_api::abi::{FfiBatch, PluginError, PluginErrorKind, TagTaskBox};
 use tag_plugin_api::abi_stable::std_types::RStr;
 use tag_plugin_api::{Date, Mask, TagInfo};
 
+/// Which build of which plugin a tag came from (recorded in each result).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PluginIdentity {
+    /// The plugin crate's name.
+    pub name: String,
+    /// The plugin crate's version.
+    pub version: String,
+    /// Hex SHA-256 of the library file.
+    pub sha256: String,
+}
+
 /// One tag provided by a loaded plugin.
 pub struct RegisteredTag {
     /// Its metadata, read once at load time.
     pub info: TagInfo,
     /// The library file it came from.
     pub source: PathBuf,
+    /// The plugin build that provides it.
+    pub plugin: PluginIdentity,
     task: TagTaskBox,
 }
 
@@ -25,6 +38,7 @@ impl std::fmt::Debug for RegisteredTag {
         f.debug_struct("RegisteredTag")
             .field("info", &self.info)
             .field("source", &self.source)
+            .field("plugin", &self.plugin)
             .finish()
     }
 }
@@ -72,9 +86,14 @@ pub enum TagFailure {
 
 impl RegisteredTag {
     /// Wraps a task from a plugin, reading its metadata once.
-    pub(crate) fn new(task: TagTaskBox, source: PathBuf) -> RegisteredTag {
+    pub(crate) fn new(task: TagTaskBox, source: PathBuf, plugin: PluginIdentity) -> RegisteredTag {
         let info = TagInfo::from_ffi(&task.info());
-        RegisteredTag { info, source, task }
+        RegisteredTag {
+            info,
+            source,
+            plugin,
+            task,
+        }
     }
 
     fn failure(&self, error: PluginError) -> TagFailure {

@@ -1,11 +1,11 @@
 //! Start-up and shutdown of the server, shared with the one-shot runner.
 
+use crate::catalog::Catalog;
 use crate::config::{Config, Environment};
 use crate::data::gen::{gen_data_with, GenOptions};
 use crate::data::source::DataSource;
 use crate::engine::{Engine, UNIVERSE_TABLE};
 use crate::http::{self, AppState};
-use crate::plugins;
 use crate::registry::TagRegistry;
 use crate::scheduler::Scheduler;
 use crate::store::{self, Store};
@@ -14,10 +14,12 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-/// The parts every entry point needs: store, tags and engine.
+/// The parts every entry point needs: store, plugins and engine.
 pub struct Core {
     /// The store.
     pub store: Arc<dyn Store>,
+    /// The plugins (and their reloads).
+    pub catalog: Arc<Catalog>,
     /// The loaded tags.
     pub registry: Arc<RwLock<TagRegistry>>,
     /// The engine.
@@ -30,24 +32,12 @@ impl Core {
     pub fn open(config: &Config) -> anyhow::Result<Core> {
         let store: Arc<dyn Store> =
             Arc::from(store::open(&config.store_url()).context("opening the store")?);
-        let dir = config.plugins_dir();
-        let (registry, report) = plugins::load_dir(&dir).context("loading plugins")?;
-        for (file, plugin) in report.loaded() {
-            tracing::info!(file = %file.path.display(), sha256 = %file.sha256, plugin = %plugin.name, version = %plugin.version,
-                tags = ?plugin.tags.iter().map(|t| t.tag_id).collect::<Vec<_>>(), "plugin loaded");
-        }
-        for (file, reason) in report.rejected() {
-            tracing::warn!(file = %file.path.display(), reason = %reason, "plugin rejected");
-        }
-        if registry.is_empty() {
-            tracing::warn!(dir = %dir.display(), "no tags loaded: every trigger will be refused");
-        }
-        for tag in registry.iter() {
-            store
-                .seed_rule(tag.info.tag_id, &tag.info.default_rule)
-                .context("seeding rules")?;
-        }
-        let registry = Arc::new(RwLock::new(registry));
+        let catalog = Arc::new(Catalog::open(
+            config.plugins_dir(),
+            config.plugin_copies_dir(),
+            store.as_ref(),
+        )?);
+        let registry = catalog.registry();
         let data = DataSource::open(&config.data_dir, &config.s3_cache_dir())
             .context("opening the data location")?;
         let engine = Arc::new(Engine::new(
@@ -58,6 +48,7 @@ impl Core {
         ));
         Ok(Core {
             store,
+            catalog,
             registry,
             engine,
         })
@@ -129,6 +120,7 @@ fn api(config: &Config, started: &Started) -> axum::Router {
         store: Arc::clone(&started.core.store),
         scheduler: started.scheduler.clone(),
         registry: Arc::clone(&started.core.registry),
+        catalog: Arc::clone(&started.core.catalog),
         max_user_ids: config.max_user_ids,
     })
 }
@@ -177,6 +169,7 @@ pub async fn run(
                 .context("starting the store retry thread")?;
         }
     }
+    reload_on_hangup(Arc::clone(&started));
     let addr = listener
         .local_addr()
         .context("reading the listener's address")?;
@@ -194,6 +187,41 @@ pub async fn run(
             .context("stopping the workers")?;
     }
     Ok(())
+}
+
+/// SIGHUP reloads the plugins, as `POST /api/v1/plugins/reload` does.
+fn reload_on_hangup(started: Arc<std::sync::Mutex<Option<Started>>>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload plugins through the API");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let parts = started
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|s| (Arc::clone(&s.core.catalog), Arc::clone(&s.core.store)));
+            let Some((catalog, store)) = parts else {
+                tracing::warn!("SIGHUP before start-up finished: nothing to reload");
+                continue;
+            };
+            match tokio::task::spawn_blocking(move || catalog.reload(store.as_ref())).await {
+                Ok(Ok(report)) => tracing::info!(
+                    loaded = report.loaded().count(),
+                    rejected = report.rejected().count(),
+                    "plugins reloaded on SIGHUP"
+                ),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "plugin reload on SIGHUP failed; the previous plugins stay")
+                }
+                Err(e) => tracing::error!(error = %e, "plugin reload on SIGHUP aborted"),
+            }
+        }
+    });
 }
 
 /// Retries start-up while the store cannot be reached.

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 /// The reference plugin crates, as (package, library file stem).
 pub const REFERENCE_PLUGINS: [&str; 5] = ["wealth", "behavior", "risk", "lifecycle", "demographic"];
 /// The test-fixture crates.
-pub const FIXTURES: [&str; 3] = ["misbehaving", "incompatible", "not-a-plugin"];
+pub const FIXTURES: [&str; 4] = ["misbehaving", "incompatible", "not-a-plugin", "constructor"];
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -94,10 +94,31 @@ pub fn fixture(name: &str) -> PathBuf {
     library(&format!("tag-fixture-{name}"))
 }
 
-/// A fresh plugins directory (mode 0755) holding copies of `files` (mode
-/// 0755), each under the given name.
+/// A directory the plugin loader trusts, for the tests' plugin directories:
+/// the loader refuses a library with any directory above it writable by
+/// others, and the system temp directories are (they are sticky, 1777).
+/// `$HOME/.cache/tag-engine-tests`, owned by this user, mode 0755.
+pub fn trusted_base() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let home = std::env::var_os("HOME").expect("HOME is set");
+        let dir = PathBuf::from(home).join(".cache").join("tag-engine-tests");
+        std::fs::create_dir_all(&dir).expect("create the tests' plugin base");
+        for d in [dir.parent().unwrap(), dir.as_path()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod the tests' plugin base");
+        }
+        dir
+    })
+}
+
+/// A fresh plugins directory (mode 0755, in [`trusted_base`]) holding
+/// copies of `files` (mode 0755), each under the given name.
 pub fn plugins_dir(files: &[(&str, PathBuf)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("plugins-")
+        .tempdir_in(trusted_base())
+        .expect("temp dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod dir");
     for (name, source) in files {

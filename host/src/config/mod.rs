@@ -133,6 +133,11 @@ pub struct Config {
     /// directory of the tag-server executable, where cargo puts the plugins].
     #[arg(long, env = "TAG_PLUGINS_DIR", global = true)]
     pub plugins_dir: Option<PathBuf>,
+    /// Where plugin libraries are copied (by SHA-256, in a 0700 directory)
+    /// after their checks, to be loaded from [default:
+    /// $XDG_CACHE_HOME/tag-server/plugins or ~/.cache/tag-server/plugins].
+    #[arg(long, env = "TAG_PLUGIN_COPIES_DIR", global = true)]
+    pub plugin_copies_dir: Option<PathBuf>,
     /// Source tables (`<table>.parquet` or `<table>/*.parquet`): a local
     /// directory, or `s3://bucket/prefix` (endpoint, region and credentials
     /// from the AWS environment variables or `AWS_PROFILE`).
@@ -173,6 +178,13 @@ impl Config {
     /// The plugins directory in effect.
     pub fn plugins_dir(&self) -> PathBuf {
         self.plugins_dir.clone().unwrap_or_else(default_plugins_dir)
+    }
+
+    /// The directory private copies of plugins are loaded from.
+    pub fn plugin_copies_dir(&self) -> PathBuf {
+        self.plugin_copies_dir
+            .clone()
+            .unwrap_or_else(crate::plugins::default_copies_dir)
     }
 
     /// The store URL in effect: the default SQLite store lives in a local

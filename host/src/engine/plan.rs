@@ -4,7 +4,7 @@
 use super::{RunError, UNIVERSE_TABLE, UPDATED_TIME, USER_ID};
 use crate::data::read::ColumnRequest;
 use crate::model::{Mode, TaskRecord};
-use crate::registry::{RegisteredTag, TagRegistry};
+use crate::registry::{PluginIdentity, RegisteredTag, TagRegistry};
 use crate::store::{RuleVersion, Store, TagState};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -49,6 +49,8 @@ pub struct TagFailure {
     pub tag_name: String,
     /// The rule version it was to evaluate, once known.
     pub rule_version: Option<i64>,
+    /// The plugin build that provides it, when loaded.
+    pub plugin: Option<PluginIdentity>,
     /// What went wrong.
     pub error: String,
 }
@@ -85,6 +87,7 @@ impl Plan {
                     tag_id,
                     tag_name: t.tag.info.description.clone(),
                     rule_version: Some(t.rule_version),
+                    plugin: Some(t.tag.plugin.clone()),
                     error,
                 });
             }
@@ -133,6 +136,7 @@ pub fn plan(
                     .map(|t| t.info.description.clone())
                     .unwrap_or_default(),
                 rule_version: None,
+                plugin: registry.get(id).map(|t| t.plugin.clone()),
                 error,
             }),
             Err(stop) => return Err(stop),

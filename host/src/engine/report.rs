@@ -8,6 +8,7 @@ use super::load::Universe;
 use super::plan::Plan;
 use crate::data::s3::SyncSummary;
 use crate::model::Mode;
+use crate::registry::PluginIdentity;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
@@ -84,6 +85,9 @@ pub struct TagReport {
     /// `all users` or `changed users`, when it completed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<&'static str>,
+    /// The plugin build that computed it (name, version, SHA-256).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginIdentity>,
 }
 
 /// Row groups an incremental run read to find what changed.
@@ -164,6 +168,7 @@ pub fn report(run: &Evaluated<'_>, counts: &DiffCounts, timings: &Timings) -> Ru
             } else {
                 "all users"
             }),
+            plugin: Some(t.tag.plugin.clone()),
         })
         .collect();
     tags.extend(plan.failed.iter().map(|f| TagReport {
@@ -174,6 +179,7 @@ pub fn report(run: &Evaluated<'_>, counts: &DiffCounts, timings: &Timings) -> Ru
         rule_version: f.rule_version,
         counts: None,
         scope: None,
+        plugin: f.plugin.clone(),
     }));
     // A task's tag ids are ascending: its order.
     tags.sort_by_key(|t| t.tag_id);
@@ -279,6 +285,7 @@ mod tests {
                 removed: 0,
             }),
             scope: Some("all users"),
+            plugin: None,
         };
         let v = serde_json::to_value(&line).unwrap();
         assert_eq!(v["evaluated_users"], 3);

@@ -30,7 +30,12 @@ pub fn tag_at_least(id: u32, table: &str, column: &str, min: f64) -> Arc<Registe
         .into_result()
         .expect("export");
     let task = tasks.into_iter().next().expect("one task");
-    Arc::new(RegisteredTag::new(task, "in-process".into()))
+    let plugin = crate::registry::PluginIdentity {
+        name: "in-process".into(),
+        version: "0".into(),
+        sha256: String::new(),
+    };
+    Arc::new(RegisteredTag::new(task, "in-process".into(), plugin))
 }
 
 /// A plan over `tags` with their default rules, as of 2025-01-15.

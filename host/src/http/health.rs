@@ -13,7 +13,8 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/health", get(health))
 }
 
-/// Healthy when the store answers; 503 otherwise.
+/// Healthy when the store answers (degraded, still 200, while a plugin
+/// file is rejected); 503 otherwise.
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let store = std::sync::Arc::clone(&state.store);
     let ping = tokio::task::spawn_blocking(move || store.ping())
@@ -24,7 +25,14 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             )))
         });
     let mut body = json!({"timestamp": now_timestamp(), "environment": state.environment});
+    let rejected = state.catalog.report().rejected().count();
     match ping {
+        Ok(()) if rejected > 0 => {
+            // Serving, but a plugin file someone dropped in is not.
+            body["status"] = json!("degraded");
+            body["rejected_plugins"] = json!(rejected);
+            (StatusCode::OK, Json(body))
+        }
         Ok(()) => {
             body["status"] = json!("healthy");
             (StatusCode::OK, Json(body))

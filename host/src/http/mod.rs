@@ -2,6 +2,7 @@
 //! the seed's error JSON, and the shared application state.
 
 pub mod health;
+pub mod plugins;
 pub mod swap;
 pub mod tags;
 pub mod tasks;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub scheduler: Scheduler,
     /// The loaded tags (swapped whole on reload).
     pub registry: Arc<RwLock<TagRegistry>>,
+    /// The plugins directory's last scan, and reloads.
+    pub catalog: Arc<crate::catalog::Catalog>,
     /// Largest accepted `user_ids` list.
     pub max_user_ids: usize,
 }
@@ -129,6 +132,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(plugins::router())
         .merge(tags::router())
         .merge(tasks::router())
         .merge(users::router())

@@ -3,17 +3,19 @@
 //! Every file in the plugins directory with the platform's library extension
 //! is tried in name order; each gets an outcome (loaded, or rejected with a
 //! reason a person can act on) and one bad file never keeps the others from
-//! loading. Libraries are loaded one by one through their abi_stable header
+//! loading. Before any `dlopen`, [`trust`] checks the file's ownership,
+//! permissions and ELF structure and makes the private copy that is loaded.
+//! Libraries are loaded one by one through their abi_stable header
 //! (`lib_header_from_path` + `init_root_module`) and are never unloaded.
 
 pub mod sample;
+pub mod trust;
 
-use crate::registry::{RegisteredTag, TagRegistry};
+use crate::registry::{PluginIdentity, RegisteredTag, TagRegistry};
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tag_plugin_api::abi::TagPluginRef;
@@ -28,14 +30,38 @@ pub enum Rejection {
         /// The file's permission bits.
         mode: u32,
     },
-    /// The directory lets users other than its owner add or replace files.
+    /// A directory on the file's path lets users other than its owner add
+    /// or replace files (a sticky directory such as /tmp included).
     #[error(
-        "the plugins directory is writable by group or others (mode {mode:o}); `chmod go-w` it"
+        "{} is writable by group or others (mode {mode:o}); a plugin and every directory above it must not be: `chmod go-w` it or move the plugins elsewhere", dir.display()
     )]
     WritableDirectory {
-        /// The directory's permission bits.
+        /// The directory.
+        dir: PathBuf,
+        /// Its permission bits.
         mode: u32,
     },
+    /// The file or a directory above it belongs to another user.
+    #[error("{} belongs to uid {uid}; a plugin and every directory above it must belong to root or to this server's user (uid {server_uid})", path.display())]
+    ForeignOwner {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// The server's effective uid.
+        server_uid: u32,
+    },
+    /// A loadable segment or header table lies beyond the end of the file.
+    #[error("truncated: the ELF file needs {needed} bytes but has {size}")]
+    Truncated {
+        /// Where the furthest part it declares ends.
+        needed: u64,
+        /// The file's size.
+        size: u64,
+    },
+    /// The private copy the library is loaded from could not be made.
+    #[error("cannot make the private copy to load: {0}")]
+    PrivateCopy(String),
     /// The file could not be read.
     #[error("cannot read the file: {0}")]
     Unreadable(String),
@@ -105,6 +131,8 @@ pub struct PluginFile {
     pub sha256: String,
     /// Loaded or rejected.
     pub outcome: Outcome,
+    /// When it was checked and loaded (UTC).
+    pub loaded_at: String,
 }
 
 /// Every file found in one scan, in name order.
@@ -174,11 +202,6 @@ fn is_library(path: &Path) -> bool {
             .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
-fn group_or_other_writable(path: &Path) -> std::io::Result<Option<u32>> {
-    let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
-    Ok((mode & 0o022 != 0).then_some(mode))
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -221,9 +244,11 @@ fn summarize(report: &str) -> String {
     }
 }
 
-/// Opens one library and collects its tasks; checks nothing across files.
-fn open_library(path: &Path) -> Result<Candidate, Rejection> {
-    let header = lib_header_from_path(path).map_err(classify)?;
+/// Opens one library (its private copy `copy`) and collects its tasks,
+/// recorded as coming from `path` (whose bytes hash to `sha256`); checks
+/// nothing across files.
+fn open_library(copy: &Path, path: &Path, sha256: &str) -> Result<Candidate, Rejection> {
+    let header = lib_header_from_path(copy).map_err(classify)?;
     let api_version = header.version_strings().version.to_string();
     let module = header
         .init_root_module::<TagPluginRef>()
@@ -231,39 +256,51 @@ fn open_library(path: &Path) -> Result<Candidate, Rejection> {
     let tasks = (module.tasks())()
         .into_result()
         .map_err(|e| Rejection::StartFailed(e.to_string()))?;
-    let tags = tasks
-        .into_iter()
-        .map(|task| RegisteredTag::new(task, path.to_path_buf()))
-        .collect::<Vec<_>>();
-    Ok(Candidate {
+    let identity = PluginIdentity {
         name: module.name().to_string(),
         version: module.version().to_string(),
+        sha256: sha256.to_string(),
+    };
+    let tags = tasks
+        .into_iter()
+        .map(|task| RegisteredTag::new(task, path.to_path_buf(), identity.clone()))
+        .collect::<Vec<_>>();
+    Ok(Candidate {
+        name: identity.name,
+        version: identity.version,
         api_version,
         tags,
     })
 }
 
-/// Verifies and opens one file, given the tags registered so far.
-fn load_file(
-    path: &Path,
-    dir_mode: Option<u32>,
-    taken: &BTreeMap<u32, Arc<RegisteredTag>>,
-) -> (String, Result<Candidate, Rejection>) {
-    let bytes = match std::fs::read(path) {
+/// Checks and copies one file (nothing is loaded yet): its SHA-256 and
+/// the private copy to load.
+fn vet_file(path: &Path, copies: &Path) -> (String, Result<PathBuf, Rejection>) {
+    let real = match trust::check_path(path) {
+        Ok(real) => real,
+        Err(rejection) => return (String::new(), Err(rejection)),
+    };
+    let bytes = match std::fs::read(&real) {
         Ok(bytes) => bytes,
         Err(e) => return (String::new(), Err(Rejection::Unreadable(e.to_string()))),
     };
     let sha256 = sha256_hex(&bytes);
-    drop(bytes);
-    if let Some(mode) = dir_mode {
-        return (sha256, Err(Rejection::WritableDirectory { mode }));
-    }
-    match group_or_other_writable(path) {
-        Ok(Some(mode)) => return (sha256, Err(Rejection::WritableFile { mode })),
-        Err(e) => return (sha256, Err(Rejection::Unreadable(e.to_string()))),
-        Ok(None) => {}
-    }
-    let result = open_library(path).and_then(|candidate| {
+    let copy = trust::check_elf(&bytes).and_then(|()| trust::private_copy(copies, &sha256, &bytes));
+    (sha256, copy)
+}
+
+/// Verifies and opens one file, given the tags registered so far.
+fn load_file(
+    path: &Path,
+    copies: &Path,
+    taken: &BTreeMap<u32, Arc<RegisteredTag>>,
+) -> (String, Result<Candidate, Rejection>) {
+    let (sha256, copy) = vet_file(path, copies);
+    let copy = match copy {
+        Ok(copy) => copy,
+        Err(rejection) => return (sha256, Err(rejection)),
+    };
+    let result = open_library(&copy, path, &sha256).and_then(|candidate| {
         let mut seen = BTreeMap::new();
         for tag in &candidate.tags {
             let id = tag.info.tag_id;
@@ -285,8 +322,30 @@ fn load_file(
     (sha256, result)
 }
 
-/// Loads every plugin library in `dir` into a fresh registry.
+/// Where private copies of plugin libraries go by default:
+/// `$XDG_CACHE_HOME/tag-server/plugins`, `$HOME/.cache/tag-server/plugins`,
+/// or `<temp dir>/tag-server-plugins-<uid>`.
+pub fn default_copies_dir() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    match cache {
+        Some(cache) => cache.join("tag-server").join("plugins"),
+        None => std::env::temp_dir().join(format!("tag-server-plugins-{}", unsafe {
+            // SAFETY: geteuid has no preconditions.
+            libc::geteuid()
+        })),
+    }
+}
+
+/// Loads every plugin library in `dir` into a fresh registry, loading
+/// private copies from [`default_copies_dir`].
 pub fn load_dir(dir: &Path) -> Result<(TagRegistry, LoadReport), ScanError> {
+    load_dir_with(dir, &default_copies_dir())
+}
+
+/// Loads every plugin library in `dir`, loading private copies made in `copies`.
+pub fn load_dir_with(dir: &Path, copies: &Path) -> Result<(TagRegistry, LoadReport), ScanError> {
     let scan_error = |source| ScanError {
         dir: dir.to_path_buf(),
         source,
@@ -297,11 +356,10 @@ pub fn load_dir(dir: &Path) -> Result<(TagRegistry, LoadReport), ScanError> {
         .filter(|p| is_library(p) && p.is_file())
         .collect::<Vec<_>>();
     paths.sort();
-    let dir_mode = group_or_other_writable(dir).map_err(scan_error)?;
     let mut tags = BTreeMap::new();
     let mut report = LoadReport::default();
     for path in paths {
-        let (sha256, result) = load_file(&path, dir_mode, &tags);
+        let (sha256, result) = load_file(&path, copies, &tags);
         let outcome = match result {
             Ok(candidate) => Outcome::Loaded(candidate.register(&mut tags)),
             Err(rejection) => Outcome::Rejected(rejection),
@@ -310,6 +368,7 @@ pub fn load_dir(dir: &Path) -> Result<(TagRegistry, LoadReport), ScanError> {
             path,
             sha256,
             outcome,
+            loaded_at: crate::model::now_timestamp(),
         });
     }
     Ok((TagRegistry::new(tags), report))
@@ -317,12 +376,8 @@ pub fn load_dir(dir: &Path) -> Result<(TagRegistry, LoadReport), ScanError> {
 
 /// Loads a single library file (as `tag-server plugins check` does), with
 /// the same checks as a directory scan.
-pub fn load_file_alone(path: &Path) -> (TagRegistry, PluginFile) {
-    let dir_mode = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .and_then(|p| group_or_other_writable(p).ok().flatten());
-    let (sha256, result) = load_file(path, dir_mode, &BTreeMap::new());
+pub fn load_file_alone(path: &Path, copies: &Path) -> (TagRegistry, PluginFile) {
+    let (sha256, result) = load_file(path, copies, &BTreeMap::new());
     let (registry, outcome) = match result {
         Ok(candidate) => {
             let mut tags = BTreeMap::new();
@@ -337,6 +392,7 @@ pub fn load_file_alone(path: &Path) -> (TagRegistry, PluginFile) {
             path: path.to_path_buf(),
             sha256,
             outcome,
+            loaded_at: crate::model::now_timestamp(),
         },
     )
 }

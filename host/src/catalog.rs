@@ -1,0 +1,83 @@
+//! The plugins a server offers: the last scan of its plugins directory and
+//! the registry built from it. A reload (`POST /api/v1/plugins/reload`,
+//! SIGHUP) scans again and replaces both whole; tasks already running keep
+//! the registry they started with, and the libraries they call stay mapped
+//! (a library is never unloaded).
+
+use crate::plugins::{self, LoadReport};
+use crate::registry::TagRegistry;
+use crate::store::Store;
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// The current plugins and how to scan for them again.
+pub struct Catalog {
+    dir: PathBuf,
+    copies: PathBuf,
+    registry: Arc<RwLock<TagRegistry>>,
+    report: RwLock<Arc<LoadReport>>,
+    reloading: Mutex<()>,
+}
+
+impl Catalog {
+    /// Scans `dir` (private copies in `copies`) and seeds each new tag's
+    /// rule in `store`.
+    pub fn open(dir: PathBuf, copies: PathBuf, store: &dyn Store) -> anyhow::Result<Catalog> {
+        let catalog = Catalog {
+            dir,
+            copies,
+            registry: Arc::default(),
+            report: RwLock::default(),
+            reloading: Mutex::new(()),
+        };
+        catalog.reload(store)?;
+        Ok(catalog)
+    }
+
+    /// Scans again; on success the new registry and report replace the old
+    /// ones whole (on failure nothing changes).
+    pub fn reload(&self, store: &dyn Store) -> anyhow::Result<Arc<LoadReport>> {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let (registry, report) =
+            plugins::load_dir_with(&self.dir, &self.copies).context("loading plugins")?;
+        log(&self.dir, &registry, &report);
+        for tag in registry.iter() {
+            store
+                .seed_rule(tag.info.tag_id, &tag.info.default_rule)
+                .context("seeding rules")?;
+        }
+        let report = Arc::new(report);
+        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;
+        *self.report.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&report);
+        Ok(report)
+    }
+
+    /// The shared registry handle (replaced in place by a reload).
+    pub fn registry(&self) -> Arc<RwLock<TagRegistry>> {
+        Arc::clone(&self.registry)
+    }
+
+    /// The last scan.
+    pub fn report(&self) -> Arc<LoadReport> {
+        Arc::clone(&self.report.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The plugins directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn log(dir: &Path, registry: &TagRegistry, report: &LoadReport) {
+    for (file, plugin) in report.loaded() {
+        tracing::info!(file = %file.path.display(), sha256 = %file.sha256, plugin = %plugin.name, version = %plugin.version,
+            tags = ?plugin.tags.iter().map(|t| t.tag_id).collect::<Vec<_>>(), "plugin loaded");
+    }
+    for (file, reason) in report.rejected() {
+        tracing::warn!(file = %file.path.display(), reason = %reason, "plugin rejected");
+    }
+    if registry.is_empty() {
+        tracing::warn!(dir = %dir.display(), "no tags loaded: every trigger will be refused");
+    }
+}
