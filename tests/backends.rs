@@ -599,6 +599,36 @@ fn cancels_reach_tasks_queued_or_running_in_another_process(backend: Backend) {
     );
 }
 
+/// Tag ownership in the store: recorded once, replaced only by a transfer.
+fn tag_owners_are_recorded_once_and_moved_only_by_a_transfer(backend: Backend) {
+    let store = tag_host::store::open(&backend.url()).expect("open the store");
+    let claims = [(1, "wealth".to_string()), (6, "wealth".to_string())];
+    store.record_tag_owners(&claims).unwrap();
+    store
+        .record_tag_owners(&[(1, "usurper".to_string())])
+        .unwrap();
+    let owners = store.tag_owners().unwrap();
+    assert_eq!(owners.len(), 2);
+    assert_eq!(
+        owners[&1], "wealth",
+        "a recorded owner is never replaced by a claim"
+    );
+    assert_eq!(
+        store.set_tag_owner(1, "usurper").unwrap().as_deref(),
+        Some("wealth")
+    );
+    assert_eq!(store.set_tag_owner(950, "usurper").unwrap(), None);
+    let owners = store.tag_owners().unwrap();
+    assert_eq!(
+        (
+            owners[&1].as_str(),
+            owners[&6].as_str(),
+            owners[&950].as_str()
+        ),
+        ("usurper", "wealth", "usurper")
+    );
+}
+
 macro_rules! on_every_backend {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite {
@@ -624,6 +654,7 @@ on_every_backend!(
     a_task_that_kills_the_server_is_failed_after_its_second_crash,
     three_processes_share_the_queue_and_take_over_from_one_killed_mid_run,
     cancels_reach_tasks_queued_or_running_in_another_process,
+    tag_owners_are_recorded_once_and_moved_only_by_a_transfer,
 );
 
 /// `tag-server run` against a `scheme://` store on a closed port fails,

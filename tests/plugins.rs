@@ -325,12 +325,17 @@ fn bad_files_are_rejected_precisely_while_the_rest_load() {
         rejection(&report, "d_not_a_plugin.so"),
         &Rejection::NotATagPlugin
     );
-    match rejection(&report, "e_wealth_copy.so") {
-        Rejection::DuplicateTagId { tag_id, other } => {
-            assert_eq!(*tag_id, 1);
-            assert_eq!(other.file_name().unwrap(), "a_wealth.so");
+    // Two files claim tags 1 and 6 with no recorded owner: neither loads,
+    // whatever their names' order.
+    for file in ["a_wealth.so", "e_wealth_copy.so"] {
+        match rejection(&report, file) {
+            Rejection::ContestedTagId { tag_id, files } => {
+                assert_eq!(*tag_id, 1);
+                let names: Vec<_> = files.iter().map(|f| f.file_name().unwrap()).collect();
+                assert_eq!(names, ["a_wealth.so", "e_wealth_copy.so"]);
+            }
+            other => panic!("{file}: {other:?}"),
         }
-        other => panic!("{other:?}"),
     }
     assert_eq!(
         rejection(&report, "f_risk_world_writable.so"),
@@ -341,23 +346,19 @@ fn bad_files_are_rejected_precisely_while_the_rest_load() {
         Rejection::NotALibrary(_)
     ));
 
-    // Both files of the duplicate are named in the message a person reads.
+    // Both files of the clash are named in the message a person reads.
     let text = report.to_string();
     let line = text
         .lines()
-        .find(|l| l.contains("e_wealth_copy.so:"))
-        .expect("duplicate reported");
+        .find(|l| l.starts_with("REJECTED") && l.contains("e_wealth_copy.so:"))
+        .expect("clash reported");
     assert!(
-        line.contains("duplicate tag id 1") && line.contains("a_wealth.so"),
+        line.contains("tag id 1 is claimed by") && line.contains("a_wealth.so"),
         "{line}"
     );
 
-    // The good files still loaded: wealth (1, 6), behavior (2, 8), lifecycle (4, 5).
-    assert_eq!(registry.ids(), vec![1, 2, 4, 5, 6, 8]);
-    assert_eq!(
-        registry.get(1).unwrap().source.file_name().unwrap(),
-        "a_wealth.so"
-    );
+    // The good files still loaded: behavior (2, 8), lifecycle (4, 5).
+    assert_eq!(registry.ids(), vec![2, 4, 5, 8]);
 }
 
 #[test]
@@ -851,4 +852,176 @@ fn sighup_reloads_the_plugins_of_a_running_server() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+fn available_classes(server: &TestServer) -> std::collections::BTreeMap<u64, String> {
+    let (_, body) = server.get("/api/v1/tags/available").unwrap();
+    body["available_tags"]
+        .as_array()
+        .expect("a tag list")
+        .iter()
+        .map(|t| {
+            (
+                t["tag_id"].as_u64().unwrap(),
+                t["task_class"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_recorded_owner_keeps_its_tag_ids_until_an_explicit_transfer() {
+    use serde_json::json;
+    let data = sample_data(200);
+    let dir = plugins_dir(&[("wealth.so", plugin("wealth"))]);
+    let work = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path(), dir.path(), &work.path().join("t.db"), &[]);
+    assert_eq!(available_classes(&server)[&1], "HighNetWorthUserTask");
+
+    // Another plugin claiming tag 1 is rejected, named; wealth keeps serving.
+    install(dir.path(), "a_usurper.so", &fixture("usurper"));
+    let (_, listing) = server.post("/api/v1/plugins/reload", &json!({}));
+    let usurper = listing["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file"] == "a_usurper.so")
+        .unwrap();
+    let reason = usurper["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("belongs to plugin tag-plugin-wealth")
+            && reason.contains("tag-fixture-usurper"),
+        "{reason}"
+    );
+    assert_eq!(available_classes(&server)[&1], "HighNetWorthUserTask");
+    assert_eq!(server.get("/health").unwrap().1["status"], "degraded");
+
+    // The transfer is an explicit call; then the new owner serves tag 1 and
+    // the old owner's library, still claiming it, is rejected.
+    let (code, moved) = server.post(
+        "/api/v1/tags/1/owner",
+        &json!({"plugin": "tag-fixture-usurper"}),
+    );
+    assert_eq!(code, 200, "{moved}");
+    assert_eq!(moved["previous_owner"], "tag-plugin-wealth");
+    let classes = available_classes(&server);
+    assert_eq!(classes[&1], "UsurperTask");
+    assert_eq!(classes[&950], "UsurperOwnTask");
+    let (code, bad) = server.post("/api/v1/tags/1/owner", &json!({"plugin": ""}));
+    assert_eq!((code, &bad["success"]), (400, &json!(false)));
+}
+
+#[test]
+fn a_clash_without_a_recorded_owner_rejects_every_claimant() {
+    use serde_json::json;
+    let data = sample_data(200);
+    // The usurper sorts first: file order must not decide.
+    let dir = plugins_dir(&[
+        ("a_usurper.so", fixture("usurper")),
+        ("wealth.so", plugin("wealth")),
+        ("behavior.so", plugin("behavior")),
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path(), dir.path(), &work.path().join("t.db"), &[]);
+    let classes = available_classes(&server);
+    assert_eq!(
+        classes.keys().copied().collect::<Vec<_>>(),
+        vec![2, 8],
+        "{classes:?}"
+    );
+    let (_, listing) = server.get("/api/v1/plugins").unwrap();
+    assert_eq!(listing["rejected"], 2);
+    for file in listing["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["status"] == "rejected")
+    {
+        let reason = file["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("tag id 1 is claimed by")
+                && reason.contains("a_usurper.so")
+                && reason.contains("wealth.so"),
+            "{reason}"
+        );
+    }
+    let (code, health) = server.get("/health").unwrap();
+    assert_eq!(
+        (code, &health["status"], &health["rejected_plugins"]),
+        (200, &json!("degraded"), &json!(2))
+    );
+}
+
+#[test]
+fn plugins_check_with_a_data_dir_evaluates_real_rows_and_names_each_problem() {
+    let data = sample_data(400);
+    let dir = plugins_dir(&[
+        ("wealth.so", plugin("wealth")),
+        ("misbehaving.so", fixture("misbehaving")),
+    ]);
+    let check_sample = |file: &str, data_dir: &Path, sample: &str| {
+        let library = dir.path().join(file);
+        tag_server(&[
+            "plugins",
+            "check",
+            library.to_str().unwrap(),
+            "--as-of",
+            "2025-01-15",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--sample",
+            sample,
+        ])
+    };
+    let check = |file: &str, data_dir: &Path| check_sample(file, data_dir, "1000");
+    // Real rows: the counts equal the independent computation's.
+    let (code, out, err) = check("wealth.so", data.path());
+    assert_eq!(code, 0, "{out}{err}");
+    let expected = oracle::expected(
+        data.path(),
+        Date::parse("2025-01-15").unwrap().days(),
+        &[1, 6],
+    );
+    for (tag, class) in [(1, "HighNetWorthUserTask"), (6, "CashRichUserTask")] {
+        let holders = expected.values().filter(|t| t.contains(&tag)).count();
+        assert!(holders > 0);
+        let line =
+            format!("ok      tag {tag} {class} on data: {holders} of 400 users matched; e.g. ");
+        assert!(out.contains(&line), "{line:?} missing from:\n{out}");
+    }
+
+    // A custom evaluate runs on those rows too: the panicking tag fails.
+    // (Fifty users: tag 905 kills the process on batches of 100 or more,
+    // which no check inside the process can survive.)
+    let (code, out, _) = check_sample("misbehaving.so", data.path(), "50");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("FAILED  tag 901")
+            && l.contains("on data")
+            && l.contains("panicked")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok      tag 904") && l.contains("on data")),
+        "{out}"
+    );
+
+    // A misspelt column, then a missing table.
+    use polars::prelude::*;
+    let asset = data.path().join("user_asset_summary.parquet");
+    let mut df = ParquetReader::new(std::fs::File::open(&asset).unwrap())
+        .finish()
+        .unwrap();
+    df.rename("cash_balance", "cash_balanse".into()).unwrap();
+    ParquetWriter::new(std::fs::File::create(&asset).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let (code, out, _) = check("wealth.so", data.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED  tag 6 CashRichUserTask on data: table user_asset_summary: column cash_balance not found"), "{out}");
+    std::fs::remove_file(&asset).unwrap();
+    let (code, out, _) = check("wealth.so", data.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED  tag 1 HighNetWorthUserTask on data: table user_asset_summary: no user_asset_summary.parquet"), "{out}");
 }

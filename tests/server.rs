@@ -165,7 +165,21 @@ fn a_changed_rule_revokes_the_tag_and_leaves_other_tags_alone() {
         json!({"field": "cash_balance", "operator": ">=", "value": 1e12}),
     );
     assert_eq!(code, 200, "{reply}");
-    assert_eq!(reply["rule"]["version"], 2);
+    assert_eq!(
+        (&reply["rule"]["version"], &reply["changed"]),
+        (&json!(2), &json!(true))
+    );
+    // The same rule again (keys in another order, wrapped): no new version.
+    let (code, reply) = put_rule(
+        &env.server,
+        6,
+        json!({"rule": {"value": 1e12, "operator": ">=", "field": "cash_balance"}}),
+    );
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(
+        (&reply["rule"]["version"], &reply["changed"]),
+        (&json!(2), &json!(false))
+    );
     let result = env.server.run(json!({"tag_ids": [6], "as_of": AS_OF}));
     assert_eq!(
         result["tags"][0]["removed"].as_u64().unwrap() as usize,

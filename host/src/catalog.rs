@@ -39,9 +39,13 @@ impl Catalog {
     /// ones whole (on failure nothing changes).
     pub fn reload(&self, store: &dyn Store) -> anyhow::Result<Arc<LoadReport>> {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let owners = store.tag_owners().context("reading tag owners")?;
         let (registry, report) =
-            plugins::load_dir_with(&self.dir, &self.copies).context("loading plugins")?;
+            plugins::load_dir_with(&self.dir, &self.copies, &owners).context("loading plugins")?;
         log(&self.dir, &registry, &report);
+        store
+            .record_tag_owners(&report.unowned(&owners))
+            .context("recording tag owners")?;
         for tag in registry.iter() {
             store
                 .seed_rule(tag.info.tag_id, &tag.info.default_rule)

@@ -37,7 +37,8 @@ pub struct TagInfo {
     pub description: String,
     /// Category, e.g. `财富类`.
     pub category: String,
-    /// The tag's version (defaults to the plugin crate's version).
+    /// The tag's version: `"1"` unless set with [`TagInfo::version`]
+    /// (the reference plugins pass `env!("CARGO_PKG_VERSION")`).
     pub version: String,
     /// Columns read.
     pub inputs: Vec<Input>,

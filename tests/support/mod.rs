@@ -18,7 +18,13 @@ use std::sync::OnceLock;
 /// The reference plugin crates, as (package, library file stem).
 pub const REFERENCE_PLUGINS: [&str; 5] = ["wealth", "behavior", "risk", "lifecycle", "demographic"];
 /// The test-fixture crates.
-pub const FIXTURES: [&str; 4] = ["misbehaving", "incompatible", "not-a-plugin", "constructor"];
+pub const FIXTURES: [&str; 5] = [
+    "misbehaving",
+    "incompatible",
+    "not-a-plugin",
+    "constructor",
+    "usurper",
+];
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {

@@ -143,6 +143,10 @@ pub struct Config {
     /// from the AWS environment variables or `AWS_PROFILE`).
     #[arg(long, default_value = "data", env = "TAG_DATA_DIR", global = true, value_parser = DataLocation::from_str)]
     pub data_dir: DataLocation,
+    /// Whether the data location was given (flag, variable or profile)
+    /// rather than left at its default.
+    #[arg(skip)]
+    pub data_dir_given: bool,
     /// Where S3 tables are mirrored for reading [default: <temp dir>/tag-server-s3].
     #[arg(long, env = "TAG_S3_CACHE_DIR", global = true)]
     pub s3_cache_dir: Option<PathBuf>,
@@ -241,13 +245,19 @@ pub struct PluginsArgs {
 #[derive(Debug, Subcommand)]
 pub enum PluginsAction {
     /// Load one plugin library and evaluate each of its tags' default rules
-    /// on a built-in sample batch, to verify a plugin before shipping it.
+    /// on a built-in sample batch and, when `--data-dir` is given, on the
+    /// first `--sample` users of that real data, to verify a plugin before
+    /// shipping it.
     Check {
         /// The library file (.so).
         file: PathBuf,
         /// Reference date for date rules (YYYY-MM-DD) [default: today, UTC].
         #[arg(long, value_parser = parse_date)]
         as_of: Option<Date>,
+        /// With `--data-dir` (or a profile's data_dir): how many users of
+        /// the real data each tag is evaluated on.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+        sample: u32,
     },
 }
 

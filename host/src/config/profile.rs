@@ -67,7 +67,9 @@ pub fn resolve(config: &mut Config, matches: &ArgMatches) -> Result<(), ConfigEr
             None
         }
     };
+    config.data_dir_given = !defaulted(matches, "data_dir");
     if let Some(profile) = profile {
+        config.data_dir_given |= profile.data_dir.is_some();
         check_secrets(&profile, &path, &mut errors);
         apply(profile, config, matches, &mut errors);
     }

@@ -29,6 +29,7 @@ pub mod inputs;
 pub mod load;
 pub mod plan;
 pub mod report;
+pub mod sample;
 pub mod scope;
 #[cfg(test)]
 mod testkit;

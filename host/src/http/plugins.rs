@@ -1,8 +1,9 @@
-//! Plugins: what the last scan found, and reloads.
+//! Plugins: what the last scan found, reloads, and tag ownership transfers.
 
 use super::{ApiError, AppState};
 use crate::plugins::{LoadReport, Outcome, PluginFile};
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -13,6 +14,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/plugins", get(list))
         .route("/api/v1/plugins/reload", post(reload))
+        .route("/api/v1/tags/{tag_id}/owner", post(transfer))
 }
 
 fn file_json(file: &PluginFile) -> Value {
@@ -56,6 +58,47 @@ fn report_json(state: &AppState, report: &LoadReport) -> Value {
 async fn list(State(state): State<AppState>) -> Json<Value> {
     let report = state.catalog.report();
     Json(report_json(&state, &report))
+}
+
+/// `POST /api/v1/tags/{tag_id}/owner` with `{"plugin": NAME}`: records
+/// NAME as the plugin that owns the tag id (an explicit transfer), then
+/// reloads, so that plugin's library can serve it.
+async fn transfer(
+    State(state): State<AppState>,
+    Path(tag_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let tag_id: u32 = tag_id
+        .parse()
+        .ok()
+        .filter(|_| tag_id.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                format!("tag id must be a positive integer, got \"{tag_id}\""),
+                "标签ID无效",
+            )
+        })?;
+    let plugin = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("plugin").and_then(Value::as_str).map(str::to_string))
+        .filter(|p| !p.trim().is_empty() && p.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "body must be {\"plugin\": NAME}, the plugin crate's name (1 to 255 characters)",
+                "请求体必须包含plugin名称",
+            )
+        })?;
+    let name = plugin.clone();
+    let previous = state
+        .blocking(move |s| s.set_tag_owner(tag_id, &name))
+        .await?;
+    tracing::warn!(tag_id, owner = %plugin, previous = ?previous, "tag ownership transferred");
+    let Json(mut body) = reload(State(state)).await?;
+    body["tag_id"] = json!(tag_id);
+    body["owner"] = json!(plugin);
+    body["previous_owner"] = json!(previous);
+    body["message"] = json!("标签归属已转移，插件已重新加载");
+    Ok(Json(body))
 }
 
 /// `POST /api/v1/plugins/reload`: scans the plugins directory again. New

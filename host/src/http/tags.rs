@@ -91,10 +91,23 @@ async fn put_rule(
         .ok_or_else(|| ApiError::not_found(format!("Unknown tag_id: {tag_id}"), "标签不存在"))?;
     tag.validate_rule(&text)
         .map_err(|e| ApiError::bad_request(format!("Invalid rule: {e}"), "规则无效"))?;
-    let saved = state.blocking(move |s| s.save_rule(tag_id, &text)).await?;
+    let current = state.blocking(move |s| s.current_rule(tag_id)).await?;
+    let same = current
+        .as_ref()
+        .and_then(|c| serde_json::from_str::<Value>(&c.rule).ok())
+        .is_some_and(|stored| stored == rule);
+    // Sending the rule in effect again changes nothing (no new version).
+    let (saved, changed) = match current {
+        Some(current) if same => (current, false),
+        _ => (
+            state.blocking(move |s| s.save_rule(tag_id, &text)).await?,
+            true,
+        ),
+    };
     Ok(Json(json!({
         "success": true,
         "tag_id": tag_id,
+        "changed": changed,
         "rule": {"version": saved.version, "rule": rule, "created_at": saved.created_at},
     })))
 }

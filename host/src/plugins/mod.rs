@@ -14,7 +14,7 @@ pub mod trust;
 use crate::registry::{PluginIdentity, RegisteredTag, TagRegistry};
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -90,13 +90,31 @@ pub enum Rejection {
     /// The plugin's own start-up failed.
     #[error("the plugin failed to start: {0}")]
     StartFailed(String),
-    /// The plugin provides a tag id another file already provides.
-    #[error("duplicate tag id {tag_id}: already provided by {}", other.display())]
+    /// The library claims one tag id twice.
+    #[error("duplicate tag id {tag_id}: {} provides it twice", other.display())]
     DuplicateTagId {
         /// The tag id.
         tag_id: u32,
-        /// The file that provided it first (this file is rejected whole).
+        /// The file.
         other: PathBuf,
+    },
+    /// The tag id belongs to another plugin (recorded in the store).
+    #[error("tag id {tag_id} belongs to plugin {owner}; this file's plugin {plugin} claims it: the owner keeps it (transfer it with POST /api/v1/tags/{tag_id}/owner)")]
+    OwnedByOther {
+        /// The tag id.
+        tag_id: u32,
+        /// Its recorded owner.
+        owner: String,
+        /// The plugin of this file.
+        plugin: String,
+    },
+    /// Several files claim a tag id that has no recorded owner.
+    #[error("tag id {tag_id} is claimed by {} and has no recorded owner: none of them is loaded (remove all but one, or record an owner with POST /api/v1/tags/{tag_id}/owner)", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(" and "))]
+    ContestedTagId {
+        /// The tag id.
+        tag_id: u32,
+        /// Every file claiming it.
+        files: Vec<PathBuf>,
     },
 }
 
@@ -149,6 +167,15 @@ impl LoadReport {
             Outcome::Rejected(r) => Some((f, r)),
             Outcome::Loaded(_) => None,
         })
+    }
+
+    /// The tag ids loaded that have no owner in `owners`, with the plugin
+    /// that now serves them: the owners to record.
+    pub fn unowned(&self, owners: &HashMap<u32, String>) -> Vec<(u32, String)> {
+        self.loaded()
+            .flat_map(|(_, p)| p.tags.iter().map(move |t| (t.tag_id, p.name.clone())))
+            .filter(|(id, _)| !owners.contains_key(id))
+            .collect()
     }
 
     /// The files that loaded.
@@ -289,30 +316,20 @@ fn vet_file(path: &Path, copies: &Path) -> (String, Result<PathBuf, Rejection>) 
     (sha256, copy)
 }
 
-/// Verifies and opens one file, given the tags registered so far.
-fn load_file(
-    path: &Path,
-    copies: &Path,
-    taken: &BTreeMap<u32, Arc<RegisteredTag>>,
-) -> (String, Result<Candidate, Rejection>) {
+/// Verifies and opens one file; checks nothing across files but that the
+/// library does not claim one id twice.
+fn load_file(path: &Path, copies: &Path) -> (String, Result<Candidate, Rejection>) {
     let (sha256, copy) = vet_file(path, copies);
     let copy = match copy {
         Ok(copy) => copy,
         Err(rejection) => return (sha256, Err(rejection)),
     };
     let result = open_library(&copy, path, &sha256).and_then(|candidate| {
-        let mut seen = BTreeMap::new();
+        let mut seen = std::collections::BTreeSet::new();
         for tag in &candidate.tags {
-            let id = tag.info.tag_id;
-            if let Some(other) = taken.get(&id) {
+            if !seen.insert(tag.info.tag_id) {
                 return Err(Rejection::DuplicateTagId {
-                    tag_id: id,
-                    other: other.source.clone(),
-                });
-            }
-            if seen.insert(id, ()).is_some() {
-                return Err(Rejection::DuplicateTagId {
-                    tag_id: id,
+                    tag_id: tag.info.tag_id,
                     other: path.to_path_buf(),
                 });
             }
@@ -320,6 +337,54 @@ fn load_file(
         Ok(candidate)
     });
     (sha256, result)
+}
+
+/// Decides, across the files of one scan, which libraries may serve their
+/// tag ids: a library claiming an id whose recorded owner is another plugin
+/// is rejected (the owner keeps it); an id claimed by several of the
+/// remaining libraries rejects every one of them, named (nothing is decided
+/// by file-name order).
+fn settle_claims(
+    paths: &[PathBuf],
+    results: &mut [Result<Candidate, Rejection>],
+    owners: &HashMap<u32, String>,
+) {
+    for result in results.iter_mut() {
+        let Ok(candidate) = result else { continue };
+        let taken = candidate.tags.iter().find_map(|t| {
+            let id = t.info.tag_id;
+            owners
+                .get(&id)
+                .filter(|owner| **owner != candidate.name)
+                .map(|owner| (id, owner.clone()))
+        });
+        if let Some((tag_id, owner)) = taken {
+            *result = Err(Rejection::OwnedByOther {
+                tag_id,
+                owner,
+                plugin: candidate.name.clone(),
+            });
+        }
+    }
+    let mut claimants: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, result) in results.iter().enumerate() {
+        if let Ok(candidate) = result {
+            for tag in &candidate.tags {
+                claimants.entry(tag.info.tag_id).or_default().push(i);
+            }
+        }
+    }
+    for (tag_id, files) in claimants.into_iter().filter(|(_, f)| f.len() > 1) {
+        let named: Vec<PathBuf> = files.iter().map(|&i| paths[i].clone()).collect();
+        for i in files {
+            if results[i].is_ok() {
+                results[i] = Err(Rejection::ContestedTagId {
+                    tag_id,
+                    files: named.clone(),
+                });
+            }
+        }
+    }
 }
 
 /// Where private copies of plugin libraries go by default:
@@ -339,13 +404,18 @@ pub fn default_copies_dir() -> PathBuf {
 }
 
 /// Loads every plugin library in `dir` into a fresh registry, loading
-/// private copies from [`default_copies_dir`].
+/// private copies from [`default_copies_dir`], with no recorded owners.
 pub fn load_dir(dir: &Path) -> Result<(TagRegistry, LoadReport), ScanError> {
-    load_dir_with(dir, &default_copies_dir())
+    load_dir_with(dir, &default_copies_dir(), &HashMap::new())
 }
 
-/// Loads every plugin library in `dir`, loading private copies made in `copies`.
-pub fn load_dir_with(dir: &Path, copies: &Path) -> Result<(TagRegistry, LoadReport), ScanError> {
+/// Loads every plugin library in `dir`, loading private copies made in
+/// `copies`, honouring the recorded tag `owners` (tag id to plugin name).
+pub fn load_dir_with(
+    dir: &Path,
+    copies: &Path,
+    owners: &HashMap<u32, String>,
+) -> Result<(TagRegistry, LoadReport), ScanError> {
     let scan_error = |source| ScanError {
         dir: dir.to_path_buf(),
         source,
@@ -356,10 +426,17 @@ pub fn load_dir_with(dir: &Path, copies: &Path) -> Result<(TagRegistry, LoadRepo
         .filter(|p| is_library(p) && p.is_file())
         .collect::<Vec<_>>();
     paths.sort();
+    let mut stamps = Vec::with_capacity(paths.len());
+    let mut results = Vec::with_capacity(paths.len());
+    for path in &paths {
+        let (sha256, result) = load_file(path, copies);
+        stamps.push((sha256, crate::model::now_timestamp()));
+        results.push(result);
+    }
+    settle_claims(&paths, &mut results, owners);
     let mut tags = BTreeMap::new();
     let mut report = LoadReport::default();
-    for path in paths {
-        let (sha256, result) = load_file(&path, copies, &tags);
+    for ((path, (sha256, loaded_at)), result) in paths.into_iter().zip(stamps).zip(results) {
         let outcome = match result {
             Ok(candidate) => Outcome::Loaded(candidate.register(&mut tags)),
             Err(rejection) => Outcome::Rejected(rejection),
@@ -368,7 +445,7 @@ pub fn load_dir_with(dir: &Path, copies: &Path) -> Result<(TagRegistry, LoadRepo
             path,
             sha256,
             outcome,
-            loaded_at: crate::model::now_timestamp(),
+            loaded_at,
         });
     }
     Ok((TagRegistry::new(tags), report))
@@ -377,7 +454,7 @@ pub fn load_dir_with(dir: &Path, copies: &Path) -> Result<(TagRegistry, LoadRepo
 /// Loads a single library file (as `tag-server plugins check` does), with
 /// the same checks as a directory scan.
 pub fn load_file_alone(path: &Path, copies: &Path) -> (TagRegistry, PluginFile) {
-    let (sha256, result) = load_file(path, copies, &BTreeMap::new());
+    let (sha256, result) = load_file(path, copies);
     let (registry, outcome) = match result {
         Ok(candidate) => {
             let mut tags = BTreeMap::new();

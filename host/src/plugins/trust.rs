@@ -153,9 +153,13 @@ pub fn private_copy(dir: &Path, sha256: &str, bytes: &[u8]) -> Result<PathBuf, R
     if std::fs::read(&path).is_ok_and(|existing| existing == bytes) {
         return Ok(path);
     }
-    let partial = dir.join(format!(".{sha256}.partial"));
+    // Several servers (or threads) may copy the same library at once: each
+    // writes a file of its own and renames it into place; the copies are
+    // identical, so whichever rename lands last is as good as the first.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = dir.join(format!(".{sha256}.{}.{unique}.partial", std::process::id()));
     let failed = |e: std::io::Error| Rejection::PrivateCopy(format!("{}: {e}", partial.display()));
-    let _ = std::fs::remove_file(&partial);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

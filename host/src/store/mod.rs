@@ -273,6 +273,14 @@ pub trait Store: Send + Sync {
     /// Saves `rule` as version 1 unless the tag already has a rule.
     fn seed_rule(&self, tag_id: u32, rule: &str) -> Result<RuleVersion, StoreError>;
 
+    /// Which plugin (by name) owns each tag id that has an owner.
+    fn tag_owners(&self) -> Result<HashMap<u32, String>, StoreError>;
+    /// Records owners for tag ids that have none (never replaces one).
+    fn record_tag_owners(&self, claims: &[(u32, String)]) -> Result<(), StoreError>;
+    /// Makes `plugin` the owner of `tag_id` (an explicit transfer); the
+    /// previous owner, if any.
+    fn set_tag_owner(&self, tag_id: u32, plugin: &str) -> Result<Option<String>, StoreError>;
+
     /// Per-tag state of the last successful runs.
     fn tag_states(&self) -> Result<HashMap<u32, TagState>, StoreError>;
     /// Starts a run's write transaction.

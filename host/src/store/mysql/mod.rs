@@ -288,6 +288,36 @@ impl Store for MyStore {
             .ok_or_else(|| StoreError::Database(format!("rule of tag {tag_id} vanished")))
     }
 
+    fn tag_owners(&self) -> Result<HashMap<u32, String>, StoreError> {
+        let rows: Vec<(u32, String)> = self
+            .conn()?
+            .query("SELECT tag_id, plugin FROM tag_owners")
+            .map_err(db)?;
+        Ok(rows.into_iter().collect())
+    }
+
+    fn record_tag_owners(&self, claims: &[(u32, String)]) -> Result<(), StoreError> {
+        let now = now_timestamp();
+        self.conn()?
+            .exec_batch(
+                "INSERT IGNORE INTO tag_owners (tag_id, plugin, recorded_at) VALUES (?, ?, ?)",
+                claims.iter().map(|(id, plugin)| (*id, plugin, &now)),
+            )
+            .map_err(db)
+    }
+
+    fn set_tag_owner(&self, tag_id: u32, plugin: &str) -> Result<Option<String>, StoreError> {
+        let previous = self.tag_owners()?.remove(&tag_id);
+        self.conn()?
+            .exec_drop(
+                "INSERT INTO tag_owners (tag_id, plugin, recorded_at) VALUES (?, ?, ?)
+                 ON DUPLICATE KEY UPDATE plugin = VALUES(plugin), recorded_at = VALUES(recorded_at)",
+                (tag_id, plugin, now_timestamp()),
+            )
+            .map_err(db)?;
+        Ok(previous)
+    }
+
     fn tag_states(&self) -> Result<HashMap<u32, TagState>, StoreError> {
         let rows: Vec<(i64, i64, String, bool)> = self
             .conn()?

@@ -73,6 +73,13 @@ const MIGRATIONS: &[&[&str]] = &[&[
     "ALTER TABLE tasks ADD COLUMN owner VARCHAR(64)",
     "ALTER TABLE tasks ADD COLUMN lease_until BIGINT",
     "ALTER TABLE tasks ADD COLUMN cancel_requested INT NOT NULL DEFAULT 0",
+], &[
+    // 4: which plugin owns each tag id.
+    "CREATE TABLE tag_owners (
+        tag_id BIGINT PRIMARY KEY,
+        plugin VARCHAR(255) NOT NULL,
+        recorded_at VARCHAR(32) NOT NULL
+    ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
 ]];
 
 /// Applies the migrations the database lacks; refuses a newer database.

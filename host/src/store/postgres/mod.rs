@@ -358,6 +358,44 @@ impl Store for PgStore {
             .ok_or_else(|| StoreError::Database(format!("rule of tag {tag_id} vanished")))
     }
 
+    fn tag_owners(&self) -> Result<HashMap<u32, String>, StoreError> {
+        let rows = self
+            .client()?
+            .query("SELECT tag_id, plugin FROM tag_owners", &[])
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u32, r.get::<_, String>(1)))
+            .collect())
+    }
+
+    fn record_tag_owners(&self, claims: &[(u32, String)]) -> Result<(), StoreError> {
+        let mut client = self.client()?;
+        let now = now_timestamp();
+        for (tag_id, plugin) in claims {
+            client
+                .execute(
+                    "INSERT INTO tag_owners (tag_id, plugin, recorded_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (tag_id) DO NOTHING",
+                    &[&(*tag_id as i64), plugin, &now],
+                )
+                .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    fn set_tag_owner(&self, tag_id: u32, plugin: &str) -> Result<Option<String>, StoreError> {
+        let previous = self.tag_owners()?.remove(&tag_id);
+        self.client()?
+            .execute(
+                "INSERT INTO tag_owners (tag_id, plugin, recorded_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (tag_id) DO UPDATE SET plugin = EXCLUDED.plugin, recorded_at = EXCLUDED.recorded_at",
+                &[&(tag_id as i64), &plugin, &now_timestamp()],
+            )
+            .map_err(db)?;
+        Ok(previous)
+    }
+
     fn tag_states(&self) -> Result<HashMap<u32, TagState>, StoreError> {
         let rows = self
             .client()?

@@ -68,6 +68,8 @@ FROM user_tag_sets AS s;
     // 3: which process runs a task, and until when its lease holds.
     "ALTER TABLE tasks ADD COLUMN owner TEXT; ALTER TABLE tasks ADD COLUMN lease_until BIGINT;
      ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;",
+    // 4: which plugin owns each tag id.
+    "CREATE TABLE tag_owners (tag_id BIGINT PRIMARY KEY, plugin TEXT NOT NULL, recorded_at TEXT NOT NULL);",
 ];
 
 /// Applies the migrations the database lacks; refuses a newer database.

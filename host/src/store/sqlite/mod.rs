@@ -56,6 +56,11 @@ CREATE TABLE IF NOT EXISTS tag_rules (
     created_at TEXT NOT NULL,
     PRIMARY KEY (tag_id, version)
 );
+CREATE TABLE IF NOT EXISTS tag_owners (
+    tag_id INTEGER PRIMARY KEY,
+    plugin TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
 ";
 
 /// Control files made before attempts were counted and tasks were leased
@@ -406,6 +411,46 @@ impl Store for SqliteStore {
         })?;
         self.current_rule(tag_id)?
             .ok_or_else(|| StoreError::Database(format!("rule of tag {tag_id} vanished")))
+    }
+
+    fn tag_owners(&self) -> Result<HashMap<u32, String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT tag_id, plugin FROM tag_owners")
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))
+                .map_err(db)?;
+            rows.collect::<Result<_, _>>().map_err(db)
+        })
+    }
+
+    fn record_tag_owners(&self, claims: &[(u32, String)]) -> Result<(), StoreError> {
+        let now = now_timestamp();
+        self.with(|c| {
+            for (tag_id, plugin) in claims {
+                c.execute(
+                    "INSERT OR IGNORE INTO tag_owners (tag_id, plugin, recorded_at) VALUES (?1, ?2, ?3)",
+                    params![tag_id, plugin, now],
+                )
+                .map_err(db)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn set_tag_owner(&self, tag_id: u32, plugin: &str) -> Result<Option<String>, StoreError> {
+        let previous = self.tag_owners()?.remove(&tag_id);
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO tag_owners (tag_id, plugin, recorded_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tag_id) DO UPDATE SET plugin = excluded.plugin, recorded_at = excluded.recorded_at",
+                params![tag_id, plugin, now_timestamp()],
+            )
+            .map_err(db)?;
+            Ok(())
+        })?;
+        Ok(previous)
     }
 
     fn tag_states(&self) -> Result<HashMap<u32, TagState>, StoreError> {
