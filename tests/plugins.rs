@@ -1025,3 +1025,34 @@ fn plugins_check_with_a_data_dir_evaluates_real_rows_and_names_each_problem() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAILED  tag 1 HighNetWorthUserTask on data: table user_asset_summary: no user_asset_summary.parquet"), "{out}");
 }
+
+#[test]
+fn with_watch_plugins_a_dropped_in_library_is_served_without_a_call() {
+    let data = sample_data(100);
+    let dir = plugins_dir(&[("wealth.so", plugin("wealth"))]);
+    let work = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        data.path(),
+        dir.path(),
+        &work.path().join("t.db"),
+        &["--watch-plugins"],
+    );
+    assert_eq!(server.get("/api/v1/plugins").unwrap().1["loaded"], 1);
+    install(dir.path(), "behavior.so", &plugin("behavior"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while available_classes(&server).get(&2).map(String::as_str) != Some("ActiveTraderTask") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new library was never loaded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::fs::remove_file(dir.path().join("behavior.so")).unwrap();
+    while available_classes(&server).contains_key(&2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed library stayed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

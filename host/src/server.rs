@@ -86,6 +86,8 @@ fn has_table(dir: &Path, table: &str) -> bool {
 struct Started {
     core: Core,
     scheduler: Scheduler,
+    /// With `--watch-plugins`: the directory watch (dropped, it stops).
+    _watch: Option<notify::RecommendedWatcher>,
 }
 
 /// Opens the store and plugins and starts the workers (blocking: a network
@@ -100,7 +102,49 @@ fn start(config: &Config) -> anyhow::Result<Started> {
         std::time::Duration::from_secs(config.task_lease_secs.into()),
     )
     .context("starting the workers")?;
-    Ok(Started { core, scheduler })
+    let watch = if config.watch_plugins {
+        Some(watch_plugins(&core).context("watching the plugins directory")?)
+    } else {
+        None
+    };
+    Ok(Started {
+        core,
+        scheduler,
+        _watch: watch,
+    })
+}
+
+/// Reloads the plugins after changes in their directory settle (half a
+/// second without another event), on a thread of its own.
+fn watch_plugins(core: &Core) -> anyhow::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let (changed, changes) = std::sync::mpsc::channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = changed.send(());
+        }
+    })?;
+    watcher.watch(core.catalog.dir(), notify::RecursiveMode::NonRecursive)?;
+    let (catalog, store) = (Arc::clone(&core.catalog), Arc::clone(&core.store));
+    std::thread::Builder::new()
+        .name("plugin-watch".into())
+        .spawn(move || {
+            let settle = std::time::Duration::from_millis(500);
+            // Ends when the watcher (and with it the sender) is dropped.
+            while changes.recv().is_ok() {
+                while changes.recv_timeout(settle).is_ok() {}
+                match catalog.reload(store.as_ref()) {
+                    Ok(report) => tracing::info!(
+                        loaded = report.loaded().count(),
+                        rejected = report.rejected().count(),
+                        "plugins reloaded: the directory changed"
+                    ),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "plugin reload after a change failed; the previous plugins stay"),
+                }
+            }
+        })?;
+    tracing::info!(dir = %core.catalog.dir().display(), "watching the plugins directory");
+    Ok(watcher)
 }
 
 /// Whether start-up failed only because the store cannot be reached now.

@@ -173,6 +173,10 @@ pub struct Config {
     /// process dies, its running tasks are taken by another after this.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..=3600), env = "TAG_TASK_LEASE_SECS", global = true)]
     pub task_lease_secs: u32,
+    /// Reload the plugins whenever a file in the plugins directory changes
+    /// (after half a second without further changes).
+    #[arg(long, env = "TAG_WATCH_PLUGINS", global = true)]
+    pub watch_plugins: bool,
     /// Rows per batch handed to a plugin.
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..), env = "TAG_BATCH_ROWS", global = true)]
     pub batch_rows: u32,
