@@ -83,16 +83,10 @@ def run_duckdb(data, out, as_of):
     con.execute(f"COPY ({duckdb_tagged(data, as_of)}) TO '{out}' (FORMAT parquet)")
 
 
-def run_duckdb_table(data, out, as_of):
-    import duckdb
-
-    for path in (out, out + ".wal"):
-        if os.path.exists(path):
-            os.remove(path)
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    # tag_details members, one per tag, as tag-server writes them for a first
-    # run (rule version 1); list element i is tag i.
-    members = [
+def detail_members(now):
+    """tag_details members, one per tag, as tag-server writes them for a
+    first run (rule version 1); list element i is tag i + 1."""
+    return [
         f'"{tag}":'
         + json.dumps(
             {"tag_name": name, "tag_category": category, "hit_time": now, "rule_version": 1},
@@ -101,6 +95,16 @@ def run_duckdb_table(data, out, as_of):
         )
         for tag, (name, category) in sorted(TAGS.items())
     ]
+
+
+def run_duckdb_table(data, out, as_of):
+    import duckdb
+
+    for path in (out, out + ".wal"):
+        if os.path.exists(path):
+            os.remove(path)
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    members = detail_members(now)
     members_sql = "[" + ", ".join("'" + m.replace("'", "''") + "'" for m in members) + "]"
     con = duckdb.connect(out)
     con.execute("SET threads TO 2")
@@ -221,19 +225,7 @@ def run_spark_jdbc(data, out, as_of):
 
     spark = spark_session(MARIADB_JAR)
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    members = F.array(
-        *[
-            F.lit(
-                f'"{tag}":'
-                + json.dumps(
-                    {"tag_name": name, "tag_category": category, "hit_time": now, "rule_version": 1},
-                    ensure_ascii=False,
-                    separators=(",", ":"),
-                )
-            )
-            for tag, (name, category) in sorted(TAGS.items())
-        ]
-    )
+    members = F.array(*[F.lit(m) for m in detail_members(now)])
     rows = spark_tagged(spark, data, as_of).select(
         "user_id",
         F.concat(F.lit("["), F.array_join("tag_ids", ","), F.lit("]")).alias("tag_ids"),

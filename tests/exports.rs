@@ -22,18 +22,7 @@ fn python() -> PathBuf {
 
 /// Runs `tests/support/typed_export.py` with `args`; its stdout.
 fn typed_export(args: &[&str]) -> String {
-    let script = workspace().join("tests/support/typed_export.py");
-    let output = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run typed_export.py");
-    assert!(
-        output.status.success(),
-        "typed_export.py {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    python::run_script(&python(), "typed_export.py", args)
 }
 
 fn path(p: &Path) -> &str {

@@ -72,18 +72,7 @@ impl Drop for S3Server {
 }
 
 fn fixture(args: &[&str]) -> String {
-    let script = workspace().join("tests/support/s3_fixture.py");
-    let output = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run s3_fixture.py");
-    assert!(
-        output.status.success(),
-        "s3_fixture.py {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    python::run_script(&python(), "s3_fixture.py", args)
 }
 
 fn path(p: &Path) -> &str {

@@ -52,3 +52,20 @@ pub fn python_with(modules: &[&str], packages: &[&str]) -> PathBuf {
     }
     python
 }
+
+/// Runs `tests/support/<script>` with `python` and `args`, asserting it
+/// succeeds; its stdout.
+pub fn run_script(python: &std::path::Path, script: &str, args: &[&str]) -> String {
+    let path = super::workspace().join("tests/support").join(script);
+    let output = Command::new(python)
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(
+        output.status.success(),
+        "{script} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}

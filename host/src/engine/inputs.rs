@@ -55,8 +55,8 @@ mod tests {
     use crate::engine::testkit::{at, plan, tag_at_least, write_table};
     use crate::model::Mode;
 
-    #[test]
-    fn a_tag_with_a_missing_table_or_column_fails_alone() {
+    /// A universe table with one user and a `score` column.
+    fn universe_with_score() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let rows = [(Some("u1"), at(1), Some(1.0))];
         write_table(
@@ -65,6 +65,12 @@ mod tests {
             &rows,
             10,
         );
+        dir
+    }
+
+    #[test]
+    fn a_tag_with_a_missing_table_or_column_fails_alone() {
+        let dir = universe_with_score();
         let tags = [
             tag_at_least(1, "user_basic_info", "score", 0.0),
             tag_at_least(2, "user_basic_info", "no_such_column", 0.0),
@@ -95,14 +101,7 @@ mod tests {
 
     #[test]
     fn when_every_tag_fails_the_run_fails_naming_each() {
-        let dir = tempfile::tempdir().unwrap();
-        let rows = [(Some("u1"), at(1), Some(1.0))];
-        write_table(
-            &dir.path().join("user_basic_info.parquet"),
-            "score",
-            &rows,
-            10,
-        );
+        let dir = universe_with_score();
         let tags = [tag_at_least(2, "user_basic_info", "nope", 0.0)];
         let mut plan = plan(&tags, Mode::Full, None);
         let Err(RunError::Failed(message)) = check(&mut plan, dir.path()) else {

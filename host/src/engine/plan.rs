@@ -25,6 +25,18 @@ pub struct TagRun {
 }
 
 impl TagRun {
+    /// `tag` with its plugin's default rule as version 1 and no history
+    /// (`plugins check` on data, and tests).
+    pub fn with_default_rule(tag: &Arc<RegisteredTag>, whole_universe: bool) -> TagRun {
+        TagRun {
+            tag: Arc::clone(tag),
+            rule: tag.info.default_rule.clone(),
+            rule_version: 1,
+            whole_universe,
+            watermarks: BTreeMap::new(),
+        }
+    }
+
     /// The tag's id.
     pub fn id(&self) -> u32 {
         self.tag.info.tag_id

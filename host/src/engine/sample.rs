@@ -44,13 +44,7 @@ pub fn check(
     let users = first_users(data_dir, sample.max(1))?;
     let runs: Vec<TagRun> = tags
         .iter()
-        .map(|tag| TagRun {
-            tag: Arc::clone(tag),
-            rule: tag.info.default_rule.clone(),
-            rule_version: 1,
-            whole_universe: true,
-            watermarks: BTreeMap::new(),
-        })
+        .map(|tag| TagRun::with_default_rule(tag, true))
         .collect();
     let mut plan = Plan {
         tables: columns(runs.iter().map(|t| &t.tag.info))?,

@@ -6,7 +6,6 @@ use super::plan::{columns, Plan, TagRun};
 use crate::model::Mode;
 use crate::registry::RegisteredTag;
 use polars::prelude::*;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use tag_plugin_api::{ColumnType, Date, Tag, TagInfo};
@@ -42,13 +41,7 @@ pub fn tag_at_least(id: u32, table: &str, column: &str, min: f64) -> Arc<Registe
 pub fn plan(tags: &[Arc<RegisteredTag>], mode: Mode, user_ids: Option<&[&str]>) -> Plan {
     let runs: Vec<TagRun> = tags
         .iter()
-        .map(|tag| TagRun {
-            tag: Arc::clone(tag),
-            rule: tag.info.default_rule.clone(),
-            rule_version: 1,
-            whole_universe: mode == Mode::Full,
-            watermarks: BTreeMap::new(),
-        })
+        .map(|tag| TagRun::with_default_rule(tag, mode == Mode::Full))
         .collect();
     Plan {
         tables: columns(runs.iter().map(|t| &t.tag.info)).expect("column plan"),
