@@ -253,49 +253,60 @@ fn parse_node(value: &Value, path: &str, depth: usize) -> Result<Node, RuleError
         ));
     };
     if obj.contains_key("logic") || obj.contains_key("conditions") {
-        check_keys(obj, &["logic", "conditions"], "group", path)?;
-        let logic = match obj.get("logic") {
-            Some(Value::String(s)) if s == "AND" => Logic::And,
-            Some(Value::String(s)) if s == "OR" => Logic::Or,
-            Some(Value::String(s)) if s == "NOT" => Logic::Not,
-            Some(other) => {
-                return Err(RuleError::new(
-                    path,
-                    format!(
-                        "logic must be \"AND\", \"OR\" or \"NOT\", got {}",
-                        describe(other)
-                    ),
-                ))
-            }
-            None => {
-                return Err(RuleError::new(
-                    path,
-                    "a group needs \"logic\" (AND, OR or NOT)",
-                ))
-            }
-        };
-        let conditions = match obj.get("conditions") {
-            Some(Value::Array(items)) if !items.is_empty() => items,
-            Some(Value::Array(_)) => {
-                // An empty group would match everyone or no one by convention
-                // alone; a rule must never fail open, so it is refused.
-                return Err(RuleError::new(path, "\"conditions\" must not be empty"));
-            }
-            Some(other) => {
-                return Err(RuleError::new(
-                    path,
-                    format!("\"conditions\" must be a list, got {}", describe(other)),
-                ))
-            }
-            None => return Err(RuleError::new(path, "a group needs \"conditions\"")),
-        };
-        let children = conditions
-            .iter()
-            .enumerate()
-            .map(|(i, c)| parse_node(c, &format!("{path}.conditions[{i}]"), depth + 1))
-            .collect::<Result<_, _>>()?;
-        return Ok(Node::Group { logic, children });
+        parse_group(obj, path, depth)
+    } else {
+        parse_condition(obj, path)
     }
+}
+
+/// A `{"logic", "conditions"}` object.
+fn parse_group(obj: &Map<String, Value>, path: &str, depth: usize) -> Result<Node, RuleError> {
+    check_keys(obj, &["logic", "conditions"], "group", path)?;
+    let logic = match obj.get("logic") {
+        Some(Value::String(s)) if s == "AND" => Logic::And,
+        Some(Value::String(s)) if s == "OR" => Logic::Or,
+        Some(Value::String(s)) if s == "NOT" => Logic::Not,
+        Some(other) => {
+            return Err(RuleError::new(
+                path,
+                format!(
+                    "logic must be \"AND\", \"OR\" or \"NOT\", got {}",
+                    describe(other)
+                ),
+            ))
+        }
+        None => {
+            return Err(RuleError::new(
+                path,
+                "a group needs \"logic\" (AND, OR or NOT)",
+            ))
+        }
+    };
+    let conditions = match obj.get("conditions") {
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        Some(Value::Array(_)) => {
+            // An empty group would match everyone or no one by convention
+            // alone; a rule must never fail open, so it is refused.
+            return Err(RuleError::new(path, "\"conditions\" must not be empty"));
+        }
+        Some(other) => {
+            return Err(RuleError::new(
+                path,
+                format!("\"conditions\" must be a list, got {}", describe(other)),
+            ))
+        }
+        None => return Err(RuleError::new(path, "a group needs \"conditions\"")),
+    };
+    let children = conditions
+        .iter()
+        .enumerate()
+        .map(|(i, c)| parse_node(c, &format!("{path}.conditions[{i}]"), depth + 1))
+        .collect::<Result<_, _>>()?;
+    Ok(Node::Group { logic, children })
+}
+
+/// A `{"field", "operator", "value"}` object.
+fn parse_condition(obj: &Map<String, Value>, path: &str) -> Result<Node, RuleError> {
     check_keys(obj, &["field", "operator", "value"], "condition", path)?;
     let field = match obj.get("field") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -596,25 +607,7 @@ fn pair<T: PartialOrd + fmt::Debug>(
 
 fn compile_condition(c: &Condition, schema: &Schema, as_of: Date) -> Result<Test, RuleError> {
     use Operator::*;
-    let ty = schema.get(&c.field).ok_or_else(|| {
-        c.error(format!(
-            "unknown field \"{}\" (fields: {})",
-            c.field,
-            schema.names()
-        ))
-    })?;
-    if !c.operator.applies_to(ty) {
-        let fits: Vec<_> = Operator::ALL
-            .iter()
-            .filter(|o| o.applies_to(ty))
-            .map(|o| o.as_str())
-            .collect();
-        return Err(c.error(format!(
-            "operator does not apply to {ty} column \"{}\" (operators for {ty}: {})",
-            c.field,
-            fits.join(", ")
-        )));
-    }
+    let ty = applicable_type(c, schema)?;
     let v = &c.value;
     let negate = matches!(c.operator, NotIn | NotInRange | NotContains);
     Ok(match (c.operator, ty) {
@@ -634,76 +627,118 @@ fn compile_condition(c: &Condition, schema: &Schema, as_of: Date) -> Result<Test
                 )))
             }
         },
-        (op, ColumnType::Int32 | ColumnType::Int64 | ColumnType::Float64) => Test::Num(match op {
-            In | NotIn => NumTest::In {
-                set: list(c, v)?
-                    .iter()
-                    .map(|x| number(c, x))
-                    .collect::<Result<_, _>>()?,
-                negate,
-            },
-            InRange | NotInRange => {
-                let (lo, hi) = pair(c, v, number)?;
-                NumTest::Range { lo, hi, negate }
-            }
-            op => NumTest::Cmp(
-                Cmp::of(op).expect("applies_to admits only comparisons here"),
-                number(c, v)?,
-            ),
-        }),
-        (op, ColumnType::Date | ColumnType::Timestamp) => {
-            let today = as_of.days();
-            Test::Day(match op {
-                In | NotIn => DayTest::In {
-                    set: list(c, v)?
-                        .iter()
-                        .map(|x| date(c, x))
-                        .collect::<Result<_, _>>()?,
-                    negate,
-                },
-                InRange | NotInRange | DateInRange => {
-                    let (lo, hi) = pair(c, v, date)?;
-                    DayTest::Range { lo, hi, negate }
-                }
-                RecentDays => DayTest::Range {
-                    lo: today - day_count(c, v)?,
-                    hi: today,
-                    negate: false,
-                },
-                DaysAgoBetween => {
-                    let (lo, hi) = pair(c, v, day_count)?;
-                    DayTest::Range {
-                        lo: today - hi,
-                        hi: today - lo,
-                        negate: false,
-                    }
-                }
-                op => DayTest::Cmp(
-                    Cmp::of(op).expect("applies_to admits only comparisons here"),
-                    date(c, v)?,
-                ),
-            })
+        (_, ColumnType::Int32 | ColumnType::Int64 | ColumnType::Float64) => {
+            Test::Num(number_test(c, negate)?)
         }
-        (op, ColumnType::Utf8) => Test::Str(match op {
-            In | NotIn => StrTest::In {
-                set: list(c, v)?
-                    .iter()
-                    .map(|x| string(c, x))
-                    .collect::<Result<_, _>>()?,
-                negate,
-            },
-            Contains | NotContains => StrTest::Contains {
-                needle: string(c, v)?,
-                negate,
-            },
-            StartsWith => StrTest::StartsWith(string(c, v)?),
-            EndsWith => StrTest::EndsWith(string(c, v)?),
-            op => StrTest::Cmp(
-                Cmp::of(op).expect("applies_to admits only comparisons here"),
-                string(c, v)?,
-            ),
-        }),
+        (_, ColumnType::Date | ColumnType::Timestamp) => Test::Day(day_test(c, negate, as_of)?),
+        (_, ColumnType::Utf8) => Test::Str(string_test(c, negate)?),
         (op, ty) => unreachable!("operator {op} was admitted for {ty}"),
+    })
+}
+
+/// The type of the condition's field, once its operator applies to it.
+fn applicable_type(c: &Condition, schema: &Schema) -> Result<ColumnType, RuleError> {
+    let ty = schema.get(&c.field).ok_or_else(|| {
+        c.error(format!(
+            "unknown field \"{}\" (fields: {})",
+            c.field,
+            schema.names()
+        ))
+    })?;
+    if !c.operator.applies_to(ty) {
+        let fits: Vec<_> = Operator::ALL
+            .iter()
+            .filter(|o| o.applies_to(ty))
+            .map(|o| o.as_str())
+            .collect();
+        return Err(c.error(format!(
+            "operator does not apply to {ty} column \"{}\" (operators for {ty}: {})",
+            c.field,
+            fits.join(", ")
+        )));
+    }
+    Ok(ty)
+}
+
+fn number_test(c: &Condition, negate: bool) -> Result<NumTest, RuleError> {
+    use Operator::*;
+    let v = &c.value;
+    Ok(match c.operator {
+        In | NotIn => NumTest::In {
+            set: list(c, v)?
+                .iter()
+                .map(|x| number(c, x))
+                .collect::<Result<_, _>>()?,
+            negate,
+        },
+        InRange | NotInRange => {
+            let (lo, hi) = pair(c, v, number)?;
+            NumTest::Range { lo, hi, negate }
+        }
+        op => NumTest::Cmp(
+            Cmp::of(op).expect("applies_to admits only comparisons here"),
+            number(c, v)?,
+        ),
+    })
+}
+
+fn day_test(c: &Condition, negate: bool, as_of: Date) -> Result<DayTest, RuleError> {
+    use Operator::*;
+    let v = &c.value;
+    let today = as_of.days();
+    Ok(match c.operator {
+        In | NotIn => DayTest::In {
+            set: list(c, v)?
+                .iter()
+                .map(|x| date(c, x))
+                .collect::<Result<_, _>>()?,
+            negate,
+        },
+        InRange | NotInRange | DateInRange => {
+            let (lo, hi) = pair(c, v, date)?;
+            DayTest::Range { lo, hi, negate }
+        }
+        RecentDays => DayTest::Range {
+            lo: today - day_count(c, v)?,
+            hi: today,
+            negate: false,
+        },
+        DaysAgoBetween => {
+            let (lo, hi) = pair(c, v, day_count)?;
+            DayTest::Range {
+                lo: today - hi,
+                hi: today - lo,
+                negate: false,
+            }
+        }
+        op => DayTest::Cmp(
+            Cmp::of(op).expect("applies_to admits only comparisons here"),
+            date(c, v)?,
+        ),
+    })
+}
+
+fn string_test(c: &Condition, negate: bool) -> Result<StrTest, RuleError> {
+    use Operator::*;
+    let v = &c.value;
+    Ok(match c.operator {
+        In | NotIn => StrTest::In {
+            set: list(c, v)?
+                .iter()
+                .map(|x| string(c, x))
+                .collect::<Result<_, _>>()?,
+            negate,
+        },
+        Contains | NotContains => StrTest::Contains {
+            needle: string(c, v)?,
+            negate,
+        },
+        StartsWith => StrTest::StartsWith(string(c, v)?),
+        EndsWith => StrTest::EndsWith(string(c, v)?),
+        op => StrTest::Cmp(
+            Cmp::of(op).expect("applies_to admits only comparisons here"),
+            string(c, v)?,
+        ),
     })
 }
 

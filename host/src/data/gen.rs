@@ -125,36 +125,9 @@ pub fn gen_data_with(out_dir: &Path, options: &GenOptions) -> Result<GenSummary,
         options,
     )?;
 
-    let mut users_missing_asset = 0;
-    let mut users_missing_activity = 0;
-    let total = users + extra;
-    let mut start = 0;
-    while start < total {
-        let end = (start + chunk_rows).min(total);
-        let mut b = BasicChunk::new(end - start);
-        let mut a = AssetChunk::new(end - start);
-        let mut t = ActivityChunk::new(end - start);
-        for index in start..end {
-            let in_universe = index < users;
-            if in_universe {
-                b.push(&ctx.basic_row(index as u64));
-            }
-            match ctx.asset_row(index as u64) {
-                Some(row) => a.push(&row),
-                None if in_universe => users_missing_asset += 1,
-                None => {}
-            }
-            match ctx.activity_row(index as u64) {
-                Some(row) => t.push(&row),
-                None if in_universe => users_missing_activity += 1,
-                None => {}
-            }
-        }
-        basic.write(b.finish()?)?;
-        asset.write(a.finish()?)?;
-        activity.write(t.finish()?)?;
-        start = end;
-    }
+    let writers = (&mut basic, &mut asset, &mut activity);
+    let (users_missing_asset, users_missing_activity) =
+        write_rows(&ctx, writers, users, users + extra, chunk_rows)?;
 
     // Copies of existing rows with other values and another `updated_time`:
     // a de-duplicating reader must keep the newer of each pair.
@@ -185,6 +158,49 @@ pub fn gen_data_with(out_dir: &Path, options: &GenOptions) -> Result<GenSummary,
             .collect(),
         elapsed: started.elapsed(),
     })
+}
+
+/// Writes the rows of users `0..total` (those from `users` on exist only in
+/// the side tables) in chunks of `chunk_rows`; how many universe users have
+/// no asset row and no activity row.
+fn write_rows(
+    ctx: &Ctx,
+    (basic, asset, activity): (&mut TableWriter, &mut TableWriter, &mut TableWriter),
+    users: usize,
+    total: usize,
+    chunk_rows: usize,
+) -> Result<(usize, usize), Error> {
+    let mut users_missing_asset = 0;
+    let mut users_missing_activity = 0;
+    let mut start = 0;
+    while start < total {
+        let end = (start + chunk_rows).min(total);
+        let mut b = BasicChunk::new(end - start);
+        let mut a = AssetChunk::new(end - start);
+        let mut t = ActivityChunk::new(end - start);
+        for index in start..end {
+            let in_universe = index < users;
+            if in_universe {
+                b.push(&ctx.basic_row(index as u64));
+            }
+            match ctx.asset_row(index as u64) {
+                Some(row) => a.push(&row),
+                None if in_universe => users_missing_asset += 1,
+                None => {}
+            }
+            match ctx.activity_row(index as u64) {
+                Some(row) => t.push(&row),
+                None if in_universe => users_missing_activity += 1,
+                None => {}
+            }
+        }
+        basic.write(b.finish()?)?;
+        asset.write(a.finish()?)?;
+        activity.write(t.finish()?)?;
+        start = end;
+    }
+
+    Ok((users_missing_asset, users_missing_activity))
 }
 
 /// Up to `options.duplicates` copies of existing users' rows in every table,
