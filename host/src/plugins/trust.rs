@@ -150,7 +150,11 @@ pub fn private_copy(dir: &Path, sha256: &str, bytes: &[u8]) -> Result<PathBuf, R
     use std::os::unix::fs::OpenOptionsExt;
     private_dir(dir)?;
     let path = dir.join(format!("{sha256}.{}", std::env::consts::DLL_EXTENSION));
-    if std::fs::read(&path).is_ok_and(|existing| existing == bytes) {
+    // Copies land only by rename after a complete write, in a directory no
+    // one else can write: a copy under this name holds these bytes.
+    let complete = std::fs::symlink_metadata(&path)
+        .is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64);
+    if complete {
         return Ok(path);
     }
     // Several servers (or threads) may copy the same library at once: each
