@@ -803,34 +803,24 @@ fn sighup_reloads_the_plugins_of_a_running_server() {
     let data = sample_data(100);
     let dir = plugins_dir(&[("wealth.so", plugin("wealth"))]);
     let work = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let store = format!("sqlite://{}", work.path().join("t.db").display());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tag-server"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--store",
-            &store,
-        ])
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--plugins-dir")
-        .arg(dir.path())
-        .arg("--log-file")
-        .arg(work.path().join("server.log"))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let log = work.path().join("server.log");
+    let server = ServerProcess::start(&[
+        "--store",
+        &store,
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--plugins-dir",
+        dir.path().to_str().unwrap(),
+        "--log-file",
+        log.to_str().unwrap(),
+    ]);
     let http = client();
     let loaded = || -> Option<u64> {
-        let reply = http.get(format!("{base}/api/v1/plugins")).send().ok()?;
+        let reply = http
+            .get(format!("{}/api/v1/plugins", server.base))
+            .send()
+            .ok()?;
         reply.json::<serde_json::Value>().ok()?["loaded"].as_u64()
     };
     let wait_for = |want: u64| {
@@ -846,12 +836,8 @@ fn sighup_reloads_the_plugins_of_a_running_server() {
     wait_for(1);
     install(dir.path(), "behavior.so", &plugin("behavior"));
     // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
     wait_for(2);
-    // SAFETY: as above.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
 }
 
 fn available_classes(server: &TestServer) -> std::collections::BTreeMap<u64, String> {

@@ -1288,3 +1288,199 @@ fn profiles_apply_under_flags_and_glue_prod_lists_every_problem_at_once() {
     assert_eq!(code, 2);
     assert!(err.contains("not_a_key"), "{err}");
 }
+
+/// A request with an optional bearer token: status and JSON body.
+fn call(
+    server: &ServerProcess,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client().request(method, format!("{}{path}", server.base));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn tokens_gate_every_route_group_by_role_and_never_reach_the_log() {
+    use reqwest::Method;
+    const ADMIN: &str = "adm-5f0c2e9b7d41a3c8";
+    const READER: &str = "rdr-9a1b7c3d5e2f4a6b";
+    let work = tempfile::tempdir().unwrap();
+    let tokens = work.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        format!("# who may call\nops:admin:{ADMIN}\nviewer:read:{READER}\n"),
+    )
+    .unwrap();
+    let log = work.path().join("server.log");
+    let data = data(300);
+    let plugins = reference_plugins_dir();
+    let store = format!("sqlite://{}", work.path().join("t.db").display());
+    let server = &ServerProcess::start(&[
+        "--tokens-file",
+        tokens.to_str().unwrap(),
+        "--log-file",
+        log.to_str().unwrap(),
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--plugins-dir",
+        plugins.path().to_str().unwrap(),
+        "--store",
+        &store,
+    ]);
+    // Open: health.
+    assert_eq!(call(server, Method::GET, "/health", None, None).0, 200);
+
+    let trigger = json!({"tag_ids": [1], "as_of": AS_OF});
+    let rule = json!({"field": "cash_balance", "operator": ">=", "value": 70000});
+    let reads = [
+        "/api/v1/tags/available",
+        "/api/v1/tags/1/rule",
+        "/api/v1/tasks",
+        "/api/v1/users/u0000001/tags",
+        "/api/v1/tags/1/users",
+        "/api/v1/plugins",
+        "/api/v1/system/stats",
+    ];
+    for path in reads {
+        let (code, body) = call(server, Method::GET, path, None, None);
+        assert_eq!(code, 401, "{path}: {body}");
+        assert_eq!(body["success"], false, "{path}: the seed's error JSON");
+        assert_eq!(
+            call(server, Method::GET, path, Some("wrong-token-000000"), None).0,
+            401
+        );
+        let (code, _) = call(server, Method::GET, path, Some(READER), None);
+        assert!(code == 200 || code == 404, "{path}: read token got {code}");
+        let (code, _) = call(server, Method::GET, path, Some(ADMIN), None);
+        assert!(code == 200 || code == 404, "{path}: admin token got {code}");
+    }
+    // Writes: 401 without a token, 403 for a read token, through for admin.
+    let id = {
+        let (code, body) = call(
+            server,
+            Method::POST,
+            "/api/v1/tags/trigger",
+            Some(READER),
+            Some(trigger.clone()),
+        );
+        assert_eq!((code, &body["success"]), (403, &json!(false)), "{body}");
+        assert!(body["error"].as_str().unwrap().contains("viewer"), "{body}");
+        assert_eq!(
+            call(
+                server,
+                Method::POST,
+                "/api/v1/tags/trigger",
+                None,
+                Some(trigger.clone())
+            )
+            .0,
+            401
+        );
+        let (code, body) = call(
+            server,
+            Method::POST,
+            "/api/v1/tags/trigger",
+            Some(ADMIN),
+            Some(trigger),
+        );
+        assert_eq!(code, 202, "{body}");
+        body["task_id"].as_str().unwrap().to_string()
+    };
+    let writes: [(Method, String, Value); 5] = [
+        (Method::PUT, "/api/v1/tags/6/rule".into(), rule),
+        (
+            Method::POST,
+            format!("/api/v1/tasks/{id}/cancel"),
+            json!({}),
+        ),
+        (Method::POST, format!("/api/v1/tasks/{id}/retry"), json!({})),
+        (Method::POST, "/api/v1/plugins/reload".into(), json!({})),
+        (
+            Method::POST,
+            "/api/v1/tags/950/owner".into(),
+            json!({"plugin": "nobody"}),
+        ),
+    ];
+    for (method, path, body) in writes {
+        assert_eq!(
+            call(server, method.clone(), &path, None, Some(body.clone())).0,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            call(
+                server,
+                method.clone(),
+                &path,
+                Some(READER),
+                Some(body.clone())
+            )
+            .0,
+            403,
+            "{path}"
+        );
+        let (code, reply) = call(server, method, &path, Some(ADMIN), Some(body));
+        assert!(
+            ![401, 403].contains(&code) && code < 500,
+            "{path}: admin got {code} {reply}"
+        );
+    }
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !log.contains(ADMIN) && !log.contains(READER),
+        "a token value reached the log"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("audit: rule replaced") && l.contains("ops")),
+        "rule changes are logged with the token's name"
+    );
+}
+
+#[test]
+fn request_bodies_must_be_json_so_other_sites_cannot_post_them() {
+    let env = env(50);
+    let url = |path: &str| format!("{}{path}", env.server.base);
+    let body = r#"{"tag_ids": [1], "as_of": "2025-01-15"}"#;
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut request = client().post(url("/api/v1/tags/trigger")).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("Content-Type", content_type);
+        }
+        let response = request.send().unwrap();
+        assert_eq!(response.status().as_u16(), 415, "{content_type:?}");
+        let reply: Value = response.json().unwrap();
+        assert_eq!(reply["success"], false, "{reply}");
+    }
+    let response = client()
+        .put(url("/api/v1/tags/6/rule"))
+        .header("Content-Type", "text/plain")
+        .body(r#"{"field": "cash_balance", "operator": ">=", "value": 1}"#)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 415);
+    // JSON with a charset goes through; a bodiless POST needs no type.
+    let response = client()
+        .post(url("/api/v1/tags/trigger"))
+        .header("Content-Type", "application/json; charset=utf-8")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let response = client().post(url("/api/v1/plugins/reload")).send().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}

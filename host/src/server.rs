@@ -165,6 +165,7 @@ fn api(config: &Config, started: &Started) -> axum::Router {
         scheduler: started.scheduler.clone(),
         registry: Arc::clone(&started.core.registry),
         catalog: Arc::clone(&started.core.catalog),
+        tokens: Arc::new(config.tokens.clone()),
         max_user_ids: config.max_user_ids,
     })
 }
@@ -214,6 +215,9 @@ pub async fn run(
         }
     }
     reload_on_hangup(Arc::clone(&started));
+    if !config.tokens.enabled() {
+        tracing::warn!("no API tokens configured: the API is open to anyone who can reach the port (set TAG_API_TOKENS or --tokens-file)");
+    }
     let addr = listener
         .local_addr()
         .context("reading the listener's address")?;

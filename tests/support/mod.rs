@@ -385,3 +385,56 @@ pub fn tag_server(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A real `tag-server` process on a free loopback port, killed on drop.
+pub struct ServerProcess {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    child: std::process::Child,
+}
+
+impl ServerProcess {
+    /// Starts `tag-server` with `args` and waits until `/health` answers.
+    pub fn start(args: &[&str]) -> ServerProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("address")
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_tag-server"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start tag-server");
+        let server = ServerProcess {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while client()
+            .get(format!("{}/health", server.base))
+            .send()
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tag-server did not come up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -143,6 +143,14 @@ pub struct Config {
     /// from the AWS environment variables or `AWS_PROFILE`).
     #[arg(long, default_value = "data", env = "TAG_DATA_DIR", global = true, value_parser = DataLocation::from_str)]
     pub data_dir: DataLocation,
+    /// A file of API tokens, one `name:role:token` a line (`#` comments);
+    /// tokens also come from TAG_API_TOKENS, never from a flag.
+    #[arg(long, env = "TAG_TOKENS_FILE", global = true)]
+    pub tokens_file: Option<PathBuf>,
+    /// The API tokens in effect (read at start from the environment and
+    /// the tokens file).
+    #[arg(skip)]
+    pub tokens: crate::http::auth::Tokens,
     /// Whether the data location was given (flag, variable or profile)
     /// rather than left at its default.
     #[arg(skip)]

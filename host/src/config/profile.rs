@@ -73,11 +73,8 @@ pub fn resolve(config: &mut Config, matches: &ArgMatches) -> Result<(), ConfigEr
         check_secrets(&profile, &path, &mut errors);
         apply(profile, config, matches, &mut errors);
     }
-    validate(
-        config,
-        std::env::var("TAG_API_TOKENS").ok().as_deref(),
-        &mut errors,
-    );
+    config.tokens = load_tokens(config.tokens_file.as_deref(), &mut errors);
+    validate(config, &mut errors);
     if errors.is_empty() {
         Ok(())
     } else {
@@ -142,8 +139,30 @@ fn check_secrets(profile: &Profile, path: &std::path::Path, errors: &mut Vec<Str
     }
 }
 
+/// The API tokens of `TAG_API_TOKENS` and the tokens file; problems are
+/// added to `errors` (never with a token's value).
+fn load_tokens(
+    file: Option<&std::path::Path>,
+    errors: &mut Vec<String>,
+) -> crate::http::auth::Tokens {
+    let env = std::env::var("TAG_API_TOKENS").ok();
+    let text = match file.map(|f| (f, std::fs::read_to_string(f))) {
+        Some((f, Ok(text))) => Some((f, text)),
+        Some((f, Err(e))) => {
+            errors.push(format!("tokens file {}: {e}", f.display()));
+            None
+        }
+        None => None,
+    };
+    let file = text.as_ref().map(|(f, t)| (*f, t.as_str()));
+    crate::http::auth::Tokens::parse(env.as_deref(), file).unwrap_or_else(|problems| {
+        errors.extend(problems);
+        Default::default()
+    })
+}
+
 /// The checks that span settings.
-pub fn validate(config: &Config, tokens: Option<&str>, errors: &mut Vec<String>) {
+pub fn validate(config: &Config, errors: &mut Vec<String>) {
     let bound = |name: &str, value: u64, min: u64, max: u64, errors: &mut Vec<String>| {
         if value < min || value > max {
             errors.push(format!("{name} must be from {min} to {max}, got {value}"));
@@ -190,15 +209,14 @@ pub fn validate(config: &Config, tokens: Option<&str>, errors: &mut Vec<String>)
             crate::store::redact(&store)
         ));
     }
-    if config.env == Environment::GlueProd {
-        if store.starts_with("sqlite://") {
-            errors.push(
-                "glue-prod needs a network store (postgres:// or mysql://), not SQLite".into(),
-            );
-        }
-        if tokens.is_none_or(|t| t.trim().is_empty()) {
-            errors.push("glue-prod refuses to start without API tokens: set TAG_API_TOKENS".into());
-        }
+    if config.env == Environment::GlueProd && store.starts_with("sqlite://") {
+        errors.push("glue-prod needs a network store (postgres:// or mysql://), not SQLite".into());
+    }
+    if config.env != Environment::Local && !config.tokens.enabled() {
+        errors.push(format!(
+            "{} refuses to start without API tokens: set TAG_API_TOKENS or --tokens-file",
+            config.env.as_str()
+        ));
     }
 }
 
@@ -226,11 +244,22 @@ mod tests {
     #[test]
     fn a_profile_fills_what_flags_leave_at_their_defaults() {
         let profile = "workers = 7\nport = 6000\ndata_dir = \"/srv/data\"\nlog_format = \"json\"\n";
+        let tokens = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tokens.path(), "ops:admin:0123456789abcdef-ops\n").unwrap();
+        let tokens_arg = tokens.path().display().to_string();
         let (outcome, config) = parse(
-            &["--env", "glue-dev", "--port", "7000"],
+            &[
+                "--env",
+                "glue-dev",
+                "--port",
+                "7000",
+                "--tokens-file",
+                &tokens_arg,
+            ],
             &[("glue-dev.toml", profile)],
         );
         outcome.unwrap();
+        assert!(config.tokens.enabled());
         assert_eq!(config.max_concurrent_tasks, 7);
         assert_eq!(config.port, 7000, "the flag wins");
         assert_eq!(
@@ -290,6 +319,35 @@ mod tests {
             "{errors:?}"
         );
         assert!(errors.iter().any(|e| e.contains("workers")), "{errors:?}");
+    }
+
+    #[test]
+    fn outside_local_tokens_are_required_and_bad_entries_are_listed() {
+        let (outcome, _) = parse(&["--env", "glue-dev"], &[("glue-dev.toml", "")]);
+        let errors = outcome.unwrap_err().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("glue-dev refuses to start without API tokens")),
+            "{errors:?}"
+        );
+        let tokens = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tokens.path(), "ops:root:0123456789abcdef-secret\n").unwrap();
+        let tokens_arg = tokens.path().display().to_string();
+        let (outcome, _) = parse(&["--tokens-file", &tokens_arg], &[]);
+        let errors = outcome.unwrap_err().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("line 1") && e.contains("read or admin")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .all(|e| !e.contains("0123456789abcdef-secret")),
+            "{errors:?}"
+        );
     }
 
     #[test]

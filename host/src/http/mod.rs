@@ -1,6 +1,8 @@
 //! The HTTP API: one `router()` per resource, one error type that renders
 //! the seed's error JSON, and the shared application state.
 
+pub mod auth;
+pub mod content;
 pub mod health;
 pub mod plugins;
 pub mod swap;
@@ -30,6 +32,8 @@ pub struct AppState {
     pub registry: Arc<RwLock<TagRegistry>>,
     /// The plugins directory's last scan, and reloads.
     pub catalog: Arc<crate::catalog::Catalog>,
+    /// The API tokens (empty: the API is open).
+    pub tokens: Arc<auth::Tokens>,
     /// Largest accepted `user_ids` list.
     pub max_user_ids: usize,
 }
@@ -128,8 +132,9 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("Not found: {}", uri.path()), "接口不存在")
 }
 
-/// The whole API.
+/// The whole API, behind token authentication when tokens are configured.
 pub fn router(state: AppState) -> Router {
+    let tokens = Arc::clone(&state.tokens);
     Router::new()
         .merge(health::router())
         .merge(plugins::router())
@@ -145,4 +150,6 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .with_state(state)
+        .layer(axum::middleware::from_fn(content::json_bodies_only))
+        .layer(axum::middleware::from_fn_with_state(tokens, auth::require))
 }

@@ -1,9 +1,10 @@
 //! Plugins: what the last scan found, reloads, and tag ownership transfers.
 
+use super::auth::Caller;
 use super::{ApiError, AppState};
 use crate::plugins::{LoadReport, Outcome, PluginFile};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -65,6 +66,7 @@ async fn list(State(state): State<AppState>) -> Json<Value> {
 /// reloads, so that plugin's library can serve it.
 async fn transfer(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(tag_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -92,8 +94,8 @@ async fn transfer(
     let previous = state
         .blocking(move |s| s.set_tag_owner(tag_id, &name))
         .await?;
-    tracing::warn!(tag_id, owner = %plugin, previous = ?previous, "tag ownership transferred");
-    let Json(mut body) = reload(State(state)).await?;
+    tracing::warn!(caller = %caller.0, tag_id, owner = %plugin, previous = ?previous, "audit: tag ownership transferred");
+    let Json(mut body) = reload(State(state), Extension(caller)).await?;
     body["tag_id"] = json!(tag_id);
     body["owner"] = json!(plugin);
     body["previous_owner"] = json!(previous);
@@ -104,7 +106,11 @@ async fn transfer(
 /// `POST /api/v1/plugins/reload`: scans the plugins directory again. New
 /// and changed libraries load, removed ones stop being offered; tasks
 /// already running keep the plugins they started with.
-async fn reload(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn reload(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    tracing::info!(caller = %caller.0, "audit: plugin reload requested");
     let catalog = Arc::clone(&state.catalog);
     let store = Arc::clone(&state.store);
     let report = tokio::task::spawn_blocking(move || catalog.reload(store.as_ref()))

@@ -1,7 +1,8 @@
 //! Tags: `GET /api/v1/tags/available`, and the stored rules.
 
+use super::auth::Caller;
 use super::{ApiError, AppState};
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -69,6 +70,7 @@ async fn get_rule(
 /// Replaces the rule (validated by the tag's plugin) as a new version.
 async fn put_rule(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -104,6 +106,7 @@ async fn put_rule(
             true,
         ),
     };
+    tracing::info!(caller = %caller.0, tag_id, version = saved.version, changed, "audit: rule replaced");
     Ok(Json(json!({
         "success": true,
         "tag_id": tag_id,

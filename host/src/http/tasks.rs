@@ -1,12 +1,13 @@
 //! Tasks: trigger, status, list, cancel, retry.
 
+use super::auth::Caller;
 use super::{ApiError, AppState};
 use crate::model::{Mode, Priority, TaskRecord, TaskSpec, TaskStatus};
 use crate::registry::TagRegistry;
 use crate::scheduler::{CancelOutcome, SubmitError};
 use crate::tasks::lifecycle;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -229,10 +230,12 @@ fn submitted_body(task: &TaskRecord) -> Value {
 /// `POST /api/v1/tags/trigger`: validates, persists and queues a task (202).
 async fn trigger(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let spec = parse_trigger(&body, &state.tags(), state.max_user_ids)?;
+    tracing::info!(caller = %caller.0, tag_ids = ?spec.tag_ids, mode = spec.mode.as_str(), "audit: trigger");
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => None,
         Some(Ok(k)) if !k.is_empty() && k.len() <= 255 => Some(k.to_string()),
@@ -300,8 +303,10 @@ async fn submit(
 /// in `retry_of` (202).
 async fn retry(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(task_id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    tracing::info!(caller = %caller.0, task_id = %task_id, "audit: retry requested");
     let id = task_id.clone();
     let old = state
         .blocking(move |s| s.get_task(&id))
@@ -415,8 +420,10 @@ async fn list(
 /// `POST /api/v1/tasks/{task_id}/cancel`.
 async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(task_id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    tracing::info!(caller = %caller.0, task_id = %task_id, "audit: cancel requested");
     let scheduler = state.scheduler.clone();
     let id = task_id.clone();
     let outcome = tokio::task::spawn_blocking(move || scheduler.cancel(&id))
