@@ -125,6 +125,15 @@ fn a_changed_rule_revokes_and_leaves_other_tags(backend: Backend) {
         .send()
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
+    // The history says who saved each version (no tokens here: anonymous;
+    // the seeded default: nobody).
+    let (_, rules) = env.server.get("/api/v1/tags/6/rule").unwrap();
+    let history = rules["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{rules}");
+    assert_eq!(
+        (&history[0]["changed_by"], &history[1]["changed_by"]),
+        (&json!(null), &json!("anonymous"))
+    );
     let result = env.server.run(json!({"tag_ids": [6], "as_of": AS_OF}));
     assert!(
         result["tags"][0]["removed"].as_u64().unwrap() > 0,

@@ -1435,6 +1435,15 @@ fn tokens_gate_every_route_group_by_role_and_never_reach_the_log() {
             "{path}: admin got {code} {reply}"
         );
     }
+    // The rule history names who changed the rule.
+    let (_, rules) = call(
+        server,
+        Method::GET,
+        "/api/v1/tags/6/rule",
+        Some(READER),
+        None,
+    );
+    assert_eq!(rules["rule"]["changed_by"], "ops", "{rules}");
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
         !log.contains(ADMIN) && !log.contains(READER),

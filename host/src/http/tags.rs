@@ -58,7 +58,7 @@ async fn get_rule(
     let tag_id = parse_tag_id(&state, &raw)?;
     let history = state.blocking(move |s| s.rule_history(tag_id)).await?;
     let current = history.last().cloned();
-    let rule = |r: &crate::store::RuleVersion| json!({"version": r.version, "rule": serde_json::from_str::<Value>(&r.rule).unwrap_or(Value::Null), "created_at": r.created_at});
+    let rule = |r: &crate::store::RuleVersion| json!({"version": r.version, "rule": serde_json::from_str::<Value>(&r.rule).unwrap_or(Value::Null), "created_at": r.created_at, "changed_by": r.changed_by});
     Ok(Json(json!({
         "success": true,
         "tag_id": tag_id,
@@ -102,7 +102,12 @@ async fn put_rule(
     let (saved, changed) = match current {
         Some(current) if same => (current, false),
         _ => (
-            state.blocking(move |s| s.save_rule(tag_id, &text)).await?,
+            {
+                let by = caller.0.clone();
+                state
+                    .blocking(move |s| s.save_rule(tag_id, &text, &by))
+                    .await?
+            },
             true,
         ),
     };

@@ -52,6 +52,8 @@ pub struct RuleVersion {
     pub rule: String,
     /// When it was saved.
     pub created_at: String,
+    /// The API token name that saved it (none for the plugin's default).
+    pub changed_by: Option<String>,
 }
 
 /// One tag as a user holds it: the tag, and the grant that gave it to the
@@ -268,8 +270,14 @@ pub trait Store: Send + Sync {
     fn current_rule(&self, tag_id: u32) -> Result<Option<RuleVersion>, StoreError>;
     /// Every version of a tag's rule, oldest first.
     fn rule_history(&self, tag_id: u32) -> Result<Vec<RuleVersion>, StoreError>;
-    /// Saves a new version of a tag's rule.
-    fn save_rule(&self, tag_id: u32, rule: &str) -> Result<RuleVersion, StoreError>;
+    /// Saves a new version of a tag's rule, saved by `changed_by` (the
+    /// caller's token name).
+    fn save_rule(
+        &self,
+        tag_id: u32,
+        rule: &str,
+        changed_by: &str,
+    ) -> Result<RuleVersion, StoreError>;
     /// Saves `rule` as version 1 unless the tag already has a rule.
     fn seed_rule(&self, tag_id: u32, rule: &str) -> Result<RuleVersion, StoreError>;
 

@@ -55,12 +55,15 @@ fn task_from_row(row: Row) -> Result<TaskRecord, StoreError> {
     .decode()
 }
 
-fn rule_of((tag_id, version, rule, created_at): (i64, i64, String, String)) -> RuleVersion {
+type RuleRow = (i64, i64, String, String, Option<String>);
+
+fn rule_of((tag_id, version, rule, created_at, changed_by): RuleRow) -> RuleVersion {
     RuleVersion {
         tag_id: tag_id as u32,
         version,
         rule,
         created_at,
+        changed_by,
     }
 }
 
@@ -236,7 +239,7 @@ impl Store for MyStore {
         let row = self
             .conn()?
             .exec_first(
-                "SELECT tag_id, version, rule, created_at FROM tag_rules WHERE tag_id = ? ORDER BY version DESC LIMIT 1",
+                "SELECT tag_id, version, rule, created_at, changed_by FROM tag_rules WHERE tag_id = ? ORDER BY version DESC LIMIT 1",
                 (tag_id,),
             )
             .map_err(db)?;
@@ -247,28 +250,33 @@ impl Store for MyStore {
         let rows = self
             .conn()?
             .exec(
-                "SELECT tag_id, version, rule, created_at FROM tag_rules WHERE tag_id = ? ORDER BY version",
+                "SELECT tag_id, version, rule, created_at, changed_by FROM tag_rules WHERE tag_id = ? ORDER BY version",
                 (tag_id,),
             )
             .map_err(db)?;
         Ok(rows.into_iter().map(rule_of).collect())
     }
 
-    fn save_rule(&self, tag_id: u32, rule: &str) -> Result<RuleVersion, StoreError> {
+    fn save_rule(
+        &self,
+        tag_id: u32,
+        rule: &str,
+        changed_by: &str,
+    ) -> Result<RuleVersion, StoreError> {
         let now = now_timestamp();
         let mut conn = self.conn()?;
         let mut tx = conn.start_transaction(Default::default()).map_err(db)?;
         // The primary key makes a concurrent saver of the same version fail
         // rather than overwrite.
         tx.exec_drop(
-            "INSERT INTO tag_rules (tag_id, version, rule, created_at)
-             SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ? FROM tag_rules WHERE tag_id = ?",
-            (tag_id, rule, &now, tag_id),
+            "INSERT INTO tag_rules (tag_id, version, rule, created_at, changed_by)
+             SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, ? FROM tag_rules WHERE tag_id = ?",
+            (tag_id, rule, &now, changed_by, tag_id),
         )
         .map_err(db)?;
         let row = tx
             .exec_first(
-                "SELECT tag_id, version, rule, created_at FROM tag_rules WHERE tag_id = ? ORDER BY version DESC LIMIT 1",
+                "SELECT tag_id, version, rule, created_at, changed_by FROM tag_rules WHERE tag_id = ? ORDER BY version DESC LIMIT 1",
                 (tag_id,),
             )
             .map_err(db)?;

@@ -80,6 +80,9 @@ const MIGRATIONS: &[&[&str]] = &[&[
         plugin VARCHAR(255) NOT NULL,
         recorded_at VARCHAR(32) NOT NULL
     ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+], &[
+    // 5: who saved each rule version (an API token's name).
+    "ALTER TABLE tag_rules ADD COLUMN changed_by VARCHAR(255)",
 ]];
 
 /// Applies the migrations the database lacks; refuses a newer database.

@@ -154,6 +154,7 @@ fn rule_from_row(row: &Row) -> Result<RuleVersion, StoreError> {
         version: row.try_get(1).map_err(db)?,
         rule: row.try_get(2).map_err(db)?,
         created_at: row.try_get(3).map_err(db)?,
+        changed_by: row.try_get(4).map_err(db)?,
     })
 }
 
@@ -312,7 +313,7 @@ impl Store for PgStore {
         let row = self
             .client()?
             .query_opt(
-                "SELECT tag_id, version, rule, created_at FROM tag_rules WHERE tag_id = $1 ORDER BY version DESC LIMIT 1",
+                "SELECT tag_id, version, rule, created_at, changed_by FROM tag_rules WHERE tag_id = $1 ORDER BY version DESC LIMIT 1",
                 &[&(tag_id as i64)],
             )
             .map_err(db)?;
@@ -323,24 +324,29 @@ impl Store for PgStore {
         let rows = self
             .client()?
             .query(
-                "SELECT tag_id, version, rule, created_at FROM tag_rules WHERE tag_id = $1 ORDER BY version",
+                "SELECT tag_id, version, rule, created_at, changed_by FROM tag_rules WHERE tag_id = $1 ORDER BY version",
                 &[&(tag_id as i64)],
             )
             .map_err(db)?;
         rows.iter().map(rule_from_row).collect()
     }
 
-    fn save_rule(&self, tag_id: u32, rule: &str) -> Result<RuleVersion, StoreError> {
+    fn save_rule(
+        &self,
+        tag_id: u32,
+        rule: &str,
+        changed_by: &str,
+    ) -> Result<RuleVersion, StoreError> {
         let now = now_timestamp();
         // Two savers of one tag race for the same version number: the
         // primary key makes one of them fail rather than overwrite.
         let row = self
             .client()?
             .query_one(
-                "INSERT INTO tag_rules (tag_id, version, rule, created_at)
-                 SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3 FROM tag_rules WHERE tag_id = $1
-                 RETURNING tag_id, version, rule, created_at",
-                &[&(tag_id as i64), &rule, &now],
+                "INSERT INTO tag_rules (tag_id, version, rule, created_at, changed_by)
+                 SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4 FROM tag_rules WHERE tag_id = $1
+                 RETURNING tag_id, version, rule, created_at, changed_by",
+                &[&(tag_id as i64), &rule, &now, &changed_by],
             )
             .map_err(db)?;
         rule_from_row(&row)

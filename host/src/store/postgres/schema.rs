@@ -70,6 +70,8 @@ FROM user_tag_sets AS s;
      ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;",
     // 4: which plugin owns each tag id.
     "CREATE TABLE tag_owners (tag_id BIGINT PRIMARY KEY, plugin TEXT NOT NULL, recorded_at TEXT NOT NULL);",
+    // 5: who saved each rule version (an API token's name).
+    "ALTER TABLE tag_rules ADD COLUMN changed_by TEXT;",
 ];
 
 /// Applies the migrations the database lacks; refuses a newer database.

@@ -66,22 +66,23 @@ CREATE TABLE IF NOT EXISTS tag_owners (
 /// Control files made before attempts were counted and tasks were leased
 /// lack these columns.
 fn add_task_columns(control: &Connection) -> Result<(), StoreError> {
-    for (column, kind) in [
-        ("attempts", "INTEGER NOT NULL DEFAULT 0"),
-        ("owner", "TEXT"),
-        ("lease_until", "INTEGER"),
-        ("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),
+    for (table, column, kind) in [
+        ("tasks", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("tasks", "owner", "TEXT"),
+        ("tasks", "lease_until", "INTEGER"),
+        ("tasks", "cancel_requested", "INTEGER NOT NULL DEFAULT 0"),
+        ("tag_rules", "changed_by", "TEXT"),
     ] {
         let present: bool = control
             .query_row(
-                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('tasks') WHERE name = ?1)",
-                [column],
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+                [table, column],
                 |r| r.get(0),
             )
             .map_err(db)?;
         if !present {
             control
-                .execute_batch(&format!("ALTER TABLE tasks ADD COLUMN {column} {kind}"))
+                .execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
                 .map_err(db)?;
         }
     }
@@ -130,6 +131,7 @@ fn rule_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RuleVersion> {
         version: row.get(1)?,
         rule: row.get(2)?,
         created_at: row.get(3)?,
+        changed_by: row.get(4)?,
     })
 }
 
@@ -364,7 +366,7 @@ impl Store for SqliteStore {
     fn current_rule(&self, tag_id: u32) -> Result<Option<RuleVersion>, StoreError> {
         self.with(|c| {
             c.query_row(
-                "SELECT tag_id, version, rule, created_at FROM tag_rules WHERE tag_id = ?1 ORDER BY version DESC LIMIT 1",
+                "SELECT tag_id, version, rule, created_at, changed_by FROM tag_rules WHERE tag_id = ?1 ORDER BY version DESC LIMIT 1",
                 [tag_id],
                 rule_from_row,
             )
@@ -376,26 +378,37 @@ impl Store for SqliteStore {
     fn rule_history(&self, tag_id: u32) -> Result<Vec<RuleVersion>, StoreError> {
         self.with(|c| {
             let mut stmt = c
-                .prepare_cached("SELECT tag_id, version, rule, created_at FROM tag_rules WHERE tag_id = ?1 ORDER BY version")
+                .prepare_cached("SELECT tag_id, version, rule, created_at, changed_by FROM tag_rules WHERE tag_id = ?1 ORDER BY version")
                 .map_err(db)?;
             let rows = stmt.query_map([tag_id], rule_from_row).map_err(db)?;
             rows.collect::<Result<_, _>>().map_err(db)
         })
     }
 
-    fn save_rule(&self, tag_id: u32, rule: &str) -> Result<RuleVersion, StoreError> {
+    fn save_rule(
+        &self,
+        tag_id: u32,
+        rule: &str,
+        changed_by: &str,
+    ) -> Result<RuleVersion, StoreError> {
         let now = now_timestamp();
         self.with(|c| {
             let version: i64 = c
                 .query_row(
-                    "INSERT INTO tag_rules (tag_id, version, rule, created_at)
-                     SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3 FROM tag_rules WHERE tag_id = ?1
+                    "INSERT INTO tag_rules (tag_id, version, rule, created_at, changed_by)
+                     SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4 FROM tag_rules WHERE tag_id = ?1
                      RETURNING version",
-                    params![tag_id, rule, now],
+                    params![tag_id, rule, now, changed_by],
                     |r| r.get(0),
                 )
                 .map_err(db)?;
-            Ok(RuleVersion { tag_id, version, rule: rule.to_string(), created_at: now })
+            Ok(RuleVersion {
+                tag_id,
+                version,
+                rule: rule.to_string(),
+                created_at: now,
+                changed_by: Some(changed_by.to_string()),
+            })
         })
     }
 
