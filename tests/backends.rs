@@ -739,6 +739,19 @@ fn a_store_that_goes_away_is_reported_and_nothing_accepted_is_lost(backend: Back
     let (code, refused) = server.post("/api/v1/tags/trigger", &all);
     assert_eq!(code, 503, "{refused}");
     assert_eq!(refused["success"], false);
+    // The body says what kind of failure and quotes the request id; the
+    // driver's words (addresses, SQL) stay in the log.
+    let error = refused["error"].as_str().unwrap();
+    assert!(error.starts_with("the store"), "{refused}");
+    assert!(
+        !error.contains("127.0.0.1") && !error.contains("hunter2"),
+        "{refused}"
+    );
+    assert_eq!(
+        refused["request_id"].as_str().map(str::len),
+        Some(32),
+        "{refused}"
+    );
     std::thread::sleep(std::time::Duration::from_secs(1));
 
     proxy.restore();

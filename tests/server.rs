@@ -603,6 +603,21 @@ fn tasks_are_listed_newest_first_and_unknown_ids_are_404() {
     let (code, bad) = env.server.get("/api/v1/tasks?status=done").unwrap();
     assert_eq!(code, 400, "{bad}");
 
+    // Summaries: a user_ids list is counted, not copied.
+    let id = env
+        .server
+        .trigger(json!({"tag_ids": [1], "user_ids": ["u1", "u2", "u3"]}));
+    env.server.wait(&id);
+    let (_, list) = env.server.get("/api/v1/tasks?limit=1").unwrap();
+    let summary = &list["tasks"][0];
+    assert_eq!(summary["task_id"], json!(id));
+    assert!(summary.get("user_ids").is_none(), "{summary}");
+    assert_eq!(summary["user_ids_count"], 3);
+    let (_, full) = env
+        .server
+        .get(&format!("/api/v1/tasks/{id}/status"))
+        .unwrap();
+    assert_eq!(full["status"]["user_ids"], json!(["u1", "u2", "u3"]));
     let (code, missing) = env.server.get("/api/v1/tasks/no-such-task/status").unwrap();
     assert_eq!(code, 404);
     assert_eq!(missing["success"], false);
@@ -1339,6 +1354,22 @@ fn tokens_gate_every_route_group_by_role_and_never_reach_the_log() {
     ]);
     // Open: health.
     assert_eq!(call(server, Method::GET, "/health", None, None).0, 200);
+    // Every response carries a request id; a well-formed one sent is kept.
+    for token in [None, Some(READER)] {
+        let mut request = client().get(format!("{}/api/v1/tasks", server.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().unwrap();
+        let id = response.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(id.len(), 32, "{id}");
+    }
+    let response = client()
+        .get(format!("{}/health", server.base))
+        .header("X-Request-Id", "trace-42_a")
+        .send()
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-42_a");
 
     let trigger = json!({"tag_ids": [1], "as_of": AS_OF});
     let rule = json!({"field": "cash_balance", "operator": ">=", "value": 70000});

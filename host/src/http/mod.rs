@@ -5,6 +5,7 @@ pub mod auth;
 pub mod content;
 pub mod health;
 pub mod plugins;
+pub mod request_id;
 pub mod swap;
 pub mod tags;
 pub mod tasks;
@@ -94,11 +95,16 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, error, message)
     }
 
-    /// A 500; the detail is logged and returned.
+    /// A 500: the detail goes to the log (with the request id), the body
+    /// says only "internal error" and quotes the id.
     pub fn internal(detail: impl Into<String>) -> ApiError {
         let detail = detail.into();
         tracing::error!(error = %detail, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, detail, "服务器内部错误")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error",
+            "服务器内部错误",
+        )
     }
 
     /// Adds a field to the error body.
@@ -109,18 +115,27 @@ impl ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// Answers 503: the store's own words (SQL, paths, driver messages) go
+    /// to the log; the body says what kind of failure it was and quotes the
+    /// request id.
     fn from(e: StoreError) -> ApiError {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
-            "存储服务不可用",
-        )
+        tracing::error!(error = %e, "store error");
+        let error = match e {
+            StoreError::Unreachable(_) => "the store cannot be reached; retry later",
+            _ => "the store failed to answer; retry later",
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error, "存储服务不可用")
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({"success": false, "error": self.error, "message": self.message});
+        if self.status.is_server_error() {
+            if let Some(id) = request_id::current() {
+                body["request_id"] = json!(id);
+            }
+        }
         for (k, v) in self.extra {
             body[k] = v;
         }
@@ -152,4 +167,5 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .layer(axum::middleware::from_fn(content::json_bodies_only))
         .layer(axum::middleware::from_fn_with_state(tokens, auth::require))
+        .layer(axum::middleware::from_fn(request_id::assign))
 }

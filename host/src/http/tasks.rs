@@ -342,6 +342,21 @@ async fn retry(
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
+/// A task as the listing shows it: its status without the `user_ids` list
+/// (a count instead: 20 tasks of 100,000 ids would be tens of MB); the
+/// whole task stays at its status URL.
+fn task_summary(task: &TaskRecord, state: &AppState) -> Value {
+    let mut v = task_json(task, state);
+    if let Some(map) = v.as_object_mut() {
+        map.remove("user_ids");
+        map.insert(
+            "user_ids_count".into(),
+            json!(task.spec.user_ids.as_ref().map(Vec::len)),
+        );
+    }
+    v
+}
+
 fn task_json(task: &TaskRecord, state: &AppState) -> Value {
     lifecycle::status_json(task, state.scheduler.progress(&task.task_id))
 }
@@ -411,7 +426,7 @@ async fn list(
     let (tasks, total) = state
         .blocking(move |s| s.list_tasks(status, limit, offset))
         .await?;
-    let tasks: Vec<Value> = tasks.iter().map(|t| task_json(t, &state)).collect();
+    let tasks: Vec<Value> = tasks.iter().map(|t| task_summary(t, &state)).collect();
     Ok(Json(
         json!({"success": true, "tasks": tasks, "total": total, "limit": limit, "offset": offset}),
     ))

@@ -1,0 +1,60 @@
+//! Every request gets an id: taken from a well-formed `X-Request-Id` header
+//! or made up, echoed in the response's `X-Request-Id`, attached to every
+//! log line of the request, and quoted in the body of an internal or store
+//! error (whose detail goes only to the log). A panic in a handler becomes
+//! such an error instead of a dropped connection.
+
+use super::ApiError;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
+use tracing::Instrument;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being served, if any.
+pub fn current() -> Option<String> {
+    REQUEST_ID.try_with(|id| id.clone()).ok()
+}
+
+/// A caller-given id is kept when it is 1 to 64 letters, digits, `-` or `_`.
+fn given(request: &Request) -> Option<String> {
+    let id = request.headers().get("x-request-id")?.to_str().ok()?;
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then(|| id.to_string())
+}
+
+/// The middleware.
+pub async fn assign(request: Request, next: Next) -> Response {
+    let id = given(&request).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let span = tracing::info_span!("request", request_id = %id);
+    let run = AssertUnwindSafe(next.run(request)).catch_unwind();
+    let mut response = REQUEST_ID
+        .scope(id.clone(), run.instrument(span))
+        .await
+        .unwrap_or_else(|payload| {
+            let message = crate::scheduler::panic_message(payload.as_ref());
+            tracing::error!(request_id = %id, panic = %message, "a request handler panicked");
+            REQUEST_ID.sync_scope(id.clone(), || {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error",
+                    "服务器内部错误",
+                )
+                .into_response()
+            })
+        });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
