@@ -1466,6 +1466,12 @@ fn tokens_gate_every_route_group_by_role_and_never_reach_the_log() {
             "{path}: admin got {code} {reply}"
         );
     }
+    // Files: the store's 0600, the log 0640.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&work.path().join("t.db")), 0o600);
+    assert_eq!(mode(&work.path().join("t.control.db")), 0o600);
+    assert_eq!(mode(&log), 0o640);
     // The rule history names who changed the rule.
     let (_, rules) = call(
         server,
@@ -1479,6 +1485,20 @@ fn tokens_gate_every_route_group_by_role_and_never_reach_the_log() {
     assert!(
         !log.contains(ADMIN) && !log.contains(READER),
         "a token value reached the log"
+    );
+    // One access line a request, with the caller's name (never a token).
+    let access = |status: &str, caller: &str| {
+        log.lines().any(|l| {
+            l.contains(" access: request")
+                && l.contains("path=/api/v1/tasks")
+                && l.contains(&format!("status={status}"))
+                && l.contains(&format!("caller={caller}"))
+                && l.contains("request_id=")
+        })
+    };
+    assert!(
+        access("200", "viewer") && access("401", "-"),
+        "access lines missing"
     );
     assert!(
         log.lines()

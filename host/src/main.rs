@@ -49,10 +49,15 @@ fn init_logging(config: &Config, to_file: Option<Console>) -> anyhow::Result<()>
             .init();
         return Ok(());
     };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&config.log_file)?;
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Owner read-write, group read: logs name tasks, users and callers.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(&config.log_file)?
+    };
     let file = std::sync::Mutex::new(file);
     let console = move || -> Box<dyn std::io::Write> {
         match console {
@@ -103,6 +108,26 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+    // The first signal stops gracefully (running tasks reach a safe point
+    // and stay queued); a second one exits at once. Nothing is lost either
+    // way: a run's writes are one transaction, and its task is taken up
+    // again after its lease.
+    tokio::spawn(async {
+        let second = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! { _ = second => {}, _ = terminate => {} }
+        tracing::warn!("second stop signal: exiting now");
+        std::process::exit(130);
+    });
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

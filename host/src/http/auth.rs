@@ -172,14 +172,9 @@ fn needed(method: &Method) -> Role {
 }
 
 /// The middleware: 401 without a valid token, 403 without the role.
-pub async fn require(
-    State(tokens): State<Arc<Tokens>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn require(State(tokens): State<Arc<Tokens>>, request: Request, next: Next) -> Response {
     if !tokens.enabled() || open_path(request.uri().path()) {
-        request.extensions_mut().insert(Caller("anonymous".into()));
-        return next.run(request).await;
+        return with_caller(Caller("anonymous".into()), request, next).await;
     }
     let presented = request
         .headers()
@@ -214,8 +209,16 @@ pub async fn require(
         )
         .into_response();
     }
-    request.extensions_mut().insert(Caller(entry.name.clone()));
-    next.run(request).await
+    with_caller(Caller(entry.name.clone()), request, next).await
+}
+
+/// Runs the request as `caller`, who is also noted on the response (for
+/// the access log).
+async fn with_caller(caller: Caller, mut request: Request, next: Next) -> Response {
+    request.extensions_mut().insert(caller.clone());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(caller);
+    response
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! or made up, echoed in the response's `X-Request-Id`, attached to every
 //! log line of the request, and quoted in the body of an internal or store
 //! error (whose detail goes only to the log). A panic in a handler becomes
-//! such an error instead of a dropped connection.
+//! such an error instead of a dropped connection. Each request ends with an
+//! access log line (target `access`): method, path, status, duration,
+//! caller (the token's name) and request id.
 
 use super::ApiError;
 use axum::extract::Request;
@@ -36,6 +38,8 @@ fn given(request: &Request) -> Option<String> {
 /// The middleware.
 pub async fn assign(request: Request, next: Next) -> Response {
     let id = given(&request).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let started = std::time::Instant::now();
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let span = tracing::info_span!("request", request_id = %id);
     let run = AssertUnwindSafe(next.run(request)).catch_unwind();
     let mut response = REQUEST_ID
@@ -56,5 +60,19 @@ pub async fn assign(request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    let caller = response
+        .extensions()
+        .get::<super::auth::Caller>()
+        .map_or("-", |c| c.0.as_str());
+    tracing::info!(
+        target: "access",
+        request_id = %id,
+        %method,
+        path = %path,
+        status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        caller = %caller,
+        "request"
+    );
     response
 }

@@ -89,7 +89,27 @@ fn add_task_columns(control: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Creates the database file readable by its owner only (mode 0600) when
+/// it does not exist; SQLite gives its -wal and -shm files the same mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Database(format!(
+            "creating {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 fn connect(path: &Path, results: bool) -> Result<Connection, StoreError> {
+    create_private(path)?;
     let conn = Connection::open(path).map_err(db)?;
     conn.busy_timeout(std::time::Duration::from_secs(60))
         .map_err(db)?;
