@@ -608,6 +608,36 @@ fn cancels_reach_tasks_queued_or_running_in_another_process(backend: Backend) {
     );
 }
 
+/// Finished tasks past the retention period are deleted at start; recent
+/// ones stay.
+fn finished_tasks_past_retention_are_deleted(backend: Backend) {
+    let env = Env::new(backend, 200);
+    let old = env.server.trigger(json!({"tag_ids": [7], "as_of": AS_OF}));
+    let recent = env.server.trigger(json!({"tag_ids": [1], "as_of": AS_OF}));
+    env.server.wait(&old);
+    env.server.wait(&recent);
+    let Env {
+        data,
+        plugins,
+        backend,
+        server,
+    } = env;
+    drop(server);
+    backend.execute(
+        &format!("UPDATE tasks SET completed_at = '2000-01-01T00:00:00' WHERE task_id = '{old}'"),
+        true,
+    );
+    let env = Env::start(data, plugins, backend);
+    let status = |id: &str| {
+        env.server
+            .get(&format!("/api/v1/tasks/{id}/status"))
+            .unwrap()
+            .0
+    };
+    assert_eq!(status(&old), 404, "deleted: it finished in 2000");
+    assert_eq!(status(&recent), 200);
+}
+
 /// Tag ownership in the store: recorded once, replaced only by a transfer.
 fn tag_owners_are_recorded_once_and_moved_only_by_a_transfer(backend: Backend) {
     let store = tag_host::store::open(&backend.url()).expect("open the store");
@@ -664,6 +694,7 @@ on_every_backend!(
     three_processes_share_the_queue_and_take_over_from_one_killed_mid_run,
     cancels_reach_tasks_queued_or_running_in_another_process,
     tag_owners_are_recorded_once_and_moved_only_by_a_transfer,
+    finished_tasks_past_retention_are_deleted,
 );
 
 /// `tag-server run` against a `scheme://` store on a closed port fails,

@@ -88,6 +88,8 @@ struct Started {
     scheduler: Scheduler,
     /// With `--watch-plugins`: the directory watch (dropped, it stops).
     _watch: Option<notify::RecommendedWatcher>,
+    /// Dropped, it stops the retention thread.
+    _retention: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// Opens the store and plugins and starts the workers (blocking: a network
@@ -107,11 +109,47 @@ fn start(config: &Config) -> anyhow::Result<Started> {
     } else {
         None
     };
+    let retention = purge_old_tasks(&core, config.task_retention_days)?;
     Ok(Started {
         core,
         scheduler,
         _watch: watch,
+        _retention: retention,
     })
+}
+
+/// Deletes finished tasks older than `days` now (before serving) and every
+/// hour after, on a thread that ends when the returned sender is dropped.
+fn purge_old_tasks(core: &Core, days: u32) -> anyhow::Result<Option<std::sync::mpsc::Sender<()>>> {
+    if days == 0 {
+        return Ok(None);
+    }
+    let store = Arc::clone(&core.store);
+    let keep = chrono::Duration::days(days.into());
+    let purge = move || {
+        let before = (chrono::Utc::now() - keep)
+            .format("%Y-%m-%dT%H:%M:%S")
+            .to_string();
+        match store.purge_finished(&before) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(tasks = n, before = %before, "finished tasks past retention deleted")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot delete old tasks"),
+        }
+    };
+    purge();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("task-retention".into())
+        .spawn(move || {
+            let hour = std::time::Duration::from_secs(3600);
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(hour) {
+                purge();
+            }
+        })
+        .context("starting the retention thread")?;
+    Ok(Some(stop))
 }
 
 /// Reloads the plugins after changes in their directory settle (half a

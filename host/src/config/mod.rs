@@ -181,6 +181,15 @@ pub struct Config {
     /// process dies, its running tasks are taken by another after this.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..=3600), env = "TAG_TASK_LEASE_SECS", global = true)]
     pub task_lease_secs: u32,
+    /// Days a finished task (completed, failed, cancelled) is kept before it
+    /// is deleted, checked at start and hourly; 0 keeps tasks forever.
+    #[arg(
+        long,
+        default_value_t = 30,
+        env = "TAG_TASK_RETENTION_DAYS",
+        global = true
+    )]
+    pub task_retention_days: u32,
     /// Reload the plugins whenever a file in the plugins directory changes
     /// (after half a second without further changes).
     #[arg(long, env = "TAG_WATCH_PLUGINS", global = true)]

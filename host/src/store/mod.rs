@@ -265,6 +265,10 @@ pub trait Store: Send + Sync {
     fn cancel_task(&self, task_id: &str) -> Result<CancelState, StoreError>;
     /// Number of tasks per status.
     fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError>;
+    /// Deletes finished tasks (completed, failed, cancelled) that finished
+    /// before `before` (a `YYYY-MM-DDTHH:MM:SS` UTC time), and run outcomes
+    /// committed before it; how many tasks went.
+    fn purge_finished(&self, before: &str) -> Result<usize, StoreError>;
 
     /// The current rule of a tag.
     fn current_rule(&self, tag_id: u32) -> Result<Option<RuleVersion>, StoreError>;
@@ -324,6 +328,13 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     }
     Err(StoreError::UnsupportedUrl(redact(url)))
 }
+
+/// Deletes the finished tasks that ended before `$1`/`?1` (numbered for
+/// PostgreSQL by [`numbered`]).
+pub const PURGE_TASKS_SQL: &str =
+    "DELETE FROM tasks WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?";
+/// Deletes run outcomes committed before `?`.
+pub const PURGE_OUTCOMES_SQL: &str = "DELETE FROM run_outcomes WHERE committed_at < ?";
 
 /// Parses `user_tags.tag_ids` (`[1,2,5]`; any JSON spacing).
 pub fn parse_tag_ids<C: FromIterator<u32>>(text: &str) -> Result<C, StoreError> {

@@ -227,6 +227,14 @@ impl Store for MyStore {
         )
     }
 
+    fn purge_finished(&self, before: &str) -> Result<usize, StoreError> {
+        let mut conn = self.conn()?;
+        conn.exec_drop(PURGE_TASKS_SQL, (before,)).map_err(db)?;
+        let purged = conn.affected_rows() as usize;
+        conn.exec_drop(PURGE_OUTCOMES_SQL, (before,)).map_err(db)?;
+        Ok(purged)
+    }
+
     fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         let rows: Vec<(String, i64)> = self
             .conn()?

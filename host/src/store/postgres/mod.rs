@@ -298,6 +298,17 @@ impl Store for PgStore {
         )
     }
 
+    fn purge_finished(&self, before: &str) -> Result<usize, StoreError> {
+        let mut client = self.client()?;
+        let purged = client
+            .execute(&numbered(PURGE_TASKS_SQL), &[&before])
+            .map_err(db)?;
+        client
+            .execute(&numbered(PURGE_OUTCOMES_SQL), &[&before])
+            .map_err(db)?;
+        Ok(purged as usize)
+    }
+
     fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         let rows = self
             .client()?

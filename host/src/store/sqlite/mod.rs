@@ -369,6 +369,15 @@ impl Store for SqliteStore {
         )
     }
 
+    fn purge_finished(&self, before: &str) -> Result<usize, StoreError> {
+        let purged = self.with(|c| c.execute(PURGE_TASKS_SQL, [before]).map_err(db))?;
+        // The results file is written by runs' own connections: a short one here.
+        connect(&self.results_path, true)?
+            .execute(PURGE_OUTCOMES_SQL, [before])
+            .map_err(db)?;
+        Ok(purged)
+    }
+
     fn task_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         self.with(|c| {
             let mut stmt = c
