@@ -1544,3 +1544,103 @@ fn request_bodies_must_be_json_so_other_sites_cannot_post_them() {
     let response = client().post(url("/api/v1/plugins/reload")).send().unwrap();
     assert_eq!(response.status().as_u16(), 200);
 }
+
+#[test]
+fn strange_values_are_refused_and_concurrent_idempotent_triggers_share_one_task() {
+    let env = env(50);
+    let server = &env.server;
+    for body in [
+        json!({"tag_ids": [1], "as_of": "1850-01-01"}),
+        json!({"tag_ids": [1], "as_of": "2300-01-01"}),
+        json!({"tag_ids": [1], "user_ids": ["u1\u{0}"]}),
+    ] {
+        let (code, reply) = server.post("/api/v1/tags/trigger", &body);
+        assert_eq!(
+            (code, &reply["success"]),
+            (400, &json!(false)),
+            "{body}: {reply}"
+        );
+    }
+    for path in [
+        "/api/v1/tags/+1/rule",
+        "/api/v1/tags/%201/rule",
+        "/api/v1/tags/1x/rule",
+    ] {
+        let (code, reply) = server.get(path).unwrap();
+        assert_eq!(code, 400, "{path}: {reply}");
+    }
+
+    // Eight triggers at once with one key: one task, every caller gets it.
+    let body = json!({"tag_ids": [1], "as_of": AS_OF});
+    let replies: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    let response = client()
+                        .post(format!("{}/api/v1/tags/trigger", server.base))
+                        .header("Idempotency-Key", "nightly-2025-01-15")
+                        .json(&body)
+                        .send()
+                        .unwrap();
+                    let code = response.status().as_u16();
+                    let reply: Value = response.json().unwrap();
+                    (code, reply["task_id"].as_str().unwrap_or("").to_string())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ids: std::collections::BTreeSet<&str> = replies.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "{replies:?}");
+    assert!(!ids.contains(""), "{replies:?}");
+    assert_eq!(
+        replies.iter().filter(|(c, _)| *c == 202).count(),
+        1,
+        "{replies:?}"
+    );
+    assert!(
+        replies.iter().all(|(c, _)| *c == 202 || *c == 200),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn hostile_requests_get_the_seeds_json_errors_without_internal_detail() {
+    let env = env_with(50, reference_plugins_dir(), &["--max-body-bytes", "65536"]);
+    let base = &env.server.base;
+    let big = format!(
+        r#"{{"tag_ids": [1], "user_ids": [{}]}}"#,
+        vec!["\"u\""; 30_000].join(",")
+    );
+    let response = client()
+        .post(format!("{base}/api/v1/tags/trigger"))
+        .header("Content-Type", "application/json")
+        .body(big)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    let reply: Value = response.json().unwrap();
+    assert_eq!(reply["success"], false, "{reply}");
+    let cases = [
+        ("/api/v1/tags/%FF/rule", 400),
+        ("/api/v1/tasks?limit=1&limit=2", 400),
+        ("/api/v1/users/1'%20OR%20'1'='1/tags", 404),
+        ("/api/v1/users/..%2F..%2Fetc%2Fpasswd/tags", 404),
+        ("/api/v1/tasks/%3Cscript%3E/status", 404),
+    ];
+    for (path, want) in cases {
+        let response = client().get(format!("{base}{path}")).send().unwrap();
+        let code = response.status().as_u16();
+        let text = response.text().unwrap();
+        let reply: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
+        assert_eq!(
+            (code, &reply["success"]),
+            (want, &json!(false)),
+            "{path}: {reply}"
+        );
+        for leak in ["/work", "/tmp", "SELECT", "sqlite", "panicked"] {
+            assert!(!text.contains(leak), "{path}: {text}");
+        }
+    }
+}

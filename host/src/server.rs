@@ -205,6 +205,7 @@ fn api(config: &Config, started: &Started) -> axum::Router {
         catalog: Arc::clone(&started.core.catalog),
         tokens: Arc::new(config.tokens.clone()),
         max_user_ids: config.max_user_ids,
+        max_body_bytes: config.max_body_bytes as usize,
     })
 }
 

@@ -1,5 +1,7 @@
-//! Request bodies must be JSON: a `POST` or `PUT` with a body in any other
-//! media type is refused with 415. A browser page can send `text/plain` or
+//! Request bodies must be JSON and of bounded size, and every error answer
+//! is the seed's JSON.
+//!
+//! A `POST` or `PUT` with a body in any other media type is refused with 415. A browser page can send `text/plain` or
 //! a form cross-origin without a CORS preflight; it cannot send
 //! `application/json` that way, so this keeps other sites from triggering
 //! runs through a user's browser.
@@ -60,6 +62,56 @@ pub async fn json_bodies_only(request: Request, next: Next) -> Response {
         }
     }
     next.run(request).await
+}
+
+/// The middleware: a body declared larger than `limit` bytes answers 413
+/// before it is read (a larger chunked body is cut off by axum's own limit).
+pub async fn bounded(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {limit} bytes"),
+            "请求体过大",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// The middleware: an error answer that is not JSON (axum's own
+/// rejections: body too large, a path that is not UTF-8, a malformed query
+/// string) is rewritten in the seed's error format, keeping its status.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json_body = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json);
+    if !(status.is_client_error() || status.is_server_error()) || is_json_body {
+        return response;
+    }
+    let detail = match axum::body::to_bytes(response.into_body(), 4096).await {
+        Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).trim().to_string(),
+        _ => String::new(),
+    };
+    let reason = status.canonical_reason().unwrap_or("error");
+    let error = if detail.is_empty() || status.is_server_error() {
+        reason.to_string()
+    } else {
+        format!("{reason}: {detail}")
+    };
+    ApiError::new(status, error, "请求无效").into_response()
 }
 
 #[cfg(test)]

@@ -37,6 +37,8 @@ pub struct AppState {
     pub tokens: Arc<auth::Tokens>,
     /// Largest accepted `user_ids` list.
     pub max_user_ids: usize,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
 }
 
 impl AppState {
@@ -150,6 +152,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 /// The whole API, behind token authentication when tokens are configured.
 pub fn router(state: AppState) -> Router {
     let tokens = Arc::clone(&state.tokens);
+    let limit = state.max_body_bytes;
     Router::new()
         .merge(health::router())
         .merge(plugins::router())
@@ -165,7 +168,13 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(content::json_bodies_only))
+        .layer(axum::middleware::from_fn_with_state(
+            limit,
+            content::bounded,
+        ))
         .layer(axum::middleware::from_fn_with_state(tokens, auth::require))
+        .layer(axum::middleware::from_fn(content::json_errors))
         .layer(axum::middleware::from_fn(request_id::assign))
 }

@@ -34,7 +34,9 @@ async fn available(State(state): State<AppState>) -> Json<Value> {
 
 /// A tag id from the path: 400 if not a number, 404 if no plugin provides it.
 pub(crate) fn parse_tag_id(state: &AppState, raw: &str) -> Result<u32, ApiError> {
-    let id: u32 = raw.parse().map_err(|_| {
+    // Digits only: `+1`, ` 1` or `01x` are not ids.
+    let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+    let id: u32 = raw.parse().ok().filter(|_| digits).ok_or_else(|| {
         ApiError::bad_request(
             format!("tag_id must be a positive integer, got \"{raw}\""),
             "标签ID必须是正整数",

@@ -104,7 +104,7 @@ fn parse_user_ids(body: &Map<String, Value>, max: usize) -> Result<Option<Vec<St
     let mut ids = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         match item.as_str() {
-            Some(s) if !s.trim().is_empty() => {
+            Some(s) if !s.trim().is_empty() && !s.chars().any(char::is_control) => {
                 if seen.insert(s) {
                     ids.push(s.to_string());
                 }
@@ -112,7 +112,7 @@ fn parse_user_ids(body: &Map<String, Value>, max: usize) -> Result<Option<Vec<St
             _ => {
                 return Err(ApiError::bad_request(
                     format!(
-                        "user_ids must contain only non-empty strings; item {i} is {}",
+                        "user_ids must contain only non-empty strings without control characters; item {i} is {}",
                         describe(item)
                     ),
                     "user_ids必须只包含非空字符串",
@@ -145,6 +145,12 @@ fn parse_choice<T: std::str::FromStr<Err = String>>(
             zh.to_string(),
         )),
     }
+}
+
+/// A reference date a person could mean: 1900-01-01 to 2200-12-31.
+fn plausible_date(date: Date) -> bool {
+    let bound = |text: &str| Date::parse(text).map_or(0, |d| d.days());
+    (bound("1900-01-01")..=bound("2200-12-31")).contains(&date.days())
 }
 
 /// Validates a trigger body into a task spec; every failure is a 400 naming the field.
@@ -182,11 +188,14 @@ pub fn parse_trigger(
         .unwrap_or_default();
     let as_of = match body.get("as_of") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if Date::parse(s).is_some() => Some(s.clone()),
+        Some(Value::String(s)) if Date::parse(s).is_some_and(plausible_date) => Some(s.clone()),
         Some(other) => {
             return Err(ApiError::bad_request(
-                format!("as_of must be a YYYY-MM-DD date, got {}", describe(other)),
-                "as_of必须是YYYY-MM-DD格式的日期",
+                format!(
+                    "as_of must be a YYYY-MM-DD date from 1900-01-01 to 2200-12-31, got {}",
+                    describe(other)
+                ),
+                "as_of必须是1900至2200年之间的YYYY-MM-DD日期",
             ))
         }
     };
@@ -248,25 +257,45 @@ async fn trigger(
     };
     let fingerprint =
         serde_json::to_string(&spec).map_err(|e| ApiError::internal(e.to_string()))?;
-    if let Some(key) = key.clone() {
-        if let Some((task_id, hash)) = state.blocking(move |s| s.find_idempotent(&key)).await? {
-            if hash != fingerprint {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "Idempotency-Key was already used with a different request",
-                    "Idempotency-Key已被另一个请求使用",
-                ));
-            }
-            let task = state.blocking(move |s| s.get_task(&task_id)).await?;
-            if let Some(task) = task {
-                return Ok((StatusCode::OK, Json(submitted_body(&task))));
-            }
+    if let Some(key) = &key {
+        if let Some(reply) = earlier_task(&state, key, &fingerprint).await? {
+            return Ok(reply);
         }
     }
     let task = lifecycle::create(spec, &state.environment);
     let body = submitted_body(&task);
-    submit(&state, task, key.map(|k| (k, fingerprint))).await?;
-    Ok((StatusCode::ACCEPTED, Json(body)))
+    match (
+        submit(&state, task, key.clone().map(|k| (k, fingerprint.clone()))).await,
+        &key,
+    ) {
+        (Ok(()), _) => Ok((StatusCode::ACCEPTED, Json(body))),
+        // A concurrent trigger with the same key stored its task first:
+        // this one gets that task too.
+        (Err(e), Some(key)) => earlier_task(&state, key, &fingerprint).await?.ok_or(e),
+        (Err(e), None) => Err(e),
+    }
+}
+
+/// The task an `Idempotency-Key` already created (200), 409 if the key came
+/// with another request, or `None` if the key is new.
+async fn earlier_task(
+    state: &AppState,
+    key: &str,
+    fingerprint: &str,
+) -> Result<Option<(StatusCode, Json<Value>)>, ApiError> {
+    let key = key.to_string();
+    let Some((task_id, hash)) = state.blocking(move |s| s.find_idempotent(&key)).await? else {
+        return Ok(None);
+    };
+    if hash != fingerprint {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Idempotency-Key was already used with a different request",
+            "Idempotency-Key已被另一个请求使用",
+        ));
+    }
+    let task = state.blocking(move |s| s.get_task(&task_id)).await?;
+    Ok(task.map(|task| (StatusCode::OK, Json(submitted_body(&task)))))
 }
 
 /// Persists and queues `task` (with its idempotency key and fingerprint).
