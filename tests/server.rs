@@ -1570,6 +1570,20 @@ fn strange_values_are_refused_and_concurrent_idempotent_triggers_share_one_task(
         assert_eq!(code, 400, "{path}: {reply}");
     }
 
+    // A rule's `in` list is capped (a 620,000-item list once made a run of
+    // one tag take minutes per million users).
+    let huge: Vec<String> = (0..20_000).map(|i| format!("L{i}")).collect();
+    let (code, reply) = put_rule(
+        server,
+        5,
+        json!({"field": "user_level", "operator": "in", "value": huge}),
+    );
+    assert_eq!(code, 400, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("at most 10000"),
+        "{reply}"
+    );
+
     // Eight triggers at once with one key: one task, every caller gets it.
     let body = json!({"tag_ids": [1], "as_of": AS_OF});
     let replies: Vec<(u16, String)> = std::thread::scope(|scope| {

@@ -18,10 +18,15 @@ use crate::batch::{Batch, BatchError, Column, Dates, Numbers};
 use crate::date::{Date, MICROS_PER_DAY};
 use crate::mask::{pack, pack_indexed, Mask, Truth};
 use serde_json::{Map, Value};
+use std::collections::HashSet;
 use std::fmt;
 
 /// Groups nested deeper than this are rejected (guards the evaluator's stack).
 pub const MAX_DEPTH: usize = 32;
+/// Most conditions (leaves) a rule may hold.
+pub const MAX_CONDITIONS: usize = 256;
+/// Most items an `in` / `not_in` list may hold.
+pub const MAX_LIST: usize = 10_000;
 
 /// How a group combines its conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -372,9 +377,21 @@ impl Rule {
 
     /// Parses an already-decoded JSON value.
     pub fn from_json(value: &Value) -> Result<Rule, RuleError> {
-        Ok(Rule {
-            root: parse_node(value, "rule", 0)?,
-        })
+        let root = parse_node(value, "rule", 0)?;
+        fn leaves(n: &Node) -> usize {
+            match n {
+                Node::Group { children, .. } => children.iter().map(leaves).sum(),
+                Node::Condition(_) => 1,
+            }
+        }
+        let count = leaves(&root);
+        if count > MAX_CONDITIONS {
+            return Err(RuleError::new(
+                "rule",
+                format!("{count} conditions; a rule may hold at most {MAX_CONDITIONS}"),
+            ));
+        }
+        Ok(Rule { root })
     }
 
     /// The rule as JSON (the same shape it was parsed from).
@@ -470,7 +487,7 @@ impl Cmp {
 enum NumTest {
     Cmp(Cmp, f64),
     Range { lo: f64, hi: f64, negate: bool },
-    In { set: Vec<f64>, negate: bool },
+    In { set: NumSet, negate: bool },
 }
 
 /// A test on dates (days since epoch); windows relative to `as_of` are resolved.
@@ -478,13 +495,13 @@ enum NumTest {
 enum DayTest {
     Cmp(Cmp, i32),
     Range { lo: i32, hi: i32, negate: bool },
-    In { set: Vec<i32>, negate: bool },
+    In { set: HashSet<i32>, negate: bool },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum StrTest {
     Cmp(Cmp, Vec<u8>),
-    In { set: Vec<Vec<u8>>, negate: bool },
+    In { set: HashSet<Vec<u8>>, negate: bool },
     Contains { needle: Vec<u8>, negate: bool },
     StartsWith(Vec<u8>),
     EndsWith(Vec<u8>),
@@ -575,6 +592,10 @@ fn day_count(c: &Condition, v: &Value) -> Result<i32, RuleError> {
 
 fn list<'v>(c: &Condition, v: &'v Value) -> Result<&'v [Value], RuleError> {
     match v {
+        Value::Array(items) if items.len() > MAX_LIST => Err(c.error(format!(
+            "the list has {} items; at most {MAX_LIST}",
+            items.len()
+        ))),
         Value::Array(items) if !items.is_empty() => Ok(items),
         Value::Array(_) => Err(c.error("the list must not be empty")),
         other => Err(c.error(format!("value must be a list, got {}", describe(other)))),
@@ -665,10 +686,12 @@ fn number_test(c: &Condition, negate: bool) -> Result<NumTest, RuleError> {
     let v = &c.value;
     Ok(match c.operator {
         In | NotIn => NumTest::In {
-            set: list(c, v)?
-                .iter()
-                .map(|x| number(c, x))
-                .collect::<Result<_, _>>()?,
+            set: NumSet::new(
+                list(c, v)?
+                    .iter()
+                    .map(|x| number(c, x))
+                    .collect::<Result<_, _>>()?,
+            ),
             negate,
         },
         InRange | NotInRange => {
@@ -760,6 +783,27 @@ fn cmp_bits<T: Copy, U: PartialOrd + Copy>(
     }
 }
 
+/// The numbers of an `in` list, sorted for binary search (numbers cannot
+/// be hashed; `-0.0` is stored and looked up as `0.0`, as `==` treats them).
+#[derive(Debug, Clone, PartialEq)]
+struct NumSet(Vec<f64>);
+
+impl NumSet {
+    fn new(mut values: Vec<f64>) -> NumSet {
+        for v in &mut values {
+            *v += 0.0;
+        }
+        values.sort_by(f64::total_cmp);
+        values.dedup();
+        NumSet(values)
+    }
+
+    fn contains(&self, x: f64) -> bool {
+        let x = x + 0.0;
+        self.0.binary_search_by(|v| v.total_cmp(&x)).is_ok()
+    }
+}
+
 fn num_bits<T: Copy>(values: &[T], conv: impl Fn(T) -> f64 + Copy, test: &NumTest) -> Vec<u64> {
     match test {
         NumTest::Cmp(cmp, c) => cmp_bits(values, conv, *cmp, *c),
@@ -767,7 +811,7 @@ fn num_bits<T: Copy>(values: &[T], conv: impl Fn(T) -> f64 + Copy, test: &NumTes
             let x = conv(x);
             (*lo <= x && x <= *hi) != *negate
         }),
-        NumTest::In { set, negate } => pack(values, |x| set.contains(&conv(x)) != *negate),
+        NumTest::In { set, negate } => pack(values, |x| set.contains(conv(x)) != *negate),
     }
 }
 
@@ -837,9 +881,9 @@ fn eval_leaf(column: &Column<'_>, test: &Test) -> Result<Truth, BatchError> {
                         Cmp::Le => pack_indexed(len, |i| at(i) <= s),
                     }
                 }
-                StrTest::In { set, negate } => pack_indexed(len, |i| {
-                    set.iter().any(|s| at(i) == s.as_slice()) != *negate
-                }),
+                StrTest::In { set, negate } => {
+                    pack_indexed(len, |i| set.contains(at(i)) != *negate)
+                }
                 StrTest::Contains { needle, negate } => {
                     pack_indexed(len, |i| contains(at(i), needle) != *negate)
                 }

@@ -428,3 +428,34 @@ fn rules_round_trip_through_json() {
     let rule = json!({"logic": "AND", "conditions": [cond("amount", ">=", json!(150000)), {"field": "level", "operator": "is_null"}]});
     assert_eq!(Rule::from_json(&rule).unwrap().to_json(), rule);
 }
+
+#[test]
+fn rules_are_bounded_in_size_and_in_lists_are_sets() {
+    // A list of the largest size works as a set; one more item is refused.
+    let mut items: Vec<serde_json::Value> = (0..tag_plugin_api::rule::MAX_LIST - 2)
+        .map(|i| json!(format!("X{i}")))
+        .collect();
+    items.push(json!("VIP3"));
+    items.push(json!("GOLD"));
+    assert_eq!(
+        eval(cond("level", "in", json!(items))),
+        rows(&[0, 0, 1, 0, 1])
+    );
+    items.push(json!("one too many"));
+    let err = Rule::from_json(&cond("level", "in", json!(items)))
+        .unwrap()
+        .validate(&schema())
+        .unwrap_err();
+    assert!(err.message.contains("at most"), "{err}");
+    // Numbers: -0 and 0 are one value, as `=` has them.
+    assert_eq!(
+        eval(cond("count", "in", json!([-0.0, 30]))),
+        rows(&[0, 0, 1, 0, 1])
+    );
+    // Too many conditions in one rule.
+    let many: Vec<_> = (0..=tag_plugin_api::rule::MAX_CONDITIONS)
+        .map(|i| cond("count", ">", json!(i)))
+        .collect();
+    let err = Rule::from_json(&json!({"logic": "OR", "conditions": many})).unwrap_err();
+    assert!(err.message.contains("at most"), "{err}");
+}
