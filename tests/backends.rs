@@ -859,7 +859,38 @@ fn a_store_down_at_start_is_waited_for(backend: Backend) {
     );
 }
 
+/// A store that stops answering (connections open, no reply): a request
+/// waiting on it is answered 503 after the request timeout, not held.
+fn a_stalled_store_times_requests_out(backend: Backend) {
+    let (proxy, url) = proxied(&backend);
+    let data = sample_data(100);
+    let plugins = reference_plugins_dir();
+    let server = TestServer::start_with_store(
+        data.path(),
+        plugins.path(),
+        &url,
+        &["--request-timeout-secs", "1"],
+    );
+    assert_eq!(server.get("/api/v1/tasks").unwrap().0, 200);
+    proxy.stall();
+    let started = std::time::Instant::now();
+    let (code, reply) = server.get("/api/v1/tasks").unwrap();
+    let waited = started.elapsed();
+    assert_eq!((code, &reply["success"]), (503, &json!(false)), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("longer than 1 s"),
+        "{reply}"
+    );
+    assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
+    proxy.resume();
+}
+
 mod store_outage {
+    #[test]
+    fn postgres_stalled() {
+        super::a_stalled_store_times_requests_out(super::Backend::postgres())
+    }
+
     #[test]
     fn postgres_down_at_start() {
         super::a_store_down_at_start_is_waited_for(super::Backend::postgres())

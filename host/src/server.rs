@@ -206,6 +206,7 @@ fn api(config: &Config, started: &Started) -> axum::Router {
         tokens: Arc::new(config.tokens.clone()),
         max_user_ids: config.max_user_ids,
         max_body_bytes: config.max_body_bytes as usize,
+        request_timeout: std::time::Duration::from_secs(config.request_timeout_secs.into()),
     })
 }
 

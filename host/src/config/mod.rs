@@ -181,6 +181,9 @@ pub struct Config {
     /// process dies, its running tasks are taken by another after this.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..=3600), env = "TAG_TASK_LEASE_SECS", global = true)]
     pub task_lease_secs: u32,
+    /// Seconds a request may take before it is answered 503.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600), env = "TAG_REQUEST_TIMEOUT_SECS", global = true)]
+    pub request_timeout_secs: u32,
     /// Largest request body accepted, in bytes (413 beyond).
     #[arg(long, default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..), env = "TAG_MAX_BODY_BYTES", global = true)]
     pub max_body_bytes: u32,

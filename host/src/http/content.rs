@@ -114,6 +114,31 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
     ApiError::new(status, error, "请求无效").into_response()
 }
 
+/// The middleware: a request not answered within `limit` gets 503 in the
+/// seed's format (the work it started, such as a store call, finishes or
+/// fails on its own; nothing half-done is committed by an API call).
+pub async fn timeout(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit_secs = limit.as_secs(), "request timed out");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the request took longer than {} s; retry later",
+                    limit.as_secs()
+                ),
+                "请求超时",
+            )
+            .into_response()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_json;

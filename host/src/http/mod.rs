@@ -39,6 +39,8 @@ pub struct AppState {
     pub max_user_ids: usize,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Longest a request may take.
+    pub request_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -153,6 +155,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 pub fn router(state: AppState) -> Router {
     let tokens = Arc::clone(&state.tokens);
     let limit = state.max_body_bytes;
+    let patience = state.request_timeout;
     Router::new()
         .merge(health::router())
         .merge(plugins::router())
@@ -173,6 +176,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             limit,
             content::bounded,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            patience,
+            content::timeout,
         ))
         .layer(axum::middleware::from_fn_with_state(tokens, auth::require))
         .layer(axum::middleware::from_fn(content::json_errors))
