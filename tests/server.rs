@@ -1352,8 +1352,13 @@ fn tokens_gate_every_route_group_by_role_and_never_reach_the_log() {
         "--store",
         &store,
     ]);
-    // Open: health.
+    // Open: health and metrics.
     assert_eq!(call(server, Method::GET, "/health", None, None).0, 200);
+    let metrics = client()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .unwrap();
+    assert_eq!(metrics.status().as_u16(), 200);
     // Every response carries a request id; a well-formed one sent is kept.
     for token in [None, Some(READER)] {
         let mut request = client().get(format!("{}/api/v1/tasks", server.base));
@@ -1657,4 +1662,90 @@ fn hostile_requests_get_the_seeds_json_errors_without_internal_detail() {
             assert!(!text.contains(leak), "{path}: {text}");
         }
     }
+}
+
+/// Parses OpenMetrics text with the reference Python parser; the families
+/// (name, type) it found.
+const PARSE_METRICS: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+families = text_string_to_metric_families(sys.stdin.read())
+print(json.dumps({f.name: f.type for f in families}))
+"#;
+
+#[test]
+fn metrics_parse_as_openmetrics_with_every_family() {
+    let env = env(200);
+    env.server.run(json!({"tag_ids": [1, 7], "as_of": AS_OF}));
+    let response = client()
+        .get(format!("{}/metrics", env.server.base))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = response.text().unwrap();
+    let python = python::python_with(&["prometheus_client"], &["prometheus_client"]);
+    let mut child = std::process::Command::new(python)
+        .args(["-c", PARSE_METRICS])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "not OpenMetrics: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let families: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&output.stdout).unwrap();
+    for (name, kind) in [
+        ("tag_server_http_requests", "counter"),
+        ("tag_server_http_request_duration_seconds", "histogram"),
+        ("tag_server_tasks_finished", "counter"),
+        ("tag_server_task_duration_seconds", "histogram"),
+        ("tag_server_stage_duration_seconds", "histogram"),
+        ("tag_server_rows_written", "counter"),
+        ("tag_server_users_evaluated", "counter"),
+        ("tag_server_tags_matched", "counter"),
+        ("tag_server_store_errors", "counter"),
+        ("tag_server_tasks", "gauge"),
+        ("tag_server_queue_depth", "gauge"),
+        ("tag_server_running_tasks", "gauge"),
+        ("tag_server_plugin_files", "gauge"),
+    ] {
+        assert_eq!(
+            families.get(name).map(String::as_str),
+            Some(kind),
+            "{name}: {families:?}"
+        );
+    }
+    // What this run did shows: a completed task, tag 7's users, the route.
+    assert!(
+        text.contains("tag_server_tasks_finished_total{name=\"completed\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tag_server_users_evaluated_total{tag_id=\"7\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("route=\"/api/v1/tasks/{task_id}/status\""),
+        "{text}"
+    );
 }

@@ -23,6 +23,7 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod plugins;
 pub mod registry;

@@ -526,6 +526,7 @@ pub fn run_caught(
 }
 
 fn run_one(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
+    let started = std::time::Instant::now();
     // A task whose results (and outcome) were committed before the server
     // stopped is finished with that outcome, not run again.
     let outcome = match lifecycle::committed_outcome(task, shared.store.as_ref()) {
@@ -547,6 +548,11 @@ fn run_one(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
         }
         Finished::Terminal(status) => {
             tracing::info!(task_id = %task.task_id, status = status.as_str(), "task finished");
+            crate::metrics::metrics().task_finished(
+                status.as_str(),
+                started.elapsed().as_secs_f64(),
+                task.result.as_ref(),
+            );
         }
     }
     if let Err(e) = shared.store.update_task(task) {

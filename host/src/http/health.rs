@@ -10,7 +10,41 @@ use serde_json::{json, Value};
 
 /// Routes of this resource.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/health", get(health))
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text. State gauges are read
+/// now; a store that does not answer leaves the task gauges as they were.
+async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let m = crate::metrics::metrics();
+    if let Ok(counts) = state.blocking(|s| s.task_counts()).await {
+        for (status, n) in counts {
+            let named = crate::metrics::Named { name: status };
+            m.tasks.get_or_create(&named).set(n as i64);
+        }
+    }
+    let stats = state.scheduler.stats();
+    m.queue_depth.set(stats.queued as i64);
+    m.running_tasks.set(stats.running as i64);
+    let report = state.catalog.report();
+    for (status, n) in [
+        ("loaded", report.loaded().count()),
+        ("rejected", report.rejected().count()),
+    ] {
+        let named = crate::metrics::Named {
+            name: status.into(),
+        };
+        m.plugin_files.get_or_create(&named).set(n as i64);
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
 }
 
 /// Healthy when the store answers (degraded, still 200, while a plugin

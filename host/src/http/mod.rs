@@ -124,6 +124,7 @@ impl From<StoreError> for ApiError {
     /// request id.
     fn from(e: StoreError) -> ApiError {
         tracing::error!(error = %e, "store error");
+        crate::metrics::metrics().store_errors.inc();
         let error = match e {
             StoreError::Unreachable(_) => "the store cannot be reached; retry later",
             _ => "the store failed to answer; retry later",

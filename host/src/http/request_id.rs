@@ -40,6 +40,10 @@ pub async fn assign(request: Request, next: Next) -> Response {
     let id = given(&request).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let started = std::time::Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let span = tracing::info_span!("request", request_id = %id);
     let run = AssertUnwindSafe(next.run(request)).catch_unwind();
     let mut response = REQUEST_ID
@@ -60,6 +64,17 @@ pub async fn assign(request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    let m = crate::metrics::metrics();
+    let status = response.status().as_u16();
+    m.http_requests
+        .get_or_create(&crate::metrics::RouteStatus {
+            route: route.clone(),
+            status,
+        })
+        .inc();
+    m.http_duration
+        .get_or_create(&crate::metrics::Route { route })
+        .observe(started.elapsed().as_secs_f64());
     let caller = response
         .extensions()
         .get::<super::auth::Caller>()
