@@ -95,7 +95,8 @@ fn log_panics() {
     }));
 }
 
-async fn shutdown_signal() {
+/// Resolves at the next SIGINT or SIGTERM.
+async fn stop_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -108,23 +109,16 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}
+
+async fn shutdown_signal() {
+    stop_signal().await;
     // The first signal stops gracefully (running tasks reach a safe point
     // and stay queued); a second one exits at once. Nothing is lost either
     // way: a run's writes are one transaction, and its task is taken up
     // again after its lease.
     tokio::spawn(async {
-        let second = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! { _ = second => {}, _ = terminate => {} }
+        stop_signal().await;
         tracing::warn!("second stop signal: exiting now");
         std::process::exit(130);
     });
