@@ -260,18 +260,6 @@ fn a_restart_finishes_committed_tasks_and_runs_queued_ones(backend: Backend) {
     assert_same_tags(&env.backend.tags(), &env.expected(&[2, 7]));
 }
 
-/// Sample data for `users` users, for the tests that start processes.
-fn sample_data(users: usize) -> tempfile::TempDir {
-    let data = tempfile::tempdir().unwrap();
-    let options = GenOptions {
-        users,
-        reference_date: as_of(),
-        ..GenOptions::default()
-    };
-    gen_data_with(data.path(), &options).unwrap();
-    data
-}
-
 /// The reference plugins and the misbehaving fixture (tags 901-905).
 fn reference_and_misbehaving_plugins() -> tempfile::TempDir {
     let mut files: Vec<(String, std::path::PathBuf)> = REFERENCE_PLUGINS

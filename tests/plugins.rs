@@ -633,19 +633,6 @@ fn truncated_copies_of_a_real_plugin_are_rejected_and_the_rest_load() {
     assert_eq!(out.matches("truncated").count(), 2, "{out}");
 }
 
-/// Sample data for `users` users, as of 2025-01-15.
-fn sample_data(users: usize) -> tempfile::TempDir {
-    use tag_host::data::gen::{gen_data_with, GenOptions};
-    let data = tempfile::tempdir().unwrap();
-    let options = GenOptions {
-        users,
-        reference_date: Date::parse("2025-01-15").unwrap().days(),
-        ..GenOptions::default()
-    };
-    gen_data_with(data.path(), &options).unwrap();
-    data
-}
-
 /// Copies `source` into `dir` as `name`, mode 0755.
 fn install(dir: &Path, name: &str, source: &Path) {
     let target = dir.join(name);

@@ -298,6 +298,21 @@ impl Drop for TestServer {
     }
 }
 
+/// Sample data from `gen-data` for `users` users, reference date 2025-01-15.
+pub fn sample_data(users: usize) -> tempfile::TempDir {
+    use tag_host::data::gen::{gen_data_with, GenOptions};
+    let data = tempfile::tempdir().expect("temp dir");
+    let options = GenOptions {
+        users,
+        reference_date: tag_plugin_api::Date::parse("2025-01-15")
+            .expect("date")
+            .days(),
+        ..GenOptions::default()
+    };
+    gen_data_with(data.path(), &options).expect("generate data");
+    data
+}
+
 /// A blocking HTTP client with a generous timeout.
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()

@@ -277,7 +277,7 @@ impl S3Mirror {
                 first_line(&text)
             )
         } else {
-            format!("{} ({}): {}", self.endpoint, "S3", first_line(&text))
+            format!("{} (S3): {}", self.endpoint, first_line(&text))
         };
         remote(&self.location, detail)
     }

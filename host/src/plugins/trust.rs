@@ -181,14 +181,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_running_test_binary_is_not_a_shared_object_but_parses() {
+    fn a_complete_elf_file_is_never_truncated_and_half_of_one_always_is_refused() {
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        // A PIE executable is ET_DYN too; either way it is complete.
-        let verdict = check_elf(&me);
+        // This test binary: a shared object if built as PIE (then it
+        // passes), an executable otherwise; never truncated.
+        let whole = check_elf(&me);
         assert!(
-            verdict.is_ok() || matches!(verdict, Err(Rejection::NotALibrary(_))),
-            "{verdict:?}"
+            !matches!(whole, Err(Rejection::Truncated { .. })),
+            "{whole:?}"
         );
+        let half = check_elf(&me[..me.len() / 2]);
+        match (whole, half) {
+            (Ok(()), Err(Rejection::Truncated { needed, size })) => assert!(needed > size),
+            (Err(Rejection::NotALibrary(_)), Err(Rejection::NotALibrary(_))) => {}
+            other => panic!("{other:?}"),
+        }
         let Err(Rejection::NotALibrary(why)) = check_elf(b"#!/bin/sh\necho hi\n") else {
             panic!("a script is not an ELF file");
         };
