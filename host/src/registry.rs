@@ -12,7 +12,7 @@ use tag_plugin_api::abi_stable::std_types::RStr;
 use tag_plugin_api::{Date, Mask, TagInfo};
 
 /// Which build of which plugin a tag came from (recorded in each result).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct PluginIdentity {
     /// The plugin crate's name.
     pub name: String,

@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 /// How far a running task has got, for the status endpoint.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Progress {
     /// What it is doing: `reading`, `evaluating`, `writing`.
     pub stage: String,
@@ -32,7 +32,7 @@ pub struct Progress {
 }
 
 /// Rows done for one tag.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct TagProgress {
     /// The tag.
     pub tag_id: u32,
@@ -207,7 +207,7 @@ pub enum CancelOutcome {
 }
 
 /// Queue figures for `/api/v1/system/stats`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QueueStats {
     /// Tasks waiting.
     pub queued: usize,
@@ -517,6 +517,8 @@ pub fn run_caught(
     task: &TaskRecord,
     control: &TaskControl,
 ) -> Result<serde_json::Value, RunError> {
+    // Every log line of the run names the task.
+    let _span = tracing::info_span!("task", task_id = %task.task_id).entered();
     catch_unwind(AssertUnwindSafe(|| runner.run(task, control))).unwrap_or_else(|payload| {
         Err(RunError::Failed(format!(
             "the run panicked: {}",

@@ -69,7 +69,7 @@ impl std::fmt::Display for S3Location {
 }
 
 /// What a sync did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct SyncSummary {
     /// Objects fetched (new or changed).
     pub fetched: usize,

@@ -17,7 +17,7 @@ pub struct DiffTag<'a> {
 }
 
 /// Per-tag figures of a run.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TagCounts {
     /// Users evaluated for the tag.
     pub evaluated_users: usize,

@@ -19,7 +19,7 @@ use tag_plugin_api::Rule;
 const UNKNOWN_SAMPLE: usize = 10;
 
 /// A run's outcome, as `result` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunReport {
     /// Users evaluated for at least one tag (the seed's field).
     pub total_users: usize,
@@ -64,7 +64,7 @@ pub struct RunReport {
 }
 
 /// One tag's line of the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TagReport {
     /// The tag.
     pub tag_id: u32,
@@ -72,6 +72,7 @@ pub struct TagReport {
     pub tag_name: String,
     /// `completed` (its results are committed) or `failed` (its results
     /// and state are as before the run).
+    #[schema(value_type = String)]
     pub status: &'static str,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,17 +82,34 @@ pub struct TagReport {
     pub rule_version: Option<i64>,
     /// Its counts, when it completed.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = CompletedCounts)]
     pub counts: Option<TagCounts>,
     /// `all users` or `changed users`, when it completed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub scope: Option<&'static str>,
     /// The plugin build that computed it (name, version, SHA-256).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plugin: Option<PluginIdentity>,
 }
 
+/// How the document describes [`TagReport::counts`]: flattened into the
+/// tag's line, and absent when the tag failed.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a description only
+pub struct CompletedCounts {
+    /// Users evaluated for the tag.
+    evaluated_users: Option<usize>,
+    /// Of those, users who match.
+    matched: Option<usize>,
+    /// Users who gained the tag.
+    added: Option<usize>,
+    /// Users who lost it.
+    removed: Option<usize>,
+}
+
 /// Row groups an incremental run read to find what changed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RowGroups {
     /// Read (their statistics allow a changed row).
     pub read: usize,
@@ -100,7 +118,7 @@ pub struct RowGroups {
 }
 
 /// Requested users that are not in the universe.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UnknownUsers {
     /// How many.
     pub count: usize,

@@ -157,9 +157,10 @@ impl Tokens {
     }
 }
 
-/// Paths anyone may call.
+/// Paths anyone may call (the API's description too: clients read it to
+/// learn how to authenticate).
 fn open_path(path: &str) -> bool {
-    path == "/health" || path == "/metrics"
+    path == "/health" || path == "/metrics" || path == super::openapi::PATH
 }
 
 /// The role a request needs.

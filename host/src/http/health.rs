@@ -1,22 +1,30 @@
 //! `GET /health`.
 
+use super::schema::HealthBody;
 use super::AppState;
 use crate::model::now_timestamp;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(metrics))
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text. State gauges are read
 /// now; a store that does not answer leaves the task gauges as they were.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "system",
+    responses((status = 200, description = "Prometheus metrics (OpenMetrics text)",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String))
+)]
 async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     let m = crate::metrics::metrics();
     if let Ok(counts) = state.blocking(|s| s.task_counts()).await {
@@ -49,7 +57,16 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
 
 /// Healthy when the store answers (degraded, still 200, while a plugin
 /// file is rejected); 503 otherwise.
-async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "system",
+    responses(
+        (status = 200, description = "Serving (`healthy`, or `degraded` while a plugin file is rejected)", body = HealthBody),
+        (status = 503, description = "The store does not answer (`unhealthy`)", body = HealthBody),
+    )
+)]
+async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthBody>) {
     let store = std::sync::Arc::clone(&state.store);
     let ping = tokio::task::spawn_blocking(move || store.ping())
         .await
@@ -58,22 +75,25 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
                 "health check aborted: {e}"
             )))
         });
-    let mut body = json!({"timestamp": now_timestamp(), "environment": state.environment});
+    let mut body = HealthBody {
+        status: "healthy".into(),
+        timestamp: now_timestamp(),
+        environment: state.environment.clone(),
+        rejected_plugins: None,
+        error: None,
+    };
     let rejected = state.catalog.report().rejected().count();
     match ping {
         Ok(()) if rejected > 0 => {
             // Serving, but a plugin file someone dropped in is not.
-            body["status"] = json!("degraded");
-            body["rejected_plugins"] = json!(rejected);
+            body.status = "degraded".into();
+            body.rejected_plugins = Some(rejected);
             (StatusCode::OK, Json(body))
         }
-        Ok(()) => {
-            body["status"] = json!("healthy");
-            (StatusCode::OK, Json(body))
-        }
+        Ok(()) => (StatusCode::OK, Json(body)),
         Err(e) => {
-            body["status"] = json!("unhealthy");
-            body["error"] = json!(e.to_string());
+            body.status = "unhealthy".into();
+            body.error = Some(e.to_string());
             (StatusCode::SERVICE_UNAVAILABLE, Json(body))
         }
     }

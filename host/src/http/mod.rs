@@ -4,8 +4,10 @@
 pub mod auth;
 pub mod content;
 pub mod health;
+pub mod openapi;
 pub mod plugins;
 pub mod request_id;
+pub mod schema;
 pub mod swap;
 pub mod tags;
 pub mod tasks;
@@ -17,7 +19,6 @@ use crate::store::{Store, StoreError};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use serde_json::{json, Value};
 use std::sync::{Arc, RwLock};
 
 /// What every handler can reach.
@@ -71,7 +72,7 @@ pub struct ApiError {
     status: StatusCode,
     error: String,
     message: String,
-    extra: Vec<(&'static str, Value)>,
+    available_tag_ids: Option<Vec<u32>>,
 }
 
 impl ApiError {
@@ -85,7 +86,7 @@ impl ApiError {
             status,
             error: error.into(),
             message: message.into(),
-            extra: Vec::new(),
+            available_tag_ids: None,
         }
     }
 
@@ -111,9 +112,9 @@ impl ApiError {
         )
     }
 
-    /// Adds a field to the error body.
-    pub fn with(mut self, key: &'static str, value: Value) -> ApiError {
-        self.extra.push((key, value));
+    /// Lists the tag ids that exist (for an unknown tag id).
+    pub fn with_available(mut self, ids: Vec<u32>) -> ApiError {
+        self.available_tag_ids = Some(ids);
         self
     }
 }
@@ -135,15 +136,13 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"success": false, "error": self.error, "message": self.message});
-        if self.status.is_server_error() {
-            if let Some(id) = request_id::current() {
-                body["request_id"] = json!(id);
-            }
-        }
-        for (k, v) in self.extra {
-            body[k] = v;
-        }
+        let body = schema::ErrorBody {
+            success: false,
+            error: self.error,
+            message: self.message,
+            request_id: request_id::current().filter(|_| self.status.is_server_error()),
+            available_tag_ids: self.available_tag_ids,
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -157,12 +156,14 @@ pub fn router(state: AppState) -> Router {
     let tokens = Arc::clone(&state.tokens);
     let limit = state.max_body_bytes;
     let patience = state.request_timeout;
-    Router::new()
+    let (api, doc) = utoipa_axum::router::OpenApiRouter::with_openapi(openapi::frame())
         .merge(health::router())
         .merge(plugins::router())
         .merge(tags::router())
         .merge(tasks::router())
         .merge(users::router())
+        .split_for_parts();
+    api.merge(openapi::route(&openapi::finish(doc, tokens.enabled())))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -1,75 +1,110 @@
 //! Plugins: what the last scan found, reloads, and tag ownership transfers.
 
 use super::auth::Caller;
+use super::schema::{
+    ErrorBody, OwnerRequest, OwnerTransferred, PluginFileBody, PluginTag, PluginsBody,
+};
 use super::{ApiError, AppState};
 use crate::plugins::{LoadReport, Outcome, PluginFile};
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Json;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/plugins", get(list))
-        .route("/api/v1/plugins/reload", post(reload))
-        .route("/api/v1/tags/{tag_id}/owner", post(transfer))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(reload))
+        .routes(routes!(transfer))
 }
 
-fn file_json(file: &PluginFile) -> Value {
-    let mut v = json!({
-        "file": file.path.file_name().map(|n| n.to_string_lossy().into_owned()),
-        "path": file.path,
-        "sha256": file.sha256,
-        "loaded_at": file.loaded_at,
-    });
+fn file_body(file: &PluginFile) -> PluginFileBody {
+    let mut body = PluginFileBody {
+        file: file
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned()),
+        path: file.path.to_string_lossy().into_owned(),
+        sha256: file.sha256.clone(),
+        loaded_at: file.loaded_at.clone(),
+        status: "loaded".into(),
+        plugin: None,
+        version: None,
+        api_version: None,
+        tags: None,
+        reason: None,
+    };
     match &file.outcome {
         Outcome::Loaded(plugin) => {
-            v["status"] = json!("loaded");
-            v["plugin"] = json!(plugin.name);
-            v["version"] = json!(plugin.version);
-            v["api_version"] = json!(plugin.api_version);
-            v["tags"] = plugin
-                .tags
-                .iter()
-                .map(|t| json!({"tag_id": t.tag_id, "task_class": t.task_class, "description": t.description}))
-                .collect();
+            body.plugin = Some(plugin.name.clone());
+            body.version = Some(plugin.version.clone());
+            body.api_version = Some(plugin.api_version.clone());
+            body.tags = Some(
+                plugin
+                    .tags
+                    .iter()
+                    .map(|t| PluginTag {
+                        tag_id: t.tag_id,
+                        task_class: t.task_class.to_string(),
+                        description: t.description.to_string(),
+                    })
+                    .collect(),
+            );
         }
         Outcome::Rejected(reason) => {
-            v["status"] = json!("rejected");
-            v["reason"] = json!(reason.to_string());
+            body.status = "rejected".into();
+            body.reason = Some(reason.to_string());
         }
     }
-    v
+    body
 }
 
-fn report_json(state: &AppState, report: &LoadReport) -> Value {
-    json!({
-        "success": true,
-        "plugins_dir": state.catalog.dir(),
-        "loaded": report.loaded().count(),
-        "rejected": report.rejected().count(),
-        "files": report.files.iter().map(file_json).collect::<Vec<_>>(),
-    })
+fn report_body(state: &AppState, report: &LoadReport) -> PluginsBody {
+    PluginsBody {
+        success: true,
+        plugins_dir: state.catalog.dir().to_string_lossy().into_owned(),
+        loaded: report.loaded().count(),
+        rejected: report.rejected().count(),
+        files: report.files.iter().map(file_body).collect(),
+        message: None,
+    }
 }
 
 /// `GET /api/v1/plugins`: every file of the last scan, loaded or rejected.
-async fn list(State(state): State<AppState>) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/plugins",
+    tag = "plugins",
+    responses((status = 200, description = "Every file of the last scan", body = PluginsBody))
+)]
+async fn list(State(state): State<AppState>) -> Json<PluginsBody> {
     let report = state.catalog.report();
-    Json(report_json(&state, &report))
+    Json(report_body(&state, &report))
 }
 
 /// `POST /api/v1/tags/{tag_id}/owner` with `{"plugin": NAME}`: records
 /// NAME as the plugin that owns the tag id (an explicit transfer), then
 /// reloads, so that plugin's library can serve it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tags/{tag_id}/owner",
+    tag = "plugins",
+    params(("tag_id" = u64, Path, minimum = 0, maximum = 4294967295.0, description = "A tag id (loaded or not)")),
+    request_body(content = OwnerRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Transferred; the plugins were reloaded", body = OwnerTransferred),
+        (status = 400, description = "A tag id that is not a number, or a body without `plugin`", body = ErrorBody),
+    )
+)]
 async fn transfer(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(tag_id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OwnerTransferred>, ApiError> {
     let tag_id: u32 = tag_id
         .parse()
         .ok()
@@ -80,9 +115,9 @@ async fn transfer(
                 "标签ID无效",
             )
         })?;
-    let plugin = serde_json::from_slice::<Value>(&body)
+    let plugin = serde_json::from_slice::<OwnerRequest>(&body)
         .ok()
-        .and_then(|v| v.get("plugin").and_then(Value::as_str).map(str::to_string))
+        .map(|r| r.plugin)
         .filter(|p| !p.trim().is_empty() && p.len() <= 255)
         .ok_or_else(|| {
             ApiError::bad_request(
@@ -95,21 +130,29 @@ async fn transfer(
         .blocking(move |s| s.set_tag_owner(tag_id, &name))
         .await?;
     tracing::warn!(caller = %caller.0, tag_id, owner = %plugin, previous = ?previous, "audit: tag ownership transferred");
-    let Json(mut body) = reload(State(state), Extension(caller)).await?;
-    body["tag_id"] = json!(tag_id);
-    body["owner"] = json!(plugin);
-    body["previous_owner"] = json!(previous);
-    body["message"] = json!("标签归属已转移，插件已重新加载");
-    Ok(Json(body))
+    let Json(mut plugins) = reload(State(state), Extension(caller)).await?;
+    plugins.message = Some("标签归属已转移，插件已重新加载".into());
+    Ok(Json(OwnerTransferred {
+        plugins,
+        tag_id,
+        owner: plugin,
+        previous_owner: previous,
+    }))
 }
 
 /// `POST /api/v1/plugins/reload`: scans the plugins directory again. New
 /// and changed libraries load, removed ones stop being offered; tasks
 /// already running keep the plugins they started with.
+#[utoipa::path(
+    post,
+    path = "/api/v1/plugins/reload",
+    tag = "plugins",
+    responses((status = 200, description = "The new scan", body = PluginsBody))
+)]
 async fn reload(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PluginsBody>, ApiError> {
     tracing::info!(caller = %caller.0, "audit: plugin reload requested");
     let catalog = Arc::clone(&state.catalog);
     let store = Arc::clone(&state.store);
@@ -128,7 +171,7 @@ async fn reload(
         rejected = report.rejected().count(),
         "plugins reloaded"
     );
-    let mut body = report_json(&state, &report);
-    body["message"] = json!("插件已重新加载");
+    let mut body = report_body(&state, &report);
+    body.message = Some("插件已重新加载".into());
     Ok(Json(body))
 }

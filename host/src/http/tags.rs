@@ -1,35 +1,44 @@
 //! Tags: `GET /api/v1/tags/available`, and the stored rules.
 
 use super::auth::Caller;
+use super::schema::{AvailableTags, ErrorBody, RuleBody, RuleReplaced, RuleVersionBody, TagInfo};
 use super::{ApiError, AppState};
 use axum::extract::{Extension, Path, State};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Json;
+use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/tags/available", get(available))
-        .route("/api/v1/tags/{tag_id}/rule", get(get_rule).put(put_rule))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(available))
+        .routes(routes!(get_rule, put_rule))
 }
 
 /// Every loaded tag, ascending by id.
-async fn available(State(state): State<AppState>) -> Json<Value> {
-    let tags: Vec<Value> = state
+#[utoipa::path(
+    get,
+    path = "/api/v1/tags/available",
+    tag = "tags",
+    responses((status = 200, description = "The loaded tags", body = AvailableTags))
+)]
+async fn available(State(state): State<AppState>) -> Json<AvailableTags> {
+    let available_tags = state
         .tags()
         .iter()
-        .map(|t| {
-            json!({
-                "tag_id": t.info.tag_id,
-                "task_class": t.info.task_class,
-                "description": t.info.description,
-                "category": t.info.category,
-                "version": t.info.version,
-            })
+        .map(|t| TagInfo {
+            tag_id: t.info.tag_id,
+            task_class: t.info.task_class.clone(),
+            description: t.info.description.clone(),
+            category: t.info.category.clone(),
+            version: t.info.version.clone(),
         })
         .collect();
-    Json(json!({"success": true, "available_tags": tags}))
+    Json(AvailableTags {
+        success: true,
+        available_tags,
+    })
 }
 
 /// A tag id from the path: 400 if not a number, 404 if no plugin provides it.
@@ -47,35 +56,56 @@ pub(crate) fn parse_tag_id(state: &AppState, raw: &str) -> Result<u32, ApiError>
             format!("Unknown tag_id: {id}"),
             format!("标签不存在: {id}"),
         )
-        .with("available_tag_ids", json!(state.tags().ids())));
+        .with_available(state.tags().ids()));
     }
     Ok(id)
 }
 
 /// The current rule and its history.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tags/{tag_id}/rule",
+    tag = "tags",
+    params(("tag_id" = u64, Path, minimum = 0, maximum = 4294967295.0, description = "A loaded tag's id")),
+    responses(
+        (status = 200, description = "The rule in effect and its history", body = RuleBody),
+        (status = 404, description = "No loaded plugin provides the tag", body = ErrorBody),
+    )
+)]
 async fn get_rule(
     State(state): State<AppState>,
     Path(raw): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RuleBody>, ApiError> {
     let tag_id = parse_tag_id(&state, &raw)?;
     let history = state.blocking(move |s| s.rule_history(tag_id)).await?;
-    let current = history.last().cloned();
-    let rule = |r: &crate::store::RuleVersion| json!({"version": r.version, "rule": serde_json::from_str::<Value>(&r.rule).unwrap_or(Value::Null), "created_at": r.created_at, "changed_by": r.changed_by});
-    Ok(Json(json!({
-        "success": true,
-        "tag_id": tag_id,
-        "rule": current.as_ref().map(rule),
-        "history": history.iter().map(rule).collect::<Vec<_>>(),
-    })))
+    let history: Vec<RuleVersionBody> = history.iter().map(RuleVersionBody::of).collect();
+    Ok(Json(RuleBody {
+        success: true,
+        tag_id,
+        rule: history.last().cloned(),
+        history,
+    }))
 }
 
 /// Replaces the rule (validated by the tag's plugin) as a new version.
+#[utoipa::path(
+    put,
+    path = "/api/v1/tags/{tag_id}/rule",
+    tag = "tags",
+    params(("tag_id" = u64, Path, minimum = 0, maximum = 4294967295.0, description = "A loaded tag's id")),
+    request_body(content = Object, description = "The rule (a condition tree, see tags.md), or `{\"rule\": <rule>}`", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The rule in effect now", body = RuleReplaced),
+        (status = 400, description = "Not JSON, or a rule the tag's plugin refuses", body = ErrorBody),
+        (status = 404, description = "No loaded plugin provides the tag", body = ErrorBody),
+    )
+)]
 async fn put_rule(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RuleReplaced>, ApiError> {
     let tag_id = parse_tag_id(&state, &raw)?;
     let value: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
@@ -114,10 +144,13 @@ async fn put_rule(
         ),
     };
     tracing::info!(caller = %caller.0, tag_id, version = saved.version, changed, "audit: rule replaced");
-    Ok(Json(json!({
-        "success": true,
-        "tag_id": tag_id,
-        "changed": changed,
-        "rule": {"version": saved.version, "rule": rule, "created_at": saved.created_at},
-    })))
+    Ok(Json(RuleReplaced {
+        success: true,
+        tag_id,
+        changed,
+        rule: RuleVersionBody {
+            rule,
+            ..RuleVersionBody::of(&saved)
+        },
+    }))
 }

@@ -1,6 +1,10 @@
 //! Tasks: trigger, status, list, cancel, retry.
 
 use super::auth::Caller;
+use super::schema::{
+    Cancelled, ErrorBody, Submitted, TaskDetail, TaskList, TaskState, TaskStatusBody, TaskSummary,
+    TriggerRequest,
+};
 use super::{ApiError, AppState};
 use crate::model::{Mode, Priority, TaskRecord, TaskSpec, TaskStatus};
 use crate::registry::TagRegistry;
@@ -9,20 +13,21 @@ use crate::tasks::lifecycle;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::{json, Map, Value};
+use axum::Json;
+use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 use tag_plugin_api::Date;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/tags/trigger", post(trigger))
-        .route("/api/v1/tasks", get(list))
-        .route("/api/v1/tasks/{task_id}/status", get(status))
-        .route("/api/v1/tasks/{task_id}/cancel", post(cancel))
-        .route("/api/v1/tasks/{task_id}/retry", post(retry))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(trigger))
+        .routes(routes!(list))
+        .routes(routes!(status))
+        .routes(routes!(cancel))
+        .routes(routes!(retry))
 }
 
 fn describe(v: &Value) -> String {
@@ -210,39 +215,32 @@ pub fn parse_trigger(
     lifecycle::check(&spec, registry).map_err(|e| {
         let list = lifecycle::list(&e.unknown);
         ApiError::bad_request(e.to_string(), format!("无效的标签ID: {list}"))
-            .with("available_tag_ids", json!(e.available))
+            .with_available(e.available)
     })?;
     Ok(spec)
 }
 
-fn submitted_body(task: &TaskRecord) -> Value {
-    let mut body = json!({
-        "success": true,
-        "task_id": task.task_id,
-        "message": "标签任务已成功提交",
-        "data": {
-            "tag_ids": task.spec.tag_ids,
-            "user_ids": task.spec.user_ids,
-            "mode": task.spec.mode,
-            "environment": task.environment,
-            "submitted_at": task.submitted_at,
-            "priority": task.spec.priority,
-            "as_of": task.spec.as_of,
-        }
-    });
-    if let Some(retried) = &task.spec.retry_of {
-        body["retry_of"] = json!(retried);
-    }
-    body
-}
-
 /// `POST /api/v1/tags/trigger`: validates, persists and queues a task (202).
+#[utoipa::path(
+    post,
+    path = "/api/v1/tags/trigger",
+    tag = "tasks",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1 to 255 visible ASCII characters: a repeated request with the same key and body gets the same task (200)")),
+    request_body(content = TriggerRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted and queued", body = Submitted),
+        (status = 200, description = "The task this Idempotency-Key already created", body = Submitted),
+        (status = 400, description = "Invalid body (the error names the field)", body = ErrorBody),
+        (status = 409, description = "The Idempotency-Key came with another body", body = ErrorBody),
+    )
+)]
 async fn trigger(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     let spec = parse_trigger(&body, &state.tags(), state.max_user_ids)?;
     tracing::info!(caller = %caller.0, tag_ids = ?spec.tag_ids, mode = spec.mode.as_str(), "audit: trigger");
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
@@ -263,7 +261,7 @@ async fn trigger(
         }
     }
     let task = lifecycle::create(spec, &state.environment);
-    let body = submitted_body(&task);
+    let body = Submitted::of(&task);
     match (
         submit(&state, task, key.clone().map(|k| (k, fingerprint.clone()))).await,
         &key,
@@ -282,7 +280,7 @@ async fn earlier_task(
     state: &AppState,
     key: &str,
     fingerprint: &str,
-) -> Result<Option<(StatusCode, Json<Value>)>, ApiError> {
+) -> Result<Option<(StatusCode, Json<Submitted>)>, ApiError> {
     let key = key.to_string();
     let Some((task_id, hash)) = state.blocking(move |s| s.find_idempotent(&key)).await? else {
         return Ok(None);
@@ -295,7 +293,7 @@ async fn earlier_task(
         ));
     }
     let task = state.blocking(move |s| s.get_task(&task_id)).await?;
-    Ok(task.map(|task| (StatusCode::OK, Json(submitted_body(&task)))))
+    Ok(task.map(|task| (StatusCode::OK, Json(Submitted::of(&task)))))
 }
 
 /// Persists and queues `task` (with its idempotency key and fingerprint).
@@ -330,11 +328,22 @@ async fn submit(
 /// tags of a failed task (all its tags if it failed as a whole), with the
 /// same users, mode, `as_of` and priority; the new task names the old one
 /// in `retry_of` (202).
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{task_id}/retry",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "A failed task")),
+    responses(
+        (status = 202, description = "The retry, queued", body = Submitted),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task did not fail, or its tags are no longer loaded", body = ErrorBody),
+    )
+)]
 async fn retry(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(task_id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     tracing::info!(caller = %caller.0, task_id = %task_id, "audit: retry requested");
     let id = task_id.clone();
     let old = state
@@ -363,10 +372,10 @@ async fn retry(
             format!("{e}: no loaded plugin provides them any more"),
             format!("无效的标签ID: {list}"),
         )
-        .with("available_tag_ids", json!(e.available))
+        .with_available(e.available)
     })?;
     let task = lifecycle::create(spec, &state.environment);
-    let body = submitted_body(&task);
+    let body = Submitted::of(&task);
     submit(&state, task, None).await?;
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
@@ -374,20 +383,23 @@ async fn retry(
 /// A task as the listing shows it: its status without the `user_ids` list
 /// (a count instead: 20 tasks of 100,000 ids would be tens of MB); the
 /// whole task stays at its status URL.
-fn task_summary(task: &TaskRecord, state: &AppState) -> Value {
-    let mut v = task_json(task, state);
-    if let Some(map) = v.as_object_mut() {
-        map.remove("user_ids");
-        map.insert(
-            "user_ids_count".into(),
-            json!(task.spec.user_ids.as_ref().map(Vec::len)),
-        );
+fn task_summary(task: &TaskRecord, state: &AppState) -> TaskSummary {
+    TaskSummary {
+        state: task_state(task, state),
+        user_ids_count: task.spec.user_ids.as_ref().map(Vec::len),
     }
-    v
 }
 
-fn task_json(task: &TaskRecord, state: &AppState) -> Value {
-    lifecycle::status_json(task, state.scheduler.progress(&task.task_id))
+fn task_state(task: &TaskRecord, state: &AppState) -> TaskState {
+    TaskState::of(task, state.scheduler.progress(&task.task_id))
+}
+
+/// A task in full.
+fn task_detail(task: &TaskRecord, state: &AppState) -> TaskDetail {
+    TaskDetail {
+        state: task_state(task, state),
+        user_ids: task.spec.user_ids.clone(),
+    }
 }
 
 fn task_not_found(task_id: &str) -> ApiError {
@@ -398,25 +410,44 @@ fn task_not_found(task_id: &str) -> ApiError {
 }
 
 /// `GET /api/v1/tasks/{task_id}/status`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{task_id}/status",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "The id the trigger answered with")),
+    responses(
+        (status = 200, description = "The task, with `progress` while it runs and `result` once it finished", body = TaskStatusBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+    )
+)]
 async fn status(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskStatusBody>, ApiError> {
     let id = task_id.clone();
     let task = state
         .blocking(move |s| s.get_task(&id))
         .await?
         .ok_or_else(|| task_not_found(&task_id))?;
-    Ok(Json(
-        json!({"success": true, "task_id": task.task_id, "status": task_json(&task, &state)}),
-    ))
+    Ok(Json(TaskStatusBody {
+        success: true,
+        task_id: task.task_id.clone(),
+        status: task_detail(&task, &state),
+    }))
 }
 
 /// Query of `GET /api/v1/tasks`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only tasks in this state.
+    #[param(value_type = Option<TaskStatus>)]
     status: Option<String>,
+    /// Tasks per page, 0 to 1000 (default 100).
+    #[param(value_type = Option<u32>, maximum = 1000)]
     limit: Option<String>,
+    /// Tasks to skip (default 0).
+    #[param(value_type = Option<u64>)]
     offset: Option<String>,
 }
 
@@ -440,10 +471,17 @@ pub(crate) fn parse_count(
 }
 
 /// `GET /api/v1/tasks?status=&limit=&offset=`: newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks",
+    tag = "tasks",
+    params(ListQuery),
+    responses((status = 200, description = "Task summaries, newest first (`user_ids` replaced by `user_ids_count`)", body = TaskList))
+)]
 async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskList>, ApiError> {
     let status = q
         .status
         .as_deref()
@@ -455,18 +493,34 @@ async fn list(
     let (tasks, total) = state
         .blocking(move |s| s.list_tasks(status, limit, offset))
         .await?;
-    let tasks: Vec<Value> = tasks.iter().map(|t| task_summary(t, &state)).collect();
-    Ok(Json(
-        json!({"success": true, "tasks": tasks, "total": total, "limit": limit, "offset": offset}),
-    ))
+    let tasks = tasks.iter().map(|t| task_summary(t, &state)).collect();
+    Ok(Json(TaskList {
+        success: true,
+        tasks,
+        total: total as u64,
+        limit,
+        offset,
+    }))
 }
 
 /// `POST /api/v1/tasks/{task_id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{task_id}/cancel",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "A queued or running task")),
+    responses(
+        (status = 200, description = "Cancelled before it started", body = Cancelled),
+        (status = 202, description = "Running: it stops at its next safe point and writes nothing", body = Cancelled),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "It had already finished", body = ErrorBody),
+    )
+)]
 async fn cancel(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(task_id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Cancelled>), ApiError> {
     tracing::info!(caller = %caller.0, task_id = %task_id, "audit: cancel requested");
     let scheduler = state.scheduler.clone();
     let id = task_id.clone();
@@ -476,15 +530,21 @@ async fn cancel(
     match outcome {
         CancelOutcome::Cancelled(task) => Ok((
             StatusCode::OK,
-            Json(
-                json!({"success": true, "task_id": task_id, "message": "任务已取消", "status": task_json(&task, &state)}),
-            ),
+            Json(Cancelled {
+                success: true,
+                status: Some(task_detail(&task, &state)),
+                task_id,
+                message: "任务已取消".into(),
+            }),
         )),
         CancelOutcome::Requested => Ok((
             StatusCode::ACCEPTED,
-            Json(
-                json!({"success": true, "task_id": task_id, "message": "任务将在下一个安全点停止，不写入任何结果"}),
-            ),
+            Json(Cancelled {
+                success: true,
+                task_id,
+                message: "任务将在下一个安全点停止，不写入任何结果".into(),
+                status: None,
+            }),
         )),
         CancelOutcome::AlreadyFinished(status) => Err(ApiError::new(
             StatusCode::CONFLICT,

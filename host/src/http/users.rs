@@ -1,24 +1,36 @@
 //! Results: a user's tags, the users holding a tag, and system figures.
 
+use super::schema::{ErrorBody, Stats, TagUsers, UserTags};
 use super::{ApiError, AppState};
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Json;
+use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Routes of this resource.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/users/{user_id}/tags", get(user_tags))
-        .route("/api/v1/tags/{tag_id}/users", get(tag_users))
-        .route("/api/v1/system/stats", get(stats))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(user_tags))
+        .routes(routes!(tag_users))
+        .routes(routes!(stats))
 }
 
 /// `GET /api/v1/users/{user_id}/tags`: the user's `user_tags` row.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user_id}/tags",
+    tag = "results",
+    params(("user_id" = String, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "The user's tags", body = UserTags),
+        (status = 404, description = "The user holds no tag", body = ErrorBody),
+    )
+)]
 async fn user_tags(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserTags>, ApiError> {
     let id = user_id.clone();
     let row = state.blocking(move |s| s.user_tags(&id)).await?;
     let Some(row) = row else {
@@ -27,30 +39,45 @@ async fn user_tags(
             format!("该用户没有标签: {user_id}"),
         ));
     };
-    Ok(Json(json!({
-        "success": true,
-        "user_id": row.user_id,
-        "tag_ids": row.tag_ids,
-        "tag_details": serde_json::from_str::<Value>(&row.details).unwrap_or(Value::Null),
-        "created_time": row.created_time,
-        "updated_time": row.updated_time,
-    })))
+    Ok(Json(UserTags {
+        success: true,
+        tag_details: serde_json::from_str::<Value>(&row.details)
+            .unwrap_or_else(|_| Value::Object(Default::default())),
+        user_id: row.user_id,
+        tag_ids: row.tag_ids,
+        created_time: row.created_time,
+        updated_time: row.updated_time,
+    }))
 }
 
 /// Query of `GET /api/v1/tags/{tag_id}/users`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PageQuery {
+    /// Users per page, 0 to 10000 (default 100).
+    #[param(value_type = Option<u32>, maximum = 10000)]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// `GET /api/v1/tags/{tag_id}/users?limit=&cursor=`: holders, by user id;
 /// `next_cursor` continues the listing.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tags/{tag_id}/users",
+    tag = "results",
+    params(("tag_id" = u64, Path, minimum = 0, maximum = 4294967295.0, description = "A loaded tag's id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of the tag's holders", body = TagUsers),
+        (status = 404, description = "No loaded plugin provides the tag", body = ErrorBody),
+    )
+)]
 async fn tag_users(
     State(state): State<AppState>,
     Path(raw): Path<String>,
     Query(q): Query<PageQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TagUsers>, ApiError> {
     let tag_id = super::tags::parse_tag_id(&state, &raw)?;
     let limit = super::tasks::parse_count(q.limit.as_deref(), "limit", 100, 10_000)?;
     let cursor = q.cursor.clone();
@@ -60,19 +87,28 @@ async fn tag_users(
     let next = (users.len() == limit)
         .then(|| users.last().cloned())
         .flatten();
-    Ok(Json(
-        json!({"success": true, "tag_id": tag_id, "users": users, "next_cursor": next}),
-    ))
+    Ok(Json(TagUsers {
+        success: true,
+        tag_id,
+        users,
+        next_cursor: next,
+    }))
 }
 
 /// `GET /api/v1/system/stats`: tasks by status, the queue and its workers.
-async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let counts = state.blocking(|s| s.task_counts()).await?;
-    Ok(Json(json!({
-        "success": true,
-        "environment": state.environment,
-        "tasks": counts,
-        "queue": state.scheduler.stats(),
-        "tags_loaded": state.tags().len(),
-    })))
+#[utoipa::path(
+    get,
+    path = "/api/v1/system/stats",
+    tag = "system",
+    responses((status = 200, description = "Tasks by status, the queue, tags loaded", body = Stats))
+)]
+async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
+    let tasks = state.blocking(|s| s.task_counts()).await?;
+    Ok(Json(Stats {
+        success: true,
+        environment: state.environment.clone(),
+        tasks,
+        queue: state.scheduler.stats(),
+        tags_loaded: state.tags().len(),
+    }))
 }

@@ -4,7 +4,7 @@
 
 use crate::model::{now_timestamp, TaskRecord, TaskSpec, TaskStatus};
 use crate::registry::TagRegistry;
-use crate::scheduler::{Progress, RunError, Stop};
+use crate::scheduler::{RunError, Stop};
 use crate::store::{Store, StoreError};
 use serde_json::{json, Value};
 
@@ -187,40 +187,6 @@ pub fn committed_outcome(
         ));
     }
     Ok(Some(result))
-}
-
-/// A task as the status and list endpoints show it (with `progress` while
-/// it runs).
-pub fn status_json(task: &TaskRecord, progress: Option<Progress>) -> Value {
-    let mut v = json!({
-        "task_id": task.task_id,
-        "tag_ids": task.spec.tag_ids,
-        "user_ids": task.spec.user_ids,
-        "mode": task.spec.mode,
-        "priority": task.spec.priority,
-        "as_of": task.spec.as_of,
-        "environment": task.environment,
-        "status": task.status,
-        "submitted_at": task.submitted_at,
-        "started_at": task.started_at,
-        "completed_at": task.completed_at,
-        "attempts": task.attempts,
-    });
-    if let Some(retried) = &task.spec.retry_of {
-        v["retry_of"] = json!(retried);
-    }
-    if let Some(result) = &task.result {
-        v["result"] = result.clone();
-    }
-    if let Some(error) = &task.error {
-        v["error"] = json!(error);
-    }
-    if task.status == TaskStatus::Running {
-        if let Some(progress) = progress {
-            v["progress"] = json!(progress);
-        }
-    }
-    v
 }
 
 #[cfg(test)]
