@@ -1749,3 +1749,125 @@ fn metrics_parse_as_openmetrics_with_every_family() {
         "{text}"
     );
 }
+
+/// `--log-format json` for the server `args` describe, with the log at `log`.
+fn json_logging_server(work: &Path, data: &Path, plugins: &Path, extra: &[&str]) -> ServerProcess {
+    let log = work.join("server.log");
+    let store = format!("sqlite://{}", work.join("t.db").display());
+    let mut args = vec![
+        "--log-file",
+        log.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--plugins-dir",
+        plugins.to_str().unwrap(),
+        "--store",
+        &store,
+    ];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args)
+}
+
+#[test]
+fn json_logs_are_one_flat_object_a_line_with_request_and_task_ids() {
+    let work = tempfile::tempdir().unwrap();
+    let data = data(300);
+    let plugins = reference_plugins_dir();
+    let server = json_logging_server(
+        work.path(),
+        data.path(),
+        plugins.path(),
+        &["--log-format", "json"],
+    );
+    let reply = client()
+        .post(format!("{}/api/v1/tags/trigger", server.base))
+        .header("x-request-id", "trigger-0001")
+        .json(&json!({"tag_ids": [1, 7], "as_of": AS_OF}))
+        .send()
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 202);
+    let task_id = reply.json::<Value>().unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let log_path = work.path().join("server.log");
+    let lines = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("task finished") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no task finished:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let lines: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for line in &lines {
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(line[key].is_string(), "{key} missing: {line}");
+        }
+    }
+    let find = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message)
+            .unwrap_or_else(|| panic!("no \"{message}\" line: {lines:?}"))
+    };
+    // The access line of the trigger, its request id at the top level.
+    let access = lines
+        .iter()
+        .find(|l| l["target"] == "access" && l["path"] == "/api/v1/tags/trigger")
+        .expect("access line of the trigger");
+    assert_eq!(access["request_id"], "trigger-0001", "{access}");
+    assert_eq!(access["status"], 202, "{access}");
+    assert_eq!(find("audit: trigger")["request_id"], "trigger-0001");
+    // Lines written inside the run carry the task id at the top level.
+    let committed = find("results committed");
+    assert_eq!(committed["task_id"], task_id.as_str(), "{committed}");
+    assert!(committed["users"].is_u64(), "{committed}");
+    assert_eq!(find("task finished")["task_id"], task_id.as_str());
+}
+
+#[test]
+fn a_second_stop_signal_ends_the_server_at_once() {
+    use std::io::Write;
+    let work = tempfile::tempdir().unwrap();
+    let data = data(300);
+    let plugins = reference_plugins_dir();
+    let mut server = json_logging_server(work.path(), data.path(), plugins.path(), &[]);
+    // A request whose body never finishes holds the graceful shutdown (it
+    // waits for requests in flight, up to the request timeout).
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut stalled = std::net::TcpStream::connect(address).unwrap();
+    stalled
+        .write_all(
+            b"POST /api/v1/tags/trigger HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tag_ids\"",
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = server.pid() as i32;
+    // SAFETY: signals a child process this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(
+        server
+            .exit_within(std::time::Duration::from_millis(1500))
+            .is_none(),
+        "the first signal should wait for the request in flight"
+    );
+    let second = std::time::Instant::now();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = server
+        .exit_within(std::time::Duration::from_secs(2))
+        .expect("the second signal should end the server at once");
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(second.elapsed() < std::time::Duration::from_secs(2));
+    let log = std::fs::read_to_string(work.path().join("server.log")).unwrap();
+    assert!(log.contains("second stop signal"), "{log}");
+    drop(stalled);
+}

@@ -16,6 +16,7 @@
 //! - [`store`]: tasks, rules and `user_tags` (SQLite by default).
 //! - [`http`]: the API, one router per resource.
 //! - [`server`]: start-up and shutdown; [`cli`]: the one-shot commands.
+//! - [`logging`]: the flat JSON log format.
 
 pub mod catalog;
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod plugins;

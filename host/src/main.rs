@@ -71,7 +71,10 @@ fn init_logging(config: &Config, to_file: Option<Console>) -> anyhow::Result<()>
         .with_ansi(false);
     match config.log_format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(tag_host::logging::FlatJson)
+            .init(),
     }
     Ok(())
 }

@@ -136,6 +136,13 @@ impl Engine {
             .timings
             .insert("commit_ms".into(), committed.commit_ms);
         report.duration_ms += committed.commit_ms;
+        tracing::info!(
+            users = report.total_users,
+            rows_upserted = report.rows_upserted,
+            rows_deleted = report.rows_deleted,
+            duration_ms = report.duration_ms,
+            "results committed"
+        );
         Ok(report)
     }
 }
