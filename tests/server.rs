@@ -1871,3 +1871,208 @@ fn a_second_stop_signal_ends_the_server_at_once() {
     assert!(log.contains("second stop signal"), "{log}");
     drop(stalled);
 }
+
+/// One poll of a running task: when, stage, percent, and the whole progress.
+struct Sample {
+    at: std::time::Instant,
+    stage: String,
+    percent: f64,
+    progress: Value,
+}
+
+/// Polls `task_id` until it ends, keeping every status that shows progress;
+/// also checks the task list shows the running task's stage and percent.
+fn poll_progress(server: &TestServer, task_id: &str) -> (Vec<Sample>, bool) {
+    let mut samples = Vec::new();
+    let mut listed = false;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let (_, body) = server
+            .get(&format!("/api/v1/tasks/{task_id}/status"))
+            .unwrap();
+        let status = &body["status"];
+        match status["status"].as_str().unwrap() {
+            "completed" => return (samples, listed),
+            "submitted" => {}
+            "running" => {
+                if let Some(p) = status.get("progress") {
+                    samples.push(Sample {
+                        at: std::time::Instant::now(),
+                        stage: p["stage"].as_str().unwrap().to_string(),
+                        percent: p["percent"].as_f64().unwrap(),
+                        progress: p.clone(),
+                    });
+                }
+                let (_, list) = server.get("/api/v1/tasks?status=running").unwrap();
+                if let Some(p) = list["tasks"].get(0).and_then(|t| t.get("progress")) {
+                    listed |= p["stage"].is_string() && p["percent"].is_f64();
+                }
+            }
+            other => panic!("task ended {other}: {status}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "task did not finish");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn progress_moves_through_every_stage_and_never_stalls_while_writing() {
+    // Enough users for a run of a few seconds in a test build.
+    let env = env(150_000);
+    let task_id = env.server.trigger(all_tags());
+    let (samples, listed) = poll_progress(&env.server, &task_id);
+    assert!(
+        listed,
+        "the task list never showed the running task's progress"
+    );
+    assert!(
+        samples.len() > 10,
+        "only {} polls saw progress",
+        samples.len()
+    );
+    // The percent never goes back, and each stage seen is ahead of the last.
+    for pair in samples.windows(2) {
+        assert!(
+            pair[1].percent >= pair[0].percent,
+            "percent went back: {} ({}) then {} ({})",
+            pair[0].percent,
+            pair[0].stage,
+            pair[1].percent,
+            pair[1].stage
+        );
+    }
+    let mut stages: Vec<(&str, f64)> = Vec::new();
+    for s in &samples {
+        match stages.last_mut() {
+            Some((stage, high)) if *stage == s.stage => *high = s.percent,
+            _ => stages.push((&s.stage, s.percent)),
+        }
+    }
+    assert!(stages.len() >= 4, "stages seen: {stages:?}");
+    assert!(
+        stages.windows(2).all(|w| w[1].1 > w[0].1),
+        "percent did not rise from stage to stage: {stages:?}"
+    );
+    let distinct: std::collections::BTreeSet<u64> = samples
+        .iter()
+        .map(|s| (s.percent * 1000.0) as u64)
+        .collect();
+    assert!(distinct.len() >= 8, "percent barely moved: {distinct:?}");
+    // While writing, the percent never stands still for two seconds.
+    let writing: Vec<&Sample> = samples.iter().filter(|s| s.stage == "writing").collect();
+    assert!(
+        !writing.is_empty(),
+        "never saw the writing stage: {stages:?}"
+    );
+    let mut since = writing[0];
+    for s in &writing {
+        if s.percent > since.percent {
+            since = s;
+        }
+        assert!(
+            s.at.duration_since(since.at) <= std::time::Duration::from_secs(2),
+            "writing stood at {}% for more than 2 s",
+            since.percent
+        );
+    }
+    // While writing, the finished stages' times are there, and an estimate.
+    let p = &writing.last().unwrap().progress;
+    for key in ["reading_ms", "joining_ms", "evaluating_ms"] {
+        assert!(p["timings"][key].is_u64(), "{key}: {p}");
+    }
+    let stage = |name: &str| {
+        p["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(stage("reading")["state"], "finished");
+    assert_eq!(stage("reading")["done"], stage("reading")["total"]);
+    assert!(
+        stage("reading")["total"].as_u64().unwrap() >= 150_000,
+        "{p}"
+    );
+    assert_eq!(stage("writing")["unit"], "users");
+    assert_eq!(stage("writing")["total"], 150_000);
+    let tables = p["tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 3, "{p}");
+    assert!(
+        tables.iter().all(|t| t["rows_done"] == t["rows_total"]),
+        "{p}"
+    );
+    assert!(
+        samples.iter().any(|s| s.progress["eta_seconds"].is_u64()),
+        "no estimate of the time left"
+    );
+}
+
+#[test]
+fn tag_server_run_draws_a_bar_on_a_terminal_and_keeps_stdout_json_without_one() {
+    let data = data(100_000);
+    let plugins = reference_plugins_dir();
+    let work = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", work.path().join("run.db").display());
+    let log = work.path().join("run.log");
+    let args = [
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--store",
+        &store,
+        "--plugins-dir",
+        plugins.path().to_str().unwrap(),
+        "--log-file",
+        log.to_str().unwrap(),
+        "--batch-rows",
+        "2000",
+        "run",
+        "--tag-ids",
+        "1,2,3,4,5,6,7,8",
+        "--as-of",
+        AS_OF,
+    ];
+    // Under a pseudo-terminal (util-linux `script`): the bar, and a line
+    // for each finished stage above it.
+    let command = std::iter::once(env!("CARGO_BIN_EXE_tag-server"))
+        .chain(args)
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let output = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("script (util-linux) runs a command under a pseudo-terminal");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    for stage in ["reading", "joining", "evaluating", "writing", "committing"] {
+        assert!(
+            screen.contains(&format!("{stage} finished: ")),
+            "{stage}: {screen}"
+        );
+    }
+    assert!(
+        screen.contains("[=") && screen.contains("] reading "),
+        "no bar drawn: {screen}"
+    );
+    assert!(screen.contains("\"status\": \"completed\""), "{screen}");
+    // Without a terminal: stdout is exactly the task JSON; stderr has the
+    // stage lines as plain log lines.
+    let (code, out, err) = tag_server(&args);
+    assert_eq!(code, 0, "{err}");
+    let task: Value = serde_json::from_str(&out).expect("stdout is only the JSON");
+    assert_eq!(task["status"], "completed");
+    assert!(err.contains("writing finished: 100000 users in"), "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "terminal codes without a terminal: {err}"
+    );
+    // --quiet: no progress at all.
+    let mut quiet = args.to_vec();
+    quiet.push("--quiet");
+    let (code, out, err) = tag_server(&quiet);
+    assert_eq!(code, 0, "{err}");
+    assert!(serde_json::from_str::<Value>(&out).is_ok());
+    assert!(!err.contains("finished:"), "{err}");
+}

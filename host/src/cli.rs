@@ -242,7 +242,15 @@ pub fn run_command(
     let mut task = lifecycle::create(spec, config.env.as_str());
     lifecycle::start(&mut task);
     core.store.insert_task(&task, None)?;
-    let outcome = run_caught(core.engine.as_ref(), &task, &TaskControl::default());
+    let control = TaskControl::default();
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    let display = crate::watch::Display::choose(args.quiet);
+    let outcome = std::thread::scope(|scope| {
+        scope.spawn(|| crate::watch::show(&control, display, &finished));
+        let outcome = run_caught(core.engine.as_ref(), &task, &control);
+        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        outcome
+    });
     if let Err(RunError::Failed(reason)) = &outcome {
         tracing::warn!(task_id = %task.task_id, reason = %reason, "task failed");
     }

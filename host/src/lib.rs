@@ -12,10 +12,12 @@
 //! - [`data`]: polars I/O: sample data, projected batched reads with type
 //!   coercion, zero-copy FFI batches.
 //! - [`engine`]: one task end to end: read, join, evaluate, diff, write.
-//! - [`scheduler`]: bounded priority queue and worker threads.
+//! - [`scheduler`]: bounded priority queue and worker threads;
+//!   [`progress`]: how far a running task has got.
 //! - [`store`]: tasks, rules and `user_tags` (SQLite by default).
 //! - [`http`]: the API, one router per resource.
-//! - [`server`]: start-up and shutdown; [`cli`]: the one-shot commands.
+//! - [`server`]: start-up and shutdown; [`cli`]: the one-shot commands
+//!   ([`watch`]: `tag-server run`'s progress on stderr).
 //! - [`logging`]: the flat JSON log format.
 
 pub mod catalog;
@@ -28,8 +30,10 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod plugins;
+pub mod progress;
 pub mod registry;
 pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod tasks;
+pub mod watch;

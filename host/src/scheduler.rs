@@ -18,27 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-/// How far a running task has got, for the status endpoint.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
-pub struct Progress {
-    /// What it is doing: `reading`, `evaluating`, `writing`.
-    pub stage: String,
-    /// Rows evaluated so far.
-    pub rows_done: usize,
-    /// Rows to evaluate.
-    pub rows_total: usize,
-    /// Per tag: rows evaluated so far.
-    pub tags: Vec<TagProgress>,
-}
-
-/// Rows done for one tag.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
-pub struct TagProgress {
-    /// The tag.
-    pub tag_id: u32,
-    /// Rows evaluated for it.
-    pub rows_done: usize,
-}
+pub use crate::progress::{Progress, TagProgress};
 
 /// Shared between a running task and the scheduler: cancellation and progress.
 #[derive(Debug, Default)]
@@ -80,12 +60,12 @@ impl TaskControl {
         update(&mut self.progress.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// A copy of the progress report.
+    /// The progress report as of now.
     pub fn progress(&self) -> Progress {
         self.progress
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .snapshot()
     }
 }
 

@@ -320,6 +320,10 @@ pub struct RunArgs {
     /// Reference date of the rules (YYYY-MM-DD) [default: today, UTC].
     #[arg(long, value_parser = parse_date)]
     pub as_of: Option<Date>,
+    /// Show no progress on stderr (by default a bar on a terminal, a log
+    /// line every 5 s otherwise).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// Parses a `YYYY-MM-DD` argument.

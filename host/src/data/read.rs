@@ -92,6 +92,8 @@ pub struct TableScan {
     parts: Vec<Part>,
     plan: std::vec::IntoIter<Slice>,
     num_rows: usize,
+    /// Rows in the slices to read (the row groups kept).
+    planned: usize,
     /// The part currently being read and its open file.
     open: Option<(usize, File)>,
 }
@@ -188,7 +190,9 @@ pub fn scan_row_groups(
         num_rows += metadata.num_rows;
         parts.push(Part { path, metadata });
     }
+    let planned = plan.iter().map(|s| s.len).sum();
     Ok(TableScan {
+        planned,
         table: table.to_string(),
         columns: columns.to_vec(),
         parts,
@@ -202,6 +206,11 @@ impl TableScan {
     /// Total rows of the table, over all parts.
     pub fn num_rows(&self) -> usize {
         self.num_rows
+    }
+
+    /// Rows this scan reads: those of the row groups kept.
+    pub fn rows_planned(&self) -> usize {
+        self.planned
     }
 
     /// The files being read, in order.

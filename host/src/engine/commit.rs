@@ -12,11 +12,15 @@ use super::{stopped, RunError};
 use crate::model::now_timestamp;
 use crate::scheduler::{panic_message, TaskControl};
 use crate::store::{GrantInfo, RunStart, RunTx, Store, StoreError, TagState, UserRows};
+use std::cell::{Cell, RefCell};
 
 /// Changes per batch sent to the store.
 const BATCH: usize = 4096;
 /// Batches in flight to the writer thread.
 const IN_FLIGHT: usize = 4;
+/// A batch is sent at least every this many users diffed, however few of
+/// them changed, so the writing stage's progress keeps moving.
+const PROGRESS_USERS: usize = 65_536;
 
 /// What the stage hands back.
 pub struct Committed {
@@ -53,6 +57,7 @@ pub fn commit(
         scopes,
         matched,
     } = *run;
+    control.set_progress(|p| p.enter("writing", universe.rows() as u64));
     let mut tx = store.begin_run(&run_start(task_id, plan)).map_err(failed)?;
     let scoped = scoped_users(plan, universe, scopes);
     let stored = tx.current(scoped.as_deref()).map_err(failed)?;
@@ -75,10 +80,12 @@ pub fn commit(
     let outcome = serde_json::to_value(&report)
         .map_err(|e| RunError::Failed(format!("cannot encode the run report: {e}")))?;
     // The whole commit call: PostgreSQL merges its staged rows here.
+    control.set_progress(|p| p.enter("committing", 1));
     let started = std::time::Instant::now();
     tx.commit(&states(plan, universe), &outcome)
         .map_err(failed)?;
     let commit_ms = started.elapsed().as_millis() as u64;
+    control.set_progress(|p| p.finish());
     Ok(Committed { report, commit_ms })
 }
 
@@ -104,8 +111,57 @@ fn run_start(task_id: &str, plan: &Plan) -> RunStart {
     }
 }
 
+/// The diff's side of the channel to the results writer: changes are
+/// sent in batches of [`BATCH`], and at least every [`PROGRESS_USERS`]
+/// users diffed, each batch with the number of users diffed before it.
+struct Outbox<'a> {
+    send: std::sync::mpsc::SyncSender<(UserRows, usize)>,
+    control: &'a TaskControl,
+    batch: RefCell<UserRows>,
+    /// Users diffed so far.
+    diffed: Cell<usize>,
+    /// `diffed` when the last batch was sent.
+    sent: Cell<usize>,
+    /// Set at a checkpoint that says stop.
+    stop: Cell<Option<crate::scheduler::Stop>>,
+}
+
+impl Outbox<'_> {
+    /// Called as the diff takes the next user; false once it should stop.
+    fn next_user(&self) -> bool {
+        if self.diffed.get() - self.sent.get() >= PROGRESS_USERS {
+            self.flush();
+        }
+        self.diffed.set(self.diffed.get() + 1);
+        self.stop.get().is_none()
+    }
+
+    /// A user whose row changes.
+    fn push(&self, op: crate::store::Op, user: &str, held: &[crate::store::Held]) {
+        let full = {
+            let mut batch = self.batch.borrow_mut();
+            batch.push(op, user, held);
+            batch.len() >= BATCH
+        };
+        if full {
+            self.flush();
+        }
+    }
+
+    fn flush(&self) {
+        if let Err(stop) = self.control.checkpoint() {
+            self.stop.set(Some(stop));
+        }
+        self.sent.set(self.diffed.get());
+        let batch = std::mem::take(&mut *self.batch.borrow_mut());
+        // A closed channel means the writer failed: its error is reported below.
+        let _ = self.send.send((batch, self.diffed.get()));
+    }
+}
+
 /// Diffs in user-id order on this thread while the store applies the
 /// batches on a thread of its own; hands the transaction back uncommitted.
+/// The writing stage's progress is the users whose changes were applied.
 fn write_changes<'s>(
     mut tx: Box<dyn RunTx + 's>,
     universe: &Universe,
@@ -115,33 +171,40 @@ fn write_changes<'s>(
 ) -> Result<(Box<dyn RunTx + 's>, DiffCounts), RunError> {
     let order = sorted_rows(&universe.ids);
     std::thread::scope(|scope| {
-        let (send, receive) = std::sync::mpsc::sync_channel::<UserRows>(IN_FLIGHT);
+        let (send, receive) = std::sync::mpsc::sync_channel::<(UserRows, usize)>(IN_FLIGHT);
         let writer = std::thread::Builder::new()
             .name("results-writer".into())
             .spawn_scoped(scope, move || {
-                for batch in receive {
+                for (batch, upto) in receive {
                     tx.apply(&batch)?;
+                    control.set_progress(|p| p.set_done("writing", upto as u64));
                 }
                 Ok::<_, StoreError>(tx)
             })
             .map_err(|e| RunError::Failed(format!("cannot start the results writer: {e}")))?;
-        let mut batch = UserRows::default();
+        let outbox = Outbox {
+            send,
+            control,
+            batch: RefCell::default(),
+            diffed: Cell::new(0),
+            sent: Cell::new(0),
+            stop: Cell::new(None),
+        };
         let counts = diff(
-            order.iter().map(|&r| r as usize),
+            order
+                .iter()
+                .take_while(|_| outbox.next_user())
+                .map(|&r| r as usize),
             tags,
             current,
             |op, row, held| {
-                batch.push(op, universe.ids.get(row), held);
-                if batch.len() >= BATCH {
-                    control.checkpoint().map_err(stopped)?;
-                    // A closed channel means the writer failed: its error is reported below.
-                    let _ = send.send(std::mem::take(&mut batch));
-                }
-                Ok(())
+                outbox.push(op, universe.ids.get(row), held);
+                Ok::<(), RunError>(())
             },
         );
-        let _ = send.send(batch);
-        drop(send);
+        let stop = outbox.stop.get();
+        outbox.flush();
+        drop(outbox);
         let tx = writer
             .join()
             .map_err(|payload| {
@@ -151,6 +214,9 @@ fn write_changes<'s>(
                 ))
             })?
             .map_err(failed);
+        if let Some(stop) = stop {
+            return Err(stopped(stop));
+        }
         Ok((tx?, counts?))
     })
 }

@@ -24,7 +24,7 @@ pub fn evaluate(
 ) -> Result<Vec<Result<Bitset, String>>, RunError> {
     let rows = universe.rows();
     control.set_progress(|p| {
-        p.stage = "evaluating".into();
+        p.enter("evaluating", (rows * tags.len()) as u64);
         p.rows_total = rows * tags.len();
         p.tags = tags
             .iter()
@@ -79,6 +79,7 @@ fn evaluate_tag(
         matched.place(offset, &mask);
         offset += len;
         control.set_progress(|p| {
+            p.advance("evaluating", len as u64);
             p.rows_done += len;
             if let Some(tp) = p.tags.iter_mut().find(|tp| tp.tag_id == t.id()) {
                 tp.rows_done += len;

@@ -5,7 +5,8 @@ use super::delta;
 use super::index::{join_latest, latest_rows, RowFinder, UniverseIndex, UserIds};
 use super::plan::{Plan, TablePlan};
 use super::{failed, polars_failed, stopped, RunError, UPDATED_TIME, USER_ID};
-use crate::data::read::{polars_type, scan_row_groups, RowGroupId};
+use crate::data::read::{polars_type, scan_row_groups, RowGroupId, TableScan};
+use crate::progress::TableProgress;
 use crate::scheduler::{panic_message, TaskControl};
 use polars::prelude::*;
 use std::collections::{BTreeMap, HashSet};
@@ -76,10 +77,52 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn read(&self, plan: &TablePlan) -> Result<DataFrame, RunError> {
+    /// Opens a table's scan (its footers only): what it will read.
+    fn open(&self, plan: &TablePlan) -> Result<TableScan, RunError> {
         let skip = self.delta.and_then(|d| d.skip.get(&plan.table));
-        read_table(plan, self.source, self.wanted.as_ref(), skip, self.control)
+        // Unfiltered, the whole table is kept: read whole row groups (a slice
+        // inside a row group decodes its pages again up to the slice).
+        let batch_rows = if self.wanted.is_some() {
+            self.source.batch_rows
+        } else {
+            usize::MAX
+        };
+        let keep = |id: RowGroupId| skip.is_none_or(|s| !s.contains(&id));
+        scan_row_groups(
+            self.source.data_dir,
+            &plan.table,
+            &plan.columns,
+            batch_rows,
+            &keep,
+        )
+        .map_err(failed)
     }
+
+    fn read(&self, plan: &TablePlan, scan: TableScan) -> Result<DataFrame, RunError> {
+        read_table(plan, scan, self.wanted.as_ref(), self.control)
+    }
+}
+
+/// Opens every table's scan and starts the reading stage with their rows.
+fn open_all(reader: &Reader<'_>, tables: &[TablePlan]) -> Result<Vec<TableScan>, RunError> {
+    let scans = tables
+        .iter()
+        .map(|t| reader.open(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    reader.control.set_progress(|p| {
+        p.tables = tables
+            .iter()
+            .zip(&scans)
+            .map(|(t, scan)| TableProgress {
+                table: t.table.clone(),
+                rows_done: 0,
+                rows_total: scan.rows_planned() as u64,
+            })
+            .collect();
+        let total = scans.iter().map(|s| s.rows_planned() as u64).sum();
+        p.set_total("reading", total);
+    });
+    Ok(scans)
 }
 
 /// Reads the plan's tables into a [`Universe`]. A `user_ids` run keeps only
@@ -101,19 +144,24 @@ pub fn load(plan: &Plan, source: &Source<'_>, control: &TaskControl) -> Result<U
         .tables
         .split_first()
         .ok_or_else(|| RunError::Failed("no table planned".into()))?;
+    let mut scans = open_all(&reader, &plan.tables)?.into_iter();
+    let first_scan = scans.next().expect("one scan per table");
+    let rest_scans: Vec<TableScan> = scans.collect();
+    let reader = &reader;
     // Side tables are read on a second thread while this one reads,
     // de-duplicates and indexes the universe; then they are joined.
     let (mut universe, sides) = std::thread::scope(|scope| {
         let sides = std::thread::Builder::new()
             .name("side-table-reader".into())
-            .spawn_scoped(scope, || {
+            .spawn_scoped(scope, move || {
                 rest.iter()
-                    .map(|table| reader.read(table))
+                    .zip(rest_scans)
+                    .map(|(table, scan)| reader.read(table, scan))
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(|e| RunError::Failed(format!("cannot start a reader thread: {e}")))?;
         let universe = reader
-            .read(first)
+            .read(first, first_scan)
             .and_then(|raw| universe_of(&first.table, raw));
         let sides = sides.join().map_err(|payload| {
             RunError::Failed(format!(
@@ -123,8 +171,12 @@ pub fn load(plan: &Plan, source: &Source<'_>, control: &TaskControl) -> Result<U
         })?;
         Ok::<_, RunError>((universe?, sides?))
     })?;
+    let side_rows = sides.iter().map(|f| f.height() as u64).sum();
+    control.set_progress(|p| p.enter("joining", side_rows));
     for (table, frame) in rest.iter().zip(sides) {
+        let rows = frame.height() as u64;
         join_side_table(&mut universe, &table.table, frame, plan.incremental())?;
+        control.set_progress(|p| p.advance("joining", rows));
     }
     if let Some(delta) = delta {
         // Only changed users were read: the watermarks come from the
@@ -216,26 +268,17 @@ fn take_columns(
 /// and leaving out the row groups in `skip`.
 fn read_table(
     plan: &TablePlan,
-    source: &Source<'_>,
+    scan: TableScan,
     wanted: Option<&HashSet<&str>>,
-    skip: Option<&HashSet<RowGroupId>>,
     control: &TaskControl,
 ) -> Result<DataFrame, RunError> {
     let table = &plan.table;
-    // Unfiltered, the whole table is kept: read whole row groups (a slice
-    // inside a row group decodes its pages again up to the slice).
-    let batch_rows = if wanted.is_some() {
-        source.batch_rows
-    } else {
-        usize::MAX
-    };
-    let keep = |id: RowGroupId| skip.is_none_or(|s| !s.contains(&id));
-    let scan = scan_row_groups(source.data_dir, table, &plan.columns, batch_rows, &keep)
-        .map_err(failed)?;
     let mut out: Option<DataFrame> = None;
     for batch in scan {
         control.checkpoint().map_err(stopped)?;
         let mut batch = batch.map_err(failed)?;
+        let read = batch.height() as u64;
+        control.set_progress(|p| p.read_rows(table, read));
         if let Some(wanted) = wanted {
             // Filtered batch by batch as the scan goes, so a user_ids run
             // never holds the whole table.

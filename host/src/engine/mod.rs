@@ -96,7 +96,10 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut plan = plan::plan(task, &registry, self.store.as_ref())?;
-        control.set_progress(|p| p.stage = "reading".into());
+        control.set_progress(|p| {
+            *p = crate::progress::Progress::begin();
+            p.enter("reading", 0);
+        });
         let (data_dir, fetched) = self.fetch(&plan, &mut timings)?;
         inputs::check(&mut plan, &data_dir)?;
         let source = load::Source {
@@ -111,7 +114,6 @@ impl Engine {
         let matched = keep_succeeded(&mut plan, &mut scopes, outcomes)?;
         timings.lap("evaluate_ms");
         control.checkpoint().map_err(stopped)?;
-        control.set_progress(|p| p.stage = "writing".into());
         let run = commit::Evaluated {
             plan: &plan,
             universe: &universe,

@@ -285,14 +285,11 @@ pub struct TaskState {
     /// Why it failed or was cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// How far it has got, while it runs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub progress: Option<Progress>,
 }
 
 impl TaskState {
-    /// `task`'s state (`progress` is shown only while it runs).
-    pub fn of(task: &TaskRecord, progress: Option<Progress>) -> TaskState {
+    /// `task`'s state.
+    pub fn of(task: &TaskRecord) -> TaskState {
         TaskState {
             task_id: task.task_id.clone(),
             tag_ids: task.spec.tag_ids.clone(),
@@ -308,7 +305,27 @@ impl TaskState {
             retry_of: task.spec.retry_of.clone(),
             result: task.result.clone(),
             error: task.error.clone(),
-            progress: progress.filter(|_| task.status == TaskStatus::Running),
+        }
+    }
+}
+
+/// A running task's progress, in short: enough to draw a bar.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProgressSummary {
+    /// The stage running now.
+    pub stage: String,
+    /// The whole run, 0 to 100.
+    pub percent: f64,
+    /// Seconds left (estimated).
+    pub eta_seconds: Option<u64>,
+}
+
+impl From<&Progress> for ProgressSummary {
+    fn from(p: &Progress) -> ProgressSummary {
+        ProgressSummary {
+            stage: p.stage.clone(),
+            percent: p.percent,
+            eta_seconds: p.eta_seconds,
         }
     }
 }
@@ -321,6 +338,10 @@ pub struct TaskDetail {
     pub state: TaskState,
     /// Only these users (null: all).
     pub user_ids: Option<Vec<String>>,
+    /// How far it has got, while it runs: every stage with its done and
+    /// total, the overall percent, an estimate of the time left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
 }
 
 /// A task in a listing: its `user_ids` list is replaced by its length.
@@ -331,6 +352,9 @@ pub struct TaskSummary {
     pub state: TaskState,
     /// How many users it is limited to (null: all).
     pub user_ids_count: Option<usize>,
+    /// Stage, percent and estimate, while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ProgressSummary>,
 }
 
 /// `GET /api/v1/tasks/{task_id}/status`.

@@ -2,8 +2,8 @@
 
 use super::auth::Caller;
 use super::schema::{
-    Cancelled, ErrorBody, Submitted, TaskDetail, TaskList, TaskState, TaskStatusBody, TaskSummary,
-    TriggerRequest,
+    Cancelled, ErrorBody, ProgressSummary, Submitted, TaskDetail, TaskList, TaskState,
+    TaskStatusBody, TaskSummary, TriggerRequest,
 };
 use super::{ApiError, AppState};
 use crate::model::{Mode, Priority, TaskRecord, TaskSpec, TaskStatus};
@@ -385,20 +385,25 @@ async fn retry(
 /// whole task stays at its status URL.
 fn task_summary(task: &TaskRecord, state: &AppState) -> TaskSummary {
     TaskSummary {
-        state: task_state(task, state),
+        state: TaskState::of(task),
         user_ids_count: task.spec.user_ids.as_ref().map(Vec::len),
+        progress: progress(task, state).as_ref().map(ProgressSummary::from),
     }
 }
 
-fn task_state(task: &TaskRecord, state: &AppState) -> TaskState {
-    TaskState::of(task, state.scheduler.progress(&task.task_id))
+/// A running task's progress.
+fn progress(task: &TaskRecord, state: &AppState) -> Option<crate::progress::Progress> {
+    (task.status == TaskStatus::Running)
+        .then(|| state.scheduler.progress(&task.task_id))
+        .flatten()
 }
 
 /// A task in full.
 fn task_detail(task: &TaskRecord, state: &AppState) -> TaskDetail {
     TaskDetail {
-        state: task_state(task, state),
+        state: TaskState::of(task),
         user_ids: task.spec.user_ids.clone(),
+        progress: progress(task, state),
     }
 }
 

@@ -1,0 +1,318 @@
+//! How far a running task has got: every stage of a run with its own done
+//! and total, an overall percent that weighs the stages by their share of a
+//! run, and an estimate of the time left.
+//!
+//! The engine reports through [`Progress::enter`], [`Progress::advance`]
+//! and [`Progress::set_done`]; readers take a [`Progress::snapshot`], which
+//! fills in the figures that depend on the clock.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+use utoipa::ToSchema;
+
+/// The stages of a run in order: name, unit, share of a run's time.
+///
+/// The shares are each stage's part of a first full run of the eight
+/// reference tags into SQLite at 1M users (`bench/run.sh`, release build):
+/// reading ~25%, joining ~5%, evaluating ~10%, writing ~55%, committing ~5%.
+/// A stage a run does not need (no side table to join) counts as done.
+pub const STAGES: [(&str, &str, f64); 5] = [
+    ("reading", "rows", 25.0),
+    ("joining", "rows", 5.0),
+    ("evaluating", "rows", 10.0),
+    ("writing", "users", 55.0),
+    ("committing", "steps", 5.0),
+];
+
+/// A run is this far along before an estimate of the time left is given.
+const ESTIMATE_AFTER_SECS: f64 = 1.0;
+
+/// One stage's figures.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StageProgress {
+    /// `reading`, `joining`, `evaluating`, `writing` or `committing`.
+    pub name: String,
+    /// What `done` and `total` count: `rows` (read, joined, or evaluated
+    /// per tag), `users` (whose results were written) or `steps`.
+    pub unit: String,
+    /// `pending`, `running` or `finished`.
+    pub state: String,
+    /// Units done.
+    pub done: u64,
+    /// Units in all (known when the stage starts).
+    pub total: u64,
+    /// Milliseconds it has taken (so far, while running).
+    pub elapsed_ms: u64,
+}
+
+/// Rows read of one table.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TableProgress {
+    /// The table.
+    pub table: String,
+    /// Rows read so far.
+    pub rows_done: u64,
+    /// Rows to read (from the parquet footers; only the row groups an
+    /// incremental run reads).
+    pub rows_total: u64,
+}
+
+/// Rows evaluated for one tag.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct TagProgress {
+    /// The tag.
+    pub tag_id: u32,
+    /// Rows evaluated for it.
+    pub rows_done: usize,
+}
+
+/// A running task's progress, as its status shows it.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Progress {
+    /// The stage running now.
+    pub stage: String,
+    /// The whole run, 0 to 100: each stage weighted by its usual share of
+    /// a run.
+    pub percent: f64,
+    /// Seconds left, estimated from the time taken so far (once the run
+    /// has gone on for a second).
+    pub eta_seconds: Option<u64>,
+    /// Milliseconds since the run started.
+    pub elapsed_ms: u64,
+    /// Every stage, in order.
+    pub stages: Vec<StageProgress>,
+    /// Per finished stage, its time (`reading_ms`, …), as `timings` in the
+    /// result.
+    pub timings: BTreeMap<String, u64>,
+    /// Per table read, rows read of rows to read.
+    pub tables: Vec<TableProgress>,
+    /// Rows evaluated so far, over all tags.
+    pub rows_done: usize,
+    /// Rows to evaluate, over all tags.
+    pub rows_total: usize,
+    /// Per tag: rows evaluated so far.
+    pub tags: Vec<TagProgress>,
+    #[serde(skip)]
+    #[schema(ignore)]
+    clock: Option<Clock>,
+}
+
+/// When the run and the current stage started.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    run: Instant,
+    stage: Instant,
+}
+
+impl Progress {
+    /// A run starting now: every stage pending.
+    pub fn begin() -> Progress {
+        let now = Instant::now();
+        Progress {
+            stages: STAGES
+                .iter()
+                .map(|(name, unit, _)| StageProgress {
+                    name: name.to_string(),
+                    unit: unit.to_string(),
+                    state: "pending".into(),
+                    done: 0,
+                    total: 0,
+                    elapsed_ms: 0,
+                })
+                .collect(),
+            clock: Some(Clock {
+                run: now,
+                stage: now,
+            }),
+            ..Progress::default()
+        }
+    }
+
+    /// Starts `stage` with `total` units; the stages before it are finished
+    /// (a stage skipped counts as done).
+    pub fn enter(&mut self, stage: &str, total: u64) {
+        let Some(at) = self.position(stage) else {
+            return;
+        };
+        let now = Instant::now();
+        let clock = self.clock.get_or_insert(Clock {
+            run: now,
+            stage: now,
+        });
+        let lap = now.duration_since(clock.stage).as_millis() as u64;
+        clock.stage = now;
+        for s in &mut self.stages[..at] {
+            if s.state == "running" {
+                s.elapsed_ms = lap;
+                self.timings.insert(format!("{}_ms", s.name), lap);
+            }
+            if s.state != "finished" {
+                s.state = "finished".into();
+                s.done = s.total;
+            }
+        }
+        let s = &mut self.stages[at];
+        s.state = "running".into();
+        s.total = total;
+        s.done = 0;
+        self.stage = stage.to_string();
+    }
+
+    /// Ends the run: every stage finished.
+    pub fn finish(&mut self) {
+        let last = STAGES.len() - 1;
+        if self.stages.get(last).is_some_and(|s| s.state != "running") {
+            self.enter(STAGES[last].0, 0);
+        }
+        let lap = self
+            .clock
+            .map_or(0, |c| c.stage.elapsed().as_millis() as u64);
+        if let Some(s) = self.stages.get_mut(last) {
+            s.state = "finished".into();
+            s.done = s.total;
+            s.elapsed_ms = lap;
+            self.timings.insert(format!("{}_ms", s.name), lap);
+        }
+    }
+
+    /// Sets `stage`'s total (known once its inputs are opened).
+    pub fn set_total(&mut self, stage: &str, total: u64) {
+        if let Some(at) = self.position(stage) {
+            self.stages[at].total = total;
+        }
+    }
+
+    /// Adds `n` units to `stage` (at most its total).
+    pub fn advance(&mut self, stage: &str, n: u64) {
+        if let Some(at) = self.position(stage) {
+            let s = &mut self.stages[at];
+            s.done = (s.done + n).min(s.total);
+        }
+    }
+
+    /// Sets `stage`'s units done (at most its total).
+    pub fn set_done(&mut self, stage: &str, done: u64) {
+        if let Some(at) = self.position(stage) {
+            let s = &mut self.stages[at];
+            s.done = done.min(s.total);
+        }
+    }
+
+    /// Adds `n` rows read of `table` (and to the reading stage).
+    pub fn read_rows(&mut self, table: &str, n: u64) {
+        if let Some(t) = self.tables.iter_mut().find(|t| t.table == table) {
+            t.rows_done = (t.rows_done + n).min(t.rows_total);
+        }
+        self.advance("reading", n);
+    }
+
+    fn position(&self, stage: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.name == stage)
+    }
+
+    /// The figures as of now: percent, estimate, elapsed times.
+    pub fn snapshot(&self) -> Progress {
+        let mut out = self.clone();
+        let Some(clock) = self.clock else {
+            return out;
+        };
+        let now = Instant::now();
+        for s in out.stages.iter_mut().filter(|s| s.state == "running") {
+            s.elapsed_ms = now.duration_since(clock.stage).as_millis() as u64;
+        }
+        out.percent = (percent(&out.stages) * 10.0).round() / 10.0;
+        let elapsed = now.duration_since(clock.run).as_secs_f64();
+        out.elapsed_ms = (elapsed * 1000.0) as u64;
+        out.eta_seconds = (elapsed >= ESTIMATE_AFTER_SECS && out.percent > 0.5)
+            .then(|| (elapsed * (100.0 - out.percent) / out.percent).round() as u64);
+        out
+    }
+}
+
+/// The overall percent: finished stages count whole, the running one by
+/// its done/total, each by its share.
+fn percent(stages: &[StageProgress]) -> f64 {
+    let all: f64 = STAGES.iter().map(|s| s.2).sum();
+    let done: f64 = stages
+        .iter()
+        .zip(STAGES.iter())
+        .map(|(s, (_, _, share))| {
+            let part = match s.state.as_str() {
+                "finished" => 1.0,
+                "running" if s.total > 0 => s.done as f64 / s.total as f64,
+                _ => 0.0,
+            };
+            share * part
+        })
+        .sum();
+    // 100 only once every stage finished.
+    let percent = done / all * 100.0;
+    if stages.iter().all(|s| s.state == "finished") {
+        100.0
+    } else {
+        percent.min(99.9)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_moves_through_the_stages_by_their_shares() {
+        let mut p = Progress::begin();
+        assert_eq!(p.snapshot().percent, 0.0);
+        p.enter("reading", 200);
+        p.advance("reading", 100);
+        assert!((p.snapshot().percent - 12.5).abs() < 1e-9);
+        // Joining is skipped: reading and joining count as done.
+        p.enter("evaluating", 10);
+        let s = p.snapshot();
+        assert!((s.percent - 30.0).abs() < 1e-9, "{}", s.percent);
+        assert_eq!(s.stages[0].state, "finished");
+        assert_eq!(s.stages[1].state, "finished");
+        assert_eq!(s.stages[0].done, 200);
+        assert!(s.timings.contains_key("reading_ms"));
+        assert!(!s.timings.contains_key("joining_ms"));
+        p.set_done("evaluating", 1_000);
+        assert!((p.snapshot().percent - 40.0).abs() < 1e-9);
+        p.enter("committing", 1);
+        p.advance("committing", 1);
+        assert_eq!(p.snapshot().percent, 99.9);
+        assert_eq!(p.stage, "committing");
+        p.finish();
+        let s = p.snapshot();
+        assert_eq!(s.percent, 100.0);
+        assert!(s.stages.iter().all(|s| s.state == "finished"));
+        assert!(s.timings.contains_key("committing_ms"));
+    }
+
+    #[test]
+    fn rows_read_count_per_table_and_in_the_stage() {
+        let mut p = Progress::begin();
+        p.tables = vec![TableProgress {
+            table: "a".into(),
+            rows_done: 0,
+            rows_total: 5,
+        }];
+        p.enter("reading", 5);
+        p.read_rows("a", 3);
+        p.read_rows("a", 3);
+        assert_eq!(p.tables[0].rows_done, 5);
+        assert_eq!(p.stages[0].done, 5);
+    }
+
+    #[test]
+    fn the_estimate_waits_for_a_second_of_running() {
+        let mut p = Progress::begin();
+        p.enter("reading", 10);
+        p.advance("reading", 5);
+        assert_eq!(p.snapshot().eta_seconds, None);
+        if let Some(clock) = p.clock.as_mut() {
+            clock.run -= std::time::Duration::from_secs(3);
+        }
+        // 3 s for 12.5%: 21 s left.
+        assert_eq!(p.snapshot().eta_seconds, Some(21));
+    }
+}

@@ -1,0 +1,131 @@
+//! `tag-server run`'s progress on stderr while the task runs: a bar (stage,
+//! percent, units, time left) when stderr is a terminal, a plain log line
+//! every few seconds when it is not (a cron job's or Airflow's log), and
+//! nothing with `--quiet`. Stdout is left to the task JSON.
+
+use crate::progress::Progress;
+use crate::scheduler::TaskControl;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Display {
+    /// A bar, redrawn in place.
+    Bar,
+    /// A log line now and then.
+    Lines,
+    /// Nothing.
+    Off,
+}
+
+/// How often the bar is redrawn, and how often a line is logged.
+const BAR_EVERY: Duration = Duration::from_millis(100);
+const LINE_EVERY: Duration = Duration::from_secs(5);
+
+impl Display {
+    /// A bar on a terminal, lines elsewhere, nothing when `quiet`.
+    pub fn choose(quiet: bool) -> Display {
+        if quiet {
+            Display::Off
+        } else if std::io::stderr().is_terminal() {
+            Display::Bar
+        } else {
+            Display::Lines
+        }
+    }
+}
+
+/// The running stage's figures: `reading 1200/5000 rows`.
+fn stage_text(p: &Progress) -> String {
+    match p.stages.iter().find(|s| s.name == p.stage) {
+        Some(s) => format!("{} {}/{} {}", s.name, s.done, s.total, s.unit),
+        None => "starting".to_string(),
+    }
+}
+
+fn eta_text(p: &Progress) -> String {
+    p.eta_seconds
+        .map_or_else(String::new, |s| format!(", about {s} s left"))
+}
+
+/// Shows `control`'s progress until `finished` is set. Each stage that
+/// finishes gets a line of its own (above the bar, or in the log).
+pub fn show(control: &TaskControl, display: Display, finished: &AtomicBool) {
+    if display == Display::Off {
+        return;
+    }
+    let bar = (display == Display::Bar).then(new_bar);
+    let mut reported = 0;
+    let mut last_line = Instant::now();
+    loop {
+        let done = finished.load(Ordering::SeqCst);
+        let p = control.progress();
+        for stage in p
+            .stages
+            .iter()
+            .filter(|s| s.state == "finished")
+            .skip(reported)
+        {
+            reported += 1;
+            let text = format!(
+                "{} finished: {} {} in {} ms",
+                stage.name, stage.total, stage.unit, stage.elapsed_ms
+            );
+            match &bar {
+                Some(bar) => bar.println(text),
+                None => {
+                    tracing::info!(stage = %stage.name, elapsed_ms = stage.elapsed_ms, "{text}")
+                }
+            }
+        }
+        if done {
+            break;
+        }
+        match &bar {
+            Some(bar) => draw(bar, &p),
+            None if last_line.elapsed() >= LINE_EVERY => {
+                last_line = Instant::now();
+                tracing::info!(stage = %p.stage, percent = p.percent, eta_seconds = p.eta_seconds,
+                    "progress: {:.1}%, {}{}", p.percent, stage_text(&p), eta_text(&p));
+            }
+            None => {}
+        }
+        std::thread::sleep(BAR_EVERY);
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}
+
+fn new_bar() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::stderr_with_hz(10));
+    let style = ProgressStyle::with_template("{prefix:>5.bold} [{bar:20}] {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
+fn draw(bar: &ProgressBar, p: &Progress) {
+    bar.set_prefix(format!("{:.0}%", p.percent));
+    bar.set_message(format!("{}{}", stage_text(p), eta_text(p)));
+    bar.set_position((p.percent * 10.0) as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stage_text_names_the_running_stage_and_its_units() {
+        let mut p = Progress::begin();
+        assert_eq!(stage_text(&p), "starting");
+        p.enter("reading", 5000);
+        p.advance("reading", 1200);
+        assert_eq!(stage_text(&p), "reading 1200/5000 rows");
+        assert_eq!(Display::choose(true), Display::Off);
+    }
+}
