@@ -2,7 +2,7 @@
 # tag-server against DuckDB, Polars and (optionally) PySpark on the same data,
 # in one run: wall time, peak memory and each anchor's time / ours.
 #
-#   [TAG_SERVER_BIN=path] bench/run.sh [--users N] [--10m] [--spark] [--rounds N]
+#   [TAG_SERVER_BIN=path] [BASELINE_BIN=path] bench/run.sh [--users N] [--10m] [--spark] [--rounds N]
 #                                      [--stores] [--no-api]
 #
 # Steps: gen-data (N users, default 1M); tag-server's first full run of the
@@ -31,6 +31,10 @@
 # shared 2-core machine single timings vary by 20% or more.
 # TAG_SERVER_BIN: a prebuilt tag-server to use; without it the script runs
 # cargo build --release.
+# BASELINE_BIN: another tag-server build (say, of the commit before a
+# change): with --rounds, each round also runs it, and the ratio ours /
+# baseline is printed per round with its median (the cost of a change,
+# measured side by side).
 #
 # Needs python3 (a virtualenv with duckdb, polars, pyarrow[, pyspark] is made in
 # bench/.venv), wrk for the API latency part (installed with apt-get when
@@ -137,7 +141,13 @@ if [ "$ROUNDS" -gt 1 ]; then
     /usr/bin/time -f "%e" -o "$RUN/round/duck.time" $PY bench/anchors.py duckdb "$DATA" "$RUN/round/duckdb.parquet" $AS_OF > "$RUN/round/duck.log" 2>&1
     /usr/bin/time -f "%e" -o "$RUN/round/table.time" $PY bench/anchors.py duckdb_table "$DATA" "$RUN/round/duckdb-table.duckdb" $AS_OF > "$RUN/round/table.log" 2>&1
     ours=$(cat "$RUN/round/ours.time"); duck=$(cat "$RUN/round/duck.time"); table=$(cat "$RUN/round/table.time")
-    printf '%s\t%s\t%s\n' "$ours" "$duck" "$table" >> "$ROUNDS_TSV"
+    base=""
+    if [ -n "${BASELINE_BIN:-}" ]; then
+      /usr/bin/time -f "%e" -o "$RUN/round/base.time" "$BASELINE_BIN" run --tag-ids $TAGS --data-dir "$DATA" --store "sqlite://$RUN/round/base.db" --as-of $AS_OF > "$RUN/round/base.log" 2>&1
+      base=$(cat "$RUN/round/base.time")
+      echo "   round $i: baseline ${base}s, ours / baseline $(ratio "$ours" "$base")"
+    fi
+    printf '%s\t%s\t%s\t%s\n' "$ours" "$duck" "$table" "$base" >> "$ROUNDS_TSV"
     echo "   round $i: tag-server ${ours}s, duckdb ${duck}s ($(ratio "$duck" "$ours")), duckdb-table ${table}s ($(ratio "$table" "$ours"))"
   done
 fi
@@ -287,11 +297,14 @@ if "pyspark-jdbc-mariadb" in res:
     print(f"PySpark -> MariaDB over JDBC (the replaced system's way): {spark:.2f} s, {spark / mine:.2f}x ours into MariaDB")
 rounds = [tuple(map(float, l.split())) for l in open(sys.argv[5]) if l.strip()]
 if rounds:
-    listed = ", ".join(f"{o:.2f}/{d:.2f}/{t:.2f}" for o, d, t in rounds)
+    listed = ", ".join(f"{r[0]:.2f}/{r[1]:.2f}/{r[2]:.2f}" for r in rounds)
     print(f"first run vs DuckDB, {len(rounds)} alternating rounds (ours/duckdb/duckdb-table s): {listed}")
     for label, col in (("duckdb", 1), ("duckdb-table", 2)):
         ratios = [r[col] / r[0] for r in rounds]
         print(f"  {label + ' / ours':<20} per round: {', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x")
+    if all(len(r) == 4 for r in rounds):
+        ratios = [r[0] / r[3] for r in rounds]
+        print(f"  {'ours / baseline':<20} per round: {', '.join(f'{r:.3f}x' for r in ratios)}; median {statistics.median(ratios):.3f}x")
 lat = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
 writes = dict(l.rstrip("\n").split("\t") for l in open(sys.argv[7]) if l.strip())
 if lat:

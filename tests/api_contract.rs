@@ -46,19 +46,12 @@ fn served() -> Served {
     let log = work.path().join("server.log");
     let data = sample_data(500);
     let plugins = reference_plugins_dir();
-    let store = format!("sqlite://{}", work.path().join("t.db").display());
-    let server = ServerProcess::start(&[
-        "--tokens-file",
-        tokens.to_str().unwrap(),
-        "--log-file",
-        log.to_str().unwrap(),
-        "--data-dir",
-        data.path().to_str().unwrap(),
-        "--plugins-dir",
-        plugins.path().to_str().unwrap(),
-        "--store",
-        &store,
-    ]);
+    let server = ServerProcess::start_in(
+        work.path(),
+        data.path(),
+        plugins.path(),
+        &["--tokens-file", tokens.to_str().unwrap()],
+    );
     Served {
         server,
         log,

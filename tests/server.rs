@@ -1339,19 +1339,12 @@ fn tokens_gate_every_route_group_by_role_and_never_reach_the_log() {
     let log = work.path().join("server.log");
     let data = data(300);
     let plugins = reference_plugins_dir();
-    let store = format!("sqlite://{}", work.path().join("t.db").display());
-    let server = &ServerProcess::start(&[
-        "--tokens-file",
-        tokens.to_str().unwrap(),
-        "--log-file",
-        log.to_str().unwrap(),
-        "--data-dir",
-        data.path().to_str().unwrap(),
-        "--plugins-dir",
-        plugins.path().to_str().unwrap(),
-        "--store",
-        &store,
-    ]);
+    let server = &ServerProcess::start_in(
+        work.path(),
+        data.path(),
+        plugins.path(),
+        &["--tokens-file", tokens.to_str().unwrap()],
+    );
     // Open: health and metrics.
     assert_eq!(call(server, Method::GET, "/health", None, None).0, 200);
     let metrics = client()
@@ -1750,30 +1743,12 @@ fn metrics_parse_as_openmetrics_with_every_family() {
     );
 }
 
-/// `--log-format json` for the server `args` describe, with the log at `log`.
-fn json_logging_server(work: &Path, data: &Path, plugins: &Path, extra: &[&str]) -> ServerProcess {
-    let log = work.join("server.log");
-    let store = format!("sqlite://{}", work.join("t.db").display());
-    let mut args = vec![
-        "--log-file",
-        log.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--plugins-dir",
-        plugins.to_str().unwrap(),
-        "--store",
-        &store,
-    ];
-    args.extend_from_slice(extra);
-    ServerProcess::start(&args)
-}
-
 #[test]
 fn json_logs_are_one_flat_object_a_line_with_request_and_task_ids() {
     let work = tempfile::tempdir().unwrap();
     let data = data(300);
     let plugins = reference_plugins_dir();
-    let server = json_logging_server(
+    let server = ServerProcess::start_in(
         work.path(),
         data.path(),
         plugins.path(),
@@ -1839,7 +1814,7 @@ fn a_second_stop_signal_ends_the_server_at_once() {
     let work = tempfile::tempdir().unwrap();
     let data = data(300);
     let plugins = reference_plugins_dir();
-    let mut server = json_logging_server(work.path(), data.path(), plugins.path(), &[]);
+    let mut server = ServerProcess::start_in(work.path(), data.path(), plugins.path(), &[]);
     // A request whose body never finishes holds the graceful shutdown (it
     // waits for requests in flight, up to the request timeout).
     let address = server.base.trim_start_matches("http://").to_string();

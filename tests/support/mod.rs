@@ -441,6 +441,25 @@ impl ServerProcess {
         server
     }
 
+    /// Starts `tag-server` over `data` and `plugins` with its SQLite store
+    /// (`t.db`) and log file (`server.log`) in `work`, and `extra` flags.
+    pub fn start_in(work: &Path, data: &Path, plugins: &Path, extra: &[&str]) -> ServerProcess {
+        let log = work.join("server.log");
+        let store = format!("sqlite://{}", work.join("t.db").display());
+        let mut args = vec![
+            "--log-file",
+            log.to_str().expect("UTF-8 path"),
+            "--data-dir",
+            data.to_str().expect("UTF-8 path"),
+            "--plugins-dir",
+            plugins.to_str().expect("UTF-8 path"),
+            "--store",
+            &store,
+        ];
+        args.extend_from_slice(extra);
+        ServerProcess::start(&args)
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
