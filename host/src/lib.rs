@@ -15,7 +15,8 @@
 //! - [`scheduler`]: bounded priority queue and worker threads;
 //!   [`progress`]: how far a running task has got.
 //! - [`store`]: tasks, rules and `user_tags` (SQLite by default).
-//! - [`http`]: the API, one router per resource.
+//! - [`http`]: the API, one router per resource; [`console`]: the web
+//!   console's pages.
 //! - [`server`]: start-up and shutdown; [`cli`]: the one-shot commands
 //!   ([`watch`]: `tag-server run`'s progress on stderr).
 //! - [`logging`]: the flat JSON log format.
@@ -23,6 +24,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod data;
 pub mod engine;
 pub mod http;

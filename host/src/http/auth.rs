@@ -139,6 +139,11 @@ impl Tokens {
         !self.entries.is_empty()
     }
 
+    /// The name and role of `token`, if it is one of ours.
+    pub fn identify(&self, token: &str) -> Option<(String, Role)> {
+        self.find(token).map(|e| (e.name.clone(), e.role))
+    }
+
     /// The entry `token` belongs to, compared in constant time.
     fn find(&self, token: &str) -> Option<&Entry> {
         let presented = digest(token);
@@ -158,9 +163,33 @@ impl Tokens {
 }
 
 /// Paths anyone may call (the API's description too: clients read it to
-/// learn how to authenticate).
+/// learn how to authenticate). The console's pages check their session
+/// themselves (they send the browser to the sign-in form).
 fn open_path(path: &str) -> bool {
-    path == "/health" || path == "/metrics" || path == super::openapi::PATH
+    path == "/health"
+        || path == "/metrics"
+        || path == super::openapi::PATH
+        || crate::console::is_console_path(path)
+}
+
+/// The token a request presents: `Authorization: Bearer`, or the console's
+/// session cookie. A state-changing request authenticated by the cookie
+/// must also carry the console's header (another site's page cannot add
+/// it without a CORS preflight).
+fn presented(request: &Request) -> Option<&str> {
+    let headers = request.headers();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if bearer.is_some() {
+        return bearer;
+    }
+    let (name, value) = crate::console::CONSOLE_HEADER;
+    let from_console = headers.get(name).is_some_and(|v| v == value);
+    crate::console::session_token(headers)
+        .filter(|_| from_console || needed(request.method()) == Role::Read)
 }
 
 /// The role a request needs.
@@ -177,13 +206,7 @@ pub async fn require(State(tokens): State<Arc<Tokens>>, request: Request, next: 
     if !tokens.enabled() || open_path(request.uri().path()) {
         return with_caller(Caller("anonymous".into()), request, next).await;
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(entry) = presented.and_then(|t| tokens.find(t)) else {
+    let Some(entry) = presented(&request).and_then(|t| tokens.find(t)) else {
         let mut response = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or invalid API token: send Authorization: Bearer <token>",

@@ -93,12 +93,14 @@ pub async fn bounded(
 pub async fn json_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    let is_json_body = response
+    let content_type = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(is_json);
-    if !(status.is_client_error() || status.is_server_error()) || is_json_body {
+        .unwrap_or("");
+    // JSON already, or one of the console's HTML pages.
+    let answered = is_json(content_type) || content_type.starts_with("text/html");
+    if !(status.is_client_error() || status.is_server_error()) || answered {
         return response;
     }
     let detail = match axum::body::to_bytes(response.into_body(), 4096).await {

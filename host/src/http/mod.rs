@@ -164,6 +164,7 @@ pub fn router(state: AppState) -> Router {
         .merge(users::router())
         .split_for_parts();
     api.merge(openapi::route(&openapi::finish(doc, tokens.enabled())))
+        .merge(crate::console::router(Arc::clone(&tokens)))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::new(

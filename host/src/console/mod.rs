@@ -1,0 +1,197 @@
+//! The web console at `/`: server-rendered pages (maud) over the same state
+//! as the API, with a few lines of JavaScript (`assets/app.js`) for the
+//! live parts and for actions, which go through the JSON API.
+//!
+//! With tokens configured, a sign-in form stores the token in an HttpOnly,
+//! SameSite=Strict cookie; pages without a valid cookie redirect to the
+//! form. Admin actions are only shown to admin tokens (and the API refuses
+//! them to read tokens anyway). State-changing API calls that authenticate
+//! with the cookie must carry `X-Requested-With: tag-console`, a header a
+//! page on another site cannot add without a CORS preflight (which this
+//! server never grants), on top of the SameSite cookie.
+
+pub mod history;
+mod pages;
+pub mod render;
+
+use crate::http::auth::{Role, Tokens};
+use crate::http::AppState;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use maud::{html, Markup, DOCTYPE};
+use std::sync::Arc;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "tag_session";
+/// The header state-changing calls authenticated by the cookie must carry.
+pub const CONSOLE_HEADER: (&str, &str) = ("x-requested-with", "tag-console");
+
+/// Who is looking: what the pages may offer.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    /// May trigger, cancel, retry, edit rules and reload plugins.
+    pub admin: bool,
+    /// Tokens are configured (so there is a sign-out button).
+    pub signed_in: bool,
+    /// The token's name (`anonymous` when the API is open).
+    pub name: String,
+}
+
+/// The token in the request's session cookie, if any.
+pub fn session_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+}
+
+/// Pages see a [`Viewer`]; without a valid session they go to the sign-in
+/// form (when tokens are configured).
+async fn viewer(State(tokens): State<Arc<Tokens>>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let public = path == "/signin" || path.starts_with("/console/");
+    let viewer = if !tokens.enabled() {
+        Some(Viewer {
+            admin: true,
+            signed_in: false,
+            name: "anonymous".into(),
+        })
+    } else {
+        session_token(request.headers())
+            .and_then(|t| tokens.identify(t))
+            .map(|(name, role)| Viewer {
+                admin: role == Role::Admin,
+                signed_in: true,
+                name,
+            })
+    };
+    match viewer {
+        Some(viewer) => {
+            request.extensions_mut().insert(viewer);
+            next.run(request).await
+        }
+        None if public => next.run(request).await,
+        None => Redirect::to("/signin").into_response(),
+    }
+}
+
+/// The console's routes (the API's auth leaves these paths to [`viewer`]).
+pub fn router(tokens: Arc<Tokens>) -> Router<AppState> {
+    Router::new()
+        .route("/", get(pages::tags))
+        .route("/tags/{tag_id}", get(pages::tag))
+        .route("/tasks", get(pages::tasks))
+        .route("/plugins", get(pages::plugins))
+        .route("/users", get(pages::find_user))
+        .route("/users/{user_id}", get(pages::user))
+        .route("/trigger", get(pages::trigger))
+        .route("/signin", get(pages::signin))
+        .route("/console/session", post(sign_in).delete(sign_out))
+        .route("/console/app.js", get(script))
+        .route("/console/style.css", get(style))
+        .layer(axum::middleware::from_fn_with_state(tokens, viewer))
+}
+
+/// Whether `path` is the console's (not the API's, health's or metrics').
+pub fn is_console_path(path: &str) -> bool {
+    !(path.starts_with("/api/") || path == "/health" || path == "/metrics")
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("assets/app.js"),
+    )
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("assets/style.css"),
+    )
+}
+
+/// `POST /console/session` with `{"token": …}`: sets the session cookie if
+/// the token is valid (401 otherwise). Never logged.
+async fn sign_in(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    let token = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["token"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let valid = state.tokens.identify(&token).is_some()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b';' && b != b',');
+    if !valid {
+        return crate::http::ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid API token",
+            "令牌无效",
+        )
+        .into_response();
+    }
+    let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200");
+    (
+        [(header::SET_COOKIE, cookie)],
+        axum::Json(serde_json::json!({"success": true})),
+    )
+        .into_response()
+}
+
+/// `DELETE /console/session`: clears the cookie.
+async fn sign_out() -> Response {
+    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    (
+        [(header::SET_COOKIE, cookie)],
+        axum::Json(serde_json::json!({"success": true})),
+    )
+        .into_response()
+}
+
+/// A whole page: navigation, title, body.
+fn page(title: &str, viewer: &Viewer, body: Markup) -> Html<String> {
+    let markup = html! {
+        (DOCTYPE)
+        html lang="zh" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · tag-engine" }
+                link rel="stylesheet" href="/console/style.css";
+                script src="/console/app.js" defer {}
+            }
+            body {
+                nav {
+                    a.brand href="/" { "tag-engine" }
+                    a href="/" { "标签 Tags" }
+                    a href="/tasks" { "任务 Tasks" }
+                    a href="/plugins" { "插件 Plugins" }
+                    @if viewer.admin { a href="/trigger" { "触发 Trigger" } }
+                    form.find action="/users" method="get" {
+                        input name="id" placeholder="用户ID / user id" aria-label="user id";
+                    }
+                    @if viewer.signed_in {
+                        span.who { (viewer.name) }
+                        button #signout type="button" { "退出 Sign out" }
+                    }
+                }
+                main { h1 { (title) } (body) }
+            }
+        }
+    };
+    Html(markup.into_string())
+}
+
+/// An error page with `status`.
+fn error_page(status: StatusCode, viewer: &Viewer, message: &str) -> Response {
+    let body = html! { p.error { (message) } };
+    (status, page(&status.to_string(), viewer, body)).into_response()
+}

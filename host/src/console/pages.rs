@@ -1,0 +1,430 @@
+//! The console's pages.
+
+use super::history::{members_chart, members_per_run, sparkline, RunPoint};
+use super::render::{diff_block, pretty, rule_tree, short};
+use super::{error_page, page, Viewer};
+use crate::http::AppState;
+use crate::model::{TaskRecord, TaskStatus};
+use crate::plugins::Outcome;
+use crate::store::{Store, StoreError};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{html, Markup, PreEscaped};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Runs the console reads: the newest this many tasks.
+const HISTORY: usize = 500;
+
+/// A store read for a page; a failure is an error page.
+async fn read<T: Send + 'static>(
+    state: &AppState,
+    viewer: &Viewer,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    state.blocking(f).await.map_err(|_| {
+        error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            viewer,
+            "存储服务不可用 / the store failed to answer; retry later",
+        )
+    })
+}
+
+/// Query of the tags page.
+#[derive(Debug, serde::Deserialize)]
+pub struct SortQuery {
+    sort: Option<String>,
+}
+
+/// `/`: every loaded tag with its owner, members now, members per run and
+/// last run; sortable by id, name, category or members.
+pub async fn tags(
+    State(state): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+    Query(q): Query<SortQuery>,
+) -> Response {
+    let loaded = read(&state, &viewer, |s| {
+        Ok((s.tag_owners()?, s.list_tasks(None, HISTORY, 0)?.0))
+    });
+    let (owners, tasks) = match loaded.await {
+        Ok(v) => v,
+        Err(page) => return page,
+    };
+    let series = members_per_run(&tasks);
+    let registry = state.tags();
+    let mut rows: Vec<_> = registry.iter().collect();
+    let members = |id: u32| series.get(&id).and_then(|p| p.last()).map(|p| p.members);
+    match q.sort.as_deref() {
+        Some("name") => rows.sort_by(|a, b| a.info.description.cmp(&b.info.description)),
+        Some("category") => rows.sort_by(|a, b| a.info.category.cmp(&b.info.category)),
+        Some("members") => rows.sort_by_key(|t| std::cmp::Reverse(members(t.info.tag_id))),
+        _ => {}
+    }
+    let body = html! {
+        table.tags {
+            thead { tr {
+                th { a href="/?sort=id" { "ID" } }
+                th { a href="/?sort=name" { "名称 Name" } }
+                th { a href="/?sort=category" { "类别 Category" } }
+                th { "插件 Plugin" } th { "归属 Owner" }
+                th { a href="/?sort=members" { "用户数 Members" } }
+                th { "每次运行 Per run" } th { "最近运行 Last run" }
+            } }
+            tbody { @for t in rows {
+                @let id = t.info.tag_id;
+                @let points = series.get(&id).map(Vec::as_slice).unwrap_or(&[]);
+                tr {
+                    td { (id) }
+                    td { a href={ "/tags/" (id) } { (t.info.description) } }
+                    td { (t.info.category) }
+                    td { (t.plugin.name) " " small { (t.plugin.version) } }
+                    td { (owners.get(&id).map(String::as_str).unwrap_or("-")) }
+                    td.num { (members(id).map_or("-".to_string(), |m| m.to_string())) }
+                    td.spark { @if !points.is_empty() { (PreEscaped(sparkline(points))) } }
+                    td { (last_run(&tasks, id)) }
+                }
+            } }
+        }
+    };
+    page("标签 Tags", &viewer, body).into_response()
+}
+
+/// The newest task that ran `tag_id`: when, and how it ended.
+fn last_run(tasks: &[TaskRecord], tag_id: u32) -> Markup {
+    let Some(task) = tasks.iter().find(|t| t.spec.tag_ids.contains(&tag_id)) else {
+        return html! { "-" };
+    };
+    let status = task.status.as_str();
+    html! {
+        span class={ "status " (status) } { (status) } " "
+        small { (task.completed_at.as_deref().unwrap_or(&task.submitted_at)) }
+    }
+}
+
+/// `/tags/{id}`: the rule as a tree, its history with diffs, an edit form,
+/// members per run, sample members and a trigger button.
+pub async fn tag(
+    State(state): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+    Path(raw): Path<String>,
+) -> Response {
+    let registry = state.tags();
+    let Some(tag) = raw.parse::<u32>().ok().and_then(|id| registry.get(id)) else {
+        return error_page(StatusCode::NOT_FOUND, &viewer, "没有这个标签 / no such tag");
+    };
+    let id = tag.info.tag_id;
+    let loaded = read(&state, &viewer, move |s| {
+        Ok((
+            s.rule_history(id)?,
+            s.list_tasks(None, HISTORY, 0)?.0,
+            s.users_with_tag(id, 20, None)?,
+        ))
+    });
+    let (history, tasks, members) = match loaded.await {
+        Ok(v) => v,
+        Err(page) => return page,
+    };
+    let rules: Vec<Value> = history
+        .iter()
+        .map(|r| serde_json::from_str(&r.rule).unwrap_or(Value::Null))
+        .collect();
+    let series = members_per_run(&tasks);
+    let points = series.get(&id).map(Vec::as_slice).unwrap_or(&[]);
+    let body = html! {
+        p.meta { (tag.info.category) " · " (tag.plugin.name) " " (tag.plugin.version) " · ID " (id) }
+        @if viewer.admin {
+            button.action data-method="POST" data-path="/api/v1/tags/trigger"
+                data-body={ "{\"tag_ids\": [" (id) "]}" } data-then="/tasks" { "运行 Run this tag" }
+            span.result {}
+        }
+        h2 { "规则 Rule" }
+        @if let Some(current) = rules.last() { div.rule { (rule_tree(current)) } }
+        @if viewer.admin { (rule_form(id, rules.last())) }
+        h2 { "用户数 Members per run" }
+        (members_section(points))
+        h2 { "用户示例 Sample members" }
+        ul.members { @for user in &members { li { a href={ "/users/" (user) } { (user) } } } }
+        h2 { "规则历史 Rule history" }
+        @for (i, version) in history.iter().enumerate().rev() {
+            details.version open[i + 1 == history.len()] {
+                summary { "v" (version.version) " · " (version.created_at) " · "
+                    (version.changed_by.as_deref().unwrap_or("plugin default")) }
+                @if i > 0 { (diff_block(&pretty(&rules[i - 1]), &pretty(&rules[i]))) }
+                @else { pre { (pretty(&rules[i])) } }
+            }
+        }
+    };
+    page(&tag.info.description, &viewer, body).into_response()
+}
+
+fn rule_form(id: u32, current: Option<&Value>) -> Markup {
+    html! {
+        form.rule-edit data-method="PUT" data-path={ "/api/v1/tags/" (id) "/rule" } data-then="reload" {
+            textarea name="rule" rows="10" spellcheck="false" { (current.map(pretty).unwrap_or_default()) }
+            button type="submit" { "保存 Save rule" }
+            p.result {}
+        }
+    }
+}
+
+fn members_section(points: &[RunPoint]) -> Markup {
+    if points.is_empty() {
+        return html! { p.empty { "还没有运行 / no run yet" } };
+    }
+    html! {
+        div.chart data-points=(points.len()) { (PreEscaped(members_chart(points))) }
+        p.legend {
+            span.members { "■ 用户数 members" } " " span.added { "■ 新增 added" } " "
+            span.removed { "■ 移除 removed" }
+        }
+        table.runs {
+            thead { tr { th { "运行 Run" } th { "时间 At" } th { "用户数 Members" } th { "新增 Added" } th { "移除 Removed" } } }
+            tbody { @for p in points.iter().rev().take(10) {
+                tr { td { code { (short(&p.task_id)) } } td { (p.at) } td.num { (p.members) }
+                    td.num { (p.added) } td.num { (p.removed) } }
+            } }
+        }
+    }
+}
+
+/// Query of the tasks page.
+#[derive(Debug, serde::Deserialize)]
+pub struct StatusQuery {
+    status: Option<String>,
+}
+
+/// `/tasks`: newest first, with live progress, outcomes and actions.
+pub async fn tasks(
+    State(state): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+    Query(q): Query<StatusQuery>,
+) -> Response {
+    let status = q
+        .status
+        .as_deref()
+        .and_then(|s| s.parse::<TaskStatus>().ok());
+    let tasks = match read(&state, &viewer, move |s| s.list_tasks(status, 100, 0)).await {
+        Ok((tasks, _)) => tasks,
+        Err(page) => return page,
+    };
+    let filters = ["submitted", "running", "completed", "failed", "cancelled"];
+    let body = html! {
+        p.filters {
+            a href="/tasks" { "全部 all" }
+            @for f in filters { " · " a href={ "/tasks?status=" (f) } { (f) } }
+        }
+        table.tasks {
+            thead { tr { th { "任务 Task" } th { "标签 Tags" } th { "状态 Status" } th { "提交 Submitted" }
+                th { "进度 Progress" } th { "结果 Outcome" } th {} } }
+            tbody { @for task in &tasks { (task_row(&state, &viewer, task)) } }
+        }
+    };
+    page("任务 Tasks", &viewer, body).into_response()
+}
+
+fn task_row(state: &AppState, viewer: &Viewer, task: &TaskRecord) -> Markup {
+    let status = task.status.as_str();
+    let progress = state.scheduler.progress(&task.task_id);
+    let done = task.status == TaskStatus::Completed;
+    let percent = progress
+        .as_ref()
+        .map_or(if done { 100.0 } else { 0.0 }, |p| p.percent);
+    let stage = progress.as_ref().map_or(String::new(), |p| p.stage.clone());
+    html! {
+        tr data-task=(task.task_id) data-status=(status) {
+            td { code title=(task.task_id) { (short(&task.task_id)) } }
+            td { (crate::tasks::lifecycle::list(&task.spec.tag_ids)) }
+            td { span class={ "status " (status) } { (status) } }
+            td { small { (task.submitted_at) } }
+            td.progress {
+                div.bar { div.fill style={ "width:" (percent) "%" } {} }
+                span.label { (format!("{percent:.0}%")) " " (stage) }
+            }
+            td.outcome { (outcome(task)) }
+            td {
+                @if viewer.admin && matches!(task.status, TaskStatus::Submitted | TaskStatus::Running) {
+                    button.action data-method="POST" data-path={ "/api/v1/tasks/" (task.task_id) "/cancel" }
+                        data-then="reload" { "取消 Cancel" }
+                }
+                @if viewer.admin && task.status == TaskStatus::Failed {
+                    button.action data-method="POST" data-path={ "/api/v1/tasks/" (task.task_id) "/retry" }
+                        data-then="reload" { "重试失败 Retry failed" }
+                }
+                span.result {}
+            }
+        }
+    }
+}
+
+/// Per tag: ✓ with its counts, or ✗ with why; the task's error.
+fn outcome(task: &TaskRecord) -> Markup {
+    let lines = task
+        .result
+        .as_ref()
+        .and_then(|r| r["tags"].as_array().cloned())
+        .unwrap_or_default();
+    html! {
+        @for line in &lines {
+            @let ok = line["status"] != "failed";
+            span class=(if ok { "tag-ok" } else { "tag-failed" })
+                title=(line["error"].as_str().unwrap_or("")) {
+                (line["tag_id"]) (if ok { " ✓" } else { " ✗" })
+                @if ok { small { " +" (line["added"]) " −" (line["removed"]) } }
+            }
+            " "
+        }
+        @if let Some(error) = &task.error { p.error { (error) } }
+    }
+}
+
+/// `/plugins`: every file of the last scan, and a reload button.
+pub async fn plugins(
+    State(state): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+) -> Response {
+    let report = state.catalog.report();
+    let body = html! {
+        p.meta { (state.catalog.dir().display()) " · " (report.loaded().count()) " loaded · "
+            (report.rejected().count()) " rejected" }
+        @if viewer.admin {
+            button.action #reload data-method="POST" data-path="/api/v1/plugins/reload" data-then="reload" {
+                "重新加载 Reload plugins" }
+            span.result {}
+        }
+        table.plugins {
+            thead { tr { th { "文件 File" } th { "状态 Status" } th { "插件 Plugin" } th { "SHA-256" }
+                th { "标签 Tags / 原因 Reason" } th { "检查 Checked" } } }
+            tbody { @for file in &report.files {
+                tr {
+                    td { (file.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()) }
+                    @match &file.outcome {
+                        Outcome::Loaded(p) => {
+                            td { span.status.completed { "loaded" } }
+                            td { (p.name) " " small { (p.version) } }
+                            td { code title=(file.sha256) { (short(&file.sha256)) } }
+                            td { @for t in &p.tags { (t.tag_id) " " (t.description.to_string()) "; " } }
+                        }
+                        Outcome::Rejected(reason) => {
+                            td { span.status.failed { "rejected" } }
+                            td { "-" }
+                            td { code title=(file.sha256) { (short(&file.sha256)) } }
+                            td.error { (reason.to_string()) }
+                        }
+                    }
+                    td { small { (file.loaded_at) } }
+                }
+            } }
+        }
+    };
+    page("插件 Plugins", &viewer, body).into_response()
+}
+
+/// Query of `/users`.
+#[derive(Debug, serde::Deserialize)]
+pub struct FindQuery {
+    id: Option<String>,
+}
+
+/// `/users?id=`: the user's page.
+pub async fn find_user(Query(q): Query<FindQuery>) -> Response {
+    let id = q.id.unwrap_or_default();
+    let encoded: String = id
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    Redirect::to(&format!("/users/{encoded}")).into_response()
+}
+
+/// `/users/{id}`: the user's tags, each with its details.
+pub async fn user(
+    State(state): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+    Path(user_id): Path<String>,
+) -> Response {
+    let id = user_id.clone();
+    let row = match read(&state, &viewer, move |s| s.user_tags(&id)).await {
+        Ok(row) => row,
+        Err(page) => return page,
+    };
+    let Some(row) = row else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            &viewer,
+            "该用户没有标签 / this user holds no tag",
+        );
+    };
+    let details: BTreeMap<String, Value> = serde_json::from_str(&row.details).unwrap_or_default();
+    let body = html! {
+        p.meta { "首次 first tagged " (row.created_time) " · 更新 updated " (row.updated_time) }
+        table.user-tags {
+            thead { tr { th { "ID" } th { "名称 Name" } th { "类别 Category" } th { "获得 Gained" } th { "规则版本 Rule" } } }
+            tbody { @for id in &row.tag_ids {
+                @let d = details.get(&id.to_string()).cloned().unwrap_or(Value::Null);
+                tr {
+                    td { a href={ "/tags/" (id) } { (id) } }
+                    td { (d["tag_name"].as_str().unwrap_or("")) }
+                    td { (d["tag_category"].as_str().unwrap_or("")) }
+                    td { (d["hit_time"].as_str().unwrap_or("")) }
+                    td { (d["rule_version"]) }
+                }
+            } }
+        }
+    };
+    page(&format!("用户 {}", row.user_id), &viewer, body).into_response()
+}
+
+/// `/trigger`: tags (with names), mode, users, `as_of`, priority.
+pub async fn trigger(
+    State(state): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+) -> Response {
+    if !viewer.admin {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            &viewer,
+            "需要管理员令牌 / an admin token is needed",
+        );
+    }
+    let registry = state.tags();
+    let body = html! {
+        form #trigger.trigger data-method="POST" data-path="/api/v1/tags/trigger" data-then="/tasks" {
+            fieldset { legend { "标签 Tags" }
+                @for t in registry.iter() {
+                    label.tag { input type="checkbox" name="tag_ids" value=(t.info.tag_id);
+                        " " (t.info.tag_id) " " (t.info.description) }
+                }
+            }
+            label { "模式 Mode " select name="mode" { option value="full" { "full" } option value="incremental" { "incremental" } } }
+            label { "优先级 Priority " select name="priority" {
+                option value="normal" { "normal" } option value="high" { "high" } option value="low" { "low" } } }
+            label { "参考日期 as_of " input type="date" name="as_of"; }
+            label.users { "用户 user_ids (空 = 全部 / empty = all)"
+                textarea name="user_ids" rows="4" placeholder="user_000001, user_000002" {} }
+            button type="submit" { "提交 Trigger" }
+            p.result {}
+        }
+    };
+    page("触发 Trigger", &viewer, body).into_response()
+}
+
+/// `/signin`: the token form.
+pub async fn signin(viewer: Option<Extension<Viewer>>) -> Response {
+    let viewer = viewer.map(|v| v.0).unwrap_or(Viewer {
+        admin: false,
+        signed_in: false,
+        name: String::new(),
+    });
+    let body = html! {
+        form #signin.signin {
+            label { "API 令牌 token " input type="password" name="token" autocomplete="current-password"; }
+            button type="submit" { "登录 Sign in" }
+            p.result {}
+        }
+    };
+    page("登录 Sign in", &viewer, body).into_response()
+}

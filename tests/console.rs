@@ -1,0 +1,345 @@
+//! The web console in a real browser: Debian's chromium driven through
+//! chromedriver (WebDriver, the fantoccini client) against a real server
+//! with tokens, on sample data. Screenshots of every page land in
+//! `<target>/tmp/console-screenshots/`.
+
+mod support;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{reference_plugins_dir, sample_data, ServerProcess};
+
+const ADMIN: &str = "adm-console-7d1e9f3a2b";
+const READER: &str = "rdr-console-4c8b6a0e1f";
+
+/// chromedriver on a free port, killed on drop.
+struct Driver {
+    url: String,
+    child: Child,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn driver() -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian's chromium-driver; .ci/run installs it)");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Driver { url, child }
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                        "--disable-dev-shm-usage", "--window-size=1280,900"]}),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a chromium session")
+}
+
+fn shots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "{name}: not a PNG");
+    std::fs::write(shots().join(format!("{name}.png")), png).unwrap();
+}
+
+/// Waits until `check` holds (polling), or fails naming `what`.
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    match c.find(Locator::Css(css)).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn sign_in(c: &Client, base: &str, token: &str) {
+    c.goto(&format!("{base}/tasks")).await.unwrap();
+    assert!(c.current_url().await.unwrap().path().ends_with("/signin"));
+    let field = c
+        .find(Locator::Css("#signin input[name=token]"))
+        .await
+        .unwrap();
+    field.send_keys(token).await.unwrap();
+    c.find(Locator::Css("#signin button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the tags page after signing in", || async {
+        c.current_url()
+            .await
+            .map(|u| u.path() == "/")
+            .unwrap_or(false)
+    })
+    .await;
+}
+
+async fn chart_points(c: &Client, base: &str) -> usize {
+    c.goto(&format!("{base}/tags/1")).await.unwrap();
+    match c.find(Locator::Css(".chart")).await {
+        Ok(chart) => chart
+            .attr("data-points")
+            .await
+            .unwrap()
+            .unwrap()
+            .parse()
+            .unwrap(),
+        Err(_) => 0,
+    }
+}
+
+/// Triggers tags 1 and 2 from the form; the new task's id.
+async fn trigger_from_the_form(c: &Client, base: &str) -> String {
+    c.goto(&format!("{base}/trigger")).await.unwrap();
+    shot(c, "trigger").await;
+    for id in [1, 2] {
+        let sel = format!("#trigger input[name=tag_ids][value='{id}']");
+        c.find(Locator::Css(&sel))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+    // The date input takes the keys of the browser's locale: set it directly.
+    c.execute(
+        "document.querySelector('#trigger input[name=as_of]').value = '2025-01-15'",
+        vec![],
+    )
+    .await
+    .unwrap();
+    c.find(Locator::Css("#trigger button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the tasks page after triggering", || async {
+        c.current_url()
+            .await
+            .map(|u| u.path() == "/tasks")
+            .unwrap_or(false)
+    })
+    .await;
+    let row = c
+        .wait()
+        .for_element(Locator::Css("tr[data-task]"))
+        .await
+        .unwrap();
+    row.attr("data-task").await.unwrap().unwrap()
+}
+
+#[test]
+fn the_console_shows_tags_runs_rules_and_plugins_in_a_real_browser() {
+    // The server and driver start outside the async runtime (the support
+    // code's HTTP client blocks).
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(
+        work.path().join("tokens"),
+        format!("ops:admin:{ADMIN}\nviewer:read:{READER}\n"),
+    )
+    .unwrap();
+    let data = sample_data(20_000);
+    let plugins = reference_plugins_dir();
+    let tokens = work.path().join("tokens");
+    let server = ServerProcess::start_in(
+        work.path(),
+        data.path(),
+        plugins.path(),
+        &["--tokens-file", tokens.to_str().unwrap()],
+    );
+    let driver = driver();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(walk_through(&server.base, &driver));
+    let log = std::fs::read_to_string(work.path().join("server.log")).unwrap();
+    assert!(
+        !log.contains(ADMIN) && !log.contains(READER),
+        "a token reached the log"
+    );
+}
+
+/// Every page, as an admin and then as a reader.
+async fn walk_through(base: &str, driver: &Driver) {
+    let base = base.to_string();
+    let c = browser(driver).await;
+
+    sign_in(&c, &base, ADMIN).await;
+    let rows = c
+        .find_all(Locator::Css("table.tags tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 8, "one row per loaded tag");
+    let before = chart_points(&c, &base).await;
+
+    // Trigger from the form; the bar reaches 100% on the tasks page.
+    let task_id = trigger_from_the_form(&c, &base).await;
+    let row = format!("tr[data-task='{task_id}']");
+    until("the task's bar at 100%", || async {
+        let label = text(&c, &format!("{row} .label")).await;
+        let status = text(&c, &format!("{row} .status")).await;
+        label.starts_with("100%") && status == "completed"
+    })
+    .await;
+    let width = c
+        .find(Locator::Css(&format!("{row} .fill")))
+        .await
+        .unwrap()
+        .attr("style")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(width.contains("width:100%"), "{width}");
+    assert!(text(&c, &format!("{row} .outcome")).await.contains('✓'));
+    shot(&c, "tasks").await;
+
+    // The tag's chart gained a point.
+    assert_eq!(chart_points(&c, &base).await, before + 1);
+    assert!(c.find(Locator::Css(".chart svg polyline")).await.is_ok());
+    assert!(text(&c, ".rule").await.contains("total_asset_value"));
+    shot(&c, "tag").await;
+
+    // An invalid rule: the API's error shows in place; nothing is saved.
+    let area = c
+        .find(Locator::Css("form.rule-edit textarea"))
+        .await
+        .unwrap();
+    area.clear().await.unwrap();
+    area.send_keys(r#"{"field": "total_asset_value", "operator": ">=", "value": "lots"}"#)
+        .await
+        .unwrap();
+    c.find(Locator::Css("form.rule-edit button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the rule error in place", || async {
+        text(&c, "form.rule-edit .result")
+            .await
+            .contains("Invalid rule")
+    })
+    .await;
+    shot(&c, "rule-error").await;
+
+    // A member's page lists their tags.
+    let member = c.find(Locator::Css("ul.members a")).await.unwrap();
+    member.click().await.unwrap();
+    until("a user's page", || async {
+        c.find(Locator::Css("table.user-tags tbody tr"))
+            .await
+            .is_ok()
+    })
+    .await;
+    shot(&c, "user").await;
+
+    // Reload the plugins from the button.
+    c.goto(&format!("{base}/plugins")).await.unwrap();
+    let checked = text(&c, "table.plugins tbody tr td:last-child").await;
+    c.find(Locator::Css("#reload"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the reloaded listing", || async {
+        let now = text(&c, "table.plugins tbody tr td:last-child").await;
+        !now.is_empty() && now != checked || text(&c, ".result").await == "OK"
+    })
+    .await;
+    assert!(text(&c, "table.plugins").await.contains("loaded"));
+    shot(&c, "plugins").await;
+    c.goto(&format!("{base}/")).await.unwrap();
+    shot(&c, "tags").await;
+
+    read_tokens_see_no_admin_actions(&c, &base).await;
+    c.close().await.unwrap();
+}
+
+/// Signed in with a read token: no trigger link, no reload button, and the
+/// API refuses the call the page would make.
+async fn read_tokens_see_no_admin_actions(c: &Client, base: &str) {
+    c.find(Locator::Css("#signout"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the sign-in form", || async {
+        c.current_url()
+            .await
+            .map(|u| u.path() == "/signin")
+            .unwrap_or(false)
+    })
+    .await;
+    sign_in(c, base, READER).await;
+    assert!(c
+        .find(Locator::Css("nav a[href='/trigger']"))
+        .await
+        .is_err());
+    c.goto(&format!("{base}/plugins")).await.unwrap();
+    assert!(c.find(Locator::Css("#reload")).await.is_err());
+    let status: Value = c
+        .execute(
+            "return fetch('/api/v1/plugins/reload', {method: 'POST', headers: \
+             {'X-Requested-With': 'tag-console'}}).then(r => r.status)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    // Without the console's header, the cookie alone does not authenticate
+    // a state-changing call (what a cross-site form would send).
+    let status: Value = c
+        .execute(
+            "return fetch('/api/v1/plugins/reload', {method: 'POST'}).then(r => r.status)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+}
