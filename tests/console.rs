@@ -99,6 +99,7 @@ async fn text(c: &Client, css: &str) -> String {
 async fn sign_in(c: &Client, base: &str, token: &str) {
     c.goto(&format!("{base}/tasks")).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/signin"));
+    shot(c, "signin").await;
     let field = c
         .find(Locator::Css("#signin input[name=token]"))
         .await

@@ -180,10 +180,11 @@ fn members_section(points: &[RunPoint]) -> Markup {
             span.removed { "■ 移除 removed" }
         }
         table.runs {
-            thead { tr { th { "运行 Run" } th { "时间 At" } th { "用户数 Members" } th { "新增 Added" } th { "移除 Removed" } } }
+            thead { tr { th { "运行 Run" } th { "时间 At" } th { "用户数 Members" } th { "命中 Matched" }
+                th { "新增 Added" } th { "移除 Removed" } } }
             tbody { @for p in points.iter().rev().take(10) {
                 tr { td { code { (short(&p.task_id)) } } td { (p.at) } td.num { (p.members) }
-                    td.num { (p.added) } td.num { (p.removed) } }
+                    td.num { (p.matched) } td.num { (p.added) } td.num { (p.removed) } }
             } }
         }
     }
