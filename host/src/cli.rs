@@ -243,12 +243,13 @@ pub fn run_command(
     lifecycle::start(&mut task);
     core.store.insert_task(&task, None)?;
     let control = TaskControl::default();
-    let finished = std::sync::atomic::AtomicBool::new(false);
+    let (running, watched) = std::sync::mpsc::channel::<()>();
     let display = crate::watch::Display::choose(args.quiet);
     let outcome = std::thread::scope(|scope| {
-        scope.spawn(|| crate::watch::show(&control, display, &finished));
+        scope.spawn(|| crate::watch::show(&control, display, watched));
         let outcome = run_caught(core.engine.as_ref(), &task, &control);
-        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Dropping the sender wakes the display for its last lines.
+        drop(running);
         outcome
     });
     if let Err(RunError::Failed(reason)) = &outcome {

@@ -7,7 +7,7 @@ use crate::progress::Progress;
 use crate::scheduler::TaskControl;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 /// How progress is shown.
@@ -51,9 +51,11 @@ fn eta_text(p: &Progress) -> String {
         .map_or_else(String::new, |s| format!(", about {s} s left"))
 }
 
-/// Shows `control`'s progress until `finished` is set. Each stage that
-/// finishes gets a line of its own (above the bar, or in the log).
-pub fn show(control: &TaskControl, display: Display, finished: &AtomicBool) {
+/// Shows `control`'s progress until `running`'s sender is dropped (which
+/// wakes it at once: the run's end is not held up by a redraw interval).
+/// Each stage that finishes gets a line of its own (above the bar, or in
+/// the log).
+pub fn show(control: &TaskControl, display: Display, running: Receiver<()>) {
     if display == Display::Off {
         return;
     }
@@ -61,7 +63,10 @@ pub fn show(control: &TaskControl, display: Display, finished: &AtomicBool) {
     let mut reported = 0;
     let mut last_line = Instant::now();
     loop {
-        let done = finished.load(Ordering::SeqCst);
+        let done = matches!(
+            running.try_recv(),
+            Err(std::sync::mpsc::TryRecvError::Disconnected)
+        );
         let p = control.progress();
         for stage in p
             .stages
@@ -93,7 +98,10 @@ pub fn show(control: &TaskControl, display: Display, finished: &AtomicBool) {
             }
             None => {}
         }
-        std::thread::sleep(BAR_EVERY);
+        if let Err(RecvTimeoutError::Disconnected) = running.recv_timeout(BAR_EVERY) {
+            // One more pass reports the stages that finished meanwhile.
+            continue;
+        }
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
