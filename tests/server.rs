@@ -1952,7 +1952,7 @@ fn progress_moves_through_every_stage_and_never_stalls_while_writing() {
     }
     // While writing, the finished stages' times are there, and an estimate.
     let p = &writing.last().unwrap().progress;
-    for key in ["reading_ms", "joining_ms", "evaluating_ms"] {
+    for key in ["reading_ms", "joining_ms", "evaluating_ms", "comparing_ms"] {
         assert!(p["timings"][key].is_u64(), "{key}: {p}");
     }
     let stage = |name: &str| {
@@ -2021,7 +2021,14 @@ fn tag_server_run_draws_a_bar_on_a_terminal_and_keeps_stdout_json_without_one() 
         .expect("script (util-linux) runs a command under a pseudo-terminal");
     let screen = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{screen}");
-    for stage in ["reading", "joining", "evaluating", "writing", "committing"] {
+    for stage in [
+        "reading",
+        "joining",
+        "evaluating",
+        "comparing",
+        "writing",
+        "committing",
+    ] {
         assert!(
             screen.contains(&format!("{stage} finished: ")),
             "{stage}: {screen}"

@@ -13,6 +13,8 @@ use crate::model::now_timestamp;
 use crate::scheduler::{panic_message, TaskControl};
 use crate::store::{GrantInfo, RunStart, RunTx, Store, StoreError, TagState, UserRows};
 use std::cell::{Cell, RefCell};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 /// Changes per batch sent to the store.
 const BATCH: usize = 4096;
@@ -57,10 +59,15 @@ pub fn commit(
         scopes,
         matched,
     } = *run;
-    control.set_progress(|p| p.enter("writing", universe.rows() as u64));
-    let mut tx = store.begin_run(&run_start(task_id, plan)).map_err(failed)?;
     let scoped = scoped_users(plan, universe, scopes);
-    let stored = tx.current(scoped.as_deref()).map_err(failed)?;
+    // Comparing: the current tags of the users in scope, counted as read.
+    let read = Arc::new(AtomicUsize::new(0));
+    let in_scope = scoped.as_ref().map_or(universe.rows(), Vec::len) as u64;
+    control.set_progress(|p| p.enter_counted("comparing", in_scope, Arc::clone(&read)));
+    let mut tx = store.begin_run(&run_start(task_id, plan)).map_err(failed)?;
+    let mut stored = UserRows::counted(read);
+    tx.current(scoped.as_deref(), &mut stored).map_err(failed)?;
+    control.set_progress(|p| p.enter("writing", universe.rows() as u64));
     let mut finder = RowFinder::new(&universe.ids, &universe.index);
     let current = Current::place(universe.rows(), &stored, |user| finder.find(user));
     let tags: Vec<DiffTag<'_>> = plan

@@ -95,11 +95,25 @@ pub struct UserRows {
     held: Vec<Held>,
     /// Per row: op, then the ends of its text and of its held tags.
     rows: Vec<(Op, u32, u32)>,
+    /// Counts the rows pushed, for whoever watches the buffer fill.
+    pushed: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl UserRows {
+    /// An empty buffer that counts the rows pushed into it in `pushed`
+    /// (the engine shows how far reading the current rows has got).
+    pub fn counted(pushed: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> UserRows {
+        UserRows {
+            pushed: Some(pushed),
+            ..UserRows::default()
+        }
+    }
+
     /// Adds a row: `op` (ignored for current rows), the user and its tags.
     pub fn push(&mut self, op: Op, user_id: &str, held: &[Held]) {
+        if let Some(pushed) = &self.pushed {
+            pushed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.text.push_str(user_id);
         self.held.extend_from_slice(held);
         self.rows
@@ -166,10 +180,10 @@ pub struct RunStart {
 /// commits with the tag states and the task's outcome. Dropping it without
 /// [`RunTx::commit`] rolls everything back.
 pub trait RunTx: Send {
-    /// The held tags of `users` (all users holding a tag when `None`) that
-    /// have a row, ascending by user id. Other writers are excluded from
-    /// the rows read until the transaction ends.
-    fn current(&mut self, users: Option<&[&str]>) -> Result<UserRows, StoreError>;
+    /// Pushes into `out` the held tags of `users` (all users holding a tag
+    /// when `None`) that have a row, ascending by user id. Other writers
+    /// are excluded from the rows read until the transaction ends.
+    fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError>;
     /// Applies a batch of changes (rows ascending by user id are fastest).
     fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError>;
     /// Records the tag states and the task's outcome (its result JSON), and

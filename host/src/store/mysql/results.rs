@@ -140,12 +140,10 @@ impl MyRunTx {
 }
 
 impl RunTx for MyRunTx {
-    fn current(&mut self, users: Option<&[&str]>) -> Result<UserRows, StoreError> {
-        let mut out = UserRows::default();
+    fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError> {
         const ALL: &str = "SELECT user_id, tag_ids, grants FROM user_tag_sets ORDER BY user_id";
         let Some(users) = users else {
-            self.read_rows(ALL, Params::Empty, &mut out)?;
-            return Ok(out);
+            return self.read_rows(ALL, Params::Empty, out);
         };
         let mut sorted = users.to_vec();
         sorted.sort_unstable();
@@ -154,9 +152,9 @@ impl RunTx for MyRunTx {
             let marks = vec!["?"; chunk.len()].join(", ");
             let sql = format!("SELECT user_id, tag_ids, grants FROM user_tag_sets WHERE user_id IN ({marks}) ORDER BY user_id");
             let params = Params::Positional(chunk.iter().map(|u| Value::from(*u)).collect());
-            self.read_rows(&sql, params, &mut out)?;
+            self.read_rows(&sql, params, out)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError> {

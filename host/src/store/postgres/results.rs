@@ -137,7 +137,7 @@ fn copy_escape(out: &mut Vec<u8>, text: &str) {
 }
 
 impl RunTx for PgRunTx<'_> {
-    fn current(&mut self, users: Option<&[&str]>) -> Result<UserRows, StoreError> {
+    fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError> {
         let rows = match users {
             None => self.client.query(
                 "SELECT user_id, tag_ids::text, grants::text FROM user_tag_sets ORDER BY user_id",
@@ -149,7 +149,6 @@ impl RunTx for PgRunTx<'_> {
             ),
         }
         .map_err(db)?;
-        let mut out = UserRows::default();
         let (mut ids, mut grants) = (Vec::new(), Vec::new());
         for row in rows {
             parse_ids_into(row.get(1), &mut ids)?;
@@ -167,7 +166,7 @@ impl RunTx for PgRunTx<'_> {
                 .collect();
             out.push(Op::Update, row.get(0), &held);
         }
-        Ok(out)
+        Ok(())
     }
 
     fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError> {

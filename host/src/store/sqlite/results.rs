@@ -284,17 +284,16 @@ impl SqliteRunTx {
 }
 
 impl RunTx for SqliteRunTx {
-    fn current(&mut self, users: Option<&[&str]>) -> Result<UserRows, StoreError> {
-        let mut out = UserRows::default();
+    fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError> {
         match users {
-            None => self.scan(None, &mut out)?,
-            Some(users) if users.len() <= POINT_LOOKUPS => self.lookup(users, &mut out)?,
+            None => self.scan(None, out)?,
+            Some(users) if users.len() <= POINT_LOOKUPS => self.lookup(users, out)?,
             Some(users) => {
                 let keep: HashSet<&str> = users.iter().copied().collect();
-                self.scan(Some(&keep), &mut out)?;
+                self.scan(Some(&keep), out)?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError> {
