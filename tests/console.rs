@@ -89,6 +89,17 @@ where
     }
 }
 
+/// Waits until the browser is at `path`.
+async fn until_at(c: &Client, path: &str) {
+    until(&format!("the page {path}"), || async {
+        c.current_url()
+            .await
+            .map(|u| u.path() == path)
+            .unwrap_or(false)
+    })
+    .await;
+}
+
 async fn text(c: &Client, css: &str) -> String {
     match c.find(Locator::Css(css)).await {
         Ok(e) => e.text().await.unwrap_or_default(),
@@ -111,13 +122,7 @@ async fn sign_in(c: &Client, base: &str, token: &str) {
         .click()
         .await
         .unwrap();
-    until("the tags page after signing in", || async {
-        c.current_url()
-            .await
-            .map(|u| u.path() == "/")
-            .unwrap_or(false)
-    })
-    .await;
+    until_at(c, "/").await;
 }
 
 async fn chart_points(c: &Client, base: &str) -> usize {
@@ -160,13 +165,7 @@ async fn trigger_from_the_form(c: &Client, base: &str) -> String {
         .click()
         .await
         .unwrap();
-    until("the tasks page after triggering", || async {
-        c.current_url()
-            .await
-            .map(|u| u.path() == "/tasks")
-            .unwrap_or(false)
-    })
-    .await;
+    until_at(c, "/tasks").await;
     let row = c
         .wait()
         .for_element(Locator::Css("tr[data-task]"))
@@ -310,13 +309,7 @@ async fn read_tokens_see_no_admin_actions(c: &Client, base: &str) {
         .click()
         .await
         .unwrap();
-    until("the sign-in form", || async {
-        c.current_url()
-            .await
-            .map(|u| u.path() == "/signin")
-            .unwrap_or(false)
-    })
-    .await;
+    until_at(c, "/signin").await;
     sign_in(c, base, READER).await;
     assert!(c
         .find(Locator::Css("nav a[href='/trigger']"))
