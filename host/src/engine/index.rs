@@ -9,6 +9,9 @@ use polars_arrow::array::{Array, Utf8ViewArray};
 use rustc_hash::FxBuildHasher;
 use std::hash::BuildHasher;
 
+/// Rows between two progress ticks of the indexing loops.
+pub const TICK_ROWS: usize = 65_536;
+
 /// A column of user ids held as one arrow array, read by row number.
 #[derive(Clone)]
 pub struct UserIds {
@@ -72,13 +75,23 @@ impl UniverseIndex {
 
     /// The index of `ids`, which holds no duplicates and no nulls.
     pub fn of_unique(ids: &UserIds) -> UniverseIndex {
+        UniverseIndex::of_unique_ticked(ids, &mut |_| {})
+    }
+
+    /// [`UniverseIndex::of_unique`], calling `tick` with the rows indexed
+    /// every [`TICK_ROWS`] rows and at the end (for progress).
+    pub fn of_unique_ticked(ids: &UserIds, tick: &mut dyn FnMut(usize)) -> UniverseIndex {
         let mut index = UniverseIndex::with_capacity(ids.len());
         for row in 0..ids.len() {
             let hash = hash_id(ids.get(row));
             index
                 .rows
                 .insert_unique(hash, row as IdxSize, |&r| hash_id(ids.get(r as usize)));
+            if (row + 1) % TICK_ROWS == 0 {
+                tick(TICK_ROWS);
+            }
         }
+        tick(ids.len() % TICK_ROWS);
         index
     }
 
@@ -127,10 +140,12 @@ impl<'a> RowFinder<'a> {
 
 /// For each `user_id` of a table, the row with the greatest `updated_time`
 /// (the first such row on ties; rows without a user id are skipped), in
-/// ascending row order, and how many rows that leaves out.
+/// ascending row order, and how many rows that leaves out. `tick` gets the
+/// rows gone through, every [`TICK_ROWS`] rows and at the end.
 pub fn latest_rows(
     ids: &StringChunked,
     times: &Int64Chunked,
+    tick: &mut dyn FnMut(usize),
 ) -> Result<(Vec<IdxSize>, usize), RunError> {
     let all = UserIds::new(ids);
     let times = times.rechunk();
@@ -154,7 +169,11 @@ pub fn latest_rows(
                 }
             }
         }
+        if (i + 1) % TICK_ROWS == 0 {
+            tick(TICK_ROWS);
+        }
     }
+    tick(ids.len() % TICK_ROWS);
     let mut keep: Vec<IdxSize> = latest.into_iter().collect();
     keep.sort_unstable();
     Ok((keep, dropped))
@@ -217,7 +236,9 @@ mod tests {
     fn latest_rows_keeps_the_newest_row_per_user_and_skips_null_ids() {
         let ids = strings(&[Some("a"), Some("b"), Some("a"), None, Some("a"), Some("b")]);
         let t = times(&[Some(1), Some(5), Some(3), Some(9), None, Some(5)]);
-        let (keep, dropped) = latest_rows(&ids, &t).unwrap();
+        let mut ticked = 0;
+        let (keep, dropped) = latest_rows(&ids, &t, &mut |n| ticked += n).unwrap();
+        assert_eq!(ticked, ids.len());
         // a: row 2 (time 3) beats 1 and null; b: tie on 5, the first wins.
         assert_eq!(keep, vec![1, 2]);
         assert_eq!(dropped, 4);
