@@ -138,19 +138,23 @@ fn copy_escape(out: &mut Vec<u8>, text: &str) {
 
 impl RunTx for PgRunTx<'_> {
     fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError> {
-        let rows = match users {
-            None => self.client.query(
+        use postgres::fallible_iterator::FallibleIterator;
+        use postgres::types::ToSql;
+        let (sql, params): (&str, Vec<&(dyn ToSql + Sync)>) = match &users {
+            None => (
                 "SELECT user_id, tag_ids::text, grants::text FROM user_tag_sets ORDER BY user_id",
-                &[],
+                Vec::new(),
             ),
-            Some(users) => self.client.query(
+            Some(users) => (
                 "SELECT user_id, tag_ids::text, grants::text FROM user_tag_sets WHERE user_id = ANY($1) ORDER BY user_id",
-                &[&users],
+                vec![users],
             ),
-        }
-        .map_err(db)?;
+        };
+        // Streamed: rows are counted into `out` as they arrive, not after
+        // the whole result was fetched.
+        let mut rows = self.client.query_raw(sql, params).map_err(db)?;
         let (mut ids, mut grants) = (Vec::new(), Vec::new());
-        for row in rows {
+        while let Some(row) = rows.next().map_err(db)? {
             parse_ids_into(row.get(1), &mut ids)?;
             parse_ids_into(row.get(2), &mut grants)?;
             if ids.len() != grants.len() {
