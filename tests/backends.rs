@@ -656,6 +656,31 @@ fn tag_owners_are_recorded_once_and_moved_only_by_a_transfer(backend: Backend) {
     );
 }
 
+/// The console's history: newest first, results kept, `user_ids` lists
+/// emptied (a marker that the run covered some users only).
+fn task_history_leaves_out_user_ids_lists(backend: Backend) {
+    let env = Env::new(backend, 200);
+    let full = env.server.trigger(json!({"tag_ids": [1], "as_of": AS_OF}));
+    env.server.wait(&full);
+    let users: Vec<String> = (1..=50).map(|i| format!("user_{i:06}")).collect();
+    let some = env
+        .server
+        .trigger(json!({"tag_ids": [1, 7], "as_of": AS_OF, "user_ids": users}));
+    env.server.wait(&some);
+    let store = tag_host::store::open(&env.backend.url()).expect("open the store");
+    let history = store.task_history(10).unwrap();
+    let ids: Vec<&str> = history.iter().map(|t| t.task_id.as_str()).collect();
+    assert_eq!(ids, [some.as_str(), full.as_str()], "newest first");
+    assert_eq!(history[0].spec.user_ids, Some(Vec::new()));
+    assert_eq!(history[0].spec.tag_ids, [1, 7]);
+    assert_eq!(history[1].spec.user_ids, None);
+    assert!(history.iter().all(|t| t.result.is_some()));
+    let (listed, _) = store.list_tasks(None, 10, 0).unwrap();
+    assert_eq!(listed[0].spec.user_ids.as_ref().map(Vec::len), Some(50));
+    assert_eq!(listed[0].result, history[0].result);
+    assert_eq!(store.task_history(1).unwrap().len(), 1);
+}
+
 macro_rules! on_every_backend {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite {
@@ -682,6 +707,7 @@ on_every_backend!(
     three_processes_share_the_queue_and_take_over_from_one_killed_mid_run,
     cancels_reach_tasks_queued_or_running_in_another_process,
     tag_owners_are_recorded_once_and_moved_only_by_a_transfer,
+    task_history_leaves_out_user_ids_lists,
     finished_tasks_past_retention_are_deleted,
 );
 

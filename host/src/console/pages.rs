@@ -14,9 +14,9 @@ use maud::{html, Markup, PreEscaped};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// Runs the console reads: the newest this many tasks (whole task records,
-/// `user_ids` lists included: a lighter query is left for later).
-const HISTORY: usize = 200;
+/// Runs the console reads: the newest this many tasks (without their
+/// `user_ids` lists, see [`Store::task_history`]).
+const HISTORY: usize = 500;
 
 /// A store read for a page; a failure is an error page.
 async fn read<T: Send + 'static>(
@@ -47,7 +47,7 @@ pub async fn tags(
     Query(q): Query<SortQuery>,
 ) -> Response {
     let loaded = read(&state, &viewer, |s| {
-        Ok((s.tag_owners()?, s.list_tasks(None, HISTORY, 0)?.0))
+        Ok((s.tag_owners()?, s.task_history(HISTORY)?))
     });
     let (owners, tasks) = match loaded.await {
         Ok(v) => v,
@@ -119,7 +119,7 @@ pub async fn tag(
     let loaded = read(&state, &viewer, move |s| {
         Ok((
             s.rule_history(id)?,
-            s.list_tasks(None, HISTORY, 0)?.0,
+            s.task_history(HISTORY)?,
             s.users_with_tag(id, 20, None)?,
         ))
     });

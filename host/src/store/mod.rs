@@ -249,6 +249,10 @@ pub trait Store: Send + Sync {
         limit: usize,
         offset: usize,
     ) -> Result<(Vec<TaskRecord>, usize), StoreError>;
+    /// The newest `limit` tasks, newest first, light: a task's `user_ids`
+    /// list, when it has one, comes back empty (`Some(vec![])`), so a
+    /// history of many runs over 100,000 users each stays small.
+    fn task_history(&self, limit: usize) -> Result<Vec<TaskRecord>, StoreError>;
     /// Tasks a worker may take, oldest first: queued ones, and running ones
     /// whose lease expired before `now` (Unix seconds; their process died).
     fn claimable_tasks(&self, now: i64) -> Result<Vec<TaskRecord>, StoreError>;

@@ -150,6 +150,16 @@ impl Store for MyStore {
         Ok(self.tasks(&sql, (task_id,))?.pop())
     }
 
+    fn task_history(&self, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        self.tasks(
+            "SELECT task_id, CASE WHEN JSON_TYPE(JSON_EXTRACT(spec, '$.user_ids')) = 'ARRAY' \
+             THEN JSON_SET(spec, '$.user_ids', JSON_ARRAY()) ELSE spec END AS spec, \
+             environment, status, submitted_at, started_at, completed_at, result, error, attempts \
+             FROM tasks ORDER BY seq DESC LIMIT ?",
+            (limit as u64,),
+        )
+    }
+
     fn list_tasks(
         &self,
         status: Option<TaskStatus>,

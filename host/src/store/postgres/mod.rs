@@ -237,6 +237,16 @@ impl Store for PgStore {
         Ok((tasks, total as usize))
     }
 
+    fn task_history(&self, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        self.query_tasks(
+            "SELECT task_id, CASE WHEN jsonb_typeof(spec::jsonb -> 'user_ids') = 'array' \
+             THEN jsonb_set(spec::jsonb, '{user_ids}', '[]'::jsonb)::text ELSE spec END AS spec, \
+             environment, status, submitted_at, started_at, completed_at, result, error, attempts \
+             FROM tasks ORDER BY seq DESC LIMIT $1",
+            &[&(limit as i64)],
+        )
+    }
+
     fn claimable_tasks(&self, now: i64) -> Result<Vec<TaskRecord>, StoreError> {
         let sql = numbered(&format!(
             "SELECT {TASK_COLUMNS} FROM tasks WHERE {CLAIMABLE_SQL}"

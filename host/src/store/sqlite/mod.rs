@@ -308,6 +308,16 @@ impl Store for SqliteStore {
         Ok((tasks, total as usize))
     }
 
+    fn task_history(&self, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        self.query_tasks(
+            "SELECT task_id, CASE WHEN json_type(spec, '$.user_ids') = 'array' \
+             THEN json_set(spec, '$.user_ids', json('[]')) ELSE spec END AS spec, \
+             environment, status, submitted_at, started_at, completed_at, result, error, attempts \
+             FROM tasks ORDER BY seq DESC LIMIT ?1",
+            &[&(limit as i64)],
+        )
+    }
+
     fn claimable_tasks(&self, now: i64) -> Result<Vec<TaskRecord>, StoreError> {
         self.query_tasks(
             &format!("SELECT * FROM tasks WHERE {CLAIMABLE_SQL}"),
