@@ -298,18 +298,7 @@ impl Process {
         extra: &[&str],
     ) -> Process {
         let process = Process::spawn_with(data, plugins, store, log, extra);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while client()
-            .get(format!("{}/health", process.base))
-            .send()
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "tag-server did not come up"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_until_up(&process.base);
         process
     }
 

@@ -11,7 +11,6 @@ mod support;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use support::*;
 
 const AS_OF: &str = "2025-01-15";
@@ -79,16 +78,8 @@ fn decimal_thresholds_compare_exactly() {
     // same around 50000): DuckDB, comparing decimals exactly, must find
     // both sides, and we must agree with it user by user (the test above);
     // here the boundary users themselves are checked.
-    let output = Command::new(python())
-        .args(["-c", BOUNDARY_USERS, path(data.path())])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let boundary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let output = python::run_code(&python(), BOUNDARY_USERS, &[path(data.path())]);
+    let boundary: Value = serde_json::from_str(&output).unwrap();
     let on: Vec<&str> = boundary["at_50000"]
         .as_array()
         .unwrap()
@@ -149,15 +140,7 @@ fn rewrite_column(dir: &Path, table: &str, column: &str, expression: &str) {
          t = t.set_column(i, '{column}', {expression})\n\
          pq.write_table(t, p)\n"
     );
-    let output = Command::new(python())
-        .args(["-c", &script, path(dir)])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    python::run_code(&python(), &script, &[path(dir)]);
 }
 
 /// `tag-server run` over `data`: exit code, task JSON and the log file's text.

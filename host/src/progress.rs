@@ -91,9 +91,10 @@ pub struct Progress {
     pub timings: BTreeMap<String, u64>,
     /// Per table read, rows read of rows to read.
     pub tables: Vec<TableProgress>,
-    /// Rows evaluated so far, over all tags.
+    /// Rows evaluated so far, over all tags (the evaluating stage's done,
+    /// kept under its first name).
     pub rows_done: usize,
-    /// Rows to evaluate, over all tags.
+    /// Rows to evaluate, over all tags (the evaluating stage's total).
     pub rows_total: usize,
     /// Per tag: rows evaluated so far.
     pub tags: Vec<TagProgress>,
@@ -229,6 +230,9 @@ impl Progress {
     /// The figures as of now: percent, estimate, elapsed times.
     pub fn snapshot(&self) -> Progress {
         let mut out = self.clone();
+        if let Some(s) = out.stages.iter().find(|s| s.name == "evaluating") {
+            (out.rows_done, out.rows_total) = (s.done as usize, s.total as usize);
+        }
         let Some(clock) = self.clock else {
             return out;
         };

@@ -401,6 +401,18 @@ pub fn tag_server(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Waits (up to 30 s) until a tag-server at `base` answers `/health`.
+pub fn wait_until_up(base: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while client().get(format!("{base}/health")).send().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tag-server did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A real `tag-server` process on a free loopback port, killed on drop.
 pub struct ServerProcess {
     /// `http://127.0.0.1:PORT`.
@@ -426,18 +438,7 @@ impl ServerProcess {
             base: format!("http://127.0.0.1:{port}"),
             child,
         };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while client()
-            .get(format!("{}/health", server.base))
-            .send()
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "tag-server did not come up"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_until_up(&server.base);
         server
     }
 

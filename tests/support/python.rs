@@ -57,14 +57,29 @@ pub fn python_with(modules: &[&str], packages: &[&str]) -> PathBuf {
 /// succeeds; its stdout.
 pub fn run_script(python: &std::path::Path, script: &str, args: &[&str]) -> String {
     let path = super::workspace().join("tests/support").join(script);
+    run(python, path.as_os_str(), args, script)
+}
+
+/// Runs the program `code` (`python -c`) with `args`, asserting it
+/// succeeds; its stdout.
+pub fn run_code(python: &std::path::Path, code: &str, args: &[&str]) -> String {
+    run(
+        python,
+        "-c".as_ref(),
+        &[&[code], args].concat(),
+        "python -c",
+    )
+}
+
+fn run(python: &std::path::Path, first: &std::ffi::OsStr, args: &[&str], what: &str) -> String {
     let output = Command::new(python)
-        .arg(path)
+        .arg(first)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
     assert!(
         output.status.success(),
-        "{script} {args:?}: {}",
+        "{what} {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).expect("UTF-8 output")

@@ -25,7 +25,6 @@ pub fn evaluate(
     let rows = universe.rows();
     control.set_progress(|p| {
         p.enter("evaluating", (rows * tags.len()) as u64);
-        p.rows_total = rows * tags.len();
         p.tags = tags
             .iter()
             .map(|t| TagProgress {
@@ -80,7 +79,6 @@ fn evaluate_tag(
         offset += len;
         control.set_progress(|p| {
             p.advance("evaluating", len as u64);
-            p.rows_done += len;
             if let Some(tp) = p.tags.iter_mut().find(|tp| tp.tag_id == t.id()) {
                 tp.rows_done += len;
             }
@@ -100,6 +98,7 @@ mod tests {
         let tags = [cash_tag(), tag_at_least(2, "user_basic_info", "score", 2.0)];
         let (_dir, plan, universe) = loaded(&tags, None);
         let control = TaskControl::default();
+        control.set_progress(|p| *p = crate::progress::Progress::begin());
         // Batches of two rows: the second starts at an unaligned offset.
         let matched = evaluate(&plan.tags, &universe, plan.as_of, 2, &control).unwrap();
         // Rows: u2 (score 2, no cash), u1 (score 10, cash 200), u3 (score 4, cash 30).
