@@ -84,7 +84,7 @@ fn init_logging(config: &Config, to_file: Option<Console>) -> anyhow::Result<()>
 fn log_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let message = tag_host::scheduler::panic_message(info.payload());
+        let message = tag_host::tasks::control::panic_message(info.payload());
         let location = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))

@@ -3,6 +3,7 @@
 //! HTTP layer, the workers, the store error path); gauges that describe
 //! state (tasks by status, queue, plugins) are read when scraped.
 
+use crate::model::RunReport;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -173,41 +174,36 @@ impl Metrics {
         text
     }
 
-    /// Records a finished task from its outcome and result JSON.
-    pub fn task_finished(&self, outcome: &str, seconds: f64, result: Option<&serde_json::Value>) {
+    /// Records a finished task from its outcome and report.
+    pub fn task_finished(&self, outcome: &str, seconds: f64, result: Option<&RunReport>) {
         let named = Named {
             name: outcome.into(),
         };
         self.tasks_finished.get_or_create(&named).inc();
         self.task_duration.get_or_create(&named).observe(seconds);
         let Some(result) = result else { return };
-        let count = |key: &str| result[key].as_u64().unwrap_or(0);
         self.rows_written
-            .inc_by(count("rows_upserted") + count("rows_deleted"));
-        if let Some(timings) = result["timings"].as_object() {
-            for (stage, ms) in timings {
-                let stage = stage.trim_end_matches("_ms").to_string();
-                let seconds = ms.as_f64().unwrap_or(0.0) / 1000.0;
-                self.stage_duration
-                    .get_or_create(&Named { name: stage })
-                    .observe(seconds);
-            }
+            .inc_by((result.rows_upserted + result.rows_deleted) as u64);
+        for (stage, ms) in &result.timings {
+            self.stage_finished(stage.trim_end_matches("_ms"), *ms);
         }
-        for tag in result["tags"].as_array().into_iter().flatten() {
-            let Some(tag_id) = tag["tag_id"].as_u64() else {
-                continue;
-            };
-            let label = Tag {
-                tag_id: tag_id as u32,
-            };
-            let get = |key: &str| tag[key].as_u64().unwrap_or(0);
+        for tag in &result.tags {
+            let Some(counts) = tag.counts else { continue };
+            let label = Tag { tag_id: tag.tag_id };
             self.users_evaluated
                 .get_or_create(&label)
-                .inc_by(get("evaluated_users"));
+                .inc_by(counts.evaluated_users as u64);
             self.tags_matched
                 .get_or_create(&label)
-                .inc_by(get("matched"));
+                .inc_by(counts.matched as u64);
         }
+    }
+
+    /// Records how long a stage of a run took.
+    pub fn stage_finished(&self, stage: &str, ms: u64) {
+        self.stage_duration
+            .get_or_create(&Named { name: stage.into() })
+            .observe(ms as f64 / 1000.0);
     }
 }
 

@@ -11,16 +11,7 @@ use tag_plugin_api::abi::{FfiBatch, PluginError, PluginErrorKind, TagTaskBox};
 use tag_plugin_api::abi_stable::std_types::RStr;
 use tag_plugin_api::{Date, Mask, TagInfo};
 
-/// Which build of which plugin a tag came from (recorded in each result).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-pub struct PluginIdentity {
-    /// The plugin crate's name.
-    pub name: String,
-    /// The plugin crate's version.
-    pub version: String,
-    /// Hex SHA-256 of the library file.
-    pub sha256: String,
-}
+pub use crate::model::PluginIdentity;
 
 /// One tag provided by a loaded plugin.
 pub struct RegisteredTag {

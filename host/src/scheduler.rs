@@ -13,76 +13,12 @@ use crate::tasks::lifecycle::{self, Finished};
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-pub use crate::progress::{Progress, TagProgress};
-
-/// Shared between a running task and the scheduler: cancellation and progress.
-#[derive(Debug, Default)]
-pub struct TaskControl {
-    cancelled: AtomicBool,
-    shutting_down: AtomicBool,
-    progress: Mutex<Progress>,
-}
-
-/// Why a running task stopped early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// Cancelled through the API.
-    Cancelled,
-    /// The server is shutting down; the task is queued again at next start.
-    Shutdown,
-}
-
-impl TaskControl {
-    /// `Err` once the task should stop: checked by the runner at safe points
-    /// (before each batch and before writing).
-    pub fn checkpoint(&self) -> Result<(), Stop> {
-        if self.shutting_down.load(AtomicOrdering::SeqCst) {
-            Err(Stop::Shutdown)
-        } else if self.cancelled.load(AtomicOrdering::SeqCst) {
-            Err(Stop::Cancelled)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Asks the task to stop, writing nothing, at its next checkpoint.
-    pub fn cancel(&self) {
-        self.cancelled.store(true, AtomicOrdering::SeqCst);
-    }
-
-    /// Updates the progress report.
-    pub fn set_progress(&self, update: impl FnOnce(&mut Progress)) {
-        update(&mut self.progress.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-
-    /// The progress report as of now.
-    pub fn progress(&self) -> Progress {
-        self.progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .snapshot()
-    }
-}
-
-/// How a run ended, as the runner reports it.
-#[derive(Debug)]
-pub enum RunError {
-    /// The task failed; the reason is shown to the user.
-    Failed(String),
-    /// The task stopped at a checkpoint.
-    Stopped(Stop),
-}
-
-/// Computes one task: what the workers call.
-pub trait TaskRunner: Send + Sync {
-    /// Runs `task`, returning its result JSON.
-    fn run(&self, task: &TaskRecord, control: &TaskControl) -> Result<serde_json::Value, RunError>;
-}
+pub use crate::tasks::control::{
+    panic_message, run_caught, Progress, RunError, Stop, TagProgress, TaskControl, TaskRunner,
+};
 
 struct Queued {
     priority: Priority,
@@ -336,7 +272,7 @@ impl Scheduler {
             let mut state = self.shared.lock();
             state.shutdown = true;
             for control in state.running.values() {
-                control.shutting_down.store(true, AtomicOrdering::SeqCst);
+                control.shut_down();
             }
         }
         self.shared.wake.notify_all();
@@ -479,32 +415,6 @@ fn run_claimed(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
         return;
     }
     run_one(shared, task, control);
-}
-
-/// The text of a caught panic's payload.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
-}
-
-/// Runs `task` with `runner`; a panic anywhere in it (engine, polars, a
-/// plugin call not caught at its boundary) fails the task with its message.
-pub fn run_caught(
-    runner: &dyn TaskRunner,
-    task: &TaskRecord,
-    control: &TaskControl,
-) -> Result<serde_json::Value, RunError> {
-    // Every log line of the run names the task.
-    let _span = tracing::info_span!("task", task_id = %task.task_id).entered();
-    catch_unwind(AssertUnwindSafe(|| runner.run(task, control))).unwrap_or_else(|payload| {
-        Err(RunError::Failed(format!(
-            "the run panicked: {}",
-            panic_message(payload.as_ref())
-        )))
-    })
 }
 
 fn run_one(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {

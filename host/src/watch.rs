@@ -4,7 +4,7 @@
 //! nothing with `--quiet`. Stdout is left to the task JSON.
 
 use crate::progress::Progress;
-use crate::scheduler::TaskControl;
+use crate::tasks::control::TaskControl;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};

@@ -3,7 +3,6 @@
 
 use crate::model::TaskRecord;
 use plotters::prelude::*;
-use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// One run's figures for one tag.
@@ -23,10 +22,6 @@ pub struct RunPoint {
     pub removed: i64,
 }
 
-fn count(v: &Value, key: &str) -> Option<i64> {
-    v.get(key).and_then(Value::as_i64)
-}
-
 /// Per tag, its runs oldest first. `tasks` may come in any order. A run
 /// over all users gives the members exactly (its `matched`); a run over
 /// some users moves them by its `added` and `removed`. A tag's series
@@ -37,22 +32,21 @@ pub fn members_per_run(tasks: &[TaskRecord]) -> BTreeMap<u32, Vec<RunPoint>> {
     let mut series: BTreeMap<u32, Vec<RunPoint>> = BTreeMap::new();
     for task in ordered {
         let Some(result) = &task.result else { continue };
-        let tags = result["tags"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-        for line in tags {
-            let (Some(tag_id), Some(matched), Some(added), Some(removed)) = (
-                line["tag_id"].as_u64(),
-                count(line, "matched"),
-                count(line, "added"),
-                count(line, "removed"),
-            ) else {
-                continue;
-            };
-            let all_users = task.spec.user_ids.is_none() && line["scope"] == "all users";
-            let points = series.entry(tag_id as u32).or_default();
-            let members = match points.last() {
-                _ if all_users => matched,
-                Some(last) => last.members + added - removed,
-                None => continue,
+        for line in &result.tags {
+            let Some(counts) = line.counts else { continue };
+            let (matched, added, removed) = (
+                counts.matched as i64,
+                counts.added as i64,
+                counts.removed as i64,
+            );
+            let points = series.entry(line.tag_id).or_default();
+            let members = match (
+                line.members_after(task.spec.user_ids.is_none()),
+                points.last(),
+            ) {
+                (Some(members), _) => members as i64,
+                (None, Some(last)) => last.members + added - removed,
+                (None, None) => continue,
             };
             points.push(RunPoint {
                 task_id: task.task_id.clone(),
@@ -133,7 +127,7 @@ pub fn members_chart(points: &[RunPoint]) -> String {
 mod tests {
     use super::*;
     use crate::model::{Mode, Priority, TaskSpec, TaskStatus};
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn task(id: &str, at: &str, user_ids: Option<Vec<String>>, tags: Value) -> TaskRecord {
         TaskRecord {
@@ -151,14 +145,14 @@ mod tests {
             submitted_at: at.into(),
             started_at: None,
             completed_at: Some(at.into()),
-            result: Some(json!({ "tags": tags })),
+            result: Some(serde_json::from_value(json!({ "tags": tags })).unwrap()),
             error: None,
             attempts: 1,
         }
     }
 
     fn line(tag: u32, scope: &str, matched: i64, added: i64, removed: i64) -> Value {
-        json!({"tag_id": tag, "scope": scope, "matched": matched, "added": added, "removed": removed, "status": "completed"})
+        json!({"tag_id": tag, "scope": scope, "evaluated_users": matched, "matched": matched, "added": added, "removed": removed, "status": "completed"})
     }
 
     #[test]

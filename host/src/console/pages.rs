@@ -4,7 +4,7 @@ use super::history::{members_chart, members_per_run, sparkline, RunPoint};
 use super::render::{diff_block, pretty, rule_tree, short};
 use super::{error_page, page, Viewer};
 use crate::http::AppState;
-use crate::model::{TaskRecord, TaskStatus};
+use crate::model::{TagStatus, TaskRecord, TaskStatus};
 use crate::plugins::Outcome;
 use crate::store::{Store, StoreError};
 use axum::extract::{Extension, Path, Query, State};
@@ -262,18 +262,14 @@ fn task_row(state: &AppState, viewer: &Viewer, task: &TaskRecord) -> Markup {
 
 /// Per tag: ✓ with its counts, or ✗ with why; the task's error.
 fn outcome(task: &TaskRecord) -> Markup {
-    let lines = task
-        .result
-        .as_ref()
-        .and_then(|r| r["tags"].as_array().cloned())
-        .unwrap_or_default();
+    let lines = task.result.as_ref().map_or(&[][..], |r| r.tags.as_slice());
     html! {
-        @for line in &lines {
-            @let ok = line["status"] != "failed";
+        @for line in lines {
+            @let ok = line.status == TagStatus::Completed;
             span class=(if ok { "tag-ok" } else { "tag-failed" })
-                title=(line["error"].as_str().unwrap_or("")) {
-                (line["tag_id"]) (if ok { " ✓" } else { " ✗" })
-                @if ok { small { " +" (line["added"]) " −" (line["removed"]) } }
+                title=(line.error.as_deref().unwrap_or("")) {
+                (line.tag_id) (if ok { " ✓" } else { " ✗" })
+                @if let Some(c) = line.counts { small { " +" (c.added) " −" (c.removed) } }
             }
             " "
         }

@@ -68,18 +68,7 @@ impl std::fmt::Display for S3Location {
     }
 }
 
-/// What a sync did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-pub struct SyncSummary {
-    /// Objects fetched (new or changed).
-    pub fetched: usize,
-    /// Bytes fetched.
-    pub bytes: u64,
-    /// Objects already in the mirror.
-    pub cached: usize,
-    /// Mirrored files removed because their object is gone.
-    pub removed: usize,
-}
+pub use crate::model::SyncSummary;
 
 /// A local mirror of the tables under an S3 location.
 pub struct S3Mirror {

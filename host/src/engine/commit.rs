@@ -7,11 +7,11 @@ use super::diff::{diff, Current, DiffCounts, DiffTag};
 use super::index::{sorted_rows, RowFinder};
 use super::load::Universe;
 use super::plan::{tag_tables, Plan};
-use super::report::RunReport;
 use super::{stopped, RunError};
 use crate::model::now_timestamp;
-use crate::scheduler::{panic_message, TaskControl};
+use crate::model::RunReport;
 use crate::store::{GrantInfo, RunStart, RunTx, Store, StoreError, TagState, UserRows};
+use crate::tasks::control::{panic_message, TaskControl};
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -26,9 +26,10 @@ const PROGRESS_USERS: usize = 65_536;
 
 /// What the stage hands back.
 pub struct Committed {
-    /// The report, as committed with the results.
+    /// The report, exactly as committed with the results.
     pub report: RunReport,
-    /// Milliseconds spent in the store's commit.
+    /// Milliseconds spent in the store's commit (not in the report, which
+    /// was committed before it was known).
     pub commit_ms: u64,
 }
 
@@ -84,12 +85,10 @@ pub fn commit(
     let (tx, counts) = write_changes(tx, universe, &tags, &current, control)?;
     control.checkpoint().map_err(stopped)?;
     let report = report(&counts);
-    let outcome = serde_json::to_value(&report)
-        .map_err(|e| RunError::Failed(format!("cannot encode the run report: {e}")))?;
     // The whole commit call: PostgreSQL merges its staged rows here.
     control.set_progress(|p| p.enter("committing", 1));
     let started = std::time::Instant::now();
-    tx.commit(&states(plan, universe), &outcome)
+    tx.commit(&states(plan, universe), &report)
         .map_err(failed)?;
     let commit_ms = started.elapsed().as_millis() as u64;
     control.set_progress(|p| p.finish());
@@ -130,7 +129,7 @@ struct Outbox<'a> {
     /// `diffed` when the last batch was sent.
     sent: Cell<usize>,
     /// Set at a checkpoint that says stop.
-    stop: Cell<Option<crate::scheduler::Stop>>,
+    stop: Cell<Option<crate::tasks::control::Stop>>,
 }
 
 impl Outbox<'_> {
@@ -325,7 +324,7 @@ mod tests {
             u3.details
         );
         let outcome = store.run_outcome("t2").unwrap().expect("committed outcome");
-        assert_eq!(outcome["rows_deleted"], 1);
+        assert_eq!(outcome, second.report);
         // Unchanged matches write nothing.
         let third = run(&store, "t3", &plan, &universe, rows(2), &control).unwrap();
         assert_eq!(

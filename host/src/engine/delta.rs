@@ -14,7 +14,7 @@
 use super::plan::{tag_tables, Plan, TablePlan};
 use super::{failed, stopped, RunError, UNIVERSE_TABLE, UPDATED_TIME, USER_ID};
 use crate::data::read::{group_times, scan_row_groups, ColumnRequest, RowGroupId};
-use crate::scheduler::TaskControl;
+use crate::tasks::control::TaskControl;
 use polars::prelude::*;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;

@@ -4,7 +4,6 @@
 
 use super::bitset::Bitset;
 use crate::store::{Held, HeldTags, Op, UserRows};
-use serde::Serialize;
 
 /// One tag of the run, as the diff sees it.
 pub struct DiffTag<'a> {
@@ -16,18 +15,7 @@ pub struct DiffTag<'a> {
     pub scope: Option<&'a Bitset>,
 }
 
-/// Per-tag figures of a run.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct TagCounts {
-    /// Users evaluated for the tag.
-    pub evaluated_users: usize,
-    /// Of those, users who match.
-    pub matched: usize,
-    /// Users who gained the tag.
-    pub added: usize,
-    /// Users who lost it.
-    pub removed: usize,
-}
+pub use crate::model::TagCounts;
 
 /// What the diff found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

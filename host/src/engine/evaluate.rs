@@ -7,7 +7,7 @@ use super::plan::TagRun;
 use super::{failed, polars_failed, stopped, RunError};
 use crate::data::ffi::with_ffi_batch;
 use crate::data::DataError;
-use crate::scheduler::{TagProgress, TaskControl};
+use crate::tasks::control::{TagProgress, TaskControl};
 use polars::prelude::*;
 use tag_plugin_api::Date;
 

@@ -7,7 +7,7 @@ use super::plan::{Plan, TablePlan};
 use super::{failed, polars_failed, stopped, RunError, UPDATED_TIME, USER_ID};
 use crate::data::read::{polars_type, scan_row_groups, RowGroupId, TableScan};
 use crate::progress::TableProgress;
-use crate::scheduler::{panic_message, TaskControl};
+use crate::tasks::control::{panic_message, TaskControl};
 use polars::prelude::*;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;

@@ -34,14 +34,13 @@ pub mod scope;
 #[cfg(test)]
 mod testkit;
 
-use crate::data::s3::SyncSummary;
 use crate::data::source::DataSource;
-use crate::model::TaskRecord;
+use crate::model::{RunReport, SyncSummary, TaskRecord};
 use crate::registry::TagRegistry;
-use crate::scheduler::{RunError, Stop, TaskControl, TaskRunner};
 use crate::store::Store;
+use crate::tasks::control::{RunError, Stop, TaskControl, TaskRunner};
 use polars::prelude::PolarsError;
-use report::{RunReport, Timings};
+use report::Timings;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -133,16 +132,14 @@ impl Engine {
                 report
             },
         )?;
-        let mut report = committed.report;
-        report
-            .timings
-            .insert("commit_ms".into(), committed.commit_ms);
-        report.duration_ms += committed.commit_ms;
+        let report = committed.report;
+        crate::metrics::metrics().stage_finished("commit", committed.commit_ms);
         tracing::info!(
             users = report.total_users,
             rows_upserted = report.rows_upserted,
             rows_deleted = report.rows_deleted,
-            duration_ms = report.duration_ms,
+            duration_ms = report.duration_ms + committed.commit_ms,
+            commit_ms = committed.commit_ms,
             "results committed"
         );
         Ok(report)
@@ -194,9 +191,7 @@ impl Engine {
 }
 
 impl TaskRunner for Engine {
-    fn run(&self, task: &TaskRecord, control: &TaskControl) -> Result<serde_json::Value, RunError> {
-        let report = Engine::run(self, task, control)?;
-        serde_json::to_value(&report)
-            .map_err(|e| RunError::Failed(format!("cannot encode the run report: {e}")))
+    fn run(&self, task: &TaskRecord, control: &TaskControl) -> Result<RunReport, RunError> {
+        Engine::run(self, task, control)
     }
 }

@@ -1,15 +1,12 @@
-//! The run report: what a task's `result` shows (the seed's `total_users`
-//! and `message`, then per-tag counts, rows written, duplicates, notes and
-//! stage timings).
+//! The report stage: a run's [`RunReport`] from its stages' outputs and
+//! the diff's counts (the types are the task model's).
 
 use super::commit::Evaluated;
-use super::diff::{DiffCounts, TagCounts};
+use super::diff::DiffCounts;
 use super::load::Universe;
 use super::plan::Plan;
-use crate::data::s3::SyncSummary;
-use crate::model::Mode;
-use crate::registry::PluginIdentity;
-use serde::Serialize;
+use crate::model::report::{RowGroups, TagReport, TagScope, TagStatus, UnknownUsers};
+use crate::model::{Mode, RunReport};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 use tag_plugin_api::rule::Operator;
@@ -17,114 +14,6 @@ use tag_plugin_api::Rule;
 
 /// How many unknown `user_ids` a report lists.
 const UNKNOWN_SAMPLE: usize = 10;
-
-/// A run's outcome, as `result` shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct RunReport {
-    /// Users evaluated for at least one tag (the seed's field).
-    pub total_users: usize,
-    /// `Successfully processed N users` (the seed's field).
-    pub message: String,
-    /// Full or incremental.
-    pub mode: Mode,
-    /// The rules' reference date.
-    pub as_of: String,
-    /// Users in the universe the run loaded.
-    pub universe_users: usize,
-    /// Per tag, in the task's order.
-    pub tags: Vec<TagReport>,
-    /// The tags that failed (the task is then `failed`; the others'
-    /// results are committed).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub failed_tags: Vec<u32>,
-    /// `user_tags` rows inserted or updated.
-    pub rows_upserted: usize,
-    /// `user_tags` rows deleted.
-    pub rows_deleted: usize,
-    /// Per table, rows left out because the user has a newer row.
-    pub duplicates_dropped: BTreeMap<String, usize>,
-    /// Things the reader should know (e.g. date windows in incremental runs).
-    pub notes: Vec<String>,
-    /// Wall time of the run.
-    pub duration_ms: u64,
-    /// Per stage, milliseconds (`commit_ms` once committed).
-    pub timings: BTreeMap<String, u64>,
-    /// An incremental run's reads: row groups read to find changed rows,
-    /// of all row groups of the tables it reads (parquet statistics skip
-    /// the rest).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub changed_row_groups: Option<RowGroups>,
-    /// Requested `user_ids` not in the universe (count and a sample).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unknown_user_ids: Option<UnknownUsers>,
-    /// For tables in S3: objects fetched into the local mirror, and those
-    /// already there.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_objects: Option<SyncSummary>,
-}
-
-/// One tag's line of the report.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct TagReport {
-    /// The tag.
-    pub tag_id: u32,
-    /// Its description.
-    pub tag_name: String,
-    /// `completed` (its results are committed) or `failed` (its results
-    /// and state are as before the run).
-    #[schema(value_type = String)]
-    pub status: &'static str,
-    /// Why it failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The rule version evaluated (or to be).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule_version: Option<i64>,
-    /// Its counts, when it completed.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = CompletedCounts)]
-    pub counts: Option<TagCounts>,
-    /// `all users` or `changed users`, when it completed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
-    pub scope: Option<&'static str>,
-    /// The plugin build that computed it (name, version, SHA-256).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub plugin: Option<PluginIdentity>,
-}
-
-/// How the document describes [`TagReport::counts`]: flattened into the
-/// tag's line, and absent when the tag failed.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // a description only
-pub struct CompletedCounts {
-    /// Users evaluated for the tag.
-    evaluated_users: Option<usize>,
-    /// Of those, users who match.
-    matched: Option<usize>,
-    /// Users who gained the tag.
-    added: Option<usize>,
-    /// Users who lost it.
-    removed: Option<usize>,
-}
-
-/// Row groups an incremental run read to find what changed.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct RowGroups {
-    /// Read (their statistics allow a changed row).
-    pub read: usize,
-    /// In all.
-    pub total: usize,
-}
-
-/// Requested users that are not in the universe.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct UnknownUsers {
-    /// How many.
-    pub count: usize,
-    /// The first few, in request order.
-    pub sample: Vec<String>,
-}
 
 /// Wall time per stage.
 pub struct Timings {
@@ -177,14 +66,14 @@ pub fn report(run: &Evaluated<'_>, counts: &DiffCounts, timings: &Timings) -> Ru
         .map(|((t, scope), c)| TagReport {
             tag_id: t.id(),
             tag_name: t.tag.info.description.clone(),
-            status: "completed",
+            status: TagStatus::Completed,
             error: None,
             rule_version: Some(t.rule_version),
             counts: Some(*c),
             scope: Some(if scope.is_some() {
-                "changed users"
+                TagScope::ChangedUsers
             } else {
-                "all users"
+                TagScope::AllUsers
             }),
             plugin: Some(t.tag.plugin.clone()),
         })
@@ -192,7 +81,7 @@ pub fn report(run: &Evaluated<'_>, counts: &DiffCounts, timings: &Timings) -> Ru
     tags.extend(plan.failed.iter().map(|f| TagReport {
         tag_id: f.tag_id,
         tag_name: f.tag_name.clone(),
-        status: "failed",
+        status: TagStatus::Failed,
         error: Some(f.error.clone()),
         rule_version: f.rule_version,
         counts: None,
@@ -286,43 +175,5 @@ mod tests {
         assert!(!uses_date_window(
             r#"{"logic":"AND","conditions":[{"field":"x","operator":">","value":7}]}"#
         ));
-    }
-
-    #[test]
-    fn a_report_serialises_the_seed_fields_and_flattens_counts() {
-        let line = TagReport {
-            tag_id: 2,
-            tag_name: "活跃交易者".into(),
-            status: "completed",
-            error: None,
-            rule_version: Some(1),
-            counts: Some(TagCounts {
-                evaluated_users: 3,
-                matched: 2,
-                added: 1,
-                removed: 0,
-            }),
-            scope: Some("all users"),
-            plugin: None,
-        };
-        let v = serde_json::to_value(&line).unwrap();
-        assert_eq!(v["evaluated_users"], 3);
-        assert_eq!(v["matched"], 2);
-        assert_eq!(v["scope"], "all users");
-        assert_eq!(v["status"], "completed");
-        assert!(v.get("error").is_none());
-        let failed = TagReport {
-            status: "failed",
-            error: Some("boom".into()),
-            counts: None,
-            scope: None,
-            ..line
-        };
-        let v = serde_json::to_value(&failed).unwrap();
-        assert_eq!(
-            (&v["status"], &v["error"]),
-            (&serde_json::json!("failed"), &serde_json::json!("boom"))
-        );
-        assert!(v.get("matched").is_none() && v.get("scope").is_none());
     }
 }

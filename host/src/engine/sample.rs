@@ -7,7 +7,7 @@ use super::{evaluate, inputs, load, RunError, UNIVERSE_TABLE, USER_ID};
 use crate::data::read::{scan_table, ColumnRequest};
 use crate::model::Mode;
 use crate::registry::RegisteredTag;
-use crate::scheduler::TaskControl;
+use crate::tasks::control::TaskControl;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;

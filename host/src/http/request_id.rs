@@ -50,7 +50,7 @@ pub async fn assign(request: Request, next: Next) -> Response {
         .scope(id.clone(), run.instrument(span))
         .await
         .unwrap_or_else(|payload| {
-            let message = crate::scheduler::panic_message(payload.as_ref());
+            let message = crate::tasks::control::panic_message(payload.as_ref());
             tracing::error!(request_id = %id, panic = %message, "a request handler panicked");
             REQUEST_ID.sync_scope(id.clone(), || {
                 ApiError::new(

@@ -2,7 +2,7 @@
 //! OpenAPI document (`/api/v1/openapi.json`) is derived from the same
 //! types, so the two cannot drift apart.
 
-use crate::engine::report::RunReport;
+use crate::model::RunReport;
 use crate::model::{Mode, Priority, TaskRecord, TaskStatus};
 use crate::scheduler::{Progress, QueueStats};
 use serde::{Deserialize, Serialize};
@@ -280,8 +280,7 @@ pub struct TaskState {
     /// The run's report, once it finished (also for a failed task whose
     /// other tags completed).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<RunReport>)]
-    pub result: Option<Value>,
+    pub result: Option<RunReport>,
     /// Why it failed or was cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

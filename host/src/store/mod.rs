@@ -192,7 +192,7 @@ pub trait RunTx: Send {
     fn commit(
         self: Box<Self>,
         states: &[TagState],
-        outcome: &serde_json::Value,
+        outcome: &crate::model::RunReport,
     ) -> Result<(), StoreError>;
 }
 
@@ -316,7 +316,7 @@ pub trait Store: Send + Sync {
     /// Starts a run's write transaction.
     fn begin_run(&self, start: &RunStart) -> Result<Box<dyn RunTx + '_>, StoreError>;
     /// The outcome a task's run committed with its results, if it did.
-    fn run_outcome(&self, task_id: &str) -> Result<Option<serde_json::Value>, StoreError>;
+    fn run_outcome(&self, task_id: &str) -> Result<Option<crate::model::RunReport>, StoreError>;
     /// One user's row.
     fn user_tags(&self, user_id: &str) -> Result<Option<UserTagRow>, StoreError>;
     /// Users holding a tag, ascending, after `cursor`.
@@ -555,7 +555,7 @@ pub fn cancel_with(
     status: impl FnOnce() -> Result<Option<TaskStatus>, StoreError>,
 ) -> Result<CancelState, StoreError> {
     let now = crate::model::now_timestamp();
-    let reason = crate::tasks::lifecycle::CANCELLED_BEFORE_START;
+    let reason = crate::model::CANCELLED_BEFORE_START;
     if execute(CANCEL_QUEUED_SQL, &[&now, reason, task_id])? == 1 {
         return Ok(CancelState::Cancelled);
     }

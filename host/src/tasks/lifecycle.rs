@@ -2,11 +2,12 @@
 //! status: the HTTP API, the workers and `tag-server run` all go through
 //! these functions, so they agree on states and error texts.
 
-use crate::model::{now_timestamp, TaskRecord, TaskSpec, TaskStatus};
+use super::control::{RunError, Stop};
+use crate::model::{now_timestamp, RunReport, TaskRecord, TaskSpec, TaskStatus};
 use crate::registry::TagRegistry;
-use crate::scheduler::{RunError, Stop};
 use crate::store::{Store, StoreError};
-use serde_json::{json, Value};
+
+pub use crate::model::{id_list as list, CANCELLED_BEFORE_START};
 
 /// Tag ids no loaded plugin provides.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,17 +17,6 @@ pub struct UnknownTags {
     pub unknown: Vec<u32>,
     /// Every loaded id, ascending.
     pub available: Vec<u32>,
-}
-
-/// `[1, 2]`.
-pub fn list(ids: &[u32]) -> String {
-    format!(
-        "[{}]",
-        ids.iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
 }
 
 /// A new task for `spec`, `submitted` now.
@@ -97,10 +87,10 @@ pub enum Finished {
 }
 
 /// Applies a run's outcome to `task`.
-pub fn finish(task: &mut TaskRecord, outcome: Result<Value, RunError>) -> Finished {
+pub fn finish(task: &mut TaskRecord, outcome: Result<RunReport, RunError>) -> Finished {
     match outcome {
         Ok(result) => {
-            task.error = failed_tags_error(&result);
+            task.error = result.failed_tags_error();
             task.status = if task.error.is_some() {
                 TaskStatus::Failed
             } else {
@@ -128,48 +118,14 @@ pub fn finish(task: &mut TaskRecord, outcome: Result<Value, RunError>) -> Finish
     Finished::Terminal(task.status)
 }
 
-/// For a run some of whose tags failed (the others committed): the task's
-/// error, naming each failed tag and why.
-pub fn failed_tags_error(result: &Value) -> Option<String> {
-    let failed: Vec<String> = result
-        .get("tags")?
-        .as_array()?
-        .iter()
-        .filter(|t| t["status"] == "failed")
-        .map(|t| {
-            format!(
-                "tag {}: {}",
-                t["tag_id"],
-                t["error"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
-    if failed.is_empty() {
-        return None;
-    }
-    let ids = result["failed_tags"].to_string();
-    Some(format!(
-        "tags {ids} failed (the other tags' results are committed): {}",
-        failed.join("; ")
-    ))
-}
-
 /// The tags a retry of `task` runs: the failed tags of a partly failed
 /// run, or all its tags when the run failed as a whole.
 pub fn tags_to_retry(task: &TaskRecord) -> Vec<u32> {
-    let failed = task
-        .result
-        .as_ref()
-        .and_then(|r| r.get("failed_tags"))
-        .and_then(|ids| serde_json::from_value::<Vec<u32>>(ids.clone()).ok());
-    match failed {
-        Some(ids) if !ids.is_empty() => ids,
-        _ => task.spec.tag_ids.clone(),
+    match &task.result {
+        Some(report) => report.tags_to_retry(&task.spec.tag_ids),
+        None => task.spec.tag_ids.clone(),
     }
 }
-
-/// The error of a task cancelled before it started.
-pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
 
 /// The outcome a task's run committed with its results, if the process
 /// stopped after that commit but before the task was marked finished: the
@@ -177,16 +133,8 @@ pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
 pub fn committed_outcome(
     task: &TaskRecord,
     store: &dyn Store,
-) -> Result<Option<Value>, StoreError> {
-    let Some(mut result) = store.run_outcome(&task.task_id)? else {
-        return Ok(None);
-    };
-    if let Some(notes) = result.get_mut("notes").and_then(Value::as_array_mut) {
-        notes.push(json!(
-            "recovered after a restart: this outcome was committed with the results before the server stopped"
-        ));
-    }
-    Ok(Some(result))
+) -> Result<Option<RunReport>, StoreError> {
+    Ok(store.run_outcome(&task.task_id)?.map(RunReport::recovered))
 }
 
 #[cfg(test)]

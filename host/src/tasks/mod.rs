@@ -1,4 +1,5 @@
-//! Tasks: how one is created, checked, finished and shown ([`lifecycle`]),
-//! shared by the server and `tag-server run`.
+//! The task wing: the run contract ([`control`]) and every state change a
+//! task goes through ([`lifecycle`]), shared by the server and `tag-server run`.
 
+pub mod control;
 pub mod lifecycle;

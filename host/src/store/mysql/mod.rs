@@ -136,7 +136,7 @@ impl Store for MyStore {
     }
 
     fn update_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
-        let result = task.result.as_ref().map(|r| r.to_string());
+        let result = task.result.as_ref().map(crate::model::RunReport::encode);
         self.conn()?
             .exec_drop(
                 "UPDATE tasks SET status = ?, started_at = ?, completed_at = ?, result = ?, error = ?, attempts = ? WHERE task_id = ?",
@@ -371,7 +371,7 @@ impl Store for MyStore {
         Ok(Box::new(MyRunTx::begin(self.conn()?, start)?))
     }
 
-    fn run_outcome(&self, task_id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+    fn run_outcome(&self, task_id: &str) -> Result<Option<crate::model::RunReport>, StoreError> {
         let text: Option<String> = self
             .conn()?
             .exec_first(

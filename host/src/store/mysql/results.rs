@@ -192,7 +192,7 @@ impl RunTx for MyRunTx {
     fn commit(
         mut self: Box<Self>,
         states: &[TagState],
-        outcome: &serde_json::Value,
+        outcome: &crate::model::RunReport,
     ) -> Result<(), StoreError> {
         self.merge()?;
         for s in states {
@@ -211,7 +211,7 @@ impl RunTx for MyRunTx {
             .exec_drop(
                 "INSERT INTO run_outcomes (task_id, result, committed_at) VALUES (?, ?, ?)
                  ON DUPLICATE KEY UPDATE result = VALUES(result), committed_at = VALUES(committed_at)",
-                (&self.start.task_id, outcome.to_string(), &self.start.now),
+                (&self.start.task_id, outcome.encode(), &self.start.now),
             )
             .map_err(db)?;
         self.conn.query_drop("COMMIT").map_err(db)?;

@@ -199,7 +199,7 @@ impl Store for PgStore {
     }
 
     fn update_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
-        let result = task.result.as_ref().map(|r| r.to_string());
+        let result = task.result.as_ref().map(crate::model::RunReport::encode);
         self.client()?
             .execute(
                 "UPDATE tasks SET status = $2, started_at = $3, completed_at = $4, result = $5, error = $6, attempts = $7 WHERE task_id = $1",
@@ -454,7 +454,7 @@ impl Store for PgStore {
         Ok(Box::new(PgRunTx::begin(self.client()?, start)?))
     }
 
-    fn run_outcome(&self, task_id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+    fn run_outcome(&self, task_id: &str) -> Result<Option<crate::model::RunReport>, StoreError> {
         let row = self
             .client()?
             .query_opt(

@@ -199,7 +199,7 @@ impl RunTx for PgRunTx<'_> {
     fn commit(
         mut self: Box<Self>,
         states: &[TagState],
-        outcome: &serde_json::Value,
+        outcome: &crate::model::RunReport,
     ) -> Result<(), StoreError> {
         self.merge()?;
         for s in states {
@@ -218,7 +218,7 @@ impl RunTx for PgRunTx<'_> {
             .execute(
                 "INSERT INTO run_outcomes (task_id, result, committed_at) VALUES ($1, $2, $3)
                  ON CONFLICT (task_id) DO UPDATE SET result = EXCLUDED.result, committed_at = EXCLUDED.committed_at",
-                &[&self.start.task_id, &outcome.to_string(), &self.start.now],
+                &[&self.start.task_id, &outcome.encode(), &self.start.now],
             )
             .map_err(db)?;
         self.client.batch_execute("COMMIT").map_err(db)?;

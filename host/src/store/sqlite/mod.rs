@@ -268,7 +268,7 @@ impl Store for SqliteStore {
     }
 
     fn update_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
-        let result = task.result.as_ref().map(|r| r.to_string());
+        let result = task.result.as_ref().map(crate::model::RunReport::encode);
         self.with(|c| {
             c.execute(
                 "UPDATE tasks SET status = ?2, started_at = ?3, completed_at = ?4, result = ?5, error = ?6, attempts = ?7 WHERE task_id = ?1",
@@ -545,7 +545,7 @@ impl Store for SqliteStore {
         Ok(Box::new(SqliteRunTx::begin(&self.results_path, start)?))
     }
 
-    fn run_outcome(&self, task_id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+    fn run_outcome(&self, task_id: &str) -> Result<Option<crate::model::RunReport>, StoreError> {
         let text: Option<String> = self.with_results(|c| {
             c.query_row(
                 "SELECT result FROM run_outcomes WHERE task_id = ?1",

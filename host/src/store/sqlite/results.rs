@@ -332,7 +332,7 @@ impl RunTx for SqliteRunTx {
     fn commit(
         mut self: Box<Self>,
         states: &[TagState],
-        outcome: &serde_json::Value,
+        outcome: &crate::model::RunReport,
     ) -> Result<(), StoreError> {
         for s in states {
             let watermarks = serde_json::to_string(&s.watermarks)
@@ -346,7 +346,7 @@ impl RunTx for SqliteRunTx {
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO run_outcomes (task_id, result, committed_at) VALUES (?1, ?2, ?3)",
-                params![self.start.task_id, outcome.to_string(), self.start.now],
+                params![self.start.task_id, outcome.encode(), self.start.now],
             )
             .map_err(db)?;
         self.conn.execute_batch("COMMIT").map_err(db)?;

@@ -1,5 +1,11 @@
-//! Plain types shared by the scheduler, engine, store and HTTP layers.
+//! Plain types shared by the task wing, engine, store and HTTP layers: the
+//! task record and its parts, and the typed run report ([`report`]).
 
+pub mod report;
+
+pub use report::{
+    PluginIdentity, RunReport, SyncSummary, TagCounts, TagReport, TagScope, TagStatus,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -151,7 +157,7 @@ impl FromStr for Priority {
 }
 
 /// What a task asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSpec {
     /// Tags to compute, ascending, no duplicates.
     pub tag_ids: Vec<u32>,
@@ -186,8 +192,9 @@ pub struct TaskRecord {
     pub started_at: Option<String>,
     /// When it reached a terminal state.
     pub completed_at: Option<String>,
-    /// The outcome of a completed task.
-    pub result: Option<serde_json::Value>,
+    /// The run's report, once it finished (also for a failed task some of
+    /// whose tags committed).
+    pub result: Option<RunReport>,
     /// Why it failed or was cancelled.
     pub error: Option<String>,
     /// Times a worker started it without finishing it cleanly (a crash of
@@ -199,4 +206,18 @@ pub struct TaskRecord {
 /// Now, in the API's timestamp format (UTC, seconds).
 pub fn now_timestamp() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string()
+}
+
+/// The error of a task cancelled before it started.
+pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
+
+/// Tag ids as the API's messages list them: `[1, 2]`.
+pub fn id_list(ids: &[u32]) -> String {
+    format!(
+        "[{}]",
+        ids.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
