@@ -72,7 +72,7 @@ impl std::fmt::Debug for Tokens {
 
 /// The caller of a request, once authenticated: the token's name, or
 /// `anonymous` when the API is open.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(pub String);
 
 fn digest(token: &str) -> [u8; 32] {
@@ -301,5 +301,50 @@ mod tests {
             None,
         );
         assert!(twice.unwrap_err()[0].contains("used twice"));
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (header::HeaderName::from_static(k), v.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn the_bearer_header_or_the_console_cookie_authenticates_by_role() {
+        let tokens = Tokens::parse(
+            Some("ops:admin:0123456789abcdef-ops,viewer:read:0123456789abcdef-view"),
+            None,
+        )
+        .unwrap();
+        let who = |method: Method, pairs: &[(&'static str, &str)]| {
+            authenticate(&tokens, &method, &headers(pairs))
+        };
+        let bearer = [("authorization", "Bearer 0123456789abcdef-view")];
+        assert_eq!(who(Method::GET, &bearer).unwrap().0, "viewer");
+        assert_eq!(
+            who(Method::POST, &bearer),
+            Err(Denied::Forbidden {
+                name: "viewer".into(),
+                role: Role::Read,
+                needs: Role::Admin
+            })
+        );
+        assert_eq!(who(Method::GET, &[]), Err(Denied::Unauthenticated));
+        let cookie = ("cookie", "a=b; tag_session=0123456789abcdef-ops");
+        assert_eq!(who(Method::GET, &[cookie]).unwrap().0, "ops");
+        // A state-changing call on the cookie alone could come from another site.
+        assert_eq!(who(Method::POST, &[cookie]), Err(Denied::Unauthenticated));
+        let console = [cookie, ("x-requested-with", "tag-console")];
+        assert_eq!(who(Method::POST, &console).unwrap().0, "ops");
+        let open = Tokens::default();
+        assert_eq!(
+            authenticate(&open, &Method::POST, &HeaderMap::new())
+                .unwrap()
+                .0,
+            "anonymous"
+        );
+        assert!(!cookie_safe(&tokens, "0123456789abcdef-nope"));
+        assert!(session_cookie("t").starts_with("tag_session=t; HttpOnly; SameSite=Strict"));
     }
 }

@@ -389,6 +389,16 @@ mod tests {
         json!({"success": false, "error": error, "message": message})
     }
 
+    /// Each error answers with its status and body (and no bearer challenge).
+    fn check<const N: usize>(cases: [(ApiError, u16, Value); N]) {
+        for (error, status, expected) in cases {
+            let (got, challenge, json) = render(error);
+            assert_eq!(got.as_u16(), status, "{expected}");
+            assert_eq!(json, expected);
+            assert_eq!(challenge, None);
+        }
+    }
+
     fn unknown() -> UnknownTags {
         UnknownTags {
             unknown: vec![7, 8],
@@ -440,6 +450,13 @@ mod tests {
                 405,
                 body("Method not allowed", "请求方法不被允许"),
             ),
+        ];
+        check(cases);
+    }
+
+    #[test]
+    fn refusals_and_conflicts_render_their_status_and_both_texts() {
+        let cases = [
             (
                 ApiError::IdempotencyConflict,
                 409,
@@ -503,12 +520,7 @@ mod tests {
                 body("URI Too Long", "请求无效"),
             ),
         ];
-        for (error, status, expected) in cases {
-            let (got, challenge, json) = render(error);
-            assert_eq!(got.as_u16(), status, "{expected}");
-            assert_eq!(json, expected);
-            assert_eq!(challenge, None);
-        }
+        check(cases);
     }
 
     #[test]
@@ -611,10 +623,6 @@ mod tests {
                 with_id("Bad Gateway", "请求无效"),
             ),
         ];
-        for (error, status, expected) in cases {
-            let (got, _, json) = render(error);
-            assert_eq!(got.as_u16(), status, "{expected}");
-            assert_eq!(json, expected);
-        }
+        check(cases);
     }
 }
