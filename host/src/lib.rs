@@ -15,12 +15,14 @@
 //! - [`scheduler`]: bounded priority queue and worker threads;
 //!   [`progress`]: how far a running task has got.
 //! - [`store`]: tasks, rules and `user_tags` (SQLite by default).
-//! - [`http`]: the API, one router per resource; [`console`]: the web
-//!   console's pages.
+//! - [`http`]: the API, one module per resource; [`console`]: the web
+//!   console's pages; [`auth`]: tokens, roles and the console's session,
+//!   for both.
 //! - [`server`]: start-up and shutdown; [`cli`]: the one-shot commands
 //!   ([`watch`]: `tag-server run`'s progress on stderr).
 //! - [`logging`]: the flat JSON log format.
 
+pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -2,6 +2,7 @@
 
 use crate::catalog::Catalog;
 use crate::config::{Config, Environment};
+use crate::console;
 use crate::data::gen::{gen_data_with, GenOptions};
 use crate::data::source::DataSource;
 use crate::engine::{Engine, UNIVERSE_TABLE};
@@ -195,9 +196,10 @@ fn store_unreachable(error: &anyhow::Error) -> Option<String> {
         })
 }
 
-/// The API of a started process.
+/// What a started process serves: the API and, beside it, the console,
+/// both behind the API's edge (request ids, authentication, limits).
 fn api(config: &Config, started: &Started) -> axum::Router {
-    http::router(AppState {
+    let state = AppState {
         environment: config.env.as_str().to_string(),
         store: Arc::clone(&started.core.store),
         scheduler: started.scheduler.clone(),
@@ -207,7 +209,9 @@ fn api(config: &Config, started: &Started) -> axum::Router {
         max_user_ids: config.max_user_ids,
         max_body_bytes: config.max_body_bytes as usize,
         request_timeout: std::time::Duration::from_secs(config.request_timeout_secs.into()),
-    })
+    };
+    let routes = http::routes(&state).merge(console::router(Arc::clone(&state.tokens)));
+    http::serve(routes, state)
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops the

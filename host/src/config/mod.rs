@@ -150,7 +150,7 @@ pub struct Config {
     /// The API tokens in effect (read at start from the environment and
     /// the tokens file).
     #[arg(skip)]
-    pub tokens: crate::http::auth::Tokens,
+    pub tokens: crate::auth::Tokens,
     /// Whether the data location was given (flag, variable or profile)
     /// rather than left at its default.
     #[arg(skip)]

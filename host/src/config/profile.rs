@@ -141,10 +141,7 @@ fn check_secrets(profile: &Profile, path: &std::path::Path, errors: &mut Vec<Str
 
 /// The API tokens of `TAG_API_TOKENS` and the tokens file; problems are
 /// added to `errors` (never with a token's value).
-fn load_tokens(
-    file: Option<&std::path::Path>,
-    errors: &mut Vec<String>,
-) -> crate::http::auth::Tokens {
+fn load_tokens(file: Option<&std::path::Path>, errors: &mut Vec<String>) -> crate::auth::Tokens {
     let env = std::env::var("TAG_API_TOKENS").ok();
     let text = match file.map(|f| (f, std::fs::read_to_string(f))) {
         Some((f, Ok(text))) => Some((f, text)),
@@ -155,7 +152,7 @@ fn load_tokens(
         None => None,
     };
     let file = text.as_ref().map(|(f, t)| (*f, t.as_str()));
-    crate::http::auth::Tokens::parse(env.as_deref(), file).unwrap_or_else(|problems| {
+    crate::auth::Tokens::parse(env.as_deref(), file).unwrap_or_else(|problems| {
         errors.extend(problems);
         Default::default()
     })

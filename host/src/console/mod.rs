@@ -14,21 +14,16 @@ pub mod history;
 mod pages;
 pub mod render;
 
-use crate::http::auth::{Role, Tokens};
-use crate::http::AppState;
+use crate::auth::{self, Role, Tokens};
+use crate::http::{ApiError, AppState};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use maud::{html, Markup, DOCTYPE};
 use std::sync::Arc;
-
-/// The session cookie's name.
-pub const COOKIE: &str = "tag_session";
-/// The header state-changing calls authenticated by the cookie must carry.
-pub const CONSOLE_HEADER: (&str, &str) = ("x-requested-with", "tag-console");
 
 /// Who is looking: what the pages may offer.
 #[derive(Debug, Clone)]
@@ -39,18 +34,6 @@ pub struct Viewer {
     pub signed_in: bool,
     /// The token's name (`anonymous` when the API is open).
     pub name: String,
-}
-
-/// The token in the request's session cookie, if any.
-pub fn session_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value)
 }
 
 /// Pages see a [`Viewer`]; without a valid session they go to the sign-in
@@ -65,7 +48,7 @@ async fn viewer(State(tokens): State<Arc<Tokens>>, mut request: Request, next: N
             name: "anonymous".into(),
         })
     } else {
-        session_token(request.headers())
+        auth::session_token(request.headers())
             .and_then(|t| tokens.identify(t))
             .map(|(name, role)| Viewer {
                 admin: role == Role::Admin,
@@ -83,7 +66,8 @@ async fn viewer(State(tokens): State<Arc<Tokens>>, mut request: Request, next: N
     }
 }
 
-/// The console's routes (the API's auth leaves these paths to [`viewer`]).
+/// The console's routes (the API's authentication leaves paths outside
+/// `/api/` to [`viewer`]).
 pub fn router(tokens: Arc<Tokens>) -> Router<AppState> {
     Router::new()
         .route("/", get(pages::tags))
@@ -98,11 +82,6 @@ pub fn router(tokens: Arc<Tokens>) -> Router<AppState> {
         .route("/console/app.js", get(script))
         .route("/console/style.css", get(style))
         .layer(axum::middleware::from_fn_with_state(tokens, viewer))
-}
-
-/// Whether `path` is the console's (not the API's, health's or metrics').
-pub fn is_console_path(path: &str) -> bool {
-    !(path.starts_with("/api/") || path == "/health" || path == "/metrics")
 }
 
 async fn script() -> impl IntoResponse {
@@ -126,21 +105,11 @@ async fn sign_in(State(state): State<AppState>, body: axum::body::Bytes) -> Resp
         .ok()
         .and_then(|v| v["token"].as_str().map(str::to_string))
         .unwrap_or_default();
-    let valid = state.tokens.identify(&token).is_some()
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b';' && b != b',');
-    if !valid {
-        return crate::http::ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid API token",
-            "令牌无效",
-        )
-        .into_response();
+    if !auth::cookie_safe(&state.tokens, &token) {
+        return ApiError::InvalidToken.into_response();
     }
-    let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200");
     (
-        [(header::SET_COOKIE, cookie)],
+        [(header::SET_COOKIE, auth::session_cookie(&token))],
         axum::Json(serde_json::json!({"success": true})),
     )
         .into_response()
@@ -148,9 +117,8 @@ async fn sign_in(State(state): State<AppState>, body: axum::body::Bytes) -> Resp
 
 /// `DELETE /console/session`: clears the cookie.
 async fn sign_out() -> Response {
-    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     (
-        [(header::SET_COOKIE, cookie)],
+        [(header::SET_COOKIE, auth::cleared_cookie())],
         axum::Json(serde_json::json!({"success": true})),
     )
         .into_response()

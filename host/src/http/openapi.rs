@@ -1,12 +1,12 @@
 //! `GET /api/v1/openapi.json`: the OpenAPI 3.1 document. Each handler
 //! carries a `#[utoipa::path]` naming its parameters, body and answers in
-//! the types of [`super::schema`]; the routers register handlers through
+//! the body types each resource module declares; the routers register handlers through
 //! `utoipa_axum`, so a route exists in the document exactly when it exists
 //! in the server. The answers every route can give (the middleware's: 401,
 //! 403, 413, 415, 500, 503) are added here, with the `X-Request-Id` header
 //! every answer carries.
 
-use super::schema::ErrorBody;
+use super::error::ErrorBody;
 use utoipa::openapi::header::Header;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};

@@ -1,15 +1,15 @@
 //! Plugins: what the last scan found, reloads, and tag ownership transfers.
 
-use super::auth::Caller;
-use super::schema::{
-    ErrorBody, OwnerRequest, OwnerTransferred, PluginFileBody, PluginTag, PluginsBody,
-};
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
+use crate::auth::Caller;
 use crate::plugins::{LoadReport, Outcome, PluginFile};
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::Json;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -157,15 +157,8 @@ async fn reload(
     let catalog = Arc::clone(&state.catalog);
     let store = Arc::clone(&state.store);
     let report = tokio::task::spawn_blocking(move || catalog.reload(store.as_ref()))
-        .await
-        .map_err(|e| ApiError::internal(format!("reload aborted: {e}")))?
-        .map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                format!("reload failed, the previous plugins stay: {e:#}"),
-                "插件重新加载失败",
-            )
-        })?;
+        .await?
+        .map_err(|e| ApiError::ReloadFailed(format!("{e:#}")))?;
     tracing::info!(
         loaded = report.loaded().count(),
         rejected = report.rejected().count(),
@@ -174,4 +167,85 @@ async fn reload(
     let mut body = report_body(&state, &report);
     body.message = Some("插件已重新加载".into());
     Ok(Json(body))
+}
+
+/// A tag a plugin file provides.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginTag {
+    /// Its id.
+    pub tag_id: u32,
+    /// The task's name.
+    pub task_class: String,
+    /// Its name.
+    pub description: String,
+}
+
+/// One file of the plugins directory.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginFileBody {
+    /// Its name.
+    pub file: Option<String>,
+    /// Its path.
+    pub path: String,
+    /// Hex SHA-256 of its bytes.
+    pub sha256: String,
+    /// When it was checked (UTC).
+    pub loaded_at: String,
+    /// `loaded` or `rejected`.
+    pub status: String,
+    /// The plugin crate's name (loaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// The plugin crate's version (loaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The plugin interface version it was built against (loaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// The tags it serves (loaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<PluginTag>>,
+    /// Why it was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `GET /api/v1/plugins` and `POST /api/v1/plugins/reload`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginsBody {
+    /// True.
+    pub success: bool,
+    /// The directory scanned.
+    pub plugins_dir: String,
+    /// Files loaded.
+    pub loaded: usize,
+    /// Files rejected.
+    pub rejected: usize,
+    /// Every file, by name.
+    pub files: Vec<PluginFileBody>,
+    /// What happened (reload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `POST /api/v1/tags/{tag_id}/owner`'s body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct OwnerRequest {
+    /// The plugin crate's name (1 to 255 characters, not all blank).
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
+    pub plugin: String,
+}
+
+/// `POST /api/v1/tags/{tag_id}/owner`: the transfer, then the reload.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OwnerTransferred {
+    /// The reload that followed.
+    #[serde(flatten)]
+    pub plugins: PluginsBody,
+    /// The tag.
+    pub tag_id: u32,
+    /// Its owner now.
+    pub owner: String,
+    /// Its owner before (none: it had none).
+    pub previous_owner: Option<String>,
 }

@@ -1,18 +1,15 @@
 //! Every request gets an id: taken from a well-formed `X-Request-Id` header
 //! or made up, echoed in the response's `X-Request-Id`, attached to every
 //! log line of the request, and quoted in the body of an internal or store
-//! error (whose detail goes only to the log). A panic in a handler becomes
-//! such an error instead of a dropped connection. Each request ends with an
+//! error (whose detail goes only to the log). Each request ends with an
 //! access log line (target `access`): method, path, status, duration,
 //! caller (the token's name) and request id.
 
-use super::ApiError;
+use crate::auth::Caller;
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use futures_util::FutureExt;
-use std::panic::AssertUnwindSafe;
+use axum::response::Response;
 use tracing::Instrument;
 
 tokio::task_local! {
@@ -45,22 +42,9 @@ pub async fn assign(request: Request, next: Next) -> Response {
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let span = tracing::info_span!("request", request_id = %id);
-    let run = AssertUnwindSafe(next.run(request)).catch_unwind();
     let mut response = REQUEST_ID
-        .scope(id.clone(), run.instrument(span))
-        .await
-        .unwrap_or_else(|payload| {
-            let message = crate::tasks::control::panic_message(payload.as_ref());
-            tracing::error!(request_id = %id, panic = %message, "a request handler panicked");
-            REQUEST_ID.sync_scope(id.clone(), || {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error",
-                    "服务器内部错误",
-                )
-                .into_response()
-            })
-        });
+        .scope(id.clone(), next.run(request).instrument(span))
+        .await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -77,7 +61,7 @@ pub async fn assign(request: Request, next: Next) -> Response {
         .observe(started.elapsed().as_secs_f64());
     let caller = response
         .extensions()
-        .get::<super::auth::Caller>()
+        .get::<Caller>()
         .map_or("-", |c| c.0.as_str());
     tracing::info!(
         target: "access",
@@ -90,4 +74,11 @@ pub async fn assign(request: Request, next: Next) -> Response {
         "request"
     );
     response
+}
+
+/// Runs `f` as if serving the request `id` (for tests of what a response
+/// quotes).
+#[cfg(test)]
+pub fn scope_for_tests<T>(id: String, f: impl FnOnce() -> T) -> T {
+    REQUEST_ID.sync_scope(id, f)
 }

@@ -1,11 +1,13 @@
 //! Tags: `GET /api/v1/tags/available`, and the stored rules.
 
-use super::auth::Caller;
-use super::schema::{AvailableTags, ErrorBody, RuleBody, RuleReplaced, RuleVersionBody, TagInfo};
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
+use crate::auth::Caller;
 use axum::extract::{Extension, Path, State};
 use axum::Json;
+use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -51,14 +53,18 @@ pub(crate) fn parse_tag_id(state: &AppState, raw: &str) -> Result<u32, ApiError>
             "标签ID必须是正整数",
         )
     })?;
-    if state.tags().get(id).is_none() {
-        return Err(ApiError::not_found(
-            format!("Unknown tag_id: {id}"),
-            format!("标签不存在: {id}"),
-        )
-        .with_available(state.tags().ids()));
+    match state.tags().get(id) {
+        Some(_) => Ok(id),
+        None => Err(unknown_tag(state, id)),
     }
-    Ok(id)
+}
+
+/// 404 for `tag_id`, listing the loaded ids.
+fn unknown_tag(state: &AppState, tag_id: u32) -> ApiError {
+    ApiError::UnknownTag {
+        tag_id,
+        available: state.tags().ids(),
+    }
 }
 
 /// The current rule and its history.
@@ -107,12 +113,8 @@ async fn put_rule(
     body: axum::body::Bytes,
 ) -> Result<Json<RuleReplaced>, ApiError> {
     let tag_id = parse_tag_id(&state, &raw)?;
-    let value: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            format!("Request body must be valid JSON: {e}"),
-            "请求体必须是有效的JSON",
-        )
-    })?;
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))?;
     // Accept either the rule itself or {"rule": {...}}.
     let rule = match value.get("rule") {
         Some(inner) if value.as_object().is_some_and(|o| o.len() == 1) => inner.clone(),
@@ -120,9 +122,10 @@ async fn put_rule(
     };
     let text = rule.to_string();
     let tags = state.tags();
+    // Unloaded since the id was checked: a reload ran in between.
     let tag = tags
         .get(tag_id)
-        .ok_or_else(|| ApiError::not_found(format!("Unknown tag_id: {tag_id}"), "标签不存在"))?;
+        .ok_or_else(|| unknown_tag(&state, tag_id))?;
     tag.validate_rule(&text)
         .map_err(|e| ApiError::bad_request(format!("Invalid rule: {e}"), "规则无效"))?;
     let current = state.blocking(move |s| s.current_rule(tag_id)).await?;
@@ -153,4 +156,81 @@ async fn put_rule(
             ..RuleVersionBody::of(&saved)
         },
     }))
+}
+
+/// One loaded tag.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TagInfo {
+    /// Its id.
+    pub tag_id: u32,
+    /// The plugin's name for the task that computes it.
+    pub task_class: String,
+    /// Its name (Chinese, as the seed has it).
+    pub description: String,
+    /// Its category.
+    pub category: String,
+    /// The providing plugin's version.
+    pub version: String,
+}
+
+/// `GET /api/v1/tags/available`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AvailableTags {
+    /// True.
+    pub success: bool,
+    /// Ascending by id.
+    pub available_tags: Vec<TagInfo>,
+}
+
+/// One version of a tag's rule.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RuleVersionBody {
+    /// 1 for the plugin's default, +1 per replacement.
+    pub version: i64,
+    /// The rule (the condition tree of `tags.md`).
+    #[schema(value_type = Object)]
+    pub rule: Value,
+    /// When it was saved (UTC).
+    pub created_at: String,
+    /// The name of the API token that saved it (none for the default).
+    pub changed_by: Option<String>,
+}
+
+impl RuleVersionBody {
+    /// A stored version (its text was validated when saved).
+    pub fn of(stored: &crate::store::RuleVersion) -> RuleVersionBody {
+        RuleVersionBody {
+            version: stored.version,
+            rule: serde_json::from_str(&stored.rule)
+                .unwrap_or_else(|_| Value::Object(Default::default())),
+            created_at: stored.created_at.clone(),
+            changed_by: stored.changed_by.clone(),
+        }
+    }
+}
+
+/// `GET /api/v1/tags/{tag_id}/rule`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RuleBody {
+    /// True.
+    pub success: bool,
+    /// The tag.
+    pub tag_id: u32,
+    /// The rule in effect.
+    pub rule: Option<RuleVersionBody>,
+    /// Every version, oldest first.
+    pub history: Vec<RuleVersionBody>,
+}
+
+/// `PUT /api/v1/tags/{tag_id}/rule`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RuleReplaced {
+    /// True.
+    pub success: bool,
+    /// The tag.
+    pub tag_id: u32,
+    /// False when the rule sent is the one in effect (no new version).
+    pub changed: bool,
+    /// The rule now in effect.
+    pub rule: RuleVersionBody,
 }

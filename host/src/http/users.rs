@@ -1,10 +1,14 @@
-//! Results: a user's tags, the users holding a tag, and system figures.
+//! Results: a user's tags, and the users holding a tag.
 
-use super::schema::{ErrorBody, Stats, TagUsers, UserTags};
+use super::error::ErrorBody;
+use super::params::parse_count;
+use super::tags::parse_tag_id;
 use super::{ApiError, AppState};
 use axum::extract::{Path, Query, State};
 use axum::Json;
+use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -13,7 +17,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(user_tags))
         .routes(routes!(tag_users))
-        .routes(routes!(stats))
 }
 
 /// `GET /api/v1/users/{user_id}/tags`: the user's `user_tags` row.
@@ -33,12 +36,7 @@ async fn user_tags(
 ) -> Result<Json<UserTags>, ApiError> {
     let id = user_id.clone();
     let row = state.blocking(move |s| s.user_tags(&id)).await?;
-    let Some(row) = row else {
-        return Err(ApiError::not_found(
-            format!("User has no tags: {user_id}"),
-            format!("该用户没有标签: {user_id}"),
-        ));
-    };
+    let row = row.ok_or(ApiError::UserNotFound(user_id))?;
     Ok(Json(UserTags {
         success: true,
         tag_details: serde_json::from_str::<Value>(&row.details)
@@ -78,8 +76,8 @@ async fn tag_users(
     Path(raw): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<TagUsers>, ApiError> {
-    let tag_id = super::tags::parse_tag_id(&state, &raw)?;
-    let limit = super::tasks::parse_count(q.limit.as_deref(), "limit", 100, 10_000)?;
+    let tag_id = parse_tag_id(&state, &raw)?;
+    let limit = parse_count(q.limit.as_deref(), "limit", 100, 10_000)?;
     let cursor = q.cursor.clone();
     let users = state
         .blocking(move |s| s.users_with_tag(tag_id, limit, cursor.as_deref()))
@@ -95,20 +93,33 @@ async fn tag_users(
     }))
 }
 
-/// `GET /api/v1/system/stats`: tasks by status, the queue and its workers.
-#[utoipa::path(
-    get,
-    path = "/api/v1/system/stats",
-    tag = "system",
-    responses((status = 200, description = "Tasks by status, the queue, tags loaded", body = Stats))
-)]
-async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
-    let tasks = state.blocking(|s| s.task_counts()).await?;
-    Ok(Json(Stats {
-        success: true,
-        environment: state.environment.clone(),
-        tasks,
-        queue: state.scheduler.stats(),
-        tags_loaded: state.tags().len(),
-    }))
+/// `GET /api/v1/users/{user_id}/tags`: the user's row of results.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UserTags {
+    /// True.
+    pub success: bool,
+    /// The user.
+    pub user_id: String,
+    /// Tags held, ascending.
+    pub tag_ids: Vec<u32>,
+    /// Per tag id: name, category, when it was gained, by which run.
+    #[schema(value_type = Object)]
+    pub tag_details: Value,
+    /// When the user first held a tag (UTC).
+    pub created_time: String,
+    /// When the user's tags last changed (UTC).
+    pub updated_time: String,
+}
+
+/// `GET /api/v1/tags/{tag_id}/users`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TagUsers {
+    /// True.
+    pub success: bool,
+    /// The tag.
+    pub tag_id: u32,
+    /// Holders, ascending by user id.
+    pub users: Vec<String>,
+    /// Pass as `cursor` for the next page (none: this was the last).
+    pub next_cursor: Option<String>,
 }

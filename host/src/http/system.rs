@@ -1,11 +1,15 @@
-//! `GET /health`.
+//! The server itself: `GET /health`, `GET /metrics` and
+//! `GET /api/v1/system/stats`.
 
-use super::schema::HealthBody;
-use super::AppState;
+use super::{ApiError, AppState};
 use crate::model::now_timestamp;
+use crate::scheduler::QueueStats;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -14,6 +18,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(metrics))
+        .routes(routes!(stats))
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text. State gauges are read
@@ -97,4 +102,55 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthBody>)
             (StatusCode::SERVICE_UNAVAILABLE, Json(body))
         }
     }
+}
+
+/// `GET /api/v1/system/stats`: tasks by status, the queue and its workers.
+#[utoipa::path(
+    get,
+    path = "/api/v1/system/stats",
+    tag = "system",
+    responses((status = 200, description = "Tasks by status, the queue, tags loaded", body = Stats))
+)]
+async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
+    let tasks = state.blocking(|s| s.task_counts()).await?;
+    Ok(Json(Stats {
+        success: true,
+        environment: state.environment.clone(),
+        tasks,
+        queue: state.scheduler.stats(),
+        tags_loaded: state.tags().len(),
+    }))
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HealthBody {
+    /// `healthy`, `degraded` (serving, but a plugin file was rejected) or
+    /// `unhealthy` (the store does not answer; HTTP 503).
+    pub status: String,
+    /// Now (UTC).
+    pub timestamp: String,
+    /// `local`, `glue-dev` or `glue-prod`.
+    pub environment: String,
+    /// Plugin files rejected by the last scan (when degraded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_plugins: Option<usize>,
+    /// Why the store is unreachable (when unhealthy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /api/v1/system/stats`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Stats {
+    /// True.
+    pub success: bool,
+    /// `local`, `glue-dev` or `glue-prod`.
+    pub environment: String,
+    /// Tasks stored, by status.
+    pub tasks: BTreeMap<String, u64>,
+    /// The queue and its workers.
+    pub queue: QueueStats,
+    /// Tags the loaded plugins provide.
+    pub tags_loaded: usize,
 }

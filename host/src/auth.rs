@@ -1,4 +1,5 @@
-//! Bearer-token authentication with two roles.
+//! Authentication, for the API and the console alike: bearer tokens with
+//! two roles, and the console's session cookie and header.
 //!
 //! Tokens come from `TAG_API_TOKENS` (comma-separated `name:role:token`)
 //! and `--tokens-file` (one `name:role:token` a line, `#` comments), never
@@ -12,15 +13,14 @@
 //! SHA-256 digests, in time that depends on neither its content nor which
 //! entry it matches. The token's name (never its value) goes into the
 //! request as [`Caller`] for the audit trail.
+//!
+//! This module decides who a request comes from and whether its role
+//! suffices; the API's middleware turns a refusal into its error answer
+//! and the console's into a redirect to the sign-in form.
 
-use super::ApiError;
-use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap, Method};
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use std::sync::Arc;
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -40,7 +40,8 @@ impl Role {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// `read` or `admin`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Read => "read",
             Role::Admin => "admin",
@@ -71,7 +72,7 @@ impl std::fmt::Debug for Tokens {
 
 /// The caller of a request, once authenticated: the token's name, or
 /// `anonymous` when the API is open.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(pub String);
 
 fn digest(token: &str) -> [u8; 32] {
@@ -162,22 +163,49 @@ impl Tokens {
     }
 }
 
-/// Paths anyone may call (the API's description too: clients read it to
-/// learn how to authenticate). The console's pages check their session
-/// themselves (they send the browser to the sign-in form).
-fn open_path(path: &str) -> bool {
-    path == "/health"
-        || path == "/metrics"
-        || path == super::openapi::PATH
-        || crate::console::is_console_path(path)
+/// The session cookie's name.
+pub const COOKIE: &str = "tag_session";
+/// The header state-changing calls authenticated by the cookie must carry.
+pub const CONSOLE_HEADER: (&str, &str) = ("x-requested-with", "tag-console");
+
+/// The `Set-Cookie` value that stores `token` as the console's session
+/// (HttpOnly and SameSite=Strict: no script and no other site reads or
+/// sends it; twelve hours).
+pub fn session_cookie(token: &str) -> String {
+    format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200")
+}
+
+/// The `Set-Cookie` value that ends the console's session.
+pub fn cleared_cookie() -> String {
+    format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
+}
+
+/// Whether `token` can be stored in the session cookie as it is: one of
+/// ours, and nothing that would end or split the cookie's value.
+pub fn cookie_safe(tokens: &Tokens, token: &str) -> bool {
+    tokens.identify(token).is_some()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+}
+
+/// The token in the request's session cookie, if any.
+pub fn session_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
 }
 
 /// The token a request presents: `Authorization: Bearer`, or the console's
 /// session cookie. A state-changing request authenticated by the cookie
 /// must also carry the console's header (another site's page cannot add
 /// it without a CORS preflight).
-fn presented(request: &Request) -> Option<&str> {
-    let headers = request.headers();
+fn presented<'a>(method: &Method, headers: &'a HeaderMap) -> Option<&'a str> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -186,10 +214,9 @@ fn presented(request: &Request) -> Option<&str> {
     if bearer.is_some() {
         return bearer;
     }
-    let (name, value) = crate::console::CONSOLE_HEADER;
+    let (name, value) = CONSOLE_HEADER;
     let from_console = headers.get(name).is_some_and(|v| v == value);
-    crate::console::session_token(headers)
-        .filter(|_| from_console || needed(request.method()) == Role::Read)
+    session_token(headers).filter(|_| from_console || needed(method) == Role::Read)
 }
 
 /// The role a request needs.
@@ -201,48 +228,44 @@ fn needed(method: &Method) -> Role {
     }
 }
 
-/// The middleware: 401 without a valid token, 403 without the role.
-pub async fn require(State(tokens): State<Arc<Tokens>>, request: Request, next: Next) -> Response {
-    if !tokens.enabled() || open_path(request.uri().path()) {
-        return with_caller(Caller("anonymous".into()), request, next).await;
-    }
-    let Some(entry) = presented(&request).and_then(|t| tokens.find(t)) else {
-        let mut response = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or invalid API token: send Authorization: Bearer <token>",
-            "未授权：缺少或无效的API令牌",
-        )
-        .into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            "Bearer".parse().expect("header value"),
-        );
-        return response;
-    };
-    let need = needed(request.method());
-    if entry.role < need {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "token {} has the role {}; this request needs {}",
-                entry.name,
-                entry.role.as_str(),
-                need.as_str()
-            ),
-            "权限不足",
-        )
-        .into_response();
-    }
-    with_caller(Caller(entry.name.clone()), request, next).await
+/// Why a request was not let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// No token, or one that is not ours (401).
+    Unauthenticated,
+    /// A valid token whose role is below what the request needs (403).
+    Forbidden {
+        /// The token's name.
+        name: String,
+        /// Its role.
+        role: Role,
+        /// The role the request needs.
+        needs: Role,
+    },
 }
 
-/// Runs the request as `caller`, who is also noted on the response (for
-/// the access log).
-async fn with_caller(caller: Caller, mut request: Request, next: Next) -> Response {
-    request.extensions_mut().insert(caller.clone());
-    let mut response = next.run(request).await;
-    response.extensions_mut().insert(caller);
-    response
+/// Who sends a request with `method` and `headers`: the token's name, or
+/// `anonymous` when no token is configured.
+pub fn authenticate(
+    tokens: &Tokens,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Caller, Denied> {
+    if !tokens.enabled() {
+        return Ok(Caller("anonymous".into()));
+    }
+    let entry = presented(method, headers)
+        .and_then(|t| tokens.find(t))
+        .ok_or(Denied::Unauthenticated)?;
+    let needs = needed(method);
+    if entry.role < needs {
+        return Err(Denied::Forbidden {
+            name: entry.name.clone(),
+            role: entry.role,
+            needs,
+        });
+    }
+    Ok(Caller(entry.name.clone()))
 }
 
 #[cfg(test)]
@@ -278,5 +301,50 @@ mod tests {
             None,
         );
         assert!(twice.unwrap_err()[0].contains("used twice"));
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (header::HeaderName::from_static(k), v.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn the_bearer_header_or_the_console_cookie_authenticates_by_role() {
+        let tokens = Tokens::parse(
+            Some("ops:admin:0123456789abcdef-ops,viewer:read:0123456789abcdef-view"),
+            None,
+        )
+        .unwrap();
+        let who = |method: Method, pairs: &[(&'static str, &str)]| {
+            authenticate(&tokens, &method, &headers(pairs))
+        };
+        let bearer = [("authorization", "Bearer 0123456789abcdef-view")];
+        assert_eq!(who(Method::GET, &bearer).unwrap().0, "viewer");
+        assert_eq!(
+            who(Method::POST, &bearer),
+            Err(Denied::Forbidden {
+                name: "viewer".into(),
+                role: Role::Read,
+                needs: Role::Admin
+            })
+        );
+        assert_eq!(who(Method::GET, &[]), Err(Denied::Unauthenticated));
+        let cookie = ("cookie", "a=b; tag_session=0123456789abcdef-ops");
+        assert_eq!(who(Method::GET, &[cookie]).unwrap().0, "ops");
+        // A state-changing call on the cookie alone could come from another site.
+        assert_eq!(who(Method::POST, &[cookie]), Err(Denied::Unauthenticated));
+        let console = [cookie, ("x-requested-with", "tag-console")];
+        assert_eq!(who(Method::POST, &console).unwrap().0, "ops");
+        let open = Tokens::default();
+        assert_eq!(
+            authenticate(&open, &Method::POST, &HeaderMap::new())
+                .unwrap()
+                .0,
+            "anonymous"
+        );
+        assert!(!cookie_safe(&tokens, "0123456789abcdef-nope"));
+        assert!(session_cookie("t").starts_with("tag_session=t; HttpOnly; SameSite=Strict"));
     }
 }

@@ -1,5 +1,6 @@
-//! Request bodies must be JSON and of bounded size, and every error answer
-//! is the seed's JSON.
+//! The API's edge, in the order a request meets it: a panic becomes a 500,
+//! every error answer is the seed's JSON, the caller must authenticate,
+//! requests are bounded in time, and bodies must be JSON of bounded size.
 //!
 //! A `POST` or `PUT` with a body in any other media type is refused with 415. A browser page can send `text/plain` or
 //! a form cross-origin without a CORS preflight; it cannot send
@@ -7,10 +8,14 @@
 //! runs through a user's browser.
 
 use super::ApiError;
-use axum::extract::Request;
-use axum::http::{header, Method, StatusCode};
+use crate::auth::{self, Caller, Tokens};
+use axum::extract::{Request, State};
+use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 /// Whether a `Content-Type` value names JSON (`application/json`, with
 /// parameters, or an `application/*+json` type).
@@ -53,12 +58,7 @@ pub async fn json_bodies_only(request: Request, next: Next) -> Response {
             } else {
                 content_type
             };
-            return ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("request bodies must be Content-Type: application/json (got {shown})"),
-                "请求体必须是application/json",
-            )
-            .into_response();
+            return ApiError::UnsupportedMediaType(shown.to_string()).into_response();
         }
     }
     next.run(request).await
@@ -66,23 +66,14 @@ pub async fn json_bodies_only(request: Request, next: Next) -> Response {
 
 /// The middleware: a body declared larger than `limit` bytes answers 413
 /// before it is read (a larger chunked body is cut off by axum's own limit).
-pub async fn bounded(
-    axum::extract::State(limit): axum::extract::State<usize>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn bounded(State(limit): State<usize>, request: Request, next: Next) -> Response {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body larger than {limit} bytes"),
-            "请求体过大",
-        )
-        .into_response();
+        return ApiError::PayloadTooLarge(limit).into_response();
     }
     next.run(request).await
 }
@@ -113,14 +104,14 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
     } else {
         format!("{reason}: {detail}")
     };
-    ApiError::new(status, error, "请求无效").into_response()
+    ApiError::Rejected { status, error }.into_response()
 }
 
 /// The middleware: a request not answered within `limit` gets 503 in the
 /// seed's format (the work it started, such as a store call, finishes or
 /// fails on its own; nothing half-done is committed by an API call).
 pub async fn timeout(
-    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    State(limit): State<std::time::Duration>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -128,15 +119,49 @@ pub async fn timeout(
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(limit_secs = limit.as_secs(), "request timed out");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the request took longer than {} s; retry later",
-                    limit.as_secs()
-                ),
-                "请求超时",
-            )
-            .into_response()
+            ApiError::Timeout(limit.as_secs()).into_response()
+        }
+    }
+}
+
+/// Paths anyone may call: everything outside `/api/` (`/health`,
+/// `/metrics`, and the console's pages, which check their session
+/// themselves and send the browser to the sign-in form), and the API's
+/// description (clients read it to learn how to authenticate).
+fn open_path(path: &str) -> bool {
+    !path.starts_with("/api/") || path == super::openapi::PATH
+}
+
+/// The middleware: 401 without a valid token, 403 without the role (see
+/// [`auth::authenticate`]); the caller goes into the request for the audit
+/// lines and onto the response for the access log.
+pub async fn authenticate(
+    State(tokens): State<Arc<Tokens>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = if open_path(request.uri().path()) {
+        Caller("anonymous".into())
+    } else {
+        match auth::authenticate(&tokens, request.method(), request.headers()) {
+            Ok(caller) => caller,
+            Err(denied) => return ApiError::from(denied).into_response(),
+        }
+    };
+    request.extensions_mut().insert(caller.clone());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(caller);
+    response
+}
+
+/// The middleware: a panic in a handler becomes a 500 in the seed's format
+/// (quoting the request id) instead of a dropped connection.
+pub async fn catch_panic(request: Request, next: Next) -> Response {
+    match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(payload) => {
+            let message = crate::tasks::control::panic_message(payload.as_ref());
+            ApiError::Internal(format!("a request handler panicked: {message}")).into_response()
         }
     }
 }
