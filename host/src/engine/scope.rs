@@ -3,9 +3,7 @@
 //! whose source rows changed since the tag's last run.
 
 use super::bitset::Bitset;
-use super::load::Universe;
-use super::plan::{tag_tables, Plan};
-use super::{RunError, UNIVERSE_TABLE};
+use super::{Plan, RunError, Universe, UNIVERSE_TABLE};
 use polars::prelude::Int64Chunked;
 
 /// Per tag of the plan, in order: `None` to evaluate every row, or the rows
@@ -18,7 +16,7 @@ pub fn scopes(plan: &Plan, universe: &Universe) -> Result<Vec<Option<Bitset>>, R
                 return Ok(None);
             }
             let mut tables = Vec::new();
-            for table in tag_tables(&t.tag.info) {
+            for table in t.tables() {
                 let times = universe.updated_times(table).ok_or_else(|| {
                     RunError::Failed(format!("table {table}: updated_time was not kept"))
                 })?;
