@@ -5,8 +5,8 @@ use super::{Failures, Plan, RunError, TablePlan, TagFailure, TagRun};
 use super::{UNIVERSE_TABLE, UPDATED_TIME, USER_ID};
 use crate::data::read::ColumnRequest;
 use crate::model::{Mode, TaskRecord};
-use crate::registry::TagRegistry;
-use crate::store::{RuleVersion, Store, TagState};
+use crate::registry::{RegisteredTag, TagRegistry};
+use crate::store::{RuleVersion, Store, StoreError, TagState};
 use std::collections::{BTreeMap, HashMap};
 use tag_plugin_api::{ColumnType, Date, TagInfo};
 
@@ -58,12 +58,7 @@ fn tag_run(
     let tag = registry.get(id).cloned().ok_or_else(|| {
         RunError::Failed(format!("tag {id} is not provided by any loaded plugin"))
     })?;
-    let stored: RuleVersion = match store.current_rule(id).map_err(super::failed)? {
-        Some(rule) => rule,
-        None => store
-            .seed_rule(id, &tag.info.default_rule)
-            .map_err(super::failed)?,
-    };
+    let stored = current_rule(store, &tag).map_err(super::failed)?;
     tag.validate_rule(&stored.rule).map_err(|e| {
         RunError::Failed(format!(
             "stored rule version {} is invalid: {e}",
@@ -80,6 +75,17 @@ fn tag_run(
         whole_universe,
         watermarks: state.map(|s| s.watermarks.clone()).unwrap_or_default(),
     })
+}
+
+/// A tag's current rule: its plugin's default, saved as version 1, when
+/// the store has none. Every rule is seeded through here: the catalog calls
+/// it for each tag it loads, a run's plan for each tag it plans (a store
+/// shared with servers that never loaded the tag has no rule for it yet).
+pub fn current_rule(store: &dyn Store, tag: &RegisteredTag) -> Result<RuleVersion, StoreError> {
+    match store.current_rule(tag.info.tag_id)? {
+        Some(rule) => Ok(rule),
+        None => store.seed_rule(tag.info.tag_id, &tag.info.default_rule),
+    }
 }
 
 /// The columns each table must provide for `tags` (plus `user_id` and
@@ -119,6 +125,73 @@ pub fn columns<'a>(tags: impl Iterator<Item = &'a TagInfo>) -> Result<Vec<TableP
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::testkit::tag_at_least;
+    use crate::model::TaskSpec;
+    use crate::store::sqlite::SqliteStore;
+
+    /// A task over `tag_ids` in `mode`, as of 2025-01-15.
+    fn task(tag_ids: &[u32], mode: Mode) -> TaskRecord {
+        let spec = TaskSpec {
+            tag_ids: tag_ids.to_vec(),
+            user_ids: None,
+            mode,
+            priority: Default::default(),
+            as_of: Some("2025-01-15".into()),
+            retry_of: None,
+        };
+        crate::tasks::lifecycle::create(spec, "local")
+    }
+
+    /// A registry of tag 1 (`cash >= 150`) and a new store.
+    fn setup() -> (tempfile::TempDir, TagRegistry, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("tags.db")).unwrap();
+        let tag = tag_at_least(1, "user_asset_summary", "cash", 150.0);
+        let registry = TagRegistry::new([(1, tag)].into());
+        (dir, registry, store)
+    }
+
+    #[test]
+    fn a_tag_without_a_rule_gets_its_default_and_an_unknown_tag_fails_alone() {
+        let (_dir, registry, store) = setup();
+        let (plan, failures) = plan(&task(&[1, 2], Mode::Incremental), &registry, &store).unwrap();
+        let t = &plan.tags[0];
+        assert_eq!((plan.tags.len(), t.id(), t.rule_version), (1, 1, 1));
+        assert_eq!(t.rule, registry.get(1).unwrap().info.default_rule);
+        assert_eq!(store.current_rule(1).unwrap().unwrap().rule, t.rule);
+        // Never run before: the whole universe, even incrementally.
+        assert!(t.whole_universe && plan.incremental());
+        assert_eq!(plan.as_of.to_string(), "2025-01-15");
+        assert_eq!(
+            names(&plan.tables[1]),
+            vec!["user_id", "cash", "updated_time"]
+        );
+        let failed = failures.tags();
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].tag_id == 2 && failed[0].error.contains("not provided"));
+    }
+
+    #[test]
+    fn a_saved_rule_is_used_and_kept_and_an_invalid_one_fails_the_tag() {
+        let (_dir, registry, store) = setup();
+        let tag = registry.get(1).unwrap();
+        let rule = r#"{"field": "cash", "operator": ">=", "value": 5}"#;
+        store.save_rule(1, rule, "test").unwrap();
+        let (planned, _) = plan(&task(&[1], Mode::Full), &registry, &store).unwrap();
+        let t = &planned.tags[0];
+        assert_eq!((t.rule.as_str(), t.rule_version), (rule, 1));
+        // Seeding again (the catalog at a reload) keeps the saved rule.
+        assert_eq!(current_rule(&store, tag).unwrap().rule, rule);
+        store.save_rule(1, "not json", "test").unwrap();
+        let Err(RunError::Failed(message)) = plan(&task(&[1], Mode::Full), &registry, &store)
+        else {
+            panic!("expected the run to fail");
+        };
+        assert!(
+            message.contains("tag 1: stored rule version 2 is invalid"),
+            "{message}"
+        );
+    }
 
     fn names(plan: &TablePlan) -> Vec<&str> {
         plan.columns.iter().map(|c| c.name.as_str()).collect()
