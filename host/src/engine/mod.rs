@@ -471,3 +471,89 @@ impl TaskRunner for Engine {
         Engine::run(self, task, control)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use testkit::{plan, tag_at_least};
+
+    fn ids(tags: &[TagRun]) -> Vec<u32> {
+        tags.iter().map(TagRun::id).collect()
+    }
+
+    #[test]
+    fn a_tag_depends_on_its_inputs_tables_and_the_universe() {
+        let tag = tag_at_least(1, "user_asset_summary", "cash", 1.0);
+        let run = TagRun::with_default_rule(&tag, true);
+        assert_eq!(run.tables(), vec!["user_asset_summary", UNIVERSE_TABLE]);
+    }
+
+    #[test]
+    fn a_plan_without_failed_tags_no_longer_reads_their_tables() {
+        let tags = [
+            tag_at_least(1, UNIVERSE_TABLE, "score", 1.0),
+            tag_at_least(2, "user_asset_summary", "cash", 1.0),
+        ];
+        let planned = plan(&tags, Mode::Full, None);
+        assert_eq!(planned.tables.len(), 2);
+        let failed = TagFailure::of(&planned.tags[1], "unreadable".into());
+        let narrowed = planned.without(&[failed]).unwrap();
+        assert_eq!(ids(&narrowed.tags), vec![1]);
+        assert_eq!(narrowed.tables.len(), 1);
+    }
+
+    #[test]
+    fn failures_are_kept_by_tag_id_and_fail_the_run_when_no_tag_is_left() {
+        let tags = [
+            tag_at_least(1, UNIVERSE_TABLE, "a", 1.0),
+            tag_at_least(2, UNIVERSE_TABLE, "b", 1.0),
+        ];
+        let planned = plan(&tags, Mode::Full, None);
+        let mut failures = Failures::default();
+        let second = TagFailure::of(&planned.tags[1], "two".into());
+        failures.add(vec![second], 1).unwrap();
+        let first = TagFailure::of(&planned.tags[0], "one".into());
+        let Err(RunError::Failed(message)) = failures.add(vec![first], 0) else {
+            panic!("expected the run to fail");
+        };
+        assert_eq!(message, "tag 1: one; tag 2: two");
+        let order: Vec<u32> = failures.tags().iter().map(|f| f.tag_id).collect();
+        assert_eq!(order, vec![1, 2]);
+    }
+
+    #[test]
+    fn splitting_evaluations_keeps_each_tag_with_its_own_scope() {
+        let tags = [
+            tag_at_least(1, UNIVERSE_TABLE, "a", 1.0),
+            tag_at_least(2, UNIVERSE_TABLE, "b", 1.0),
+            tag_at_least(3, UNIVERSE_TABLE, "c", 1.0),
+        ];
+        let planned = plan(&tags, Mode::Incremental, None);
+        let universe = Universe {
+            ids: UserIds::from_strs(&["u1", "u2"]),
+            index: UniverseIndex::of_unique(&UserIds::from_strs(&["u1", "u2"])),
+            tables: Vec::new(),
+            duplicates: BTreeMap::new(),
+            newest: BTreeMap::new(),
+            row_groups: None,
+        };
+        let only = |row: usize| Some(Bitset::from_fn(2, |i| i == row));
+        let scopes = vec![only(0), None, only(1)];
+        let outcomes = vec![
+            Ok(Bitset::full(2)),
+            Err("broke".into()),
+            Ok(Bitset::empty(2)),
+        ];
+        let (evaluated, failed) = Evaluated::split(&planned, &universe, scopes, outcomes);
+        let kept: Vec<(u32, Vec<usize>)> = evaluated
+            .tags
+            .iter()
+            .map(|t| (t.run.id(), t.scope.as_ref().unwrap().ones().collect()))
+            .collect();
+        assert_eq!(kept, vec![(1, vec![0]), (3, vec![1])]);
+        assert_eq!(evaluated.tags[0].matched.count(), 2);
+        assert_eq!(failed.len(), 1);
+        assert_eq!((failed[0].tag_id, failed[0].error.as_str()), (2, "broke"));
+        assert_eq!(failed[0].rule_version, Some(1));
+    }
+}

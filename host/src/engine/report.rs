@@ -159,6 +159,61 @@ pub fn uses_date_window(rule: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::bitset::Bitset;
+    use crate::engine::load::tests::{cash_tag, loaded};
+    use crate::engine::testkit::tag_at_least;
+    use crate::engine::TagFailure;
+    use crate::model::TagCounts;
+
+    #[test]
+    fn the_report_lists_completed_and_failed_tags_by_id_with_the_runs_figures() {
+        let tags = [tag_at_least(2, "user_basic_info", "score", 2.0), cash_tag()];
+        let (_dir, plan, universe) = loaded(&tags, Some(&["u1", "u3", "gone"]));
+        // Tag 2 evaluated over u1 only; tag 1 failed.
+        let run = Evaluated {
+            plan: &plan,
+            universe: &universe,
+            tags: vec![TagResult {
+                run: &plan.tags[0],
+                scope: Some(Bitset::from_fn(2, |i| i == 0)),
+                matched: Bitset::full(2),
+            }],
+        };
+        let mut failures = Failures::default();
+        let failure = TagFailure::of(&plan.tags[1], "the plugin panicked".into());
+        failures.add(vec![failure], 1).unwrap();
+        let one = TagCounts {
+            evaluated_users: 1,
+            matched: 1,
+            added: 1,
+            removed: 0,
+        };
+        let counts = DiffCounts {
+            evaluated: 1,
+            tags: vec![one],
+            upserted: 1,
+            deleted: 0,
+        };
+        let fetched = Some(SyncSummary::default());
+        let report = report(&run, &failures, &counts, &Timings::start(), fetched);
+        assert_eq!(report.message, "Processed 1 users; tags [1] failed");
+        assert_eq!(
+            (report.failed_tags.clone(), report.universe_users),
+            (vec![1], 2)
+        );
+        let ids: Vec<(u32, TagStatus)> = report.tags.iter().map(|t| (t.tag_id, t.status)).collect();
+        assert_eq!(ids, vec![(1, TagStatus::Failed), (2, TagStatus::Completed)]);
+        assert_eq!(report.tags[0].error.as_deref(), Some("the plugin panicked"));
+        assert_eq!(report.tags[1].scope, Some(TagScope::ChangedUsers));
+        assert_eq!(report.tags[1].counts, Some(one));
+        let unknown = report.unknown_user_ids.expect("a user_ids run");
+        assert_eq!(
+            (unknown.count, unknown.sample),
+            (1, vec!["gone".to_string()])
+        );
+        assert_eq!(report.source_objects, fetched);
+        assert!(report.notes.is_empty());
+    }
 
     #[test]
     fn date_windows_are_recognised() {

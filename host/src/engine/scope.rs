@@ -66,7 +66,44 @@ pub fn changed_rows(rows: usize, tables: &[TableTimes<'_>]) -> Bitset {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::load::tests::{cash_tag, sample};
+    use crate::engine::load::{load, Source};
+    use crate::engine::testkit::{at, plan, tag_at_least};
+    use crate::model::Mode;
+    use crate::tasks::control::TaskControl;
     use polars::prelude::*;
+
+    #[test]
+    fn an_incremental_run_scopes_each_tag_to_its_changed_rows_unless_it_needs_all() {
+        let dir = tempfile::tempdir().unwrap();
+        sample(dir.path());
+        let tags = [cash_tag(), tag_at_least(2, UNIVERSE_TABLE, "score", 0.0)];
+        let mut plan = plan(&tags, Mode::Incremental, None);
+        plan.tags[0].watermarks = [
+            (UNIVERSE_TABLE.to_string(), at(1).unwrap()),
+            ("user_asset_summary".to_string(), at(1).unwrap()),
+        ]
+        .into();
+        plan.tags[1].whole_universe = true;
+        let source = Source {
+            data_dir: dir.path(),
+            batch_rows: 2,
+        };
+        let universe = load(&plan, None, &source, &TaskControl::default()).unwrap();
+        let scopes = scopes(&plan, &universe).unwrap();
+        // Rows: u2 (nothing newer), u1 (newer in both tables), u3 (no
+        // universe time); tag 2 evaluates everyone.
+        let ones: Vec<usize> = scopes[0].as_ref().expect("a scope").ones().collect();
+        assert_eq!(ones, vec![1, 2]);
+        assert!(scopes[1].is_none());
+        // A full run evaluates every row for every tag.
+        let full = crate::engine::testkit::plan(&tags, Mode::Full, None);
+        assert!(scopes_of(&full, &universe).iter().all(Option::is_none));
+    }
+
+    fn scopes_of(plan: &Plan, universe: &Universe) -> Vec<Option<Bitset>> {
+        scopes(plan, universe).unwrap()
+    }
 
     fn times(t: &[Option<i64>]) -> Int64Chunked {
         Int64Chunked::new("updated_time".into(), t)
