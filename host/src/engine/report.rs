@@ -1,7 +1,7 @@
 //! The report stage: a run's [`RunReport`] from its stages' outputs and
 //! the diff's counts (the types are the task model's).
 
-use super::{DiffCounts, Evaluated, Failures, TagResult, Universe};
+use super::{DiffCounts, Evaluated, Failures, Universe};
 use crate::model::report::{RowGroups, TagReport, TagScope, TagStatus, UnknownUsers};
 use crate::model::{Mode, RunReport, SyncSummary};
 use std::collections::{BTreeMap, HashSet};
@@ -135,7 +135,7 @@ fn notes(run: &Evaluated<'_>) -> Vec<String> {
     let windowed: Vec<u32> = run
         .tags
         .iter()
-        .map(|t: &TagResult<'_>| t.run)
+        .map(|t| t.run)
         .filter(|t| uses_date_window(&t.rule))
         .map(|t| t.id())
         .collect();
@@ -162,7 +162,7 @@ mod tests {
     use crate::engine::bitset::Bitset;
     use crate::engine::load::tests::{cash_tag, loaded};
     use crate::engine::testkit::tag_at_least;
-    use crate::engine::TagFailure;
+    use crate::engine::{TagFailure, TagResult};
     use crate::model::TagCounts;
 
     #[test]

@@ -68,7 +68,7 @@ mod tests {
     use super::*;
     use crate::engine::load::tests::{cash_tag, sample};
     use crate::engine::load::{load, Source};
-    use crate::engine::testkit::{at, plan, tag_at_least};
+    use crate::engine::testkit::{self, at, plan, tag_at_least};
     use crate::model::Mode;
     use crate::tasks::control::TaskControl;
     use polars::prelude::*;
@@ -90,19 +90,18 @@ mod tests {
             batch_rows: 2,
         };
         let universe = load(&plan, None, &source, &TaskControl::default()).unwrap();
-        let scopes = scopes(&plan, &universe).unwrap();
+        let scoped = scopes(&plan, &universe).unwrap();
         // Rows: u2 (nothing newer), u1 (newer in both tables), u3 (no
         // universe time); tag 2 evaluates everyone.
-        let ones: Vec<usize> = scopes[0].as_ref().expect("a scope").ones().collect();
+        let ones: Vec<usize> = scoped[0].as_ref().expect("a scope").ones().collect();
         assert_eq!(ones, vec![1, 2]);
-        assert!(scopes[1].is_none());
+        assert!(scoped[1].is_none());
         // A full run evaluates every row for every tag.
-        let full = crate::engine::testkit::plan(&tags, Mode::Full, None);
-        assert!(scopes_of(&full, &universe).iter().all(Option::is_none));
-    }
-
-    fn scopes_of(plan: &Plan, universe: &Universe) -> Vec<Option<Bitset>> {
-        scopes(plan, universe).unwrap()
+        let full = testkit::plan(&tags, Mode::Full, None);
+        assert!(scopes(&full, &universe)
+            .unwrap()
+            .iter()
+            .all(Option::is_none));
     }
 
     fn times(t: &[Option<i64>]) -> Int64Chunked {
