@@ -47,9 +47,7 @@ impl Catalog {
             .record_tag_owners(&report.unowned(&owners))
             .context("recording tag owners")?;
         for tag in registry.iter() {
-            store
-                .seed_rule(tag.info.tag_id, &tag.info.default_rule)
-                .context("seeding rules")?;
+            crate::engine::plan::current_rule(store, tag).context("seeding rules")?;
         }
         let report = Arc::new(report);
         *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;

@@ -1,13 +1,12 @@
-//! The commit stage: one store transaction per run. Read the current tags
-//! of the users in scope, diff, send the changes in batches, and commit them
-//! with the tag states and the run's report.
+//! The commit stage: one store transaction per run, in two steps so the
+//! report is built between them. [`write`] reads the current tags of the
+//! users in scope, diffs, and sends the changes in batches; [`finish`]
+//! commits them with the tag states and the run's report.
 
 use super::bitset::Bitset;
-use super::diff::{diff, Current, DiffCounts, DiffTag};
+use super::diff::{diff, Current, DiffTag};
 use super::index::{sorted_rows, RowFinder};
-use super::load::Universe;
-use super::plan::{tag_tables, Plan};
-use super::{stopped, RunError};
+use super::{stopped, DiffCounts, Evaluated, RunError, Universe};
 use crate::model::now_timestamp;
 use crate::model::RunReport;
 use crate::store::{GrantInfo, RunStart, RunTx, Store, StoreError, TagState, UserRows};
@@ -24,75 +23,69 @@ const IN_FLIGHT: usize = 4;
 /// them changed, so the writing stage's progress keeps moving.
 const PROGRESS_USERS: usize = 65_536;
 
-/// What the stage hands back.
-pub struct Committed {
-    /// The report, exactly as committed with the results.
-    pub report: RunReport,
-    /// Milliseconds spent in the store's commit (not in the report, which
-    /// was committed before it was known).
-    pub commit_ms: u64,
+/// A run's transaction with every change applied but not committed: the
+/// report is built from `counts` and committed with it by [`finish`].
+pub struct Written<'s> {
+    /// The open transaction.
+    tx: Box<dyn RunTx + 's>,
+    /// What the diff found.
+    pub counts: DiffCounts,
+    /// The tag states to commit with the results.
+    states: Vec<TagState>,
 }
 
-/// What the stages before the commit produced.
-pub struct Evaluated<'a> {
-    /// The plan.
-    pub plan: &'a Plan,
-    /// The loaded users.
-    pub universe: &'a Universe,
-    /// Per tag, the rows evaluated (`None`: all).
-    pub scopes: &'a [Option<Bitset>],
-    /// Per tag, the rows that matched.
-    pub matched: &'a [Bitset],
-}
-
-/// Writes a run's changes and its report in one transaction. `report`
-/// builds the report from the diff's counts (it is committed with them).
-pub fn commit(
-    store: &dyn Store,
+/// Opens a run's transaction, reads the current tags of the users in scope,
+/// and applies the diff against them; nothing is committed yet.
+pub fn write<'s>(
+    store: &'s dyn Store,
     task_id: &str,
     run: &Evaluated<'_>,
     control: &TaskControl,
-    report: impl FnOnce(&DiffCounts) -> RunReport,
-) -> Result<Committed, RunError> {
-    let Evaluated {
-        plan,
-        universe,
-        scopes,
-        matched,
-    } = *run;
-    let scoped = scoped_users(plan, universe, scopes);
+) -> Result<Written<'s>, RunError> {
+    let universe = run.universe;
+    let scoped = scoped_users(run);
     // Comparing: the current tags of the users in scope, counted as read.
     let read = Arc::new(AtomicUsize::new(0));
     let in_scope = scoped.as_ref().map_or(universe.rows(), Vec::len) as u64;
     control.set_progress(|p| p.enter_counted("comparing", in_scope, Arc::clone(&read)));
-    let mut tx = store.begin_run(&run_start(task_id, plan)).map_err(failed)?;
+    let mut tx = store.begin_run(&run_start(task_id, run)).map_err(failed)?;
     let mut stored = UserRows::counted(read);
     tx.current(scoped.as_deref(), &mut stored).map_err(failed)?;
     control.set_progress(|p| p.enter("writing", universe.rows() as u64));
     let mut finder = RowFinder::new(&universe.ids, &universe.index);
     let current = Current::place(universe.rows(), &stored, |user| finder.find(user));
-    let tags: Vec<DiffTag<'_>> = plan
+    let tags: Vec<DiffTag<'_>> = run
         .tags
         .iter()
-        .zip(scopes)
-        .zip(matched)
-        .map(|((t, scope), matched)| DiffTag {
-            tag_id: t.id(),
-            matched,
-            scope: scope.as_ref(),
+        .map(|t| DiffTag {
+            tag_id: t.run.id(),
+            matched: &t.matched,
+            scope: t.scope.as_ref(),
         })
         .collect();
     let (tx, counts) = write_changes(tx, universe, &tags, &current, control)?;
     control.checkpoint().map_err(stopped)?;
-    let report = report(&counts);
-    // The whole commit call: PostgreSQL merges its staged rows here.
+    Ok(Written {
+        tx,
+        counts,
+        states: states(run),
+    })
+}
+
+/// Commits the written results with the tag states and `report`; the
+/// milliseconds the store's commit took (PostgreSQL merges its staged rows
+/// here), which the committed report cannot hold.
+pub fn finish(
+    written: Written<'_>,
+    report: &RunReport,
+    control: &TaskControl,
+) -> Result<u64, RunError> {
     control.set_progress(|p| p.enter("committing", 1));
     let started = std::time::Instant::now();
-    tx.commit(&states(plan, universe), &report)
-        .map_err(failed)?;
+    written.tx.commit(&written.states, report).map_err(failed)?;
     let commit_ms = started.elapsed().as_millis() as u64;
     control.set_progress(|p| p.finish());
-    Ok(Committed { report, commit_ms })
+    Ok(commit_ms)
 }
 
 fn failed(e: StoreError) -> RunError {
@@ -100,13 +93,14 @@ fn failed(e: StoreError) -> RunError {
 }
 
 /// What the transaction records about the run's tags.
-fn run_start(task_id: &str, plan: &Plan) -> RunStart {
+fn run_start(task_id: &str, run: &Evaluated<'_>) -> RunStart {
     RunStart {
         task_id: task_id.to_string(),
         now: now_timestamp(),
-        tags: plan
+        tags: run
             .tags
             .iter()
+            .map(|t| t.run)
             .map(|t| GrantInfo {
                 tag_id: t.id(),
                 tag_name: t.tag.info.description.clone(),
@@ -229,17 +223,14 @@ fn write_changes<'s>(
 
 /// The users whose current tags the diff needs: `None` for all (a full run
 /// over the whole universe), else the ids of the rows in any tag's scope.
-fn scoped_users<'u>(
-    plan: &Plan,
-    universe: &'u Universe,
-    scopes: &[Option<Bitset>],
-) -> Option<Vec<&'u str>> {
-    if plan.user_ids.is_none() && scopes.iter().any(Option::is_none) {
+fn scoped_users<'u>(run: &Evaluated<'u>) -> Option<Vec<&'u str>> {
+    let universe = run.universe;
+    if run.plan.user_ids.is_none() && run.tags.iter().any(|t| t.scope.is_none()) {
         return None;
     }
     let mut rows = Bitset::empty(universe.rows());
-    for scope in scopes {
-        match scope {
+    for t in &run.tags {
+        match &t.scope {
             Some(s) => rows.union_with(s),
             None => rows = Bitset::full(universe.rows()),
         }
@@ -249,19 +240,21 @@ fn scoped_users<'u>(
 
 /// What the next incremental run starts from. A `user_ids` run evaluates
 /// only some users: it must not move the watermarks.
-fn states(plan: &Plan, universe: &Universe) -> Vec<TagState> {
-    if plan.user_ids.is_some() {
+fn states(run: &Evaluated<'_>) -> Vec<TagState> {
+    if run.plan.user_ids.is_some() {
         return Vec::new();
     }
-    plan.tags
+    run.tags
         .iter()
+        .map(|t| t.run)
         .map(|t| TagState {
             tag_id: t.id(),
             rule_version: t.rule_version,
-            watermarks: tag_tables(&t.tag.info)
+            watermarks: t
+                .tables()
                 .into_iter()
                 .filter_map(|table| {
-                    let mark = universe.newest.get(table).or(t.watermarks.get(table))?;
+                    let mark = run.universe.newest.get(table).or(t.watermarks.get(table))?;
                     Some((table.to_string(), *mark))
                 })
                 .collect(),
@@ -275,9 +268,11 @@ mod tests {
     use super::*;
     use crate::engine::load::tests::{cash_tag, loaded};
     use crate::engine::report::{report, Timings};
+    use crate::engine::{Failures, Plan, TagResult};
     use crate::store::sqlite::SqliteStore;
 
-    /// Commits task `task` with `matched` as tag 1's matches.
+    /// Writes and commits task `task` with `matched` as tag 1's matches;
+    /// the committed report.
     fn run(
         store: &SqliteStore,
         task: &str,
@@ -285,17 +280,21 @@ mod tests {
         universe: &Universe,
         matched: Bitset,
         control: &TaskControl,
-    ) -> Result<Committed, RunError> {
-        let (scopes, matched) = ([None], [matched]);
+    ) -> Result<RunReport, RunError> {
         let run = Evaluated {
             plan,
             universe,
-            scopes: &scopes,
-            matched: &matched,
+            tags: vec![TagResult {
+                run: &plan.tags[0],
+                scope: None,
+                matched,
+            }],
         };
-        commit(store, task, &run, control, |counts| {
-            report(&run, counts, &Timings::start())
-        })
+        let written = write(store, task, &run, control)?;
+        let failures = Failures::default();
+        let report = report(&run, &failures, &written.counts, &Timings::start(), None);
+        finish(written, &report, control)?;
+        Ok(report)
     }
 
     #[test]
@@ -306,16 +305,10 @@ mod tests {
         let rows = |only: usize| Bitset::from_fn(3, |i| i == only);
         // Rows: u2, u1, u3. First u1 holds the tag, then u3 instead.
         let first = run(&store, "t1", &plan, &universe, rows(1), &control).unwrap();
-        assert_eq!(
-            (first.report.rows_upserted, first.report.rows_deleted),
-            (1, 0)
-        );
+        assert_eq!((first.rows_upserted, first.rows_deleted), (1, 0));
         assert_eq!(store.user_tags("u1").unwrap().unwrap().tag_ids, vec![1]);
         let second = run(&store, "t2", &plan, &universe, rows(2), &control).unwrap();
-        assert_eq!(
-            (second.report.rows_upserted, second.report.rows_deleted),
-            (1, 1)
-        );
+        assert_eq!((second.rows_upserted, second.rows_deleted), (1, 1));
         assert!(store.user_tags("u1").unwrap().is_none());
         let u3 = store.user_tags("u3").unwrap().unwrap();
         assert!(
@@ -324,13 +317,34 @@ mod tests {
             u3.details
         );
         let outcome = store.run_outcome("t2").unwrap().expect("committed outcome");
-        assert_eq!(outcome, second.report);
+        assert_eq!(outcome, second);
         // Unchanged matches write nothing.
         let third = run(&store, "t3", &plan, &universe, rows(2), &control).unwrap();
-        assert_eq!(
-            (third.report.rows_upserted, third.report.rows_deleted),
-            (0, 0)
-        );
+        assert_eq!((third.rows_upserted, third.rows_deleted), (0, 0));
+        // The tag's state moved to the tables' newest times.
+        let state = &store.tag_states().unwrap()[&1];
+        assert_eq!(state.watermarks, universe.newest);
+    }
+
+    #[test]
+    fn written_but_not_finished_leaves_the_store_as_it_was() {
+        let (dir, plan, universe) = loaded(&[cash_tag()], None);
+        let store = SqliteStore::open(&dir.path().join("tags.db")).unwrap();
+        let control = TaskControl::default();
+        let run = Evaluated {
+            plan: &plan,
+            universe: &universe,
+            tags: vec![TagResult {
+                run: &plan.tags[0],
+                scope: None,
+                matched: Bitset::full(3),
+            }],
+        };
+        let written = write(&store, "t1", &run, &control).unwrap();
+        assert_eq!(written.counts.upserted, 3);
+        drop(written);
+        assert!(store.user_tags("u1").unwrap().is_none());
+        assert!(store.run_outcome("t1").unwrap().is_none());
     }
 
     #[test]

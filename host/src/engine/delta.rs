@@ -11,29 +11,14 @@
 //! has a changed row in that table (a user's newest row is then among the
 //! changed ones); users no such tag evaluates do not need the table at all.
 
-use super::plan::{tag_tables, Plan, TablePlan};
-use super::{failed, stopped, RunError, UNIVERSE_TABLE, UPDATED_TIME, USER_ID};
+use super::{failed, stopped, Delta, Plan, RunError, TablePlan};
+use super::{UNIVERSE_TABLE, UPDATED_TIME, USER_ID};
 use crate::data::read::{group_times, scan_row_groups, ColumnRequest, RowGroupId};
 use crate::tasks::control::TaskControl;
 use polars::prelude::*;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use tag_plugin_api::ColumnType;
-
-/// The users an incremental run loads, and what it may skip.
-#[derive(Debug, Default)]
-pub struct Delta {
-    /// Users with a changed row in some table (or no universe time).
-    pub users: HashSet<String>,
-    /// Per table, row groups that need not be read.
-    pub skip: BTreeMap<String, HashSet<RowGroupId>>,
-    /// Per table, the newest `updated_time` in the whole table.
-    pub newest: BTreeMap<String, i64>,
-    /// Row groups read to find the changes, and row groups in all.
-    pub groups_read: usize,
-    /// Row groups of the planned tables.
-    pub groups_total: usize,
-}
 
 /// One table's changed rows.
 struct TableDelta {
@@ -76,8 +61,8 @@ pub fn find(
         let needed = plan
             .tags
             .iter()
-            .filter(|t| tag_tables(&t.tag.info).contains(&table.as_str()))
-            .flat_map(|t| tag_tables(&t.tag.info))
+            .filter(|t| t.tables().contains(&table.as_str()))
+            .flat_map(|t| t.tables())
             .filter_map(|other| tables.iter().find(|(name, _)| name == other))
             .flat_map(|(_, other)| other.wanted.iter());
         if needed.clone().all(|u| found.newer.contains(u)) {
@@ -91,7 +76,7 @@ pub fn find(
 fn threshold(plan: &Plan, table: &str) -> i64 {
     plan.tags
         .iter()
-        .filter(|t| tag_tables(&t.tag.info).contains(&table))
+        .filter(|t| t.tables().contains(&table))
         .map(|t| t.watermarks.get(table).copied().unwrap_or(i64::MIN))
         .min()
         .unwrap_or(i64::MIN)
@@ -232,7 +217,7 @@ mod tests {
             data_dir: dir.path(),
             batch_rows: 2,
         };
-        let loaded = load(&plan, &source, &control).unwrap();
+        let loaded = load(&plan, Some(delta), &source, &control).unwrap();
         assert_eq!(loaded.rows(), 1);
         let cash = loaded.column("user_asset_summary", "cash").unwrap();
         assert_eq!(

@@ -3,6 +3,8 @@
 //! write and the per-tag counts out.
 
 use super::bitset::Bitset;
+use super::DiffCounts;
+use crate::model::TagCounts;
 use crate::store::{Held, HeldTags, Op, UserRows};
 
 /// One tag of the run, as the diff sees it.
@@ -13,21 +15,6 @@ pub struct DiffTag<'a> {
     pub matched: &'a Bitset,
     /// Universe rows evaluated (`None`: all).
     pub scope: Option<&'a Bitset>,
-}
-
-pub use crate::model::TagCounts;
-
-/// What the diff found.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct DiffCounts {
-    /// Users evaluated for at least one tag.
-    pub evaluated: usize,
-    /// Per tag, in the run's order.
-    pub tags: Vec<TagCounts>,
-    /// Rows inserted or updated.
-    pub upserted: usize,
-    /// Rows deleted.
-    pub deleted: usize,
 }
 
 /// The current tags of each universe row: indexes into the rows the store

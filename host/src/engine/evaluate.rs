@@ -2,9 +2,7 @@
 //! into one bitset of matching universe rows per tag.
 
 use super::bitset::Bitset;
-use super::load::Universe;
-use super::plan::TagRun;
-use super::{failed, polars_failed, stopped, RunError};
+use super::{failed, polars_failed, stopped, RunError, TagRun, Universe};
 use crate::data::ffi::with_ffi_batch;
 use crate::data::DataError;
 use crate::tasks::control::{TagProgress, TaskControl};

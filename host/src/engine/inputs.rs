@@ -2,8 +2,7 @@
 //! types can become the declared ones (parquet footers only). A tag whose
 //! inputs fail this fails alone; the others run.
 
-use super::plan::{Plan, TagRun};
-use super::{RunError, UNIVERSE_TABLE, UPDATED_TIME, USER_ID};
+use super::{Plan, RunError, TagFailure, TagRun, UNIVERSE_TABLE, UPDATED_TIME, USER_ID};
 use crate::data::read::{scan_table, ColumnRequest};
 use std::path::Path;
 use tag_plugin_api::ColumnType;
@@ -13,16 +12,18 @@ use tag_plugin_api::ColumnType;
 /// a second of a 10M-user run).
 const WHOLE_GROUPS: usize = usize::MAX;
 
-/// Moves the tags whose inputs cannot be read to `plan.failed`.
-pub fn check(plan: &mut Plan, data_dir: &Path) -> Result<(), RunError> {
-    let mut failures: Vec<(u32, String)> = Vec::new();
+/// The plan for the tags whose inputs can be read, and the failures of the
+/// others (an empty plan when none can: failing the run is the caller's
+/// call, `plugins check` still reports each tag).
+pub fn check(plan: Plan, data_dir: &Path) -> Result<(Plan, Vec<TagFailure>), RunError> {
+    let mut failures: Vec<TagFailure> = Vec::new();
     for table in &plan.tables {
         if scan_table(data_dir, &table.table, &table.columns, WHOLE_GROUPS).is_ok() {
             continue;
         }
         // Something in this table fails: find whose columns.
         for t in plan.tags.iter().filter(|t| reads(t, &table.table)) {
-            if failures.iter().any(|(id, _)| *id == t.id()) {
+            if failures.iter().any(|f| f.tag_id == t.id()) {
                 continue;
             }
             if let Err(e) = scan_table(
@@ -31,12 +32,11 @@ pub fn check(plan: &mut Plan, data_dir: &Path) -> Result<(), RunError> {
                 &requests(t, &table.table),
                 WHOLE_GROUPS,
             ) {
-                failures.push((t.id(), e.to_string()));
+                failures.push(TagFailure::of(t, e.to_string()));
             }
         }
     }
-    plan.fail_tags(failures)?;
-    plan.any_left()
+    Ok((plan.without(&failures)?, failures))
 }
 
 /// Whether `t` needs `table` (every tag needs the universe).
@@ -63,6 +63,7 @@ fn requests(t: &TagRun, table: &str) -> Vec<ColumnRequest> {
 mod tests {
     use super::*;
     use crate::engine::testkit::{at, plan, tag_at_least, write_table};
+    use crate::engine::Failures;
     use crate::model::Mode;
 
     /// A universe table with one user and a `score` column.
@@ -86,12 +87,10 @@ mod tests {
             tag_at_least(2, "user_basic_info", "no_such_column", 0.0),
             tag_at_least(3, "no_such_table", "x", 0.0),
         ];
-        let mut plan = plan(&tags, Mode::Full, None);
-        check(&mut plan, dir.path()).unwrap();
+        let (plan, failed) = check(plan(&tags, Mode::Full, None), dir.path()).unwrap();
         let running: Vec<u32> = plan.tags.iter().map(|t| t.id()).collect();
         assert_eq!(running, vec![1]);
-        let failed: Vec<(u32, &str)> = plan
-            .failed
+        let failed: Vec<(u32, &str)> = failed
             .iter()
             .map(|f| (f.tag_id, f.error.as_str()))
             .collect();
@@ -110,11 +109,13 @@ mod tests {
     }
 
     #[test]
-    fn when_every_tag_fails_the_run_fails_naming_each() {
+    fn when_every_tag_fails_the_plan_is_empty_and_the_run_fails_naming_each() {
         let dir = universe_with_score();
         let tags = [tag_at_least(2, "user_basic_info", "nope", 0.0)];
-        let mut plan = plan(&tags, Mode::Full, None);
-        let Err(RunError::Failed(message)) = check(&mut plan, dir.path()) else {
+        let (plan, failed) = check(plan(&tags, Mode::Full, None), dir.path()).unwrap();
+        assert!(plan.tags.is_empty());
+        let Err(RunError::Failed(message)) = Failures::default().add(failed, plan.tags.len())
+        else {
             panic!("expected the run to fail");
         };
         assert!(

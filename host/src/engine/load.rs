@@ -1,10 +1,9 @@
 //! The load stage: read each planned table, keep each user's newest row, and
 //! left-join the side tables onto the universe, row for row.
 
-use super::delta;
 use super::index::{join_latest, latest_rows, RowFinder, UniverseIndex, UserIds};
-use super::plan::{Plan, TablePlan};
-use super::{failed, polars_failed, stopped, RunError, UPDATED_TIME, USER_ID};
+use super::{failed, polars_failed, stopped, Delta, Plan, RunError, TablePlan, Universe};
+use super::{UPDATED_TIME, USER_ID};
 use crate::data::read::{polars_type, scan_row_groups, RowGroupId, TableScan};
 use crate::progress::TableProgress;
 use crate::tasks::control::{panic_message, TaskControl};
@@ -20,59 +19,13 @@ pub struct Source<'a> {
     pub batch_rows: usize,
 }
 
-/// The users of a run and their source rows, aligned: row `i` of every
-/// table's frame belongs to user `ids.get(i)`.
-pub struct Universe {
-    /// The universe's user ids, one per row, unique.
-    pub ids: UserIds,
-    /// Finds a user's row.
-    pub index: UniverseIndex,
-    /// Per table, its read columns (side tables: without `user_id`).
-    pub tables: Vec<(String, DataFrame)>,
-    /// Per table, rows left out because a newer row of the same user exists.
-    pub duplicates: BTreeMap<String, usize>,
-    /// Per table, the newest `updated_time` in the table.
-    pub newest: BTreeMap<String, i64>,
-    /// For an incremental run: row groups read to find changes, of all.
-    pub row_groups: Option<(usize, usize)>,
-}
-
-impl Universe {
-    /// Users in the universe.
-    pub fn rows(&self) -> usize {
-        self.ids.len()
-    }
-
-    /// A column of a table, aligned with the universe.
-    pub fn column(&self, table: &str, column: &str) -> Result<&Column, RunError> {
-        let (_, frame) = self
-            .tables
-            .iter()
-            .find(|(t, _)| t == table)
-            .ok_or_else(|| RunError::Failed(format!("table {table} was not read")))?;
-        frame
-            .column(column)
-            .map_err(|e| polars_failed(&format!("table {table}"), e))
-    }
-
-    /// A table's `updated_time`, aligned with the universe, if it was kept.
-    pub fn updated_times(&self, table: &str) -> Option<&Int64Chunked> {
-        let column = self.column(table, UPDATED_TIME).ok()?;
-        column
-            .as_materialized_series()
-            .datetime()
-            .ok()
-            .map(|d| d.physical())
-    }
-}
-
 /// How tables are read in one run: where, which users, which row groups.
 struct Reader<'a> {
     source: &'a Source<'a>,
     /// Only these users are kept (`None`: all).
     wanted: Option<HashSet<&'a str>>,
     /// An incremental run's delta: row groups to skip.
-    delta: Option<&'a delta::Delta>,
+    delta: Option<&'a Delta>,
     control: &'a TaskControl,
 }
 
@@ -129,9 +82,14 @@ fn open_all(reader: &Reader<'_>, tables: &[TablePlan]) -> Result<Vec<TableScan>,
 }
 
 /// Reads the plan's tables into a [`Universe`]. A `user_ids` run keeps only
-/// those users as it reads; an incremental run only the users its delta names.
-pub fn load(plan: &Plan, source: &Source<'_>, control: &TaskControl) -> Result<Universe, RunError> {
-    let delta = delta::find(plan, source.data_dir, control)?;
+/// those users as it reads; an incremental run with a `delta` only the
+/// users it names, skipping its row groups.
+pub fn load(
+    plan: &Plan,
+    delta: Option<Delta>,
+    source: &Source<'_>,
+    control: &TaskControl,
+) -> Result<Universe, RunError> {
     let wanted: Option<HashSet<&str>> = match (&plan.user_ids, &delta) {
         (Some(ids), _) => Some(ids.iter().map(String::as_str).collect()),
         (None, Some(delta)) => Some(delta.users.iter().map(String::as_str).collect()),
@@ -343,7 +301,6 @@ fn updated_times<'a>(frame: &'a DataFrame, table: &str) -> Result<&'a Int64Chunk
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::engine::plan::Plan;
     use crate::engine::testkit::{at, plan, tag_at_least, write_table};
     use crate::model::Mode;
     use crate::registry::RegisteredTag;
@@ -390,7 +347,7 @@ pub(crate) mod tests {
             data_dir: dir.path(),
             batch_rows: 2,
         };
-        let universe = load(&plan, &source, &TaskControl::default()).unwrap();
+        let universe = load(&plan, None, &source, &TaskControl::default()).unwrap();
         (dir, plan, universe)
     }
 

@@ -1,135 +1,23 @@
 //! The first stage: which tags run with which rules and watermarks, and which
 //! columns of which tables they read.
 
-use super::{RunError, UNIVERSE_TABLE, UPDATED_TIME, USER_ID};
+use super::{Failures, Plan, RunError, TablePlan, TagFailure, TagRun};
+use super::{UNIVERSE_TABLE, UPDATED_TIME, USER_ID};
 use crate::data::read::ColumnRequest;
 use crate::model::{Mode, TaskRecord};
-use crate::registry::{PluginIdentity, RegisteredTag, TagRegistry};
-use crate::store::{RuleVersion, Store, TagState};
+use crate::registry::{RegisteredTag, TagRegistry};
+use crate::store::{RuleVersion, Store, StoreError, TagState};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use tag_plugin_api::{ColumnType, Date, TagInfo};
 
-/// A tag prepared for one run.
-pub struct TagRun {
-    /// The plugin's tag.
-    pub tag: Arc<RegisteredTag>,
-    /// Its current rule (rule-language JSON).
-    pub rule: String,
-    /// That rule's version.
-    pub rule_version: i64,
-    /// Evaluate every row (full semantics) even in an incremental run.
-    pub whole_universe: bool,
-    /// Per table, the newest `updated_time` its last successful run saw.
-    pub watermarks: BTreeMap<String, i64>,
-}
-
-impl TagRun {
-    /// `tag` with its plugin's default rule as version 1 and no history
-    /// (`plugins check` on data, and tests).
-    pub fn with_default_rule(tag: &Arc<RegisteredTag>, whole_universe: bool) -> TagRun {
-        TagRun {
-            tag: Arc::clone(tag),
-            rule: tag.info.default_rule.clone(),
-            rule_version: 1,
-            whole_universe,
-            watermarks: BTreeMap::new(),
-        }
-    }
-
-    /// The tag's id.
-    pub fn id(&self) -> u32 {
-        self.tag.info.tag_id
-    }
-}
-
-/// The columns to read from one table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TablePlan {
-    /// The table.
-    pub table: String,
-    /// `user_id` first, the tags' columns, `updated_time` last.
-    pub columns: Vec<ColumnRequest>,
-}
-
-/// A tag of the task that does not run, and why (the others still do).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TagFailure {
-    /// The tag.
-    pub tag_id: u32,
-    /// Its description, when its plugin is loaded.
-    pub tag_name: String,
-    /// The rule version it was to evaluate, once known.
-    pub rule_version: Option<i64>,
-    /// The plugin build that provides it, when loaded.
-    pub plugin: Option<PluginIdentity>,
-    /// What went wrong.
-    pub error: String,
-}
-
-/// What a run will do.
-pub struct Plan {
-    /// The tags that run, in the task's order.
-    pub tags: Vec<TagRun>,
-    /// The tags that failed so far (they keep their results and state).
-    pub failed: Vec<TagFailure>,
-    /// Tables to read, the universe first.
-    pub tables: Vec<TablePlan>,
-    /// The rules' reference date.
-    pub as_of: Date,
-    /// Full or incremental.
-    pub mode: Mode,
-    /// The users a `user_ids` run is restricted to.
-    pub user_ids: Option<Vec<String>>,
-}
-
-impl Plan {
-    /// An incremental run over the whole universe (not restricted to `user_ids`).
-    pub fn incremental(&self) -> bool {
-        self.mode == Mode::Incremental && self.user_ids.is_none()
-    }
-
-    /// Moves the tags named in `failures` (tag id, error) from the run to
-    /// `failed` and plans the columns again for the tags left.
-    pub fn fail_tags(&mut self, failures: Vec<(u32, String)>) -> Result<(), RunError> {
-        for (tag_id, error) in failures {
-            if let Some(at) = self.tags.iter().position(|t| t.id() == tag_id) {
-                let t = self.tags.remove(at);
-                self.failed.push(TagFailure {
-                    tag_id,
-                    tag_name: t.tag.info.description.clone(),
-                    rule_version: Some(t.rule_version),
-                    plugin: Some(t.tag.plugin.clone()),
-                    error,
-                });
-            }
-        }
-        self.failed.sort_by_key(|f| f.tag_id);
-        self.tables = columns(self.tags.iter().map(|t| &t.tag.info))?;
-        Ok(())
-    }
-
-    /// Fails the run when no tag is left to run, naming every failure.
-    pub fn any_left(&self) -> Result<(), RunError> {
-        if self.tags.is_empty() {
-            let each: Vec<String> = self
-                .failed
-                .iter()
-                .map(|f| format!("tag {}: {}", f.tag_id, f.error))
-                .collect();
-            return Err(RunError::Failed(each.join("; ")));
-        }
-        Ok(())
-    }
-}
-
 /// Plans `task`: each tag's rule (seeded from its plugin's default if the
-/// store has none), its last run's state, and the column plan.
+/// store has none), its last run's state, and the column plan; the tags
+/// that cannot run (not loaded, invalid rule) are the first failures.
 pub fn plan(
     task: &TaskRecord,
     registry: &TagRegistry,
     store: &dyn Store,
-) -> Result<Plan, RunError> {
+) -> Result<(Plan, Failures), RunError> {
     let as_of = match &task.spec.as_of {
         Some(text) => Date::parse(text)
             .ok_or_else(|| RunError::Failed(format!("as_of {text:?} is not a date")))?,
@@ -154,17 +42,10 @@ pub fn plan(
             Err(stop) => return Err(stop),
         }
     }
-    let tables = columns(tags.iter().map(|t| &t.tag.info))?;
-    let plan = Plan {
-        tags,
-        failed,
-        tables,
-        as_of,
-        mode: task.spec.mode,
-        user_ids: task.spec.user_ids.clone(),
-    };
-    plan.any_left()?;
-    Ok(plan)
+    let plan = Plan::new(tags, as_of, task.spec.mode, task.spec.user_ids.clone())?;
+    let mut failures = Failures::default();
+    failures.add(failed, plan.tags.len())?;
+    Ok((plan, failures))
 }
 
 fn tag_run(
@@ -177,12 +58,7 @@ fn tag_run(
     let tag = registry.get(id).cloned().ok_or_else(|| {
         RunError::Failed(format!("tag {id} is not provided by any loaded plugin"))
     })?;
-    let stored: RuleVersion = match store.current_rule(id).map_err(super::failed)? {
-        Some(rule) => rule,
-        None => store
-            .seed_rule(id, &tag.info.default_rule)
-            .map_err(super::failed)?,
-    };
+    let stored = current_rule(store, &tag).map_err(super::failed)?;
     tag.validate_rule(&stored.rule).map_err(|e| {
         RunError::Failed(format!(
             "stored rule version {} is invalid: {e}",
@@ -199,6 +75,17 @@ fn tag_run(
         whole_universe,
         watermarks: state.map(|s| s.watermarks.clone()).unwrap_or_default(),
     })
+}
+
+/// A tag's current rule: its plugin's default, saved as version 1, when
+/// the store has none. Every rule is seeded through here: the catalog calls
+/// it for each tag it loads, a run's plan for each tag it plans (a store
+/// shared with servers that never loaded the tag has no rule for it yet).
+pub fn current_rule(store: &dyn Store, tag: &RegisteredTag) -> Result<RuleVersion, StoreError> {
+    match store.current_rule(tag.info.tag_id)? {
+        Some(rule) => Ok(rule),
+        None => store.seed_rule(tag.info.tag_id, &tag.info.default_rule),
+    }
 }
 
 /// The columns each table must provide for `tags` (plus `user_id` and
@@ -235,22 +122,76 @@ pub fn columns<'a>(tags: impl Iterator<Item = &'a TagInfo>) -> Result<Vec<TableP
     Ok(plan)
 }
 
-/// The tables a tag depends on: its inputs' and the universe, sorted.
-pub fn tag_tables(info: &TagInfo) -> Vec<&str> {
-    let mut tables: Vec<&str> = info
-        .inputs
-        .iter()
-        .map(|i| i.table.as_str())
-        .chain([UNIVERSE_TABLE])
-        .collect();
-    tables.sort_unstable();
-    tables.dedup();
-    tables
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::testkit::tag_at_least;
+    use crate::model::TaskSpec;
+    use crate::store::sqlite::SqliteStore;
+
+    /// A task over `tag_ids` in `mode`, as of 2025-01-15.
+    fn task(tag_ids: &[u32], mode: Mode) -> TaskRecord {
+        let spec = TaskSpec {
+            tag_ids: tag_ids.to_vec(),
+            user_ids: None,
+            mode,
+            priority: Default::default(),
+            as_of: Some("2025-01-15".into()),
+            retry_of: None,
+        };
+        crate::tasks::lifecycle::create(spec, "local")
+    }
+
+    /// A registry of tag 1 (`cash >= 150`) and a new store.
+    fn setup() -> (tempfile::TempDir, TagRegistry, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("tags.db")).unwrap();
+        let tag = tag_at_least(1, "user_asset_summary", "cash", 150.0);
+        let registry = TagRegistry::new([(1, tag)].into());
+        (dir, registry, store)
+    }
+
+    #[test]
+    fn a_tag_without_a_rule_gets_its_default_and_an_unknown_tag_fails_alone() {
+        let (_dir, registry, store) = setup();
+        let (plan, failures) = plan(&task(&[1, 2], Mode::Incremental), &registry, &store).unwrap();
+        let t = &plan.tags[0];
+        assert_eq!((plan.tags.len(), t.id(), t.rule_version), (1, 1, 1));
+        assert_eq!(t.rule, registry.get(1).unwrap().info.default_rule);
+        assert_eq!(store.current_rule(1).unwrap().unwrap().rule, t.rule);
+        // Never run before: the whole universe, even incrementally.
+        assert!(t.whole_universe && plan.incremental());
+        assert_eq!(plan.as_of.to_string(), "2025-01-15");
+        assert_eq!(
+            names(&plan.tables[1]),
+            vec!["user_id", "cash", "updated_time"]
+        );
+        let failed = failures.tags();
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].tag_id == 2 && failed[0].error.contains("not provided"));
+    }
+
+    #[test]
+    fn a_saved_rule_is_used_and_kept_and_an_invalid_one_fails_the_tag() {
+        let (_dir, registry, store) = setup();
+        let tag = registry.get(1).unwrap();
+        let rule = r#"{"field": "cash", "operator": ">=", "value": 5}"#;
+        store.save_rule(1, rule, "test").unwrap();
+        let (planned, _) = plan(&task(&[1], Mode::Full), &registry, &store).unwrap();
+        let t = &planned.tags[0];
+        assert_eq!((t.rule.as_str(), t.rule_version), (rule, 1));
+        // Seeding again (the catalog at a reload) keeps the saved rule.
+        assert_eq!(current_rule(&store, tag).unwrap().rule, rule);
+        store.save_rule(1, "not json", "test").unwrap();
+        let Err(RunError::Failed(message)) = plan(&task(&[1], Mode::Full), &registry, &store)
+        else {
+            panic!("expected the run to fail");
+        };
+        assert!(
+            message.contains("tag 1: stored rule version 2 is invalid"),
+            "{message}"
+        );
+    }
 
     fn names(plan: &TablePlan) -> Vec<&str> {
         plan.columns.iter().map(|c| c.name.as_str()).collect()
@@ -272,7 +213,6 @@ mod tests {
             names(&plan[1]),
             vec!["user_id", "cash_balance", "updated_time"]
         );
-        assert_eq!(tag_tables(&a), vec!["user_asset_summary", UNIVERSE_TABLE]);
     }
 
     #[test]

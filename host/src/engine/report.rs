@@ -1,12 +1,9 @@
 //! The report stage: a run's [`RunReport`] from its stages' outputs and
 //! the diff's counts (the types are the task model's).
 
-use super::commit::Evaluated;
-use super::diff::DiffCounts;
-use super::load::Universe;
-use super::plan::Plan;
+use super::{DiffCounts, Evaluated, Failures, Universe};
 use crate::model::report::{RowGroups, TagReport, TagScope, TagStatus, UnknownUsers};
-use crate::model::{Mode, RunReport};
+use crate::model::{Mode, RunReport, SyncSummary};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 use tag_plugin_api::rule::Operator;
@@ -33,15 +30,6 @@ impl Timings {
         }
     }
 
-    /// A copy, to take laps on without moving the original.
-    pub fn clone_of(other: &Timings) -> Timings {
-        Timings {
-            started: other.started,
-            lap: other.lap,
-            laps: other.laps.clone(),
-        }
-    }
-
     /// Records the time since the last lap as `name`.
     pub fn lap(&mut self, name: &str) {
         self.laps
@@ -50,47 +38,17 @@ impl Timings {
     }
 }
 
-/// The report of a run, from its stages' outputs and the diff's counts.
-pub fn report(run: &Evaluated<'_>, counts: &DiffCounts, timings: &Timings) -> RunReport {
-    let Evaluated {
-        plan,
-        universe,
-        scopes,
-        ..
-    } = *run;
-    let mut tags: Vec<TagReport> = plan
-        .tags
-        .iter()
-        .zip(scopes)
-        .zip(&counts.tags)
-        .map(|((t, scope), c)| TagReport {
-            tag_id: t.id(),
-            tag_name: t.tag.info.description.clone(),
-            status: TagStatus::Completed,
-            error: None,
-            rule_version: Some(t.rule_version),
-            counts: Some(*c),
-            scope: Some(if scope.is_some() {
-                TagScope::ChangedUsers
-            } else {
-                TagScope::AllUsers
-            }),
-            plugin: Some(t.tag.plugin.clone()),
-        })
-        .collect();
-    tags.extend(plan.failed.iter().map(|f| TagReport {
-        tag_id: f.tag_id,
-        tag_name: f.tag_name.clone(),
-        status: TagStatus::Failed,
-        error: Some(f.error.clone()),
-        rule_version: f.rule_version,
-        counts: None,
-        scope: None,
-        plugin: f.plugin.clone(),
-    }));
-    // A task's tag ids are ascending: its order.
-    tags.sort_by_key(|t| t.tag_id);
-    let failed_tags: Vec<u32> = plan.failed.iter().map(|f| f.tag_id).collect();
+/// The report of a run, from its stages' outputs, the tags that failed,
+/// the diff's counts and what an S3 mirror fetched.
+pub fn report(
+    run: &Evaluated<'_>,
+    failures: &Failures,
+    counts: &DiffCounts,
+    timings: &Timings,
+    fetched: Option<SyncSummary>,
+) -> RunReport {
+    let Evaluated { plan, universe, .. } = *run;
+    let failed_tags: Vec<u32> = failures.tags().iter().map(|f| f.tag_id).collect();
     let message = if failed_tags.is_empty() {
         format!("Successfully processed {} users", counts.evaluated)
     } else {
@@ -106,11 +64,11 @@ pub fn report(run: &Evaluated<'_>, counts: &DiffCounts, timings: &Timings) -> Ru
         mode: plan.mode,
         as_of: plan.as_of.to_string(),
         universe_users: universe.rows(),
-        tags,
+        tags: tag_reports(run, failures, counts),
         rows_upserted: counts.upserted,
         rows_deleted: counts.deleted,
         duplicates_dropped: universe.duplicates.clone(),
-        notes: notes(plan),
+        notes: notes(run),
         duration_ms: timings.started.elapsed().as_millis() as u64,
         timings: timings.laps.clone(),
         changed_row_groups: universe
@@ -120,8 +78,40 @@ pub fn report(run: &Evaluated<'_>, counts: &DiffCounts, timings: &Timings) -> Ru
             .user_ids
             .as_ref()
             .map(|wanted| unknown(wanted, universe)),
-        source_objects: None,
+        source_objects: fetched,
     }
+}
+
+/// One report per tag of the task, completed or failed, by tag id.
+fn tag_reports(run: &Evaluated<'_>, failures: &Failures, counts: &DiffCounts) -> Vec<TagReport> {
+    let completed = run.tags.iter().zip(&counts.tags).map(|(t, c)| TagReport {
+        tag_id: t.run.id(),
+        tag_name: t.run.tag.info.description.clone(),
+        status: TagStatus::Completed,
+        error: None,
+        rule_version: Some(t.run.rule_version),
+        counts: Some(*c),
+        scope: Some(if t.scope.is_some() {
+            TagScope::ChangedUsers
+        } else {
+            TagScope::AllUsers
+        }),
+        plugin: Some(t.run.tag.plugin.clone()),
+    });
+    let failed = failures.tags().iter().map(|f| TagReport {
+        tag_id: f.tag_id,
+        tag_name: f.tag_name.clone(),
+        status: TagStatus::Failed,
+        error: Some(f.error.clone()),
+        rule_version: f.rule_version,
+        counts: None,
+        scope: None,
+        plugin: f.plugin.clone(),
+    });
+    let mut tags: Vec<TagReport> = completed.chain(failed).collect();
+    // A task's tag ids are ascending: its order.
+    tags.sort_by_key(|t| t.tag_id);
+    tags
 }
 
 fn unknown(wanted: &[String], universe: &Universe) -> UnknownUsers {
@@ -136,13 +126,16 @@ fn unknown(wanted: &[String], universe: &Universe) -> UnknownUsers {
     }
 }
 
-fn notes(plan: &Plan) -> Vec<String> {
-    if plan.mode != Mode::Incremental {
+/// What a reader of an incremental run's report must know: the tags that
+/// ran with date windows were not revoked by date alone.
+fn notes(run: &Evaluated<'_>) -> Vec<String> {
+    if run.plan.mode != Mode::Incremental {
         return Vec::new();
     }
-    let windowed: Vec<u32> = plan
+    let windowed: Vec<u32> = run
         .tags
         .iter()
+        .map(|t| t.run)
         .filter(|t| uses_date_window(&t.rule))
         .map(|t| t.id())
         .collect();
@@ -166,6 +159,61 @@ pub fn uses_date_window(rule: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::bitset::Bitset;
+    use crate::engine::load::tests::{cash_tag, loaded};
+    use crate::engine::testkit::tag_at_least;
+    use crate::engine::{TagFailure, TagResult};
+    use crate::model::TagCounts;
+
+    #[test]
+    fn the_report_lists_completed_and_failed_tags_by_id_with_the_runs_figures() {
+        let tags = [tag_at_least(2, "user_basic_info", "score", 2.0), cash_tag()];
+        let (_dir, plan, universe) = loaded(&tags, Some(&["u1", "u3", "gone"]));
+        // Tag 2 evaluated over u1 only; tag 1 failed.
+        let run = Evaluated {
+            plan: &plan,
+            universe: &universe,
+            tags: vec![TagResult {
+                run: &plan.tags[0],
+                scope: Some(Bitset::from_fn(2, |i| i == 0)),
+                matched: Bitset::full(2),
+            }],
+        };
+        let mut failures = Failures::default();
+        let failure = TagFailure::of(&plan.tags[1], "the plugin panicked".into());
+        failures.add(vec![failure], 1).unwrap();
+        let one = TagCounts {
+            evaluated_users: 1,
+            matched: 1,
+            added: 1,
+            removed: 0,
+        };
+        let counts = DiffCounts {
+            evaluated: 1,
+            tags: vec![one],
+            upserted: 1,
+            deleted: 0,
+        };
+        let fetched = Some(SyncSummary::default());
+        let report = report(&run, &failures, &counts, &Timings::start(), fetched);
+        assert_eq!(report.message, "Processed 1 users; tags [1] failed");
+        assert_eq!(
+            (report.failed_tags.clone(), report.universe_users),
+            (vec![1], 2)
+        );
+        let ids: Vec<(u32, TagStatus)> = report.tags.iter().map(|t| (t.tag_id, t.status)).collect();
+        assert_eq!(ids, vec![(1, TagStatus::Failed), (2, TagStatus::Completed)]);
+        assert_eq!(report.tags[0].error.as_deref(), Some("the plugin panicked"));
+        assert_eq!(report.tags[1].scope, Some(TagScope::ChangedUsers));
+        assert_eq!(report.tags[1].counts, Some(one));
+        let unknown = report.unknown_user_ids.expect("a user_ids run");
+        assert_eq!(
+            (unknown.count, unknown.sample),
+            (1, vec!["gone".to_string()])
+        );
+        assert_eq!(report.source_objects, fetched);
+        assert!(report.notes.is_empty());
+    }
 
     #[test]
     fn date_windows_are_recognised() {

@@ -2,8 +2,7 @@
 //! their default rules, over the first users of real data, through the same
 //! stages a run uses (input check, load, evaluate) and writing nothing.
 
-use super::plan::{columns, Plan, TagRun};
-use super::{evaluate, inputs, load, RunError, UNIVERSE_TABLE, USER_ID};
+use super::{evaluate, inputs, load, Plan, RunError, TagRun, UNIVERSE_TABLE, USER_ID};
 use crate::data::read::{scan_table, ColumnRequest};
 use crate::model::Mode;
 use crate::registry::RegisteredTag;
@@ -46,22 +45,16 @@ pub fn check(
         .iter()
         .map(|tag| TagRun::with_default_rule(tag, true))
         .collect();
-    let mut plan = Plan {
-        tables: columns(runs.iter().map(|t| &t.tag.info))?,
-        tags: runs,
-        failed: Vec::new(),
-        as_of,
-        mode: Mode::Full,
-        user_ids: Some(users),
-    };
+    let plan = Plan::new(runs, as_of, Mode::Full, Some(users))?;
+    let (plan, unreadable) = inputs::check(plan, data_dir)?;
     let mut outcomes = BTreeMap::new();
-    if inputs::check(&mut plan, data_dir).is_ok() {
+    if !plan.tags.is_empty() {
         let control = TaskControl::default();
         let source = load::Source {
             data_dir,
             batch_rows: 65_536,
         };
-        let universe = load::load(&plan, &source, &control)?;
+        let universe = load::load(&plan, None, &source, &control)?;
         let matched = evaluate::evaluate(&plan.tags, &universe, as_of, 65_536, &control)?;
         for (t, result) in plan.tags.iter().zip(matched) {
             let outcome = match result {
@@ -79,7 +72,7 @@ pub fn check(
             outcomes.insert(t.id(), outcome);
         }
     }
-    for failure in plan.failed {
+    for failure in unreadable {
         outcomes.insert(failure.tag_id, SampleOutcome::Failed(failure.error));
     }
     Ok(outcomes)

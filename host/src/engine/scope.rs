@@ -3,9 +3,7 @@
 //! whose source rows changed since the tag's last run.
 
 use super::bitset::Bitset;
-use super::load::Universe;
-use super::plan::{tag_tables, Plan};
-use super::{RunError, UNIVERSE_TABLE};
+use super::{Plan, RunError, Universe, UNIVERSE_TABLE};
 use polars::prelude::Int64Chunked;
 
 /// Per tag of the plan, in order: `None` to evaluate every row, or the rows
@@ -18,7 +16,7 @@ pub fn scopes(plan: &Plan, universe: &Universe) -> Result<Vec<Option<Bitset>>, R
                 return Ok(None);
             }
             let mut tables = Vec::new();
-            for table in tag_tables(&t.tag.info) {
+            for table in t.tables() {
                 let times = universe.updated_times(table).ok_or_else(|| {
                     RunError::Failed(format!("table {table}: updated_time was not kept"))
                 })?;
@@ -68,7 +66,43 @@ pub fn changed_rows(rows: usize, tables: &[TableTimes<'_>]) -> Bitset {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::load::tests::{cash_tag, sample};
+    use crate::engine::load::{load, Source};
+    use crate::engine::testkit::{self, at, plan, tag_at_least};
+    use crate::model::Mode;
+    use crate::tasks::control::TaskControl;
     use polars::prelude::*;
+
+    #[test]
+    fn an_incremental_run_scopes_each_tag_to_its_changed_rows_unless_it_needs_all() {
+        let dir = tempfile::tempdir().unwrap();
+        sample(dir.path());
+        let tags = [cash_tag(), tag_at_least(2, UNIVERSE_TABLE, "score", 0.0)];
+        let mut plan = plan(&tags, Mode::Incremental, None);
+        plan.tags[0].watermarks = [
+            (UNIVERSE_TABLE.to_string(), at(1).unwrap()),
+            ("user_asset_summary".to_string(), at(1).unwrap()),
+        ]
+        .into();
+        plan.tags[1].whole_universe = true;
+        let source = Source {
+            data_dir: dir.path(),
+            batch_rows: 2,
+        };
+        let universe = load(&plan, None, &source, &TaskControl::default()).unwrap();
+        let scoped = scopes(&plan, &universe).unwrap();
+        // Rows: u2 (nothing newer), u1 (newer in both tables), u3 (no
+        // universe time); tag 2 evaluates everyone.
+        let ones: Vec<usize> = scoped[0].as_ref().expect("a scope").ones().collect();
+        assert_eq!(ones, vec![1, 2]);
+        assert!(scoped[1].is_none());
+        // A full run evaluates every row for every tag.
+        let full = testkit::plan(&tags, Mode::Full, None);
+        assert!(scopes(&full, &universe)
+            .unwrap()
+            .iter()
+            .all(Option::is_none));
+    }
 
     fn times(t: &[Option<i64>]) -> Int64Chunked {
         Int64Chunked::new("updated_time".into(), t)

@@ -2,7 +2,7 @@
 //! through the plugin ABI exactly as a library's are), parquet files in a
 //! temporary directory, and plans built by hand.
 
-use super::plan::{columns, Plan, TagRun};
+use super::{Plan, TagRun};
 use crate::model::Mode;
 use crate::registry::RegisteredTag;
 use polars::prelude::*;
@@ -43,14 +43,13 @@ pub fn plan(tags: &[Arc<RegisteredTag>], mode: Mode, user_ids: Option<&[&str]>) 
         .iter()
         .map(|tag| TagRun::with_default_rule(tag, mode == Mode::Full))
         .collect();
-    Plan {
-        tables: columns(runs.iter().map(|t| &t.tag.info)).expect("column plan"),
-        tags: runs,
-        failed: Vec::new(),
-        as_of: Date::parse("2025-01-15").expect("date"),
+    Plan::new(
+        runs,
+        Date::parse("2025-01-15").expect("date"),
         mode,
-        user_ids: user_ids.map(|ids| ids.iter().map(|s| s.to_string()).collect()),
-    }
+        user_ids.map(|ids| ids.iter().map(|s| s.to_string()).collect()),
+    )
+    .expect("column plan")
 }
 
 /// Microseconds for `seconds` after the epoch (an `updated_time`).
