@@ -337,10 +337,10 @@ fn bad_files_are_rejected_precisely_while_the_rest_load() {
             other => panic!("{file}: {other:?}"),
         }
     }
-    assert_eq!(
+    assert!(matches!(
         rejection(&report, "f_risk_world_writable.so"),
-        &Rejection::WritableFile { mode: 0o757 }
-    );
+        Rejection::WritableFile { mode: 0o757, .. }
+    ));
     assert!(matches!(
         rejection(&report, "h_garbage.so"),
         Rejection::NotALibrary(_)
@@ -368,9 +368,13 @@ fn a_group_writable_directory_rejects_every_file() {
     let (registry, report) = load(dir.path());
     assert!(registry.is_empty());
     assert_eq!(report.rejected().count(), 5);
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
     let expected = Rejection::WritableDirectory {
         dir: dir.path().canonicalize().unwrap(),
         mode: 0o775,
+        owner: me,
+        server_uid: me,
     };
     assert!(report.rejected().all(|(_, r)| *r == expected), "{report}");
 }
@@ -1028,4 +1032,99 @@ fn with_watch_plugins_a_dropped_in_library_is_served_without_a_call() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_clone_under_a_sticky_shared_directory_serves_the_eight_tags() {
+    // A stand-in for /tmp (root's or ours, mode 1777) holding a clone whose
+    // build directory, ours, holds the plugins, as `cargo build --release`
+    // in a clone under /tmp leaves them; the private copies go where the
+    // default does without a home, `<temp dir>/tag-server-plugins-<uid>`.
+    let temp = tempfile::tempdir().unwrap();
+    let shared = temp.path().join("tmp");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let release = shared.join("tag-engine").join("target").join("release");
+    std::fs::create_dir_all(&release).unwrap();
+    for dir in release.ancestors().take(3) {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for name in REFERENCE_PLUGINS {
+        install(&release, &format!("libtag_plugin_{name}.so"), &plugin(name));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let copies = shared.join(format!("tag-server-plugins-{}", unsafe { libc::geteuid() }));
+    let copies_arg = copies.display().to_string();
+    let data = sample_data(50);
+    let server = TestServer::start(
+        data.path(),
+        &release,
+        &temp.path().join("t.db"),
+        &["--plugin-copies-dir", &copies_arg],
+    );
+    let (_, listing) = server.get("/api/v1/plugins").unwrap();
+    assert_eq!(
+        (&listing["loaded"], &listing["rejected"]),
+        (&serde_json::json!(5), &serde_json::json!(0)),
+        "{listing}"
+    );
+    let ids: Vec<u64> = available_classes(&server).into_keys().collect();
+    assert_eq!(ids, (1..=8).collect::<Vec<_>>());
+    assert_eq!(server.get("/health").unwrap().1["status"], "healthy");
+    assert!(
+        copies.read_dir().unwrap().count() >= 5,
+        "the copies are there"
+    );
+}
+
+#[test]
+fn an_executable_is_rejected_as_one_and_the_plugins_still_load() {
+    // A small PIE executable (ET_DYN like a library) from the system: the
+    // server's own binary would do but is hundreds of megabytes.
+    let pie = Path::new("/usr/bin/true").to_path_buf();
+    let is_pie = std::fs::read(&pie).is_ok_and(|b| b.get(16..18) == Some(&[3, 0][..]));
+    if !is_pie {
+        eprintln!("/usr/bin/true is not a PIE executable here: the case is not run");
+        return;
+    }
+    let dir = plugins_dir(&[("server.so", pie), ("wealth.so", plugin("wealth"))]);
+    let (registry, report) = load(dir.path());
+    match rejection(&report, "server.so") {
+        Rejection::NotALibrary(why) => assert!(why.contains("an executable"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(registry.ids(), vec![1, 6]);
+    // A built plugin is a shared object and passes the ELF check.
+    for name in REFERENCE_PLUGINS {
+        let bytes = std::fs::read(plugin(name)).unwrap();
+        assert_eq!(
+            tag_host::plugins::trust::check_elf(&bytes),
+            Ok(()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_symlink_hop_through_a_world_writable_directory_is_rejected_before_loading() {
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker = marker_dir.path().join("constructor-ran");
+    // plugins/ctor.so -> open/hop.so -> safe/ctor.so: the name's directory
+    // and the target's are trusted, the middle hop's (0777) is not.
+    let safe = plugins_dir(&[("ctor.so", fixture("constructor"))]);
+    let open = plugins_dir(&[]);
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(safe.path().join("ctor.so"), open.path().join("hop.so")).unwrap();
+    let linked = plugins_dir(&[]);
+    std::os::unix::fs::symlink(open.path().join("hop.so"), linked.path().join("ctor.so")).unwrap();
+    let (out, loaded) = list_with_marker(linked.path(), &marker);
+    assert!(!loaded, "a rejected file was loaded: {out}");
+    let open_shown = open.path().canonicalize().unwrap();
+    assert!(
+        out.contains(&format!(
+            "{} is writable by group or others",
+            open_shown.display()
+        )),
+        "{out}"
+    );
 }

@@ -101,8 +101,10 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 /// A directory the plugin loader trusts, for the tests' plugin directories:
-/// the loader refuses a library with any directory above it writable by
-/// others, and the system temp directories are (they are sticky, 1777).
+/// the loader refuses a library with a directory on its path that others
+/// can write (unless sticky with our entry below it), and the system temp
+/// directory may be anything on a test machine, so the tests keep theirs
+/// in a place of this user's whatever `TMPDIR` is.
 /// `$HOME/.cache/tag-engine-tests`, owned by this user, mode 0755.
 pub fn trusted_base() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();

@@ -25,24 +25,33 @@ use tag_plugin_api::{TagInfo, API_VERSION};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     /// The file can be changed by users other than its owner.
-    #[error("the file is writable by group or others (mode {mode:o}); plugins run as trusted native code: `chmod go-w` it")]
+    #[error("{}", path_fault(self, Subject::Plugins))]
     WritableFile {
+        /// The file (its real path).
+        file: PathBuf,
         /// The file's permission bits.
         mode: u32,
+        /// Its owner (root or the server's user).
+        owner: u32,
+        /// The server's effective uid.
+        server_uid: u32,
     },
-    /// A directory on the file's path lets users other than its owner add
-    /// or replace files (a sticky directory such as /tmp included).
-    #[error(
-        "{} is writable by group or others (mode {mode:o}); a plugin and every directory above it must not be: `chmod go-w` it or move the plugins elsewhere", dir.display()
-    )]
+    /// A directory on the way to the file (through any symlink) lets users
+    /// other than its owner add, rename or replace entries: writable by
+    /// group or others and not sticky.
+    #[error("{}", path_fault(self, Subject::Plugins))]
     WritableDirectory {
         /// The directory.
         dir: PathBuf,
         /// Its permission bits.
         mode: u32,
+        /// Its owner (root or the server's user).
+        owner: u32,
+        /// The server's effective uid.
+        server_uid: u32,
     },
-    /// The file or a directory above it belongs to another user.
-    #[error("{} belongs to uid {uid}; a plugin and every directory above it must belong to root or to this server's user (uid {server_uid})", path.display())]
+    /// The file or a directory on the way to it belongs to another user.
+    #[error("{}", path_fault(self, Subject::Plugins))]
     ForeignOwner {
         /// The file or directory.
         path: PathBuf,
@@ -50,6 +59,31 @@ pub enum Rejection {
         uid: u32,
         /// The server's effective uid.
         server_uid: u32,
+    },
+    /// An entry on the way to the file sits in a sticky directory others
+    /// can write, and belongs to another user, who could rename or replace
+    /// it (the sticky bit protects only its owner's right to).
+    #[error("{}", path_fault(self, Subject::Plugins))]
+    ReplaceableEntry {
+        /// The entry (a directory, symlink or the file).
+        entry: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// The sticky directory it is in.
+        dir: PathBuf,
+        /// That directory's permission bits.
+        mode: u32,
+        /// The server's effective uid.
+        server_uid: u32,
+    },
+    /// A directory on the way to the private copies directory would let
+    /// someone else swap the copies, so none is loaded from there.
+    #[error("the private copies directory {} is not safe to load from: {}", copies.display(), path_fault(why, Subject::Copies))]
+    CopiesDirectory {
+        /// The copies directory as configured.
+        copies: PathBuf,
+        /// What is wrong on the way to it.
+        why: Box<Rejection>,
     },
     /// A loadable segment or header table lies beyond the end of the file.
     #[error("truncated: the ELF file needs {needed} bytes but has {size}")]
@@ -116,6 +150,60 @@ pub enum Rejection {
         /// Every file claiming it.
         files: Vec<PathBuf>,
     },
+}
+
+/// Whose directory a path fault is on: what would be moved elsewhere when
+/// it cannot be fixed where it is.
+#[derive(Clone, Copy)]
+enum Subject {
+    /// A plugin library's path.
+    Plugins,
+    /// The private copies directory's path.
+    Copies,
+}
+
+impl Subject {
+    /// The safe way out when the fault is not this user's to fix in place.
+    fn elsewhere(self) -> &'static str {
+        match self {
+            Subject::Plugins => "copy the plugins into a directory of your own that no one else can write (mode 0755 or stricter, all the way up) and pass it as --plugins-dir",
+            Subject::Copies => "pass --plugin-copies-dir (TAG_PLUGIN_COPIES_DIR) a directory of your own whose parents no one else can write",
+        }
+    }
+}
+
+/// The message for an ownership or permission fault on a path, ending in
+/// the one safe fix: `chmod go-w` only for the user's own non-sticky
+/// directory or file (never a shared one like /tmp), else moving away.
+fn path_fault(rejection: &Rejection, subject: Subject) -> String {
+    let fix = |path: &Path, owner: u32, server_uid: u32| match owner == server_uid {
+        true => format!("`chmod go-w {}`", path.display()),
+        false => subject.elsewhere().to_string(),
+    };
+    match rejection {
+        Rejection::WritableFile { file, mode, owner, server_uid } => format!(
+            "{} is writable by group or others (mode {mode:o}); plugins run as trusted native code: {}",
+            file.display(),
+            fix(file, *owner, *server_uid)
+        ),
+        Rejection::WritableDirectory { dir, mode, owner, server_uid } => format!(
+            "{} is writable by group or others (mode {mode:o}) and not sticky, so they can replace what is in it; no directory on the way may be: {}",
+            dir.display(),
+            fix(dir, *owner, *server_uid)
+        ),
+        Rejection::ForeignOwner { path, uid, server_uid } => format!(
+            "{} belongs to uid {uid}; it and every directory on the way to it must belong to root or to this server's user (uid {server_uid}): {}",
+            path.display(),
+            subject.elsewhere()
+        ),
+        Rejection::ReplaceableEntry { entry, uid, dir, mode, server_uid } => format!(
+            "{} belongs to uid {uid} and is in {}, which others can write (mode {mode:o}): the sticky bit lets its owner replace it, so it must belong to root or to this server's user (uid {server_uid}): {}",
+            entry.display(),
+            dir.display(),
+            subject.elsewhere()
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// A file that loaded.
