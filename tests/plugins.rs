@@ -873,6 +873,23 @@ fn a_recorded_owner_keeps_its_tag_ids_until_an_explicit_transfer() {
     assert_eq!(available_classes(&server)[&1], "HighNetWorthUserTask");
     assert_eq!(server.get("/health").unwrap().1["status"], "degraded");
 
+    // A transfer to a plugin that does not provide the tag is refused and
+    // changes nothing: the real owner keeps serving tags 1 and 6.
+    let (code, refused) = server.post("/api/v1/tags/1/owner", &json!({"plugin": "no-such-plugin"}));
+    assert_eq!(code, 400, "{refused}");
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains("no-such-plugin")
+            && error.contains("tag-fixture-usurper")
+            && error.contains("tag-plugin-wealth"),
+        "{error}"
+    );
+    let classes = available_classes(&server);
+    assert_eq!(
+        (classes[&1].as_str(), classes[&6].as_str()),
+        ("HighNetWorthUserTask", "CashRichUserTask")
+    );
+
     // The transfer is an explicit call; then the new owner serves tag 1 and
     // the old owner's library, still claiming it, is rejected.
     let (code, moved) = server.post(

@@ -96,7 +96,7 @@ async fn list(State(state): State<AppState>) -> Json<PluginsBody> {
     request_body(content = OwnerRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Transferred; the plugins were reloaded", body = OwnerTransferred),
-        (status = 400, description = "A tag id that is not a number, or a body without `plugin`", body = ErrorBody),
+        (status = 400, description = "A tag id that is not a number, a body without `plugin`, or a plugin that does not provide the tag", body = ErrorBody),
     )
 )]
 async fn transfer(
@@ -125,6 +125,16 @@ async fn transfer(
                 "请求体必须包含plugin名称",
             )
         })?;
+    let scan = state.catalog.report();
+    if !scan.may_own(tag_id, &plugin) {
+        return Err(ApiError::BadRequest {
+            error: format!(
+                "plugin \"{plugin}\" does not provide tag {tag_id} in the plugins directory's last scan (plugins that claim it: {:?}); nothing was changed",
+                scan.claimants(tag_id)
+            ),
+            message: "该插件未提供此标签，归属未变更".into(),
+        });
+    }
     let name = plugin.clone();
     let previous = state
         .blocking(move |s| s.set_tag_owner(tag_id, &name))

@@ -266,6 +266,44 @@ impl LoadReport {
             .collect()
     }
 
+    /// Whether `plugin` may take over `tag_id`: a plugin of the last scan
+    /// claims it (loaded with it, or refused it because another owns it),
+    /// or its files contest it (their names are unknown until one loads).
+    /// A transfer to anything else would unload the tag's real owner.
+    pub fn may_own(&self, tag_id: u32, plugin: &str) -> bool {
+        let loaded = self
+            .loaded()
+            .any(|(_, p)| p.name == plugin && p.tags.iter().any(|t| t.tag_id == tag_id));
+        loaded
+            || self.rejected().any(|(_, r)| match r {
+                Rejection::OwnedByOther {
+                    tag_id: t,
+                    plugin: p,
+                    ..
+                } => *t == tag_id && p == plugin,
+                Rejection::ContestedTagId { tag_id: t, .. } => *t == tag_id,
+                _ => false,
+            })
+    }
+
+    /// The plugins of the last scan that claim `tag_id`, by name.
+    pub fn claimants(&self, tag_id: u32) -> Vec<String> {
+        let loaded = self
+            .loaded()
+            .filter(|(_, p)| p.tags.iter().any(|t| t.tag_id == tag_id))
+            .map(|(_, p)| p.name.clone());
+        let refused = self.rejected().filter_map(|(_, r)| match r {
+            Rejection::OwnedByOther {
+                tag_id: t, plugin, ..
+            } if *t == tag_id => Some(plugin.clone()),
+            _ => None,
+        });
+        let mut names: Vec<String> = loaded.chain(refused).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The files that loaded.
     pub fn loaded(&self) -> impl Iterator<Item = (&PluginFile, &LoadedPlugin)> {
         self.files.iter().filter_map(|f| match &f.outcome {
