@@ -19,8 +19,10 @@
 //!   console's pages.
 //! - [`server`]: start-up and shutdown; [`cli`]: the one-shot commands
 //!   ([`watch`]: `tag-server run`'s progress on stderr).
-//! - [`logging`]: the flat JSON log format.
+//! - [`logging`]: log set-up, logged panics, the flat JSON log format;
+//!   [`signals`]: the stop signals; [`alloc`]: the allocator's tuning.
 
+pub mod alloc;
 pub mod catalog;
 pub mod cli;
 pub mod config;
@@ -36,6 +38,7 @@ pub mod progress;
 pub mod registry;
 pub mod scheduler;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub mod tasks;
 pub mod watch;
