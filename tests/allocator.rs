@@ -116,7 +116,7 @@ impl Draw {
     }
     /// `None` one time in eight.
     fn maybe<T>(&mut self, value: impl FnOnce(&mut Draw) -> T) -> Option<T> {
-        (self.next() % 8 != 0).then(|| value(self))
+        (!self.next().is_multiple_of(8)).then(|| value(self))
     }
 }
 
@@ -319,7 +319,7 @@ fn raw_round(
     let long = call(task(fixture, 903), &info.default_rule).expect("903 answers");
     assert_eq!(long.len, rows + 1);
     // Panics print a report each: a few dozen are enough.
-    if i % 100 == 0 {
+    if i.is_multiple_of(100) {
         let panicked = call(task(fixture, 901), &info.default_rule).unwrap_err();
         assert_eq!(
             (panicked.kind, panicked.message.as_str()),
