@@ -20,8 +20,10 @@
 //!   for both.
 //! - [`server`]: start-up and shutdown; [`cli`]: the one-shot commands
 //!   ([`watch`]: `tag-server run`'s progress on stderr).
-//! - [`logging`]: the flat JSON log format.
+//! - [`logging`]: log set-up, logged panics, the flat JSON log format;
+//!   [`signals`]: the stop signals; [`alloc`]: the allocator's tuning.
 
+pub mod alloc;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
@@ -38,6 +40,7 @@ pub mod progress;
 pub mod registry;
 pub mod scheduler;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub mod tasks;
 pub mod watch;

@@ -1,17 +1,96 @@
-//! `--log-format json`: one flat JSON object per line. Besides
+//! Logging: where log lines go ([`init`]), panics logged as errors
+//! ([`log_panics`]), and the `--log-format json` line format ([`FlatJson`]).
+//!
+//! `--log-format json` writes one flat JSON object per line. Besides
 //! `timestamp`, `level`, `target` and the event's own fields (`message`
 //! among them), every line carries the fields of the spans it happened in,
 //! at the top level: `request_id` while serving a request, `task_id` while
 //! running a task. A log shipper can then index and filter on them without
 //! unpacking nested span lists.
 
+use crate::config::{Config, LogFormat};
 use serde_json::{Map, Value};
 use std::fmt;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
+
+/// Where log lines go besides the log file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Console {
+    /// The server: the console is its output.
+    Stdout,
+    /// `tag-server run`: stdout holds the task JSON.
+    Stderr,
+}
+
+/// Installs the global subscriber, filtered by `RUST_LOG` or else by the
+/// configuration's level. With a `console`, lines go to it and are appended
+/// to the log file (created 0640) in the configured format; without one
+/// (`plugins`, `gen-data`, which keep stdout for their output) they go to
+/// stderr only. Fails only when the log file cannot be opened.
+pub fn init(config: &Config, console: Option<Console>) -> std::io::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log_filter()));
+    let Some(console) = console else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+        return Ok(());
+    };
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Owner read-write, group read: logs name tasks, users and callers.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(&config.log_file)?
+    };
+    let file = std::sync::Mutex::new(file);
+    let console = move || -> Box<dyn std::io::Write> {
+        match console {
+            Console::Stdout => Box::new(std::io::stdout()),
+            Console::Stderr => Box::new(std::io::stderr()),
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(console.and(file))
+        .with_ansi(false);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
+            .init(),
+    }
+    Ok(())
+}
+
+/// Logs panics (so they reach the log file, with thread and location)
+/// before the default hook prints them; the task a panic happens in fails
+/// with its message. Call it after [`init`].
+pub fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = crate::tasks::control::panic_message(info.payload());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        tracing::error!(panic = %message, %location, %thread, "panic");
+        default(info);
+    }));
+}
 
 /// The event formatter; pair it with [`JsonFields`] for span fields
 /// (`fmt().fmt_fields(JsonFields::new()).event_format(FlatJson)`).
