@@ -7,12 +7,11 @@
 //! queued or running at shutdown stay `submitted` in the store and are queued
 //! again at the next start.
 
-use crate::model::{Priority, TaskRecord, TaskStatus};
+use crate::model::{TaskRecord, TaskStatus};
 use crate::store::{CancelState, Store, StoreError};
 use crate::tasks::lifecycle::{self, Finished};
+use crate::tasks::queue::{Full, TaskQueue};
 use serde::Serialize;
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -20,57 +19,9 @@ pub use crate::tasks::control::{
     panic_message, run_caught, Progress, RunError, Stop, TagProgress, TaskControl, TaskRunner,
 };
 
-struct Queued {
-    priority: Priority,
-    seq: u64,
-    task: TaskRecord,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Queued {
-    /// Max-heap: higher priority first, then lower sequence (FIFO).
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.priority
-            .cmp(&other.priority)
-            .then(other.seq.cmp(&self.seq))
-    }
-}
-
-#[derive(Default)]
 struct State {
-    queue: BinaryHeap<Queued>,
-    /// Slots promised to submissions still being persisted.
-    reserved: usize,
-    running: HashMap<String, Arc<TaskControl>>,
-    /// Ids in `queue`, so a refill from the store does not queue one twice.
-    queued: std::collections::HashSet<String>,
-    next_seq: u64,
+    queue: TaskQueue,
     shutdown: bool,
-}
-
-impl State {
-    fn push(&mut self, task: TaskRecord) {
-        if self.running.contains_key(&task.task_id) || !self.queued.insert(task.task_id.clone()) {
-            return;
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.queue.push(Queued {
-            priority: task.spec.priority,
-            seq,
-            task,
-        });
-    }
 }
 
 struct Shared {
@@ -80,7 +31,6 @@ struct Shared {
     /// Wakes the lease keeper at shutdown (its own condvar, so a
     /// notification meant for a worker never lands on it).
     tick: Condvar,
-    capacity: usize,
     store: Arc<dyn Store>,
     runner: Arc<dyn TaskRunner>,
     /// This process's name on the tasks it claims.
@@ -156,10 +106,12 @@ impl Scheduler {
         lease: std::time::Duration,
     ) -> Result<Scheduler, StoreError> {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                queue: TaskQueue::new(capacity),
+                shutdown: false,
+            }),
             wake: Condvar::new(),
             tick: Condvar::new(),
-            capacity,
             store,
             runner,
             owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
@@ -200,16 +152,15 @@ impl Scheduler {
             if state.shutdown {
                 return Err(SubmitError::ShuttingDown);
             }
-            if state.queue.len() + state.reserved >= self.shared.capacity {
-                return Err(SubmitError::QueueFull(state.queue.len() + state.reserved));
+            if let Err(Full(n)) = state.queue.reserve() {
+                return Err(SubmitError::QueueFull(n));
             }
-            state.reserved += 1;
         }
         let persisted = self.shared.store.insert_task(&task, idempotency);
         let mut state = self.shared.lock();
-        state.reserved -= 1;
+        state.queue.release();
         persisted?;
-        state.push(task);
+        state.queue.push(task);
         self.shared.wake.notify_one();
         Ok(())
     }
@@ -217,7 +168,7 @@ impl Scheduler {
     /// Cancels a queued task at once, or asks a running one to stop.
     pub fn cancel(&self, task_id: &str) -> Result<CancelOutcome, StoreError> {
         let mut state = self.shared.lock();
-        if let Some(control) = state.running.get(task_id) {
+        if let Some(control) = state.queue.running(task_id) {
             control.cancel();
             drop(state);
             // Its worker may have recorded the end a moment ago.
@@ -229,8 +180,7 @@ impl Scheduler {
             });
         }
         // Off the local queue (if it is there); the store cancels it.
-        state.queue.retain(|q| q.task.task_id != task_id);
-        state.queued.remove(task_id);
+        state.queue.remove(task_id);
         drop(state);
         // The store decides: another process may have claimed it meanwhile.
         Ok(match self.shared.store.cancel_task(task_id)? {
@@ -249,8 +199,8 @@ impl Scheduler {
     pub fn progress(&self, task_id: &str) -> Option<Progress> {
         self.shared
             .lock()
-            .running
-            .get(task_id)
+            .queue
+            .running(task_id)
             .map(|c| c.progress())
     }
 
@@ -258,10 +208,10 @@ impl Scheduler {
     pub fn stats(&self) -> QueueStats {
         let state = self.shared.lock();
         QueueStats {
-            queued: state.queue.len(),
-            running: state.running.len(),
+            queued: state.queue.queued_len(),
+            running: state.queue.running_len(),
             workers: self.worker_count,
-            capacity: self.shared.capacity,
+            capacity: state.queue.capacity(),
         }
     }
 
@@ -271,7 +221,7 @@ impl Scheduler {
         {
             let mut state = self.shared.lock();
             state.shutdown = true;
-            for control in state.running.values() {
+            for control in state.queue.controls() {
                 control.shut_down();
             }
         }
@@ -316,11 +266,11 @@ fn unix_now() -> i64 {
 fn refill(shared: &Shared) -> Result<(), StoreError> {
     let tasks = shared.store.claimable_tasks(unix_now())?;
     let mut state = shared.lock();
-    let before = state.queue.len();
+    let mut added = false;
     for task in tasks {
-        state.push(task);
+        added |= state.queue.push(task);
     }
-    if state.queue.len() > before {
+    if added {
         shared.wake.notify_all();
     }
     Ok(())
@@ -342,7 +292,7 @@ fn keep_leases(shared: &Shared) {
             }
         }
         let lease_until = unix_now() + shared.lease.as_secs() as i64;
-        let running: Vec<String> = shared.lock().running.keys().cloned().collect();
+        let running = shared.lock().queue.running_ids();
         match shared
             .store
             .renew_leases(&shared.owner, &running, lease_until)
@@ -351,7 +301,7 @@ fn keep_leases(shared: &Shared) {
             Ok(cancelled) => {
                 let state = shared.lock();
                 for id in cancelled {
-                    if let Some(control) = state.running.get(&id) {
+                    if let Some(control) = state.queue.running(&id) {
                         control.cancel();
                     }
                 }
@@ -377,12 +327,7 @@ fn worker(shared: &Shared) {
                     return;
                 }
                 if let Some(next) = state.queue.pop() {
-                    state.queued.remove(&next.task.task_id);
-                    let control = Arc::new(TaskControl::default());
-                    state
-                        .running
-                        .insert(next.task.task_id.clone(), Arc::clone(&control));
-                    break (next.task, control);
+                    break next;
                 }
                 state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
             }
@@ -400,7 +345,7 @@ fn worker(shared: &Shared) {
                 tracing::error!(task_id = %queued.task_id, error = %e, "cannot claim task");
             }
         }
-        shared.lock().running.remove(&queued.task_id);
+        shared.lock().queue.done(&queued.task_id);
     }
 }
 
