@@ -14,8 +14,8 @@ pub mod tasks;
 pub mod users;
 
 use crate::registry::TagRegistry;
-use crate::scheduler::Scheduler;
 use crate::store::{Store, StoreError};
+use crate::tasks::Scheduler;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};

@@ -4,7 +4,7 @@
 
 use crate::model::RunReport;
 use crate::model::{Mode, Priority, TaskRecord, TaskStatus};
-use crate::scheduler::{Progress, QueueStats};
+use crate::tasks::{Progress, QueueStats};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;

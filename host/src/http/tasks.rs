@@ -8,8 +8,8 @@ use super::schema::{
 use super::{ApiError, AppState};
 use crate::model::{Mode, Priority, TaskRecord, TaskSpec, TaskStatus};
 use crate::registry::TagRegistry;
-use crate::scheduler::{CancelOutcome, SubmitError};
 use crate::tasks::lifecycle;
+use crate::tasks::{CancelOutcome, SubmitError};
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -350,21 +350,16 @@ async fn retry(
         .blocking(move |s| s.get_task(&id))
         .await?
         .ok_or_else(|| task_not_found(&task_id))?;
-    if old.status != TaskStatus::Failed {
-        return Err(ApiError::new(
+    let spec = lifecycle::retry_spec(&old).map_err(|not_failed| {
+        ApiError::new(
             StatusCode::CONFLICT,
             format!(
                 "Task {task_id} is {}: only a failed task can be retried",
-                old.status.as_str()
+                not_failed.0.as_str()
             ),
             "只能重试失败的任务",
-        ));
-    }
-    let spec = TaskSpec {
-        tag_ids: lifecycle::tags_to_retry(&old),
-        retry_of: Some(old.task_id.clone()),
-        ..old.spec.clone()
-    };
+        )
+    })?;
     lifecycle::check(&spec, &state.tags()).map_err(|e| {
         let list = lifecycle::list(&e.unknown);
         ApiError::new(

@@ -1,24 +1,27 @@
-//! The bounded priority queue and the worker pool that runs tasks.
+//! The worker pool ([`Scheduler`]) and [`run_to_end`], the one way a claimed
+//! or started task is run, finished and recorded, which `tag-server run`
+//! calls too.
 //!
-//! Workers are plain OS threads: tag computation is CPU work and never runs
-//! on the async runtime's threads, so the API answers while tasks compute.
-//! A task is persisted before it is queued, and reaches a terminal status
-//! whatever the runner does (an error or a panic fails it). Tasks still
-//! queued or running at shutdown stay `submitted` in the store and are queued
-//! again at the next start.
+//! Workers are plain OS threads at a lower CPU priority: tag computation is
+//! CPU work and never runs on the async runtime's threads, so the API
+//! answers while tasks compute. A task is persisted before it is queued,
+//! and reaches a terminal status whatever the runner does (an error or a
+//! panic fails it). A lease keeper renews this process's claims and queues
+//! what the store says may be taken. Tasks still queued or running at
+//! shutdown stay `submitted` in the store and are queued again at the next
+//! start. Every state change goes through [`lifecycle`].
 
-use crate::model::{TaskRecord, TaskStatus};
-use crate::store::{CancelState, Store, StoreError};
-use crate::tasks::lifecycle::{self, Finished};
-use crate::tasks::queue::{Full, TaskQueue};
+use super::control::{run_caught, Progress, RunError, TaskControl, TaskRunner};
+use super::lifecycle::{self, CancelOutcome, Claim, Finished};
+use super::queue::{Full, TaskQueue};
+use crate::model::TaskRecord;
+use crate::store::{Store, StoreError};
 use serde::Serialize;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-pub use crate::tasks::control::{
-    panic_message, run_caught, Progress, RunError, Stop, TagProgress, TaskControl, TaskRunner,
-};
-
+/// The queue and whether the pool is stopping, behind one mutex.
 struct State {
     queue: TaskQueue,
     shutdown: bool,
@@ -36,7 +39,7 @@ struct Shared {
     /// This process's name on the tasks it claims.
     owner: String,
     /// How long a claim holds without renewal.
-    lease: std::time::Duration,
+    lease: Duration,
 }
 
 impl Shared {
@@ -57,19 +60,6 @@ pub enum SubmitError {
     /// The task could not be persisted.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// The outcome of a cancel request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CancelOutcome {
-    /// It was queued and is now cancelled.
-    Cancelled(Box<TaskRecord>),
-    /// It is running and will stop at its next safe point, writing nothing.
-    Requested,
-    /// It had already finished.
-    AlreadyFinished(TaskStatus),
-    /// No such task.
-    NotFound,
 }
 
 /// Queue figures for `/api/v1/system/stats`.
@@ -93,6 +83,14 @@ pub struct Scheduler {
     worker_count: usize,
 }
 
+/// Starts a named thread; failing to is a start-up error.
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(f)
+        .map_err(|e| StoreError::Database(format!("cannot start thread {name}: {e}")))
+}
+
 impl Scheduler {
     /// Starts `workers` threads over a queue of `capacity` tasks, and a
     /// lease keeper that renews this process's claims and queues the tasks
@@ -103,7 +101,7 @@ impl Scheduler {
         runner: Arc<dyn TaskRunner>,
         workers: usize,
         capacity: usize,
-        lease: std::time::Duration,
+        lease: Duration,
     ) -> Result<Scheduler, StoreError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -118,26 +116,18 @@ impl Scheduler {
             lease,
         });
         refill(&shared)?;
-        let mut handles = (0..workers.max(1))
-            .map(|i| {
-                let shared = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("tag-worker-{i}"))
-                    .spawn(move || worker(&shared))
-                    .map_err(|e| StoreError::Database(format!("cannot start worker thread: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let worker_count = workers.max(1);
+        let mut handles = Vec::with_capacity(worker_count + 1);
+        for i in 0..worker_count {
+            let shared = Arc::clone(&shared);
+            handles.push(spawn(format!("tag-worker-{i}"), move || worker(&shared))?);
+        }
         let keeper = Arc::clone(&shared);
-        handles.push(
-            std::thread::Builder::new()
-                .name("tag-leases".into())
-                .spawn(move || keep_leases(&keeper))
-                .map_err(|e| StoreError::Database(format!("cannot start the lease keeper: {e}")))?,
-        );
+        handles.push(spawn("tag-leases".into(), move || keep_leases(&keeper))?);
         Ok(Scheduler {
             shared,
             workers: Arc::new(Mutex::new(handles)),
-            worker_count: workers.max(1),
+            worker_count,
         })
     }
 
@@ -156,7 +146,8 @@ impl Scheduler {
                 return Err(SubmitError::QueueFull(n));
             }
         }
-        let persisted = self.shared.store.insert_task(&task, idempotency);
+        // Persisting may be slow (a network store): not under the lock.
+        let persisted = lifecycle::submit(self.shared.store.as_ref(), &task, idempotency);
         let mut state = self.shared.lock();
         state.queue.release();
         persisted?;
@@ -167,32 +158,16 @@ impl Scheduler {
 
     /// Cancels a queued task at once, or asks a running one to stop.
     pub fn cancel(&self, task_id: &str) -> Result<CancelOutcome, StoreError> {
+        let store = self.shared.store.as_ref();
         let mut state = self.shared.lock();
-        if let Some(control) = state.queue.running(task_id) {
-            control.cancel();
+        if let Some(control) = state.queue.running(task_id).cloned() {
             drop(state);
-            // Its worker may have recorded the end a moment ago.
-            return Ok(match self.shared.store.get_task(task_id)? {
-                Some(task) if task.status.is_terminal() => {
-                    CancelOutcome::AlreadyFinished(task.status)
-                }
-                _ => CancelOutcome::Requested,
-            });
+            return lifecycle::cancel_running(store, &control, task_id);
         }
         // Off the local queue (if it is there); the store cancels it.
         state.queue.remove(task_id);
         drop(state);
-        // The store decides: another process may have claimed it meanwhile.
-        Ok(match self.shared.store.cancel_task(task_id)? {
-            CancelState::Cancelled => match self.shared.store.get_task(task_id)? {
-                Some(task) => CancelOutcome::Cancelled(Box::new(task)),
-                None => CancelOutcome::NotFound,
-            },
-            // Running here or in another process: it stops at its next safe point.
-            CancelState::StopRequested => CancelOutcome::Requested,
-            CancelState::AlreadyFinished(status) => CancelOutcome::AlreadyFinished(status),
-            CancelState::NotFound => CancelOutcome::NotFound,
-        })
+        lifecycle::cancel(store, task_id)
     }
 
     /// The progress of a running task.
@@ -257,14 +232,9 @@ fn lower_priority() {
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
 
-/// Unix seconds now.
-fn unix_now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 /// Queues every task the store says may be taken.
 fn refill(shared: &Shared) -> Result<(), StoreError> {
-    let tasks = shared.store.claimable_tasks(unix_now())?;
+    let tasks = lifecycle::claimable(shared.store.as_ref())?;
     let mut state = shared.lock();
     let mut added = false;
     for task in tasks {
@@ -276,27 +246,23 @@ fn refill(shared: &Shared) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Waits `every`, or less at shutdown; false once the pool is stopping.
+fn tick(shared: &Shared, every: Duration) -> bool {
+    let state = shared.lock();
+    let (state, _) = shared
+        .tick
+        .wait_timeout_while(state, every, |s| !s.shutdown)
+        .unwrap_or_else(|p| p.into_inner());
+    !state.shutdown
+}
+
 /// Renews this process's leases and picks up claimable tasks, a few times
 /// per lease, until shutdown.
 fn keep_leases(shared: &Shared) {
-    let every = (shared.lease / 3).min(std::time::Duration::from_secs(1));
-    loop {
-        {
-            let state = shared.lock();
-            let (state, _) = shared
-                .tick
-                .wait_timeout_while(state, every, |s| !s.shutdown)
-                .unwrap_or_else(|p| p.into_inner());
-            if state.shutdown {
-                return;
-            }
-        }
-        let lease_until = unix_now() + shared.lease.as_secs() as i64;
+    let every = (shared.lease / 3).min(Duration::from_secs(1));
+    while tick(shared, every) {
         let running = shared.lock().queue.running_ids();
-        match shared
-            .store
-            .renew_leases(&shared.owner, &running, lease_until)
-        {
+        match lifecycle::renew(shared.store.as_ref(), &shared.owner, &running, shared.lease) {
             // Cancels requested through another process's API.
             Ok(cancelled) => {
                 let state = shared.lock();
@@ -319,67 +285,74 @@ fn worker(shared: &Shared) {
     // polars starts its thread pool on first use; starting it here makes
     // its threads inherit this thread's priority.
     polars_core::runtime::THREAD_POOL.current_num_threads();
-    loop {
-        let (queued, control) = {
-            let mut state = shared.lock();
-            loop {
-                if state.shutdown {
-                    return;
-                }
-                if let Some(next) = state.queue.pop() {
-                    break next;
-                }
-                state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
-            }
-        };
-        let now = unix_now();
-        let lease_until = now + shared.lease.as_secs() as i64;
-        match shared
-            .store
-            .claim_task(&queued.task_id, &shared.owner, now, lease_until)
-        {
-            Ok(Some(mut task)) => run_claimed(shared, &mut task, &control),
-            // Another worker (here or in another process) has it, or it ended.
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(task_id = %queued.task_id, error = %e, "cannot claim task");
-            }
-        }
+    while let Some((queued, control)) = next_task(shared) {
+        work_on(shared, &queued.task_id, &control);
         shared.lock().queue.done(&queued.task_id);
     }
 }
 
-/// Runs a task this process claimed, unless it already stopped the server
-/// too often.
-fn run_claimed(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
-    if lifecycle::crashed_too_often(task) {
-        tracing::error!(task_id = %task.task_id, attempts = task.attempts, "task stopped the server on every attempt: failed, not run again");
-        if let Err(e) = shared.store.update_task(task) {
-            tracing::error!(task_id = %task.task_id, error = %e, "cannot record task outcome");
+/// The next queued task (now in the running set), waiting for one; `None`
+/// at shutdown.
+fn next_task(shared: &Shared) -> Option<(TaskRecord, Arc<TaskControl>)> {
+    let mut state = shared.lock();
+    loop {
+        if state.shutdown {
+            return None;
         }
-        return;
+        if let Some(next) = state.queue.pop() {
+            return Some(next);
+        }
+        state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
     }
-    run_one(shared, task, control);
 }
 
-fn run_one(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
-    let started = std::time::Instant::now();
-    // A task whose results (and outcome) were committed before the server
-    // stopped is finished with that outcome, not run again.
-    let outcome = match lifecycle::committed_outcome(task, shared.store.as_ref()) {
+/// Claims task `task_id` and, if this worker got it, runs it to its end.
+fn work_on(shared: &Shared, task_id: &str, control: &TaskControl) {
+    let store = shared.store.as_ref();
+    match lifecycle::claim(store, task_id, &shared.owner, shared.lease) {
+        Ok(Claim::Run(mut task)) => {
+            if let Err(e) = run_to_end(store, shared.runner.as_ref(), &mut task, control) {
+                tracing::error!(task_id = %task_id, error = %e, "cannot record task outcome");
+            }
+        }
+        Ok(Claim::CrashedTooOften(task)) => {
+            tracing::error!(task_id = %task_id, attempts = task.attempts, "task stopped the server on every attempt: failed, not run again");
+        }
+        Ok(Claim::Taken) => {}
+        Err(e) => tracing::error!(task_id = %task_id, error = %e, "cannot claim task"),
+    }
+}
+
+/// Runs a started task to its end: the outcome its run committed before
+/// the process last stopped if there is one, else a run of `runner` (a
+/// panic fails it); then the status ([`lifecycle::finish`]), the log line,
+/// the metrics, and the task recorded in `store`. The pool's workers and
+/// `tag-server run` both call it; `Err` only if the store could not record
+/// the end.
+pub fn run_to_end(
+    store: &dyn Store,
+    runner: &dyn TaskRunner,
+    task: &mut TaskRecord,
+    control: &TaskControl,
+) -> Result<Finished, StoreError> {
+    let started = Instant::now();
+    let outcome = match lifecycle::committed_outcome(task, store) {
         Ok(Some(result)) => {
             tracing::info!(task_id = %task.task_id, "task had committed before the last stop: recorded its outcome");
             Ok(result)
         }
+        // If the store cannot say, the task runs as if it had not
+        // committed: its own store calls then succeed or fail on their own.
         Ok(None) | Err(_) => {
             tracing::info!(task_id = %task.task_id, tag_ids = ?task.spec.tag_ids, mode = task.spec.mode.as_str(), "task started");
-            run_caught(shared.runner.as_ref(), task, control)
+            run_caught(runner, task, control)
         }
     };
     if let Err(RunError::Failed(reason)) = &outcome {
         tracing::warn!(task_id = %task.task_id, reason = %reason, "task failed");
     }
-    match lifecycle::finish(task, outcome) {
+    let finished = lifecycle::finish(task, outcome);
+    match finished {
         Finished::Requeued => {
             tracing::info!(task_id = %task.task_id, "task stopped by shutdown: queued again at the next start");
         }
@@ -392,7 +365,6 @@ fn run_one(shared: &Shared, task: &mut TaskRecord, control: &TaskControl) {
             );
         }
     }
-    if let Err(e) = shared.store.update_task(task) {
-        tracing::error!(task_id = %task.task_id, error = %e, "cannot record task outcome");
-    }
+    lifecycle::record(store, task)?;
+    Ok(finished)
 }
