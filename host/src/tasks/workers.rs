@@ -368,3 +368,76 @@ pub fn run_to_end(
     lifecycle::record(store, task)?;
     Ok(finished)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{now_timestamp, RunReport, TaskSpec, TaskStatus};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::RunStart;
+
+    /// A runner that fails the task if it is asked to run it at all.
+    struct MustNotRun;
+    impl TaskRunner for MustNotRun {
+        fn run(&self, _: &TaskRecord, _: &TaskControl) -> Result<RunReport, RunError> {
+            Err(RunError::Failed(
+                "ran a task whose run had committed".into(),
+            ))
+        }
+    }
+
+    /// The task once it reached a terminal status.
+    fn ended(store: &dyn Store, task_id: &str) -> TaskRecord {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let task = store.get_task(task_id).unwrap().expect("the task");
+            if task.status.is_terminal() {
+                return task;
+            }
+            assert!(Instant::now() < deadline, "{task:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_worker_records_an_outcome_committed_before_the_last_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("tags.db")).unwrap());
+        let spec = TaskSpec {
+            tag_ids: vec![1],
+            ..TaskSpec::default()
+        };
+        let task = lifecycle::create(spec, "local");
+        // An earlier process committed the run, then stopped before it
+        // recorded the task's end.
+        let committed = RunReport {
+            total_users: 3,
+            ..RunReport::default()
+        };
+        let start = RunStart {
+            task_id: task.task_id.clone(),
+            now: now_timestamp(),
+            tags: vec![],
+        };
+        store
+            .begin_run(&start)
+            .unwrap()
+            .commit(&[], &committed)
+            .unwrap();
+        let pool = Scheduler::start(
+            Arc::clone(&store),
+            Arc::new(MustNotRun),
+            1,
+            4,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        pool.submit(task.clone(), None).unwrap();
+        let done = ended(store.as_ref(), &task.task_id);
+        pool.shutdown();
+        assert_eq!(done.status, TaskStatus::Completed, "{:?}", done.error);
+        assert_eq!(done.result, Some(committed.recovered()));
+        assert_eq!(done.attempts, 1);
+    }
+}
