@@ -1,7 +1,9 @@
 //! The one place for every state change a task goes through, and for the
 //! store calls that make each one durable: the HTTP API, the workers and
-//! `tag-server run` all go through these functions (none of them calls the
-//! store's task methods itself), so they agree on states and error texts.
+//! `tag-server run` all go through these functions (none of them changes a
+//! task in the store itself; reading tasks back is theirs), so they agree on
+//! states and error texts. Purging old finished tasks (retention, in the
+//! server) deletes rather than changes them, and stays a store call there.
 //!
 //! - created: [`create`] (after [`check`]), persisted `submitted` by
 //!   [`submit`];
