@@ -3,15 +3,18 @@
 use crate::config::{Config, GenDataArgs, PluginsAction, PluginsArgs, RunArgs};
 use crate::data::gen::{gen_data_with, GenOptions};
 use crate::engine::sample::SampleOutcome;
-use crate::model::{Priority, TaskSpec, TaskStatus};
+use crate::model::{Priority, RunReport, TaskRecord, TaskSpec, TaskStatus};
 use crate::plugins::{self, sample::sample_batch, Outcome};
 use crate::registry::TagRegistry;
 use crate::server::Core;
-use crate::tasks::control::{run_caught, RunError, TaskControl};
+use crate::store::{Store, StoreError};
+use crate::tasks::control::{RunError, TaskControl, TaskRunner};
 use crate::tasks::lifecycle;
+use crate::tasks::workers::run_to_end;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::{mpsc, Mutex};
 use tag_plugin_api::{Date, Rule};
 
 /// `tag-server plugins [check FILE]`.
@@ -240,27 +243,109 @@ pub fn run_command(
         );
     }
     let mut task = lifecycle::create(spec, config.env.as_str());
-    lifecycle::start(&mut task);
-    core.store.insert_task(&task, None)?;
-    let control = TaskControl::default();
-    let (running, watched) = std::sync::mpsc::channel::<()>();
+    lifecycle::start_unqueued(core.store.as_ref(), &mut task)?;
     let display = crate::watch::Display::choose(args.quiet);
-    let outcome = std::thread::scope(|scope| {
-        scope.spawn(|| crate::watch::show(&control, display, watched));
-        let outcome = run_caught(core.engine.as_ref(), &task, &control);
-        // Dropping the sender wakes the display for its last lines.
-        drop(running);
-        outcome
-    });
-    if let Err(RunError::Failed(reason)) = &outcome {
-        tracing::warn!(task_id = %task.task_id, reason = %reason, "task failed");
-    }
-    lifecycle::finish(&mut task, outcome);
-    core.store.update_task(&task)?;
+    run_watched(
+        core.store.as_ref(),
+        core.engine.as_ref(),
+        &mut task,
+        display,
+    )?;
     writeln!(out, "{}", serde_json::to_string_pretty(&task)?)?;
     Ok(if task.status == TaskStatus::Completed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Runs `task` to its end the way a worker does ([`run_to_end`]: committed
+/// outcome, run, status, log, metrics, store), with its progress on stderr
+/// until the run itself returns.
+fn run_watched(
+    store: &dyn Store,
+    engine: &dyn TaskRunner,
+    task: &mut TaskRecord,
+    display: crate::watch::Display,
+) -> Result<(), StoreError> {
+    let control = TaskControl::default();
+    let (running, watched) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(|| crate::watch::show(&control, display, watched));
+        // Owns the display's sender; dropped at the latest when this
+        // closure returns, before the scope waits for the display.
+        let runner = Watched {
+            engine,
+            running: Mutex::new(Some(running)),
+        };
+        run_to_end(store, &runner, task, &control).map(|_| ())
+    })
+}
+
+/// The engine, ending the progress display as soon as its run returns, so
+/// the display's last lines come before the outcome's log lines.
+struct Watched<'a> {
+    engine: &'a dyn TaskRunner,
+    /// Dropping the sender wakes the display for its last lines.
+    running: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+impl TaskRunner for Watched<'_> {
+    fn run(&self, task: &TaskRecord, control: &TaskControl) -> Result<RunReport, RunError> {
+        // Dropped when the run returns, or unwinds from a panic.
+        let _running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.engine.run(task, control)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::now_timestamp;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::RunStart;
+
+    /// A runner that fails the task if it is asked to run it at all.
+    struct MustNotRun;
+    impl TaskRunner for MustNotRun {
+        fn run(&self, _: &TaskRecord, _: &TaskControl) -> Result<RunReport, RunError> {
+            Err(RunError::Failed(
+                "ran a task whose run had committed".into(),
+            ))
+        }
+    }
+
+    #[test]
+    fn a_run_whose_outcome_was_committed_is_recorded_with_it_not_run_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("tags.db")).unwrap();
+        let spec = TaskSpec {
+            tag_ids: vec![1],
+            ..TaskSpec::default()
+        };
+        let mut task = lifecycle::create(spec, "local");
+        lifecycle::start_unqueued(&store, &mut task).unwrap();
+        // The process stopped after the run's commit, before the task's end
+        // was recorded.
+        let committed = RunReport {
+            total_users: 3,
+            ..RunReport::default()
+        };
+        let start = RunStart {
+            task_id: task.task_id.clone(),
+            now: now_timestamp(),
+            tags: vec![],
+        };
+        let tx = store.begin_run(&start).unwrap();
+        tx.commit(&[], &committed).unwrap();
+        run_watched(&store, &MustNotRun, &mut task, crate::watch::Display::Off).unwrap();
+        assert_eq!(task.status, TaskStatus::Completed, "{:?}", task.error);
+        assert_eq!(task.result, Some(committed.recovered()));
+        let stored = store.get_task(&task.task_id).unwrap().unwrap();
+        assert_eq!((stored.status, stored.result), (task.status, task.result));
+    }
 }

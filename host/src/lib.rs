@@ -12,7 +12,8 @@
 //! - [`data`]: polars I/O: sample data, projected batched reads with type
 //!   coercion, zero-copy FFI batches.
 //! - [`engine`]: one task end to end: read, join, evaluate, diff, write.
-//! - [`scheduler`]: bounded priority queue and worker threads;
+//! - [`tasks`]: the task wing: the bounded priority queue, the worker
+//!   threads, the run contract and every state change of a task;
 //!   [`progress`]: how far a running task has got.
 //! - [`store`]: tasks, rules and `user_tags` (SQLite by default).
 //! - [`http`]: the API, one module per resource; [`console`]: the web
@@ -38,7 +39,6 @@ pub mod model;
 pub mod plugins;
 pub mod progress;
 pub mod registry;
-pub mod scheduler;
 pub mod server;
 pub mod signals;
 pub mod store;

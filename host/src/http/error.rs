@@ -7,9 +7,9 @@
 use super::request_id;
 use crate::auth::Denied;
 use crate::model::TaskStatus;
-use crate::scheduler::SubmitError;
 use crate::store::StoreError;
 use crate::tasks::lifecycle::{self, UnknownTags};
+use crate::tasks::SubmitError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;

@@ -20,8 +20,8 @@ pub use error::ApiError;
 
 use crate::auth::Tokens;
 use crate::registry::TagRegistry;
-use crate::scheduler::Scheduler;
 use crate::store::{Store, StoreError};
+use crate::tasks::Scheduler;
 use axum::Router;
 use std::sync::{Arc, RwLock};
 

@@ -3,7 +3,7 @@
 
 use super::{ApiError, AppState};
 use crate::model::now_timestamp;
-use crate::scheduler::QueueStats;
+use crate::tasks::QueueStats;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;

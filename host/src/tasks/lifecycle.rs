@@ -1,11 +1,31 @@
-//! The only place a task is created, checked, finished and turned into a
-//! status: the HTTP API, the workers and `tag-server run` all go through
-//! these functions, so they agree on states and error texts.
+//! The one place for every state change a task goes through, and for the
+//! store calls that make each one durable: the HTTP API, the workers and
+//! `tag-server run` all go through these functions (none of them changes a
+//! task in the store itself; reading tasks back is theirs), so they agree on
+//! states and error texts. Purging old finished tasks (retention, in the
+//! server) deletes rather than changes them, and stays a store call there.
+//!
+//! - created: [`create`] (after [`check`]), persisted `submitted` by
+//!   [`submit`];
+//! - claimed by a worker: [`claimable`] lists what may be taken, [`claim`]
+//!   takes one (the store marks it `running`, counts the attempt and leases
+//!   it; a task that stopped the server too often is failed instead), and
+//!   [`renew`] keeps the lease while it runs;
+//! - started without the queue (`tag-server run`): [`start_unqueued`];
+//! - progress: kept in memory only, by the run's
+//!   [`TaskControl`](super::control::TaskControl); the store never sees it;
+//! - finished: [`committed_outcome`] (a run that committed before the
+//!   process stopped), [`finish`] (the run's outcome becomes a status) and
+//!   [`record`] (written to the store);
+//! - cancelled: [`cancel`] (the store decides, for a task not running
+//!   here) or [`cancel_running`];
+//! - retried: [`retry_spec`], a new task created like any other.
 
-use super::control::{RunError, Stop};
+use super::control::{RunError, Stop, TaskControl};
 use crate::model::{now_timestamp, RunReport, TaskRecord, TaskSpec, TaskStatus};
 use crate::registry::TagRegistry;
-use crate::store::{Store, StoreError};
+use crate::store::{CancelState, Store, StoreError};
+use std::time::Duration;
 
 pub use crate::model::{id_list as list, CANCELLED_BEFORE_START};
 
@@ -48,12 +68,84 @@ pub fn check(spec: &TaskSpec, registry: &TagRegistry) -> Result<(), UnknownTags>
     }
 }
 
-/// Marks a task taken by a worker, counting the attempt.
+/// Persists a new task (`submitted`), with its idempotency key and the
+/// fingerprint of the request that created it.
+pub fn submit(
+    store: &dyn Store,
+    task: &TaskRecord,
+    idempotency: Option<(&str, &str)>,
+) -> Result<(), StoreError> {
+    store.insert_task(task, idempotency)
+}
+
+/// Marks a task started, counting the attempt (in memory: a claim does the
+/// same in the store's SQL).
 pub fn start(task: &mut TaskRecord) {
     task.status = TaskStatus::Running;
     task.started_at = Some(now_timestamp());
     task.completed_at = None;
     task.attempts += 1;
+}
+
+/// Starts a task that runs in this process without the queue (`tag-server
+/// run`): it is persisted already `running`, so no worker claims it.
+pub fn start_unqueued(store: &dyn Store, task: &mut TaskRecord) -> Result<(), StoreError> {
+    start(task);
+    store.insert_task(task, None)
+}
+
+/// Unix seconds now: the clock of leases.
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The tasks the store says may be taken now: queued ones (from an earlier
+/// run or another process) and running ones whose owner's lease expired.
+pub fn claimable(store: &dyn Store) -> Result<Vec<TaskRecord>, StoreError> {
+    store.claimable_tasks(unix_now())
+}
+
+/// What a claim got.
+#[derive(Debug)]
+pub enum Claim {
+    /// The task, now `running` for this owner: run it.
+    Run(TaskRecord),
+    /// The task had stopped the server on every allowed attempt: it is now
+    /// `failed` (recorded), not run again.
+    CrashedTooOften(TaskRecord),
+    /// Another worker (here or in another process) has it, or it ended.
+    Taken,
+}
+
+/// Takes task `task_id` for `owner`, leased for `lease`; the store makes
+/// the claim atomic, so of concurrent claims one wins.
+pub fn claim(
+    store: &dyn Store,
+    task_id: &str,
+    owner: &str,
+    lease: Duration,
+) -> Result<Claim, StoreError> {
+    let now = unix_now();
+    let Some(mut task) = store.claim_task(task_id, owner, now, now + lease.as_secs() as i64)?
+    else {
+        return Ok(Claim::Taken);
+    };
+    if crashed_too_often(&mut task) {
+        store.update_task(&task)?;
+        return Ok(Claim::CrashedTooOften(task));
+    }
+    Ok(Claim::Run(task))
+}
+
+/// Extends `owner`'s leases on the tasks it runs by `lease`; the ids among
+/// them whose cancel was requested (through another process's API).
+pub fn renew(
+    store: &dyn Store,
+    owner: &str,
+    running: &[String],
+    lease: Duration,
+) -> Result<Vec<String>, StoreError> {
+    store.renew_leases(owner, running, unix_now() + lease.as_secs() as i64)
 }
 
 /// Attempts after which a task whose owner died while running it (its
@@ -118,13 +210,75 @@ pub fn finish(task: &mut TaskRecord, outcome: Result<RunReport, RunError>) -> Fi
     Finished::Terminal(task.status)
 }
 
-/// The tags a retry of `task` runs: the failed tags of a partly failed
-/// run, or all its tags when the run failed as a whole.
-pub fn tags_to_retry(task: &TaskRecord) -> Vec<u32> {
-    match &task.result {
-        Some(report) => report.tags_to_retry(&task.spec.tag_ids),
-        None => task.spec.tag_ids.clone(),
+/// Records a task's state in the store (after a run: its outcome).
+pub fn record(store: &dyn Store, task: &TaskRecord) -> Result<(), StoreError> {
+    store.update_task(task)
+}
+
+/// The outcome of a cancel request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// It was queued and is now cancelled.
+    Cancelled(Box<TaskRecord>),
+    /// It is running and will stop at its next safe point, writing nothing.
+    Requested,
+    /// It had already finished.
+    AlreadyFinished(TaskStatus),
+    /// No such task.
+    NotFound,
+}
+
+/// Cancels task `task_id`, which is not running in this process: the store
+/// decides, since another process may have claimed it meanwhile.
+pub fn cancel(store: &dyn Store, task_id: &str) -> Result<CancelOutcome, StoreError> {
+    Ok(match store.cancel_task(task_id)? {
+        CancelState::Cancelled => match store.get_task(task_id)? {
+            Some(task) => CancelOutcome::Cancelled(Box::new(task)),
+            None => CancelOutcome::NotFound,
+        },
+        // Running in another process: it stops at its next safe point.
+        CancelState::StopRequested => CancelOutcome::Requested,
+        CancelState::AlreadyFinished(status) => CancelOutcome::AlreadyFinished(status),
+        CancelState::NotFound => CancelOutcome::NotFound,
+    })
+}
+
+/// Asks task `task_id`, running here under `control`, to stop at its next
+/// safe point (it then finishes `cancelled`, writing nothing).
+pub fn cancel_running(
+    store: &dyn Store,
+    control: &TaskControl,
+    task_id: &str,
+) -> Result<CancelOutcome, StoreError> {
+    control.cancel();
+    // Its worker may have recorded the end a moment ago.
+    Ok(match store.get_task(task_id)? {
+        Some(task) if task.status.is_terminal() => CancelOutcome::AlreadyFinished(task.status),
+        _ => CancelOutcome::Requested,
+    })
+}
+
+/// A retry was asked of a task that did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("only a failed task can be retried; this one is {}", .0.as_str())]
+pub struct NotRetryable(pub TaskStatus);
+
+/// The spec of a retry of failed task `old`: its failed tags (all of them
+/// when the run failed as a whole), the same users, mode, `as_of` and
+/// priority, and `old` in `retry_of`.
+pub fn retry_spec(old: &TaskRecord) -> Result<TaskSpec, NotRetryable> {
+    if old.status != TaskStatus::Failed {
+        return Err(NotRetryable(old.status));
     }
+    let tag_ids = match &old.result {
+        Some(report) => report.tags_to_retry(&old.spec.tag_ids),
+        None => old.spec.tag_ids.clone(),
+    };
+    Ok(TaskSpec {
+        tag_ids,
+        retry_of: Some(old.task_id.clone()),
+        ..old.spec.clone()
+    })
 }
 
 /// The outcome a task's run committed with its results, if the process
@@ -178,6 +332,26 @@ mod tests {
             task.error.as_deref().unwrap().contains("2 times"),
             "{:?}",
             task.error
+        );
+    }
+
+    #[test]
+    fn only_a_failed_task_is_retried_and_the_retry_names_it() {
+        let mut old = create(spec(), "local");
+        assert_eq!(
+            retry_spec(&old).unwrap_err(),
+            NotRetryable(TaskStatus::Submitted)
+        );
+        start(&mut old);
+        finish(&mut old, Err(RunError::Failed("boom".into())));
+        let retry = retry_spec(&old).unwrap();
+        assert_eq!(retry.retry_of.as_deref(), Some(old.task_id.as_str()));
+        assert_eq!(
+            TaskSpec {
+                retry_of: None,
+                ..retry
+            },
+            spec()
         );
     }
 

@@ -10,9 +10,9 @@ use super::error::ErrorBody;
 use super::params::parse_count;
 use super::{ApiError, AppState};
 use crate::auth::Caller;
-use crate::model::{TaskRecord, TaskSpec, TaskStatus};
-use crate::scheduler::CancelOutcome;
+use crate::model::{TaskRecord, TaskStatus};
 use crate::tasks::lifecycle;
+use crate::tasks::CancelOutcome;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -138,17 +138,10 @@ async fn retry(
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     tracing::info!(caller = %caller.0, task_id = %task_id, "audit: retry requested");
     let old = stored_task(&state, &task_id).await?;
-    if old.status != TaskStatus::Failed {
-        return Err(ApiError::NotRetryable {
-            task_id,
-            status: old.status,
-        });
-    }
-    let spec = TaskSpec {
-        tag_ids: lifecycle::tags_to_retry(&old),
-        retry_of: Some(old.task_id.clone()),
-        ..old.spec.clone()
-    };
+    let spec = lifecycle::retry_spec(&old).map_err(|not_failed| ApiError::NotRetryable {
+        task_id,
+        status: not_failed.0,
+    })?;
     lifecycle::check(&spec, &state.tags()).map_err(ApiError::TagsGone)?;
     let task = lifecycle::create(spec, &state.environment);
     let body = Submitted::of(&task);
