@@ -277,6 +277,7 @@ mod tests {
     use crate::engine::load::tests::{cash_tag, loaded};
     use crate::engine::report::{report, Timings};
     use crate::store::sqlite::SqliteStore;
+    use crate::store::ResultStore;
 
     /// Commits task `task` with `matched` as tag 1's matches.
     fn run(

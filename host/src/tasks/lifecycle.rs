@@ -168,8 +168,8 @@ pub fn tags_to_retry(task: &TaskRecord) -> Vec<u32> {
     }
 }
 
-/// The error of a task cancelled before it started.
-pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
+/// The error of a task cancelled before it started (the store writes it).
+pub use crate::store::CANCELLED_BEFORE_START;
 
 /// The outcome a task's run committed with its results, if the process
 /// stopped after that commit but before the task was marked finished: the

@@ -5,8 +5,7 @@
 
 use super::db;
 use crate::store::{
-    parse_ids_into, push_ids, Held, HeldTags, Op, RunGrants, RunStart, RunTx, StoreError, TagState,
-    UserRows,
+    held_tags, push_ids, Held, Op, RunGrants, RunStart, RunTx, StoreError, TagState, UserRows,
 };
 use ::mysql::prelude::Queryable;
 use ::mysql::{Params, PooledConn, Value};
@@ -119,20 +118,9 @@ impl MyRunTx {
         out: &mut UserRows,
     ) -> Result<(), StoreError> {
         let rows: Vec<(String, String, String)> = self.conn.exec(sql, params).map_err(db)?;
-        let (mut ids, mut grants) = (Vec::new(), Vec::new());
+        let mut scratch = Default::default();
         for (user, tag_ids, grant_ids) in rows {
-            parse_ids_into(&tag_ids, &mut ids)?;
-            parse_ids_into(&grant_ids, &mut grants)?;
-            if ids.len() != grants.len() {
-                return Err(StoreError::Corrupt(format!(
-                    "user {user}: tag_ids and grants differ in length"
-                )));
-            }
-            let held: HeldTags = ids
-                .iter()
-                .zip(&grants)
-                .map(|(&tag_id, &grant)| Held { tag_id, grant })
-                .collect();
+            let held = held_tags(&tag_ids, &grant_ids, &mut scratch)?;
             out.push(Op::Update, &user, &held);
         }
         Ok(())
@@ -195,26 +183,7 @@ impl RunTx for MyRunTx {
         outcome: &serde_json::Value,
     ) -> Result<(), StoreError> {
         self.merge()?;
-        for s in states {
-            let watermarks = serde_json::to_string(&s.watermarks)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            self.conn
-                .exec_drop(
-                    "INSERT INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES (?, ?, ?, ?)
-                     ON DUPLICATE KEY UPDATE rule_version = VALUES(rule_version), watermarks = VALUES(watermarks),
-                       had_full_run = VALUES(had_full_run)",
-                    (s.tag_id, s.rule_version, watermarks, s.had_full_run),
-                )
-                .map_err(db)?;
-        }
-        self.conn
-            .exec_drop(
-                "INSERT INTO run_outcomes (task_id, result, committed_at) VALUES (?, ?, ?)
-                 ON DUPLICATE KEY UPDATE result = VALUES(result), committed_at = VALUES(committed_at)",
-                (&self.start.task_id, outcome.to_string(), &self.start.now),
-            )
-            .map_err(db)?;
-        self.conn.query_drop("COMMIT").map_err(db)?;
+        crate::store::sql::results::finish_run(&mut self.conn, &self.start, states, outcome)?;
         self.committed = true;
         let _ = self
             .conn

@@ -5,8 +5,7 @@
 
 use super::{db, Pooled};
 use crate::store::{
-    parse_ids_into, push_ids, Held, HeldTags, Op, RunGrants, RunStart, RunTx, StoreError, TagState,
-    UserRows,
+    held_tags, push_ids, Held, Op, RunGrants, RunStart, RunTx, StoreError, TagState, UserRows,
 };
 use std::io::Write;
 
@@ -153,21 +152,9 @@ impl RunTx for PgRunTx<'_> {
         // Streamed: rows are counted into `out` as they arrive, not after
         // the whole result was fetched.
         let mut rows = self.client.query_raw(sql, params).map_err(db)?;
-        let (mut ids, mut grants) = (Vec::new(), Vec::new());
+        let mut scratch = Default::default();
         while let Some(row) = rows.next().map_err(db)? {
-            parse_ids_into(row.get(1), &mut ids)?;
-            parse_ids_into(row.get(2), &mut grants)?;
-            if ids.len() != grants.len() {
-                return Err(StoreError::Corrupt(format!(
-                    "user {}: tag_ids and grants differ in length",
-                    row.get::<_, &str>(0)
-                )));
-            }
-            let held: HeldTags = ids
-                .iter()
-                .zip(&grants)
-                .map(|(&tag_id, &grant)| Held { tag_id, grant })
-                .collect();
+            let held = held_tags(row.get(1), row.get(2), &mut scratch)?;
             out.push(Op::Update, row.get(0), &held);
         }
         Ok(())
@@ -202,26 +189,7 @@ impl RunTx for PgRunTx<'_> {
         outcome: &serde_json::Value,
     ) -> Result<(), StoreError> {
         self.merge()?;
-        for s in states {
-            let watermarks = serde_json::to_string(&s.watermarks)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            self.client
-                .execute(
-                    "INSERT INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (tag_id) DO UPDATE SET rule_version = EXCLUDED.rule_version,
-                       watermarks = EXCLUDED.watermarks, had_full_run = EXCLUDED.had_full_run",
-                    &[&(s.tag_id as i64), &s.rule_version, &watermarks, &s.had_full_run],
-                )
-                .map_err(db)?;
-        }
-        self.client
-            .execute(
-                "INSERT INTO run_outcomes (task_id, result, committed_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (task_id) DO UPDATE SET result = EXCLUDED.result, committed_at = EXCLUDED.committed_at",
-                &[&self.start.task_id, &outcome.to_string(), &self.start.now],
-            )
-            .map_err(db)?;
-        self.client.batch_execute("COMMIT").map_err(db)?;
+        crate::store::sql::results::finish_run(&mut *self.client, &self.start, states, outcome)?;
         self.committed = true;
         Ok(())
     }

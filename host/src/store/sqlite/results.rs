@@ -20,8 +20,7 @@
 
 use super::{connect, db};
 use crate::store::{
-    parse_ids_into, push_ids, Held, HeldTags, Op, RunGrants, RunStart, RunTx, StoreError, TagState,
-    UserRows,
+    held_tags, push_ids, Held, Op, RunGrants, RunStart, RunTx, StoreError, TagState, UserRows,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashSet;
@@ -117,27 +116,6 @@ pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
         .map_err(db)?;
     tx.commit().map_err(db)
-}
-
-/// A user's held tags from the two stored arrays.
-pub fn held_tags(
-    tag_ids: &str,
-    grants: &str,
-    scratch: &mut [Vec<u32>; 2],
-) -> Result<HeldTags, StoreError> {
-    let [ids, gs] = scratch;
-    parse_ids_into(tag_ids, ids)?;
-    parse_ids_into(grants, gs)?;
-    if ids.len() != gs.len() {
-        return Err(StoreError::Corrupt(format!(
-            "tag_ids {tag_ids} and grants {grants} differ in length"
-        )));
-    }
-    Ok(ids
-        .iter()
-        .zip(gs.iter())
-        .map(|(&tag_id, &grant)| Held { tag_id, grant })
-        .collect())
 }
 
 /// New rows per multi-row `INSERT` (5 parameters each).
@@ -334,22 +312,7 @@ impl RunTx for SqliteRunTx {
         states: &[TagState],
         outcome: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        for s in states {
-            let watermarks = serde_json::to_string(&s.watermarks)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            self.conn
-                .prepare_cached("INSERT OR REPLACE INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES (?1, ?2, ?3, ?4)")
-                .map_err(db)?
-                .execute(params![s.tag_id, s.rule_version, watermarks, s.had_full_run as i64])
-                .map_err(db)?;
-        }
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO run_outcomes (task_id, result, committed_at) VALUES (?1, ?2, ?3)",
-                params![self.start.task_id, outcome.to_string(), self.start.now],
-            )
-            .map_err(db)?;
-        self.conn.execute_batch("COMMIT").map_err(db)?;
+        crate::store::sql::results::finish_run(&mut self.conn, &self.start, states, outcome)?;
         self.committed = true;
         Ok(())
     }
