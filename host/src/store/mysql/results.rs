@@ -4,9 +4,9 @@
 //! merged with one statement each at commit.
 
 use super::db;
-use crate::store::{
-    held_tags, push_ids, Held, Op, RunGrants, RunStart, RunTx, StoreError, TagState, UserRows,
-};
+use crate::store::sql::results::{BulkWrite, RunWrite};
+use crate::store::sql::Conn;
+use crate::store::{held_tags, push_ids, Held, Op, RunStart, StoreError, UserRows};
 use ::mysql::prelude::Queryable;
 use ::mysql::{Params, PooledConn, Value};
 
@@ -16,19 +16,14 @@ const ROWS: usize = 1000;
 /// The MySQL side of one run's write.
 pub struct MyRunTx {
     conn: PooledConn,
-    start: RunStart,
-    /// The run's time in Unix seconds.
-    now: i64,
-    /// This run's grants, per tag.
-    grants: RunGrants,
-    committed: bool,
+    /// The run, its time and grants, and whether it committed.
+    run: RunWrite,
 }
 
 impl MyRunTx {
     /// Begins the transaction and takes the run lock: other runs' writes
     /// wait until it ends; readers see the last commit meanwhile.
     pub fn begin(mut conn: PooledConn, start: &RunStart) -> Result<MyRunTx, StoreError> {
-        let now = start.unix_time()?;
         for sql in [
             "DROP TEMPORARY TABLE IF EXISTS run_stage",
             "CREATE TEMPORARY TABLE run_stage (op CHAR(1) NOT NULL, user_id VARCHAR(255) NOT NULL,
@@ -41,25 +36,8 @@ impl MyRunTx {
         }
         Ok(MyRunTx {
             conn,
-            start: start.clone(),
-            now,
-            grants: RunGrants::default(),
-            committed: false,
+            run: RunWrite::new(start)?,
         })
-    }
-
-    /// Grant ids for `held`, creating this run's grants on first use.
-    fn resolve(&mut self, held: &[Held], out: &mut Vec<u32>) -> Result<(), StoreError> {
-        let conn = &mut self.conn;
-        self.grants
-            .resolve(&self.start, held, out, |tag_id, detail| {
-                conn.exec_drop(
-                    "INSERT INTO tag_grants (tag_id, detail) VALUES (?, ?)",
-                    (tag_id, detail),
-                )
-                .map_err(db)?;
-                Ok(conn.last_insert_id() as u32)
-            })
     }
 
     /// The parameters of one changed row: user, `tag_ids`, `grants`.
@@ -74,7 +52,7 @@ impl MyRunTx {
         push_ids(&mut text, held.iter().map(|h| h.tag_id));
         out.push(Value::from(text.as_str()));
         let mut grants = Vec::with_capacity(held.len());
-        self.resolve(held, &mut grants)?;
+        self.run.resolve(&mut self.conn, held, &mut grants)?;
         push_ids(&mut text, grants.into_iter());
         out.push(Value::from(text.as_str()));
         Ok(())
@@ -97,20 +75,6 @@ impl MyRunTx {
             .map_err(db)
     }
 
-    fn merge(&mut self) -> Result<(), StoreError> {
-        self.conn
-            .exec_drop(
-                "UPDATE user_tag_sets AS u JOIN run_stage AS s ON u.user_id = s.user_id AND s.op = 'U'
-                 SET u.tag_ids = s.tag_ids, u.grants = s.grants, u.updated_time = ?",
-                (self.now,),
-            )
-            .map_err(db)?;
-        self.conn
-            .query_drop("DELETE u FROM user_tag_sets AS u JOIN run_stage AS s ON u.user_id = s.user_id AND s.op = 'D'")
-            .map_err(db)?;
-        Ok(())
-    }
-
     fn read_rows(
         &mut self,
         sql: &str,
@@ -127,7 +91,25 @@ impl MyRunTx {
     }
 }
 
-impl RunTx for MyRunTx {
+impl BulkWrite for MyRunTx {
+    fn parts(&mut self) -> (&mut dyn Conn, &mut RunWrite) {
+        (&mut self.conn, &mut self.run)
+    }
+
+    fn merge(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .exec_drop(
+                "UPDATE user_tag_sets AS u JOIN run_stage AS s ON u.user_id = s.user_id AND s.op = 'U'
+                 SET u.tag_ids = s.tag_ids, u.grants = s.grants, u.updated_time = ?",
+                (self.run.now,),
+            )
+            .map_err(db)?;
+        self.conn
+            .query_drop("DELETE u FROM user_tag_sets AS u JOIN run_stage AS s ON u.user_id = s.user_id AND s.op = 'D'")
+            .map_err(db)?;
+        Ok(())
+    }
+
     fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError> {
         const ALL: &str = "SELECT user_id, tag_ids, grants FROM user_tag_sets ORDER BY user_id";
         let Some(users) = users else {
@@ -153,7 +135,7 @@ impl RunTx for MyRunTx {
             for &(op, user, held) in chunk {
                 if op == Op::Insert {
                     self.row_values(user, held, &mut new_values)?;
-                    new_values.extend([Value::from(self.now), Value::from(self.now)]);
+                    new_values.extend([Value::from(self.run.now), Value::from(self.run.now)]);
                     new_rows += 1;
                 } else {
                     staged_values.push(Value::from(if op == Op::Update { "U" } else { "D" }));
@@ -176,31 +158,15 @@ impl RunTx for MyRunTx {
         }
         Ok(())
     }
-
-    fn commit(
-        mut self: Box<Self>,
-        states: &[TagState],
-        outcome: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.merge()?;
-        crate::store::sql::results::finish_run(&mut self.conn, &self.start, states, outcome)?;
-        self.committed = true;
-        let _ = self
-            .conn
-            .query_drop("DROP TEMPORARY TABLE IF EXISTS run_stage");
-        Ok(())
-    }
 }
 
 impl Drop for MyRunTx {
     fn drop(&mut self) {
-        if !self.committed {
-            // An error here means the connection is gone, and the server
-            // rolls the transaction back itself.
-            let _ = self.conn.query_drop("ROLLBACK");
-            let _ = self
-                .conn
-                .query_drop("DROP TEMPORARY TABLE IF EXISTS run_stage");
-        }
+        self.run.abandon(&mut self.conn);
+        // The connection goes back to the pool: without its staging table,
+        // committed or not (an error means the connection is gone).
+        let _ = self
+            .conn
+            .query_drop("DROP TEMPORARY TABLE IF EXISTS run_stage");
     }
 }

@@ -98,6 +98,14 @@ impl Dialect {
         }
     }
 
+    /// A placeholder for a JSON value passed as text.
+    pub fn json_param(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "?::text::jsonb",
+            Dialect::Sqlite | Dialect::MySql => "?",
+        }
+    }
+
     /// The task spec with its `user_ids` list, when it has one, emptied.
     pub fn spec_without_user_ids(self) -> &'static str {
         match self {
@@ -403,6 +411,8 @@ mod tests {
     fn json_is_read_as_text() {
         assert_eq!(Dialect::Postgres.json_text("tag_ids"), "tag_ids::text");
         assert_eq!(Dialect::MySql.json_text("tag_ids"), "tag_ids");
+        assert_eq!(Dialect::Postgres.json_param(), "?::text::jsonb");
+        assert_eq!(Dialect::Sqlite.json_param(), "?");
     }
 
     #[test]

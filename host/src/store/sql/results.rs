@@ -1,9 +1,132 @@
 //! Results on every backend: tag states, run outcomes, a user's tags and
 //! the users holding a tag, and the end of a run's write.
 
-use super::{Arg, Conn, SqlStore};
-use crate::store::{parse_tag_ids, ResultStore, RunStart, RunTx, StoreError, TagState, UserTagRow};
+use super::{Arg, Conn, Dialect, SqlStore};
+use crate::store::{
+    parse_tag_ids, Held, ResultStore, RunGrants, RunStart, RunTx, StoreError, TagState, UserRows,
+    UserTagRow,
+};
 use std::collections::HashMap;
+
+/// What a run's write keeps on every backend besides its connection: the
+/// run, its time, the grants it created, and whether it committed.
+#[derive(Debug)]
+pub struct RunWrite {
+    /// The run.
+    pub start: RunStart,
+    /// The run's time in Unix seconds (how rows keep their times).
+    pub now: i64,
+    grants: RunGrants,
+    committed: bool,
+}
+
+impl RunWrite {
+    /// The state of a run's write that has not committed yet.
+    pub fn new(start: &RunStart) -> Result<RunWrite, StoreError> {
+        Ok(RunWrite {
+            start: start.clone(),
+            now: start.unix_time()?,
+            grants: RunGrants::default(),
+            committed: false,
+        })
+    }
+
+    /// Grant ids for `held` into `out`, creating this run's grants on `c`
+    /// on first use.
+    pub fn resolve(
+        &mut self,
+        c: &mut dyn Conn,
+        held: &[Held],
+        out: &mut Vec<u32>,
+    ) -> Result<(), StoreError> {
+        self.grants
+            .resolve(&self.start, held, out, |tag_id, detail| {
+                create_grant(c, tag_id, detail)
+            })
+    }
+
+    /// Records the tag states and the outcome on `c` and commits
+    /// ([`finish_run`]).
+    pub fn commit(
+        &mut self,
+        c: &mut dyn Conn,
+        states: &[TagState],
+        outcome: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        finish_run(c, &self.start, states, outcome)?;
+        self.committed = true;
+        Ok(())
+    }
+
+    /// Rolls back on `c` unless the run committed (a dropped run leaves
+    /// nothing). An error here means the connection is gone, and the
+    /// database rolls the transaction back itself.
+    pub fn abandon(&self, c: &mut dyn Conn) {
+        if !self.committed {
+            let _ = c.batch("ROLLBACK");
+        }
+    }
+}
+
+/// A backend's side of a run's write: reading the current rows and
+/// writing the changes (its bulk paths). The commit follows once for all
+/// backends: what [`BulkWrite::merge`] applies, then the tag states and
+/// the outcome ([`finish_run`]).
+pub trait BulkWrite: Send {
+    /// The connection of the run's transaction, and the run's state.
+    fn parts(&mut self) -> (&mut dyn Conn, &mut RunWrite);
+    /// As [`RunTx::current`].
+    fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError>;
+    /// As [`RunTx::apply`].
+    fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError>;
+    /// Applies what [`BulkWrite::apply`] staged, before the commit
+    /// (nothing unless the backend stages changes).
+    fn merge(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl<W: BulkWrite> RunTx for W {
+    fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError> {
+        BulkWrite::current(self, users, out)
+    }
+
+    fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError> {
+        BulkWrite::apply(self, changes)
+    }
+
+    fn commit(
+        mut self: Box<Self>,
+        states: &[TagState],
+        outcome: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.merge()?;
+        let (c, run) = self.parts();
+        run.commit(c, states, outcome)
+    }
+}
+
+/// Creates a grant (`detail`: its `tag_details` entry as JSON); its id.
+fn create_grant(c: &mut dyn Conn, tag_id: u32, detail: &str) -> Result<u32, StoreError> {
+    let dialect = c.dialect();
+    let insert = format!(
+        "INSERT INTO tag_grants (tag_id, detail) VALUES (?, {})",
+        dialect.json_param()
+    );
+    let args = [Arg::from(tag_id), Arg::from(detail)];
+    let row = match dialect {
+        // No `RETURNING` on MySQL: the id the connection inserted last.
+        Dialect::MySql => {
+            c.execute(&insert, &args)?;
+            c.query_first("SELECT LAST_INSERT_ID()", &[])?
+        }
+        Dialect::Sqlite | Dialect::Postgres => {
+            c.query_first(&format!("{insert} RETURNING grant_id"), &args)?
+        }
+    };
+    row.ok_or_else(|| StoreError::Database("a new grant has no id".into()))?
+        .id(0)
+}
 
 /// Records the tag states and the task's outcome in a run's transaction,
 /// and commits it: the outcome commits with the results, so a task
