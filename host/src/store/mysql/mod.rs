@@ -7,7 +7,7 @@
 mod results;
 mod schema;
 
-use super::sql::{Arg, Cell, Conn, Dialect, Row, SqlStore};
+use super::sql::{Arg, Cell, Conn, Dialect, Row, SqlStore, WithConn};
 use super::{redact, RunStart, RunTx, StoreError};
 use ::mysql::prelude::Queryable;
 use ::mysql::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, PooledConn, Value};
@@ -109,10 +109,7 @@ impl Conn for PooledConn {
 }
 
 impl SqlStore for MyStore {
-    fn control<T>(
-        &self,
-        f: impl FnOnce(&mut dyn Conn) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn control<T>(&self, f: impl WithConn<T>) -> Result<T, StoreError> {
         f(&mut self.conn()?)
     }
 

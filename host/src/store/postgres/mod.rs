@@ -9,7 +9,7 @@
 mod results;
 mod schema;
 
-use super::sql::{Arg, Cell, Conn, Dialect, Row, SqlStore};
+use super::sql::{Arg, Cell, Conn, Dialect, Row, SqlStore, WithConn};
 use super::{redact, RunStart, RunTx, StoreError};
 use ::postgres::types::{IsNull, ToSql, Type};
 use ::postgres::{Client, NoTls};
@@ -213,10 +213,7 @@ impl Conn for Client {
 }
 
 impl SqlStore for PgStore {
-    fn control<T>(
-        &self,
-        f: impl FnOnce(&mut dyn Conn) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn control<T>(&self, f: impl WithConn<T>) -> Result<T, StoreError> {
         f(&mut *self.client()?)
     }
 

@@ -311,30 +311,60 @@ impl dyn Conn + '_ {
     }
 }
 
+/// Work done on a connection: what [`SqlStore`] runs.
+pub trait WithConn<T>: FnOnce(&mut dyn Conn) -> Result<T, StoreError> {}
+
+impl<T, F: FnOnce(&mut dyn Conn) -> Result<T, StoreError>> WithConn<T> for F {}
+
+/// Refuses a database (`what`) whose schema version `current` is newer
+/// than the `known` one of this server: it would misread it.
+pub fn refuse_newer(what: &str, current: i64, known: i64) -> Result<(), StoreError> {
+    if current > known {
+        return Err(StoreError::Database(format!(
+            "the {what} has schema version {current}, newer than this server's {known}: upgrade tag-server"
+        )));
+    }
+    Ok(())
+}
+
+/// The columns of `tasks` after its sequence number, as SQLite and
+/// PostgreSQL both declare them (MySQL sizes its own). PostgreSQL's
+/// released migration 1 is built with it: never change it; add columns
+/// with a migration.
+macro_rules! task_text_columns {
+    () => {
+        "
+    task_id TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    status TEXT NOT NULL,
+    submitted_at TEXT NOT NULL,
+    started_at TEXT,
+    completed_at TEXT,
+    result TEXT,
+    error TEXT,
+    idempotency_key TEXT UNIQUE,
+    request_hash TEXT
+"
+    };
+}
+pub(crate) use task_text_columns;
+
 /// A backend of the shared SQL: where its connections come from, and how a
 /// run's write begins. [`super::TaskStore`], [`super::RuleStore`],
 /// [`super::ResultStore`] and [`super::Store`] follow.
 pub trait SqlStore: Send + Sync {
     /// Runs `f` on a connection to the tasks and rules.
-    fn control<T>(
-        &self,
-        f: impl FnOnce(&mut dyn Conn) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError>;
+    fn control<T>(&self, f: impl WithConn<T>) -> Result<T, StoreError>;
 
     /// Runs `f` on a connection that reads results (the same database as
     /// the tasks unless the backend keeps them apart).
-    fn results<T>(
-        &self,
-        f: impl FnOnce(&mut dyn Conn) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn results<T>(&self, f: impl WithConn<T>) -> Result<T, StoreError> {
         self.control(f)
     }
 
     /// Runs `f` on a connection that may delete results (run outcomes).
-    fn results_write<T>(
-        &self,
-        f: impl FnOnce(&mut dyn Conn) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn results_write<T>(&self, f: impl WithConn<T>) -> Result<T, StoreError> {
         self.control(f)
     }
 
@@ -404,6 +434,19 @@ mod tests {
         assert_eq!(
             Dialect::MySql.insert_ignore(into),
             "INSERT IGNORE INTO tag_owners (tag_id, plugin) VALUES (?, ?)"
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        assert!(refuse_newer("database", 5, 5).is_ok());
+        assert!(refuse_newer("database", 0, 5).is_ok());
+        let err = refuse_newer("results database", 3, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("results database has schema version 3"),
+            "{err}"
         );
     }
 

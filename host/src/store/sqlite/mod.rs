@@ -9,7 +9,7 @@
 
 mod results;
 
-use super::sql::{Arg, Cell, Conn, Dialect, Row, SqlStore};
+use super::sql::{Arg, Cell, Conn, Dialect, Row, SqlStore, WithConn};
 use super::{RunStart, RunTx, StoreError};
 use results::SqliteRunTx;
 use rusqlite::Connection;
@@ -33,21 +33,10 @@ fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
-const CONTROL_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS tasks (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    task_id TEXT NOT NULL UNIQUE,
-    spec TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    status TEXT NOT NULL,
-    submitted_at TEXT NOT NULL,
-    started_at TEXT,
-    completed_at TEXT,
-    result TEXT,
-    error TEXT,
-    idempotency_key TEXT UNIQUE,
-    request_hash TEXT
-);
+const CONTROL_SCHEMA: &str = concat!(
+    "CREATE TABLE IF NOT EXISTS tasks (seq INTEGER PRIMARY KEY AUTOINCREMENT,",
+    super::sql::task_text_columns!(),
+    ");
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
 CREATE TABLE IF NOT EXISTS tag_rules (
     tag_id INTEGER NOT NULL,
@@ -61,7 +50,8 @@ CREATE TABLE IF NOT EXISTS tag_owners (
     plugin TEXT NOT NULL,
     recorded_at TEXT NOT NULL
 );
-";
+"
+);
 
 /// Control files made before attempts were counted and tasks were leased
 /// lack these columns.
@@ -225,20 +215,14 @@ impl Conn for Connection {
 }
 
 impl SqlStore for SqliteStore {
-    fn control<T>(
-        &self,
-        f: impl FnOnce(&mut dyn Conn) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn control<T>(&self, f: impl WithConn<T>) -> Result<T, StoreError> {
         // A poisoned mutex only means another thread panicked mid-call; the
         // connection itself is still usable (SQLite rolls back open work).
         let mut conn = self.control.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut *conn)
     }
 
-    fn results<T>(
-        &self,
-        f: impl FnOnce(&mut dyn Conn) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn results<T>(&self, f: impl WithConn<T>) -> Result<T, StoreError> {
         // Round-robin: concurrent readers spread over the pool instead of
         // queueing behind one connection.
         let i = self.next_read.fetch_add(1, Ordering::Relaxed) % self.reads.len();
@@ -246,10 +230,7 @@ impl SqlStore for SqliteStore {
         f(&mut *conn)
     }
 
-    fn results_write<T>(
-        &self,
-        f: impl FnOnce(&mut dyn Conn) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn results_write<T>(&self, f: impl WithConn<T>) -> Result<T, StoreError> {
         // The results file is written by runs' own connections: a short one here.
         f(&mut connect(&self.results_path, true)?)
     }

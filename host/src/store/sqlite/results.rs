@@ -89,11 +89,7 @@ pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(db)?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Database(format!(
-            "the results database has schema version {version}, newer than this server's {SCHEMA_VERSION}: upgrade tag-server"
-        )));
-    }
+    crate::store::sql::refuse_newer("results database", version, SCHEMA_VERSION)?;
     if version == SCHEMA_VERSION {
         return Ok(());
     }
