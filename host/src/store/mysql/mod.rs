@@ -92,14 +92,10 @@ impl Conn for PooledConn {
 
     fn rows(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
         let rows: Vec<::mysql::Row> = self.exec(sql, params(args)).map_err(db)?;
+        // A value is absent only once taken out of the row: none is here.
+        let values = |r: ::mysql::Row| r.unwrap_raw().into_iter().map(|v| v.unwrap_or(Value::NULL));
         rows.into_iter()
-            .map(|r| {
-                r.unwrap_raw()
-                    .into_iter()
-                    .map(|v| cell(v.unwrap_or(Value::NULL)))
-                    .collect::<Result<_, _>>()
-                    .map(Row)
-            })
+            .map(|r| Row::decoded(values(r).map(cell)))
             .collect()
     }
 

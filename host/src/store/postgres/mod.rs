@@ -198,12 +198,7 @@ impl Conn for Client {
         let binds = binds(args);
         let rows = self.query(sql, &refs(&binds)).map_err(db)?;
         rows.iter()
-            .map(|r| {
-                (0..r.len())
-                    .map(|i| cell(r, i))
-                    .collect::<Result<_, _>>()
-                    .map(Row)
-            })
+            .map(|r| Row::decoded((0..r.len()).map(|i| cell(r, i))))
             .collect()
     }
 

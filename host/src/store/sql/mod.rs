@@ -211,6 +211,13 @@ pub enum Cell {
 pub struct Row(pub Vec<Cell>);
 
 impl Row {
+    /// A row of `cells`, or the first error decoding them.
+    pub fn decoded(
+        cells: impl Iterator<Item = Result<Cell, StoreError>>,
+    ) -> Result<Row, StoreError> {
+        cells.collect::<Result<_, _>>().map(Row)
+    }
+
     fn cell(&self, i: usize) -> Result<&Cell, StoreError> {
         self.0
             .get(i)

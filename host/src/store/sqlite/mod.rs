@@ -201,10 +201,9 @@ impl Conn for Connection {
             .map_err(db)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(db)? {
-            let cells = (0..width)
-                .map(|i| cell(row.get_ref(i).map_err(db)?))
-                .collect::<Result<_, _>>()?;
-            out.push(Row(cells));
+            out.push(Row::decoded(
+                (0..width).map(|i| cell(row.get_ref(i).map_err(db)?)),
+            )?);
         }
         Ok(out)
     }
