@@ -1,7 +1,12 @@
 //! Persistence: tasks, versioned rules, and the `user_tags` results table.
 //!
-//! [`Store`] is the interface the rest of the host uses; [`sqlite`] is the
-//! embedded default. A MySQL or PostgreSQL backend implements the same trait.
+//! [`Store`] is the interface the rest of the host uses: the union of one
+//! trait per concern, [`TaskStore`] (the task queue), [`RuleStore`] (rules
+//! and tag owners) and [`ResultStore`] (run state, a run's write, reads of
+//! results). [`sqlite`] is the embedded default; [`postgres`] and [`mysql`]
+//! serve deployments of several processes. The SQL the backends share is
+//! written once in [`sql`]; each backend keeps its schema, its driver glue
+//! and the bulk paths and locks of a run's write.
 //! The one subtle part is a run's write, [`RunTx`]: one transaction that
 //! reads the current tags of the users in scope, applies the run's changes in
 //! batches and commits with the tag states and the task's outcome, excluding
