@@ -306,6 +306,7 @@ impl TaskRunner for Watched<'_> {
 mod tests {
     use super::*;
     use crate::model::now_timestamp;
+    use crate::store::prelude::*;
     use crate::store::sqlite::SqliteStore;
     use crate::store::RunStart;
 

@@ -270,6 +270,7 @@ mod tests {
     use crate::engine::report::{report, Timings};
     use crate::engine::{Failures, Plan, TagResult};
     use crate::store::sqlite::SqliteStore;
+    use crate::store::ResultStore;
 
     /// Writes and commits task `task` with `matched` as tag 1's matches;
     /// the committed report.

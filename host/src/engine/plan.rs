@@ -127,6 +127,7 @@ mod tests {
     use super::*;
     use crate::engine::testkit::tag_at_least;
     use crate::model::TaskSpec;
+    use crate::store::prelude::*;
     use crate::store::sqlite::SqliteStore;
 
     /// A task over `tag_ids` in `mode`, as of 2025-01-15.

@@ -1,7 +1,12 @@
 //! Persistence: tasks, versioned rules, and the `user_tags` results table.
 //!
-//! [`Store`] is the interface the rest of the host uses; [`sqlite`] is the
-//! embedded default. A MySQL or PostgreSQL backend implements the same trait.
+//! [`Store`] is the interface the rest of the host uses: the union of one
+//! trait per concern, [`TaskStore`] (the task queue), [`RuleStore`] (rules
+//! and tag owners) and [`ResultStore`] (run state, a run's write, reads of
+//! results). [`sqlite`] is the embedded default; [`postgres`] and [`mysql`]
+//! serve deployments of several processes. The SQL the backends share is
+//! written once in [`sql`]; each backend keeps its schema, its driver glue
+//! and the bulk paths and locks of a run's write.
 //! The one subtle part is a run's write, [`RunTx`]: one transaction that
 //! reads the current tags of the users in scope, applies the run's changes in
 //! batches and commits with the tag states and the task's outcome, excluding
@@ -16,6 +21,7 @@
 
 pub mod mysql;
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 
 use crate::model::{TaskRecord, TaskStatus};
@@ -225,11 +231,9 @@ pub struct TagState {
     pub had_full_run: bool,
 }
 
-/// Persistence used by the server and the one-shot runner.
-pub trait Store: Send + Sync {
-    /// Checks the store answers.
-    fn ping(&self) -> Result<(), StoreError>;
-
+/// Persistence of the task queue: tasks, their idempotency keys, claims,
+/// leases, cancels and the purge of finished tasks.
+pub trait TaskStore: Send + Sync {
     /// Records an accepted task (with its idempotency key and request hash).
     fn insert_task(
         &self,
@@ -287,7 +291,10 @@ pub trait Store: Send + Sync {
     /// before `before` (a `YYYY-MM-DDTHH:MM:SS` UTC time), and run outcomes
     /// committed before it; how many tasks went.
     fn purge_finished(&self, before: &str) -> Result<usize, StoreError>;
+}
 
+/// Persistence of versioned rules and of which plugin owns each tag.
+pub trait RuleStore: Send + Sync {
     /// The current rule of a tag.
     fn current_rule(&self, tag_id: u32) -> Result<Option<RuleVersion>, StoreError>;
     /// Every version of a tag's rule, oldest first.
@@ -310,7 +317,11 @@ pub trait Store: Send + Sync {
     /// Makes `plugin` the owner of `tag_id` (an explicit transfer); the
     /// previous owner, if any.
     fn set_tag_owner(&self, tag_id: u32, plugin: &str) -> Result<Option<String>, StoreError>;
+}
 
+/// Persistence of results: per-tag run state, a run's write, its outcome,
+/// and reads of `user_tags`.
+pub trait ResultStore: Send + Sync {
     /// Per-tag state of the last successful runs.
     fn tag_states(&self) -> Result<HashMap<u32, TagState>, StoreError>;
     /// Starts a run's write transaction.
@@ -326,6 +337,19 @@ pub trait Store: Send + Sync {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Vec<String>, StoreError>;
+}
+
+/// Persistence used by the server and the one-shot runner: every concern,
+/// so one `Arc<dyn Store>` serves them all. Callers bring the concern's
+/// trait into scope (or [`prelude`]) to call its methods.
+pub trait Store: TaskStore + RuleStore + ResultStore {
+    /// Checks the store answers.
+    fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The store traits, for callers of their methods.
+pub mod prelude {
+    pub use super::{ResultStore, RuleStore, Store, TaskStore};
 }
 
 /// Opens the store named by a URL: `sqlite://PATH`,
@@ -346,13 +370,6 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     }
     Err(StoreError::UnsupportedUrl(redact(url)))
 }
-
-/// Deletes the finished tasks that ended before `$1`/`?1` (numbered for
-/// PostgreSQL by [`numbered`]).
-pub const PURGE_TASKS_SQL: &str =
-    "DELETE FROM tasks WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?";
-/// Deletes run outcomes committed before `?`.
-pub const PURGE_OUTCOMES_SQL: &str = "DELETE FROM run_outcomes WHERE committed_at < ?";
 
 /// Parses `user_tags.tag_ids` (`[1,2,5]`; any JSON spacing).
 pub fn parse_tag_ids<C: FromIterator<u32>>(text: &str) -> Result<C, StoreError> {
@@ -378,6 +395,28 @@ pub fn parse_ids_into(text: &str, out: &mut Vec<u32>) -> Result<(), StoreError> 
         out.push(n.trim().parse().map_err(|_| corrupt())?);
     }
     Ok(())
+}
+
+/// A user's held tags from the two stored arrays (`tag_ids` and the
+/// parallel `grants`), parsed with the buffers of `scratch`.
+pub fn held_tags(
+    tag_ids: &str,
+    grants: &str,
+    scratch: &mut [Vec<u32>; 2],
+) -> Result<HeldTags, StoreError> {
+    let [ids, gs] = scratch;
+    parse_ids_into(tag_ids, ids)?;
+    parse_ids_into(grants, gs)?;
+    if ids.len() != gs.len() {
+        return Err(StoreError::Corrupt(format!(
+            "tag_ids {tag_ids} and grants {grants} differ in length"
+        )));
+    }
+    Ok(ids
+        .iter()
+        .zip(gs.iter())
+        .map(|(&tag_id, &grant)| Held { tag_id, grant })
+        .collect())
 }
 
 impl RunStart {
@@ -499,16 +538,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The claim every backend runs, with `?` placeholders: task id, owner,
-/// start time, lease end, now. Atomic per row: of two workers, one updates
-/// the row and the other finds nothing to update.
-pub const CLAIM_SQL: &str = "UPDATE tasks SET status = 'running', owner = ?, started_at = ?, lease_until = ?,
-    attempts = attempts + 1, completed_at = NULL
-    WHERE task_id = ? AND (status = 'submitted' OR (status = 'running' AND (lease_until IS NULL OR lease_until < ?)))";
-
-/// Tasks a worker may take (`?`: now), oldest first.
-pub const CLAIMABLE_SQL: &str = "status = 'submitted' OR (status = 'running' AND (lease_until IS NULL OR lease_until < ?)) ORDER BY seq";
-
 /// `?` placeholders numbered `$1`, `$2`, ... (PostgreSQL).
 pub fn numbered(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
@@ -524,15 +553,9 @@ pub fn numbered(sql: &str) -> String {
     out
 }
 
-/// Cancels a queued task (`?`: completed_at, error, task id).
-pub const CANCEL_QUEUED_SQL: &str = "UPDATE tasks SET status = 'cancelled', completed_at = ?,
-    error = ? WHERE task_id = ? AND status = 'submitted'";
-/// Asks a running task to stop (`?`: task id).
-pub const CANCEL_RUNNING_SQL: &str =
-    "UPDATE tasks SET cancel_requested = 1 WHERE task_id = ? AND status = 'running'";
-/// An owner's running tasks whose cancellation was requested (`?`: owner).
-pub const CANCEL_REQUESTED_SQL: &str =
-    "SELECT task_id FROM tasks WHERE owner = ? AND status = 'running' AND cancel_requested = 1";
+/// The error of a task cancelled before it started. It lives with the
+/// store, which writes it when it cancels a queued task.
+pub use crate::model::CANCELLED_BEFORE_START;
 
 /// What a cancel request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -546,33 +569,6 @@ pub enum CancelState {
     /// No such task.
     NotFound,
 }
-
-/// Runs the two cancel updates in order through `execute` (which returns
-/// rows changed), then, if neither applied, reads the status with `status`.
-pub fn cancel_with(
-    task_id: &str,
-    mut execute: impl FnMut(&str, &[&str]) -> Result<u64, StoreError>,
-    status: impl FnOnce() -> Result<Option<TaskStatus>, StoreError>,
-) -> Result<CancelState, StoreError> {
-    let now = crate::model::now_timestamp();
-    let reason = crate::model::CANCELLED_BEFORE_START;
-    if execute(CANCEL_QUEUED_SQL, &[&now, reason, task_id])? == 1 {
-        return Ok(CancelState::Cancelled);
-    }
-    if execute(CANCEL_RUNNING_SQL, &[task_id])? == 1 {
-        return Ok(CancelState::StopRequested);
-    }
-    Ok(match status()? {
-        None => CancelState::NotFound,
-        Some(s) if s.is_terminal() => CancelState::AlreadyFinished(s),
-        // It changed state between the two updates: ask again later.
-        Some(_) => CancelState::StopRequested,
-    })
-}
-
-/// Renews one lease (`?`: lease end, task id, owner).
-pub const RENEW_SQL: &str =
-    "UPDATE tasks SET lease_until = ? WHERE task_id = ? AND owner = ? AND status = 'running'";
 
 /// The grants a run created, one per tag, each created in the store the
 /// first time a user gains the tag (a run that grants nothing adds none).

@@ -4,10 +4,9 @@
 //! merged with one statement each at commit.
 
 use super::db;
-use crate::store::{
-    parse_ids_into, push_ids, Held, HeldTags, Op, RunGrants, RunStart, RunTx, StoreError, TagState,
-    UserRows,
-};
+use crate::store::sql::results::{BulkWrite, RunWrite};
+use crate::store::sql::Conn;
+use crate::store::{held_tags, push_ids, Held, Op, RunStart, StoreError, UserRows};
 use ::mysql::prelude::Queryable;
 use ::mysql::{Params, PooledConn, Value};
 
@@ -17,19 +16,14 @@ const ROWS: usize = 1000;
 /// The MySQL side of one run's write.
 pub struct MyRunTx {
     conn: PooledConn,
-    start: RunStart,
-    /// The run's time in Unix seconds.
-    now: i64,
-    /// This run's grants, per tag.
-    grants: RunGrants,
-    committed: bool,
+    /// The run, its time and grants, and whether it committed.
+    run: RunWrite,
 }
 
 impl MyRunTx {
     /// Begins the transaction and takes the run lock: other runs' writes
     /// wait until it ends; readers see the last commit meanwhile.
     pub fn begin(mut conn: PooledConn, start: &RunStart) -> Result<MyRunTx, StoreError> {
-        let now = start.unix_time()?;
         for sql in [
             "DROP TEMPORARY TABLE IF EXISTS run_stage",
             "CREATE TEMPORARY TABLE run_stage (op CHAR(1) NOT NULL, user_id VARCHAR(255) NOT NULL,
@@ -42,25 +36,8 @@ impl MyRunTx {
         }
         Ok(MyRunTx {
             conn,
-            start: start.clone(),
-            now,
-            grants: RunGrants::default(),
-            committed: false,
+            run: RunWrite::new(start)?,
         })
-    }
-
-    /// Grant ids for `held`, creating this run's grants on first use.
-    fn resolve(&mut self, held: &[Held], out: &mut Vec<u32>) -> Result<(), StoreError> {
-        let conn = &mut self.conn;
-        self.grants
-            .resolve(&self.start, held, out, |tag_id, detail| {
-                conn.exec_drop(
-                    "INSERT INTO tag_grants (tag_id, detail) VALUES (?, ?)",
-                    (tag_id, detail),
-                )
-                .map_err(db)?;
-                Ok(conn.last_insert_id() as u32)
-            })
     }
 
     /// The parameters of one changed row: user, `tag_ids`, `grants`.
@@ -75,7 +52,7 @@ impl MyRunTx {
         push_ids(&mut text, held.iter().map(|h| h.tag_id));
         out.push(Value::from(text.as_str()));
         let mut grants = Vec::with_capacity(held.len());
-        self.resolve(held, &mut grants)?;
+        self.run.resolve(&mut self.conn, held, &mut grants)?;
         push_ids(&mut text, grants.into_iter());
         out.push(Value::from(text.as_str()));
         Ok(())
@@ -98,12 +75,33 @@ impl MyRunTx {
             .map_err(db)
     }
 
+    fn read_rows(
+        &mut self,
+        sql: &str,
+        params: Params,
+        out: &mut UserRows,
+    ) -> Result<(), StoreError> {
+        let rows: Vec<(String, String, String)> = self.conn.exec(sql, params).map_err(db)?;
+        let mut scratch = Default::default();
+        for (user, tag_ids, grant_ids) in rows {
+            let held = held_tags(&tag_ids, &grant_ids, &mut scratch)?;
+            out.push(Op::Update, &user, &held);
+        }
+        Ok(())
+    }
+}
+
+impl BulkWrite for MyRunTx {
+    fn parts(&mut self) -> (&mut dyn Conn, &mut RunWrite) {
+        (&mut self.conn, &mut self.run)
+    }
+
     fn merge(&mut self) -> Result<(), StoreError> {
         self.conn
             .exec_drop(
                 "UPDATE user_tag_sets AS u JOIN run_stage AS s ON u.user_id = s.user_id AND s.op = 'U'
                  SET u.tag_ids = s.tag_ids, u.grants = s.grants, u.updated_time = ?",
-                (self.now,),
+                (self.run.now,),
             )
             .map_err(db)?;
         self.conn
@@ -112,34 +110,6 @@ impl MyRunTx {
         Ok(())
     }
 
-    fn read_rows(
-        &mut self,
-        sql: &str,
-        params: Params,
-        out: &mut UserRows,
-    ) -> Result<(), StoreError> {
-        let rows: Vec<(String, String, String)> = self.conn.exec(sql, params).map_err(db)?;
-        let (mut ids, mut grants) = (Vec::new(), Vec::new());
-        for (user, tag_ids, grant_ids) in rows {
-            parse_ids_into(&tag_ids, &mut ids)?;
-            parse_ids_into(&grant_ids, &mut grants)?;
-            if ids.len() != grants.len() {
-                return Err(StoreError::Corrupt(format!(
-                    "user {user}: tag_ids and grants differ in length"
-                )));
-            }
-            let held: HeldTags = ids
-                .iter()
-                .zip(&grants)
-                .map(|(&tag_id, &grant)| Held { tag_id, grant })
-                .collect();
-            out.push(Op::Update, &user, &held);
-        }
-        Ok(())
-    }
-}
-
-impl RunTx for MyRunTx {
     fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError> {
         const ALL: &str = "SELECT user_id, tag_ids, grants FROM user_tag_sets ORDER BY user_id";
         let Some(users) = users else {
@@ -165,7 +135,7 @@ impl RunTx for MyRunTx {
             for &(op, user, held) in chunk {
                 if op == Op::Insert {
                     self.row_values(user, held, &mut new_values)?;
-                    new_values.extend([Value::from(self.now), Value::from(self.now)]);
+                    new_values.extend([Value::from(self.run.now), Value::from(self.run.now)]);
                     new_rows += 1;
                 } else {
                     staged_values.push(Value::from(if op == Op::Update { "U" } else { "D" }));
@@ -188,50 +158,15 @@ impl RunTx for MyRunTx {
         }
         Ok(())
     }
-
-    fn commit(
-        mut self: Box<Self>,
-        states: &[TagState],
-        outcome: &crate::model::RunReport,
-    ) -> Result<(), StoreError> {
-        self.merge()?;
-        for s in states {
-            let watermarks = serde_json::to_string(&s.watermarks)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            self.conn
-                .exec_drop(
-                    "INSERT INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES (?, ?, ?, ?)
-                     ON DUPLICATE KEY UPDATE rule_version = VALUES(rule_version), watermarks = VALUES(watermarks),
-                       had_full_run = VALUES(had_full_run)",
-                    (s.tag_id, s.rule_version, watermarks, s.had_full_run),
-                )
-                .map_err(db)?;
-        }
-        self.conn
-            .exec_drop(
-                "INSERT INTO run_outcomes (task_id, result, committed_at) VALUES (?, ?, ?)
-                 ON DUPLICATE KEY UPDATE result = VALUES(result), committed_at = VALUES(committed_at)",
-                (&self.start.task_id, outcome.encode(), &self.start.now),
-            )
-            .map_err(db)?;
-        self.conn.query_drop("COMMIT").map_err(db)?;
-        self.committed = true;
-        let _ = self
-            .conn
-            .query_drop("DROP TEMPORARY TABLE IF EXISTS run_stage");
-        Ok(())
-    }
 }
 
 impl Drop for MyRunTx {
     fn drop(&mut self) {
-        if !self.committed {
-            // An error here means the connection is gone, and the server
-            // rolls the transaction back itself.
-            let _ = self.conn.query_drop("ROLLBACK");
-            let _ = self
-                .conn
-                .query_drop("DROP TEMPORARY TABLE IF EXISTS run_stage");
-        }
+        self.run.abandon(&mut self.conn);
+        // The connection goes back to the pool: without its staging table,
+        // committed or not (an error means the connection is gone).
+        let _ = self
+            .conn
+            .query_drop("DROP TEMPORARY TABLE IF EXISTS run_stage");
     }
 }

@@ -105,12 +105,7 @@ fn apply(conn: &mut PooledConn) -> Result<(), StoreError> {
         .query_first("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
         .map_err(db)?;
     let current = current.unwrap_or(0);
-    let known = MIGRATIONS.len() as i64;
-    if current > known {
-        return Err(StoreError::Database(format!(
-            "the database has schema version {current}, newer than this server's {known}: upgrade tag-server"
-        )));
-    }
+    crate::store::sql::refuse_newer("database", current, MIGRATIONS.len() as i64)?;
     for (i, statements) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i64 + 1;
         for sql in *statements {

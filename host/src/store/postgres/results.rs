@@ -4,21 +4,16 @@
 //! so a run makes a handful of round trips, not one per row.
 
 use super::{db, Pooled};
-use crate::store::{
-    parse_ids_into, push_ids, Held, HeldTags, Op, RunGrants, RunStart, RunTx, StoreError, TagState,
-    UserRows,
-};
+use crate::store::sql::results::{BulkWrite, RunWrite};
+use crate::store::sql::Conn;
+use crate::store::{held_tags, push_ids, Held, Op, RunStart, StoreError, UserRows};
 use std::io::Write;
 
 /// The PostgreSQL side of one run's write.
 pub struct PgRunTx<'a> {
     client: Pooled<'a>,
-    start: RunStart,
-    /// The run's time in Unix seconds.
-    now: i64,
-    /// This run's grants, per tag.
-    grants: RunGrants,
-    committed: bool,
+    /// The run, its time and grants, and whether it committed.
+    run: RunWrite,
 }
 
 impl<'a> PgRunTx<'a> {
@@ -26,7 +21,6 @@ impl<'a> PgRunTx<'a> {
     /// table lock lets readers through), so no run changes the rows between
     /// this one's read and its write.
     pub fn begin(mut client: Pooled<'a>, start: &RunStart) -> Result<PgRunTx<'a>, StoreError> {
-        let now = start.unix_time()?;
         client
             .batch_execute(
                 "BEGIN;
@@ -36,24 +30,7 @@ impl<'a> PgRunTx<'a> {
             .map_err(db)?;
         Ok(PgRunTx {
             client,
-            start: start.clone(),
-            now,
-            grants: RunGrants::default(),
-            committed: false,
-        })
-    }
-
-    /// Grant ids for `held`, creating this run's grants on first use.
-    fn resolve(&mut self, held: &[Held], out: &mut Vec<u32>) -> Result<(), StoreError> {
-        let client = &mut self.client;
-        self.grants.resolve(&self.start, held, out, |tag_id, detail| {
-            let row = client
-                .query_one(
-                    "INSERT INTO tag_grants (tag_id, detail) VALUES ($1, $2::text::jsonb) RETURNING grant_id",
-                    &[&(tag_id as i64), &detail],
-                )
-                .map_err(db)?;
-            Ok(row.get::<_, i32>(0) as u32)
+            run: RunWrite::new(start)?,
         })
     }
 
@@ -82,12 +59,12 @@ impl<'a> PgRunTx<'a> {
         out.push(b'\t');
         out.extend_from_slice(text.as_bytes());
         let mut grants = Vec::with_capacity(held.len());
-        self.resolve(held, &mut grants)?;
+        self.run.resolve(&mut *self.client, held, &mut grants)?;
         push_ids(text, grants.into_iter());
         out.push(b'\t');
         out.extend_from_slice(text.as_bytes());
         if op == Op::Insert {
-            out.extend_from_slice(format!("\t{0}\t{0}", self.now).as_bytes());
+            out.extend_from_slice(format!("\t{0}\t{0}", self.run.now).as_bytes());
         }
         out.push(b'\n');
         Ok(())
@@ -101,24 +78,6 @@ impl<'a> PgRunTx<'a> {
         copy.write_all(lines)
             .map_err(|e| StoreError::Database(format!("COPY: {e}")))?;
         copy.finish().map_err(db)?;
-        Ok(())
-    }
-
-    /// Applies the staged updates and deletes to `user_tag_sets`.
-    fn merge(&mut self) -> Result<(), StoreError> {
-        self.client
-            .execute(
-                "UPDATE user_tag_sets AS u SET tag_ids = s.tag_ids, grants = s.grants, updated_time = $1
-                 FROM run_stage AS s WHERE s.op = 'U' AND u.user_id = s.user_id",
-                &[&self.now],
-            )
-            .map_err(db)?;
-        self.client
-            .execute(
-                "DELETE FROM user_tag_sets AS u USING run_stage AS s WHERE s.op = 'D' AND u.user_id = s.user_id",
-                &[],
-            )
-            .map_err(db)?;
         Ok(())
     }
 }
@@ -136,7 +95,29 @@ fn copy_escape(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-impl RunTx for PgRunTx<'_> {
+impl BulkWrite for PgRunTx<'_> {
+    fn parts(&mut self) -> (&mut dyn Conn, &mut RunWrite) {
+        (&mut *self.client, &mut self.run)
+    }
+
+    /// Applies the staged updates and deletes to `user_tag_sets`.
+    fn merge(&mut self) -> Result<(), StoreError> {
+        self.client
+            .execute(
+                "UPDATE user_tag_sets AS u SET tag_ids = s.tag_ids, grants = s.grants, updated_time = $1
+                 FROM run_stage AS s WHERE s.op = 'U' AND u.user_id = s.user_id",
+                &[&self.run.now],
+            )
+            .map_err(db)?;
+        self.client
+            .execute(
+                "DELETE FROM user_tag_sets AS u USING run_stage AS s WHERE s.op = 'D' AND u.user_id = s.user_id",
+                &[],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
     fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError> {
         use postgres::fallible_iterator::FallibleIterator;
         use postgres::types::ToSql;
@@ -153,21 +134,9 @@ impl RunTx for PgRunTx<'_> {
         // Streamed: rows are counted into `out` as they arrive, not after
         // the whole result was fetched.
         let mut rows = self.client.query_raw(sql, params).map_err(db)?;
-        let (mut ids, mut grants) = (Vec::new(), Vec::new());
+        let mut scratch = Default::default();
         while let Some(row) = rows.next().map_err(db)? {
-            parse_ids_into(row.get(1), &mut ids)?;
-            parse_ids_into(row.get(2), &mut grants)?;
-            if ids.len() != grants.len() {
-                return Err(StoreError::Corrupt(format!(
-                    "user {}: tag_ids and grants differ in length",
-                    row.get::<_, &str>(0)
-                )));
-            }
-            let held: HeldTags = ids
-                .iter()
-                .zip(&grants)
-                .map(|(&tag_id, &grant)| Held { tag_id, grant })
-                .collect();
+            let held = held_tags(row.get(1), row.get(2), &mut scratch)?;
             out.push(Op::Update, row.get(0), &held);
         }
         Ok(())
@@ -195,44 +164,10 @@ impl RunTx for PgRunTx<'_> {
             &staged,
         )
     }
-
-    fn commit(
-        mut self: Box<Self>,
-        states: &[TagState],
-        outcome: &crate::model::RunReport,
-    ) -> Result<(), StoreError> {
-        self.merge()?;
-        for s in states {
-            let watermarks = serde_json::to_string(&s.watermarks)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            self.client
-                .execute(
-                    "INSERT INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (tag_id) DO UPDATE SET rule_version = EXCLUDED.rule_version,
-                       watermarks = EXCLUDED.watermarks, had_full_run = EXCLUDED.had_full_run",
-                    &[&(s.tag_id as i64), &s.rule_version, &watermarks, &s.had_full_run],
-                )
-                .map_err(db)?;
-        }
-        self.client
-            .execute(
-                "INSERT INTO run_outcomes (task_id, result, committed_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (task_id) DO UPDATE SET result = EXCLUDED.result, committed_at = EXCLUDED.committed_at",
-                &[&self.start.task_id, &outcome.encode(), &self.start.now],
-            )
-            .map_err(db)?;
-        self.client.batch_execute("COMMIT").map_err(db)?;
-        self.committed = true;
-        Ok(())
-    }
 }
 
 impl Drop for PgRunTx<'_> {
     fn drop(&mut self) {
-        if !self.committed {
-            // An error here means the connection is gone, and the server
-            // rolls the transaction back itself.
-            let _ = self.client.batch_execute("ROLLBACK");
-        }
+        self.run.abandon(&mut *self.client);
     }
 }

@@ -7,21 +7,10 @@ use ::postgres::Client;
 /// The migrations, version 1 first. Append only: a released one never changes.
 const MIGRATIONS: &[&str] = &[
     // 1: everything of a deployment in one database.
-    r#"
-CREATE TABLE tasks (
-    seq BIGSERIAL PRIMARY KEY,
-    task_id TEXT NOT NULL UNIQUE,
-    spec TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    status TEXT NOT NULL,
-    submitted_at TEXT NOT NULL,
-    started_at TEXT,
-    completed_at TEXT,
-    result TEXT,
-    error TEXT,
-    idempotency_key TEXT UNIQUE,
-    request_hash TEXT
-);
+    concat!(
+        "CREATE TABLE tasks (seq BIGSERIAL PRIMARY KEY,",
+        crate::store::sql::task_text_columns!(),
+        r#");
 CREATE INDEX tasks_status ON tasks (status);
 CREATE TABLE tag_rules (
     tag_id BIGINT NOT NULL,
@@ -62,7 +51,8 @@ SELECT s.user_id,
        to_char(to_timestamp(s.created_time) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS') AS created_time,
        to_char(to_timestamp(s.updated_time) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS') AS updated_time
 FROM user_tag_sets AS s;
-"#,
+"#
+    ),
     // 2: how often a task was started without finishing cleanly.
     "ALTER TABLE tasks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;",
     // 3: which process runs a task, and until when its lease holds.
@@ -90,12 +80,7 @@ pub fn migrate(client: &mut Client) -> Result<(), StoreError> {
         )
         .map_err(db)?
         .get(0);
-    let known = MIGRATIONS.len() as i32;
-    if current > known {
-        return Err(StoreError::Database(format!(
-            "the database has schema version {current}, newer than this server's {known}: upgrade tag-server"
-        )));
-    }
+    crate::store::sql::refuse_newer("database", current.into(), MIGRATIONS.len() as i64)?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i32 + 1;
         tx.batch_execute(sql)

@@ -19,10 +19,9 @@
 //! readers see the last committed state and never wait for a run's write.
 
 use super::{connect, db};
-use crate::store::{
-    parse_ids_into, push_ids, Held, HeldTags, Op, RunGrants, RunStart, RunTx, StoreError, TagState,
-    UserRows,
-};
+use crate::store::sql::results::{BulkWrite, RunWrite};
+use crate::store::sql::Conn;
+use crate::store::{held_tags, push_ids, Op, RunStart, StoreError, UserRows};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashSet;
 use std::path::Path;
@@ -90,11 +89,7 @@ pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(db)?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Database(format!(
-            "the results database has schema version {version}, newer than this server's {SCHEMA_VERSION}: upgrade tag-server"
-        )));
-    }
+    crate::store::sql::refuse_newer("results database", version, SCHEMA_VERSION)?;
     if version == SCHEMA_VERSION {
         return Ok(());
     }
@@ -119,27 +114,6 @@ pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
     tx.commit().map_err(db)
 }
 
-/// A user's held tags from the two stored arrays.
-pub fn held_tags(
-    tag_ids: &str,
-    grants: &str,
-    scratch: &mut [Vec<u32>; 2],
-) -> Result<HeldTags, StoreError> {
-    let [ids, gs] = scratch;
-    parse_ids_into(tag_ids, ids)?;
-    parse_ids_into(grants, gs)?;
-    if ids.len() != gs.len() {
-        return Err(StoreError::Corrupt(format!(
-            "tag_ids {tag_ids} and grants {grants} differ in length"
-        )));
-    }
-    Ok(ids
-        .iter()
-        .zip(gs.iter())
-        .map(|(&tag_id, &grant)| Held { tag_id, grant })
-        .collect())
-}
-
 /// New rows per multi-row `INSERT` (5 parameters each).
 const INSERT_ROWS: usize = 64;
 
@@ -157,26 +131,18 @@ const POINT_LOOKUPS: usize = 50_000;
 /// changes the rows between this read and this write).
 pub struct SqliteRunTx {
     conn: Connection,
-    start: RunStart,
-    /// The run's time in Unix seconds.
-    now: i64,
-    /// This run's grants, per tag.
-    grants: RunGrants,
-    committed: bool,
+    /// The run, its time and grants, and whether it committed.
+    run: RunWrite,
 }
 
 impl SqliteRunTx {
     /// Opens a connection to `path` and begins the transaction.
     pub fn begin(path: &Path, start: &RunStart) -> Result<SqliteRunTx, StoreError> {
-        let now = start.unix_time()?;
         let conn = connect(path, true)?;
         conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
         Ok(SqliteRunTx {
             conn,
-            start: start.clone(),
-            now,
-            grants: RunGrants::default(),
-            committed: false,
+            run: RunWrite::new(start)?,
         })
     }
 
@@ -238,7 +204,7 @@ impl SqliteRunTx {
         for (op, _, held) in changes.iter() {
             let (mut ids, mut gs) = (String::new(), String::new());
             if op != Op::Delete {
-                self.resolve(held, &mut grants)?;
+                self.run.resolve(&mut self.conn, held, &mut grants)?;
                 push_ids(&mut ids, held.iter().map(|h| h.tag_id));
                 push_ids(&mut gs, grants.iter().copied());
             }
@@ -261,29 +227,19 @@ impl SqliteRunTx {
             stmt.raw_bind_parameter(at + 1, user).map_err(db)?;
             stmt.raw_bind_parameter(at + 2, ids).map_err(db)?;
             stmt.raw_bind_parameter(at + 3, grants).map_err(db)?;
-            stmt.raw_bind_parameter(at + 4, self.now).map_err(db)?;
-            stmt.raw_bind_parameter(at + 5, self.now).map_err(db)?;
+            stmt.raw_bind_parameter(at + 4, self.run.now).map_err(db)?;
+            stmt.raw_bind_parameter(at + 5, self.run.now).map_err(db)?;
         }
         stmt.raw_execute().map_err(db)?;
         Ok(())
     }
-
-    /// Grant ids for `held`, creating this run's grants on first use.
-    fn resolve(&mut self, held: &[Held], out: &mut Vec<u32>) -> Result<(), StoreError> {
-        let conn = &self.conn;
-        self.grants
-            .resolve(&self.start, held, out, |tag_id, detail| {
-                conn.query_row(
-                    "INSERT INTO tag_grants (tag_id, detail) VALUES (?1, ?2) RETURNING grant_id",
-                    params![tag_id, detail],
-                    |r| r.get(0),
-                )
-                .map_err(db)
-            })
-    }
 }
 
-impl RunTx for SqliteRunTx {
+impl BulkWrite for SqliteRunTx {
+    fn parts(&mut self) -> (&mut dyn Conn, &mut RunWrite) {
+        (&mut self.conn, &mut self.run)
+    }
+
     fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError> {
         match users {
             None => self.scan(None, out)?,
@@ -321,46 +277,17 @@ impl RunTx for SqliteRunTx {
             let mut stmt = self.conn.prepare_cached(sql).map_err(db)?;
             match op {
                 Op::Delete => stmt.execute([user]),
-                _ => stmt.execute(params![user, ids, grants, self.now]),
+                _ => stmt.execute(params![user, ids, grants, self.run.now]),
             }
             .map_err(db)?;
             i += 1;
         }
         Ok(())
     }
-
-    fn commit(
-        mut self: Box<Self>,
-        states: &[TagState],
-        outcome: &crate::model::RunReport,
-    ) -> Result<(), StoreError> {
-        for s in states {
-            let watermarks = serde_json::to_string(&s.watermarks)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            self.conn
-                .prepare_cached("INSERT OR REPLACE INTO tag_state (tag_id, rule_version, watermarks, had_full_run) VALUES (?1, ?2, ?3, ?4)")
-                .map_err(db)?
-                .execute(params![s.tag_id, s.rule_version, watermarks, s.had_full_run as i64])
-                .map_err(db)?;
-        }
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO run_outcomes (task_id, result, committed_at) VALUES (?1, ?2, ?3)",
-                params![self.start.task_id, outcome.encode(), self.start.now],
-            )
-            .map_err(db)?;
-        self.conn.execute_batch("COMMIT").map_err(db)?;
-        self.committed = true;
-        Ok(())
-    }
 }
 
 impl Drop for SqliteRunTx {
     fn drop(&mut self) {
-        if !self.committed {
-            // Nothing of an unfinished run stays; an error here means the
-            // transaction is already gone.
-            let _ = self.conn.execute_batch("ROLLBACK");
-        }
+        self.run.abandon(&mut self.conn);
     }
 }
