@@ -305,20 +305,9 @@ impl TaskRunner for Watched<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::now_timestamp;
     use crate::store::prelude::*;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::RunStart;
-
-    /// A runner that fails the task if it is asked to run it at all.
-    struct MustNotRun;
-    impl TaskRunner for MustNotRun {
-        fn run(&self, _: &TaskRecord, _: &TaskControl) -> Result<RunReport, RunError> {
-            Err(RunError::Failed(
-                "ran a task whose run had committed".into(),
-            ))
-        }
-    }
+    use crate::tasks::workers::testing::{commit_outcome, MustNotRun};
 
     #[test]
     fn a_run_whose_outcome_was_committed_is_recorded_with_it_not_run_again() {
@@ -332,17 +321,7 @@ mod tests {
         lifecycle::start_unqueued(&store, &mut task).unwrap();
         // The process stopped after the run's commit, before the task's end
         // was recorded.
-        let committed = RunReport {
-            total_users: 3,
-            ..RunReport::default()
-        };
-        let start = RunStart {
-            task_id: task.task_id.clone(),
-            now: now_timestamp(),
-            tags: vec![],
-        };
-        let tx = store.begin_run(&start).unwrap();
-        tx.commit(&[], &committed).unwrap();
+        let committed = commit_outcome(&store, &task.task_id);
         run_watched(&store, &MustNotRun, &mut task, crate::watch::Display::Off).unwrap();
         assert_eq!(task.status, TaskStatus::Completed, "{:?}", task.error);
         assert_eq!(task.result, Some(committed.recovered()));

@@ -369,15 +369,16 @@ pub fn run_to_end(
     Ok(finished)
 }
 
+/// What the tests of a task's end share (the pool's here, the CLI's in
+/// `cli.rs`): a run committed before its process stopped.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
-    use crate::model::{now_timestamp, RunReport, TaskSpec, TaskStatus};
-    use crate::store::sqlite::SqliteStore;
+    use crate::model::{now_timestamp, RunReport};
     use crate::store::RunStart;
 
     /// A runner that fails the task if it is asked to run it at all.
-    struct MustNotRun;
+    pub struct MustNotRun;
     impl TaskRunner for MustNotRun {
         fn run(&self, _: &TaskRecord, _: &TaskControl) -> Result<RunReport, RunError> {
             Err(RunError::Failed(
@@ -385,6 +386,34 @@ mod tests {
             ))
         }
     }
+
+    /// Commits a run of `task_id` with its outcome, as a process that then
+    /// stopped before recording the task's end; the outcome.
+    pub fn commit_outcome(store: &dyn Store, task_id: &str) -> RunReport {
+        let committed = RunReport {
+            total_users: 3,
+            ..RunReport::default()
+        };
+        let start = RunStart {
+            task_id: task_id.to_string(),
+            now: now_timestamp(),
+            tags: vec![],
+        };
+        store
+            .begin_run(&start)
+            .unwrap()
+            .commit(&[], &committed)
+            .unwrap();
+        committed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{self, MustNotRun};
+    use super::*;
+    use crate::model::{TaskSpec, TaskStatus};
+    use crate::store::sqlite::SqliteStore;
 
     /// The task once it reached a terminal status.
     fn ended(store: &dyn Store, task_id: &str) -> TaskRecord {
@@ -411,20 +440,7 @@ mod tests {
         let task = lifecycle::create(spec, "local");
         // An earlier process committed the run, then stopped before it
         // recorded the task's end.
-        let committed = RunReport {
-            total_users: 3,
-            ..RunReport::default()
-        };
-        let start = RunStart {
-            task_id: task.task_id.clone(),
-            now: now_timestamp(),
-            tags: vec![],
-        };
-        store
-            .begin_run(&start)
-            .unwrap()
-            .commit(&[], &committed)
-            .unwrap();
+        let committed = testing::commit_outcome(store.as_ref(), &task.task_id);
         let pool = Scheduler::start(
             Arc::clone(&store),
             Arc::new(MustNotRun),
