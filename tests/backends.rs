@@ -490,11 +490,14 @@ fn three_processes_share_the_queue_and_take_over_from_one_killed_mid_run(backend
         assert!(std::time::Instant::now() < deadline, "{now_running:?}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
+    // kill -9 the moment its three are seen running, before anything slow
+    // (starting the others takes seconds on a loaded machine, and a task it
+    // finished meanwhile would not have been taken over).
+    drop(first);
     let others = [
         Process::start(data.path(), plugins.path(), &backend.url(), &log),
         Process::start(data.path(), plugins.path(), &backend.url(), &log),
     ];
-    drop(first); // kill -9 mid-run
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     for task in &tasks {
         loop {
