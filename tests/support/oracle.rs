@@ -34,8 +34,9 @@ fn read(dir: &Path, table: &str) -> DataFrame {
     all
 }
 
-/// `user_id -> row`, keeping the row with the greatest updated_time (the
-/// first one on ties), and the universe order.
+/// `user_id -> row`, keeping the row with the greatest updated_time (a row
+/// without one loses to any timed row; on a tie the row read last, as the
+/// data rules say), and the universe order.
 fn rows(df: &DataFrame) -> (HashMap<String, Row>, Vec<String>) {
     let names: Vec<String> = df
         .get_column_names()
@@ -66,7 +67,7 @@ fn rows(df: &DataFrame) -> (HashMap<String, Row>, Vec<String>) {
                 order.push(id.clone());
                 best.insert(id, (time, row));
             }
-            Some((t, _)) if time > *t => {
+            Some((t, _)) if time >= *t => {
                 best.insert(id, (time, row));
             }
             Some(_) => {}

@@ -9,8 +9,14 @@ eight reference tags computed over them by DuckDB (the independent oracle).
         day is the date), dates as YYYY-MM-DD strings, dictionary, large and view strings, integers of every
         width, float32, duplicate users (the newest row wins) and nulls in
         every column.
+    typed_export.py lake DIR USERS SEED
+        The same tables as a data lake writes them: each a directory DIR/<table>/
+        of part files, where a duplicated user's rows tie on updated_time, or
+        have none, within one part and across parts (the row written last
+        wins: the later part file, then the later row).
     typed_export.py expected DIR AS_OF
-        Prints {user_id: [tag ids]} for the users holding at least one tag.
+        Prints {user_id: [tag ids]} for the users holding at least one tag,
+        from DIR/<table>.parquet or the parts of DIR/<table>/.
 """
 import datetime as dt
 import json
@@ -36,23 +42,52 @@ def money(rng, thresholds):
 
 
 def write(directory, users, seed):
+    for table, (data, schema) in tables(int(users), int(seed), ties=False).items():
+        pq.write_table(pa.table(data, schema=schema), f"{directory}/{table}.parquet")
+
+
+def lake(directory, users, seed):
+    """Each table as two parts: part-000 holds every user's first row and
+    some second rows after them; part-001, written later, the other second
+    rows (so a later part's rows have lower row numbers than the earlier's)."""
+    import os
+
+    users, rng = int(users), random.Random(int(seed) + 1)
+    for table, (data, schema) in tables(users, int(seed), ties=True).items():
+        os.makedirs(f"{directory}/{table}")
+        rows = len(data["user_id"])
+        later = {i for i in range(users, rows) if rng.random() < 0.5}
+        first = [i for i in range(rows) if i not in later]
+        later = sorted(later)
+        for n, part in enumerate([first, later]):
+            columns = {k: [v[i] for i in part] for k, v in data.items()}
+            pq.write_table(pa.table(columns, schema=schema), f"{directory}/{table}/part-{n:03d}.parquet")
+
+
+def tables(users, seed, ties):
+    """{table: (columns, schema)}. Every tenth user appears twice. Without
+    `ties` the second row is the newer and both carry times; with them the
+    second row ties with the first, is newer, or (like the first, sometimes)
+    has no time."""
     from decimal import Decimal
 
-    rng = random.Random(int(seed))
-    users = int(users)
+    rng = random.Random(seed)
     as_of = dt.date(2025, 1, 15)
     base = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
     ids = [f"u{n:06d}" for n in range(users)]
-    # Every tenth user appears twice; the later updated_time wins.
     rows = ids + ids[::10]
 
     def stamp(i):
         return base + dt.timedelta(minutes=i if i < users else users + i)
 
     def updated(i):
-        # A duplicated user's rows always carry times, so which wins is defined.
-        duplicated = i >= users or i % 10 == 0
-        return stamp(i) if duplicated else maybe(rng, stamp(i), 0.02)
+        if not ties:
+            # A duplicated user's rows always carry times, so which wins is defined.
+            duplicated = i >= users or i % 10 == 0
+            return stamp(i) if duplicated else maybe(rng, stamp(i), 0.02)
+        if i < users:
+            return maybe(rng, stamp(i), 0.05)
+        return rng.choice([stamp((i - users) * 10), stamp((i - users) * 10), stamp(i), None])
 
     basic = {
         "user_id": [maybe(rng, u, 0.01) for u in rows],
@@ -81,7 +116,6 @@ def write(directory, users, seed):
         ("kyc_status", pa.string_view()),
         ("updated_time", pa.timestamp("ns", tz=SHANGHAI)),
     ])
-    pq.write_table(pa.table(basic, schema=basic_schema), f"{directory}/user_basic_info.parquet")
 
     asset = {
         "user_id": [maybe(rng, u, 0.01) for u in rows],
@@ -95,7 +129,6 @@ def write(directory, users, seed):
         ("cash_balance", pa.decimal128(18, 2)),
         ("updated_time", pa.timestamp("us", tz="UTC")),
     ])
-    pq.write_table(pa.table(asset, schema=asset_schema), f"{directory}/user_asset_summary.parquet")
 
     activity = {
         "user_id": [maybe(rng, u, 0.01) for u in rows],
@@ -113,7 +146,11 @@ def write(directory, users, seed):
         ("last_login_date", pa.large_string()),
         ("updated_time", pa.timestamp("ms")),
     ])
-    pq.write_table(pa.table(activity, schema=activity_schema), f"{directory}/user_activity_summary.parquet")
+    return {
+        "user_basic_info": (basic, basic_schema),
+        "user_asset_summary": (asset, asset_schema),
+        "user_activity_summary": (activity, activity_schema),
+    }
 
 
 def expected(directory, as_of):
@@ -122,9 +159,19 @@ def expected(directory, as_of):
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
 
+    import os
+
     def newest(table):
-        return f"""(SELECT * FROM read_parquet('{directory}/{table}.parquet') WHERE user_id IS NOT NULL
-                   QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY updated_time DESC NULLS LAST) = 1)"""
+        # The newest row per user; on a tie the one written last (the later
+        # part file by name, then the later row), as the README's data rules say.
+        files = f"{directory}/{table}.parquet"
+        if not os.path.exists(files):
+            files = f"{directory}/{table}/*.parquet"
+        return f"""(SELECT * EXCLUDE (filename, file_row_number)
+                   FROM read_parquet('{files}', filename = true, file_row_number = true)
+                   WHERE user_id IS NOT NULL
+                   QUALIFY row_number() OVER (PARTITION BY user_id
+                       ORDER BY updated_time DESC NULLS LAST, filename DESC, file_row_number DESC) = 1)"""
 
     day = f"DATE '{as_of}'"
     rules = [
@@ -148,4 +195,4 @@ def expected(directory, as_of):
 
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    {"write": write, "expected": expected}[command](*args)
+    {"write": write, "lake": lake, "expected": expected}[command](*args)

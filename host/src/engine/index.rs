@@ -139,7 +139,7 @@ impl<'a> RowFinder<'a> {
 }
 
 /// For each `user_id` of a table, the row with the greatest `updated_time`
-/// (the first such row on ties; rows without a user id are skipped), in
+/// (the last such row on ties, see [`replaces`]; rows without a user id are skipped), in
 /// ascending row order, and how many rows that leaves out. `tick` gets the
 /// rows gone through, every [`TICK_ROWS`] rows and at the end.
 pub fn latest_rows(
@@ -164,7 +164,7 @@ pub fn latest_rows(
             Some(kept) => {
                 dropped += 1;
                 // Duplicates are rare: the kept row's time is looked up.
-                if time > times.get(*kept as usize) {
+                if replaces(time, times.get(*kept as usize)) {
                     *kept = i as IdxSize;
                 }
             }
@@ -180,7 +180,7 @@ pub fn latest_rows(
 }
 
 /// For each universe row, the row of a side table with that user's greatest
-/// `updated_time` (the first on ties), or null where the table has none: a
+/// `updated_time` (the last on ties, see [`replaces`]), or null where the table has none: a
 /// de-duplicating left join in one pass over the side table. Also returns how
 /// many of the table's rows for universe users were left out as duplicates.
 pub fn join_latest(
@@ -198,7 +198,7 @@ pub fn join_latest(
             entry @ None => *entry = Some((i as IdxSize, time)),
             Some(best) => {
                 dropped += 1;
-                if time > best.1 {
+                if replaces(time, best.1) {
                     *best = (i as IdxSize, time);
                 }
             }
@@ -208,6 +208,14 @@ pub fn join_latest(
         chosen.into_iter().map(|c| c.map(|(i, _)| i)).collect(),
         dropped,
     )
+}
+
+/// Whether a later row of a user, updated at `later`, replaces the one kept
+/// so far (updated at `kept`): a row without a time loses to any timed row,
+/// and on a tie the row written last wins (rows come in part-file order,
+/// then row order: a data lake appends newer parts after older ones).
+fn replaces(later: Option<i64>, kept: Option<i64>) -> bool {
+    later >= kept
 }
 
 /// Universe rows in ascending user-id order (the order a store's B-tree
@@ -239,9 +247,19 @@ mod tests {
         let mut ticked = 0;
         let (keep, dropped) = latest_rows(&ids, &t, &mut |n| ticked += n).unwrap();
         assert_eq!(ticked, ids.len());
-        // a: row 2 (time 3) beats 1 and null; b: tie on 5, the first wins.
-        assert_eq!(keep, vec![1, 2]);
+        // a: row 2 (time 3) beats 1 and null; b: tie on 5, the last wins.
+        assert_eq!(keep, vec![2, 5]);
         assert_eq!(dropped, 4);
+    }
+
+    #[test]
+    fn a_timed_row_beats_a_null_and_ties_go_to_the_row_written_last() {
+        assert!(replaces(Some(2), Some(1)));
+        assert!(replaces(Some(1), Some(1)));
+        assert!(!replaces(Some(0), Some(1)));
+        assert!(replaces(Some(i64::MIN), None));
+        assert!(!replaces(None, Some(i64::MIN)));
+        assert!(replaces(None, None));
     }
 
     #[test]
@@ -273,5 +291,11 @@ mod tests {
         let take: Vec<_> = take.iter().collect();
         assert_eq!(take, vec![Some(2), None, Some(3)]);
         assert_eq!(dropped, 1);
+        // On a tie the later row wins; a null time loses to a timed one.
+        let side = strings(&[Some("a"), Some("a"), Some("b"), Some("b")]);
+        let t = times(&[Some(4), Some(4), Some(4), None]);
+        let (take, dropped) = join_latest(&side, &t, &mut RowFinder::new(&universe, &index));
+        assert_eq!(take.iter().collect::<Vec<_>>(), vec![Some(1), Some(2), None]);
+        assert_eq!(dropped, 2);
     }
 }
