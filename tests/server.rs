@@ -1178,9 +1178,9 @@ fn results_can_be_read_per_user_and_per_tag() {
 
 /// Niceness of this process's threads whose name starts with `prefix`.
 #[cfg(target_os = "linux")]
-fn thread_niceness(prefix: &str) -> Vec<i64> {
+fn thread_niceness(pid: u32, prefix: &str) -> Vec<i64> {
     let mut found = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         if !comm.starts_with(prefix) {
             continue;
@@ -1198,12 +1198,17 @@ fn thread_niceness(prefix: &str) -> Vec<i64> {
 #[cfg(target_os = "linux")]
 #[test]
 fn task_workers_run_at_a_lower_priority_than_the_api() {
-    let env = env(50);
+    // A server process of its own: the threads counted are its threads,
+    // not those of other servers this test binary runs in parallel.
+    let work = tempfile::tempdir().unwrap();
+    let data = data(50);
+    let plugins = reference_plugins_dir();
+    let server = ServerProcess::start_in(work.path(), data.path(), plugins.path(), &["--max-concurrent-tasks", "3"]);
     // Each worker lowers its own priority as it starts: wait until all
     // three have started rather than racing their start-up.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let workers = loop {
-        let workers = thread_niceness("tag-worker-");
+        let workers = thread_niceness(server.pid(), "tag-worker-");
         if workers.len() == 3 && workers.iter().all(|n| *n == 10) {
             break workers;
         }
@@ -1215,11 +1220,12 @@ fn task_workers_run_at_a_lower_priority_than_the_api() {
     };
     assert_eq!(workers, vec![10, 10, 10]);
     // The HTTP runtime's threads keep the default priority.
-    let http = thread_niceness("tokio-rt");
+    let http = thread_niceness(server.pid(), "tokio-rt");
     assert!(!http.is_empty() && http.iter().all(|n| *n == 0), "{http:?}");
     // And runs still complete.
-    let result = env.server.run(json!({"tag_ids": [1, 7], "as_of": AS_OF}));
-    assert_eq!(result["total_users"], 50, "{result}");
+    let status = server.run(json!({"tag_ids": [1, 7], "as_of": AS_OF}));
+    assert_eq!(status["status"], "completed", "{status}");
+    assert_eq!(status["result"]["total_users"], 50, "{status}");
 }
 
 #[test]

@@ -463,6 +463,35 @@ impl ServerProcess {
         ServerProcess::start(&args)
     }
 
+    /// Triggers `body` and waits (up to two minutes) until the task ends;
+    /// its status.
+    pub fn run(&self, body: serde_json::Value) -> serde_json::Value {
+        let reply = client()
+            .post(format!("{}/api/v1/tags/trigger", self.base))
+            .json(&body)
+            .send()
+            .expect("trigger");
+        assert_eq!(reply.status().as_u16(), 202, "{:?}", reply.text());
+        let id = reply.json::<serde_json::Value>().expect("JSON")["task_id"]
+            .as_str()
+            .expect("task_id")
+            .to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let reply: serde_json::Value = client()
+                .get(format!("{}/api/v1/tasks/{id}/status", self.base))
+                .send()
+                .and_then(|r| r.json())
+                .expect("status");
+            let status = reply["status"].clone();
+            if ["completed", "failed", "cancelled"].contains(&status["status"].as_str().unwrap_or("")) {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "{status}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
