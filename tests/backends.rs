@@ -98,22 +98,23 @@ fn full_runs_equal_the_oracle_and_a_rerun_writes_nothing(backend: Backend) {
 fn a_user_ids_run_touches_only_those_users(backend: Backend) {
     let env = Env::new(backend, 600);
     env.server.run(json!({"tag_ids": [7], "as_of": AS_OF}));
-    let before = env.backend.tags();
-    // Tag 2 for two users only: nobody else gains it.
-    let users: Vec<String> = env.expected(&[2]).into_keys().take(2).collect();
+    let sevens = env.expected(&[7]);
+    // Before: every row as the oracle says.
+    assert_same_tags(&env.backend.tags(), &sevens);
+    // Tag 2 for two users only, one who matches and one who does not.
+    let twos = env.expected(&[2]);
+    let matching = twos.keys().next().unwrap().clone();
+    let other = sevens.keys().find(|u| !twos.contains_key(*u)).unwrap().clone();
     let result = env
         .server
-        .run(json!({"tag_ids": [2], "user_ids": [users[0], users[1], "ghost"], "as_of": AS_OF}));
+        .run(json!({"tag_ids": [2], "user_ids": [matching, other, "ghost"], "as_of": AS_OF}));
     assert_eq!(result["unknown_user_ids"]["count"], 1);
-    let after = env.backend.tags();
-    for (user, tags) in &after {
-        let had = before.get(user).cloned().unwrap_or_default();
-        if users.contains(user) {
-            assert!(tags.contains(&2), "{user}: {tags:?}");
-        } else {
-            assert_eq!(tags, &had, "{user} was not in the run");
-        }
-    }
+    // After: every row is the oracle's tag 7, plus tag 2 for the matching
+    // user alone: nobody else gained it and nothing else changed.
+    let mut want = sevens.clone();
+    want.entry(matching.clone()).or_default().push(2);
+    want.values_mut().for_each(|tags| tags.sort_unstable());
+    assert_same_tags(&env.backend.tags(), &want);
 }
 
 fn a_changed_rule_revokes_and_leaves_other_tags(backend: Backend) {

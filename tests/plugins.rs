@@ -737,25 +737,28 @@ fn a_running_task_keeps_the_plugin_build_it_started_with() {
     let work = tempfile::tempdir().unwrap();
     let server = TestServer::start(data.path(), dir.path(), &work.path().join("t.db"), &[]);
     let first = server.get("/api/v1/plugins").unwrap().1["files"][0]["sha256"].clone();
-
-    // Tag 904 sleeps 1.5 s per batch of 1,000 rows: about 3 s here.
-    let slow = server.trigger(json!({"tag_ids": [904], "as_of": "2025-01-15"}));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while server
-        .get(&format!("/api/v1/tasks/{slow}/status"))
-        .unwrap()
-        .1["status"]["status"]
-        != "running"
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the task never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    // Tag 906 holds each batch until the gate file exists.
+    let gate = work.path().join("gate");
+    let rule = json!({"rule": {"field": "kyc_status", "operator": "!=", "value": gate.to_str().unwrap()}});
+    let reply = client()
+        .put(format!("{}/api/v1/tags/906/rule", server.base))
+        .json(&rule)
+        .send()
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 200, "{:?}", reply.text());
+    let held = server.trigger(json!({"tag_ids": [906], "as_of": "2025-01-15"}));
+    let entered = work.path().join("gate.entered");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !entered.exists() {
+        assert!(std::time::Instant::now() < deadline, "the task never reached the plugin");
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    // A new build of the same plugin (same code, other bytes) replaces it.
+    // A new build that computes something else (build B matches everyone,
+    // build A no one) replaces the library while the task is inside it.
     let mut bytes = std::fs::read(fixture("misbehaving")).unwrap();
-    bytes.extend_from_slice(b"\\0another build");
+    let mark = b"tag-fixture-build-mark:A";
+    let at = bytes.windows(mark.len()).position(|w| w == mark).expect("build mark");
+    bytes[at + mark.len() - 1] = b'B';
     let path = dir.path().join("misbehaving.so");
     std::fs::remove_file(&path).unwrap();
     std::fs::write(&path, &bytes).unwrap();
@@ -764,29 +767,23 @@ fn a_running_task_keeps_the_plugin_build_it_started_with() {
     assert_eq!(code, 200, "{reloaded}");
     let second = reloaded["files"][0]["sha256"].clone();
     assert_ne!(first, second);
-    assert_eq!(
-        server
-            .get(&format!("/api/v1/tasks/{slow}/status"))
-            .unwrap()
-            .1["status"]["status"],
-        "running",
-        "the reload happened while the task ran"
-    );
-
-    let done = server.wait(&slow);
+    // Release the held task: its remaining batches run after the reload.
+    std::fs::write(&gate, b"").unwrap();
+    let done = server.wait(&held);
     assert_eq!(done["status"], "completed", "{done}");
-    let used = &done["result"]["tags"][0]["plugin"];
+    let report = &done["result"]["tags"][0];
     assert_eq!(
-        (&used["name"], &used["sha256"]),
+        (&report["plugin"]["name"], &report["plugin"]["sha256"]),
         (&json!("tag-fixture-misbehaving"), &first)
     );
-    // A task started after the reload records the new build.
-    let id = server.trigger(json!({"tag_ids": [904], "as_of": "2025-01-15"}));
+    // Build A computed every batch of it: no one matched.
+    assert_eq!((&report["evaluated_users"], &report["matched"]), (&json!(2000), &json!(0)), "{done}");
+    // A task started after the reload is computed by build B, and says so.
+    let id = server.trigger(json!({"tag_ids": [906], "as_of": "2025-01-15"}));
     let after = server.wait(&id);
-    assert_eq!(
-        after["result"]["tags"][0]["plugin"]["sha256"], second,
-        "{after}"
-    );
+    let report = &after["result"]["tags"][0];
+    assert_eq!(report["plugin"]["sha256"], second, "{after}");
+    assert_eq!(report["matched"], 2000, "{after}");
 }
 
 #[test]
