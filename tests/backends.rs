@@ -261,7 +261,7 @@ fn a_restart_finishes_committed_tasks_and_runs_queued_ones(backend: Backend) {
     assert_same_tags(&env.backend.tags(), &env.expected(&[2, 7]));
 }
 
-/// The reference plugins and the misbehaving fixture (tags 901-905).
+/// The reference plugins and the misbehaving fixture (tags 901-906).
 fn reference_and_misbehaving_plugins() -> tempfile::TempDir {
     let mut files: Vec<(String, std::path::PathBuf)> = REFERENCE_PLUGINS
         .iter()
@@ -470,9 +470,19 @@ fn three_processes_share_the_queue_and_take_over_from_one_killed_mid_run(backend
     let plugins = reference_and_misbehaving_plugins();
     let log = data.path().join("server.log");
     let first = Process::start(data.path(), plugins.path(), &backend.url(), &log);
-    // Tag 904 takes 1.5 s a batch: three batches keep each task running ~4.5 s.
+    // Tag 906 holds every batch until the gate file exists: the tasks
+    // `first` takes cannot finish before it is killed, however slow the
+    // machine.
+    let gate = data.path().join("gate");
+    let rule = json!({"rule": {"field": "kyc_status", "operator": "!=", "value": gate.to_str().unwrap()}});
+    let reply = client()
+        .put(format!("{}/api/v1/tags/906/rule", first.base))
+        .json(&rule)
+        .send()
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 200);
     let tasks: Vec<String> = (1..=6)
-        .map(|tag| trigger(&first.base, json!({"tag_ids": [904, tag], "as_of": AS_OF})))
+        .map(|tag| trigger(&first.base, json!({"tag_ids": [906, tag], "as_of": AS_OF})))
         .collect();
     // Its three workers take three tasks; those die with it.
     let running = |p: &Process| -> Vec<String> {
@@ -482,7 +492,7 @@ fn three_processes_share_the_queue_and_take_over_from_one_killed_mid_run(backend
             .cloned()
             .collect()
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let killed = loop {
         let now_running = running(&first);
         if now_running.len() == 3 {
@@ -491,10 +501,8 @@ fn three_processes_share_the_queue_and_take_over_from_one_killed_mid_run(backend
         assert!(std::time::Instant::now() < deadline, "{now_running:?}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    // kill -9 the moment its three are seen running, before anything slow
-    // (starting the others takes seconds on a loaded machine, and a task it
-    // finished meanwhile would not have been taken over).
-    drop(first);
+    drop(first); // kill -9 mid-run
+    std::fs::write(&gate, b"").unwrap();
     let others = [
         Process::start(data.path(), plugins.path(), &backend.url(), &log),
         Process::start(data.path(), plugins.path(), &backend.url(), &log),
