@@ -760,21 +760,39 @@ fn an_unreachable_mariadb_is_named_without_its_password() {
 }
 
 /// The network store goes away under a running server (every connection
-/// cut, new ones refused) and comes back: `/health` says 503 naming the
-/// store without its password, a trigger meanwhile gets 503 (not 500), and
-/// the task accepted just before completes once the store is back.
+/// cut, new ones refused) while a task runs, and comes back: `/health` says
+/// 503 naming the store without its password, a trigger meanwhile gets 503
+/// (not 500), and the running task, which reaches its write while the store
+/// is away, completes once the store is back.
 fn a_store_that_goes_away_is_reported_and_nothing_accepted_is_lost(backend: Backend) {
     let (proxy, url) = proxied(&backend);
     let data = sample_data(600);
-    let plugins = reference_plugins_dir();
+    let plugins = reference_and_misbehaving_plugins();
     let server = TestServer::start_with_store(
         data.path(),
         plugins.path(),
         &url,
         &["--task-lease-secs", "2"],
     );
-    let all = json!({"tag_ids": [1, 2, 3, 4, 5, 6, 7, 8], "as_of": AS_OF});
+    // Tag 906 holds the task inside the plugin until the gate file exists.
+    let gate = data.path().join("gate");
+    let rule = json!({"rule": {"field": "kyc_status", "operator": "!=", "value": gate.to_str().unwrap()}});
+    let reply = client()
+        .put(format!("{}/api/v1/tags/906/rule", server.base))
+        .json(&rule)
+        .send()
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 200);
+    let all = json!({"tag_ids": [1, 2, 3, 4, 5, 6, 7, 8, 906], "as_of": AS_OF});
     let accepted = server.trigger(all.clone());
+    let entered = data.path().join("gate.entered");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !entered.exists() {
+        assert!(std::time::Instant::now() < deadline, "the task never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (_, status) = server.get(&format!("/api/v1/tasks/{accepted}/status")).unwrap();
+    assert_eq!(status["status"]["status"], "running", "{status}");
     proxy.cut();
 
     let (code, health) = server.get("/health").unwrap();
@@ -798,6 +816,8 @@ fn a_store_that_goes_away_is_reported_and_nothing_accepted_is_lost(backend: Back
         Some(32),
         "{refused}"
     );
+    // The task goes on to its write while the store is away.
+    std::fs::write(&gate, b"").unwrap();
     std::thread::sleep(std::time::Duration::from_secs(1));
 
     proxy.restore();

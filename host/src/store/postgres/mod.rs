@@ -209,7 +209,15 @@ impl Conn for Client {
 
 impl SqlStore for PgStore {
     fn control<T>(&self, f: impl WithConn<T>) -> Result<T, StoreError> {
-        f(&mut *self.client()?)
+        let mut client = self.client()?;
+        match f(&mut *client) {
+            // A pooled connection the network cut: the store is unreachable
+            // (worth retrying), and the message says which store.
+            Err(StoreError::Database(m)) if client.is_closed() => Err(StoreError::Unreachable(
+                format!("lost the connection to {}: {m}", self.shown),
+            )),
+            outcome => outcome,
+        }
     }
 
     fn begin_run_tx(&self, start: &RunStart) -> Result<Box<dyn RunTx + '_>, StoreError> {
