@@ -261,17 +261,6 @@ fn a_restart_finishes_committed_tasks_and_runs_queued_ones(backend: Backend) {
     assert_same_tags(&env.backend.tags(), &env.expected(&[2, 7]));
 }
 
-/// The reference plugins and the misbehaving fixture (tags 901-906).
-fn reference_and_misbehaving_plugins() -> tempfile::TempDir {
-    let mut files: Vec<(String, std::path::PathBuf)> = REFERENCE_PLUGINS
-        .iter()
-        .map(|n| (format!("{n}.so"), plugin(n)))
-        .collect();
-    files.push(("misbehaving.so".into(), fixture("misbehaving")));
-    let named: Vec<(&str, std::path::PathBuf)> =
-        files.iter().map(|(n, p)| (n.as_str(), p.clone())).collect();
-    plugins_dir(&named)
-}
 
 /// A `tag-server` process serving on a free loopback port.
 struct Process {
@@ -474,13 +463,7 @@ fn three_processes_share_the_queue_and_take_over_from_one_killed_mid_run(backend
     // `first` takes cannot finish before it is killed, however slow the
     // machine.
     let gate = data.path().join("gate");
-    let rule = json!({"rule": {"field": "kyc_status", "operator": "!=", "value": gate.to_str().unwrap()}});
-    let reply = client()
-        .put(format!("{}/api/v1/tags/906/rule", first.base))
-        .json(&rule)
-        .send()
-        .unwrap();
-    assert_eq!(reply.status().as_u16(), 200);
+    hold_tag_906_at(&first.base, &gate);
     let tasks: Vec<String> = (1..=6)
         .map(|tag| trigger(&first.base, json!({"tag_ids": [906, tag], "as_of": AS_OF})))
         .collect();
@@ -776,21 +759,10 @@ fn a_store_that_goes_away_is_reported_and_nothing_accepted_is_lost(backend: Back
     );
     // Tag 906 holds the task inside the plugin until the gate file exists.
     let gate = data.path().join("gate");
-    let rule = json!({"rule": {"field": "kyc_status", "operator": "!=", "value": gate.to_str().unwrap()}});
-    let reply = client()
-        .put(format!("{}/api/v1/tags/906/rule", server.base))
-        .json(&rule)
-        .send()
-        .unwrap();
-    assert_eq!(reply.status().as_u16(), 200);
+    hold_tag_906_at(&server.base, &gate);
     let all = json!({"tag_ids": [1, 2, 3, 4, 5, 6, 7, 8, 906], "as_of": AS_OF});
     let accepted = server.trigger(all.clone());
-    let entered = data.path().join("gate.entered");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !entered.exists() {
-        assert!(std::time::Instant::now() < deadline, "the task never started");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_entered(&gate);
     let (_, status) = server.get(&format!("/api/v1/tasks/{accepted}/status")).unwrap();
     assert_eq!(status["status"]["status"], "running", "{status}");
     proxy.cut();

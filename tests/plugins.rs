@@ -739,20 +739,9 @@ fn a_running_task_keeps_the_plugin_build_it_started_with() {
     let first = server.get("/api/v1/plugins").unwrap().1["files"][0]["sha256"].clone();
     // Tag 906 holds each batch until the gate file exists.
     let gate = work.path().join("gate");
-    let rule = json!({"rule": {"field": "kyc_status", "operator": "!=", "value": gate.to_str().unwrap()}});
-    let reply = client()
-        .put(format!("{}/api/v1/tags/906/rule", server.base))
-        .json(&rule)
-        .send()
-        .unwrap();
-    assert_eq!(reply.status().as_u16(), 200, "{:?}", reply.text());
+    hold_tag_906_at(&server.base, &gate);
     let held = server.trigger(json!({"tag_ids": [906], "as_of": "2025-01-15"}));
-    let entered = work.path().join("gate.entered");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !entered.exists() {
-        assert!(std::time::Instant::now() < deadline, "the task never reached the plugin");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_entered(&gate);
     // A new build that computes something else (build B matches everyone,
     // build A no one) replaces the library while the task is inside it.
     let mut bytes = std::fs::read(fixture("misbehaving")).unwrap();

@@ -1853,6 +1853,60 @@ fn a_second_stop_signal_ends_the_server_at_once() {
     drop(stalled);
 }
 
+#[test]
+fn a_second_stop_signal_with_a_task_running_loses_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let data = data(300);
+    let plugins = reference_and_misbehaving_plugins();
+    let lease = ["--task-lease-secs", "2"];
+    let mut server = ServerProcess::start_in(work.path(), data.path(), plugins.path(), &lease);
+    let gate = work.path().join("gate");
+    hold_tag_906_at(&server.base, &gate);
+    let reply = client()
+        .post(format!("{}/api/v1/tags/trigger", server.base))
+        .json(&json!({"tag_ids": [906, 1, 7], "as_of": AS_OF}))
+        .send()
+        .unwrap();
+    let task = reply.json::<Value>().unwrap()["task_id"].as_str().unwrap().to_string();
+    wait_entered(&gate);
+    // Two stop signals while the task is inside a plugin: the server ends
+    // at once, the task neither finished nor written.
+    let pid = server.pid() as i32;
+    for _ in 0..2 {
+        // SAFETY: signals a child process this test started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let status = server
+        .exit_within(std::time::Duration::from_secs(5))
+        .expect("the second signal ends the server");
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(user_tags(&work.path().join("t.db")).is_empty());
+    // The next server on the same store runs the accepted task to its end.
+    std::fs::write(&gate, b"").unwrap();
+    let next = ServerProcess::start_in(work.path(), data.path(), plugins.path(), &lease);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let done = loop {
+        let body: Value = client()
+            .get(format!("{}/api/v1/tasks/{task}/status", next.base))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if body["status"]["status"] == "completed" {
+            break body["status"].clone();
+        }
+        assert_ne!(body["status"]["status"], "failed", "{body}");
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert_same_tags(
+        &user_tags(&work.path().join("t.db")),
+        &oracle::expected(data.path(), as_of(), &[1, 7]),
+    );
+}
+
 /// One poll of a running task: when, stage, percent, and the whole progress.
 struct Sample {
     at: std::time::Instant,

@@ -138,6 +138,42 @@ pub fn plugins_dir(files: &[(&str, PathBuf)]) -> tempfile::TempDir {
     dir
 }
 
+/// The reference plugins and the misbehaving fixture (tags 901-906).
+pub fn reference_and_misbehaving_plugins() -> tempfile::TempDir {
+    let mut files: Vec<(String, PathBuf)> = REFERENCE_PLUGINS
+        .iter()
+        .map(|n| (format!("{n}.so"), plugin(n)))
+        .collect();
+    files.push(("misbehaving.so".into(), fixture("misbehaving")));
+    let named: Vec<(&str, PathBuf)> = files.iter().map(|(n, p)| (n.as_str(), p.clone())).collect();
+    plugins_dir(&named)
+}
+
+/// Sets the rule of the misbehaving fixture's tag 906 on the server at
+/// `base` so that its batches wait for `gate`: each batch creates
+/// `<gate>.entered`, then waits until `gate` exists. Tests hold a task
+/// running with it instead of guessing how long a slow task takes.
+pub fn hold_tag_906_at(base: &str, gate: &Path) {
+    let rule = serde_json::json!({"rule": {"field": "kyc_status", "operator": "!=", "value": gate.to_str().expect("UTF-8 path")}});
+    let reply = client()
+        .put(format!("{base}/api/v1/tags/906/rule"))
+        .json(&rule)
+        .send()
+        .expect("PUT rule");
+    assert_eq!(reply.status().as_u16(), 200, "{:?}", reply.text());
+}
+
+/// Waits (up to a minute) until a batch of tag 906 held by
+/// [`hold_tag_906_at`] has entered the plugin.
+pub fn wait_entered(gate: &Path) {
+    let entered = gate.with_extension("entered");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !entered.exists() {
+        assert!(std::time::Instant::now() < deadline, "no batch reached tag 906");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// A plugins directory with the five reference plugins.
 pub fn reference_plugins_dir() -> tempfile::TempDir {
     let files: Vec<_> = REFERENCE_PLUGINS
