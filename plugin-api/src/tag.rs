@@ -196,6 +196,55 @@ pub trait Tag: Send + Sync + 'static {
     /// Which rows of `batch` get the tag under `rule` on reference date
     /// `as_of`. Override for logic the rule language cannot express; the
     /// result must cover every row of the batch.
+    ///
+    /// An override can still take its parameters from the rule, so that an
+    /// operator tunes them through the API without a rebuild: here the
+    /// multiplier is the value of the rule's `stock_value` condition.
+    ///
+    /// ```
+    /// use tag_plugin_api::{Batch, ColumnType, Date, Mask, Rule, Tag, TagError, TagInfo};
+    ///
+    /// /// Users whose stock is worth more than k times their cash.
+    /// pub struct StockHeavy;
+    ///
+    /// impl Tag for StockHeavy {
+    ///     fn info(&self) -> TagInfo {
+    ///         TagInfo::new(102, "StockHeavyTask", "重仓股票用户", "财富类")
+    ///             .input("user_asset_summary", "cash_balance", ColumnType::Float64)
+    ///             .input("user_asset_summary", "stock_value", ColumnType::Float64)
+    ///             .default_rule(r#"{"field": "stock_value", "operator": ">", "value": 2}"#)
+    ///     }
+    ///
+    ///     fn evaluate(&self, batch: &Batch<'_>, rule: &Rule, _: Date) -> Result<Mask, TagError> {
+    ///         // Every condition of the rule, with its field, operator and value.
+    ///         let k = rule
+    ///             .conditions()
+    ///             .iter()
+    ///             .find(|c| c.field == "stock_value")
+    ///             .and_then(|c| c.value.as_f64())
+    ///             .ok_or_else(|| TagError::Failed("the rule needs a stock_value condition with a number".into()))?;
+    ///         let cash = batch.column("cash_balance")?.f64_values()?;
+    ///         let stock = batch.column("stock_value")?.f64_values()?;
+    ///         let mut mask = Mask::none(batch.num_rows());
+    ///         for i in 0..batch.num_rows() {
+    ///             if let (Some(c), Some(s)) = (cash.get(i), stock.get(i)) {
+    ///                 mask.set(i, s > k * c);
+    ///             }
+    ///         }
+    ///         Ok(mask)
+    ///     }
+    /// }
+    ///
+    /// use tag_plugin_api::owned::OwnedBatch;
+    /// use tag_plugin_api::testing::{evaluate_default, evaluate_rule};
+    /// let batch = OwnedBatch::new()
+    ///     .float64("cash_balance", &[Some(100.0), Some(100.0), None])
+    ///     .float64("stock_value", &[Some(250.0), Some(150.0), Some(1e9)]);
+    /// // The default rule's multiplier (2), then one an operator set (1).
+    /// assert_eq!(evaluate_default(StockHeavy, &batch, "2025-01-15").unwrap(), [true, false, false]);
+    /// let tuned = r#"{"field": "stock_value", "operator": ">", "value": 1}"#;
+    /// assert_eq!(evaluate_rule(StockHeavy, &batch, tuned, "2025-01-15").unwrap(), [true, true, false]);
+    /// ```
     fn evaluate(&self, batch: &Batch<'_>, rule: &Rule, as_of: Date) -> Result<Mask, TagError> {
         Ok(rule.evaluate(batch, as_of)?)
     }
