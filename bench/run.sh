@@ -34,7 +34,8 @@
 # BASELINE_BIN: another tag-server build (say, of the commit before a
 # change): with --rounds, each round also runs it, and the ratio ours /
 # baseline is printed per round with its median (the cost of a change,
-# measured side by side).
+# measured side by side). Every round reports wall and CPU (user + system)
+# seconds and both ratios: on a busy machine CPU time varies less.
 #
 # Needs python3 (a virtualenv with duckdb, polars, pyarrow[, pyspark] is made in
 # bench/.venv), wrk for the API latency part (installed with apt-get when
@@ -108,6 +109,11 @@ measure() {
   echo "   $name: ${secs}s, $((kb / 1024)) MB"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+# timed NAME CMD...: runs CMD (output to $RUN/round/NAME.log) and keeps its
+# wall and CPU (user + system) seconds; `wall NAME` and `cpu NAME` read them.
+timed() { local name=$1; shift; /usr/bin/time -f "%e %U %S" -o "$RUN/round/$name.time" "$@" > "$RUN/round/$name.log" 2>&1; }
+wall() { awk '{ print $1 }' "$RUN/round/$1.time"; }
+cpu() { awk '{ printf "%.2f", $2 + $3 }' "$RUN/round/$1.time"; }
 rows_written() { $PY -c "import json,sys; r=json.load(open(sys.argv[1]))['result']; print(r['rows_upserted'] + r['rows_deleted'])" "$1"; }
 
 RUN=$OUT/run-$USERS
@@ -137,18 +143,18 @@ if [ "$ROUNDS" -gt 1 ]; then
   echo "== $ROUNDS rounds: first full run, DuckDB and DuckDB-table, alternating"
   for i in $(seq "$ROUNDS"); do
     rm -rf "$RUN/round"; mkdir -p "$RUN/round"
-    /usr/bin/time -f "%e" -o "$RUN/round/ours.time" "$BIN" run --tag-ids $TAGS --data-dir "$DATA" --store "sqlite://$RUN/round/tags.db" --as-of $AS_OF > "$RUN/round/ours.log" 2>&1
-    /usr/bin/time -f "%e" -o "$RUN/round/duck.time" $PY bench/anchors.py duckdb "$DATA" "$RUN/round/duckdb.parquet" $AS_OF > "$RUN/round/duck.log" 2>&1
-    /usr/bin/time -f "%e" -o "$RUN/round/table.time" $PY bench/anchors.py duckdb_table "$DATA" "$RUN/round/duckdb-table.duckdb" $AS_OF > "$RUN/round/table.log" 2>&1
-    ours=$(cat "$RUN/round/ours.time"); duck=$(cat "$RUN/round/duck.time"); table=$(cat "$RUN/round/table.time")
-    base=""
+    timed ours "$BIN" run --tag-ids $TAGS --data-dir "$DATA" --store "sqlite://$RUN/round/tags.db" --as-of $AS_OF
+    timed duck $PY bench/anchors.py duckdb "$DATA" "$RUN/round/duckdb.parquet" $AS_OF
+    timed table $PY bench/anchors.py duckdb_table "$DATA" "$RUN/round/duckdb-table.duckdb" $AS_OF
+    ours=$(wall ours); duck=$(wall duck); table=$(wall table)
+    base=""; base_cpu=""
     if [ -n "${BASELINE_BIN:-}" ]; then
-      /usr/bin/time -f "%e" -o "$RUN/round/base.time" "$BASELINE_BIN" run --tag-ids $TAGS --data-dir "$DATA" --store "sqlite://$RUN/round/base.db" --as-of $AS_OF > "$RUN/round/base.log" 2>&1
-      base=$(cat "$RUN/round/base.time")
-      echo "   round $i: baseline ${base}s, ours / baseline $(ratio "$ours" "$base")"
+      timed base "$BASELINE_BIN" run --tag-ids $TAGS --data-dir "$DATA" --store "sqlite://$RUN/round/base.db" --as-of $AS_OF
+      base=$(wall base); base_cpu=$(cpu base)
+      echo "   round $i: baseline ${base}s (CPU ${base_cpu}s), ours / baseline $(ratio "$ours" "$base") wall, $(ratio "$(cpu ours)" "$base_cpu") CPU"
     fi
-    printf '%s\t%s\t%s\t%s\n' "$ours" "$duck" "$table" "$base" >> "$ROUNDS_TSV"
-    echo "   round $i: tag-server ${ours}s, duckdb ${duck}s ($(ratio "$duck" "$ours")), duckdb-table ${table}s ($(ratio "$table" "$ours"))"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ours" "$duck" "$table" "$base" "$(cpu ours)" "$(cpu duck)" "$(cpu table)" "$base_cpu" >> "$ROUNDS_TSV"
+    echo "   round $i: tag-server ${ours}s (CPU $(cpu ours)s), duckdb ${duck}s (CPU $(cpu duck)s, $(ratio "$duck" "$ours")), duckdb-table ${table}s (CPU $(cpu table)s, $(ratio "$table" "$ours"))"
   done
 fi
 
@@ -295,16 +301,19 @@ for name in ("mariadb", "postgres"):
 if "pyspark-jdbc-mariadb" in res:
     spark, mine = res["pyspark-jdbc-mariadb"][0], res["tag-server-mariadb"][0]
     print(f"PySpark -> MariaDB over JDBC (the replaced system's way): {spark:.2f} s, {spark / mine:.2f}x ours into MariaDB")
-rounds = [tuple(map(float, l.split())) for l in open(sys.argv[5]) if l.strip()]
+# Per round: wall s of ours, duckdb, duckdb-table, baseline, then the same
+# four as CPU s (the baseline's empty without BASELINE_BIN).
+rounds = [[float(x) if x else None for x in l.rstrip("\n").split("\t")] for l in open(sys.argv[5]) if l.strip()]
 if rounds:
-    listed = ", ".join(f"{r[0]:.2f}/{r[1]:.2f}/{r[2]:.2f}" for r in rounds)
-    print(f"first run vs DuckDB, {len(rounds)} alternating rounds (ours/duckdb/duckdb-table s): {listed}")
-    for label, col in (("duckdb", 1), ("duckdb-table", 2)):
-        ratios = [r[col] / r[0] for r in rounds]
-        print(f"  {label + ' / ours':<20} per round: {', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x")
-    if all(len(r) == 4 for r in rounds):
-        ratios = [r[0] / r[3] for r in rounds]
-        print(f"  {'ours / baseline':<20} per round: {', '.join(f'{r:.3f}x' for r in ratios)}; median {statistics.median(ratios):.3f}x")
+    for kind, at in (("wall", 0), ("CPU", 4)):
+        listed = ", ".join(f"{r[at]:.2f}/{r[at + 1]:.2f}/{r[at + 2]:.2f}" for r in rounds)
+        print(f"first run vs DuckDB, {len(rounds)} alternating rounds, {kind} (ours/duckdb/duckdb-table s): {listed}")
+        for label, col in (("duckdb", 1), ("duckdb-table", 2)):
+            ratios = [r[at + col] / r[at] for r in rounds]
+            print(f"  {label + ' / ours':<20} {kind:>4} per round: {', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x")
+        if all(r[at + 3] for r in rounds):
+            ratios = [r[at] / r[at + 3] for r in rounds]
+            print(f"  {'ours / baseline':<20} {kind:>4} per round: {', '.join(f'{r:.3f}x' for r in ratios)}; median {statistics.median(ratios):.3f}x")
 lat = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
 writes = dict(l.rstrip("\n").split("\t") for l in open(sys.argv[7]) if l.strip())
 if lat:
