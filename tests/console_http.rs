@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{client, reference_plugins_dir, sample_data, ServerProcess};
+use support::{client, reference_plugins_dir, sample_data, tokens_file, ServerProcess};
 
 const ADMIN: &str = "adm-console-http-5e0c2a9d71";
 const READER: &str = "rdr-console-http-8b3f61c0e4";
@@ -19,12 +19,7 @@ const READER: &str = "rdr-console-http-8b3f61c0e4";
 /// A server with an admin and a read token; its work directory with it.
 fn start(data: &Path) -> (ServerProcess, tempfile::TempDir, tempfile::TempDir) {
     let work = tempfile::tempdir().unwrap();
-    let tokens = work.path().join("tokens");
-    std::fs::write(
-        &tokens,
-        format!("ops:admin:{ADMIN}\nviewer:read:{READER}\n"),
-    )
-    .unwrap();
+    let tokens = tokens_file(work.path(), ADMIN, READER);
     let plugins = reference_plugins_dir();
     let server = ServerProcess::start_in(
         work.path(),
