@@ -117,7 +117,7 @@ async fn get_rule(
     request_body(content = Object, description = "The rule (a condition tree, see tags.md), or `{\"rule\": <rule>}`", content_type = "application/json"),
     responses(
         (status = 200, description = "The rule in effect now", body = RuleReplaced),
-        (status = 400, description = "Not JSON, or a rule the tag's plugin refuses", body = ErrorBody),
+        (status = 400, description = "Not JSON, a rule over 20,000 list items in all or 1 MiB encoded, or a rule the tag's plugin refuses", body = ErrorBody),
         (status = 404, description = "No loaded plugin provides the tag", body = ErrorBody),
     )
 )]
