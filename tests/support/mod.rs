@@ -451,6 +451,15 @@ pub fn wait_until_up(base: &str) {
     }
 }
 
+/// Writes `<dir>/tokens` with an admin token named `ops` and a read token
+/// named `viewer`; returns its path (for `--tokens-file`).
+pub fn tokens_file(dir: &Path, admin: &str, reader: &str) -> PathBuf {
+    let path = dir.join("tokens");
+    std::fs::write(&path, format!("ops:admin:{admin}\nviewer:read:{reader}\n"))
+        .expect("write the tokens file");
+    path
+}
+
 /// A real `tag-server` process on a free loopback port, killed on drop.
 pub struct ServerProcess {
     /// `http://127.0.0.1:PORT`.

@@ -10,6 +10,7 @@
 //! page on another site cannot add without a CORS preflight (which this
 //! server never grants), on top of the SameSite cookie.
 
+pub mod diff;
 pub mod history;
 mod pages;
 pub mod render;

@@ -1,22 +1,26 @@
 //! The console's pages.
 
 use super::history::{members_chart, members_per_run, sparkline, RunPoint};
-use super::render::{diff_block, pretty, rule_tree, short};
+use super::render::{diff_block, path_segment, pretty, rule_tree, short};
 use super::{error_page, page, Viewer};
 use crate::http::AppState;
 use crate::model::{TagStatus, TaskRecord, TaskStatus};
 use crate::plugins::Outcome;
-use crate::store::{Store, StoreError};
+use crate::registry::{RegisteredTag, TagRegistry};
+use crate::store::{RuleVersion, Store, StoreError};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup, PreEscaped};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Runs the console reads: the newest this many tasks (without their
 /// `user_ids` lists, see [`Store::task_history`]).
 const HISTORY: usize = 500;
+
+/// Rule versions a tag's page shows with their diffs, newest first.
+const VERSIONS_SHOWN: usize = 10;
 
 /// A store read for a page; a failure is an error page.
 async fn read<T: Send + 'static>(
@@ -31,6 +35,26 @@ async fn read<T: Send + 'static>(
             "存储服务不可用 / the store failed to answer; retry later",
         )
     })
+}
+
+/// Builds a page off the async threads. Decoding rules, diffing their
+/// versions and drawing charts is CPU work that grows with the data: on a
+/// runtime thread it would hold up every other request, `/health` too, and
+/// the request timeout could not answer in its place.
+async fn off_runtime(
+    viewer: &Viewer,
+    build: impl FnOnce() -> Response + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(build).await {
+        Ok(page) => page,
+        // The panic goes on to the middleware that answers it with a 500.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            viewer,
+            "服务正在停止 / the server is stopping; retry later",
+        ),
+    }
 }
 
 /// Query of the tags page.
@@ -53,11 +77,26 @@ pub async fn tags(
         Ok(v) => v,
         Err(page) => return page,
     };
-    let series = members_per_run(&tasks);
     let registry = state.tags();
+    let sort = q.sort;
+    off_runtime(&viewer.clone(), move || {
+        tags_page(&viewer, &registry, &owners, &tasks, sort.as_deref())
+    })
+    .await
+}
+
+/// The tags page: members per run and a sparkline per tag, from `tasks`.
+fn tags_page(
+    viewer: &Viewer,
+    registry: &TagRegistry,
+    owners: &HashMap<u32, String>,
+    tasks: &[TaskRecord],
+    sort: Option<&str>,
+) -> Response {
+    let series = members_per_run(tasks);
     let mut rows: Vec<_> = registry.iter().collect();
     let members = |id: u32| series.get(&id).and_then(|p| p.last()).map(|p| p.members);
-    match q.sort.as_deref() {
+    match sort {
         Some("name") => rows.sort_by(|a, b| a.info.description.cmp(&b.info.description)),
         Some("category") => rows.sort_by(|a, b| a.info.category.cmp(&b.info.category)),
         Some("members") => rows.sort_by_key(|t| std::cmp::Reverse(members(t.info.tag_id))),
@@ -84,12 +123,12 @@ pub async fn tags(
                     td { (owners.get(&id).map(String::as_str).unwrap_or("-")) }
                     td.num { (members(id).map_or("-".to_string(), |m| m.to_string())) }
                     td.spark { @if !points.is_empty() { (PreEscaped(sparkline(points))) } }
-                    td { (last_run(&tasks, id)) }
+                    td { (last_run(tasks, id)) }
                 }
             } }
         }
     };
-    page("标签 Tags", &viewer, body).into_response()
+    page("标签 Tags", viewer, body).into_response()
 }
 
 /// The newest task that ran `tag_id`: when, and how it ended.
@@ -112,7 +151,12 @@ pub async fn tag(
     Path(raw): Path<String>,
 ) -> Response {
     let registry = state.tags();
-    let Some(tag) = raw.parse::<u32>().ok().and_then(|id| registry.get(id)) else {
+    let Some(tag) = raw
+        .parse::<u32>()
+        .ok()
+        .and_then(|id| registry.get(id))
+        .cloned()
+    else {
         return error_page(StatusCode::NOT_FOUND, &viewer, "没有这个标签 / no such tag");
     };
     let id = tag.info.tag_id;
@@ -127,11 +171,23 @@ pub async fn tag(
         Ok(v) => v,
         Err(page) => return page,
     };
-    let rules: Vec<Value> = history
-        .iter()
-        .map(|r| serde_json::from_str(&r.rule).unwrap_or(Value::Null))
-        .collect();
-    let series = members_per_run(&tasks);
+    off_runtime(&viewer.clone(), move || {
+        tag_page(&viewer, &tag, &history, &tasks, &members)
+    })
+    .await
+}
+
+/// The tag page from what the store gave.
+fn tag_page(
+    viewer: &Viewer,
+    tag: &RegisteredTag,
+    history: &[RuleVersion],
+    tasks: &[TaskRecord],
+    members: &[String],
+) -> Response {
+    let id = tag.info.tag_id;
+    let current: Option<Value> = history.last().map(|r| parsed(&r.rule));
+    let series = members_per_run(tasks);
     let points = series.get(&id).map(Vec::as_slice).unwrap_or(&[]);
     let body = html! {
         p.meta { (tag.info.category) " · " (tag.plugin.name) " " (tag.plugin.version) " · ID " (id) }
@@ -141,23 +197,60 @@ pub async fn tag(
             span.result {}
         }
         h2 { "规则 Rule" }
-        @if let Some(current) = rules.last() { div.rule { (rule_tree(current)) } }
-        @if viewer.admin { (rule_form(id, rules.last())) }
+        @if let Some(current) = &current { div.rule { (rule_tree(current)) } }
+        @if viewer.admin { (rule_form(id, current.as_ref())) }
         h2 { "用户数 Members per run" }
         (members_section(points))
         h2 { "用户示例 Sample members" }
-        ul.members { @for user in &members { li { a href={ "/users/" (user) } { (user) } } } }
+        ul.members { @for user in members {
+            li { a href={ "/users/" (path_segment(user)) } { (user) } }
+        } }
         h2 { "规则历史 Rule history" }
-        @for (i, version) in history.iter().enumerate().rev() {
+        (rule_history(history))
+    };
+    page(&tag.info.description, viewer, body).into_response()
+}
+
+/// A stored rule's JSON (validated when saved; `null` if it no longer reads).
+fn parsed(rule: &str) -> Value {
+    serde_json::from_str(rule).unwrap_or(Value::Null)
+}
+
+/// The newest [`VERSIONS_SHOWN`] versions, newest first, each with its diff
+/// from the one before (the first version in full); older ones by number,
+/// date and author only.
+fn rule_history(history: &[RuleVersion]) -> Markup {
+    let from = history.len().saturating_sub(VERSIONS_SHOWN);
+    // The shown versions pretty-printed, and the one before them (the base
+    // of the oldest shown diff).
+    let base = from.saturating_sub(1);
+    let texts: Vec<String> = history[base..]
+        .iter()
+        .map(|r| pretty(&parsed(&r.rule)))
+        .collect();
+    let text = |i: usize| texts[i - base].as_str();
+    html! {
+        @for i in (from..history.len()).rev() {
+            @let version = &history[i];
             details.version open[i + 1 == history.len()] {
-                summary { "v" (version.version) " · " (version.created_at) " · "
-                    (version.changed_by.as_deref().unwrap_or("plugin default")) }
-                @if i > 0 { (diff_block(&pretty(&rules[i - 1]), &pretty(&rules[i]))) }
-                @else { pre { (pretty(&rules[i])) } }
+                summary { (version_line(version)) }
+                @if i > 0 { (diff_block(text(i - 1), text(i))) }
+                @else { pre { (text(i)) } }
             }
         }
-    };
-    page(&tag.info.description, &viewer, body).into_response()
+        @if from > 0 {
+            p.older { (from) " 个更早的版本 older versions (每个版本的规则见 / every version's rule at "
+                code { "GET /api/v1/tags/" (history[0].tag_id) "/rule" } ")" }
+            ul.older { @for version in history[..from].iter().rev() { li { (version_line(version)) } } }
+        }
+    }
+}
+
+fn version_line(version: &RuleVersion) -> Markup {
+    html! {
+        "v" (version.version) " · " (version.created_at) " · "
+        (version.changed_by.as_deref().unwrap_or("plugin default"))
+    }
 }
 
 fn rule_form(id: u32, current: Option<&Value>) -> Markup {
@@ -328,14 +421,7 @@ pub struct FindQuery {
 /// `/users?id=`: the user's page.
 pub async fn find_user(Query(q): Query<FindQuery>) -> Response {
     let id = q.id.unwrap_or_default();
-    let encoded: String = id
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect();
-    Redirect::to(&format!("/users/{encoded}")).into_response()
+    Redirect::to(&format!("/users/{}", path_segment(&id))).into_response()
 }
 
 /// `/users/{id}`: the user's tags, each with its details.

@@ -1,6 +1,8 @@
-//! Pieces of pages: a rule as a readable condition tree, a line diff
-//! between two rule versions, short forms of ids and hashes.
+//! Pieces of pages: a rule as a readable condition tree, the bounded diff
+//! between two rule versions, ids as URL path segments, short forms of ids
+//! and hashes.
 
+use super::diff::{excerpt, line_diff, DiffLine, Shown};
 use maud::{html, Markup};
 use serde_json::Value;
 
@@ -35,64 +37,42 @@ fn value_text(value: &Value) -> String {
     }
 }
 
-/// One line of a diff.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DiffLine<'a> {
-    /// In both.
-    Same(&'a str),
-    /// Only in the old text.
-    Removed(&'a str),
-    /// Only in the new text.
-    Added(&'a str),
-}
+/// Changed lines a diff shows at most; the rest are counted.
+pub const DIFF_CHANGED_LINES: usize = 200;
 
-/// The lines of `old` and `new`, in order, marked by which side has them
-/// (a longest-common-subsequence diff; rules are short).
-pub fn line_diff<'a>(old: &'a str, new: &'a str) -> Vec<DiffLine<'a>> {
-    let a: Vec<&str> = old.lines().collect();
-    let b: Vec<&str> = new.lines().collect();
-    // common[i][j]: longest common run of a[i..] and b[j..].
-    let mut common = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            common[i][j] = if a[i] == b[j] {
-                common[i + 1][j + 1] + 1
-            } else {
-                common[i + 1][j].max(common[i][j + 1])
-            };
-        }
-    }
-    let (mut i, mut j, mut out) = (0, 0, Vec::new());
-    while i < a.len() && j < b.len() {
-        if a[i] == b[j] {
-            out.push(DiffLine::Same(a[i]));
-            (i, j) = (i + 1, j + 1);
-        } else if common[i + 1][j] >= common[i][j + 1] {
-            out.push(DiffLine::Removed(a[i]));
-            i += 1;
-        } else {
-            out.push(DiffLine::Added(b[j]));
-            j += 1;
-        }
-    }
-    out.extend(a[i..].iter().map(|l| DiffLine::Removed(l)));
-    out.extend(b[j..].iter().map(|l| DiffLine::Added(l)));
-    out
-}
+/// Unchanged lines shown around each changed one.
+pub const DIFF_CONTEXT: usize = 2;
 
-/// A diff as a `<pre>`, `+`/`-` lines marked.
+/// A diff as a `<pre>`: `+`/`-` lines marked, at most
+/// [`DIFF_CHANGED_LINES`] of them with [`DIFF_CONTEXT`] lines around each;
+/// unchanged stretches and the changed lines beyond those as counts.
 pub fn diff_block(old: &str, new: &str) -> Markup {
+    let diff = line_diff(old, new);
     html! {
         pre.diff {
-            @for line in line_diff(old, new) {
-                @match line {
-                    DiffLine::Same(l) => span { "  " (l) "\n" },
-                    DiffLine::Removed(l) => span.removed { "- " (l) "\n" },
-                    DiffLine::Added(l) => span.added { "+ " (l) "\n" },
+            @for shown in excerpt(&diff, DIFF_CONTEXT, DIFF_CHANGED_LINES) {
+                @match shown {
+                    Shown::Line(DiffLine::Same(l)) => span { "  " (l) "\n" },
+                    Shown::Line(DiffLine::Removed(l)) => span.removed { "- " (l) "\n" },
+                    Shown::Line(DiffLine::Added(l)) => span.added { "+ " (l) "\n" },
+                    Shown::Unchanged(n) => span.unchanged { "  … " (n) " 行未变 unchanged\n" },
+                    Shown::More(n) => span.more { "… " (n) " more changed lines / 另有 " (n) " 行改动\n" },
                 }
             }
         }
     }
+}
+
+/// `text` as one segment of a URL path: every byte but ASCII letters,
+/// digits, `-`, `_` and `.` percent-encoded (so `has?query` or `a/b` stay
+/// one segment and name the page of exactly that id).
+pub fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// The first 8 characters of a task id or hash.
@@ -111,25 +91,24 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn a_changed_threshold_is_one_line_out_and_one_in() {
-        let old = pretty(&json!({"field": "cash", "operator": ">=", "value": 1}));
-        let new = pretty(&json!({"field": "cash", "operator": ">=", "value": 2}));
-        let diff = line_diff(&old, &new);
-        let changed: Vec<_> = diff
-            .iter()
-            .filter(|l| !matches!(l, DiffLine::Same(_)))
-            .collect();
+    fn a_diff_block_caps_its_changed_lines() {
+        let old: String = (0..1_000).map(|i| format!("{i}\n")).collect();
+        let new: String = (0..1_000).map(|i| format!("{}\n", i + 5_000)).collect();
+        let html = diff_block(&old, &new).into_string();
         assert_eq!(
-            changed,
-            vec![
-                &DiffLine::Removed("  \"value\": 1"),
-                &DiffLine::Added("  \"value\": 2")
-            ]
+            html.matches("class=\"removed\"").count(),
+            DIFF_CHANGED_LINES
         );
-        assert_eq!(
-            line_diff("a\nb", "a\nb\nc").last(),
-            Some(&DiffLine::Added("c"))
-        );
+        assert!(html.contains("… 1800 more changed lines"), "{html}");
+        assert!(diff_block("a\nb", "a\nc").into_string().contains("+ c"));
+    }
+
+    #[test]
+    fn a_path_segment_keeps_an_id_whole() {
+        assert_eq!(path_segment("user_000001"), "user_000001");
+        assert_eq!(path_segment("has?query"), "has%3Fquery");
+        assert_eq!(path_segment("a/b #1"), "a%2Fb%20%231");
+        assert_eq!(path_segment("用户"), "%E7%94%A8%E6%88%B7");
     }
 
     #[test]

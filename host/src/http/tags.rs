@@ -3,7 +3,11 @@
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::auth::Caller;
+use crate::model::rule_size;
+use crate::registry::RegisteredTag;
 use axum::extract::{Extension, Path, State};
+use axum::http::header;
+use axum::response::IntoResponse;
 use axum::Json;
 use serde::Serialize;
 use serde_json::Value;
@@ -81,16 +85,27 @@ fn unknown_tag(state: &AppState, tag_id: u32) -> ApiError {
 async fn get_rule(
     State(state): State<AppState>,
     Path(raw): Path<String>,
-) -> Result<Json<RuleBody>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let tag_id = parse_tag_id(&state, &raw)?;
-    let history = state.blocking(move |s| s.rule_history(tag_id)).await?;
-    let history: Vec<RuleVersionBody> = history.iter().map(RuleVersionBody::of).collect();
-    Ok(Json(RuleBody {
-        success: true,
-        tag_id,
-        rule: history.last().cloned(),
-        history,
-    }))
+    // Every version, decoded and encoded again: megabytes of JSON for a
+    // long history of large rules, so off the async threads.
+    let json = state
+        .blocking(move |s| {
+            let history: Vec<RuleVersionBody> = s
+                .rule_history(tag_id)?
+                .iter()
+                .map(RuleVersionBody::of)
+                .collect();
+            let body = RuleBody {
+                success: true,
+                tag_id,
+                rule: history.last().cloned(),
+                history,
+            };
+            Ok(serde_json::to_vec(&body).expect("a rule body encodes"))
+        })
+        .await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json))
 }
 
 /// Replaces the rule (validated by the tag's plugin) as a new version.
@@ -102,7 +117,7 @@ async fn get_rule(
     request_body(content = Object, description = "The rule (a condition tree, see tags.md), or `{\"rule\": <rule>}`", content_type = "application/json"),
     responses(
         (status = 200, description = "The rule in effect now", body = RuleReplaced),
-        (status = 400, description = "Not JSON, or a rule the tag's plugin refuses", body = ErrorBody),
+        (status = 400, description = "Not JSON, a rule over 20,000 list items in all or 1 MiB encoded, or a rule the tag's plugin refuses", body = ErrorBody),
         (status = 404, description = "No loaded plugin provides the tag", body = ErrorBody),
     )
 )]
@@ -113,26 +128,24 @@ async fn put_rule(
     body: axum::body::Bytes,
 ) -> Result<Json<RuleReplaced>, ApiError> {
     let tag_id = parse_tag_id(&state, &raw)?;
-    let value: Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))?;
-    // Accept either the rule itself or {"rule": {...}}.
-    let rule = match value.get("rule") {
-        Some(inner) if value.as_object().is_some_and(|o| o.len() == 1) => inner.clone(),
-        _ => value,
-    };
-    let text = rule.to_string();
-    let tags = state.tags();
     // Unloaded since the id was checked: a reload ran in between.
-    let tag = tags
+    let tag = state
+        .tags()
         .get(tag_id)
+        .cloned()
         .ok_or_else(|| unknown_tag(&state, tag_id))?;
-    tag.validate_rule(&text)
-        .map_err(|e| ApiError::bad_request(format!("Invalid rule: {e}"), "规则无效"))?;
-    let current = state.blocking(move |s| s.current_rule(tag_id)).await?;
-    let same = current
-        .as_ref()
-        .and_then(|c| serde_json::from_str::<Value>(&c.rule).ok())
-        .is_some_and(|stored| stored == rule);
+    // Decoding, measuring and validating a body of megabytes is CPU work.
+    let (rule, text) = tokio::task::spawn_blocking(move || accepted_rule(&tag, &body)).await??;
+    let (current, same, rule) = state
+        .blocking(move |s| {
+            let current = s.current_rule(tag_id)?;
+            let same = current
+                .as_ref()
+                .and_then(|c| serde_json::from_str::<Value>(&c.rule).ok())
+                .is_some_and(|stored| stored == rule);
+            Ok((current, same, rule))
+        })
+        .await?;
     // Sending the rule in effect again changes nothing (no new version).
     let (saved, changed) = match current {
         Some(current) if same => (current, false),
@@ -152,10 +165,30 @@ async fn put_rule(
         tag_id,
         changed,
         rule: RuleVersionBody {
+            version: saved.version,
             rule,
-            ..RuleVersionBody::of(&saved)
+            created_at: saved.created_at,
+            changed_by: saved.changed_by,
         },
     }))
+}
+
+/// The rule in `body` (the rule itself, or `{"rule": <rule>}`) and its
+/// compact text, if it is within the stored rules' size limits and the
+/// tag's plugin accepts it.
+fn accepted_rule(tag: &RegisteredTag, body: &[u8]) -> Result<(Value, String), ApiError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    let rule = match value.get("rule") {
+        Some(inner) if value.as_object().is_some_and(|o| o.len() == 1) => inner.clone(),
+        _ => value,
+    };
+    let text = rule.to_string();
+    let invalid = |e: String| ApiError::bad_request(format!("Invalid rule: {e}"), "规则无效");
+    rule_size::check(&rule, text.len()).map_err(invalid)?;
+    tag.validate_rule(&text)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok((rule, text))
 }
 
 /// One loaded tag.

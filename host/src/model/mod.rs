@@ -2,6 +2,7 @@
 //! task record and its parts, and the typed run report ([`report`]).
 
 pub mod report;
+pub mod rule_size;
 
 pub use report::{
     PluginIdentity, RunReport, SyncSummary, TagCounts, TagReport, TagScope, TagStatus,
