@@ -512,6 +512,92 @@ fn three_processes_share_the_queue_and_take_over_from_one_killed_mid_run(backend
     );
 }
 
+/// How a test stops a run it holds in its commit.
+#[derive(Clone, Copy, PartialEq)]
+enum StopBy {
+    /// SIGKILL of the server process.
+    Kill,
+    /// `POST /api/v1/tasks/{id}/cancel`.
+    Cancel,
+}
+
+/// A run held inside its commit (the results written into the transaction,
+/// the outcome row waiting on a lock the test holds) is killed or
+/// cancelled: `user_tags` is either as before or the whole run's, never
+/// part of it, and the status says which. A killed run is taken over by the
+/// next process and completes.
+fn a_run_stopped_inside_its_commit_is_all_or_nothing(backend: Backend, by: StopBy) {
+    let data = sample_data(600);
+    let plugins = reference_and_misbehaving_plugins();
+    let log = data.path().join("server.log");
+    let first = Process::start(data.path(), plugins.path(), &backend.url(), &log);
+    let before_run = trigger(&first.base, json!({"tag_ids": [1], "as_of": AS_OF}));
+    wait_completed(&first, &before_run);
+    let before = oracle::expected(data.path(), as_of(), &[1]);
+    assert_same_tags(&backend.tags(), &before);
+    // Tag 906 holds the run in its plugin while the test takes the lock.
+    let gate = data.path().join("gate");
+    hold_tag_906_at(&first.base, &gate);
+    let task = trigger(&first.base, json!({"tag_ids": [906, 1, 7], "as_of": AS_OF}));
+    wait_entered(&gate);
+    let hold = backend.hold(&format!(
+        "INSERT INTO run_outcomes (task_id, result, committed_at) VALUES ('{task}', '{{}}', 'held')"
+    ));
+    std::fs::write(&gate, b"").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while first.status(&task)["progress"]["stage"] != "committing" || backend.lock_waiters() == 0 {
+        assert!(std::time::Instant::now() < deadline, "{}", first.status(&task));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let after = oracle::expected(data.path(), as_of(), &[1, 7]);
+    match by {
+        StopBy::Kill => {
+            drop(first);
+            drop(hold);
+            assert_same_tags(&backend.tags(), &before);
+            let next = Process::start(data.path(), plugins.path(), &backend.url(), &log);
+            let done = wait_completed(&next, &task);
+            assert_eq!(done["attempts"], 2, "{done}");
+            assert_same_tags(&backend.tags(), &after);
+        }
+        StopBy::Cancel => {
+            let reply = client()
+                .post(format!("{}/api/v1/tasks/{task}/cancel", first.base))
+                .send()
+                .unwrap();
+            // 202: accepted, the run stops at its next safe point.
+            assert_eq!(reply.status().as_u16(), 202);
+            drop(hold);
+            let done = wait_ended(&first, &task);
+            match done["status"].as_str().unwrap() {
+                "cancelled" => assert_same_tags(&backend.tags(), &before),
+                "completed" => assert_same_tags(&backend.tags(), &after),
+                other => panic!("{other}: {done}"),
+            }
+        }
+    }
+}
+
+/// Waits (two minutes at most) until `task` ends on `process`; its status.
+fn wait_ended(process: &Process, task: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let status = process.status(task);
+        if ["completed", "failed", "cancelled"].contains(&status["status"].as_str().unwrap_or("")) {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// [`wait_ended`], asserting the task completed.
+fn wait_completed(process: &Process, task: &str) -> serde_json::Value {
+    let status = wait_ended(process, task);
+    assert_eq!(status["status"], "completed", "{status}");
+    status
+}
+
 fn cancels_reach_tasks_queued_or_running_in_another_process(backend: Backend) {
     let data = sample_data(3000);
     let named = [("misbehaving.so", fixture("misbehaving"))];
@@ -890,6 +976,32 @@ fn a_stalled_store_times_requests_out(backend: Backend) {
     );
     assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
     proxy.resume();
+}
+
+/// Runs stopped inside their commit, on the network stores (the test
+/// holds a row lock the commit waits on; SQLite has none to hold).
+mod stopped_in_commit {
+    use super::{a_run_stopped_inside_its_commit_is_all_or_nothing as scenario, Backend, StopBy};
+
+    #[test]
+    fn postgres_killed() {
+        scenario(Backend::postgres(), StopBy::Kill)
+    }
+
+    #[test]
+    fn postgres_cancelled() {
+        scenario(Backend::postgres(), StopBy::Cancel)
+    }
+
+    #[test]
+    fn mariadb_killed() {
+        scenario(Backend::mysql(), StopBy::Kill)
+    }
+
+    #[test]
+    fn mariadb_cancelled() {
+        scenario(Backend::mysql(), StopBy::Cancel)
+    }
 }
 
 mod store_outage {

@@ -93,6 +93,58 @@ impl Backend {
         }
     }
 
+    /// Opens a transaction on the results database, runs `sql` in it and
+    /// keeps it open (its locks held) until the value is dropped, when it
+    /// rolls back. PostgreSQL and MariaDB only.
+    pub fn hold(&self, sql: &str) -> Hold {
+        match self {
+            Backend::Sqlite(_) => panic!("Backend::hold is for the network stores"),
+            Backend::Postgres(_) => {
+                let mut client =
+                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                client.batch_execute("BEGIN").expect("BEGIN");
+                client.batch_execute(sql).expect("run SQL");
+                Hold::Postgres(client)
+            }
+            Backend::Mysql(_) => {
+                use mysql::prelude::Queryable;
+                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
+                let mut conn = pool.get_conn().expect("connect");
+                conn.query_drop("START TRANSACTION").expect("START TRANSACTION");
+                conn.query_drop(sql).expect("run SQL");
+                Hold::Mysql(conn)
+            }
+        }
+    }
+
+    /// How many of this database's sessions wait for a lock now.
+    pub fn lock_waiters(&self) -> usize {
+        match self {
+            Backend::Sqlite(_) => panic!("Backend::lock_waiters is for the network stores"),
+            Backend::Postgres(name) => {
+                let mut client =
+                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                let row = client
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+                        &[name],
+                    )
+                    .expect("pg_stat_activity");
+                row.get::<_, i64>(0) as usize
+            }
+            Backend::Mysql(_) => {
+                use mysql::prelude::Queryable;
+                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
+                let n: Option<u64> = pool
+                    .get_conn()
+                    .expect("connect")
+                    .query_first("SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'")
+                    .expect("innodb_trx");
+                n.unwrap_or(0) as usize
+            }
+        }
+    }
+
     /// `SELECT user_id, tag_ids, tag_details, created_time, updated_time
     /// FROM user_tags`, ordered by user, as text.
     pub fn rows(&self) -> Vec<(String, String, String, String, String)> {
@@ -153,4 +205,12 @@ impl Drop for Backend {
             }
         }
     }
+}
+
+/// A transaction a test holds open: see [`Backend::hold`].
+pub enum Hold {
+    /// On PostgreSQL.
+    Postgres(postgres::Client),
+    /// On MariaDB.
+    Mysql(mysql::PooledConn),
 }
