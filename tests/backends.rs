@@ -578,6 +578,48 @@ fn a_run_stopped_inside_its_commit_is_all_or_nothing(backend: Backend, by: StopB
     }
 }
 
+/// A process killed just after its run committed (the results and the
+/// outcome in; the task's own row, which it marks completed next, locked by
+/// the test, and that statement ended): the next process reports the
+/// committed outcome, with a note, and does not run the task again.
+fn a_process_killed_just_after_its_commit_reports_what_it_committed(backend: Backend) {
+    let data = sample_data(600);
+    let plugins = reference_and_misbehaving_plugins();
+    let log = data.path().join("server.log");
+    let first = Process::start(data.path(), plugins.path(), &backend.url(), &log);
+    let gate = data.path().join("gate");
+    hold_tag_906_at(&first.base, &gate);
+    let task = trigger(&first.base, json!({"tag_ids": [906, 1, 7], "as_of": AS_OF}));
+    wait_entered(&gate);
+    let hold = backend.hold(&format!("SELECT task_id FROM tasks WHERE task_id = '{task}' FOR UPDATE"));
+    std::fs::write(&gate, b"").unwrap();
+    let committed = || {
+        let rows = backend.query_count(&format!("SELECT COUNT(*) FROM run_outcomes WHERE task_id = '{task}'"));
+        rows == 1 && backend.lock_waiters() > 0
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !committed() {
+        assert!(std::time::Instant::now() < deadline, "{}", first.status(&task));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(first);
+    // The database still holds the dead process's waiting statement (the
+    // task marked completed); end it, as if the process had died before
+    // sending it.
+    backend.end_lock_waiters();
+    drop(hold);
+    let after = oracle::expected(data.path(), as_of(), &[1, 7]);
+    assert_same_tags(&backend.tags(), &after);
+    let next = Process::start(data.path(), plugins.path(), &backend.url(), &log);
+    let done = wait_completed(&next, &task);
+    // Claimed again (attempt 2), found committed, not run again: the
+    // result is the committed one, with the note that says so.
+    let notes = done["result"]["notes"].to_string();
+    assert!(notes.contains("recovered after a restart"), "{done}");
+    assert_eq!(done["result"]["rows_upserted"], after.len(), "{done}");
+    assert_same_tags(&backend.tags(), &after);
+}
+
 /// Waits (two minutes at most) until `task` ends on `process`; its status.
 fn wait_ended(process: &Process, task: &str) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -1001,6 +1043,16 @@ mod stopped_in_commit {
     #[test]
     fn mariadb_cancelled() {
         scenario(Backend::mysql(), StopBy::Cancel)
+    }
+
+    #[test]
+    fn postgres_killed_after_it() {
+        super::a_process_killed_just_after_its_commit_reports_what_it_committed(Backend::postgres())
+    }
+
+    #[test]
+    fn mariadb_killed_after_it() {
+        super::a_process_killed_just_after_its_commit_reports_what_it_committed(Backend::mysql())
     }
 }
 

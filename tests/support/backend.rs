@@ -117,6 +117,55 @@ impl Backend {
         }
     }
 
+    /// Ends every session of this database that waits for a lock (its
+    /// statement never runs): what a client's death does to a statement
+    /// the server had not received yet.
+    pub fn end_lock_waiters(&self) {
+        match self {
+            Backend::Sqlite(_) => panic!("Backend::end_lock_waiters is for the network stores"),
+            Backend::Postgres(name) => {
+                let mut client =
+                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                client
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+                        &[name],
+                    )
+                    .expect("pg_terminate_backend");
+            }
+            Backend::Mysql(_) => {
+                use mysql::prelude::Queryable;
+                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
+                let mut conn = pool.get_conn().expect("connect");
+                let ids: Vec<u64> = conn
+                    .query("SELECT trx_mysql_thread_id FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'")
+                    .expect("innodb_trx");
+                for id in ids {
+                    let _ = conn.query_drop(format!("KILL {id}"));
+                }
+            }
+        }
+    }
+
+    /// The number a `SELECT COUNT(*) ...` answers on the results database
+    /// (PostgreSQL and MariaDB).
+    pub fn query_count(&self, sql: &str) -> u64 {
+        match self {
+            Backend::Sqlite(_) => panic!("Backend::query_count is for the network stores"),
+            Backend::Postgres(_) => {
+                let mut client =
+                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                client.query_one(sql, &[]).expect("query").get::<_, i64>(0) as u64
+            }
+            Backend::Mysql(_) => {
+                use mysql::prelude::Queryable;
+                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
+                let n: Option<u64> = pool.get_conn().expect("connect").query_first(sql).expect("query");
+                n.unwrap_or(0)
+            }
+        }
+    }
+
     /// How many of this database's sessions wait for a lock now.
     pub fn lock_waiters(&self) -> usize {
         match self {
