@@ -247,11 +247,20 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        if let Backend::Postgres(name) = self {
-            if let Ok(mut admin) = postgres::Client::connect(PG_ADMIN, postgres::NoTls) {
-                let _ =
-                    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        match self {
+            Backend::Postgres(name) => {
+                if let Ok(mut admin) = postgres::Client::connect(PG_ADMIN, postgres::NoTls) {
+                    let _ = admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+                }
             }
+            Backend::Mysql(name) => {
+                use mysql::prelude::Queryable;
+                if let Ok(mut admin) = mysql::Pool::new(MY_ADMIN).and_then(|p| p.get_conn()) {
+                    let _ = admin.query_drop(format!("DROP DATABASE IF EXISTS {name}"));
+                }
+            }
+            Backend::Sqlite(_) => {}
         }
     }
 }

@@ -17,7 +17,8 @@
 //!
 //! Whatever the physical layout, `SELECT user_id, tag_ids, tag_details,
 //! created_time, updated_time FROM user_tags` returns the columns of
-//! `tags.md` on every backend.
+//! `tags.md` on every backend; on MySQL it may be the old system's table,
+//! adopted with its own column types ([`mysql`]).
 
 pub mod mysql;
 pub mod postgres;

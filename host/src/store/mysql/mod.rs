@@ -3,7 +3,26 @@
 //!
 //! Calls are blocking (the `mysql` crate, with its own connection pool),
 //! made from worker threads and the API's blocking pool.
+//!
+//! A database that already holds the old system's `user_tags` table is
+//! adopted ([`adopt`]): its rows become the current tags, and the table
+//! stays where its readers find it, written with every run's results.
 
+/// The `tag_details` object of a row whose grant ids are the JSON array
+/// `$grants` (a column): one entry per grant, keyed by tag id.
+macro_rules! tag_details_of {
+    ($grants:literal) => {
+        concat!(
+            "(SELECT JSON_OBJECTAGG(g.tag_id, JSON_EXTRACT(g.detail, '$'))
+               FROM JSON_TABLE(",
+            $grants,
+            ", '$[*]' COLUMNS (grant_id INT PATH '$')) AS j
+               JOIN tag_grants AS g ON g.grant_id = j.grant_id)"
+        )
+    };
+}
+
+mod adopt;
 mod results;
 mod schema;
 
@@ -11,6 +30,7 @@ use super::sql::{Arg, Cell, Conn, Dialect, Row, SqlStore, WithConn};
 use super::{redact, RunStart, RunTx, StoreError};
 use ::mysql::prelude::Queryable;
 use ::mysql::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, PooledConn, Value};
+use adopt::Mirror;
 use results::MyRunTx;
 
 /// MySQL/MariaDB-backed [`super::Store`].
@@ -18,6 +38,8 @@ pub struct MyStore {
     pool: Pool,
     /// The URL without its password, for messages.
     shown: String,
+    /// The adopted `user_tags` table runs also write, if there is one.
+    mirror: Option<Mirror>,
 }
 
 fn db(e: ::mysql::Error) -> StoreError {
@@ -37,8 +59,12 @@ impl MyStore {
             OptsBuilder::from_opts(opts).pool_opts(PoolOpts::default().with_constraints(limits));
         let pool = Pool::new(opts)
             .map_err(|e| StoreError::Unreachable(format!("cannot connect to {shown}: {e}")))?;
-        let store = MyStore { pool, shown };
-        schema::migrate(&mut store.conn()?)?;
+        let mut store = MyStore {
+            pool,
+            shown,
+            mirror: None,
+        };
+        store.mirror = schema::migrate(&mut store.conn()?)?;
         Ok(store)
     }
 
@@ -48,6 +74,22 @@ impl MyStore {
             .get_conn()
             .map_err(|e| StoreError::Unreachable(format!("cannot connect to {}: {e}", self.shown)))
     }
+}
+
+/// One multi-row statement on `conn`: `head`, then `tuple` once per row
+/// (`values` holds the parameters of all the rows).
+fn insert_rows(
+    conn: &mut PooledConn,
+    head: &str,
+    tuple: &str,
+    rows: usize,
+    values: Vec<Value>,
+) -> Result<(), StoreError> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let sql = format!("{head} {}", vec![tuple; rows].join(", "));
+    conn.exec_drop(sql, Params::Positional(values)).map_err(db)
 }
 
 fn value(arg: &Arg<'_>) -> Value {
@@ -110,6 +152,7 @@ impl SqlStore for MyStore {
     }
 
     fn begin_run_tx(&self, start: &RunStart) -> Result<Box<dyn RunTx + '_>, StoreError> {
-        Ok(Box::new(MyRunTx::begin(self.conn()?, start)?))
+        let mirror = self.mirror.clone();
+        Ok(Box::new(MyRunTx::begin(self.conn()?, start, mirror)?))
     }
 }

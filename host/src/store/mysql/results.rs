@@ -1,9 +1,12 @@
 //! A run's write on MySQL/MariaDB: one transaction on a connection of its
 //! own. New rows go in with multi-row `INSERT`s of up to [`ROWS`] rows;
 //! updates and deletes are staged in a temporary table the same way and
-//! merged with one statement each at commit.
+//! merged with one statement each at commit. Where `user_tags` is a table
+//! adopted from the old system, new rows are staged too, and the staged
+//! changes are written to that table as well ([`Mirror::sync`]).
 
-use super::db;
+use super::adopt::Mirror;
+use super::{db, insert_rows};
 use crate::store::sql::results::{BulkWrite, RunWrite};
 use crate::store::sql::Conn;
 use crate::store::{held_tags, push_ids, Held, Op, RunStart, StoreError, UserRows};
@@ -18,12 +21,18 @@ pub struct MyRunTx {
     conn: PooledConn,
     /// The run, its time and grants, and whether it committed.
     run: RunWrite,
+    /// The adopted `user_tags` table, if there is one.
+    mirror: Option<Mirror>,
 }
 
 impl MyRunTx {
     /// Begins the transaction and takes the run lock: other runs' writes
     /// wait until it ends; readers see the last commit meanwhile.
-    pub fn begin(mut conn: PooledConn, start: &RunStart) -> Result<MyRunTx, StoreError> {
+    pub fn begin(
+        mut conn: PooledConn,
+        start: &RunStart,
+        mirror: Option<Mirror>,
+    ) -> Result<MyRunTx, StoreError> {
         for sql in [
             "DROP TEMPORARY TABLE IF EXISTS run_stage",
             "CREATE TEMPORARY TABLE run_stage (op CHAR(1) NOT NULL, user_id VARCHAR(255) NOT NULL,
@@ -37,6 +46,7 @@ impl MyRunTx {
         Ok(MyRunTx {
             conn,
             run: RunWrite::new(start)?,
+            mirror,
         })
     }
 
@@ -56,23 +66,6 @@ impl MyRunTx {
         push_ids(&mut text, grants.into_iter());
         out.push(Value::from(text.as_str()));
         Ok(())
-    }
-
-    /// One multi-row statement: `head` then `tuple` once per row.
-    fn insert_rows(
-        &mut self,
-        head: &str,
-        tuple: &str,
-        rows: usize,
-        values: Vec<Value>,
-    ) -> Result<(), StoreError> {
-        if rows == 0 {
-            return Ok(());
-        }
-        let sql = format!("{head} {}", vec![tuple; rows].join(", "));
-        self.conn
-            .exec_drop(sql, Params::Positional(values))
-            .map_err(db)
     }
 
     fn read_rows(
@@ -107,7 +100,10 @@ impl BulkWrite for MyRunTx {
         self.conn
             .query_drop("DELETE u FROM user_tag_sets AS u JOIN run_stage AS s ON u.user_id = s.user_id AND s.op = 'D'")
             .map_err(db)?;
-        Ok(())
+        match &self.mirror {
+            Some(mirror) => mirror.sync(&mut self.conn, self.run.now),
+            None => Ok(()),
+        }
     }
 
     fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError> {
@@ -134,7 +130,13 @@ impl BulkWrite for MyRunTx {
             let (mut staged, mut staged_values) = (0, Vec::new());
             for &(op, user, held) in chunk {
                 if op == Op::Insert {
+                    let at = new_values.len();
                     self.row_values(user, held, &mut new_values)?;
+                    if self.mirror.is_some() {
+                        staged_values.push(Value::from("I"));
+                        staged_values.extend_from_slice(&new_values[at..]);
+                        staged += 1;
+                    }
                     new_values.extend([Value::from(self.run.now), Value::from(self.run.now)]);
                     new_rows += 1;
                 } else {
@@ -143,13 +145,15 @@ impl BulkWrite for MyRunTx {
                     staged += 1;
                 }
             }
-            self.insert_rows(
+            insert_rows(
+                &mut self.conn,
                 "INSERT INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time) VALUES",
                 "(?, ?, ?, ?, ?)",
                 new_rows,
                 new_values,
             )?;
-            self.insert_rows(
+            insert_rows(
+                &mut self.conn,
                 "INSERT INTO run_stage (op, user_id, tag_ids, grants) VALUES",
                 "(?, ?, ?, ?)",
                 staged,

@@ -1,8 +1,31 @@
 //! Versioned migrations for MySQL/MariaDB; a newer database is refused.
+//! The first start on a database that holds the old system's `user_tags`
+//! table adopts it ([`adopt`]) instead of creating the view of that name.
 
+use super::adopt::{self, Mirror};
 use super::{db, StoreError};
 use ::mysql::prelude::Queryable;
 use ::mysql::PooledConn;
+
+/// The original table's five columns from the compact tables, times as
+/// `YYYY-MM-DDTHH:MM:SS` UTC built without the session time zone.
+macro_rules! user_tags_select {
+    () => {
+        concat!(
+            "SELECT s.user_id AS user_id,
+            s.tag_ids AS tag_ids,
+            ",
+            tag_details_of!("s.grants"),
+            " AS tag_details,
+            DATE_FORMAT(TIMESTAMPADD(SECOND, s.created_time, '1970-01-01 00:00:00'), '%Y-%m-%dT%H:%i:%s') AS created_time,
+            DATE_FORMAT(TIMESTAMPADD(SECOND, s.updated_time, '1970-01-01 00:00:00'), '%Y-%m-%dT%H:%i:%s') AS updated_time
+     FROM user_tag_sets AS s"
+        )
+    };
+}
+
+/// `user_tags` as a view, where no earlier table holds the name.
+const USER_TAGS_VIEW: &str = concat!("CREATE VIEW user_tags AS\n     ", user_tags_select!());
 
 /// The migrations, version 1 first. Append only. Text is utf8mb4; user ids
 /// compare byte for byte (`utf8mb4_bin`): `User1` is not `user1`.
@@ -56,15 +79,7 @@ const MIGRATIONS: &[&[&str]] = &[&[
     // of user_tag_sets never wait (InnoDB reads a snapshot).
     "CREATE TABLE run_lock (id INT PRIMARY KEY) ENGINE = InnoDB",
     "INSERT INTO run_lock VALUES (1)",
-    "CREATE VIEW user_tags AS
-     SELECT s.user_id AS user_id,
-            s.tag_ids AS tag_ids,
-            (SELECT JSON_OBJECTAGG(g.tag_id, JSON_EXTRACT(g.detail, '$'))
-               FROM JSON_TABLE(s.grants, '$[*]' COLUMNS (grant_id INT PATH '$')) AS j
-               JOIN tag_grants AS g ON g.grant_id = j.grant_id) AS tag_details,
-            DATE_FORMAT(TIMESTAMPADD(SECOND, s.created_time, '1970-01-01 00:00:00'), '%Y-%m-%dT%H:%i:%s') AS created_time,
-            DATE_FORMAT(TIMESTAMPADD(SECOND, s.updated_time, '1970-01-01 00:00:00'), '%Y-%m-%dT%H:%i:%s') AS updated_time
-     FROM user_tag_sets AS s",
+    USER_TAGS_VIEW,
 ], &[
     // 2: how often a task was started without finishing cleanly.
     "ALTER TABLE tasks ADD COLUMN attempts INT NOT NULL DEFAULT 0",
@@ -83,12 +98,23 @@ const MIGRATIONS: &[&[&str]] = &[&[
 ], &[
     // 5: who saved each rule version (an API token's name).
     "ALTER TABLE tag_rules ADD COLUMN changed_by VARCHAR(255)",
+], &[
+    // 6: tables adopted from the old system (`user_tags` kept as a table),
+    // and the view tag-server reads its own rows through, whatever
+    // `user_tags` is.
+    "CREATE TABLE adopted_tables (
+        table_name VARCHAR(64) PRIMARY KEY,
+        adopted_at VARCHAR(32) NOT NULL,
+        rows_adopted BIGINT NOT NULL
+    ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+    concat!("CREATE VIEW user_tag_rows AS ", user_tags_select!()),
 ]];
 
-/// Applies the migrations the database lacks; refuses a newer database.
+/// Applies the migrations the database lacks (refusing a newer database)
+/// and adopts an old `user_tags` table; that table, if runs write it.
 /// DDL commits on its own in MySQL, so a named lock keeps two starting
 /// servers from migrating at once.
-pub fn migrate(conn: &mut PooledConn) -> Result<(), StoreError> {
+pub fn migrate(conn: &mut PooledConn) -> Result<Option<Mirror>, StoreError> {
     conn.query_drop("SELECT GET_LOCK('tag_server_migrate', 60)")
         .map_err(db)?;
     let outcome = apply(conn);
@@ -96,19 +122,27 @@ pub fn migrate(conn: &mut PooledConn) -> Result<(), StoreError> {
     outcome
 }
 
-fn apply(conn: &mut PooledConn) -> Result<(), StoreError> {
+fn apply(conn: &mut PooledConn) -> Result<Option<Mirror>, StoreError> {
+    let mut current = None;
+    if adopt::table_kind(conn, "schema_migrations")?.is_some() {
+        current = conn
+            .query_first("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .map_err(db)?;
+    }
+    let current: i64 = current.unwrap_or(0);
+    crate::store::sql::refuse_newer("database", current, MIGRATIONS.len() as i64)?;
+    // Checked before anything is created: a refused database stays as it was.
+    let adopting = current == 0 && adopt::before_first_migration(conn, &created_names())?;
     conn.query_drop(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY, applied_at VARCHAR(32) NOT NULL)",
     )
     .map_err(db)?;
-    let current: Option<i64> = conn
-        .query_first("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        .map_err(db)?;
-    let current = current.unwrap_or(0);
-    crate::store::sql::refuse_newer("database", current, MIGRATIONS.len() as i64)?;
     for (i, statements) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i64 + 1;
         for sql in *statements {
+            if adopting && *sql == USER_TAGS_VIEW {
+                continue;
+            }
             conn.query_drop(*sql)
                 .map_err(|e| StoreError::Database(format!("migration {version}: {e}")))?;
         }
@@ -119,5 +153,28 @@ fn apply(conn: &mut PooledConn) -> Result<(), StoreError> {
         .map_err(db)?;
         tracing::info!(version, "store migrated");
     }
-    Ok(())
+    match adopt::table_kind(conn, "user_tags")?.as_deref() {
+        Some("BASE TABLE") => adopt::adopt(conn).map(Some),
+        Some(_) => Ok(None),
+        // An adopted table dropped or renamed away: the view takes its place.
+        None => {
+            conn.query_drop(USER_TAGS_VIEW).map_err(db)?;
+            tracing::info!("user_tags is tag-server's view again");
+            Ok(None)
+        }
+    }
+}
+
+/// The tables and views the migrations create.
+fn created_names() -> Vec<&'static str> {
+    MIGRATIONS
+        .iter()
+        .flat_map(|statements| statements.iter())
+        .filter_map(|sql| {
+            let rest = sql
+                .strip_prefix("CREATE TABLE ")
+                .or_else(|| sql.strip_prefix("CREATE VIEW "))?;
+            rest.split_whitespace().next()
+        })
+        .collect()
 }

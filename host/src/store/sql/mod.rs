@@ -124,6 +124,16 @@ impl Dialect {
         }
     }
 
+    /// The view a user's row is read through: `user_tags`, except on
+    /// MySQL, where `user_tags` may be the old system's table, adopted
+    /// (with its own column types), and the view is `user_tag_rows`.
+    pub fn user_rows(self) -> &'static str {
+        match self {
+            Dialect::Sqlite | Dialect::Postgres => "user_tags",
+            Dialect::MySql => "user_tag_rows",
+        }
+    }
+
     /// The `FROM` and the condition that select the `user_tag_sets` rows
     /// whose `tag_ids` hold the tag given as one integer parameter.
     pub fn holding_tag(self) -> &'static str {

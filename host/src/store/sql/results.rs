@@ -212,9 +212,10 @@ impl<B: SqlStore> ResultStore for B {
         let row = self.results(|c| {
             let d = c.dialect();
             let sql = format!(
-                "SELECT user_id, {}, {}, created_time, updated_time FROM user_tags WHERE user_id = ?",
+                "SELECT user_id, {}, {}, created_time, updated_time FROM {} WHERE user_id = ?",
                 d.json_text("tag_ids"),
                 d.json_text("tag_details"),
+                d.user_rows(),
             );
             c.query_first(&sql, &[user_id.into()])
         })?;
