@@ -1,6 +1,7 @@
-//! What a careless client meets at the server's edge, over HTTP against a
-//! real `tag-server` process: the scope a `user_ids` run reports, and the
-//! bearer scheme in any case.
+//! What a careless or hostile client meets at the server's edge, over HTTP
+//! against a real `tag-server` process: the scope a `user_ids` run reports,
+//! the bearer scheme in any case, trigger bodies with unknown keys, and
+//! bounded error echoes.
 
 mod support;
 
@@ -9,6 +10,7 @@ use support::*;
 
 const ADMIN: &str = "adm-edge-4b9d1c7e2a";
 const READER: &str = "rdr-edge-8e3f6a0b5c";
+const ALL: [u32; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 
 /// A `tag-server` process over sample data with `extra` flags, and the
 /// directories it needs (kept alive with it).
@@ -18,6 +20,17 @@ struct Served {
 }
 
 impl Served {
+    /// POST `body` as JSON: status and JSON body.
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = client()
+            .post(format!("{}{path}", self.server.base))
+            .json(body)
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().unwrap_or(Value::Null))
+    }
+
     /// Triggers `body` and waits for the task: its `result` (asserting it
     /// completed).
     fn run(&self, body: Value) -> Value {
@@ -103,4 +116,105 @@ fn the_bearer_scheme_is_accepted_in_any_case() {
         get_as(&served, "/api/v1/tags/available", Some(&glued)).0,
         401
     );
+}
+
+#[test]
+fn a_trigger_body_with_unknown_keys_is_refused_naming_the_nearest_key() {
+    let server = &served(&[]);
+    let cases = [
+        (
+            json!({"tag_ids": [2], "userids": ["user_000001"]}),
+            "unknown key userids, did you mean user_ids?",
+        ),
+        (
+            json!({"tag_ids": [2], "mdoe": "incremental"}),
+            "unknown key mdoe, did you mean mode?",
+        ),
+        (
+            json!({"tag_ids": [2], "mode": "full", "colour": "red"}),
+            "unknown key colour (a trigger body takes tag_ids, user_ids, mode, priority, as_of)",
+        ),
+    ];
+    for (body, expected) in cases {
+        let (status, reply) = server.post("/api/v1/tags/trigger", &body);
+        assert_eq!((status, &reply["success"]), (400, &json!(false)), "{reply}");
+        let error = reply["error"].as_str().unwrap();
+        assert!(error.contains(expected), "{body}: {error}");
+        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let (status, _, list) = get_as(server, "/api/v1/tasks", None);
+    assert_eq!(
+        (status, &list["total"]),
+        (200, &json!(0)),
+        "nothing ran: {list}"
+    );
+    // The keys the seed's clients send are all known.
+    let body = json!({"tag_ids": [1, 2], "user_ids": ["user_000001"], "mode": "full",
+        "priority": "low", "as_of": "2025-01-15"});
+    assert_eq!(server.post("/api/v1/tags/trigger", &body).0, 202);
+}
+
+#[test]
+fn an_error_echoes_at_most_twenty_ids_and_a_clipped_value() {
+    let server = &served(&[]);
+    let ids: Vec<u32> = (100..1_000_100).collect();
+    let body = json!({ "tag_ids": ids }).to_string();
+    assert!(body.len() < 8 << 20, "within the default body limit");
+    let response = client()
+        .post(format!("{}/api/v1/tags/trigger", server.server.base))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let text = response.text().unwrap();
+    assert!(text.len() < 2048, "{} bytes: {}", text.len(), &text[..200]);
+    let reply: Value = serde_json::from_str(&text).unwrap();
+    let first: Vec<String> = (100..120).map(|i| i.to_string()).collect();
+    let listed = format!("[{}, … and 999980 more]", first.join(", "));
+    assert_eq!(reply["error"], format!("Invalid tag_ids: {listed}"));
+    assert_eq!(reply["message"], format!("无效的标签ID: {listed}"));
+    assert_eq!(reply["available_tag_ids"], json!(ALL));
+
+    // A long value quoted back is clipped too.
+    for field in ["mode", "priority", "as_of"] {
+        let mut body = json!({"tag_ids": [1]});
+        body[field] = json!("x".repeat(1_000_000));
+        let (status, reply) = server.post("/api/v1/tags/trigger", &body);
+        assert_eq!(status, 400, "{field}");
+        let error = reply["error"].as_str().unwrap();
+        assert!(
+            error.len() < 400 && error.contains("(1000000 characters)"),
+            "{field}: {error}"
+        );
+    }
+    let body = json!({"tag_ids": [1], "user_ids": [{"a": "y".repeat(1_000_000)}]});
+    let (status, reply) = server.post("/api/v1/tags/trigger", &body);
+    assert_eq!(status, 400);
+    assert!(reply.to_string().len() < 1024, "{reply}");
+    // So is a rule's value, and an id in the path.
+    let rule =
+        json!({"field": "cash_balance", "operator": ">=", "value": {"a": "y".repeat(1_000_000)}});
+    let response = client()
+        .put(format!("{}/api/v1/tags/1/rule", server.server.base))
+        .json(&rule)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let text = response.text().unwrap();
+    assert!(
+        text.len() < 1024 && text.contains("characters)"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    let id = "z".repeat(12_000);
+    for path in [
+        format!("/api/v1/tasks/{id}/status"),
+        format!("/api/v1/users/{id}/tags"),
+        format!("/api/v1/no/{id}"),
+    ] {
+        let (status, _, reply) = get_as(server, &path, None);
+        assert_eq!(status, 404, "{reply}");
+        assert!(reply.to_string().len() < 1024, "{reply}");
+    }
 }

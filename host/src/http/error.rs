@@ -8,13 +8,14 @@ use super::request_id;
 use crate::auth::Denied;
 use crate::model::TaskStatus;
 use crate::store::StoreError;
-use crate::tasks::lifecycle::{self, UnknownTags};
+use crate::tasks::lifecycle::UnknownTags;
 use crate::tasks::SubmitError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use std::borrow::Cow;
+use tag_plugin_api::echo::{self, clip};
 use utoipa::ToSchema;
 
 /// Every error answer (the seed's format): `success` is false, `error`
@@ -220,14 +221,14 @@ impl ApiError {
                 owned(format!("标签不存在: {tag_id}")),
             ),
             TaskNotFound(id) => (
-                format!("Task not found: {id}"),
-                owned(format!("任务不存在: {id}")),
+                format!("Task not found: {}", clip(id)),
+                owned(format!("任务不存在: {}", clip(id))),
             ),
             UserNotFound(id) => (
-                format!("User has no tags: {id}"),
-                owned(format!("该用户没有标签: {id}")),
+                format!("User has no tags: {}", clip(id)),
+                owned(format!("该用户没有标签: {}", clip(id))),
             ),
-            RouteNotFound(path) => (format!("Not found: {path}"), "接口不存在".into()),
+            RouteNotFound(path) => (format!("Not found: {}", clip(path)), "接口不存在".into()),
             MethodNotAllowed => ("Method not allowed".into(), "请求方法不被允许".into()),
             other => other.more_texts(),
         }
@@ -335,7 +336,7 @@ impl ApiError {
 
 /// `无效的标签ID: [7, 8]`.
 fn invalid_tags(e: &UnknownTags) -> Cow<'static, str> {
-    Cow::Owned(format!("无效的标签ID: {}", lifecycle::list(&e.unknown)))
+    Cow::Owned(format!("无效的标签ID: {}", echo::list(&e.unknown)))
 }
 
 impl IntoResponse for ApiError {
