@@ -1,7 +1,8 @@
 //! What a careless or hostile client meets at the server's edge, over HTTP
 //! against a real `tag-server` process: the scope a `user_ids` run reports,
-//! the bearer scheme in any case, trigger bodies with unknown keys, and
-//! bounded error echoes.
+//! the bearer scheme in any case, trigger bodies with unknown keys, bounded
+//! error echoes, and the JSON answers to over-long URIs and over-large
+//! headers.
 
 mod support;
 
@@ -217,4 +218,60 @@ fn an_error_echoes_at_most_twenty_ids_and_a_clipped_value() {
         assert_eq!(status, 404, "{reply}");
         assert!(reply.to_string().len() < 1024, "{reply}");
     }
+}
+
+#[test]
+fn over_long_uris_and_over_large_headers_get_the_seeds_json_errors() {
+    let served = served(&[]);
+    let base = &served.server.base;
+    let call = |query: usize, header: usize| {
+        let response = client()
+            .get(format!(
+                "{base}/api/v1/tags/available?q={}",
+                "a".repeat(query)
+            ))
+            .header("x-padding", "b".repeat(header))
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let has_id = response.headers().contains_key("x-request-id");
+        let text = response.text().unwrap();
+        (
+            status,
+            has_id,
+            serde_json::from_str::<Value>(&text).unwrap_or(json!(text)),
+        )
+    };
+    // Under the limits: answered.
+    assert_eq!(call(12_000, 50_000).0, 200);
+    for (query, header, status, error) in [
+        (20_000, 10, 414, "request URI longer than 16384 bytes"),
+        (60_000, 10, 414, "request URI longer than 16384 bytes"),
+        (
+            10,
+            70_000,
+            431,
+            "request header fields larger than 65536 bytes in all",
+        ),
+        (
+            10,
+            300_000,
+            431,
+            "request header fields larger than 65536 bytes in all",
+        ),
+    ] {
+        let (got, has_id, body) = call(query, header);
+        assert_eq!(got, status, "{query} {header}: {body}");
+        assert!(has_id, "{query} {header}");
+        assert_eq!(body["success"], false, "{body}");
+        assert_eq!(body["error"], error, "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // The console's pages are behind the same limits.
+    let response = client()
+        .get(format!("{base}/tasks?q={}", "c".repeat(20_000)))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 414);
+    assert_eq!(response.json::<Value>().unwrap()["success"], false);
 }

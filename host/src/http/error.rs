@@ -105,6 +105,10 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     /// 415: the body is not JSON (the `Content-Type` sent, or `none`).
     UnsupportedMediaType(String),
+    /// 414: the request's URI is longer than this many bytes.
+    UriTooLong(usize),
+    /// 431: the request's header fields hold more than this many bytes.
+    HeadersTooLarge(usize),
     /// 4xx or 5xx answered by axum itself (a rejection), rewritten in the
     /// seed's format with its status kept.
     Rejected {
@@ -196,6 +200,8 @@ impl ApiError {
             Forbidden { .. } => StatusCode::FORBIDDEN,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Rejected { status, .. } => *status,
             QueueFull(_) | ShuttingDown | Timeout(_) | ReloadFailed(_) | Store(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -276,6 +282,22 @@ impl ApiError {
                 "请求体必须是application/json".into(),
             ),
             Rejected { error, .. } => (error.clone(), "请求无效".into()),
+            other => other.edge_texts(),
+        }
+    }
+
+    /// [`ApiError::texts`] of the refusals at the server's edge.
+    fn edge_texts(&self) -> (String, Cow<'static, str>) {
+        use ApiError::*;
+        match self {
+            UriTooLong(limit) => (
+                format!("request URI longer than {limit} bytes"),
+                "请求URI过长".into(),
+            ),
+            HeadersTooLarge(limit) => (
+                format!("request header fields larger than {limit} bytes in all"),
+                "请求头过大".into(),
+            ),
             other => other.failure_texts(),
         }
     }

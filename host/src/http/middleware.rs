@@ -1,5 +1,6 @@
-//! The API's edge, in the order a request meets it: a panic becomes a 500,
-//! every error answer is the seed's JSON, the caller must authenticate,
+//! The API's edge, in the order a request meets it: an over-long URI or
+//! over-large header fields are refused, a panic becomes a 500, every
+//! error answer is the seed's JSON, the caller must authenticate,
 //! requests are bounded in time, and bodies must be JSON of bounded size.
 //!
 //! A `POST` or `PUT` with a body in any other media type is refused with 415. A browser page can send `text/plain` or
@@ -60,6 +61,35 @@ pub async fn json_bodies_only(request: Request, next: Next) -> Response {
             };
             return ApiError::UnsupportedMediaType(shown.to_string()).into_response();
         }
+    }
+    next.run(request).await
+}
+
+/// Longest request URI (path and query) accepted, in bytes: below hyper's
+/// own limit (64 KiB), which it answers with an empty body.
+pub const MAX_URI_BYTES: usize = 16 * 1024;
+/// Most bytes of header fields (names, values and their separators) a
+/// request may carry: below hyper's own limit (about 400 KiB), which it
+/// answers with an empty body.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The middleware: 414 for a URI longer than [`MAX_URI_BYTES`] and 431
+/// for header fields over [`MAX_HEADER_BYTES`], in the seed's format.
+pub async fn bounded_head(request: Request, next: Next) -> Response {
+    let uri = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return ApiError::UriTooLong(MAX_URI_BYTES).into_response();
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers > MAX_HEADER_BYTES {
+        return ApiError::HeadersTooLarge(MAX_HEADER_BYTES).into_response();
     }
     next.run(request).await
 }

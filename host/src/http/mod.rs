@@ -84,8 +84,9 @@ pub fn routes(state: &AppState) -> Router<AppState> {
 }
 
 /// `routes` (the API's, and whatever is mounted beside them) behind the
-/// API's edge: the JSON 404 and 405, body limits, the request timeout,
-/// token authentication, JSON error bodies and request ids.
+/// API's edge: the JSON 404 and 405, body, URI and header limits, the
+/// request timeout, token authentication, JSON error bodies and request
+/// ids.
 pub fn serve(routes: Router<AppState>, state: AppState) -> Router {
     let tokens = Arc::clone(&state.tokens);
     let limit = state.max_body_bytes;
@@ -112,5 +113,6 @@ pub fn serve(routes: Router<AppState>, state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(middleware::json_errors))
         .layer(axum::middleware::from_fn(middleware::catch_panic))
+        .layer(axum::middleware::from_fn(middleware::bounded_head))
         .layer(axum::middleware::from_fn(request_id::assign))
 }
