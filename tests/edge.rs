@@ -1,8 +1,8 @@
-//! What a careless or hostile client meets at the server's edge, over HTTP
-//! against a real `tag-server` process: the scope a `user_ids` run reports,
-//! the bearer scheme in any case, trigger bodies with unknown keys, bounded
-//! error echoes, and the JSON answers to over-long URIs and over-large
-//! headers.
+//! The server's edge against careless and hostile clients, over HTTP on a
+//! real server: failed authentications throttled per address, the bearer
+//! scheme in any case, trigger bodies with unknown keys, bounded error
+//! echoes, the JSON answers to over-long URIs and over-large headers, and
+//! the scope a `user_ids` run reports.
 
 mod support;
 
@@ -274,4 +274,78 @@ fn over_long_uris_and_over_large_headers_get_the_seeds_json_errors() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 414);
     assert_eq!(response.json::<Value>().unwrap()["success"], false);
+}
+
+/// A console sign-in with `token`: status, `Retry-After`, whether a session
+/// cookie was set, and the JSON body.
+fn sign_in(served: &Served, token: &str) -> (u16, Option<String>, bool, Value) {
+    let response = client()
+        .post(format!("{}/console/session", served.server.base))
+        .json(&json!({ "token": token }))
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let (retry_after, cookie) = (header("retry-after"), header("set-cookie"));
+    let cookie = cookie.is_some_and(|c| c.starts_with("tag_session="));
+    (
+        status,
+        retry_after,
+        cookie,
+        response.json().unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn failed_authentications_are_throttled_per_address_and_correct_tokens_still_pass() {
+    let served = with_tokens(&["--auth-failure-burst", "3"]);
+    let wrong = Some("Bearer wrong-token-0000000000");
+    let admin = format!("Bearer {ADMIN}");
+    for _ in 0..3 {
+        let (status, retry_after, body) = get_as(&served, "/api/v1/tasks", wrong);
+        assert_eq!((status, retry_after), (401, None), "{body}");
+    }
+    let (status, retry_after, body) = get_as(&served, "/api/v1/tasks", wrong);
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        retry_after.is_some_and(|s| (1..=6).contains(&s)),
+        "{retry_after:?}"
+    );
+    assert_eq!(body["success"], false, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many failed authentications"),
+        "{body}"
+    );
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    // A correct token from the same address is not held back.
+    for _ in 0..5 {
+        let (status, _, body) = get_as(&served, "/api/v1/tasks", Some(&admin));
+        assert_eq!(status, 200, "{body}");
+    }
+    // No token guesses nothing: still a plain 401.
+    assert_eq!(get_as(&served, "/api/v1/tasks", None).0, 401);
+    // Wrong console sign-ins count against the same address.
+    let (status, retry_after, cookie, body) = sign_in(&served, "wrong-token-0000000000");
+    assert_eq!((status, cookie), (429, false), "{body}");
+    assert!(retry_after.is_some(), "{body}");
+    assert_eq!(body["success"], false, "{body}");
+    let (status, _, cookie, body) = sign_in(&served, READER);
+    assert_eq!((status, cookie), (200, true), "{body}");
+
+    // Turned off, every wrong token is a 401.
+    let open = with_tokens(&["--auth-failure-burst", "0"]);
+    for _ in 0..30 {
+        assert_eq!(get_as(&open, "/api/v1/tasks", wrong).0, 401);
+    }
+    for _ in 0..15 {
+        assert_eq!(sign_in(&open, "wrong-token-0000000000").0, 401);
+    }
 }

@@ -225,6 +225,11 @@ fn presented<'a>(method: &Method, headers: &'a HeaderMap) -> Option<&'a str> {
     session_token(headers).filter(|_| from_console || needed(method) == Role::Read)
 }
 
+/// Whether the request presents a token at all (right or wrong).
+pub fn presents_token(method: &Method, headers: &HeaderMap) -> bool {
+    presented(method, headers).is_some()
+}
+
 /// The role a request needs.
 fn needed(method: &Method) -> Role {
     if method == Method::GET || method == Method::HEAD {

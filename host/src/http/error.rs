@@ -109,6 +109,9 @@ pub enum ApiError {
     UriTooLong(usize),
     /// 431: the request's header fields hold more than this many bytes.
     HeadersTooLarge(usize),
+    /// 429: too many failed authentications from the caller's address;
+    /// the next is let through after this many seconds.
+    TooManyFailures(u64),
     /// 4xx or 5xx answered by axum itself (a rejection), rewritten in the
     /// seed's format with its status kept.
     Rejected {
@@ -202,6 +205,7 @@ impl ApiError {
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             UriTooLong(_) => StatusCode::URI_TOO_LONG,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             Rejected { status, .. } => *status,
             QueueFull(_) | ShuttingDown | Timeout(_) | ReloadFailed(_) | Store(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -298,6 +302,10 @@ impl ApiError {
                 format!("request header fields larger than {limit} bytes in all"),
                 "请求头过大".into(),
             ),
+            TooManyFailures(secs) => (
+                format!("too many failed authentications from this address; retry in {secs} s"),
+                "认证失败次数过多，请稍后重试".into(),
+            ),
             other => other.failure_texts(),
         }
     }
@@ -374,10 +382,18 @@ impl IntoResponse for ApiError {
             available_tag_ids: self.available(),
         };
         let mut response = (status, Json(body)).into_response();
-        if matches!(self, ApiError::Unauthorized) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::TooManyFailures(secs) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
         }
         response
     }

@@ -9,12 +9,14 @@
 //! runs through a user's browser.
 
 use super::ApiError;
-use crate::auth::{self, Caller, Tokens};
-use axum::extract::{Request, State};
-use axum::http::{header, Method};
+use crate::auth::{self, Caller, Denied, Tokens};
+use crate::throttle::Throttle;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, Extensions, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -162,11 +164,36 @@ fn open_path(path: &str) -> bool {
     !path.starts_with("/api/") || path == super::openapi::PATH
 }
 
+/// The address the request came from (the server is served with its
+/// connection info; a router driven without it has none).
+pub fn peer(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.ip())
+}
+
+/// The answer to a failed authentication from `address`: `error` (a 401),
+/// or 429 once the address has used up its failures (see [`Throttle`]).
+pub fn failed(throttle: &Throttle, address: Option<IpAddr>, error: ApiError) -> Response {
+    let Some(address) = address else {
+        return error.into_response();
+    };
+    match throttle.fail(address) {
+        Ok(()) => error.into_response(),
+        Err(retry_after) => {
+            // Every refusal has its access line already (status 429).
+            tracing::debug!(peer = %address, retry_after, "too many failed authentications");
+            ApiError::TooManyFailures(retry_after).into_response()
+        }
+    }
+}
+
 /// The middleware: 401 without a valid token, 403 without the role (see
-/// [`auth::authenticate`]); the caller goes into the request for the audit
-/// lines and onto the response for the access log.
+/// [`auth::authenticate`]), 429 for a wrong token from an address that has
+/// failed too often; the caller goes into the request for the audit lines
+/// and onto the response for the access log.
 pub async fn authenticate(
-    State(tokens): State<Arc<Tokens>>,
+    State((tokens, throttle)): State<(Arc<Tokens>, Arc<Throttle>)>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -175,6 +202,14 @@ pub async fn authenticate(
     } else {
         match auth::authenticate(&tokens, request.method(), request.headers()) {
             Ok(caller) => caller,
+            // A wrong token counts against the address; no token at all
+            // guesses nothing and does not.
+            Err(Denied::Unauthenticated)
+                if auth::presents_token(request.method(), request.headers()) =>
+            {
+                let address = peer(request.extensions());
+                return failed(&throttle, address, ApiError::Unauthorized);
+            }
             Err(denied) => return ApiError::from(denied).into_response(),
         }
     };
