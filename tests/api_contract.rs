@@ -50,7 +50,14 @@ fn served() -> Served {
         work.path(),
         data.path(),
         plugins.path(),
-        &["--tokens-file", tokens.to_str().unwrap()],
+        // schemathesis sends wrong tokens on purpose, and wants each
+        // answered 401, never 429: no throttling of failures here.
+        &[
+            "--tokens-file",
+            tokens.to_str().unwrap(),
+            "--auth-failure-burst",
+            "0",
+        ],
     );
     Served {
         server,

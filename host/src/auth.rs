@@ -201,6 +201,13 @@ pub fn session_token(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
+/// The token of an `Authorization` value in the bearer scheme, whose name
+/// is case-insensitive (`Bearer`, `bearer`, `BEARER`; RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// The token a request presents: `Authorization: Bearer`, or the console's
 /// session cookie. A state-changing request authenticated by the cookie
 /// must also carry the console's header (another site's page cannot add
@@ -209,14 +216,18 @@ fn presented<'a>(method: &Method, headers: &'a HeaderMap) -> Option<&'a str> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     if bearer.is_some() {
         return bearer;
     }
     let (name, value) = CONSOLE_HEADER;
     let from_console = headers.get(name).is_some_and(|v| v == value);
     session_token(headers).filter(|_| from_console || needed(method) == Role::Read)
+}
+
+/// Whether the request presents a token at all (right or wrong).
+pub fn presents_token(method: &Method, headers: &HeaderMap) -> bool {
+    presented(method, headers).is_some()
 }
 
 /// The role a request needs.

@@ -18,7 +18,7 @@
 //! - [`store`]: tasks, rules and `user_tags` (SQLite by default).
 //! - [`http`]: the API, one module per resource; [`console`]: the web
 //!   console's pages; [`auth`]: tokens, roles and the console's session,
-//!   for both.
+//!   for both; [`throttle`]: failed authentications per client address.
 //! - [`server`]: start-up and shutdown; [`cli`]: the one-shot commands
 //!   ([`watch`]: `tag-server run`'s progress on stderr).
 //! - [`logging`]: log set-up, logged panics, the flat JSON log format;
@@ -43,4 +43,5 @@ pub mod server;
 pub mod signals;
 pub mod store;
 pub mod tasks;
+pub mod throttle;
 pub mod watch;

@@ -206,6 +206,7 @@ fn api(config: &Config, started: &Started) -> axum::Router {
         registry: Arc::clone(&started.core.registry),
         catalog: Arc::clone(&started.core.catalog),
         tokens: Arc::new(config.tokens.clone()),
+        throttle: Arc::new(crate::throttle::Throttle::new(config.auth_failure_burst)),
         max_user_ids: config.max_user_ids,
         max_body_bytes: config.max_body_bytes as usize,
         request_timeout: std::time::Duration::from_secs(config.request_timeout_secs.into()),
@@ -266,7 +267,10 @@ pub async fn run(
         .local_addr()
         .context("reading the listener's address")?;
     tracing::info!(%addr, environment = config.env.as_str(), workers = config.max_concurrent_tasks, "tag-server listening");
-    axum::serve(listener, app.router())
+    let app = app
+        .router()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP")?;

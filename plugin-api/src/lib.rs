@@ -8,6 +8,8 @@
 //! - [`abi`]: the FFI types. Batches arrive as borrowed columnar buffers (no
 //!   copy of numeric, boolean or date data), masks go back as bit words.
 //! - [`batch`]: checked, typed, null-aware access to a batch's columns.
+//! - [`echo`]: client input quoted back in error texts, bounded, and
+//!   unknown JSON keys named with the known key nearest to each.
 //! - [`rule`]: the rule language (parse, validate, vectorised evaluation with
 //!   SQL's three-valued logic).
 //! - [`tag`]: the [`Tag`] trait you implement, and the export machinery.
@@ -82,6 +84,7 @@
 pub mod abi;
 pub mod batch;
 pub mod date;
+pub mod echo;
 pub mod mask;
 pub mod owned;
 pub mod rule;

@@ -16,6 +16,7 @@
 use crate::abi::ColumnType;
 use crate::batch::{Batch, BatchError, Column, Dates, Numbers};
 use crate::date::{Date, MICROS_PER_DAY};
+use crate::echo;
 use crate::mask::{pack, pack_indexed, Mask, Truth};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
@@ -220,7 +221,7 @@ fn describe(value: &Value) -> String {
         Value::Array(_) => "a list",
         Value::Object(_) => "an object",
     };
-    format!("{kind} ({value})")
+    format!("{kind} ({})", echo::clip(&value.to_string()))
 }
 
 fn check_keys(
@@ -229,13 +230,10 @@ fn check_keys(
     what: &str,
     path: &str,
 ) -> Result<(), RuleError> {
-    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(key) => Err(RuleError::new(
+    match echo::unknown_keys(obj.keys().map(String::as_str), allowed) {
+        Some(unknown) => Err(RuleError::new(
             path,
-            format!(
-                "unknown key \"{key}\" in a {what} (expected {})",
-                allowed.join(", ")
-            ),
+            format!("{unknown} (a {what} takes {})", allowed.join(", ")),
         )),
         None => Ok(()),
     }

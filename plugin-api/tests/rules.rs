@@ -385,7 +385,11 @@ fn wrong_value_types_and_shapes_are_rejected() {
         ),
         (
             json!({"field": "amount", "operator": "=", "value": 1, "extra": 1}),
-            "unknown key \"extra\"",
+            "unknown key extra (a condition takes field, operator, value)",
+        ),
+        (
+            json!({"field": "amount", "opertor": "=", "value": 1}),
+            "unknown key opertor, did you mean operator?",
         ),
         (
             json!({"logic": "XOR", "conditions": [cond("amount", "=", json!(1))]}),

@@ -200,6 +200,17 @@ pub struct Config {
     /// (after half a second without further changes).
     #[arg(long, env = "TAG_WATCH_PLUGINS", global = true)]
     pub watch_plugins: bool,
+    /// Failed authentications (a wrong API token, a wrong console sign-in)
+    /// a client address may make at once; then one more every 6 s, and
+    /// each beyond answers 429 with `Retry-After` (a correct token still
+    /// passes). 0 turns this off.
+    #[arg(
+        long,
+        default_value_t = 10,
+        env = "TAG_AUTH_FAILURE_BURST",
+        global = true
+    )]
+    pub auth_failure_burst: u32,
     /// Rows per batch handed to a plugin.
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..), env = "TAG_BATCH_ROWS", global = true)]
     pub batch_rows: u32,

@@ -35,6 +35,8 @@ pub struct Profile {
     pub max_user_ids: Option<usize>,
     /// Rows per plugin batch.
     pub batch_rows: Option<u32>,
+    /// Failed authentications an address may make at once (0: no limit).
+    pub auth_failure_burst: Option<u32>,
     /// Log level.
     pub log_level: Option<LogLevel>,
     /// Log line format.
@@ -118,6 +120,11 @@ fn apply(profile: Profile, config: &mut Config, matches: &ArgMatches, errors: &m
     set!(queue_capacity, "queue_capacity", profile.queue_capacity);
     set!(max_user_ids, "max_user_ids", profile.max_user_ids);
     set!(batch_rows, "batch_rows", profile.batch_rows);
+    set!(
+        auth_failure_burst,
+        "auth_failure_burst",
+        profile.auth_failure_burst
+    );
     set!(log_level, "log_level", profile.log_level);
     set!(log_format, "log_format", profile.log_format);
     set!(log_file, "log_file", profile.log_file);
@@ -240,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_profile_fills_what_flags_leave_at_their_defaults() {
-        let profile = "workers = 7\nport = 6000\ndata_dir = \"/srv/data\"\nlog_format = \"json\"\n";
+        let profile = "workers = 7\nport = 6000\ndata_dir = \"/srv/data\"\nlog_format = \"json\"\nauth_failure_burst = 4\n";
         let tokens = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(tokens.path(), "ops:admin:0123456789abcdef-ops\n").unwrap();
         let tokens_arg = tokens.path().display().to_string();
@@ -264,6 +271,7 @@ mod tests {
             Some(std::path::Path::new("/srv/data"))
         );
         assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.auth_failure_burst, 4);
     }
 
     #[test]

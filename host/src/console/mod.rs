@@ -100,14 +100,20 @@ async fn style() -> impl IntoResponse {
 }
 
 /// `POST /console/session` with `{"token": …}`: sets the session cookie if
-/// the token is valid (401 otherwise). Never logged.
-async fn sign_in(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+/// the token is valid (401 otherwise, 429 from an address that failed too
+/// often). Never logged.
+async fn sign_in(
+    State(state): State<AppState>,
+    extensions: axum::http::Extensions,
+    body: axum::body::Bytes,
+) -> Response {
     let token = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v["token"].as_str().map(str::to_string))
         .unwrap_or_default();
     if !auth::cookie_safe(&state.tokens, &token) {
-        return ApiError::InvalidToken.into_response();
+        let address = crate::http::middleware::peer(&extensions);
+        return crate::http::middleware::failed(&state.throttle, address, ApiError::InvalidToken);
     }
     (
         [(header::SET_COOKIE, auth::session_cookie(&token))],

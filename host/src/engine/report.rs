@@ -91,11 +91,7 @@ fn tag_reports(run: &Evaluated<'_>, failures: &Failures, counts: &DiffCounts) ->
         error: None,
         rule_version: Some(t.run.rule_version),
         counts: Some(*c),
-        scope: Some(if t.scope.is_some() {
-            TagScope::ChangedUsers
-        } else {
-            TagScope::AllUsers
-        }),
+        scope: Some(TagScope::of(run.plan.user_ids.is_some(), t.scope.is_some())),
         plugin: Some(t.run.tag.plugin.clone()),
     });
     let failed = failures.tags().iter().map(|f| TagReport {
@@ -204,7 +200,7 @@ mod tests {
         let ids: Vec<(u32, TagStatus)> = report.tags.iter().map(|t| (t.tag_id, t.status)).collect();
         assert_eq!(ids, vec![(1, TagStatus::Failed), (2, TagStatus::Completed)]);
         assert_eq!(report.tags[0].error.as_deref(), Some("the plugin panicked"));
-        assert_eq!(report.tags[1].scope, Some(TagScope::ChangedUsers));
+        assert_eq!(report.tags[1].scope, Some(TagScope::ChangedRequestedUsers));
         assert_eq!(report.tags[1].counts, Some(one));
         let unknown = report.unknown_user_ids.expect("a user_ids run");
         assert_eq!(

@@ -8,13 +8,14 @@ use super::request_id;
 use crate::auth::Denied;
 use crate::model::TaskStatus;
 use crate::store::StoreError;
-use crate::tasks::lifecycle::{self, UnknownTags};
+use crate::tasks::lifecycle::UnknownTags;
 use crate::tasks::SubmitError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use std::borrow::Cow;
+use tag_plugin_api::echo::{self, clip};
 use utoipa::ToSchema;
 
 /// Every error answer (the seed's format): `success` is false, `error`
@@ -104,6 +105,13 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     /// 415: the body is not JSON (the `Content-Type` sent, or `none`).
     UnsupportedMediaType(String),
+    /// 414: the request's URI is longer than this many bytes.
+    UriTooLong(usize),
+    /// 431: the request's header fields hold more than this many bytes.
+    HeadersTooLarge(usize),
+    /// 429: too many failed authentications from the caller's address;
+    /// the next is let through after this many seconds.
+    TooManyFailures(u64),
     /// 4xx or 5xx answered by axum itself (a rejection), rewritten in the
     /// seed's format with its status kept.
     Rejected {
@@ -195,6 +203,9 @@ impl ApiError {
             Forbidden { .. } => StatusCode::FORBIDDEN,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             Rejected { status, .. } => *status,
             QueueFull(_) | ShuttingDown | Timeout(_) | ReloadFailed(_) | Store(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -220,14 +231,14 @@ impl ApiError {
                 owned(format!("标签不存在: {tag_id}")),
             ),
             TaskNotFound(id) => (
-                format!("Task not found: {id}"),
-                owned(format!("任务不存在: {id}")),
+                format!("Task not found: {}", clip(id)),
+                owned(format!("任务不存在: {}", clip(id))),
             ),
             UserNotFound(id) => (
-                format!("User has no tags: {id}"),
-                owned(format!("该用户没有标签: {id}")),
+                format!("User has no tags: {}", clip(id)),
+                owned(format!("该用户没有标签: {}", clip(id))),
             ),
-            RouteNotFound(path) => (format!("Not found: {path}"), "接口不存在".into()),
+            RouteNotFound(path) => (format!("Not found: {}", clip(path)), "接口不存在".into()),
             MethodNotAllowed => ("Method not allowed".into(), "请求方法不被允许".into()),
             other => other.more_texts(),
         }
@@ -275,6 +286,26 @@ impl ApiError {
                 "请求体必须是application/json".into(),
             ),
             Rejected { error, .. } => (error.clone(), "请求无效".into()),
+            other => other.edge_texts(),
+        }
+    }
+
+    /// [`ApiError::texts`] of the refusals at the server's edge.
+    fn edge_texts(&self) -> (String, Cow<'static, str>) {
+        use ApiError::*;
+        match self {
+            UriTooLong(limit) => (
+                format!("request URI longer than {limit} bytes"),
+                "请求URI过长".into(),
+            ),
+            HeadersTooLarge(limit) => (
+                format!("request header fields larger than {limit} bytes in all"),
+                "请求头过大".into(),
+            ),
+            TooManyFailures(secs) => (
+                format!("too many failed authentications from this address; retry in {secs} s"),
+                "认证失败次数过多，请稍后重试".into(),
+            ),
             other => other.failure_texts(),
         }
     }
@@ -335,7 +366,7 @@ impl ApiError {
 
 /// `无效的标签ID: [7, 8]`.
 fn invalid_tags(e: &UnknownTags) -> Cow<'static, str> {
-    Cow::Owned(format!("无效的标签ID: {}", lifecycle::list(&e.unknown)))
+    Cow::Owned(format!("无效的标签ID: {}", echo::list(&e.unknown)))
 }
 
 impl IntoResponse for ApiError {
@@ -351,10 +382,18 @@ impl IntoResponse for ApiError {
             available_tag_ids: self.available(),
         };
         let mut response = (status, Json(body)).into_response();
-        if matches!(self, ApiError::Unauthorized) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::TooManyFailures(secs) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
         }
         response
     }

@@ -1,5 +1,6 @@
-//! The API's edge, in the order a request meets it: a panic becomes a 500,
-//! every error answer is the seed's JSON, the caller must authenticate,
+//! The API's edge, in the order a request meets it: an over-long URI or
+//! over-large header fields are refused, a panic becomes a 500, every
+//! error answer is the seed's JSON, the caller must authenticate,
 //! requests are bounded in time, and bodies must be JSON of bounded size.
 //!
 //! A `POST` or `PUT` with a body in any other media type is refused with 415. A browser page can send `text/plain` or
@@ -8,12 +9,14 @@
 //! runs through a user's browser.
 
 use super::ApiError;
-use crate::auth::{self, Caller, Tokens};
-use axum::extract::{Request, State};
-use axum::http::{header, Method};
+use crate::auth::{self, Caller, Denied, Tokens};
+use crate::throttle::Throttle;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, Extensions, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -60,6 +63,35 @@ pub async fn json_bodies_only(request: Request, next: Next) -> Response {
             };
             return ApiError::UnsupportedMediaType(shown.to_string()).into_response();
         }
+    }
+    next.run(request).await
+}
+
+/// Longest request URI (path and query) accepted, in bytes: below hyper's
+/// own limit (64 KiB), which it answers with an empty body.
+pub const MAX_URI_BYTES: usize = 16 * 1024;
+/// Most bytes of header fields (names, values and their separators) a
+/// request may carry: below hyper's own limit (about 400 KiB), which it
+/// answers with an empty body.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The middleware: 414 for a URI longer than [`MAX_URI_BYTES`] and 431
+/// for header fields over [`MAX_HEADER_BYTES`], in the seed's format.
+pub async fn bounded_head(request: Request, next: Next) -> Response {
+    let uri = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return ApiError::UriTooLong(MAX_URI_BYTES).into_response();
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers > MAX_HEADER_BYTES {
+        return ApiError::HeadersTooLarge(MAX_HEADER_BYTES).into_response();
     }
     next.run(request).await
 }
@@ -132,11 +164,36 @@ fn open_path(path: &str) -> bool {
     !path.starts_with("/api/") || path == super::openapi::PATH
 }
 
+/// The address the request came from (the server is served with its
+/// connection info; a router driven without it has none).
+pub fn peer(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.ip())
+}
+
+/// The answer to a failed authentication from `address`: `error` (a 401),
+/// or 429 once the address has used up its failures (see [`Throttle`]).
+pub fn failed(throttle: &Throttle, address: Option<IpAddr>, error: ApiError) -> Response {
+    let Some(address) = address else {
+        return error.into_response();
+    };
+    match throttle.fail(address) {
+        Ok(()) => error.into_response(),
+        Err(retry_after) => {
+            // Every refusal has its access line already (status 429).
+            tracing::debug!(peer = %address, retry_after, "too many failed authentications");
+            ApiError::TooManyFailures(retry_after).into_response()
+        }
+    }
+}
+
 /// The middleware: 401 without a valid token, 403 without the role (see
-/// [`auth::authenticate`]); the caller goes into the request for the audit
-/// lines and onto the response for the access log.
+/// [`auth::authenticate`]), 429 for a wrong token from an address that has
+/// failed too often; the caller goes into the request for the audit lines
+/// and onto the response for the access log.
 pub async fn authenticate(
-    State(tokens): State<Arc<Tokens>>,
+    State((tokens, throttle)): State<(Arc<Tokens>, Arc<Throttle>)>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -145,6 +202,14 @@ pub async fn authenticate(
     } else {
         match auth::authenticate(&tokens, request.method(), request.headers()) {
             Ok(caller) => caller,
+            // A wrong token counts against the address; no token at all
+            // guesses nothing and does not.
+            Err(Denied::Unauthenticated)
+                if auth::presents_token(request.method(), request.headers()) =>
+            {
+                let address = peer(request.extensions());
+                return failed(&throttle, address, ApiError::Unauthorized);
+            }
             Err(denied) => return ApiError::from(denied).into_response(),
         }
     };

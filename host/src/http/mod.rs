@@ -40,6 +40,8 @@ pub struct AppState {
     pub catalog: Arc<crate::catalog::Catalog>,
     /// The API tokens (empty: the API is open).
     pub tokens: Arc<Tokens>,
+    /// Failed authentications per client address.
+    pub throttle: Arc<crate::throttle::Throttle>,
     /// Largest accepted `user_ids` list.
     pub max_user_ids: usize,
     /// Largest accepted request body, in bytes.
@@ -84,10 +86,11 @@ pub fn routes(state: &AppState) -> Router<AppState> {
 }
 
 /// `routes` (the API's, and whatever is mounted beside them) behind the
-/// API's edge: the JSON 404 and 405, body limits, the request timeout,
-/// token authentication, JSON error bodies and request ids.
+/// API's edge: the JSON 404 and 405, body, URI and header limits, the
+/// request timeout, token authentication (with failures throttled per
+/// address), JSON error bodies and request ids.
 pub fn serve(routes: Router<AppState>, state: AppState) -> Router {
-    let tokens = Arc::clone(&state.tokens);
+    let gate = (Arc::clone(&state.tokens), Arc::clone(&state.throttle));
     let limit = state.max_body_bytes;
     let patience = state.request_timeout;
     routes
@@ -107,10 +110,11 @@ pub fn serve(routes: Router<AppState>, state: AppState) -> Router {
             middleware::timeout,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            tokens,
+            gate,
             middleware::authenticate,
         ))
         .layer(axum::middleware::from_fn(middleware::json_errors))
         .layer(axum::middleware::from_fn(middleware::catch_panic))
+        .layer(axum::middleware::from_fn(middleware::bounded_head))
         .layer(axum::middleware::from_fn(request_id::assign))
 }

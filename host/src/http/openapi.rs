@@ -3,7 +3,7 @@
 //! the body types each resource module declares; the routers register handlers through
 //! `utoipa_axum`, so a route exists in the document exactly when it exists
 //! in the server. The answers every route can give (the middleware's: 401,
-//! 403, 413, 415, 500, 503) are added here, with the `X-Request-Id` header
+//! 403, 413, 414, 415, 429, 431, 500, 503) are added here, with the `X-Request-Id` header
 //! every answer carries.
 
 use super::error::ErrorBody;
@@ -67,6 +67,8 @@ fn common(path: &str, method: &str) -> Vec<(&'static str, &'static str)> {
             "503",
             "The store cannot be reached, the queue is full, or the request timed out",
         ),
+        ("414", "Request URI longer than 16 KiB"),
+        ("431", "Request header fields larger than 64 KiB in all"),
     ];
     if path.starts_with("/api/v1/") && path != PATH {
         codes.push(("400", "Malformed path or query string"));
@@ -75,6 +77,10 @@ fn common(path: &str, method: &str) -> Vec<(&'static str, &'static str)> {
             "Missing or invalid token (when tokens are configured)",
         ));
         codes.push(("403", "The token's role does not allow this request"));
+        codes.push((
+            "429",
+            "A wrong token from an address that failed too often (see Retry-After)",
+        ));
     }
     if matches!(method, "post" | "put") {
         codes.push(("413", "Request body too large"));
@@ -161,10 +167,12 @@ mod tests {
             .iter()
             .map(|c| c.0)
             .collect();
-        for code in ["400", "401", "403", "413", "415", "500", "503"] {
+        for code in [
+            "400", "401", "403", "413", "414", "415", "429", "431", "500", "503",
+        ] {
             assert!(post.contains(&code), "{code} missing from {post:?}");
         }
         let health: Vec<_> = common("/health", "get").iter().map(|c| c.0).collect();
-        assert_eq!(health, ["500", "503"]);
+        assert_eq!(health, ["500", "503", "414", "431"]);
     }
 }

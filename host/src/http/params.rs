@@ -15,7 +15,10 @@ pub fn parse_count(
             Ok(n) if n <= max => Ok(n),
             _ => Err(ApiError::BadParam {
                 name: key,
-                error: format!("{key} must be an integer from 0 to {max}, got \"{s}\""),
+                error: format!(
+                    "{key} must be an integer from 0 to {max}, got \"{}\"",
+                    tag_plugin_api::echo::clip(s)
+                ),
             }),
         },
     }

@@ -111,7 +111,10 @@ async fn transfer(
         .filter(|_| tag_id.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| {
             ApiError::bad_request(
-                format!("tag id must be a positive integer, got \"{tag_id}\""),
+                format!(
+                    "tag id must be a positive integer, got \"{}\"",
+                    tag_plugin_api::echo::clip(&tag_id)
+                ),
                 "标签ID无效",
             )
         })?;

@@ -53,7 +53,10 @@ pub(crate) fn parse_tag_id(state: &AppState, raw: &str) -> Result<u32, ApiError>
     let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
     let id: u32 = raw.parse().ok().filter(|_| digits).ok_or_else(|| {
         ApiError::bad_request(
-            format!("tag_id must be a positive integer, got \"{raw}\""),
+            format!(
+                "tag_id must be a positive integer, got \"{}\"",
+                tag_plugin_api::echo::clip(raw)
+            ),
             "标签ID必须是正整数",
         )
     })?;

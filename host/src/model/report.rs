@@ -78,6 +78,26 @@ pub enum TagScope {
     /// The users whose source rows changed since the tag's last run.
     #[serde(rename = "changed users")]
     ChangedUsers,
+    /// The users the task named (`user_ids`).
+    #[serde(rename = "requested users")]
+    RequestedUsers,
+    /// Of the users the task named, those whose source rows changed since
+    /// the tag's last run (an incremental run with `user_ids`).
+    #[serde(rename = "changed requested users")]
+    ChangedRequestedUsers,
+}
+
+impl TagScope {
+    /// The scope of a tag's run: over the task's `user_ids` (`requested`)
+    /// or every user, and only the changed ones (`changed`) or all of them.
+    pub fn of(requested: bool, changed: bool) -> TagScope {
+        match (requested, changed) {
+            (false, false) => TagScope::AllUsers,
+            (false, true) => TagScope::ChangedUsers,
+            (true, false) => TagScope::RequestedUsers,
+            (true, true) => TagScope::ChangedRequestedUsers,
+        }
+    }
 }
 
 /// One tag's line of the report.

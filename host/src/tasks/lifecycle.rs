@@ -29,9 +29,9 @@ use std::time::Duration;
 
 pub use crate::model::{id_list as list, CANCELLED_BEFORE_START};
 
-/// Tag ids no loaded plugin provides.
+/// Tag ids no loaded plugin provides (the message quotes the first 20).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("Invalid tag_ids: {}", list(.unknown))]
+#[error("Invalid tag_ids: {}", tag_plugin_api::echo::list(.unknown))]
 pub struct UnknownTags {
     /// The ids asked for that are not loaded, ascending.
     pub unknown: Vec<u32>,

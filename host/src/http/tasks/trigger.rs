@@ -7,12 +7,16 @@ use crate::registry::TagRegistry;
 use crate::tasks::lifecycle;
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
-use tag_plugin_api::Date;
+use tag_plugin_api::{echo, Date};
 
+/// The keys a trigger body may hold.
+const KEYS: [&str; 5] = ["tag_ids", "user_ids", "mode", "priority", "as_of"];
+
+/// A value as an error quotes it (clipped: see [`echo::clip`]).
 fn describe(v: &Value) -> String {
     match v {
-        Value::String(s) => format!("\"{s}\""),
-        other => other.to_string(),
+        Value::String(s) => format!("\"{}\"", echo::clip(s)),
+        other => echo::clip(&other.to_string()).into_owned(),
     }
 }
 
@@ -120,10 +124,12 @@ fn parse_choice<T: std::str::FromStr<Err = String>>(
 ) -> Result<Option<T>, ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => s
-            .parse()
-            .map(Some)
-            .map_err(|e: String| ApiError::bad_request(e, zh)),
+        // The refusal quotes the value: a long one is quoted clipped (the
+        // clipped text is refused just the same).
+        Some(Value::String(s)) => s.parse().map(Some).map_err(|_| {
+            let error = echo::clip(s).parse::<T>().err().unwrap_or_default();
+            ApiError::bad_request(error, zh)
+        }),
         Some(other) => Err(ApiError::bad_request(
             format!("{key} must be a string, got {}", describe(other)),
             zh,
@@ -137,7 +143,8 @@ fn plausible_date(date: Date) -> bool {
     (bound("1900-01-01")..=bound("2200-12-31")).contains(&date.days())
 }
 
-/// Validates a trigger body into a task spec; every failure is a 400 naming the field.
+/// Validates a trigger body into a task spec; every failure is a 400 naming
+/// the field (an unknown key, with the known key nearest to it).
 pub fn parse_trigger(
     body: &[u8],
     registry: &TagRegistry,
@@ -160,6 +167,12 @@ pub fn parse_trigger(
             "请求体必须是JSON对象",
         ));
     };
+    if let Some(unknown) = echo::unknown_keys(body.keys().map(String::as_str), &KEYS) {
+        return Err(ApiError::bad_request(
+            format!("{unknown} (a trigger body takes {})", KEYS.join(", ")),
+            "请求体包含未知字段",
+        ));
+    }
     let tag_ids = parse_tag_ids(&body)?;
     let user_ids = parse_user_ids(&body, max_user_ids)?;
     let mode =
