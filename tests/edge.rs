@@ -86,7 +86,17 @@ fn with_tokens(extra: &[&str]) -> Served {
 /// GET `path` with `authorization` as the header's whole value: status,
 /// `Retry-After` and JSON body.
 fn get_as(served: &Served, path: &str, authorization: Option<&str>) -> (u16, Option<u64>, Value) {
-    let mut request = client().get(format!("{}{path}", served.server.base));
+    get_from(&client(), served, path, authorization)
+}
+
+/// [`get_as`] with `client` (one bound to another local address, say).
+fn get_from(
+    client: &reqwest::blocking::Client,
+    served: &Served,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, Option<u64>, Value) {
+    let mut request = client.get(format!("{}{path}", served.server.base));
     if let Some(value) = authorization {
         request = request.header("authorization", value);
     }
@@ -302,7 +312,7 @@ fn sign_in(served: &Served, token: &str) -> (u16, Option<String>, bool, Value) {
 }
 
 #[test]
-fn failed_authentications_are_throttled_per_address_and_correct_tokens_still_pass() {
+fn failed_authentications_are_throttled_per_address_and_other_addresses_still_pass() {
     let served = with_tokens(&["--auth-failure-burst", "3"]);
     let wrong = Some("Bearer wrong-token-0000000000");
     let admin = format!("Bearer {ADMIN}");
@@ -325,20 +335,34 @@ fn failed_authentications_are_throttled_per_address_and_correct_tokens_still_pas
         "{body}"
     );
     assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
-    // A correct token from the same address is not held back.
+    // While the address is blocked even the right token gets 429, so a
+    // guesser cannot tell the right one from the wrong ones.
+    let (status, blocked_for, body) = get_as(&served, "/api/v1/tasks", Some(&admin));
+    assert_eq!(status, 429, "{body}");
+    let (status, _, cookie, body) = sign_in(&served, READER);
+    assert_eq!((status, cookie), (429, false), "{body}");
+    // Another address is not held back.
+    let elsewhere = reqwest::blocking::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
     for _ in 0..5 {
-        let (status, _, body) = get_as(&served, "/api/v1/tasks", Some(&admin));
+        let (status, _, body) = get_from(&elsewhere, &served, "/api/v1/tasks", Some(&admin));
         assert_eq!(status, 200, "{body}");
     }
-    // No token guesses nothing: still a plain 401.
-    assert_eq!(get_as(&served, "/api/v1/tasks", None).0, 401);
-    // Wrong console sign-ins count against the same address.
+    // No token guesses nothing: a plain 401 from an address not blocked.
+    assert_eq!(get_from(&elsewhere, &served, "/api/v1/tasks", None).0, 401);
+    // Once Retry-After has passed, the right token passes again.
+    std::thread::sleep(std::time::Duration::from_secs(blocked_for.unwrap()));
+    let (status, _, body) = get_as(&served, "/api/v1/tasks", Some(&admin));
+    assert_eq!(status, 200, "{body}");
+    // Wrong console sign-ins count against the address too: the bucket
+    // refilled one failure, which this one spends; the next is 429.
+    assert_eq!(sign_in(&served, "wrong-token-0000000000").0, 401);
     let (status, retry_after, cookie, body) = sign_in(&served, "wrong-token-0000000000");
     assert_eq!((status, cookie), (429, false), "{body}");
     assert!(retry_after.is_some(), "{body}");
     assert_eq!(body["success"], false, "{body}");
-    let (status, _, cookie, body) = sign_in(&served, READER);
-    assert_eq!((status, cookie), (200, true), "{body}");
 
     // Turned off, every wrong token is a 401.
     let open = with_tokens(&["--auth-failure-burst", "0"]);

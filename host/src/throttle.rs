@@ -1,8 +1,11 @@
 //! Failed authentications, throttled per client address: a token bucket per
 //! address holds `burst` failures and refills one every [`REFILL`]. A
 //! failure that finds its bucket empty is answered 429 instead of 401,
-//! with the seconds until the bucket holds one again. A correct token is
-//! never held back, not even from an address whose bucket is empty.
+//! with the seconds until the bucket holds one again. While an address's
+//! bucket is empty, every token it sends is answered 429 before it is
+//! checked, the right one too: otherwise a guesser would tell the right
+//! token (200) from wrong ones (429) at full speed. Addresses that have not
+//! failed are never held back.
 //!
 //! Addresses are IPv4 addresses and IPv6 /64 networks (one host on IPv6
 //! usually has a whole /64 to pick from). At most [`MAX_ADDRESSES`]
@@ -75,6 +78,22 @@ impl Throttle {
         self.fail_at(address, Instant::now())
     }
 
+    /// `Some(seconds)` while `address` has used up its failures: a token
+    /// it sends now is refused (429) without being checked.
+    pub fn blocked(&self, address: IpAddr) -> Option<u64> {
+        self.blocked_at(address, Instant::now())
+    }
+
+    fn blocked_at(&self, address: IpAddr, now: Instant) -> Option<u64> {
+        if self.burst == 0 {
+            return None;
+        }
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets.by_address.get(&bucket_key(address))?;
+        let left = refilled(bucket, now, f64::from(self.burst));
+        (left < 1.0).then(|| wait_secs(left))
+    }
+
     fn fail_at(&self, address: IpAddr, now: Instant) -> Result<(), u64> {
         if self.burst == 0 {
             return Ok(());
@@ -95,18 +114,26 @@ impl Throttle {
             left: burst,
             at: now,
         });
-        let refilled =
-            now.saturating_duration_since(bucket.at).as_secs_f64() / REFILL.as_secs_f64();
-        bucket.left = (bucket.left + refilled).min(burst);
+        bucket.left = refilled(bucket, now, burst);
         bucket.at = now;
         if bucket.left >= 1.0 {
             bucket.left -= 1.0;
             Ok(())
         } else {
-            let wait = (1.0 - bucket.left) * REFILL.as_secs_f64();
-            Err((wait.ceil() as u64).max(1))
+            Err(wait_secs(bucket.left))
         }
     }
+}
+
+/// The failures `bucket` allows at `now`, refilled since it was last used.
+fn refilled(bucket: &Bucket, now: Instant, burst: f64) -> f64 {
+    let gained = now.saturating_duration_since(bucket.at).as_secs_f64() / REFILL.as_secs_f64();
+    (bucket.left + gained).min(burst)
+}
+
+/// Whole seconds (at least one) until a bucket holding `left` holds one.
+fn wait_secs(left: f64) -> u64 {
+    (((1.0 - left) * REFILL.as_secs_f64()).ceil() as u64).max(1)
 }
 
 #[cfg(test)]
@@ -115,6 +142,22 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn an_address_is_blocked_only_while_its_bucket_is_empty() {
+        let throttle = Throttle::new(2);
+        let start = Instant::now();
+        let a = ip("192.0.2.7");
+        assert_eq!(throttle.blocked_at(a, start), None);
+        throttle.fail_at(a, start).unwrap();
+        assert_eq!(throttle.blocked_at(a, start), None);
+        throttle.fail_at(a, start).unwrap();
+        assert_eq!(throttle.blocked_at(a, start), Some(6));
+        assert_eq!(throttle.blocked_at(a, start + Duration::from_secs(5)), Some(1));
+        assert_eq!(throttle.blocked_at(a, start + REFILL), None);
+        assert_eq!(throttle.blocked_at(ip("192.0.2.8"), start), None);
+        assert_eq!(Throttle::new(0).blocked_at(a, start), None);
     }
 
     #[test]

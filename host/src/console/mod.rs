@@ -111,8 +111,11 @@ async fn sign_in(
         .ok()
         .and_then(|v| v["token"].as_str().map(str::to_string))
         .unwrap_or_default();
+    let address = crate::http::middleware::peer(&extensions);
+    if let Some(refused) = crate::http::middleware::held_back(&state.throttle, address) {
+        return refused;
+    }
     if !auth::cookie_safe(&state.tokens, &token) {
-        let address = crate::http::middleware::peer(&extensions);
         return crate::http::middleware::failed(&state.throttle, address, ApiError::InvalidToken);
     }
     (

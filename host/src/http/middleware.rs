@@ -188,8 +188,15 @@ pub fn failed(throttle: &Throttle, address: Option<IpAddr>, error: ApiError) -> 
     }
 }
 
+/// 429 for a token sent from an address that has used up its failures,
+/// before the token is checked (see [`Throttle`]); `None` otherwise.
+pub fn held_back(throttle: &Throttle, address: Option<IpAddr>) -> Option<Response> {
+    let retry_after = throttle.blocked(address?)?;
+    Some(ApiError::TooManyFailures(retry_after).into_response())
+}
+
 /// The middleware: 401 without a valid token, 403 without the role (see
-/// [`auth::authenticate`]), 429 for a wrong token from an address that has
+/// [`auth::authenticate`]), 429 for any token from an address that has
 /// failed too often; the caller goes into the request for the audit lines
 /// and onto the response for the access log.
 pub async fn authenticate(
@@ -200,6 +207,11 @@ pub async fn authenticate(
     let caller = if open_path(request.uri().path()) {
         Caller("anonymous".into())
     } else {
+        if auth::presents_token(request.method(), request.headers()) {
+            if let Some(refused) = held_back(&throttle, peer(request.extensions())) {
+                return refused;
+            }
+        }
         match auth::authenticate(&tokens, request.method(), request.headers()) {
             Ok(caller) => caller,
             // A wrong token counts against the address; no token at all
