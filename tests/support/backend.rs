@@ -93,6 +93,35 @@ impl Backend {
         }
     }
 
+    /// The one text column `sql` selects from the control tables (tasks,
+    /// rules: for SQLite the `.control.db` file).
+    pub fn texts(&self, sql: &str) -> Vec<String> {
+        match self {
+            Backend::Sqlite(dir) => {
+                let file = dir.path().join("tags.control.db");
+                let conn = rusqlite::Connection::open(file).expect("open store");
+                let mut stmt = conn.prepare(sql).expect("query");
+                let rows = stmt
+                    .query_map([], |r| r.get(0))
+                    .expect("rows")
+                    .map(|r| r.expect("row"))
+                    .collect();
+                rows
+            }
+            Backend::Postgres(_) => {
+                let mut client =
+                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                let rows = client.query(sql, &[]).expect("query");
+                rows.iter().map(|r| r.get(0)).collect()
+            }
+            Backend::Mysql(_) => {
+                use mysql::prelude::Queryable;
+                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
+                pool.get_conn().expect("connect").query(sql).expect("query")
+            }
+        }
+    }
+
     /// `SELECT user_id, tag_ids, tag_details, created_time, updated_time
     /// FROM user_tags`, ordered by user, as text.
     pub fn rows(&self) -> Vec<(String, String, String, String, String)> {
