@@ -64,6 +64,7 @@ pub async fn tags(
         _ => {}
     }
     let body = html! {
+        (plugins_alert(&state))
         table.tags {
             thead { tr {
                 th { a href="/?sort=id" { "ID" } }
@@ -90,6 +91,25 @@ pub async fn tags(
         }
     };
     page("标签 Tags", &viewer, body).into_response()
+}
+
+/// Above the tags, while plugin files are rejected (or none was found):
+/// how many loaded and were rejected, linking to the plugins page.
+fn plugins_alert(state: &AppState) -> Markup {
+    let report = state.catalog.report();
+    let (loaded, rejected) = (report.loaded().count(), report.rejected().count());
+    if rejected == 0 && loaded > 0 {
+        return html! {};
+    }
+    html! {
+        p.alert role="alert" {
+            "插件 Plugins: " strong { (loaded) " loaded, " (rejected) " rejected" }
+            @if loaded == 0 && rejected == 0 {
+                " (no plugin library in " (state.catalog.dir().display()) ")"
+            }
+            " · " a href="/plugins" { "see the plugins page for each file and why" }
+        }
+    }
 }
 
 /// The newest task that ran `tag_id`: when, and how it ended.

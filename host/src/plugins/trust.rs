@@ -282,7 +282,12 @@ pub fn private_dir(dir: &Path) -> Result<PathBuf, Rejection> {
         .create(dir)
     {
         Ok(()) => {}
-        Err(e) => return Err(Rejection::Unreadable(format!("{}: {e}", dir.display()))),
+        Err(e) => {
+            return Err(Rejection::PrivateCopy(format!(
+                "the private copies directory {} cannot be created ({e}): pass --plugin-copies-dir (TAG_PLUGIN_COPIES_DIR) a directory of your own that no one else can write",
+                dir.display()
+            )))
+        }
     }
     let (real, meta) = resolve_checked(dir).map_err(|why| Rejection::CopiesDirectory {
         copies: dir.to_path_buf(),
