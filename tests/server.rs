@@ -2123,24 +2123,31 @@ fn tag_server_run_draws_a_bar_on_a_terminal_and_keeps_stdout_json_without_one() 
     assert!(!err.contains("finished:"), "{err}");
 }
 
+/// The flags of a server on a free loopback port over `data` and
+/// `plugins`, logging to `work/server.log`.
+fn serving(work: &Path, plugins: &Path, data: &Path) -> Vec<String> {
+    let text = |p: &Path| p.display().to_string();
+    let port = free_port().to_string();
+    let flags = [
+        ("--host", "127.0.0.1".to_string()),
+        ("--port", port),
+        ("--log-file", text(&work.join("server.log"))),
+        ("--plugins-dir", text(plugins)),
+        ("--data-dir", text(data)),
+    ];
+    flags
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value])
+        .collect()
+}
+
 #[test]
 fn a_mistyped_data_dir_is_an_error_and_sample_data_is_made_only_where_asked() {
     let work = tempfile::tempdir().unwrap();
     let plugins = reference_plugins_dir();
     let typo = work.path().join("dtaa");
-    let (port, log) = (free_port().to_string(), work.path().join("server.log"));
-    let args = [
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--log-file",
-        log.to_str().unwrap(),
-        "--plugins-dir",
-        plugins.path().to_str().unwrap(),
-        "--data-dir",
-        typo.to_str().unwrap(),
-    ];
+    let args = serving(work.path(), plugins.path(), &typo);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, err) = tag_server_within(&args, 30).expect("a missing --data-dir stops the server");
     assert_ne!(code, 0, "{err}");
     assert!(
@@ -2222,23 +2229,9 @@ fn a_store_that_never_answers_stops_the_server_after_the_wait() {
     let plugins = reference_plugins_dir();
     let work = tempfile::tempdir().unwrap();
     let store = format!("postgres://postgres@127.0.0.1:{}/tags", free_port());
-    let (port, log) = (free_port().to_string(), work.path().join("server.log"));
-    let args = [
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--log-file",
-        log.to_str().unwrap(),
-        "--plugins-dir",
-        plugins.path().to_str().unwrap(),
-        "--data-dir",
-        data.path().to_str().unwrap(),
-        "--store",
-        &store,
-        "--store-wait-secs",
-        "2",
-    ];
+    let mut args = serving(work.path(), plugins.path(), data.path());
+    args.extend(["--store", &store, "--store-wait-secs", "2"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let started = std::time::Instant::now();
     let (code, err) = tag_server_within(&args, 60).expect("the server gave up");
     assert_ne!(code, 0, "{err}");
