@@ -614,4 +614,18 @@ mod tests {
         assert_eq!(std::fs::read(&copy).unwrap(), b"bytes");
         assert_eq!(copy, private_copy(&dir, "abc", b"bytes").unwrap());
     }
+
+    #[test]
+    fn a_copies_directory_that_cannot_be_made_names_the_flag_to_set() {
+        let (_temp, base) = base();
+        // A home whose cache cannot hold a directory (here: it is a file).
+        let home = file(&base, "home");
+        let Err(Rejection::PrivateCopy(why)) = private_dir(&home.join(".cache/tag-server")) else {
+            panic!("made a directory under a file");
+        };
+        assert!(
+            why.contains("cannot be created") && why.contains("--plugin-copies-dir"),
+            "{why}"
+        );
+    }
 }
