@@ -314,20 +314,16 @@ impl Process {
             .local_addr()
             .unwrap()
             .port();
+        // Unless `extra` says otherwise, a dead process's claims expire
+        // within two seconds.
+        let defaults = [("--task-lease-secs", "2"), ("--batch-rows", "1000")]
+            .into_iter()
+            .filter(|(flag, _)| !extra.contains(flag))
+            .flat_map(|(flag, value)| [flag, value]);
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_tag-server"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--store",
-                store,
-                // A dead process's claims expire within two seconds.
-                "--task-lease-secs",
-                "2",
-                "--batch-rows",
-                "1000",
-            ])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--store", store])
+            .args(defaults)
             .arg("--data-dir")
             .arg(data)
             .arg("--plugins-dir")
@@ -640,6 +636,83 @@ fn wait_completed(process: &Process, task: &str) -> serde_json::Value {
     status
 }
 
+/// Waits (up to `secs`) until `task`'s status, read through `process`,
+/// satisfies `done`; the status.
+fn wait_status(
+    process: &Process,
+    task: &str,
+    secs: u64,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let status = process.status(task);
+        if done(&status) {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{task}: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A server killed mid-run and started again takes its dead predecessor's
+/// task back at once (its lease, 300 s, has far to run), and leaves alone
+/// the task a live process on this host runs and the one leased by a
+/// process of another host.
+fn a_restart_takes_back_its_dead_predecessors_tasks_at_once(backend: Backend) {
+    let data = sample_data(8000);
+    let plugins = reference_and_misbehaving_plugins();
+    let log = data.path().join("server.log");
+    let (url, lease) = (backend.url(), ["--task-lease-secs", "300"]);
+    let running = |s: &serde_json::Value| s["status"] == "running";
+    // Tag 904 takes 1.5 s a batch: 40 batches of 200 rows keep the live
+    // process's task running for a minute.
+    let mut slow = lease.to_vec();
+    slow.extend(["--max-concurrent-tasks", "1", "--batch-rows", "200"]);
+    let live = Process::start_with(data.path(), plugins.path(), &url, &log, &slow);
+    let its = trigger(&live.base, json!({"tag_ids": [904, 3], "as_of": AS_OF}));
+    wait_status(&live, &its, 30, running);
+    let mut two = lease.to_vec();
+    two.extend(["--max-concurrent-tasks", "2"]);
+    let first = Process::start_with(data.path(), plugins.path(), &url, &log, &two);
+    let mine = trigger(&first.base, json!({"tag_ids": [904, 1], "as_of": AS_OF}));
+    let elsewhere = trigger(&first.base, json!({"tag_ids": [904, 2], "as_of": AS_OF}));
+    wait_status(&first, &mine, 30, running);
+    wait_status(&first, &elsewhere, 30, running);
+    // `elsewhere` now looks leased by the same process id on another host
+    // (the owner is `<host>-<pid>-<start>-<instance>`).
+    let owner = &backend.texts(&format!(
+        "SELECT owner FROM tasks WHERE task_id = '{elsewhere}'"
+    ))[0];
+    let foreign = format!("000000000000{}", &owner[12..]);
+    backend.execute(
+        &format!("UPDATE tasks SET owner = '{foreign}' WHERE task_id = '{elsewhere}'"),
+        true,
+    );
+    drop(first);
+    let second = Process::start_with(data.path(), plugins.path(), &url, &log, &lease);
+    let done = wait_status(&second, &mine, 90, |s| s["status"] == "completed");
+    assert_eq!(done["attempts"], 2, "{done}");
+    let left = second.status(&elsewhere);
+    assert_eq!(
+        (&left["status"], &left["attempts"]),
+        (&json!("running"), &json!(1)),
+        "{left}"
+    );
+    let alive = second.status(&its);
+    assert_eq!(
+        (&alive["status"], &alive["attempts"]),
+        (&json!("running"), &json!(1)),
+        "{alive}"
+    );
+    assert_eq!(
+        backend.texts(&format!(
+            "SELECT owner FROM tasks WHERE task_id = '{elsewhere}'"
+        )),
+        [foreign]
+    );
+}
+
 fn cancels_reach_tasks_queued_or_running_in_another_process(backend: Backend) {
     let data = sample_data(3000);
     let named = [("misbehaving.so", fixture("misbehaving"))];
@@ -817,6 +890,7 @@ on_every_backend!(
     a_restart_finishes_committed_tasks_and_runs_queued_ones,
     a_task_that_kills_the_server_is_failed_after_its_second_crash,
     three_processes_share_the_queue_and_take_over_from_one_killed_mid_run,
+    a_restart_takes_back_its_dead_predecessors_tasks_at_once,
     cancels_reach_tasks_queued_or_running_in_another_process,
     tag_owners_are_recorded_once_and_moved_only_by_a_transfer,
     task_history_leaves_out_user_ids_lists,

@@ -1131,3 +1131,37 @@ fn a_symlink_hop_through_a_world_writable_directory_is_rejected_before_loading()
         "{out}"
     );
 }
+
+#[test]
+fn when_every_plugin_is_rejected_start_up_and_the_console_say_so() {
+    let data = sample_data(100);
+    let plugins = reference_plugins_dir();
+    // Writable by anyone and not sticky: every file in it is rejected.
+    std::fs::set_permissions(plugins.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_in(work.path(), data.path(), plugins.path(), &[]);
+    let log = std::fs::read_to_string(work.path().join("server.log")).unwrap();
+    let said = log
+        .lines()
+        .find(|l| l.contains("NO TAGS LOADED"))
+        .unwrap_or_default();
+    assert!(
+        said.contains("ERROR")
+            && said.contains("all 5 plugin files")
+            && said.contains(&format!("`chmod go-w {}`", plugins.path().display()))
+            && said.contains("/plugins"),
+        "{log}"
+    );
+    let page = client()
+        .get(format!("{}/", server.base))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let alert = page.split("class=\"alert\"").nth(1).unwrap_or_default();
+    let alert = alert.split("</p>").next().unwrap_or_default();
+    assert!(
+        alert.contains("0 loaded, 5 rejected") && alert.contains("href=\"/plugins\""),
+        "{page}"
+    );
+}

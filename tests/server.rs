@@ -1073,25 +1073,31 @@ fn one_shot_run_and_gen_data_work_from_the_command_line() {
 
 #[test]
 fn env_local_creates_sample_data_only_when_there_is_none() {
-    use clap::Parser;
+    use clap::FromArgMatches;
     let empty = tempfile::tempdir().unwrap();
     let dir = empty.path().join("data");
-    let parse = |env: &str| {
-        tag_host::config::Cli::try_parse_from([
-            "tag-server",
-            "--env",
-            env,
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ])
-        .unwrap()
+    let parse = |args: &[&str]| {
+        let mut all = vec!["tag-server", "--config-dir", empty.path().to_str().unwrap()];
+        all.extend_from_slice(args);
+        all.extend(["--data-dir", dir.to_str().unwrap()]);
+        let matches = tag_host::config::commands::command()
+            .try_get_matches_from(all)
+            .unwrap();
+        let mut cli = tag_host::config::Cli::from_arg_matches(&matches).unwrap();
+        // Outside local the checks fail (no profile, no tokens); the data
+        // directory's origin is what matters here.
+        let _ = tag_host::config::profile::resolve(&mut cli.config, &matches);
+        cli.config
     };
-    tag_host::server::prepare_local_data(&parse("glue-dev").config).unwrap();
+    let prepare = |args: &[&str]| tag_host::server::prepare_local_data(&parse(args));
+    let error = prepare(&["--env", "glue-dev"]).unwrap_err();
+    assert!(error.to_string().contains("does not exist"), "{error}");
+    prepare(&[]).unwrap_err();
     assert!(
-        !dir.join("user_basic_info.parquet").exists(),
-        "only --env local generates data"
+        !dir.exists(),
+        "nothing is made in a directory the user named"
     );
-    tag_host::server::prepare_local_data(&parse("local").config).unwrap();
+    prepare(&["--sample-data"]).unwrap();
     let written = std::fs::metadata(dir.join("user_basic_info.parquet"))
         .unwrap()
         .modified()
@@ -1100,7 +1106,7 @@ fn env_local_creates_sample_data_only_when_there_is_none() {
         dir.join("user_asset_summary.parquet").exists()
             && dir.join("user_activity_summary.parquet").exists()
     );
-    tag_host::server::prepare_local_data(&parse("local").config).unwrap();
+    prepare(&["--sample-data"]).unwrap();
     let again = std::fs::metadata(dir.join("user_basic_info.parquet"))
         .unwrap()
         .modified()
@@ -1273,7 +1279,7 @@ fn profiles_apply_under_flags_and_glue_prod_lists_every_problem_at_once() {
     let dir = profiles.display().to_string();
     // The shipped production profile names a MySQL store; without tokens
     // the server refuses to start, and says why.
-    let (code, out, err) = tag_server(&["--env", "glue-prod", "--config-dir", &dir, "plugins"]);
+    let (code, out, err) = tag_server(&["--env", "glue-prod", "--config-dir", &dir]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("TAG_API_TOKENS"), "{err}");
     // With SQLite forced by a flag, both problems are listed together.
@@ -1284,7 +1290,6 @@ fn profiles_apply_under_flags_and_glue_prod_lists_every_problem_at_once() {
         &dir,
         "--store",
         "sqlite://x.db",
-        "plugins",
     ]);
     assert_eq!(code, 2);
     assert!(
@@ -2044,6 +2049,64 @@ fn progress_moves_through_every_stage_and_never_stalls_while_writing() {
     );
 }
 
+/// `text` without terminal escape sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// In what a terminal was sent: no frame of the bar shows a stage after
+/// that stage's "finished" line, and none shows an empty `0/0` count.
+fn assert_bar_keeps_up_with_its_lines(screen: &str) {
+    let plain = strip_ansi(screen);
+    let (line, frame) = (" finished: ", "% [");
+    let mut finished: Vec<&str> = Vec::new();
+    let mut frames = 0;
+    for chunk in plain.split(['\r', '\n']) {
+        // A finished line padded to the terminal's width and the frame
+        // after it can share a chunk: take them in order.
+        let mut at = 0;
+        loop {
+            let next_line = chunk[at..].find(line).map(|i| at + i);
+            let next_frame = chunk[at..].find(frame).map(|i| at + i);
+            match (next_line, next_frame) {
+                (Some(l), f) if f.is_none_or(|f| l < f) => {
+                    let stage = chunk[..l].split_whitespace().last().unwrap_or("");
+                    finished.push(stage);
+                    at = l + line.len();
+                }
+                (_, Some(f)) => {
+                    frames += 1;
+                    let shown = chunk[f..].split_once("] ").map_or("", |(_, s)| s);
+                    let stage = shown.split_whitespace().next().unwrap_or("");
+                    assert!(
+                        !finished.contains(&stage),
+                        "the bar shows {stage} after its finished line: {chunk:?}"
+                    );
+                    assert!(!shown.contains(" 0/0 "), "an empty count: {chunk:?}");
+                    at = f + frame.len();
+                }
+                _ => break,
+            }
+        }
+    }
+    assert!(frames > 0 && finished.len() == 6, "{finished:?}: {plain}");
+}
+
 #[test]
 fn tag_server_run_draws_a_bar_on_a_terminal_and_keeps_stdout_json_without_one() {
     let data = data(100_000);
@@ -2098,6 +2161,7 @@ fn tag_server_run_draws_a_bar_on_a_terminal_and_keeps_stdout_json_without_one() 
         screen.contains("[=") && screen.contains("] reading "),
         "no bar drawn: {screen}"
     );
+    assert_bar_keeps_up_with_its_lines(&screen);
     assert!(screen.contains("\"status\": \"completed\""), "{screen}");
     // Without a terminal: stdout is exactly the task JSON; stderr has the
     // stage lines as plain log lines.
@@ -2117,4 +2181,216 @@ fn tag_server_run_draws_a_bar_on_a_terminal_and_keeps_stdout_json_without_one() 
     assert_eq!(code, 0, "{err}");
     assert!(serde_json::from_str::<Value>(&out).is_ok());
     assert!(!err.contains("finished:"), "{err}");
+}
+
+/// The flags of a server on a free loopback port over `data` and
+/// `plugins`, logging to `work/server.log`.
+fn serving(work: &Path, plugins: &Path, data: &Path) -> Vec<String> {
+    let text = |p: &Path| p.display().to_string();
+    let port = free_port().to_string();
+    let flags = [
+        ("--host", "127.0.0.1".to_string()),
+        ("--port", port),
+        ("--log-file", text(&work.join("server.log"))),
+        ("--plugins-dir", text(plugins)),
+        ("--data-dir", text(data)),
+    ];
+    flags
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value])
+        .collect()
+}
+
+#[test]
+fn a_mistyped_data_dir_is_an_error_and_sample_data_is_made_only_where_asked() {
+    let work = tempfile::tempdir().unwrap();
+    let plugins = reference_plugins_dir();
+    let typo = work.path().join("dtaa");
+    let args = serving(work.path(), plugins.path(), &typo);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, err) = tag_server_within(&args, 30).expect("a missing --data-dir stops the server");
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "--data-dir is {}, which does not exist",
+            typo.display()
+        )) && err.contains("--sample-data"),
+        "{err}"
+    );
+    assert!(
+        !typo.exists(),
+        "nothing was made in a directory the user named"
+    );
+    // An existing directory without tables is served as it is, not filled.
+    let empty = work.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let server = ServerProcess::start_in(work.path(), &empty, plugins.path(), &[]);
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    drop(server);
+    // Asked for, sample data goes where the user said.
+    let asked = work.path().join("asked");
+    let server = ServerProcess::start_in(work.path(), &asked, plugins.path(), &["--sample-data"]);
+    assert!(asked.join("user_basic_info.parquet").is_file());
+    drop(server);
+    // And, with --env local, into the default `data` of a fresh checkout.
+    let fresh = work.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    let plugins_arg = plugins.path().to_str().unwrap();
+    let server = ServerProcess::start_at(
+        &fresh,
+        &["--plugins-dir", plugins_arg, "--log-file", "s.log"],
+    );
+    assert!(fresh.join("data/user_basic_info.parquet").is_file());
+    drop(server);
+}
+
+#[test]
+fn configuration_errors_name_the_key_the_file_and_what_to_set() {
+    // The shipped glue profiles hold placeholders: refused, each named.
+    let shipped = workspace().join("config");
+    for env in ["glue-dev", "glue-prod"] {
+        let args = [
+            "--env",
+            env,
+            "--config-dir",
+            shipped.to_str().unwrap(),
+            "--log-file",
+            "x.log",
+        ];
+        let (code, err) = tag_server_within(&args, 30).expect("refused at once");
+        assert_eq!(code, 2, "{err}");
+        let file = shipped.join(format!("{env}.toml"));
+        for key in ["data_dir", "store"] {
+            let named = format!("{key} in {} is a placeholder", file.display());
+            let fix = format!("set {key} in {} (or --", file.display());
+            assert!(err.contains(&named) && err.contains(&fix), "{key}: {err}");
+        }
+    }
+    // A log directory that does not exist, in a profile.
+    let work = tempfile::tempdir().unwrap();
+    let missing = work.path().join("logs");
+    let profile = format!("log_file = \"{}/api_server.log\"\n", missing.display());
+    std::fs::write(work.path().join("local.toml"), profile).unwrap();
+    let args = ["--config-dir", work.path().to_str().unwrap()];
+    let (code, err) = tag_server_within(&args, 30).expect("refused at once");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "log_file in {}",
+            work.path().join("local.toml").display()
+        )) && err.contains(&format!("mkdir -p {}", missing.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_store_that_never_answers_stops_the_server_after_the_wait() {
+    let data = sample_data(100);
+    let plugins = reference_plugins_dir();
+    let work = tempfile::tempdir().unwrap();
+    let store = format!("postgres://postgres@127.0.0.1:{}/tags", free_port());
+    let mut args = serving(work.path(), plugins.path(), data.path());
+    args.extend(["--store", &store, "--store-wait-secs", "2"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let (code, err) = tag_server_within(&args, 60).expect("the server gave up");
+    assert_ne!(code, 0, "{err}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    assert!(
+        err.contains("the store (--store) did not answer within 2 s of start-up")
+            && err.contains(&store)
+            && err.contains("--store-wait-secs"),
+        "{err}"
+    );
+}
+
+#[test]
+fn each_commands_help_lists_only_the_flags_it_uses() {
+    let help = |args: &[&str]| {
+        let (code, out, err) = tag_server(args);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let top = help(&["--help"]);
+    assert!(
+        top.contains("With no command it serves") && top.contains("--port"),
+        "{top}"
+    );
+    let cases: [(&[&str], &[&str], &[&str]); 3] = [
+        (
+            &["gen-data", "--help"],
+            &["--users", "--out", "--data-dir", "--env"],
+            &[
+                "--port",
+                "--store",
+                "--max-concurrent-tasks",
+                "--tokens-file",
+                "--plugins-dir",
+            ],
+        ),
+        (
+            &["run", "--help"],
+            &[
+                "--tag-ids",
+                "--store",
+                "--data-dir",
+                "--plugins-dir",
+                "--batch-rows",
+            ],
+            &[
+                "--port",
+                "--host",
+                "--tokens-file",
+                "--queue-capacity",
+                "--watch-plugins",
+            ],
+        ),
+        (
+            &["plugins", "--help"],
+            &["--plugins-dir", "--plugin-copies-dir"],
+            &["--port", "--store", "--data-dir", "--batch-rows"],
+        ),
+    ];
+    for (args, shown, hidden) in cases {
+        let text = help(args);
+        for flag in shown {
+            assert!(text.contains(flag), "{args:?} lacks {flag}: {text}");
+        }
+        let listed = |flag: &str| text.lines().any(|l| l.trim_start().starts_with(flag));
+        for flag in hidden {
+            assert!(!listed(flag), "{args:?} lists {flag}: {text}");
+        }
+    }
+    // A server flag given to a command is refused, not ignored.
+    let (code, _, err) = tag_server(&["gen-data", "--port", "1", "--out", "x"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--port does not apply to `tag-server gen-data`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn start_up_logs_short_digests_and_the_consoles_address() {
+    let data = sample_data(100);
+    let plugins = reference_plugins_dir();
+    let work = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_in(work.path(), data.path(), plugins.path(), &[]);
+    let log = std::fs::read_to_string(work.path().join("server.log")).unwrap();
+    let loaded: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("plugin loaded"))
+        .collect();
+    assert_eq!(loaded.len(), 5, "{log}");
+    for line in loaded {
+        let digest = line
+            .split("sha256=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        assert_eq!(digest.len(), 12, "{line}");
+    }
+    assert!(log.contains(&format!("console: {}/", server.base)), "{log}");
 }

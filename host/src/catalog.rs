@@ -71,15 +71,39 @@ impl Catalog {
     }
 }
 
+/// How much of a SHA-256 the info lines show (the whole one is logged at
+/// debug, listed by `tag-server plugins` and `GET /api/v1/plugins`).
+const SHORT_DIGEST: usize = 12;
+
 fn log(dir: &Path, registry: &TagRegistry, report: &LoadReport) {
+    let rejected = report.rejected().count();
+    tracing::info!(dir = %dir.display(), loaded = report.loaded().count(), rejected, "plugins scanned");
     for (file, plugin) in report.loaded() {
-        tracing::info!(file = %file.path.display(), sha256 = %file.sha256, plugin = %plugin.name, version = %plugin.version,
+        let name = file.path.file_name().unwrap_or_default().to_string_lossy();
+        let short = &file.sha256[..file.sha256.len().min(SHORT_DIGEST)];
+        tracing::info!(file = %name, sha256 = %short, plugin = %plugin.name, version = %plugin.version,
             tags = ?plugin.tags.iter().map(|t| t.tag_id).collect::<Vec<_>>(), "plugin loaded");
+        tracing::debug!(file = %file.path.display(), sha256 = %file.sha256, "plugin loaded from");
     }
     for (file, reason) in report.rejected() {
         tracing::warn!(file = %file.path.display(), reason = %reason, "plugin rejected");
     }
-    if registry.is_empty() {
-        tracing::warn!(dir = %dir.display(), "no tags loaded: every trigger will be refused");
+    if !registry.is_empty() {
+        return;
     }
+    if rejected == 0 {
+        tracing::warn!(dir = %dir.display(), "no plugin libraries found: no tag can be served and every trigger will be refused");
+        return;
+    }
+    let mut reasons: Vec<String> = report.rejected().map(|(_, r)| r.to_string()).collect();
+    reasons.sort();
+    reasons.dedup();
+    tracing::error!(
+        "NO TAGS LOADED: all {rejected} plugin files in {} were rejected, so no tag can be served and every trigger is refused. {} Then reload (POST /api/v1/plugins/reload, SIGHUP) or restart; the console's Plugins page (/plugins) and `tag-server plugins` list each file and why",
+        dir.display(),
+        match reasons.as_slice() {
+            [one] => format!("Every file: {one}."),
+            many => format!("Reasons: {}.", many.join("; ")),
+        }
+    );
 }

@@ -31,7 +31,7 @@ pub fn plugins_command(
             sample,
         }) => {
             let data = config
-                .data_dir_given
+                .data_dir_given()
                 .then(|| config.data_dir.local())
                 .flatten();
             let as_of = as_of.unwrap_or_else(Date::today_utc);
@@ -219,6 +219,7 @@ pub fn run_command(
     args: RunArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
+    crate::server::require_data_dir(config)?;
     let core = Core::open(config)?;
     let mut tag_ids = args.tag_ids.clone();
     tag_ids.sort_unstable();

@@ -1,7 +1,7 @@
 //! `tag-server`: see `tag-server --help`. Parse the command line, configure
 //! the allocator, logging and panic reporting, run the server or a command.
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 use std::process::ExitCode;
 use tag_host::config::{Cli, Command, Config};
 use tag_host::logging::Console;
@@ -29,7 +29,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     tag_host::alloc::purge_freed_memory_at_once();
-    let matches = Cli::command().get_matches();
+    let matches = tag_host::config::commands::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(errors) = tag_host::config::profile::resolve(&mut cli.config, &matches) {
         eprintln!("error: {errors}");
@@ -41,9 +41,15 @@ fn main() -> ExitCode {
         Some(_) => None,
     };
     if let Err(e) = tag_host::logging::init(&cli.config, console) {
-        let file = cli.config.log_file.display();
-        eprintln!("error: cannot open log file {file}: {e}");
-        return ExitCode::FAILURE;
+        let (file, origin) = (
+            cli.config.log_file.display(),
+            cli.config.origins.of("log_file"),
+        );
+        eprintln!(
+            "error: cannot open the log file {file} ({origin}): {e}: {} to a file this user can write",
+            origin.how_to_set()
+        );
+        return ExitCode::from(2);
     }
     tag_host::logging::log_panics();
     let (config, out) = (&cli.config, &mut std::io::stdout());

@@ -56,13 +56,23 @@ impl Core {
     }
 }
 
-/// With `--env local`, writes a default sample dataset when the data
-/// directory has no universe table yet, so a fresh checkout just runs.
+/// Writes a sample dataset (100,000 users) where the user asked for one:
+/// into the default data directory with `--env local`, or into any local
+/// `--data-dir` with `--sample-data`, when it has no universe table yet,
+/// so a fresh checkout just runs. A data directory the user named is never
+/// filled unasked: one that does not exist is an error naming the setting
+/// and the path, and one without tables is served with a warning.
 pub fn prepare_local_data(config: &Config) -> anyhow::Result<()> {
     let Some(dir) = config.data_dir.local() else {
         return Ok(());
     };
-    if config.env != Environment::Local || has_table(dir, UNIVERSE_TABLE) {
+    if has_table(dir, UNIVERSE_TABLE) {
+        return Ok(());
+    }
+    let by_default = config.env == Environment::Local && !config.data_dir_given();
+    if !config.sample_data && !by_default {
+        require_data_dir(config)?;
+        tracing::warn!(dir = %dir.display(), "{} has no {UNIVERSE_TABLE} table ({UNIVERSE_TABLE}.parquet or {UNIVERSE_TABLE}/): runs fail until it is there (--sample-data writes a sample dataset into it)", config.origins.of("data_dir"));
         return Ok(());
     }
     let options = GenOptions {
@@ -77,6 +87,22 @@ pub fn prepare_local_data(config: &Config) -> anyhow::Result<()> {
         "sample data written"
     );
     Ok(())
+}
+
+/// Fails, naming the setting and the path, when the local data directory
+/// does not exist (a mistyped `--data-dir`).
+pub fn require_data_dir(config: &Config) -> anyhow::Result<()> {
+    match config.data_dir.local() {
+        Some(dir) if !dir.is_dir() => {
+            let origin = config.origins.of("data_dir");
+            anyhow::bail!(
+                "{origin} is {}, which does not exist: {} to the directory that holds your source tables ({UNIVERSE_TABLE}.parquet or {UNIVERSE_TABLE}/ and the others), or add --sample-data to create it with a sample dataset",
+                dir.display(),
+                origin.how_to_set()
+            )
+        }
+        _ => Ok(()),
+    }
 }
 
 fn has_table(dir: &Path, table: &str) -> bool {
@@ -215,12 +241,21 @@ fn api(config: &Config, started: &Started) -> axum::Router {
     http::serve(routes, state)
 }
 
+/// What the serving process shares with the store retry thread.
+struct Serving {
+    app: http::swap::SwapRouter,
+    started: Arc<std::sync::Mutex<Option<Started>>>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then stops the
 /// workers (tasks not finished stay queued for the next start).
 ///
-/// A store that cannot be reached at start does not stop the process: it
-/// serves `/health` (503, naming the store) and answers every other request
-/// 503 while it retries, then serves the API once the store answers.
+/// A store that cannot be reached at start does not stop the process at
+/// once: it serves `/health` (503, naming the store) and answers every
+/// other request 503 while it retries for up to `--store-wait-secs`, then
+/// serves the API once the store answers, or stops with an error saying
+/// that the store never answered.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -233,33 +268,64 @@ pub async fn run(
             .await
             .context("starting up")?
     };
-    let app = http::swap::SwapRouter::default();
-    let started = Arc::new(std::sync::Mutex::new(None::<Started>));
-    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let serving = Serving {
+        app: http::swap::SwapRouter::default(),
+        started: Arc::new(std::sync::Mutex::new(None::<Started>)),
+        stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let (gave_up, given_up) = tokio::sync::oneshot::channel::<String>();
     match first {
         Ok(parts) => {
-            app.set(api(&config, &parts));
-            *started.lock().unwrap_or_else(|p| p.into_inner()) = Some(parts);
+            serving.app.set(api(&config, &parts));
+            *serving.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(parts);
         }
-        Err(e) => {
-            let Some(reason) = store_unreachable(&e) else {
-                return Err(e);
-            };
-            tracing::error!(error = %reason, "the store cannot be reached: serving /health 503 and retrying");
-            app.set(http::swap::waiting(config.env.as_str(), &reason));
-            let retry = Retry {
-                config: Arc::clone(&config),
-                app: app.clone(),
-                started: Arc::clone(&started),
-                stopping: Arc::clone(&stopping),
-            };
-            std::thread::Builder::new()
-                .name("store-retry".into())
-                .spawn(move || retry.run())
-                .context("starting the store retry thread")?;
-        }
+        Err(e) => wait_for_store(&config, &serving, e, gave_up)?,
     }
-    reload_on_hangup(Arc::clone(&started));
+    reload_on_hangup(Arc::clone(&serving.started));
+    announce(&config, &listener)?;
+    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+    let stop = {
+        let failure = Arc::clone(&failure);
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                Ok(reason) = given_up => {
+                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                }
+            }
+        }
+    };
+    let app = serving
+        .app
+        .router()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+        .context("serving HTTP")?;
+    serving
+        .stopping
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let parts = serving
+        .started
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(parts) = parts {
+        tracing::info!("shutting down: waiting for running tasks to reach a safe point");
+        tokio::task::spawn_blocking(move || parts.scheduler.shutdown())
+            .await
+            .context("stopping the workers")?;
+    }
+    let failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match failure {
+        Some(reason) => Err(anyhow::anyhow!(reason)),
+        None => Ok(()),
+    }
+}
+
+/// Logs where the server listens, and the console's address.
+fn announce(config: &Config, listener: &tokio::net::TcpListener) -> anyhow::Result<()> {
     if !config.tokens.enabled() {
         tracing::warn!("no API tokens configured: the API is open to anyone who can reach the port (set TAG_API_TOKENS or --tokens-file)");
     }
@@ -267,21 +333,48 @@ pub async fn run(
         .local_addr()
         .context("reading the listener's address")?;
     tracing::info!(%addr, environment = config.env.as_str(), workers = config.max_concurrent_tasks, "tag-server listening");
-    let app = app
-        .router()
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")?;
-    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-    let parts = started.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(parts) = parts {
-        tracing::info!("shutting down: waiting for running tasks to reach a safe point");
-        tokio::task::spawn_blocking(move || parts.scheduler.shutdown())
-            .await
-            .context("stopping the workers")?;
-    }
+    // A wildcard address is reached as localhost from this machine.
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "localhost".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    tracing::info!(
+        "console: http://{host}:{}/ (the API is under /api/v1)",
+        addr.port()
+    );
+    Ok(())
+}
+
+/// After a first start that failed: if only because the store cannot be
+/// reached, serves 503 and retries on a thread of its own (which gives up
+/// through `gave_up` after `--store-wait-secs`); otherwise the error.
+fn wait_for_store(
+    config: &Arc<Config>,
+    serving: &Serving,
+    error: anyhow::Error,
+    gave_up: tokio::sync::oneshot::Sender<String>,
+) -> anyhow::Result<()> {
+    let Some(reason) = store_unreachable(&error) else {
+        return Err(error);
+    };
+    let wait = std::time::Duration::from_secs(config.store_wait_secs.into());
+    tracing::error!(error = %reason, "the store cannot be reached: serving /health 503 and retrying for up to {} s (--store-wait-secs)", wait.as_secs());
+    serving
+        .app
+        .set(http::swap::waiting(config.env.as_str(), &reason));
+    let retry = Retry {
+        config: Arc::clone(config),
+        app: serving.app.clone(),
+        started: Arc::clone(&serving.started),
+        stopping: Arc::clone(&serving.stopping),
+        deadline: std::time::Instant::now() + wait,
+        gave_up,
+    };
+    std::thread::Builder::new()
+        .name("store-retry".into())
+        .spawn(move || retry.run())
+        .context("starting the store retry thread")?;
     Ok(())
 }
 
@@ -320,12 +413,15 @@ fn reload_on_hangup(started: Arc<std::sync::Mutex<Option<Started>>>) {
     });
 }
 
-/// Retries start-up while the store cannot be reached.
+/// Retries start-up while the store cannot be reached, until `deadline`.
 struct Retry {
     config: Arc<Config>,
     app: http::swap::SwapRouter,
     started: Arc<std::sync::Mutex<Option<Started>>>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    deadline: std::time::Instant,
+    /// Stops the server with the reason when the store never answered.
+    gave_up: tokio::sync::oneshot::Sender<String>,
 }
 
 impl Retry {
@@ -337,25 +433,37 @@ impl Retry {
             if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
-            match start(&self.config) {
+            let e = match start(&self.config) {
                 Ok(parts) => return self.serve(parts),
-                Err(e) => match store_unreachable(&e) {
-                    Some(reason) => {
-                        tracing::warn!(error = %reason, "the store still cannot be reached");
-                        self.app
-                            .set(http::swap::waiting(self.config.env.as_str(), &reason));
-                    }
-                    None => {
-                        tracing::error!(error = %format!("{e:#}"), "start-up failed once the store answered; serving 503 until restarted");
-                        self.app.set(http::swap::waiting(
-                            self.config.env.as_str(),
-                            &format!("start-up failed: {e:#}"),
-                        ));
-                        return;
-                    }
-                },
+                Err(e) => e,
+            };
+            let Some(reason) = store_unreachable(&e) else {
+                tracing::error!(error = %format!("{e:#}"), "start-up failed once the store answered; serving 503 until restarted");
+                self.app.set(http::swap::waiting(
+                    self.config.env.as_str(),
+                    &format!("start-up failed: {e:#}"),
+                ));
+                return;
+            };
+            if std::time::Instant::now() >= self.deadline {
+                return self.give_up(&reason);
             }
+            tracing::warn!(error = %reason, "the store still cannot be reached");
+            self.app
+                .set(http::swap::waiting(self.config.env.as_str(), &reason));
         }
+    }
+
+    /// Stops the server: the store never answered.
+    fn give_up(self, reason: &str) {
+        let origin = self.config.origins.of("store");
+        let message = format!(
+            "the store ({origin}) did not answer within {} s of start-up: {reason}: start it or make it reachable from here, or {} to a store that answers; --store-wait-secs (TAG_STORE_WAIT_SECS) sets how long to wait",
+            self.config.store_wait_secs,
+            origin.how_to_set()
+        );
+        tracing::error!("{message}");
+        let _ = self.gave_up.send(message);
     }
 
     fn serve(self, parts: Started) {

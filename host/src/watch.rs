@@ -38,9 +38,12 @@ impl Display {
     }
 }
 
-/// The running stage's figures: `reading 1200/5000 rows`.
+/// The running stage's figures: `reading 1200/5000 rows`, or only its
+/// name while its total is not known yet (never `0/0 rows`).
 fn stage_text(p: &Progress) -> String {
     match p.stages.iter().find(|s| s.name == p.stage) {
+        Some(s) if s.state == "finished" => "done".to_string(),
+        Some(s) if s.total == 0 => s.name.to_string(),
         Some(s) => format!("{} {}/{} {}", s.name, s.done, s.total, s.unit),
         None => "starting".to_string(),
     }
@@ -68,6 +71,11 @@ pub fn show(control: &TaskControl, display: Display, running: Receiver<()>) {
             Err(std::sync::mpsc::TryRecvError::Disconnected)
         );
         let p = control.progress();
+        // The bar shows the state first, so that the lines printed above
+        // it (each redraws it) never come with an older bar below them.
+        if let Some(bar) = &bar {
+            draw(bar, &p);
+        }
         for stage in p
             .stages
             .iter()
@@ -90,7 +98,7 @@ pub fn show(control: &TaskControl, display: Display, running: Receiver<()>) {
             break;
         }
         match &bar {
-            Some(bar) => draw(bar, &p),
+            Some(_) => {}
             None if last_line.elapsed() >= LINE_EVERY => {
                 last_line = Instant::now();
                 tracing::info!(stage = %p.stage, percent = p.percent, eta_seconds = p.eta_seconds,
@@ -109,18 +117,34 @@ pub fn show(control: &TaskControl, display: Display, running: Receiver<()>) {
 }
 
 fn new_bar() -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::stderr_with_hz(10));
-    let style = ProgressStyle::with_template("{prefix:>5.bold} [{bar:20}] {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10));
+    let style =
+        ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar
 }
 
+/// Width of the bar, in characters.
+const BAR_WIDTH: usize = 20;
+
+/// The whole bar as one line: `  34% [======>             ] joining 0/194100 rows`.
+fn bar_text(p: &Progress) -> String {
+    let filled = ((p.percent / 100.0 * BAR_WIDTH as f64) as usize).min(BAR_WIDTH);
+    let mut bar = "=".repeat(filled);
+    if filled < BAR_WIDTH {
+        bar.push('>');
+    }
+    format!(
+        "{:>4.0}% [{bar:<BAR_WIDTH$}] {}{}",
+        p.percent,
+        stage_text(p),
+        eta_text(p)
+    )
+}
+
+/// One update, so one frame: percent, bar and stage always agree.
 fn draw(bar: &ProgressBar, p: &Progress) {
-    bar.set_prefix(format!("{:.0}%", p.percent));
-    bar.set_message(format!("{}{}", stage_text(p), eta_text(p)));
-    bar.set_position((p.percent * 10.0) as u64);
+    bar.set_message(bar_text(p));
 }
 
 #[cfg(test)]
@@ -131,6 +155,8 @@ mod tests {
     fn the_stage_text_names_the_running_stage_and_its_units() {
         let mut p = Progress::begin();
         assert_eq!(stage_text(&p), "starting");
+        p.enter("reading", 0);
+        assert_eq!(stage_text(&p), "reading", "not 0/0 rows");
         p.enter("reading", 5000);
         p.advance("reading", 1200);
         assert_eq!(stage_text(&p), "reading 1200/5000 rows");

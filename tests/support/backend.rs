@@ -16,6 +16,22 @@ fn mysql_admin() -> mysql::PooledConn {
         .expect("MariaDB on 127.0.0.1:3306 (start it with `service mariadb start`)")
 }
 
+/// The rows `sql` selects from the SQLite file `file`, each made by `row`.
+fn sqlite_rows<T>(
+    file: &std::path::Path,
+    sql: &str,
+    row: impl Fn(&rusqlite::Row) -> rusqlite::Result<T>,
+) -> Vec<T> {
+    let conn = rusqlite::Connection::open(file).expect("open store");
+    let mut stmt = conn.prepare(sql).expect("query");
+    let rows = stmt
+        .query_map([], row)
+        .expect("rows")
+        .map(|r| r.expect("row"))
+        .collect();
+    rows
+}
+
 /// One store for one test; dropped, it removes its database.
 pub enum Backend {
     /// An SQLite file in a temporary directory.
@@ -194,24 +210,35 @@ impl Backend {
         }
     }
 
+    /// The one text column `sql` selects from the control tables (tasks,
+    /// rules: for SQLite the `.control.db` file).
+    pub fn texts(&self, sql: &str) -> Vec<String> {
+        match self {
+            Backend::Sqlite(dir) => {
+                sqlite_rows(&dir.path().join("tags.control.db"), sql, |r| r.get(0))
+            }
+            Backend::Postgres(_) => {
+                let mut client =
+                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                let rows = client.query(sql, &[]).expect("query");
+                rows.iter().map(|r| r.get(0)).collect()
+            }
+            Backend::Mysql(_) => {
+                use mysql::prelude::Queryable;
+                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
+                pool.get_conn().expect("connect").query(sql).expect("query")
+            }
+        }
+    }
+
     /// `SELECT user_id, tag_ids, tag_details, created_time, updated_time
     /// FROM user_tags`, ordered by user, as text.
     pub fn rows(&self) -> Vec<(String, String, String, String, String)> {
         const SQL: &str = "SELECT user_id, tag_ids, tag_details, created_time, updated_time FROM user_tags ORDER BY user_id";
         match self {
-            Backend::Sqlite(dir) => {
-                let conn =
-                    rusqlite::Connection::open(dir.path().join("tags.db")).expect("open store");
-                let mut stmt = conn.prepare(SQL).expect("query");
-                let rows = stmt
-                    .query_map([], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                    })
-                    .expect("rows")
-                    .map(|r| r.expect("row"))
-                    .collect();
-                rows
-            }
+            Backend::Sqlite(dir) => sqlite_rows(&dir.path().join("tags.db"), SQL, |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            }),
             Backend::Postgres(_) => {
                 let mut client =
                     postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");

@@ -439,6 +439,41 @@ pub fn tag_server(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs the real `tag-server` binary with `args` and nothing else in its
+/// environment set by the tests: its exit code and stderr if it ends
+/// within `secs`; `None` if it was still running then (it is killed).
+pub fn tag_server_within(args: &[&str], secs: u64) -> Option<(i32, String)> {
+    let errors = tempfile::NamedTempFile::new().expect("temp file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tag-server"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(errors.reopen().expect("reopen temp file"))
+        .spawn()
+        .expect("start tag-server");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for tag-server") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(errors.path()).unwrap_or_default();
+    status.map(|s| (s.code().unwrap_or(-1), stderr))
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 /// Waits (up to 30 s) until a tag-server at `base` answers `/health`.
 pub fn wait_until_up(base: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -470,12 +505,14 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `tag-server` with `args` and waits until `/health` answers.
     pub fn start(args: &[&str]) -> ServerProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("address")
-            .port();
+        ServerProcess::start_at(Path::new("."), args)
+    }
+
+    /// [`ServerProcess::start`] in the working directory `cwd`.
+    pub fn start_at(cwd: &Path, args: &[&str]) -> ServerProcess {
+        let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_tag-server"))
+            .current_dir(cwd)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(args)
             .stdout(std::process::Stdio::null())

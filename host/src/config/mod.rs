@@ -7,6 +7,8 @@
 //! (`config/<env>.toml`, see [`profile`]); a flag beats the variable, which
 //! beats the profile, which beats the built-in default.
 
+pub mod commands;
+pub mod origin;
 pub mod profile;
 
 use crate::data::source::DataLocation;
@@ -16,11 +18,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use tag_plugin_api::Date;
 
-/// tag-server: computes user tags with plugins and serves the tag API.
+/// tag-server computes user tags with plugins. With no command it serves:
+/// the tag API under /api/v1 and the web console at / (on --host and
+/// --port, http://localhost:5000/ by default). A command runs one job
+/// instead and exits.
 #[derive(Debug, Parser)]
 #[command(name = "tag-server", version)]
 pub struct Cli {
-    /// Run one of these instead of serving.
+    /// Run one job instead of serving (no command: serve).
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Server and engine settings.
@@ -151,10 +156,15 @@ pub struct Config {
     /// the tokens file).
     #[arg(skip)]
     pub tokens: crate::auth::Tokens,
-    /// Whether the data location was given (flag, variable or profile)
-    /// rather than left at its default.
+    /// Where each setting's value came from (filled in by
+    /// [`profile::resolve`]), for messages that name it.
     #[arg(skip)]
-    pub data_dir_given: bool,
+    pub origins: origin::Origins,
+    /// Write a sample dataset of 100,000 users into --data-dir when it has
+    /// no tables (without it, only the default `data` directory of `--env
+    /// local` gets one).
+    #[arg(long, env = "TAG_SAMPLE_DATA", global = true)]
+    pub sample_data: bool,
     /// Where S3 tables are mirrored for reading [default: <temp dir>/tag-server-s3].
     #[arg(long, env = "TAG_S3_CACHE_DIR", global = true)]
     pub s3_cache_dir: Option<PathBuf>,
@@ -181,6 +191,10 @@ pub struct Config {
     /// process dies, its running tasks are taken by another after this.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..=3600), env = "TAG_TASK_LEASE_SECS", global = true)]
     pub task_lease_secs: u32,
+    /// Seconds the server waits at start for a store that does not answer
+    /// (serving /health 503 meanwhile) before it gives up and exits.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=86400), env = "TAG_STORE_WAIT_SECS", global = true)]
+    pub store_wait_secs: u32,
     /// Seconds a request may take before it is answered 503.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3600), env = "TAG_REQUEST_TIMEOUT_SECS", global = true)]
     pub request_timeout_secs: u32,
@@ -217,6 +231,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// Whether the data location was given (flag, variable or profile)
+    /// rather than left at its default.
+    pub fn data_dir_given(&self) -> bool {
+        self.origins.given("data_dir")
+    }
+
     /// The plugins directory in effect.
     pub fn plugins_dir(&self) -> PathBuf {
         self.plugins_dir.clone().unwrap_or_else(default_plugins_dir)

@@ -9,7 +9,7 @@
 use super::{Config, Environment, LogFormat, LogLevel};
 use clap::parser::ValueSource;
 use clap::ArgMatches;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The settings a profile file may hold (unknown keys are errors).
 #[derive(Debug, Default, serde::Deserialize)]
@@ -50,37 +50,71 @@ pub struct Profile {
 #[error("the configuration is invalid:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigErrors(pub Vec<String>);
 
+/// The settings a profile may hold: (argument id, profile key).
+pub const PROFILE_KEYS: [(&str, &str); 13] = [
+    ("host", "host"),
+    ("port", "port"),
+    ("data_dir", "data_dir"),
+    ("s3_cache_dir", "s3_cache_dir"),
+    ("store", "store"),
+    ("plugins_dir", "plugins_dir"),
+    ("max_concurrent_tasks", "workers"),
+    ("queue_capacity", "queue_capacity"),
+    ("max_user_ids", "max_user_ids"),
+    ("batch_rows", "batch_rows"),
+    ("log_level", "log_level"),
+    ("log_format", "log_format"),
+    ("log_file", "log_file"),
+];
+
+/// What marks a value of a shipped profile that must be replaced before
+/// use: a profile value holding it is refused.
+pub const PLACEHOLDER: &str = "CHANGE-ME";
+
 /// Applies the environment's profile under `matches` (flags and variables
-/// win), then validates the result.
+/// win), then validates the result for the command `matches` chose.
 pub fn resolve(config: &mut Config, matches: &ArgMatches) -> Result<(), ConfigErrors> {
-    let mut errors = Vec::new();
+    let mut errors = super::commands::unused_flags(matches);
     let path = config
         .config_dir
         .join(format!("{}.toml", config.env.as_str()));
-    let profile = match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str::<Profile>(&text)
-            .map_err(|e| errors.push(format!("{}: {}", path.display(), e.message())))
-            .ok(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.env == Environment::Local => {
-            None
-        }
-        Err(e) => {
-            errors.push(format!("profile {}: {e}", path.display()));
-            None
-        }
-    };
-    config.data_dir_given = !defaulted(matches, "data_dir");
-    if let Some(profile) = profile {
-        config.data_dir_given |= profile.data_dir.is_some();
+    let mut applied = Vec::new();
+    if let Some(profile) = read_profile(&path, config.env, &mut errors) {
         check_secrets(&profile, &path, &mut errors);
-        apply(profile, config, matches, &mut errors);
+        applied = apply(profile, &path, config, matches, &mut errors);
     }
-    config.tokens = load_tokens(config.tokens_file.as_deref(), &mut errors);
-    validate(config, &mut errors);
+    let command = <super::Cli as clap::CommandFactory>::command();
+    config.origins =
+        super::origin::Origins::collect(&command, matches, &path, &PROFILE_KEYS, &applied);
+    let invoked = super::commands::invoked(matches);
+    check_placeholders(config, &invoked, &mut errors);
+    if super::commands::uses(&invoked, "tokens_file") {
+        config.tokens = load_tokens(config.tokens_file.as_deref(), &mut errors);
+    }
+    validate(config, &invoked, &mut errors);
     if errors.is_empty() {
         Ok(())
     } else {
         Err(ConfigErrors(errors))
+    }
+}
+
+/// The profile at `path`, if there is one to apply; a missing one is an
+/// error outside `--env local`.
+fn read_profile(path: &Path, env: Environment, errors: &mut Vec<String>) -> Option<Profile> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str::<Profile>(&text)
+            .map_err(|e| errors.push(format!("{}: {}", path.display(), e.message())))
+            .ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && env == Environment::Local => None,
+        Err(e) => {
+            errors.push(format!(
+                "profile {}: {e}: --env {} reads its settings from that file; create it (config/local.toml lists every key) or pass --config-dir (TAG_CONFIG_DIR) the directory that holds it",
+                path.display(),
+                env.as_str()
+            ));
+            None
+        }
     }
 }
 
@@ -92,13 +126,21 @@ fn defaulted(matches: &ArgMatches, id: &str) -> bool {
     )
 }
 
-fn apply(profile: Profile, config: &mut Config, matches: &ArgMatches, errors: &mut Vec<String>) {
-    let free = |id: &str| defaulted(matches, id);
+/// Sets what `profile` holds where no flag or variable did; the ids set.
+fn apply(
+    profile: Profile,
+    path: &Path,
+    config: &mut Config,
+    matches: &ArgMatches,
+    errors: &mut Vec<String>,
+) -> Vec<&'static str> {
+    let mut applied = Vec::new();
     macro_rules! set {
         ($field:ident, $id:literal, $value:expr) => {
             if let Some(value) = $value {
-                if free($id) {
+                if defaulted(matches, $id) {
                     config.$field = value;
+                    applied.push($id);
                 }
             }
         };
@@ -107,7 +149,7 @@ fn apply(profile: Profile, config: &mut Config, matches: &ArgMatches, errors: &m
     set!(port, "port", profile.port);
     let data_dir = profile.data_dir.and_then(|text| {
         text.parse()
-            .map_err(|e| errors.push(format!("data_dir {e}")))
+            .map_err(|e| errors.push(format!("data_dir in {}: {e}", path.display())))
             .ok()
     });
     set!(data_dir, "data_dir", data_dir);
@@ -130,6 +172,7 @@ fn apply(profile: Profile, config: &mut Config, matches: &ArgMatches, errors: &m
     set!(log_file, "log_file", profile.log_file);
     set!(store, "store", profile.store.map(Some));
     set!(plugins_dir, "plugins_dir", profile.plugins_dir.map(Some));
+    applied
 }
 
 fn check_secrets(profile: &Profile, path: &std::path::Path, errors: &mut Vec<String>) {
@@ -142,6 +185,54 @@ fn check_secrets(profile: &Profile, path: &std::path::Path, errors: &mut Vec<Str
         errors.push(format!(
             "{}: store holds a password; secrets come only from the environment (TAG_STORE)",
             path.display()
+        ));
+    }
+}
+
+/// What a setting whose value is a placeholder should be set to.
+fn meaning(id: &str) -> &'static str {
+    match id {
+        "store" => "your PostgreSQL or MySQL database's URL, without its password (the whole URL with the password goes in TAG_STORE)",
+        "data_dir" => "where your source tables are: a directory or s3://BUCKET/PREFIX",
+        "host" => "the address to listen on",
+        "log_file" => "a file in a directory this user can write",
+        _ => "a real value",
+    }
+}
+
+/// Refuses profile values that still hold [`PLACEHOLDER`], for the settings
+/// the command uses.
+fn check_placeholders(config: &Config, invoked: &[&str], errors: &mut Vec<String>) {
+    let values = [
+        ("host", Some(config.host.clone())),
+        ("data_dir", Some(config.data_dir.to_string())),
+        ("store", config.store.clone()),
+        (
+            "s3_cache_dir",
+            config
+                .s3_cache_dir
+                .as_ref()
+                .map(|p| p.display().to_string()),
+        ),
+        (
+            "plugins_dir",
+            config.plugins_dir.as_ref().map(|p| p.display().to_string()),
+        ),
+        ("log_file", Some(config.log_file.display().to_string())),
+    ];
+    for (id, value) in values {
+        let Some(value) = value.filter(|v| v.contains(PLACEHOLDER)) else {
+            continue;
+        };
+        if !super::commands::uses(invoked, id) {
+            continue;
+        }
+        let origin = config.origins.of(id);
+        errors.push(format!(
+            "{origin} is a placeholder ({}): {} to {}",
+            crate::store::redact(&value),
+            origin.how_to_set(),
+            meaning(id)
         ));
     }
 }
@@ -165,40 +256,65 @@ fn load_tokens(file: Option<&std::path::Path>, errors: &mut Vec<String>) -> crat
     })
 }
 
-/// The checks that span settings.
-pub fn validate(config: &Config, errors: &mut Vec<String>) {
-    let bound = |name: &str, value: u64, min: u64, max: u64, errors: &mut Vec<String>| {
+/// The range checks of values a profile may set (flags are checked when
+/// they are parsed).
+fn check_bounds(config: &Config, errors: &mut Vec<String>) {
+    let ranges = [
+        (
+            "max_concurrent_tasks",
+            u64::from(config.max_concurrent_tasks),
+            1,
+            64,
+        ),
+        (
+            "queue_capacity",
+            config.queue_capacity.into(),
+            1,
+            u32::MAX.into(),
+        ),
+        ("batch_rows", config.batch_rows.into(), 64, u32::MAX.into()),
+    ];
+    for (id, value, min, max) in ranges {
         if value < min || value > max {
-            errors.push(format!("{name} must be from {min} to {max}, got {value}"));
+            let origin = config.origins.of(id);
+            errors.push(format!(
+                "{origin} must be from {min} to {max}, got {value}: {}",
+                origin.how_to_set()
+            ));
         }
-    };
-    bound(
-        "workers (max_concurrent_tasks)",
-        config.max_concurrent_tasks.into(),
-        1,
-        64,
-        errors,
-    );
-    bound(
-        "queue_capacity",
-        config.queue_capacity.into(),
-        1,
-        u32::MAX.into(),
-        errors,
-    );
-    bound(
-        "batch_rows",
-        config.batch_rows.into(),
-        64,
-        u32::MAX.into(),
-        errors,
-    );
+    }
+}
+
+/// The checks that span settings, for the command at `invoked`.
+fn validate(config: &Config, invoked: &[&str], errors: &mut Vec<String>) {
+    check_bounds(config, errors);
+    let uses = |id| super::commands::uses(invoked, id);
+    if uses("store") {
+        check_store(config, errors);
+    }
+    if uses("log_file") {
+        check_log_dir(config, errors);
+    }
+    if uses("tokens_file") && config.env != Environment::Local && !config.tokens.enabled() {
+        errors.push(format!(
+            "{} refuses to start without API tokens: set TAG_API_TOKENS or --tokens-file",
+            config.env.as_str()
+        ));
+    }
+}
+
+/// The store URL's scheme, and what the environment allows.
+fn check_store(config: &Config, errors: &mut Vec<String>) {
     let store = config.store_url();
+    let origin = config.origins.of("store");
     if store.is_empty() {
         errors.push(format!(
-            "data_dir {} is not local, so the default SQLite store has no place: set --store (TAG_STORE)",
-            config.data_dir
+            "{} is {}, not a local directory, so the default SQLite store has no place: {} to a postgres:// or mysql:// URL",
+            config.origins.of("data_dir"),
+            config.data_dir,
+            origin.how_to_set()
         ));
+        return;
     }
     let known = [
         "sqlite://",
@@ -207,21 +323,39 @@ pub fn validate(config: &Config, errors: &mut Vec<String>) {
         "mysql://",
         "mariadb://",
     ];
-    if !store.is_empty() && !known.iter().any(|scheme| store.starts_with(scheme)) {
+    if !known.iter().any(|scheme| store.starts_with(scheme)) {
         errors.push(format!(
-            "store {} is not sqlite://, postgres:// or mysql://",
-            crate::store::redact(&store)
+            "{origin} is {}, which is not sqlite://, postgres:// or mysql://: {} to one of those",
+            crate::store::redact(&store),
+            origin.how_to_set()
         ));
     }
     if config.env == Environment::GlueProd && store.starts_with("sqlite://") {
-        errors.push("glue-prod needs a network store (postgres:// or mysql://), not SQLite".into());
-    }
-    if config.env != Environment::Local && !config.tokens.enabled() {
         errors.push(format!(
-            "{} refuses to start without API tokens: set TAG_API_TOKENS or --tokens-file",
-            config.env.as_str()
+            "glue-prod needs a network store (postgres:// or mysql://), not SQLite ({origin} is {store}): {}",
+            origin.how_to_set()
         ));
     }
+}
+
+/// A log file must be in a directory that exists (it is created, the
+/// directory is not).
+fn check_log_dir(config: &Config, errors: &mut Vec<String>) {
+    let dir = match config.log_file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => return,
+    };
+    if dir.is_dir() {
+        return;
+    }
+    let origin = config.origins.of("log_file");
+    errors.push(format!(
+        "{origin} is {}, but the directory {} does not exist: create it (`mkdir -p {}`, writable by this user), or {} to a file in a directory that exists",
+        config.log_file.display(),
+        dir.display(),
+        dir.display(),
+        origin.how_to_set()
+    ));
 }
 
 #[cfg(test)]

@@ -78,9 +78,10 @@ pub async fn tags(
         Err(page) => return page,
     };
     let registry = state.tags();
+    let alert = plugins_alert(&state);
     let sort = q.sort;
     off_runtime(&viewer.clone(), move || {
-        tags_page(&viewer, &registry, &owners, &tasks, sort.as_deref())
+        tags_page(&viewer, &registry, &owners, &tasks, sort.as_deref(), alert)
     })
     .await
 }
@@ -92,6 +93,7 @@ fn tags_page(
     owners: &HashMap<u32, String>,
     tasks: &[TaskRecord],
     sort: Option<&str>,
+    alert: Markup,
 ) -> Response {
     let series = members_per_run(tasks);
     let mut rows: Vec<_> = registry.iter().collect();
@@ -103,6 +105,7 @@ fn tags_page(
         _ => {}
     }
     let body = html! {
+        (alert)
         table.tags {
             thead { tr {
                 th { a href="/?sort=id" { "ID" } }
@@ -129,6 +132,25 @@ fn tags_page(
         }
     };
     page("标签 Tags", viewer, body).into_response()
+}
+
+/// Above the tags, while plugin files are rejected (or none was found):
+/// how many loaded and were rejected, linking to the plugins page.
+fn plugins_alert(state: &AppState) -> Markup {
+    let report = state.catalog.report();
+    let (loaded, rejected) = (report.loaded().count(), report.rejected().count());
+    if rejected == 0 && loaded > 0 {
+        return html! {};
+    }
+    html! {
+        p.alert role="alert" {
+            "插件 Plugins: " strong { (loaded) " loaded, " (rejected) " rejected" }
+            @if loaded == 0 && rejected == 0 {
+                " (no plugin library in " (state.catalog.dir().display()) ")"
+            }
+            " · " a href="/plugins" { "see the plugins page for each file and why" }
+        }
+    }
 }
 
 /// The newest task that ran `tag_id`: when, and how it ended.

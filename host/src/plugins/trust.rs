@@ -282,7 +282,12 @@ pub fn private_dir(dir: &Path) -> Result<PathBuf, Rejection> {
         .create(dir)
     {
         Ok(()) => {}
-        Err(e) => return Err(Rejection::Unreadable(format!("{}: {e}", dir.display()))),
+        Err(e) => {
+            return Err(Rejection::PrivateCopy(format!(
+                "the private copies directory {} cannot be created ({e}): pass --plugin-copies-dir (TAG_PLUGIN_COPIES_DIR) a directory of your own that no one else can write",
+                dir.display()
+            )))
+        }
     }
     let (real, meta) = resolve_checked(dir).map_err(|why| Rejection::CopiesDirectory {
         copies: dir.to_path_buf(),
@@ -608,5 +613,19 @@ mod tests {
         let copy = private_copy(&dir, "abc", b"bytes").unwrap();
         assert_eq!(std::fs::read(&copy).unwrap(), b"bytes");
         assert_eq!(copy, private_copy(&dir, "abc", b"bytes").unwrap());
+    }
+
+    #[test]
+    fn a_copies_directory_that_cannot_be_made_names_the_flag_to_set() {
+        let (_temp, base) = base();
+        // A home whose cache cannot hold a directory (here: it is a file).
+        let home = file(&base, "home");
+        let Err(Rejection::PrivateCopy(why)) = private_dir(&home.join(".cache/tag-server")) else {
+            panic!("made a directory under a file");
+        };
+        assert!(
+            why.contains("cannot be created") && why.contains("--plugin-copies-dir"),
+            "{why}"
+        );
     }
 }

@@ -283,6 +283,12 @@ pub trait TaskStore: Send + Sync {
         task_ids: &[String],
         lease_until: i64,
     ) -> Result<Vec<String>, StoreError>;
+    /// The running tasks that have a lease owner: (task id, owner).
+    fn running_owners(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Queues task `task_id` again, lease and owner cleared, if it is still
+    /// running under `owner` (a process known to be dead); whether it was.
+    /// Its attempt stays counted: the process died while running it.
+    fn requeue_orphan(&self, task_id: &str, owner: &str) -> Result<bool, StoreError>;
     /// Cancels a task that is still queued, or records a request to cancel
     /// a running one (its process sees it when it renews its lease).
     fn cancel_task(&self, task_id: &str) -> Result<CancelState, StoreError>;

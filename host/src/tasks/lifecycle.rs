@@ -7,6 +7,8 @@
 //!
 //! - created: [`create`] (after [`check`]), persisted `submitted` by
 //!   [`submit`];
+//! - orphaned: [`requeue_orphans`] queues again the tasks of a dead
+//!   process of this host, without waiting out its lease;
 //! - claimed by a worker: [`claimable`] lists what may be taken, [`claim`]
 //!   takes one (the store marks it `running`, counts the attempt and leases
 //!   it; a task that stopped the server too often is failed instead), and
@@ -22,6 +24,7 @@
 //! - retried: [`retry_spec`], a new task created like any other.
 
 use super::control::{RunError, Stop, TaskControl};
+use super::owner::Owner;
 use crate::model::{now_timestamp, RunReport, TaskRecord, TaskSpec, TaskStatus};
 use crate::registry::TagRegistry;
 use crate::store::{CancelState, Store, StoreError};
@@ -103,6 +106,24 @@ fn unix_now() -> i64 {
 /// run or another process) and running ones whose owner's lease expired.
 pub fn claimable(store: &dyn Store) -> Result<Vec<TaskRecord>, StoreError> {
     store.claimable_tasks(unix_now())
+}
+
+/// Queues again, at once rather than when their leases expire, the tasks
+/// leased by a process of this host that is no longer alive (a predecessor
+/// killed or crashed; see [`Owner::outlived`]); leases of live processes,
+/// of other hosts and of owners that cannot be told apart are left alone.
+/// The ids queued again; each keeps its attempt counted, as a task taken
+/// over after its lease expired does.
+pub fn requeue_orphans(store: &dyn Store, me: &Owner) -> Result<Vec<String>, StoreError> {
+    let mut requeued = Vec::new();
+    for (task_id, owner) in store.running_owners()? {
+        let dead = Owner::parse(&owner).is_some_and(|o| me.outlived(&o));
+        if dead && store.requeue_orphan(&task_id, &owner)? {
+            tracing::info!(task_id = %task_id, owner = %owner, "queued again at once: the process that ran it, on this host, is gone");
+            requeued.push(task_id);
+        }
+    }
+    Ok(requeued)
 }
 
 /// What a claim got.

@@ -4,10 +4,13 @@
 //! - [`workers`]: the worker threads, their leases and shutdown
 //!   ([`Scheduler`]), and [`workers::run_to_end`], the one way a task runs;
 //! - [`lifecycle`]: every state change a task goes through, and the store
-//!   calls behind each.
+//!   calls behind each;
+//! - [`owner`]: the name on a lease, which tells a dead process of this
+//!   host from a live one or another host's.
 
 pub mod control;
 pub mod lifecycle;
+pub mod owner;
 pub mod queue;
 pub mod workers;
 

@@ -13,6 +13,7 @@
 
 use super::control::{run_caught, Progress, RunError, TaskControl, TaskRunner};
 use super::lifecycle::{self, CancelOutcome, Claim, Finished};
+use super::owner::Owner;
 use super::queue::{Full, TaskQueue};
 use crate::model::TaskRecord;
 use crate::store::{Store, StoreError};
@@ -36,8 +37,10 @@ struct Shared {
     tick: Condvar,
     store: Arc<dyn Store>,
     runner: Arc<dyn TaskRunner>,
-    /// This process's name on the tasks it claims.
-    owner: String,
+    /// This pool's name on the tasks it claims.
+    owner: Owner,
+    /// The same, as written in the store.
+    owner_name: String,
     /// How long a claim holds without renewal.
     lease: Duration,
 }
@@ -95,7 +98,8 @@ impl Scheduler {
     /// Starts `workers` threads over a queue of `capacity` tasks, and a
     /// lease keeper that renews this process's claims and queues the tasks
     /// the store holds as claimable: queued ones (from an earlier run or
-    /// another process) and running ones whose owner's lease expired.
+    /// another process), running ones whose owner's lease expired, and at
+    /// once those of a dead process of this host.
     pub fn start(
         store: Arc<dyn Store>,
         runner: Arc<dyn TaskRunner>,
@@ -103,6 +107,7 @@ impl Scheduler {
         capacity: usize,
         lease: Duration,
     ) -> Result<Scheduler, StoreError> {
+        let owner = Owner::this_process();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: TaskQueue::new(capacity),
@@ -112,7 +117,8 @@ impl Scheduler {
             tick: Condvar::new(),
             store,
             runner,
-            owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            owner_name: owner.to_string(),
+            owner,
             lease,
         });
         refill(&shared)?;
@@ -232,8 +238,10 @@ fn lower_priority() {
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
 
-/// Queues every task the store says may be taken.
+/// Queues every task the store says may be taken, after queueing again
+/// those of this host's dead processes.
 fn refill(shared: &Shared) -> Result<(), StoreError> {
+    lifecycle::requeue_orphans(shared.store.as_ref(), &shared.owner)?;
     let tasks = lifecycle::claimable(shared.store.as_ref())?;
     let mut state = shared.lock();
     let mut added = false;
@@ -262,7 +270,12 @@ fn keep_leases(shared: &Shared) {
     let every = (shared.lease / 3).min(Duration::from_secs(1));
     while tick(shared, every) {
         let running = shared.lock().queue.running_ids();
-        match lifecycle::renew(shared.store.as_ref(), &shared.owner, &running, shared.lease) {
+        match lifecycle::renew(
+            shared.store.as_ref(),
+            &shared.owner_name,
+            &running,
+            shared.lease,
+        ) {
             // Cancels requested through another process's API.
             Ok(cancelled) => {
                 let state = shared.lock();
@@ -309,7 +322,7 @@ fn next_task(shared: &Shared) -> Option<(TaskRecord, Arc<TaskControl>)> {
 /// Claims task `task_id` and, if this worker got it, runs it to its end.
 fn work_on(shared: &Shared, task_id: &str, control: &TaskControl) {
     let store = shared.store.as_ref();
-    match lifecycle::claim(store, task_id, &shared.owner, shared.lease) {
+    match lifecycle::claim(store, task_id, &shared.owner_name, shared.lease) {
         Ok(Claim::Run(mut task)) => {
             if let Err(e) = run_to_end(store, shared.runner.as_ref(), &mut task, control) {
                 tracing::error!(task_id = %task_id, error = %e, "cannot record task outcome");

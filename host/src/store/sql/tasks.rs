@@ -23,6 +23,16 @@ const CLAIMABLE_SQL: &str = "status = 'submitted' OR (status = 'running' AND (le
 const RENEW_SQL: &str =
     "UPDATE tasks SET lease_until = ? WHERE task_id = ? AND owner = ? AND status = 'running'";
 
+/// Running tasks with their lease owners.
+const RUNNING_OWNERS_SQL: &str =
+    "SELECT task_id, owner FROM tasks WHERE status = 'running' AND owner IS NOT NULL";
+
+/// Queues a dead owner's task again (task id, owner), atomically: of two
+/// processes doing it, one updates the row.
+const REQUEUE_ORPHAN_SQL: &str =
+    "UPDATE tasks SET status = 'submitted', owner = NULL, lease_until = NULL,
+    started_at = NULL WHERE task_id = ? AND status = 'running' AND owner = ?";
+
 /// An owner's running tasks whose cancellation was requested (owner).
 const CANCEL_REQUESTED_SQL: &str =
     "SELECT task_id FROM tasks WHERE owner = ? AND status = 'running' AND cancel_requested = 1";
@@ -231,6 +241,16 @@ impl<B: SqlStore> TaskStore for B {
             let rows = c.query(CANCEL_REQUESTED_SQL, &[owner.into()])?;
             rows.iter().map(|r| r.text(0)).collect()
         })
+    }
+
+    fn running_owners(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self.control(|c| c.query(RUNNING_OWNERS_SQL, &[]))?;
+        rows.iter().map(|r| Ok((r.text(0)?, r.text(1)?))).collect()
+    }
+
+    fn requeue_orphan(&self, task_id: &str, owner: &str) -> Result<bool, StoreError> {
+        let args = [Arg::from(task_id), Arg::from(owner)];
+        Ok(self.control(|c| c.execute(REQUEUE_ORPHAN_SQL, &args))? == 1)
     }
 
     fn cancel_task(&self, task_id: &str) -> Result<CancelState, StoreError> {
