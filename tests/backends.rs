@@ -658,27 +658,28 @@ fn wait_status(
 /// A server killed mid-run and started again takes its dead predecessor's
 /// task back at once (its lease, 300 s, has far to run), and leaves alone
 /// the task a live process on this host runs and the one leased by a
-/// process of another host.
+/// process of another host. Every task holds on tag 906's gate, so none
+/// ends before the test has looked, however slow the machine.
 fn a_restart_takes_back_its_dead_predecessors_tasks_at_once(backend: Backend) {
-    let data = sample_data(8000);
+    let data = sample_data(2000);
     let plugins = reference_and_misbehaving_plugins();
     let log = data.path().join("server.log");
     let (url, lease) = (backend.url(), ["--task-lease-secs", "300"]);
     let running = |s: &serde_json::Value| s["status"] == "running";
-    // Tag 904 takes 1.5 s a batch: 40 batches of 200 rows keep the live
-    // process's task running for a minute.
-    let mut slow = lease.to_vec();
-    slow.extend(["--max-concurrent-tasks", "1", "--batch-rows", "200"]);
-    let live = Process::start_with(data.path(), plugins.path(), &url, &log, &slow);
-    let its = trigger(&live.base, json!({"tag_ids": [904, 3], "as_of": AS_OF}));
-    wait_status(&live, &its, 30, running);
+    let mut one = lease.to_vec();
+    one.extend(["--max-concurrent-tasks", "1"]);
+    let live = Process::start_with(data.path(), plugins.path(), &url, &log, &one);
+    let gate = data.path().join("gate");
+    hold_tag_906_at(&live.base, &gate);
+    let its = trigger(&live.base, json!({"tag_ids": [906, 3], "as_of": AS_OF}));
+    wait_status(&live, &its, 60, running);
     let mut two = lease.to_vec();
     two.extend(["--max-concurrent-tasks", "2"]);
     let first = Process::start_with(data.path(), plugins.path(), &url, &log, &two);
-    let mine = trigger(&first.base, json!({"tag_ids": [904, 1], "as_of": AS_OF}));
-    let elsewhere = trigger(&first.base, json!({"tag_ids": [904, 2], "as_of": AS_OF}));
-    wait_status(&first, &mine, 30, running);
-    wait_status(&first, &elsewhere, 30, running);
+    let mine = trigger(&first.base, json!({"tag_ids": [906, 1], "as_of": AS_OF}));
+    let elsewhere = trigger(&first.base, json!({"tag_ids": [906, 2], "as_of": AS_OF}));
+    wait_status(&first, &mine, 60, running);
+    wait_status(&first, &elsewhere, 60, running);
     // `elsewhere` now looks leased by the same process id on another host
     // (the owner is `<host>-<pid>-<start>-<instance>`).
     let owner = &backend.texts(&format!(
@@ -691,8 +692,10 @@ fn a_restart_takes_back_its_dead_predecessors_tasks_at_once(backend: Backend) {
     );
     drop(first);
     let second = Process::start_with(data.path(), plugins.path(), &url, &log, &lease);
-    let done = wait_status(&second, &mine, 90, |s| s["status"] == "completed");
-    assert_eq!(done["attempts"], 2, "{done}");
+    // Taken back at once: running again, on its second attempt, long before
+    // its lease would have run out.
+    let taken = wait_status(&second, &mine, 60, |s| running(s) && s["attempts"] == 2);
+    assert_eq!(taken["attempts"], 2, "{taken}");
     let left = second.status(&elsewhere);
     assert_eq!(
         (&left["status"], &left["attempts"]),
@@ -711,6 +714,10 @@ fn a_restart_takes_back_its_dead_predecessors_tasks_at_once(backend: Backend) {
         )),
         [foreign]
     );
+    // Released, the taken-back task and the live process's one complete.
+    std::fs::write(&gate, b"").unwrap();
+    wait_status(&second, &mine, 120, |s| s["status"] == "completed");
+    wait_status(&live, &its, 120, |s| s["status"] == "completed");
 }
 
 fn cancels_reach_tasks_queued_or_running_in_another_process(backend: Backend) {

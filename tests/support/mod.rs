@@ -474,9 +474,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Waits (up to 30 s) until a tag-server at `base` answers `/health`.
+/// Waits (up to 120 s: a loaded machine running the whole suite starts
+/// dozens of debug-built servers at once) until a tag-server at `base`
+/// answers `/health`.
 pub fn wait_until_up(base: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while client().get(format!("{base}/health")).send().is_err() {
         assert!(
             std::time::Instant::now() < deadline,
