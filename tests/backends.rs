@@ -726,10 +726,12 @@ fn cancels_reach_tasks_queued_or_running_in_another_process(backend: Backend) {
     let plugins = plugins_dir(&named);
     let log = data.path().join("server.log");
     let first = Process::start(data.path(), plugins.path(), &backend.url(), &log);
-    // Five slow tasks: three run in `first`, one in `second` (one worker),
-    // one waits in both queues.
+    // Five tasks held on tag 906's gate: three run in `first`, one in
+    // `second` (one worker), one waits in both queues.
+    let gate = data.path().join("gate");
+    hold_tag_906_at(&first.base, &gate);
     let tasks: Vec<String> = (0..5)
-        .map(|_| trigger(&first.base, json!({"tag_ids": [904], "as_of": AS_OF})))
+        .map(|_| trigger(&first.base, json!({"tag_ids": [906], "as_of": AS_OF})))
         .collect();
     let count = |status: &str| {
         tasks
@@ -768,6 +770,19 @@ fn cancels_reach_tasks_queued_or_running_in_another_process(backend: Backend) {
     assert_eq!(cancel(&waiting), 200);
     // `running` runs in `first`: the request reaches it through the store.
     assert_eq!(cancel(&running), 202);
+    // Once `first` has heard of the cancel (it says so in the log), the
+    // released task stops at its next safe point.
+    let heard = format!("task_id={running}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("cancel requested through another process") && l.contains(&heard))
+    {
+        assert!(std::time::Instant::now() < deadline, "the cancel never reached the run");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::write(&gate, b"").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while second.status(&running)["status"] == "running" {
         assert!(

@@ -903,7 +903,11 @@ fn a_full_queue_answers_503_and_cancel_stops_tasks_without_writes() {
         plugins,
         &["--max-concurrent-tasks", "1", "--queue-capacity", "1"],
     );
-    let running = env.server.trigger(json!({"tag_ids": [904, 6]}));
+    // Tag 906 holds the run inside its plugin until the gate file exists.
+    let gate = env.data.path().join("gate");
+    hold_tag_906_at(&env.server.base, &gate);
+    let running = env.server.trigger(json!({"tag_ids": [906, 6]}));
+    wait_entered(&gate);
     wait_for_status(&env.server, &running, "running");
     let (_, status) = env
         .server
@@ -936,6 +940,8 @@ fn a_full_queue_answers_503_and_cancel_stops_tasks_without_writes() {
         .server
         .post(&format!("/api/v1/tasks/{running}/cancel"), &json!({}));
     assert_eq!(code, 202);
+    // Released, the run reaches its next safe point and stops there.
+    std::fs::write(&gate, b"").unwrap();
     let status = env.server.wait(&running);
     assert_eq!(status["status"], "cancelled", "{status}");
     assert!(

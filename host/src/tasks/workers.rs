@@ -281,6 +281,7 @@ fn keep_leases(shared: &Shared) {
                 let state = shared.lock();
                 for id in cancelled {
                     if let Some(control) = state.queue.running(&id) {
+                        tracing::info!(task_id = %id, "cancel requested through another process: stopping at the next safe point");
                         control.cancel();
                     }
                 }
