@@ -3,7 +3,9 @@
 use std::collections::{HashMap, HashSet};
 
 use polars::prelude::*;
-use tag_host::data::gen::{gen_data, gen_data_with, GenOptions, DEFAULT_REFERENCE_DATE};
+use tag_host::data::gen::{
+    estimate_bytes, gen_data, gen_data_with, GenOptions, DEFAULT_REFERENCE_DATE,
+};
 
 use crate::support::read_parquet;
 
@@ -422,5 +424,40 @@ fn the_data_for_a_seed_is_what_it_always_was() {
         );
         let digests: Vec<String> = tables(dir.path()).iter().map(data_digest).collect();
         assert_eq!(digests, expected, "row groups of {row_group_rows}");
+    }
+}
+
+#[test]
+fn the_size_estimate_is_close_above_the_files_written() {
+    let cases = [
+        (200_000, 0, 128 * 1024),
+        (50_000, 5_000, 128 * 1024),
+        (3_000, 40, 16),
+        (100, 0, 128 * 1024),
+        (0, 0, 128 * 1024),
+    ];
+    for (users, duplicates, row_group_rows) in cases {
+        let options = GenOptions {
+            users,
+            duplicates,
+            row_group_rows,
+            ..GenOptions::default()
+        };
+        let estimate = estimate_bytes(&options).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let summary = gen_data_with(dir.path(), &options).unwrap();
+        let on_disk: u64 = summary
+            .files
+            .iter()
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .sum();
+        assert_eq!(summary.bytes, on_disk);
+        // Never below; at most 10 % above (or 100 KiB, for tiny tables).
+        let slack = (on_disk / 10).max(100 << 10);
+        assert!(
+            (on_disk..=on_disk + slack).contains(&estimate),
+            "{users} users, {duplicates} duplicates, row groups of {row_group_rows}: \
+             estimated {estimate} bytes, wrote {on_disk}"
+        );
     }
 }
