@@ -330,7 +330,7 @@ impl DuplicateDraws {
             // Alternately a second newer (the copy wins) and a day older
             // (the original wins), so neither "keep first" nor "keep last"
             // passes.
-            let shift = if self.made % 2 == 0 {
+            let shift = if self.made.is_multiple_of(2) {
                 1_000_000
             } else {
                 -MICROS_PER_DAY
