@@ -127,8 +127,8 @@ fn it_says_how_much_disk_it_needs_and_refuses_when_that_is_not_free() {
     );
     assert!(!out.exists(), "nothing may be written");
 
-    // A size that fits: the estimate comes first, on stdout, and covers
-    // the files written.
+    // A size that fits: the estimate comes first, on stdout, then the
+    // summary.
     let args = ["--users", "20000", "--out", out.to_str().unwrap()];
     let written = gen_data(work.path(), &args);
     assert_eq!(written.code, 0, "{}{}", written.stdout, written.stderr);
