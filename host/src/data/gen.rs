@@ -122,7 +122,7 @@ pub fn gen_data_with(out_dir: &Path, options: &GenOptions) -> Result<GenSummary,
 }
 
 /// Writes the three source tables described by `options` into `out_dir`,
-/// calling `progress` after each row group.
+/// calling `progress` as it starts and after each row group.
 ///
 /// The tables are streamed: one row group of each (`row_group_rows` rows)
 /// is built, written and dropped before the next, duplicates included, so
@@ -144,6 +144,7 @@ pub fn gen_data_observed(
         rows_total: (options.users + planned_duplicates(options)) as u64,
         progress,
     };
+    report.send(0);
     let (users_missing_asset, users_missing_activity) =
         write_rows(&ctx, &mut tables, options, &mut report)?;
     // Copies of existing rows with other values and another `updated_time`:
