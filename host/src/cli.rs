@@ -1,7 +1,8 @@
 //! The one-shot commands: `plugins`, `plugins check`, `gen-data`, `run`.
 
 use crate::config::{Config, GenDataArgs, PluginsAction, PluginsArgs, RunArgs};
-use crate::data::gen::{gen_data_with, GenOptions};
+use crate::data::gen::{estimate_bytes, gen_data_observed, table_files, GenOptions, GenProgress};
+use crate::disk::{available_bytes, human_bytes};
 use crate::engine::sample::SampleOutcome;
 use crate::model::{Priority, RunReport, TaskRecord, TaskSpec, TaskStatus};
 use crate::plugins::{self, sample::sample_batch, Outcome};
@@ -15,6 +16,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{mpsc, Mutex};
+use std::time::Instant;
 use tag_plugin_api::{Date, Rule};
 
 /// `tag-server plugins [check FILE]`.
@@ -174,7 +176,9 @@ fn check_on_data(
     Ok(passed)
 }
 
-/// `tag-server gen-data`.
+/// `tag-server gen-data`: says how much disk the tables need and how much
+/// is free, refuses (unless `--force`) when that is too little, then
+/// streams them out with progress on stderr.
 pub fn gen_data_command(
     config: &Config,
     args: GenDataArgs,
@@ -192,13 +196,19 @@ pub fn gen_data_command(
         users: args.users,
         seed: args.seed,
         reference_date: args.reference_date.unwrap_or_else(Date::today_utc).days(),
+        duplicates: args.duplicates,
         ..GenOptions::default()
     };
-    let summary = gen_data_with(&dir, &options)?;
+    check_space(&dir, &options, args.force, out)?;
+    let mut shown = GenDisplay::new(crate::watch::Display::choose(args.quiet));
+    let summary = gen_data_observed(&dir, &options, &mut |p| shown.update(p));
+    shown.finish();
+    let summary = summary?;
     writeln!(
         out,
-        "wrote {} users to {} in {:.2} s (reference date {}): {}",
+        "wrote {} users ({}) to {} in {:.2} s (reference date {}): {}",
         args.users,
+        human_bytes(summary.bytes),
         dir.display(),
         summary.elapsed.as_secs_f64(),
         Date(summary.reference_date),
@@ -210,6 +220,116 @@ pub fn gen_data_command(
             .join(", ")
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the size estimate of `options`' tables and the free space in
+/// `dir`; fails, before anything is written, when the space is short and
+/// not `force`d.
+fn check_space(
+    dir: &Path,
+    options: &GenOptions,
+    force: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let needed = estimate_bytes(options)?;
+    let free = available_bytes(dir)
+        .map_err(|e| anyhow::anyhow!("cannot tell the free space in {}: {e}", dir.display()))?;
+    let Some(free) = free else {
+        writeln!(
+            out,
+            "needs about {} in {} (free space unknown)",
+            human_bytes(needed),
+            dir.display()
+        )?;
+        return Ok(());
+    };
+    // The files it replaces give their space back as they are rewritten.
+    let replaced: u64 = table_files(dir)
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let usable = free.saturating_add(replaced);
+    writeln!(
+        out,
+        "needs about {} in {}, {} free{}",
+        human_bytes(needed),
+        dir.display(),
+        human_bytes(usable),
+        if replaced > 0 {
+            " (with the files it replaces)"
+        } else {
+            ""
+        }
+    )?;
+    if usable < needed && !force {
+        anyhow::bail!(
+            "not enough free space in {}: the tables need about {}, {} is free \
+             (free some, choose another --out or fewer --users, or --force to write anyway)",
+            dir.display(),
+            human_bytes(needed),
+            human_bytes(usable)
+        );
+    }
+    if usable < needed {
+        writeln!(out, "--force: writing anyway")?;
+    }
+    Ok(())
+}
+
+/// `gen-data`'s progress on stderr, shown like `run`'s: a bar on a
+/// terminal, a log line every few seconds otherwise, nothing when quiet.
+struct GenDisplay {
+    display: crate::watch::Display,
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    last_line: Instant,
+}
+
+impl GenDisplay {
+    fn new(display: crate::watch::Display) -> Self {
+        let bar = (display == crate::watch::Display::Bar).then(crate::watch::new_bar);
+        GenDisplay {
+            display,
+            bar,
+            started: Instant::now(),
+            last_line: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, p: GenProgress) {
+        let share = p.rows_done as f64 / p.rows_total.max(1) as f64;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let left = if p.rows_done > 0 && elapsed >= 1.0 {
+            format!(", about {:.0} s left", elapsed / share - elapsed)
+        } else {
+            String::new()
+        };
+        let text = format!("generating {}/{} rows{left}", p.rows_done, p.rows_total);
+        match (&self.bar, self.display) {
+            (Some(bar), _) => {
+                bar.set_message(crate::watch::bar_line(share * 100.0, &text));
+            }
+            (None, crate::watch::Display::Lines)
+                if self.last_line.elapsed() >= crate::watch::LINE_EVERY =>
+            {
+                self.last_line = Instant::now();
+                tracing::info!(
+                    rows_done = p.rows_done,
+                    rows_total = p.rows_total,
+                    "gen-data: {:.1}%, {text}",
+                    share * 100.0
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// `tag-server run`: one task through the server's engine and store; the

@@ -21,6 +21,7 @@
 //!   for both; [`throttle`]: failed authentications per client address.
 //! - [`server`]: start-up and shutdown; [`cli`]: the one-shot commands
 //!   ([`watch`]: `tag-server run`'s progress on stderr).
+//! - [`disk`]: free space where files go, byte counts for people.
 //! - [`logging`]: log set-up, logged panics, the flat JSON log format;
 //!   [`signals`]: the stop signals; [`alloc`]: the allocator's tuning.
 
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod data;
+pub mod disk;
 pub mod engine;
 pub mod http;
 pub mod logging;

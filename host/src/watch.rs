@@ -23,7 +23,7 @@ pub enum Display {
 
 /// How often the bar is redrawn, and how often a line is logged.
 const BAR_EVERY: Duration = Duration::from_millis(100);
-const LINE_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const LINE_EVERY: Duration = Duration::from_secs(5);
 
 impl Display {
     /// A bar on a terminal, lines elsewhere, nothing when `quiet`.
@@ -116,7 +116,9 @@ pub fn show(control: &TaskControl, display: Display, running: Receiver<()>) {
     }
 }
 
-fn new_bar() -> ProgressBar {
+/// A bar in the style of every progress bar of the command line: one
+/// message line, drawn whole by [`bar_line`].
+pub(crate) fn new_bar() -> ProgressBar {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10));
     let style =
         ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar());
@@ -129,17 +131,17 @@ const BAR_WIDTH: usize = 20;
 
 /// The whole bar as one line: `  34% [======>             ] joining 0/194100 rows`.
 fn bar_text(p: &Progress) -> String {
-    let filled = ((p.percent / 100.0 * BAR_WIDTH as f64) as usize).min(BAR_WIDTH);
+    bar_line(p.percent, &format!("{}{}", stage_text(p), eta_text(p)))
+}
+
+/// A bar line: `percent` (0 to 100) as a figure and a bar, then `text`.
+pub(crate) fn bar_line(percent: f64, text: &str) -> String {
+    let filled = ((percent / 100.0 * BAR_WIDTH as f64) as usize).min(BAR_WIDTH);
     let mut bar = "=".repeat(filled);
     if filled < BAR_WIDTH {
         bar.push('>');
     }
-    format!(
-        "{:>4.0}% [{bar:<BAR_WIDTH$}] {}{}",
-        p.percent,
-        stage_text(p),
-        eta_text(p)
-    )
+    format!("{percent:>4.0}% [{bar:<BAR_WIDTH$}] {text}")
 }
 
 /// One update, so one frame: percent, bar and stage always agree.

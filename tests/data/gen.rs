@@ -3,7 +3,9 @@
 use std::collections::{HashMap, HashSet};
 
 use polars::prelude::*;
-use tag_host::data::gen::{gen_data, gen_data_with, GenOptions, DEFAULT_REFERENCE_DATE};
+use tag_host::data::gen::{
+    estimate_bytes, gen_data, gen_data_with, GenOptions, DEFAULT_REFERENCE_DATE,
+};
 
 use crate::support::read_parquet;
 
@@ -343,4 +345,119 @@ fn zero_users_gives_empty_tables_with_the_schema() {
     assert_eq!(basic.width(), 10);
     // Side tables still carry their few foreign ids.
     assert_eq!(asset.height(), summary.asset_rows);
+}
+
+/// A digest of a table's values (not of the file's bytes, so a change in
+/// parquet encoding or row group layout does not change it): column names,
+/// then each column's physical values with their nulls, in row order.
+fn data_digest(df: &DataFrame) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for column in df.columns() {
+        hash.update(column.name().as_bytes());
+        let physical = column.to_physical_repr();
+        let series = physical.as_materialized_series();
+        let mut cell = |value: Option<Vec<u8>>| match value {
+            Some(bytes) => {
+                hash.update([1]);
+                hash.update(bytes);
+            }
+            None => hash.update([0]),
+        };
+        match series.dtype() {
+            DataType::String => series
+                .str()
+                .unwrap()
+                .iter()
+                .for_each(|v| cell(v.map(|s| s.as_bytes().to_vec()))),
+            DataType::Int32 => series
+                .i32()
+                .unwrap()
+                .iter()
+                .for_each(|v| cell(v.map(|x| x.to_le_bytes().to_vec()))),
+            DataType::Int64 => series
+                .i64()
+                .unwrap()
+                .iter()
+                .for_each(|v| cell(v.map(|x| x.to_le_bytes().to_vec()))),
+            DataType::Float64 => series
+                .f64()
+                .unwrap()
+                .iter()
+                .for_each(|v| cell(v.map(|x| x.to_bits().to_le_bytes().to_vec()))),
+            other => panic!("{}: unexpected type {other}", column.name()),
+        }
+    }
+    format!("{:x}", hash.finalize())
+}
+
+#[test]
+fn the_data_for_a_seed_is_what_it_always_was() {
+    // Digests of the data the generator wrote before it streamed the
+    // duplicate rows (commit 565e3fe, in row groups of 16 rows and in one
+    // row group): neither streaming nor the row group size changes a value.
+    let expected = [
+        "b608905fef151ebf3f07aa7de23db7f9114ad6e9914252b745df343843e99ec4",
+        "462118dd749c4065a20971dba56da6420e1929f23887645cb2a0825cca5bd6f8",
+        "a17b034c0588744dc78a8918177ea336ec277d78102e5205e61ddbfb95757e16",
+    ];
+    for row_group_rows in [16, 128 * 1024] {
+        let dir = tempfile::tempdir().unwrap();
+        let summary = gen_data_with(
+            dir.path(),
+            &GenOptions {
+                users: 3_000,
+                seed: 7,
+                row_group_rows,
+                duplicates: 40,
+                ..GenOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                summary.basic_rows,
+                summary.asset_rows,
+                summary.activity_rows
+            ),
+            (3_040, 2_958, 2_959)
+        );
+        let digests: Vec<String> = tables(dir.path()).iter().map(data_digest).collect();
+        assert_eq!(digests, expected, "row groups of {row_group_rows}");
+    }
+}
+
+#[test]
+fn the_size_estimate_is_close_above_the_files_written() {
+    let cases = [
+        (200_000, 0, 128 * 1024),
+        (50_000, 5_000, 128 * 1024),
+        (3_000, 40, 16),
+        (100, 0, 128 * 1024),
+        (0, 0, 128 * 1024),
+    ];
+    for (users, duplicates, row_group_rows) in cases {
+        let options = GenOptions {
+            users,
+            duplicates,
+            row_group_rows,
+            ..GenOptions::default()
+        };
+        let estimate = estimate_bytes(&options).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let summary = gen_data_with(dir.path(), &options).unwrap();
+        let on_disk: u64 = summary
+            .files
+            .iter()
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .sum();
+        assert_eq!(summary.bytes, on_disk);
+        // Never below; at most 10 % above (or 100 KiB, for tiny tables).
+        let slack = (on_disk / 10).max(100 << 10);
+        assert!(
+            (on_disk..=on_disk + slack).contains(&estimate),
+            "{users} users, {duplicates} duplicates, row groups of {row_group_rows}: \
+             estimated {estimate} bytes, wrote {on_disk}"
+        );
+    }
 }

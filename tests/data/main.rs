@@ -3,5 +3,7 @@
 
 mod ffi;
 mod gen;
+#[cfg(target_os = "linux")]
+mod gen_cli;
 mod read;
 mod support;

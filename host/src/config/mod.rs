@@ -334,6 +334,19 @@ pub struct GenDataArgs {
     /// Dates are generated relative to this day (YYYY-MM-DD) [default: today, UTC].
     #[arg(long, value_parser = parse_date)]
     pub reference_date: Option<Date>,
+    /// Extra rows appended to each table for already present user ids,
+    /// alternately newer and older than the original row (to exercise
+    /// de-duplication).
+    #[arg(long, default_value_t = 0)]
+    pub duplicates: usize,
+    /// Write even when the output directory's filesystem has less free
+    /// space than the files are estimated to need.
+    #[arg(long)]
+    pub force: bool,
+    /// Show no progress on stderr (by default a bar on a terminal, a log
+    /// line every 5 s otherwise).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// `tag-server run`.

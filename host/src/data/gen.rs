@@ -8,6 +8,7 @@
 //! has about 1.5 % nulls.
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -85,8 +86,21 @@ pub struct GenSummary {
     pub duplicate_rows: usize,
     /// The three files written, in table order.
     pub files: Vec<PathBuf>,
+    /// Size of the three files together, in bytes.
+    pub bytes: u64,
     /// Wall-clock time spent generating and writing.
     pub elapsed: std::time::Duration,
+}
+
+/// How far [`gen_data_observed`] has got, in rows of `user_basic_info`:
+/// its users first, then the duplicate rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenProgress {
+    /// Rows written so far.
+    pub rows_done: u64,
+    /// Rows planned: the users plus the duplicates asked for (fewer
+    /// duplicates may be found; the last report then jumps to the total).
+    pub rows_total: u64,
 }
 
 /// Writes the three source tables for `users` users into `out_dir`, with dates
@@ -104,45 +118,41 @@ pub fn gen_data(out_dir: &Path, users: usize, seed: u64) -> Result<GenSummary, E
 
 /// Writes the three source tables described by `options` into `out_dir`.
 pub fn gen_data_with(out_dir: &Path, options: &GenOptions) -> Result<GenSummary, Error> {
+    gen_data_observed(out_dir, options, &mut |_| {})
+}
+
+/// Writes the three source tables described by `options` into `out_dir`,
+/// calling `progress` as it starts and after each row group.
+///
+/// The tables are streamed: one row group of each (`row_group_rows` rows)
+/// is built, written and dropped before the next, duplicates included, so
+/// the memory used does not grow with `users` (only the parquet footers
+/// do, by a few hundred bytes per row group).
+pub fn gen_data_observed(
+    out_dir: &Path,
+    options: &GenOptions,
+    progress: &mut dyn FnMut(GenProgress),
+) -> Result<GenSummary, Error> {
     let started = Instant::now();
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io("creating directory", out_dir, e))?;
-    let users = options.users;
-    let extra = extra_ids(users);
-    let chunk_rows = options.row_group_rows.max(1);
     let ctx = Ctx {
         seed: options.seed,
         reference_date: options.reference_date,
     };
-
-    let mut basic =
-        TableWriter::create(out_dir, BASIC_TABLE, BasicChunk::new(0).finish()?, options)?;
-    let mut asset =
-        TableWriter::create(out_dir, ASSET_TABLE, AssetChunk::new(0).finish()?, options)?;
-    let mut activity = TableWriter::create(
-        out_dir,
-        ACTIVITY_TABLE,
-        ActivityChunk::new(0).finish()?,
-        options,
-    )?;
-
-    let writers = (&mut basic, &mut asset, &mut activity);
+    let mut tables = Tables::create(out_dir, options)?;
+    let mut report = Reporter {
+        rows_total: (options.users + planned_duplicates(options)) as u64,
+        progress,
+    };
+    report.send(0);
     let (users_missing_asset, users_missing_activity) =
-        write_rows(&ctx, writers, users, users + extra, chunk_rows)?;
-
+        write_rows(&ctx, &mut tables, options, &mut report)?;
     // Copies of existing rows with other values and another `updated_time`:
     // a de-duplicating reader must keep the newer of each pair.
-    let mut duplicate_rows = 0;
-    if users > 0 && options.duplicates > 0 {
-        let (b, a, t, rows) = duplicates(&ctx, options);
-        basic.write(b.finish()?)?;
-        asset.write(a.finish()?)?;
-        activity.write(t.finish()?)?;
-        duplicate_rows = rows;
-    }
+    let duplicate_rows = write_duplicates(&ctx, &mut tables, options, &mut report)?;
+    report.send(report.rows_total);
 
-    let basic_rows = basic.finish()?;
-    let asset_rows = asset.finish()?;
-    let activity_rows = activity.finish()?;
+    let ([basic_rows, asset_rows, activity_rows], bytes) = tables.finish()?;
     Ok(GenSummary {
         reference_date: options.reference_date,
         basic_rows,
@@ -150,114 +160,230 @@ pub fn gen_data_with(out_dir: &Path, options: &GenOptions) -> Result<GenSummary,
         activity_rows,
         users_missing_asset,
         users_missing_activity,
-        extra_ids: extra,
+        extra_ids: extra_ids(options.users),
         duplicate_rows,
-        files: [BASIC_TABLE, ASSET_TABLE, ACTIVITY_TABLE]
-            .iter()
-            .map(|t| out_dir.join(format!("{t}.parquet")))
-            .collect(),
+        files: table_files(out_dir).to_vec(),
+        bytes,
         elapsed: started.elapsed(),
     })
 }
 
-/// Writes the rows of users `0..total` (those from `users` on exist only in
-/// the side tables) in chunks of `chunk_rows`; how many universe users have
-/// no asset row and no activity row.
+/// Rows in the sample that [`estimate_bytes`] encodes.
+const ESTIMATE_SAMPLE_ROWS: usize = 32 * 1024;
+
+/// About how many bytes the three files of `options` will take, before any
+/// is written: the first rows of each table (up to 32k) are generated and
+/// encoded with the options' compression and row group size, and their
+/// size per row is scaled to the rows the options make. The rows are a pure
+/// function of their index and alike along the tables, so the sample is
+/// representative; 2 % and 64 KiB more cover the duplicates' random ids
+/// (which compress a little worse than a run of consecutive ones) and
+/// their row groups' footer entries.
+pub fn estimate_bytes(options: &GenOptions) -> Result<u64, Error> {
+    let ctx = Ctx {
+        seed: options.seed,
+        reference_date: options.reference_date,
+    };
+    let (users, duplicates) = (options.users, planned_duplicates(options));
+    let total = users + extra_ids(users);
+    let sample = total.min(ESTIMATE_SAMPLE_ROWS);
+    let (chunk, _) = rows_chunk(&ctx, 0..sample, users);
+    // Each table has a row per index it covers: scale its sample's rows by
+    // the indices in all; duplicates add rows of the same kind.
+    let scale = total as f64 / sample as f64;
+    let mut bytes = 0.0;
+    for mut df in chunk.finish()? {
+        let size = ParquetWriter::new(std::io::sink())
+            .with_compression(options.compression)
+            .with_row_group_size(Some(options.row_group_rows.max(1)))
+            .finish(&mut df)
+            .map_err(|e| Error::polars("encoding the sample for the size estimate", e))?
+            as f64;
+        let rows = df.height() as f64;
+        bytes += match rows > 0.0 {
+            true => size / rows * (rows * scale + duplicates as f64),
+            false => size,
+        };
+    }
+    Ok((bytes * 1.02).ceil() as u64 + 64 * 1024)
+}
+
+/// Calls the progress callback with `rows_done` of a fixed total.
+struct Reporter<'a> {
+    rows_total: u64,
+    progress: &'a mut dyn FnMut(GenProgress),
+}
+
+impl Reporter<'_> {
+    fn send(&mut self, rows_done: u64) {
+        (self.progress)(GenProgress {
+            rows_done: rows_done.min(self.rows_total),
+            rows_total: self.rows_total,
+        });
+    }
+}
+
+/// Writes the rows of users `0..users + extra ids` (those from `users` on
+/// exist only in the side tables) in chunks of `row_group_rows`; how many
+/// universe users have no asset row and no activity row.
 fn write_rows(
     ctx: &Ctx,
-    (basic, asset, activity): (&mut TableWriter, &mut TableWriter, &mut TableWriter),
-    users: usize,
-    total: usize,
-    chunk_rows: usize,
+    tables: &mut Tables,
+    options: &GenOptions,
+    report: &mut Reporter,
 ) -> Result<(usize, usize), Error> {
-    let mut users_missing_asset = 0;
-    let mut users_missing_activity = 0;
+    let users = options.users;
+    let total = users + extra_ids(users);
+    let chunk_rows = options.row_group_rows.max(1);
+    let (mut missing_asset, mut missing_activity) = (0, 0);
     let mut start = 0;
     while start < total {
         let end = (start + chunk_rows).min(total);
-        let mut b = BasicChunk::new(end - start);
-        let mut a = AssetChunk::new(end - start);
-        let mut t = ActivityChunk::new(end - start);
-        for index in start..end {
-            let in_universe = index < users;
-            if in_universe {
-                b.push(&ctx.basic_row(index as u64));
-            }
-            match ctx.asset_row(index as u64) {
-                Some(row) => a.push(&row),
-                None if in_universe => users_missing_asset += 1,
-                None => {}
-            }
-            match ctx.activity_row(index as u64) {
-                Some(row) => t.push(&row),
-                None if in_universe => users_missing_activity += 1,
-                None => {}
-            }
-        }
-        basic.write(b.finish()?)?;
-        asset.write(a.finish()?)?;
-        activity.write(t.finish()?)?;
+        let (chunk, (asset, activity)) = rows_chunk(ctx, start..end, users);
+        tables.write(chunk)?;
+        missing_asset += asset;
+        missing_activity += activity;
+        report.send(end.min(users) as u64);
         start = end;
     }
-
-    Ok((users_missing_asset, users_missing_activity))
+    Ok((missing_asset, missing_activity))
 }
 
-/// Up to `options.duplicates` copies of existing users' rows in every table,
-/// with other values and a `updated_time` a second newer or a day older, and
-/// how many were made.
-fn duplicates(ctx: &Ctx, options: &GenOptions) -> (BasicChunk, AssetChunk, ActivityChunk, usize) {
-    let users = options.users;
-    let mut duplicate_rows = 0;
-    let mut b = BasicChunk::new(options.duplicates);
-    let mut a = AssetChunk::new(options.duplicates);
-    let mut t = ActivityChunk::new(options.duplicates);
-    let mut rng = Rng::new(options.seed, u64::MAX, STREAM_DUPLICATES);
-    let mut attempts = 0;
-    while duplicate_rows < options.duplicates && attempts < options.duplicates * 20 {
-        attempts += 1;
-        let index = rng.below(users as u64);
-        let original = ctx.basic_row(index);
-        let (Some(asset_original), Some(activity_original)) =
-            (ctx.asset_row(index), ctx.activity_row(index))
-        else {
-            continue;
-        };
-        let (Some(bt), Some(at), Some(tt)) = (
-            original.updated_time,
-            asset_original.updated_time,
-            activity_original.updated_time,
-        ) else {
-            continue;
-        };
-        let variant = ctx.reseeded(attempts as u64);
-        let (vb, va, vt) = (
-            variant.basic_row(index),
-            variant.asset_row_unconditional(index),
-            variant.activity_row_unconditional(index),
-        );
-        // Alternately a second newer (the copy wins) and a day older
-        // (the original wins), so neither "keep first" nor "keep last" passes.
-        let shift = if duplicate_rows % 2 == 0 {
-            1_000_000
-        } else {
-            -MICROS_PER_DAY
-        };
-        b.push(&BasicRow {
+/// The rows of the users at `range` in each table, and how many of them
+/// are universe users (below `users`) without an asset row and without an
+/// activity row.
+fn rows_chunk(ctx: &Ctx, range: Range<usize>, users: usize) -> (Chunk, (usize, usize)) {
+    let mut chunk = Chunk::new(range.len());
+    let (mut missing_asset, mut missing_activity) = (0, 0);
+    for index in range {
+        let in_universe = index < users;
+        if in_universe {
+            chunk.basic.push(&ctx.basic_row(index as u64));
+        }
+        match ctx.asset_row(index as u64) {
+            Some(row) => chunk.asset.push(&row),
+            None if in_universe => missing_asset += 1,
+            None => {}
+        }
+        match ctx.activity_row(index as u64) {
+            Some(row) => chunk.activity.push(&row),
+            None if in_universe => missing_activity += 1,
+            None => {}
+        }
+    }
+    (chunk, (missing_asset, missing_activity))
+}
+
+/// The duplicate rows `options` asks for: none without users.
+fn planned_duplicates(options: &GenOptions) -> usize {
+    if options.users > 0 {
+        options.duplicates
+    } else {
+        0
+    }
+}
+
+/// Writes up to `options.duplicates` copies of existing users' rows in
+/// every table, `row_group_rows` at a time; how many were made.
+fn write_duplicates(
+    ctx: &Ctx,
+    tables: &mut Tables,
+    options: &GenOptions,
+    report: &mut Reporter,
+) -> Result<usize, Error> {
+    let mut draws = DuplicateDraws::new(options);
+    while let Some(chunk) = draws.next_chunk(ctx, options.row_group_rows.max(1)) {
+        tables.write(chunk)?;
+        report.send((options.users + draws.made) as u64);
+    }
+    Ok(draws.made)
+}
+
+/// The state of the duplicate draws: one random stream over the whole run,
+/// so the duplicates do not depend on how they are chunked.
+struct DuplicateDraws {
+    rng: Rng,
+    users: usize,
+    wanted: usize,
+    attempts: usize,
+    made: usize,
+}
+
+impl DuplicateDraws {
+    fn new(options: &GenOptions) -> Self {
+        DuplicateDraws {
+            rng: Rng::new(options.seed, u64::MAX, STREAM_DUPLICATES),
+            users: options.users,
+            wanted: planned_duplicates(options),
+            attempts: 0,
+            made: 0,
+        }
+    }
+
+    /// The next up to `limit` duplicates; `None` once all are made or the
+    /// attempts (20 per duplicate wanted) are used up.
+    fn next_chunk(&mut self, ctx: &Ctx, limit: usize) -> Option<Chunk> {
+        let (before, goal) = (self.made, self.wanted.min(self.made + limit));
+        let mut chunk = Chunk::new(goal - self.made);
+        while self.made < goal && self.attempts < self.wanted * 20 {
+            self.attempts += 1;
+            let index = self.rng.below(self.users as u64);
+            // Alternately a second newer (the copy wins) and a day older
+            // (the original wins), so neither "keep first" nor "keep last"
+            // passes.
+            let shift = if self.made.is_multiple_of(2) {
+                1_000_000
+            } else {
+                -MICROS_PER_DAY
+            };
+            if let Some((b, a, t)) = duplicate_of(ctx, index, self.attempts as u64, shift) {
+                chunk.basic.push(&b);
+                chunk.asset.push(&a);
+                chunk.activity.push(&t);
+                self.made += 1;
+            }
+        }
+        (self.made > before).then_some(chunk)
+    }
+}
+
+/// Copies of the rows of the user at `index` with the values of another
+/// seed (`variant`) and each `updated_time` moved by `shift`, or `None`
+/// when the user lacks a side row or an `updated_time`.
+fn duplicate_of(
+    ctx: &Ctx,
+    index: u64,
+    variant: u64,
+    shift: i64,
+) -> Option<(BasicRow, AssetRow, ActivityRow)> {
+    let bt = ctx.basic_row(index).updated_time?;
+    let at = ctx.asset_row(index)?.updated_time?;
+    let tt = ctx.activity_row(index)?.updated_time?;
+    let variant = ctx.reseeded(variant);
+    let (vb, va, vt) = (
+        variant.basic_row(index),
+        variant.asset_row_unconditional(index),
+        variant.activity_row_unconditional(index),
+    );
+    Some((
+        BasicRow {
             updated_time: Some(bt + shift),
             ..vb
-        });
-        a.push(&AssetRow {
+        },
+        AssetRow {
             updated_time: Some(at + shift),
             ..va
-        });
-        t.push(&ActivityRow {
+        },
+        ActivityRow {
             updated_time: Some(tt + shift),
             ..vt
-        });
-        duplicate_rows += 1;
-    }
-    (b, a, t, duplicate_rows)
+        },
+    ))
+}
+
+/// The three files `gen_data` writes into `dir`, in table order.
+pub fn table_files(dir: &Path) -> [PathBuf; 3] {
+    [BASIC_TABLE, ASSET_TABLE, ACTIVITY_TABLE].map(|t| dir.join(format!("{t}.parquet")))
 }
 
 /// The user id of the user at `index` (0-based): `user_000001` for index 0.
@@ -905,6 +1031,67 @@ impl ActivityChunk {
     }
 }
 
+/// One row group's worth of rows of each table.
+struct Chunk {
+    basic: BasicChunk,
+    asset: AssetChunk,
+    activity: ActivityChunk,
+}
+
+impl Chunk {
+    fn new(n: usize) -> Self {
+        Chunk {
+            basic: BasicChunk::new(n),
+            asset: AssetChunk::new(n),
+            activity: ActivityChunk::new(n),
+        }
+    }
+
+    /// The three frames, in table order.
+    fn finish(self) -> Result<[DataFrame; 3], Error> {
+        Ok([
+            self.basic.finish()?,
+            self.asset.finish()?,
+            self.activity.finish()?,
+        ])
+    }
+}
+
+/// The three files being written, in table order.
+struct Tables([TableWriter; 3]);
+
+impl Tables {
+    fn create(dir: &Path, options: &GenOptions) -> Result<Self, Error> {
+        let [basic, asset, activity] = Chunk::new(0).finish()?;
+        let [basic_path, asset_path, activity_path] = table_files(dir);
+        Ok(Tables([
+            TableWriter::create(basic_path, basic, options)?,
+            TableWriter::create(asset_path, asset, options)?,
+            TableWriter::create(activity_path, activity, options)?,
+        ]))
+    }
+
+    /// Appends each table's rows of `chunk` as a row group (if it has any).
+    fn write(&mut self, chunk: Chunk) -> Result<(), Error> {
+        for (writer, df) in self.0.iter_mut().zip(chunk.finish()?) {
+            writer.write(df)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the footers: each table's rows, and the bytes of all three.
+    fn finish(self) -> Result<([usize; 3], u64), Error> {
+        let mut rows = [0; 3];
+        let mut bytes = 0;
+        for (i, writer) in self.0.into_iter().enumerate() {
+            let (r, b) = writer.finish()?;
+            rows[i] = r;
+            bytes += b;
+        }
+        Ok((rows, bytes))
+    }
+}
+
 /// One parquet file written chunk by chunk, one row group per chunk.
 struct TableWriter {
     path: PathBuf,
@@ -913,14 +1100,8 @@ struct TableWriter {
 }
 
 impl TableWriter {
-    /// Creates `<dir>/<table>.parquet` with the schema of `empty`.
-    fn create(
-        dir: &Path,
-        table: &str,
-        empty: DataFrame,
-        options: &GenOptions,
-    ) -> Result<Self, Error> {
-        let path = dir.join(format!("{table}.parquet"));
+    /// Creates the file at `path` with the schema of `empty`.
+    fn create(path: PathBuf, empty: DataFrame, options: &GenOptions) -> Result<Self, Error> {
         let file = File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
         let writer = ParquetWriter::new(file)
             .with_compression(options.compression)
@@ -945,11 +1126,12 @@ impl TableWriter {
             .map_err(|e| Error::polars(format!("writing {}", self.path.display()), e))
     }
 
-    /// Writes the footer; returns the number of rows written.
-    fn finish(self) -> Result<usize, Error> {
-        self.writer
+    /// Writes the footer; returns the rows written and the file's size.
+    fn finish(self) -> Result<(usize, u64), Error> {
+        let bytes = self
+            .writer
             .finish()
             .map_err(|e| Error::polars(format!("finishing {}", self.path.display()), e))?;
-        Ok(self.rows)
+        Ok((self.rows, bytes))
     }
 }
