@@ -2,8 +2,9 @@
 //!
 //! [`Store`] is the interface the rest of the host uses: the union of one
 //! trait per concern, [`TaskStore`] (the task queue), [`RuleStore`] (rules
-//! and tag owners) and [`ResultStore`] (run state, a run's write, reads of
-//! results). [`sqlite`] is the embedded default; [`postgres`] and [`mysql`]
+//! and tag owners), [`ResultStore`] (run state, a run's write, reads of
+//! results) and [`SessionStore`] (the console's sign-ins). [`sqlite`] is
+//! the embedded default; [`postgres`] and [`mysql`]
 //! serve deployments of several processes. The SQL the backends share is
 //! written once in [`sql`]; each backend keeps its schema, its driver glue
 //! and the bulk paths and locks of a run's write.
@@ -346,17 +347,52 @@ pub trait ResultStore: Send + Sync {
     ) -> Result<Vec<String>, StoreError>;
 }
 
+/// A console session as the store keeps it: never the session id the
+/// browser holds, only its SHA-256, so a copy of the store signs no one in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// SHA-256 of the session id, hex.
+    pub id_digest: String,
+    /// The name of the API token it was opened with.
+    pub token_name: String,
+    /// That token's role then (`read` or `admin`).
+    pub role: String,
+    /// Ties the session to the token's value (SHA-256 over the session id
+    /// and the token's digest, hex): a token replaced under the same name
+    /// ends the sessions opened with the old one.
+    pub binding: String,
+    /// When it was opened (Unix seconds).
+    pub created_at: i64,
+    /// When it ends (Unix seconds).
+    pub expires_at: i64,
+}
+
+/// Persistence of the console's sessions, shared by every process on the
+/// store (a sign-out in one ends the session in all).
+pub trait SessionStore: Send + Sync {
+    /// Records a new session.
+    fn create_session(&self, session: &ConsoleSession) -> Result<(), StoreError>;
+    /// The session whose id has digest `id_digest`, if it has not expired
+    /// by `now` (Unix seconds); an expired one is deleted.
+    fn find_session(&self, id_digest: &str, now: i64)
+        -> Result<Option<ConsoleSession>, StoreError>;
+    /// Deletes a session (a sign-out); whether it was there.
+    fn delete_session(&self, id_digest: &str) -> Result<bool, StoreError>;
+    /// Deletes the sessions expired by `now`; how many went.
+    fn purge_sessions(&self, now: i64) -> Result<usize, StoreError>;
+}
+
 /// Persistence used by the server and the one-shot runner: every concern,
 /// so one `Arc<dyn Store>` serves them all. Callers bring the concern's
 /// trait into scope (or [`prelude`]) to call its methods.
-pub trait Store: TaskStore + RuleStore + ResultStore {
+pub trait Store: TaskStore + RuleStore + ResultStore + SessionStore {
     /// Checks the store answers.
     fn ping(&self) -> Result<(), StoreError>;
 }
 
 /// The store traits, for callers of their methods.
 pub mod prelude {
-    pub use super::{ResultStore, RuleStore, Store, TaskStore};
+    pub use super::{ResultStore, RuleStore, SessionStore, Store, TaskStore};
 }
 
 /// Opens the store named by a URL: `sqlite://PATH`,

@@ -108,6 +108,12 @@ const MIGRATIONS: &[&[&str]] = &[&[
         rows_adopted BIGINT NOT NULL
     ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
     concat!("CREATE VIEW user_tag_rows AS ", user_tags_select!()),
+], &[
+    // 7: the console's sessions (shared by every process on the database).
+    concat!(
+        crate::store::sql::sessions::sessions_table!(),
+        " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    ),
 ]];
 
 /// Applies the migrations the database lacks (refusing a newer database)

@@ -62,6 +62,8 @@ FROM user_tag_sets AS s;
     "CREATE TABLE tag_owners (tag_id BIGINT PRIMARY KEY, plugin TEXT NOT NULL, recorded_at TEXT NOT NULL);",
     // 5: who saved each rule version (an API token's name).
     "ALTER TABLE tag_rules ADD COLUMN changed_by TEXT;",
+    // 6: the console's sessions (shared by every process on the database).
+    crate::store::sql::sessions::sessions_table!(),
 ];
 
 /// Applies the migrations the database lacks; refuses a newer database.

@@ -9,11 +9,12 @@
 //! write ([`super::RunTx`]) and its locks.
 //!
 //! A backend implements [`SqlStore`] (where its connections come from and
-//! how a run's write begins); the task, rule and result stores follow
-//! from that ([`tasks`], [`rules`], [`results`]).
+//! how a run's write begins); the task, rule, result and session stores
+//! follow from that ([`tasks`], [`rules`], [`results`], [`sessions`]).
 
 pub mod results;
 pub mod rules;
+pub mod sessions;
 pub mod tasks;
 
 use super::{numbered, RunStart, RunTx, StoreError};

@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS tag_owners (
     plugin TEXT NOT NULL,
     recorded_at TEXT NOT NULL
 );
-"
+",
+    super::sql::sessions::sessions_table!(),
+    ";"
 );
 
 /// Control files made before attempts were counted and tasks were leased
