@@ -1,5 +1,7 @@
 //! Authentication, for the API and the console alike: bearer tokens with
-//! two roles, and the console's session cookie and header.
+//! two roles, and the console's session cookie and header. The cookie
+//! holds a random session id, never a token; the sessions themselves are
+//! kept in the store (see `http::sessions`).
 //!
 //! Tokens come from `TAG_API_TOKENS` (comma-separated `name:role:token`)
 //! and `--tokens-file` (one `name:role:token` a line, `#` comments), never
@@ -32,7 +34,8 @@ pub enum Role {
 }
 
 impl Role {
-    fn parse(text: &str) -> Option<Role> {
+    /// `read` or `admin` as a role.
+    pub fn parse(text: &str) -> Option<Role> {
         match text {
             "read" => Some(Role::Read),
             "admin" => Some(Role::Admin),
@@ -145,6 +148,18 @@ impl Tokens {
         self.find(token).map(|e| (e.name.clone(), e.role))
     }
 
+    /// The role of the token named `name` and the binding of session `id`
+    /// to that token's value (SHA-256 over the token's digest and the id,
+    /// hex): a session records it at sign-in, and is refused once the
+    /// token is gone or its value changed.
+    pub fn binding(&self, name: &str, id: &str) -> Option<(Role, String)> {
+        let entry = self.entries.iter().find(|e| e.name == name)?;
+        let mut hasher = Sha256::new();
+        hasher.update(entry.digest);
+        hasher.update(id.as_bytes());
+        Some((entry.role, format!("{:x}", hasher.finalize())))
+    }
+
     /// The entry `token` belongs to, compared in constant time.
     fn find(&self, token: &str) -> Option<&Entry> {
         let presented = digest(token);
@@ -168,29 +183,34 @@ pub const COOKIE: &str = "tag_session";
 /// The header state-changing calls authenticated by the cookie must carry.
 pub const CONSOLE_HEADER: (&str, &str) = ("x-requested-with", "tag-console");
 
-/// The `Set-Cookie` value that stores `token` as the console's session
+/// A new console session id: 256 bits from the operating system's random
+/// source, as 64 hex digits.
+pub fn new_session_id() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What the store keeps of a session id: its SHA-256, hex.
+pub fn session_digest(id: &str) -> String {
+    format!("{:x}", Sha256::digest(id.as_bytes()))
+}
+
+/// The `Set-Cookie` value that holds session `id` for `max_age` seconds
 /// (HttpOnly and SameSite=Strict: no script and no other site reads or
-/// sends it; twelve hours).
-pub fn session_cookie(token: &str) -> String {
-    format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200")
+/// sends it; `Secure` when the console is reached over TLS).
+pub fn session_cookie(id: &str, max_age: u64, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}")
 }
 
-/// The `Set-Cookie` value that ends the console's session.
-pub fn cleared_cookie() -> String {
-    format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
+/// The `Set-Cookie` value that ends the console's session in the browser.
+pub fn cleared_cookie(secure: bool) -> String {
+    session_cookie("", 0, secure)
 }
 
-/// Whether `token` can be stored in the session cookie as it is: one of
-/// ours, and nothing that would end or split the cookie's value.
-pub fn cookie_safe(tokens: &Tokens, token: &str) -> bool {
-    tokens.identify(token).is_some()
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
-}
-
-/// The token in the request's session cookie, if any.
-pub fn session_token(headers: &HeaderMap) -> Option<&str> {
+/// The session id in the request's session cookie, if any.
+pub fn session_id(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -208,26 +228,31 @@ fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The token a request presents: `Authorization: Bearer`, or the console's
-/// session cookie. A state-changing request authenticated by the cookie
-/// must also carry the console's header (another site's page cannot add
-/// it without a CORS preflight).
-fn presented<'a>(method: &Method, headers: &'a HeaderMap) -> Option<&'a str> {
-    let bearer = headers
+/// The token of the request's `Authorization: Bearer` header, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    if bearer.is_some() {
-        return bearer;
+        .and_then(bearer_token)
+}
+
+/// The console session id a request relies on: its session cookie when it
+/// has no bearer token. A state-changing request authenticated by the
+/// cookie must also carry the console's header (another site's page cannot
+/// add it without a CORS preflight).
+pub fn presented_session<'a>(method: &Method, headers: &'a HeaderMap) -> Option<&'a str> {
+    if bearer(headers).is_some() {
+        return None;
     }
     let (name, value) = CONSOLE_HEADER;
     let from_console = headers.get(name).is_some_and(|v| v == value);
-    session_token(headers).filter(|_| from_console || needed(method) == Role::Read)
+    session_id(headers).filter(|_| from_console || needed(method) == Role::Read)
 }
 
-/// Whether the request presents a token at all (right or wrong).
+/// Whether the request presents a token at all (right or wrong): a bearer
+/// token or a console session id.
 pub fn presents_token(method: &Method, headers: &HeaderMap) -> bool {
-    presented(method, headers).is_some()
+    bearer(headers).is_some() || presented_session(method, headers).is_some()
 }
 
 /// The role a request needs.
@@ -255,28 +280,29 @@ pub enum Denied {
     },
 }
 
-/// Who sends a request with `method` and `headers`: the token's name, or
+/// Who sends a request with `method` and `headers`: the bearer token's
+/// name, else the token name and role of the console session it presents
+/// (`session`, as the store resolved [`presented_session`]), or
 /// `anonymous` when no token is configured.
 pub fn authenticate(
     tokens: &Tokens,
     method: &Method,
     headers: &HeaderMap,
+    session: Option<&(String, Role)>,
 ) -> Result<Caller, Denied> {
     if !tokens.enabled() {
         return Ok(Caller("anonymous".into()));
     }
-    let entry = presented(method, headers)
-        .and_then(|t| tokens.find(t))
-        .ok_or(Denied::Unauthenticated)?;
-    let needs = needed(method);
-    if entry.role < needs {
-        return Err(Denied::Forbidden {
-            name: entry.name.clone(),
-            role: entry.role,
-            needs,
-        });
+    let (name, role) = match bearer(headers) {
+        Some(token) => tokens.identify(token),
+        None => session.cloned(),
     }
-    Ok(Caller(entry.name.clone()))
+    .ok_or(Denied::Unauthenticated)?;
+    let needs = needed(method);
+    if role < needs {
+        return Err(Denied::Forbidden { name, role, needs });
+    }
+    Ok(Caller(name))
 }
 
 #[cfg(test)]
@@ -329,7 +355,7 @@ mod tests {
         )
         .unwrap();
         let who = |method: Method, pairs: &[(&'static str, &str)]| {
-            authenticate(&tokens, &method, &headers(pairs))
+            authenticate(&tokens, &method, &headers(pairs), None)
         };
         let bearer = [("authorization", "Bearer 0123456789abcdef-view")];
         assert_eq!(who(Method::GET, &bearer).unwrap().0, "viewer");
@@ -342,20 +368,48 @@ mod tests {
             })
         );
         assert_eq!(who(Method::GET, &[]), Err(Denied::Unauthenticated));
-        let cookie = ("cookie", "a=b; tag_session=0123456789abcdef-ops");
-        assert_eq!(who(Method::GET, &[cookie]).unwrap().0, "ops");
+        let cookie = ("cookie", "a=b; tag_session=5e55");
+        let get = headers(&[cookie]);
+        assert_eq!(presented_session(&Method::GET, &get), Some("5e55"));
         // A state-changing call on the cookie alone could come from another site.
-        assert_eq!(who(Method::POST, &[cookie]), Err(Denied::Unauthenticated));
-        let console = [cookie, ("x-requested-with", "tag-console")];
-        assert_eq!(who(Method::POST, &console).unwrap().0, "ops");
+        assert_eq!(presented_session(&Method::POST, &get), None);
+        let console = headers(&[cookie, ("x-requested-with", "tag-console")]);
+        assert_eq!(presented_session(&Method::POST, &console), Some("5e55"));
+        // The session as the store resolved it, never the cookie's value.
+        let ops = ("ops".to_string(), Role::Admin);
+        let by_session = authenticate(&tokens, &Method::POST, &console, Some(&ops));
+        assert_eq!(by_session.unwrap().0, "ops");
+        let token_as_cookie = headers(&[("cookie", "tag_session=0123456789abcdef-ops")]);
+        assert_eq!(
+            authenticate(&tokens, &Method::GET, &token_as_cookie, None),
+            Err(Denied::Unauthenticated)
+        );
         let open = Tokens::default();
         assert_eq!(
-            authenticate(&open, &Method::POST, &HeaderMap::new())
+            authenticate(&open, &Method::POST, &HeaderMap::new(), None)
                 .unwrap()
                 .0,
             "anonymous"
         );
-        assert!(!cookie_safe(&tokens, "0123456789abcdef-nope"));
-        assert!(session_cookie("t").starts_with("tag_session=t; HttpOnly; SameSite=Strict"));
+    }
+
+    #[test]
+    fn session_ids_are_random_and_bound_to_the_token_value() {
+        let (a, b) = (new_session_id().unwrap(), new_session_id().unwrap());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert_ne!(session_digest(&a), a);
+        let old = Tokens::parse(Some("ops:admin:0123456789abcdef-ops"), None).unwrap();
+        let new = Tokens::parse(Some("ops:read:0123456789abcdef-new"), None).unwrap();
+        let (role, bound) = old.binding("ops", &a).unwrap();
+        assert_eq!(role, Role::Admin);
+        assert_eq!(old.binding("ops", &a).unwrap().1, bound);
+        assert_ne!(new.binding("ops", &a).unwrap().1, bound);
+        assert_ne!(old.binding("ops", &b).unwrap().1, bound);
+        assert!(old.binding("viewer", &a).is_none());
+        let cookie = session_cookie(&a, 60, true);
+        assert!(cookie.starts_with(&format!("tag_session={a}; HttpOnly; SameSite=Strict")));
+        assert!(cookie.ends_with("Max-Age=60; Secure"), "{cookie}");
+        assert!(!cleared_cookie(false).contains("Secure"));
     }
 }

@@ -236,8 +236,12 @@ fn api(config: &Config, started: &Started) -> axum::Router {
         max_user_ids: config.max_user_ids,
         max_body_bytes: config.max_body_bytes as usize,
         request_timeout: std::time::Duration::from_secs(config.request_timeout_secs.into()),
+        sessions: http::sessions::Settings {
+            lifetime_secs: config.console_session_secs.into(),
+            secure: config.secure_cookies,
+        },
     };
-    let routes = http::routes(&state).merge(console::router(Arc::clone(&state.tokens)));
+    let routes = http::routes(&state).merge(console::router(state.clone()));
     http::serve(routes, state)
 }
 

@@ -210,6 +210,15 @@ pub struct Config {
         global = true
     )]
     pub task_retention_days: u32,
+    /// Seconds a console sign-in lasts; its session is then refused and
+    /// deleted (sign in again).
+    #[arg(long, default_value_t = 43_200, value_parser = clap::value_parser!(u32).range(1..=MAX_CONSOLE_SESSION_SECS as i64), env = "TAG_CONSOLE_SESSION_SECS", global = true)]
+    pub console_session_secs: u32,
+    /// Mark the console's session cookie `Secure`, so browsers send it over
+    /// HTTPS only: set it when the console is reached through TLS (a
+    /// TLS-terminating proxy in front of this server).
+    #[arg(long, env = "TAG_SECURE_COOKIES", global = true)]
+    pub secure_cookies: bool,
     /// Reload the plugins whenever a file in the plugins directory changes
     /// (after half a second without further changes).
     #[arg(long, env = "TAG_WATCH_PLUGINS", global = true)]
@@ -229,6 +238,9 @@ pub struct Config {
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..), env = "TAG_BATCH_ROWS", global = true)]
     pub batch_rows: u32,
 }
+
+/// The longest a console session may last: 30 days.
+pub const MAX_CONSOLE_SESSION_SECS: u32 = 30 * 24 * 3600;
 
 impl Config {
     /// Whether the data location was given (flag, variable or profile)

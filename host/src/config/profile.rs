@@ -43,6 +43,10 @@ pub struct Profile {
     pub log_format: Option<LogFormat>,
     /// Log file.
     pub log_file: Option<PathBuf>,
+    /// Seconds a console sign-in lasts.
+    pub console_session_secs: Option<u32>,
+    /// Whether the console's session cookie is `Secure` (HTTPS only).
+    pub secure_cookies: Option<bool>,
 }
 
 /// Every problem found in a configuration.
@@ -51,7 +55,7 @@ pub struct Profile {
 pub struct ConfigErrors(pub Vec<String>);
 
 /// The settings a profile may hold: (argument id, profile key).
-pub const PROFILE_KEYS: [(&str, &str); 13] = [
+pub const PROFILE_KEYS: [(&str, &str); 15] = [
     ("host", "host"),
     ("port", "port"),
     ("data_dir", "data_dir"),
@@ -65,6 +69,8 @@ pub const PROFILE_KEYS: [(&str, &str); 13] = [
     ("log_level", "log_level"),
     ("log_format", "log_format"),
     ("log_file", "log_file"),
+    ("console_session_secs", "console_session_secs"),
+    ("secure_cookies", "secure_cookies"),
 ];
 
 /// What marks a value of a shipped profile that must be replaced before
@@ -170,6 +176,12 @@ fn apply(
     set!(log_level, "log_level", profile.log_level);
     set!(log_format, "log_format", profile.log_format);
     set!(log_file, "log_file", profile.log_file);
+    set!(
+        console_session_secs,
+        "console_session_secs",
+        profile.console_session_secs
+    );
+    set!(secure_cookies, "secure_cookies", profile.secure_cookies);
     set!(store, "store", profile.store.map(Some));
     set!(plugins_dir, "plugins_dir", profile.plugins_dir.map(Some));
     applied
@@ -273,6 +285,12 @@ fn check_bounds(config: &Config, errors: &mut Vec<String>) {
             u32::MAX.into(),
         ),
         ("batch_rows", config.batch_rows.into(), 64, u32::MAX.into()),
+        (
+            "console_session_secs",
+            config.console_session_secs.into(),
+            1,
+            super::MAX_CONSOLE_SESSION_SECS.into(),
+        ),
     ];
     for (id, value, min, max) in ranges {
         if value < min || value > max {
@@ -381,7 +399,8 @@ mod tests {
 
     #[test]
     fn a_profile_fills_what_flags_leave_at_their_defaults() {
-        let profile = "workers = 7\nport = 6000\ndata_dir = \"/srv/data\"\nlog_format = \"json\"\nauth_failure_burst = 4\n";
+        let profile = "workers = 7\nport = 6000\ndata_dir = \"/srv/data\"\nlog_format = \"json\"\nauth_failure_burst = 4\n\
+                       console_session_secs = 600\nsecure_cookies = true\n";
         let tokens = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(tokens.path(), "ops:admin:0123456789abcdef-ops\n").unwrap();
         let tokens_arg = tokens.path().display().to_string();
@@ -406,6 +425,8 @@ mod tests {
         );
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.auth_failure_burst, 4);
+        assert_eq!(config.console_session_secs, 600);
+        assert!(config.secure_cookies);
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! as the API, with a few lines of JavaScript (`assets/app.js`) for the
 //! live parts and for actions, which go through the JSON API.
 //!
-//! With tokens configured, a sign-in form stores the token in an HttpOnly,
-//! SameSite=Strict cookie; pages without a valid cookie redirect to the
-//! form. Admin actions are only shown to admin tokens (and the API refuses
-//! them to read tokens anyway). State-changing API calls that authenticate
+//! With tokens configured, a sign-in form opens a session in the store
+//! ([`crate::http::sessions`]) whose random id goes into an HttpOnly,
+//! SameSite=Strict cookie (`Secure` when configured); signing out deletes
+//! it. Pages without a live session redirect to the form. Admin actions
+//! are only shown to admin tokens (and the API refuses them to read tokens
+//! anyway). State-changing API calls that authenticate
 //! with the cookie must carry `X-Requested-With: tag-console`, a header a
 //! page on another site cannot add without a CORS preflight (which this
 //! server never grants), on top of the SameSite cookie.
@@ -15,8 +17,8 @@ pub mod history;
 mod pages;
 pub mod render;
 
-use crate::auth::{self, Role, Tokens};
-use crate::http::{ApiError, AppState};
+use crate::auth::{self, Role};
+use crate::http::{sessions, ApiError, AppState};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -24,7 +26,6 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use maud::{html, Markup, DOCTYPE};
-use std::sync::Arc;
 
 /// Who is looking: what the pages may offer.
 #[derive(Debug, Clone)]
@@ -37,25 +38,32 @@ pub struct Viewer {
     pub name: String,
 }
 
-/// Pages see a [`Viewer`]; without a valid session they go to the sign-in
+/// Pages see a [`Viewer`]; without a live session they go to the sign-in
 /// form (when tokens are configured).
-async fn viewer(State(tokens): State<Arc<Tokens>>, mut request: Request, next: Next) -> Response {
+async fn viewer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let public = path == "/signin" || path.starts_with("/console/");
-    let viewer = if !tokens.enabled() {
+    let viewer = if !state.tokens.enabled() {
         Some(Viewer {
             admin: true,
             signed_in: false,
             name: "anonymous".into(),
         })
     } else {
-        auth::session_token(request.headers())
-            .and_then(|t| tokens.identify(t))
-            .map(|(name, role)| Viewer {
+        let found = match auth::session_id(request.headers()) {
+            // The console's own files and the session's endpoint need no one.
+            Some(id) if !path.starts_with("/console/") => sessions::resolve(&state, id).await,
+            _ => Ok(None),
+        };
+        match found {
+            Ok(found) => found.map(|(name, role)| Viewer {
                 admin: role == Role::Admin,
                 signed_in: true,
                 name,
-            })
+            }),
+            Err(_) if public => None,
+            Err(e) => return e.into_response(),
+        }
     };
     match viewer {
         Some(viewer) => {
@@ -69,7 +77,7 @@ async fn viewer(State(tokens): State<Arc<Tokens>>, mut request: Request, next: N
 
 /// The console's routes (the API's authentication leaves paths outside
 /// `/api/` to [`viewer`]).
-pub fn router(tokens: Arc<Tokens>) -> Router<AppState> {
+pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(pages::tags))
         .route("/tags/{tag_id}", get(pages::tag))
@@ -82,7 +90,7 @@ pub fn router(tokens: Arc<Tokens>) -> Router<AppState> {
         .route("/console/session", post(sign_in).delete(sign_out))
         .route("/console/app.js", get(script))
         .route("/console/style.css", get(style))
-        .layer(axum::middleware::from_fn_with_state(tokens, viewer))
+        .layer(axum::middleware::from_fn_with_state(state, viewer))
 }
 
 async fn script() -> impl IntoResponse {
@@ -99,9 +107,9 @@ async fn style() -> impl IntoResponse {
     )
 }
 
-/// `POST /console/session` with `{"token": …}`: sets the session cookie if
-/// the token is valid (401 otherwise, 429 from an address that failed too
-/// often). Never logged.
+/// `POST /console/session` with `{"token": …}`: opens a session and sets
+/// its cookie if the token is valid (401 otherwise, 429 from an address
+/// that failed too often). Never logged.
 async fn sign_in(
     State(state): State<AppState>,
     extensions: axum::http::Extensions,
@@ -115,20 +123,32 @@ async fn sign_in(
     if let Some(refused) = crate::http::middleware::held_back(&state.throttle, address) {
         return refused;
     }
-    if !auth::cookie_safe(&state.tokens, &token) {
-        return crate::http::middleware::failed(&state.throttle, address, ApiError::InvalidToken);
+    match sessions::open(&state, &token).await {
+        Ok(cookie) => (
+            [(header::SET_COOKIE, cookie)],
+            axum::Json(serde_json::json!({"success": true})),
+        )
+            .into_response(),
+        Err(ApiError::InvalidToken) => {
+            crate::http::middleware::failed(&state.throttle, address, ApiError::InvalidToken)
+        }
+        Err(e) => e.into_response(),
     }
-    (
-        [(header::SET_COOKIE, auth::session_cookie(&token))],
-        axum::Json(serde_json::json!({"success": true})),
-    )
-        .into_response()
 }
 
-/// `DELETE /console/session`: clears the cookie.
-async fn sign_out() -> Response {
+/// `DELETE /console/session`: ends the session in the store (for every
+/// process on it) and clears the cookie.
+async fn sign_out(State(state): State<AppState>, headers: header::HeaderMap) -> Response {
+    if let Some(id) = auth::session_id(&headers) {
+        if let Err(e) = sessions::close(&state, id).await {
+            return e.into_response();
+        }
+    }
     (
-        [(header::SET_COOKIE, auth::cleared_cookie())],
+        [(
+            header::SET_COOKIE,
+            auth::cleared_cookie(state.sessions.secure),
+        )],
         axum::Json(serde_json::json!({"success": true})),
     )
         .into_response()

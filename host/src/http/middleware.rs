@@ -1,15 +1,16 @@
 //! The API's edge, in the order a request meets it: an over-long URI or
 //! over-large header fields are refused, a panic becomes a 500, every
-//! error answer is the seed's JSON, the caller must authenticate,
-//! requests are bounded in time, and bodies must be JSON of bounded size.
+//! error answer is the seed's JSON, the caller must authenticate (a bearer
+//! token or a console session), requests are bounded in time, and bodies
+//! must be JSON of bounded size.
 //!
 //! A `POST` or `PUT` with a body in any other media type is refused with 415. A browser page can send `text/plain` or
 //! a form cross-origin without a CORS preflight; it cannot send
 //! `application/json` that way, so this keeps other sites from triggering
 //! runs through a user's browser.
 
-use super::ApiError;
-use crate::auth::{self, Caller, Denied, Tokens};
+use super::{ApiError, AppState};
+use crate::auth::{self, Caller, Denied};
 use crate::throttle::Throttle;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, Extensions, Method};
@@ -18,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 
 /// Whether a `Content-Type` value names JSON (`application/json`, with
 /// parameters, or an `application/*+json` type).
@@ -195,24 +195,30 @@ pub fn held_back(throttle: &Throttle, address: Option<IpAddr>) -> Option<Respons
     Some(ApiError::TooManyFailures(retry_after).into_response())
 }
 
-/// The middleware: 401 without a valid token, 403 without the role (see
-/// [`auth::authenticate`]), 429 for any token from an address that has
-/// failed too often; the caller goes into the request for the audit lines
-/// and onto the response for the access log.
+/// The middleware: 401 without a valid token or console session, 403
+/// without the role (see [`auth::authenticate`]), 429 for any token or
+/// session from an address that has failed too often; the caller goes into
+/// the request for the audit lines and onto the response for the access
+/// log.
 pub async fn authenticate(
-    State((tokens, throttle)): State<(Arc<Tokens>, Arc<Throttle>)>,
+    State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let caller = if open_path(request.uri().path()) {
         Caller("anonymous".into())
     } else {
-        if auth::presents_token(request.method(), request.headers()) {
-            if let Some(refused) = held_back(&throttle, peer(request.extensions())) {
+        let (method, headers) = (request.method(), request.headers());
+        if auth::presents_token(method, headers) {
+            if let Some(refused) = held_back(&state.throttle, peer(request.extensions())) {
                 return refused;
             }
         }
-        match auth::authenticate(&tokens, request.method(), request.headers()) {
+        let session = match super::sessions::of_request(&state, method, headers).await {
+            Ok(session) => session,
+            Err(e) => return e.into_response(),
+        };
+        match auth::authenticate(&state.tokens, method, headers, session.as_ref()) {
             Ok(caller) => caller,
             // A wrong token counts against the address; no token at all
             // guesses nothing and does not.
@@ -220,7 +226,7 @@ pub async fn authenticate(
                 if auth::presents_token(request.method(), request.headers()) =>
             {
                 let address = peer(request.extensions());
-                return failed(&throttle, address, ApiError::Unauthorized);
+                return failed(&state.throttle, address, ApiError::Unauthorized);
             }
             Err(denied) => return ApiError::from(denied).into_response(),
         }

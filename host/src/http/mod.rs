@@ -10,6 +10,7 @@ pub mod openapi;
 mod params;
 pub mod plugins;
 pub mod request_id;
+pub mod sessions;
 pub mod swap;
 pub mod system;
 pub mod tags;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Longest a request may take.
     pub request_timeout: std::time::Duration,
+    /// How the console's sessions are made.
+    pub sessions: sessions::Settings,
 }
 
 impl AppState {
@@ -87,10 +90,10 @@ pub fn routes(state: &AppState) -> Router<AppState> {
 
 /// `routes` (the API's, and whatever is mounted beside them) behind the
 /// API's edge: the JSON 404 and 405, body, URI and header limits, the
-/// request timeout, token authentication (with failures throttled per
-/// address), JSON error bodies and request ids.
+/// request timeout, authentication by token or console session (with
+/// failures throttled per address), JSON error bodies and request ids.
 pub fn serve(routes: Router<AppState>, state: AppState) -> Router {
-    let gate = (Arc::clone(&state.tokens), Arc::clone(&state.throttle));
+    let authenticating = state.clone();
     let limit = state.max_body_bytes;
     let patience = state.request_timeout;
     routes
@@ -110,7 +113,7 @@ pub fn serve(routes: Router<AppState>, state: AppState) -> Router {
             middleware::timeout,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            gate,
+            authenticating,
             middleware::authenticate,
         ))
         .layer(axum::middleware::from_fn(middleware::json_errors))
