@@ -11,6 +11,11 @@
 //! with the cookie must carry `X-Requested-With: tag-console`, a header a
 //! page on another site cannot add without a CORS preflight (which this
 //! server never grants), on top of the SameSite cookie.
+//!
+//! Every answer carries [`CONTENT_POLICY`]: scripts and styles only from
+//! the console's own files (no inline script, style or handler), no
+//! framing; the API's edge adds `nosniff`, `X-Frame-Options` and
+//! `Referrer-Policy`.
 
 pub mod diff;
 pub mod history;
@@ -20,7 +25,7 @@ pub mod render;
 use crate::auth::{self, Role};
 use crate::http::{sessions, ApiError, AppState};
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -37,6 +42,12 @@ pub struct Viewer {
     /// The token's name (`anonymous` when the API is open).
     pub name: String,
 }
+
+/// The console's content security policy: everything from this server's
+/// own files, nothing inline, no plugins, no framing.
+pub const CONTENT_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; \
+     frame-ancestors 'none'";
 
 /// Pages see a [`Viewer`]; without a live session they go to the sign-in
 /// form (when tokens are configured).
@@ -76,7 +87,7 @@ async fn viewer(State(state): State<AppState>, mut request: Request, next: Next)
 }
 
 /// The console's routes (the API's authentication leaves paths outside
-/// `/api/` to [`viewer`]).
+/// `/api/` to [`viewer`]), each answer with [`CONTENT_POLICY`].
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(pages::tags))
@@ -91,6 +102,16 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/app.js", get(script))
         .route("/console/style.css", get(style))
         .layer(axum::middleware::from_fn_with_state(state, viewer))
+        .layer(axum::middleware::from_fn(content_policy))
+}
+
+async fn content_policy(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_POLICY),
+    );
+    response
 }
 
 async fn script() -> impl IntoResponse {

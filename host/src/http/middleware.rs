@@ -1,8 +1,8 @@
-//! The API's edge, in the order a request meets it: an over-long URI or
-//! over-large header fields are refused, a panic becomes a 500, every
-//! error answer is the seed's JSON, the caller must authenticate (a bearer
-//! token or a console session), requests are bounded in time, and bodies
-//! must be JSON of bounded size.
+//! The API's edge, in the order a request meets it: every answer gets the
+//! security headers, an over-long URI or over-large header fields are
+//! refused, a panic becomes a 500, every error answer is the seed's JSON,
+//! the caller must authenticate (a bearer token or a console session),
+//! requests are bounded in time, and bodies must be JSON of bounded size.
 //!
 //! A `POST` or `PUT` with a body in any other media type is refused with 415. A browser page can send `text/plain` or
 //! a form cross-origin without a CORS preflight; it cannot send
@@ -13,7 +13,7 @@ use super::{ApiError, AppState};
 use crate::auth::{self, Caller, Denied};
 use crate::throttle::Throttle;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, Extensions, Method};
+use axum::http::{header, Extensions, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
@@ -234,6 +234,29 @@ pub async fn authenticate(
     request.extensions_mut().insert(caller.clone());
     let mut response = next.run(request).await;
     response.extensions_mut().insert(caller);
+    response
+}
+
+/// The middleware: headers every answer carries unless it set its own
+/// (the console sets its pages' policy): no guessing of content types, no
+/// framing by any page, no referrer sent on, and a content policy under
+/// which a JSON or text answer opened in a browser loads nothing.
+pub async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+    ] {
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
+    }
     response
 }
 

@@ -91,7 +91,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
 /// `routes` (the API's, and whatever is mounted beside them) behind the
 /// API's edge: the JSON 404 and 405, body, URI and header limits, the
 /// request timeout, authentication by token or console session (with
-/// failures throttled per address), JSON error bodies and request ids.
+/// failures throttled per address), JSON error bodies, security headers
+/// and request ids.
 pub fn serve(routes: Router<AppState>, state: AppState) -> Router {
     let authenticating = state.clone();
     let limit = state.max_body_bytes;
@@ -119,5 +120,6 @@ pub fn serve(routes: Router<AppState>, state: AppState) -> Router {
         .layer(axum::middleware::from_fn(middleware::json_errors))
         .layer(axum::middleware::from_fn(middleware::catch_panic))
         .layer(axum::middleware::from_fn(middleware::bounded_head))
+        .layer(axum::middleware::from_fn(middleware::security_headers))
         .layer(axum::middleware::from_fn(request_id::assign))
 }

@@ -68,6 +68,14 @@ async function clickAction(button) {
   else show(place, false, explain(reply));
 }
 
+// Bars take their width from data-percent (the page's content policy
+// allows no inline style attribute; a style set from a script is fine).
+function fillBars() {
+  document.querySelectorAll(".bar .fill[data-percent]").forEach(fill => {
+    fill.style.width = fill.dataset.percent + "%";
+  });
+}
+
 // Running tasks' bars follow /api/v1/tasks; a task that ends reloads the page.
 async function followTasks() {
   const rows = document.querySelectorAll("tr[data-task]");
@@ -108,5 +116,6 @@ document.addEventListener("DOMContentLoaded", () => {
     await api("DELETE", "/console/session");
     location.href = "/signin";
   });
+  fillBars();
   followTasks();
 });
