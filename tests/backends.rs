@@ -104,7 +104,11 @@ fn a_user_ids_run_touches_only_those_users(backend: Backend) {
     // Tag 2 for two users only, one who matches and one who does not.
     let twos = env.expected(&[2]);
     let matching = twos.keys().next().unwrap().clone();
-    let other = sevens.keys().find(|u| !twos.contains_key(*u)).unwrap().clone();
+    let other = sevens
+        .keys()
+        .find(|u| !twos.contains_key(*u))
+        .unwrap()
+        .clone();
     let result = env
         .server
         .run(json!({"tag_ids": [2], "user_ids": [matching, other, "ghost"], "as_of": AS_OF}));
@@ -260,7 +264,6 @@ fn a_restart_finishes_committed_tasks_and_runs_queued_ones(backend: Backend) {
     assert_eq!(env.server.wait("queued-1")["status"], "completed");
     assert_same_tags(&env.backend.tags(), &env.expected(&[2, 7]));
 }
-
 
 /// A `tag-server` process serving on a free loopback port.
 struct Process {
@@ -888,6 +891,76 @@ fn task_history_leaves_out_user_ids_lists(backend: Backend) {
     assert_eq!(store.task_history(1).unwrap().len(), 1);
 }
 
+/// Writes a tokens file named `name` in `dir` holding `lines`.
+fn tokens_in(dir: &std::path::Path, name: &str, lines: &[String]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn console_sessions_are_shared_by_the_processes_on_one_store(backend: Backend) {
+    let data = sample_data(200);
+    let plugins = reference_plugins_dir();
+    let work = tempfile::tempdir().unwrap();
+    let (ops, viewer, auditor) = (
+        "ops-backends-3f9a1c7e2d",
+        "viewer-backends-8e2b4d6a0c",
+        "auditor-backends-5c1e9b7f3a",
+    );
+    let first_tokens = tokens_in(
+        work.path(),
+        "first",
+        &[
+            format!("ops:admin:{ops}"),
+            format!("viewer:read:{viewer}"),
+            format!("auditor:read:{auditor}"),
+        ],
+    );
+    // The second process's file: the auditor's token removed, the viewer's
+    // replaced under the same name.
+    let second_tokens = tokens_in(
+        work.path(),
+        "second",
+        &[
+            format!("ops:admin:{ops}"),
+            format!("viewer:read:{viewer}-new"),
+        ],
+    );
+    let log = work.path().join("server.log");
+    let start = |tokens: &std::path::Path| {
+        let flags = ["--tokens-file", tokens.to_str().unwrap()];
+        Process::start_with(data.path(), plugins.path(), &backend.url(), &log, &flags)
+    };
+    let (first, second) = (start(&first_tokens), start(&second_tokens));
+    let (as_ops, _) = console_sign_in(&first.base, ops);
+    let (as_viewer, _) = console_sign_in(&first.base, viewer);
+    let (as_auditor, _) = console_sign_in(&first.base, auditor);
+    for cookie in [&as_ops, &as_viewer, &as_auditor] {
+        assert_eq!(api_with_cookie(&first.base, "/api/v1/tasks", cookie), 200);
+    }
+    // A session opened in the first process works in the second.
+    let (code, _, html) = get_with_cookie(&second.base, "/tasks", &as_ops);
+    assert_eq!(code, 200);
+    assert!(html.contains(r#"<span class="who">ops</span>"#), "{html}");
+    assert_eq!(api_with_cookie(&second.base, "/api/v1/tasks", &as_ops), 200);
+    // Not one whose token the second process does not hold as it was.
+    assert_console_refuses(&second.base, &as_auditor);
+    assert_console_refuses(&second.base, &as_viewer);
+    // A sign-out in the second ends the session in both.
+    let out = client()
+        .delete(format!("{}/console/session", second.base))
+        .header("cookie", &as_ops)
+        .send()
+        .unwrap();
+    assert_eq!(out.status().as_u16(), 200);
+    assert_console_refuses(&first.base, &as_ops);
+    assert_console_refuses(&second.base, &as_ops);
+    assert_eq!(
+        api_with_cookie(&first.base, "/api/v1/tasks", &as_viewer),
+        200
+    );
+}
+
 macro_rules! on_every_backend {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite {
@@ -917,6 +990,7 @@ on_every_backend!(
     tag_owners_are_recorded_once_and_moved_only_by_a_transfer,
     task_history_leaves_out_user_ids_lists,
     finished_tasks_past_retention_are_deleted,
+    console_sessions_are_shared_by_the_processes_on_one_store,
 );
 
 /// `tag-server run` against a `scheme://` store on a closed port fails,
@@ -987,7 +1061,9 @@ fn a_store_that_goes_away_is_reported_and_nothing_accepted_is_lost(backend: Back
     let all = json!({"tag_ids": [1, 2, 3, 4, 5, 6, 7, 8, 906], "as_of": AS_OF});
     let accepted = server.trigger(all.clone());
     wait_entered(&gate);
-    let (_, status) = server.get(&format!("/api/v1/tasks/{accepted}/status")).unwrap();
+    let (_, status) = server
+        .get(&format!("/api/v1/tasks/{accepted}/status"))
+        .unwrap();
     assert_eq!(status["status"]["status"], "running", "{status}");
     proxy.cut();
 

@@ -1,8 +1,10 @@
 //! The console over plain HTTP against a real `tag-server` process with
 //! tokens: a tag page over a history of rules near the size limits, loaded
 //! by several readers at once while `/health` must keep answering at once;
-//! the size limits a stored rule is held to; and member links that name
-//! their user whatever characters the id holds.
+//! the size limits a stored rule is held to; member links that name
+//! their user whatever characters the id holds; sessions kept in the store
+//! (a sign-out or the expiry ends them, an API token is no session); and
+//! the security headers of every answer.
 
 mod support;
 
@@ -11,22 +13,30 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{client, reference_plugins_dir, sample_data, tokens_file, ServerProcess};
+use support::{
+    api_with_cookie, assert_console_refuses, client, console_sign_in, get_with_cookie,
+    reference_plugins_dir, sample_data, tokens_file, ServerProcess,
+};
 
 const ADMIN: &str = "adm-console-http-5e0c2a9d71";
 const READER: &str = "rdr-console-http-8b3f61c0e4";
 
 /// A server with an admin and a read token; its work directory with it.
 fn start(data: &Path) -> (ServerProcess, tempfile::TempDir, tempfile::TempDir) {
+    start_with(data, &[])
+}
+
+/// [`start`] with `extra` flags.
+fn start_with(
+    data: &Path,
+    extra: &[&str],
+) -> (ServerProcess, tempfile::TempDir, tempfile::TempDir) {
     let work = tempfile::tempdir().unwrap();
     let tokens = tokens_file(work.path(), ADMIN, READER);
     let plugins = reference_plugins_dir();
-    let server = ServerProcess::start_in(
-        work.path(),
-        data,
-        plugins.path(),
-        &["--tokens-file", tokens.to_str().unwrap()],
-    );
+    let mut flags = vec!["--tokens-file", tokens.to_str().unwrap()];
+    flags.extend_from_slice(extra);
+    let server = ServerProcess::start_in(work.path(), data, plugins.path(), &flags);
     (server, work, plugins)
 }
 
@@ -56,18 +66,6 @@ fn api_get(base: &str, path: &str) -> (u16, Value) {
         .unwrap();
     let status = response.status().as_u16();
     (status, response.json().unwrap_or(Value::Null))
-}
-
-/// Signs in to the console with `token`: the `Cookie` header to send.
-fn sign_in(base: &str, token: &str) -> String {
-    let response = client()
-        .post(format!("{base}/console/session"))
-        .json(&json!({ "token": token }))
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let cookie = response.headers()["set-cookie"].to_str().unwrap();
-    cookie.split(';').next().unwrap().to_string()
 }
 
 /// A console page: status and HTML.
@@ -106,7 +104,7 @@ fn readers_of_a_large_rule_history_do_not_hold_up_health() {
         let (code, reply) = put_rule(&base, 5, &rule);
         assert_eq!(code, 200, "{}", brief(&reply));
     }
-    let cookie = sign_in(&base, READER);
+    let (cookie, _) = console_sign_in(&base, READER);
 
     // Four readers load the tag's page over and over.
     const READERS: usize = 4;
@@ -307,7 +305,7 @@ fn a_member_link_leads_to_that_members_page_whatever_the_id_holds() {
     let (server, _work, _plugins) = start(data.path());
     run(&server.base, json!({"tag_ids": [6], "as_of": "2025-01-15"}));
 
-    let cookie = sign_in(&server.base, READER);
+    let (cookie, _) = console_sign_in(&server.base, READER);
     let http = client();
     let (code, html) = page(&http, &server.base, &cookie, "/tags/6");
     assert_eq!(code, 200);
@@ -321,4 +319,184 @@ fn a_member_link_leads_to_that_members_page_whatever_the_id_holds() {
     let (code, user_page) = page(&http, &server.base, &cookie, href);
     assert_eq!(code, 200, "{href} answered {code}");
     assert!(user_page.contains(odd), "{href}: {user_page}");
+}
+
+/// The sessions in the store of a server started by [`start`] in `work`:
+/// (id digest, token name, role), read from its SQLite control file.
+fn stored_sessions(work: &Path) -> Vec<(String, String, String)> {
+    let conn = rusqlite::Connection::open(work.join("t.control.db")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT id_digest, token_name, role FROM console_sessions")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    rows
+}
+
+#[test]
+fn signing_out_ends_the_session_and_an_api_token_is_no_session() {
+    let data = sample_data(200);
+    let (server, work, _plugins) = start(data.path());
+    let base = &server.base;
+    let (cookie, set) = console_sign_in(base, READER);
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
+        assert!(set.split("; ").any(|p| p == part), "{part} in {set}");
+    }
+    assert!(!set.contains("Secure"), "{set}");
+    // The cookie holds a random id, not the token; the store only its digest.
+    assert!(!set.contains(READER), "{set}");
+    let id = cookie.strip_prefix("tag_session=").unwrap();
+    assert!(
+        id.len() >= 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    let digest = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(id));
+    let role = |r: &str| r.to_string();
+    assert_eq!(
+        stored_sessions(work.path()),
+        [(digest, role("viewer"), role("read"))]
+    );
+    let (second, _) = console_sign_in(base, READER);
+    assert_ne!(second, cookie, "each sign-in opens its own session");
+
+    // The session opens the pages and the API.
+    let (code, _, html) = get_with_cookie(base, "/tasks", &cookie);
+    assert_eq!(code, 200);
+    assert!(
+        html.contains(r#"<span class="who">viewer</span>"#),
+        "{html}"
+    );
+    assert_eq!(api_with_cookie(base, "/api/v1/tasks", &cookie), 200);
+
+    // Signing out ends it on the server: the same cookie is refused after.
+    let out = client()
+        .delete(format!("{base}/console/session"))
+        .header("cookie", &cookie)
+        .send()
+        .unwrap();
+    assert_eq!(out.status().as_u16(), 200);
+    let cleared = out.headers()["set-cookie"].to_str().unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    assert_console_refuses(base, &cookie);
+    assert_eq!(stored_sessions(work.path()).len(), 1, "the other one stays");
+    assert_eq!(api_with_cookie(base, "/api/v1/tasks", &second), 200);
+
+    // An API token in the cookie is no session.
+    assert_console_refuses(base, &format!("tag_session={READER}"));
+    assert_console_refuses(base, &format!("tag_session={ADMIN}"));
+}
+
+#[test]
+fn an_expired_session_is_refused_and_deleted_and_the_cookie_is_secure_when_asked() {
+    let data = sample_data(200);
+    let flags = ["--console-session-secs", "4", "--secure-cookies"];
+    let (server, work, _plugins) = start_with(data.path(), &flags);
+    let base = &server.base;
+    let signed_in = Instant::now();
+    let (cookie, set) = console_sign_in(base, ADMIN);
+    assert!(set.ends_with("; Max-Age=4; Secure"), "{set}");
+    let (code, _, _) = get_with_cookie(base, "/tasks", &cookie);
+    assert_eq!(code, 200);
+    assert!(
+        signed_in.elapsed() < Duration::from_secs(3),
+        "too slow to use the session before it expires"
+    );
+    assert_eq!(stored_sessions(work.path()).len(), 1);
+    // Past its four seconds (counted in whole seconds of the server's clock).
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(signed_in.elapsed()));
+    assert_console_refuses(base, &cookie);
+    assert_eq!(
+        stored_sessions(work.path()),
+        [],
+        "the expired session is deleted"
+    );
+}
+
+/// The console's content policy allows nothing inline: what a page must
+/// hold to work under it.
+fn assert_nothing_inline(path: &str, html: &str) {
+    assert!(!html.contains(" style="), "{path}: an inline style: {html}");
+    assert!(!html.contains("<style"), "{path}: a style element: {html}");
+    let handler = html.match_indices(" on").any(|(i, _)| {
+        let rest = &html[i + 3..];
+        let name = rest.bytes().take_while(u8::is_ascii_lowercase).count();
+        name > 0 && rest[name..].starts_with('=')
+    });
+    assert!(!handler, "{path}: an inline event handler: {html}");
+    for script in html.split("<script").skip(1) {
+        let tag = &script[..script.find('>').unwrap()];
+        assert!(
+            tag.contains("src=\"/console/"),
+            "{path}: an inline script: {tag}"
+        );
+    }
+}
+
+#[test]
+fn every_answer_carries_the_security_headers() {
+    let data = sample_data(200);
+    let (server, _work, _plugins) = start(data.path());
+    let base = &server.base;
+    run(base, json!({"tag_ids": [1], "as_of": "2025-01-15"}));
+    let (cookie, _) = console_sign_in(base, ADMIN);
+    let http = support::no_redirects();
+    let headers = |path: &str, with_cookie: bool| {
+        let mut request = http.get(format!("{base}{path}"));
+        if with_cookie {
+            request = request.header("cookie", &cookie);
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (status, headers, response.text().unwrap_or_default())
+    };
+    let header = |h: &reqwest::header::HeaderMap, name: &str| {
+        h.get(name)
+            .map_or(String::new(), |v| v.to_str().unwrap().to_string())
+    };
+    let common = |path: &str, h: &reqwest::header::HeaderMap| {
+        assert_eq!(header(h, "x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header(h, "x-frame-options"), "DENY", "{path}");
+        assert_eq!(header(h, "referrer-policy"), "no-referrer", "{path}");
+        let policy = header(h, "content-security-policy");
+        assert!(
+            policy.contains("frame-ancestors 'none'"),
+            "{path}: {policy}"
+        );
+        assert!(!policy.contains("unsafe"), "{path}: {policy}");
+        policy
+    };
+    let pages = ["/", "/tasks", "/plugins", "/trigger", "/tags/1", "/signin"];
+    for path in pages
+        .iter()
+        .chain(&["/console/app.js", "/console/style.css"])
+    {
+        let (status, h, body) = headers(path, true);
+        assert_eq!(status, 200, "{path}");
+        let policy = common(path, &h);
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+        ] {
+            assert!(policy.contains(directive), "{path}: {policy}");
+        }
+        if pages.contains(path) {
+            assert_nothing_inline(path, &body);
+        }
+    }
+    // The tasks page shows the run's bar, without an inline width.
+    let (_, _, tasks) = headers("/tasks", true);
+    assert!(tasks.contains("data-percent=\"100\""), "{tasks}");
+    // The redirect to the sign-in form, the API's answers and /health.
+    let (status, h, _) = headers("/tasks", false);
+    assert_eq!(status, 303);
+    assert!(common("/tasks", &h).contains("script-src 'self'"));
+    for path in ["/api/v1/tasks", "/health", "/api/v1/no-such-thing"] {
+        let (_, h, _) = headers(path, true);
+        assert!(common(path, &h).contains("default-src 'none'"), "{path}");
+    }
 }

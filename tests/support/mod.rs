@@ -169,7 +169,10 @@ pub fn wait_entered(gate: &Path) {
     let entered = gate.with_extension("entered");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !entered.exists() {
-        assert!(std::time::Instant::now() < deadline, "no batch reached tag 906");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no batch reached tag 906"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
@@ -357,6 +360,75 @@ pub fn client() -> reqwest::blocking::Client {
         .timeout(std::time::Duration::from_secs(60))
         .build()
         .expect("http client")
+}
+
+/// A blocking HTTP client that follows no redirect (to see the console's
+/// own answers: a page without a session redirects to the sign-in form).
+pub fn no_redirects() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client")
+}
+
+/// Signs in to the console at `base` with `token` (asserting 200): the
+/// `Cookie` header to send, and the whole `Set-Cookie` answer.
+pub fn console_sign_in(base: &str, token: &str) -> (String, String) {
+    let response = client()
+        .post(format!("{base}/console/session"))
+        .json(&serde_json::json!({ "token": token }))
+        .send()
+        .expect("sign in");
+    assert_eq!(response.status().as_u16(), 200);
+    let set = response.headers()["set-cookie"]
+        .to_str()
+        .expect("a text cookie")
+        .to_string();
+    let cookie = set.split(';').next().unwrap_or_default().to_string();
+    (cookie, set)
+}
+
+/// A GET of `path` with `cookie`, following no redirect: the status, the
+/// `Location` header (empty without one) and the body.
+pub fn get_with_cookie(base: &str, path: &str, cookie: &str) -> (u16, String, String) {
+    let response = no_redirects()
+        .get(format!("{base}{path}"))
+        .header("cookie", cookie)
+        .send()
+        .expect("request");
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, location, response.text().unwrap_or_default())
+}
+
+/// A GET of an API path with `cookie`, as a console page sends it: the
+/// status.
+pub fn api_with_cookie(base: &str, path: &str, cookie: &str) -> u16 {
+    client()
+        .get(format!("{base}{path}"))
+        .header("cookie", cookie)
+        .send()
+        .expect("request")
+        .status()
+        .as_u16()
+}
+
+/// Asserts that `cookie` opens neither a console page nor the API: the
+/// page sends the browser to the sign-in form, the API answers 401.
+pub fn assert_console_refuses(base: &str, cookie: &str) {
+    let (code, location, _) = get_with_cookie(base, "/tasks", cookie);
+    assert_eq!((code, location.as_str()), (303, "/signin"), "{cookie}");
+    assert_eq!(
+        api_with_cookie(base, "/api/v1/tasks", cookie),
+        401,
+        "{cookie}"
+    );
 }
 
 /// `user_tags` as `user_id -> tag_ids`, read straight from SQLite.
@@ -568,7 +640,9 @@ impl ServerProcess {
                 .and_then(|r| r.json())
                 .expect("status");
             let status = reply["status"].clone();
-            if ["completed", "failed", "cancelled"].contains(&status["status"].as_str().unwrap_or("")) {
+            if ["completed", "failed", "cancelled"]
+                .contains(&status["status"].as_str().unwrap_or(""))
+            {
                 return status;
             }
             assert!(std::time::Instant::now() < deadline, "{status}");
