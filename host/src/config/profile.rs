@@ -55,7 +55,7 @@ pub struct Profile {
 pub struct ConfigErrors(pub Vec<String>);
 
 /// The settings a profile may hold: (argument id, profile key).
-pub const PROFILE_KEYS: [(&str, &str); 15] = [
+pub const PROFILE_KEYS: [(&str, &str); 16] = [
     ("host", "host"),
     ("port", "port"),
     ("data_dir", "data_dir"),
@@ -71,6 +71,7 @@ pub const PROFILE_KEYS: [(&str, &str); 15] = [
     ("log_file", "log_file"),
     ("console_session_secs", "console_session_secs"),
     ("secure_cookies", "secure_cookies"),
+    ("auth_failure_burst", "auth_failure_burst"),
 ];
 
 /// What marks a value of a shipped profile that must be replaced before
