@@ -520,12 +520,23 @@ enum StopBy {
     Cancel,
 }
 
-/// A run held inside its commit (the results written into the transaction,
-/// the outcome row waiting on a lock the test holds) is killed or
-/// cancelled: `user_tags` is either as before or the whole run's, never
-/// part of it, and the status says which. A killed run is taken over by the
-/// next process and completes.
-fn a_run_stopped_inside_its_commit_is_all_or_nothing(backend: Backend, by: StopBy) {
+/// Where a test holds a run before it stops it.
+#[derive(Clone, Copy, PartialEq)]
+enum HeldIn {
+    /// Writing: its first new grant waits on a lock of `tag_grants`.
+    Writing,
+    /// Committing: its outcome row waits on a row the test inserted.
+    Committing,
+}
+
+/// A run held while it writes (its first new grant waiting on a lock the
+/// test holds) or inside its commit (the results written into the
+/// transaction, the outcome row waiting on a lock the test holds) is
+/// killed or cancelled: `user_tags` is either as before or the whole run's,
+/// never part of it, and the status says which (a cancel while writing
+/// always stops it: a safe point comes before the commit). A killed run is
+/// taken over by the next process and completes.
+fn a_run_stopped_while_it_writes_or_commits_is_all_or_nothing(backend: Backend, by: StopBy, at: HeldIn) {
     let data = sample_data(600);
     let plugins = reference_and_misbehaving_plugins();
     let log = data.path().join("server.log");
@@ -539,12 +550,18 @@ fn a_run_stopped_inside_its_commit_is_all_or_nothing(backend: Backend, by: StopB
     hold_tag_906_at(&first.base, &gate);
     let task = trigger(&first.base, json!({"tag_ids": [906, 1, 7], "as_of": AS_OF}));
     wait_entered(&gate);
-    let hold = backend.hold(&format!(
-        "INSERT INTO run_outcomes (task_id, result, committed_at) VALUES ('{task}', '{{}}', 'held')"
-    ));
+    let (lock, stage) = match (at, backend.url().starts_with("postgres")) {
+        (HeldIn::Writing, true) => ("LOCK TABLE tag_grants IN EXCLUSIVE MODE".to_string(), "writing"),
+        (HeldIn::Writing, false) => ("SELECT grant_id FROM tag_grants FOR UPDATE".to_string(), "writing"),
+        (HeldIn::Committing, _) => (
+            format!("INSERT INTO run_outcomes (task_id, result, committed_at) VALUES ('{task}', '{{}}', 'held')"),
+            "committing",
+        ),
+    };
+    let hold = backend.hold(&lock);
     std::fs::write(&gate, b"").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while first.status(&task)["progress"]["stage"] != "committing" || backend.lock_waiters() == 0 {
+    while first.status(&task)["progress"]["stage"] != stage || backend.lock_waiters() == 0 {
         assert!(std::time::Instant::now() < deadline, "{}", first.status(&task));
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -568,6 +585,9 @@ fn a_run_stopped_inside_its_commit_is_all_or_nothing(backend: Backend, by: StopB
             assert_eq!(reply.status().as_u16(), 202);
             drop(hold);
             let done = wait_ended(&first, &task);
+            if at == HeldIn::Writing {
+                assert_eq!(done["status"], "cancelled", "{done}");
+            }
             match done["status"].as_str().unwrap() {
                 "cancelled" => assert_same_tags(&backend.tags(), &before),
                 "completed" => assert_same_tags(&backend.tags(), &after),
@@ -1192,29 +1212,53 @@ fn a_stalled_store_times_requests_out(backend: Backend) {
     proxy.resume();
 }
 
-/// Runs stopped inside their commit, on the network stores (the test
-/// holds a row lock the commit waits on; SQLite has none to hold).
-mod stopped_in_commit {
-    use super::{a_run_stopped_inside_its_commit_is_all_or_nothing as scenario, Backend, StopBy};
+/// Runs stopped while they write or inside their commit, on the network
+/// stores (the test holds a lock the run waits on; SQLite takes its write
+/// lock before it reads, so there is none to hold mid-run).
+mod stopped_mid_write {
+    use super::{
+        a_run_stopped_while_it_writes_or_commits_is_all_or_nothing as scenario, Backend, HeldIn,
+        StopBy,
+    };
 
     #[test]
     fn postgres_killed() {
-        scenario(Backend::postgres(), StopBy::Kill)
+        scenario(Backend::postgres(), StopBy::Kill, HeldIn::Committing)
     }
 
     #[test]
     fn postgres_cancelled() {
-        scenario(Backend::postgres(), StopBy::Cancel)
+        scenario(Backend::postgres(), StopBy::Cancel, HeldIn::Committing)
     }
 
     #[test]
     fn mariadb_killed() {
-        scenario(Backend::mysql(), StopBy::Kill)
+        scenario(Backend::mysql(), StopBy::Kill, HeldIn::Committing)
     }
 
     #[test]
     fn mariadb_cancelled() {
-        scenario(Backend::mysql(), StopBy::Cancel)
+        scenario(Backend::mysql(), StopBy::Cancel, HeldIn::Committing)
+    }
+
+    #[test]
+    fn postgres_killed_while_writing() {
+        scenario(Backend::postgres(), StopBy::Kill, HeldIn::Writing)
+    }
+
+    #[test]
+    fn postgres_cancelled_while_writing() {
+        scenario(Backend::postgres(), StopBy::Cancel, HeldIn::Writing)
+    }
+
+    #[test]
+    fn mariadb_killed_while_writing() {
+        scenario(Backend::mysql(), StopBy::Kill, HeldIn::Writing)
+    }
+
+    #[test]
+    fn mariadb_cancelled_while_writing() {
+        scenario(Backend::mysql(), StopBy::Cancel, HeldIn::Writing)
     }
 
     #[test]
