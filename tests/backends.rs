@@ -536,7 +536,11 @@ enum HeldIn {
 /// never part of it, and the status says which (a cancel while writing
 /// always stops it: a safe point comes before the commit). A killed run is
 /// taken over by the next process and completes.
-fn a_run_stopped_while_it_writes_or_commits_is_all_or_nothing(backend: Backend, by: StopBy, at: HeldIn) {
+fn a_run_stopped_while_it_writes_or_commits_is_all_or_nothing(
+    backend: Backend,
+    by: StopBy,
+    at: HeldIn,
+) {
     let data = sample_data(600);
     let plugins = reference_and_misbehaving_plugins();
     let log = data.path().join("server.log");
@@ -562,7 +566,11 @@ fn a_run_stopped_while_it_writes_or_commits_is_all_or_nothing(backend: Backend, 
     std::fs::write(&gate, b"").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while first.status(&task)["progress"]["stage"] != stage || backend.lock_waiters() == 0 {
-        assert!(std::time::Instant::now() < deadline, "{}", first.status(&task));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            first.status(&task)
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let after = oracle::expected(data.path(), as_of(), &[1, 7]);
@@ -584,7 +592,7 @@ fn a_run_stopped_while_it_writes_or_commits_is_all_or_nothing(backend: Backend, 
             // 202: accepted, the run stops at its next safe point.
             assert_eq!(reply.status().as_u16(), 202);
             drop(hold);
-            let done = wait_ended(&first, &task);
+            let done = wait_ended(&first.base, &task);
             if at == HeldIn::Writing {
                 assert_eq!(done["status"], "cancelled", "{done}");
             }
@@ -610,15 +618,23 @@ fn a_process_killed_just_after_its_commit_reports_what_it_committed(backend: Bac
     hold_tag_906_at(&first.base, &gate);
     let task = trigger(&first.base, json!({"tag_ids": [906, 1, 7], "as_of": AS_OF}));
     wait_entered(&gate);
-    let hold = backend.hold(&format!("SELECT task_id FROM tasks WHERE task_id = '{task}' FOR UPDATE"));
+    let hold = backend.hold(&format!(
+        "SELECT task_id FROM tasks WHERE task_id = '{task}' FOR UPDATE"
+    ));
     std::fs::write(&gate, b"").unwrap();
     let committed = || {
-        let rows = backend.query_count(&format!("SELECT COUNT(*) FROM run_outcomes WHERE task_id = '{task}'"));
+        let rows = backend.query_count(&format!(
+            "SELECT COUNT(*) FROM run_outcomes WHERE task_id = '{task}'"
+        ));
         rows == 1 && backend.lock_waiters() > 0
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !committed() {
-        assert!(std::time::Instant::now() < deadline, "{}", first.status(&task));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            first.status(&task)
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     drop(first);
@@ -639,22 +655,9 @@ fn a_process_killed_just_after_its_commit_reports_what_it_committed(backend: Bac
     assert_same_tags(&backend.tags(), &after);
 }
 
-/// Waits (two minutes at most) until `task` ends on `process`; its status.
-fn wait_ended(process: &Process, task: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let status = process.status(task);
-        if ["completed", "failed", "cancelled"].contains(&status["status"].as_str().unwrap_or("")) {
-            return status;
-        }
-        assert!(std::time::Instant::now() < deadline, "{status}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 /// [`wait_ended`], asserting the task completed.
 fn wait_completed(process: &Process, task: &str) -> serde_json::Value {
-    let status = wait_ended(process, task);
+    let status = wait_ended(&process.base, task);
     assert_eq!(status["status"], "completed", "{status}");
     status
 }
@@ -802,7 +805,10 @@ fn cancels_reach_tasks_queued_or_running_in_another_process(backend: Backend) {
         .lines()
         .any(|l| l.contains("cancel requested through another process") && l.contains(&heard))
     {
-        assert!(std::time::Instant::now() < deadline, "the cancel never reached the run");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancel never reached the run"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     std::fs::write(&gate, b"").unwrap();

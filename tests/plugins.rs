@@ -746,7 +746,10 @@ fn a_running_task_keeps_the_plugin_build_it_started_with() {
     // build A no one) replaces the library while the task is inside it.
     let mut bytes = std::fs::read(fixture("misbehaving")).unwrap();
     let mark = b"tag-fixture-build-mark:A";
-    let at = bytes.windows(mark.len()).position(|w| w == mark).expect("build mark");
+    let at = bytes
+        .windows(mark.len())
+        .position(|w| w == mark)
+        .expect("build mark");
     bytes[at + mark.len() - 1] = b'B';
     let path = dir.path().join("misbehaving.so");
     std::fs::remove_file(&path).unwrap();
@@ -766,7 +769,11 @@ fn a_running_task_keeps_the_plugin_build_it_started_with() {
         (&json!("tag-fixture-misbehaving"), &first)
     );
     // Build A computed every batch of it: no one matched.
-    assert_eq!((&report["evaluated_users"], &report["matched"]), (&json!(2000), &json!(0)), "{done}");
+    assert_eq!(
+        (&report["evaluated_users"], &report["matched"]),
+        (&json!(2000), &json!(0)),
+        "{done}"
+    );
     // A task started after the reload is computed by build B, and says so.
     let id = server.trigger(json!({"tag_ids": [906], "as_of": "2025-01-15"}));
     let after = server.wait(&id);

@@ -1192,7 +1192,10 @@ fn results_can_be_read_per_user_and_per_tag() {
 #[cfg(target_os = "linux")]
 fn thread_niceness(pid: u32, prefix: &str) -> Vec<i64> {
     let mut found = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         if !comm.starts_with(prefix) {
             continue;
@@ -1215,7 +1218,12 @@ fn task_workers_run_at_a_lower_priority_than_the_api() {
     let work = tempfile::tempdir().unwrap();
     let data = data(50);
     let plugins = reference_plugins_dir();
-    let server = ServerProcess::start_in(work.path(), data.path(), plugins.path(), &["--max-concurrent-tasks", "3"]);
+    let server = ServerProcess::start_in(
+        work.path(),
+        data.path(),
+        plugins.path(),
+        &["--max-concurrent-tasks", "3"],
+    );
     // Each worker lowers its own priority as it starts: wait until all
     // three have started rather than racing their start-up.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1878,7 +1886,10 @@ fn a_second_stop_signal_with_a_task_running_loses_nothing() {
         .json(&json!({"tag_ids": [906, 1, 7], "as_of": AS_OF}))
         .send()
         .unwrap();
-    let task = reply.json::<Value>().unwrap()["task_id"].as_str().unwrap().to_string();
+    let task = reply.json::<Value>().unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_entered(&gate);
     // Two stop signals while the task is inside a plugin: the server ends
     // at once, the task neither finished nor written.
@@ -1896,21 +1907,8 @@ fn a_second_stop_signal_with_a_task_running_loses_nothing() {
     // The next server on the same store runs the accepted task to its end.
     std::fs::write(&gate, b"").unwrap();
     let next = ServerProcess::start_in(work.path(), data.path(), plugins.path(), &lease);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let done = loop {
-        let body: Value = client()
-            .get(format!("{}/api/v1/tasks/{task}/status", next.base))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        if body["status"]["status"] == "completed" {
-            break body["status"].clone();
-        }
-        assert_ne!(body["status"]["status"], "failed", "{body}");
-        assert!(std::time::Instant::now() < deadline, "{body}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let done = wait_ended(&next.base, &task);
+    assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["attempts"], 2, "{done}");
     assert_same_tags(
         &user_tags(&work.path().join("t.db")),

@@ -154,7 +154,10 @@ mod tests {
         assert_eq!(throttle.blocked_at(a, start), None);
         throttle.fail_at(a, start).unwrap();
         assert_eq!(throttle.blocked_at(a, start), Some(6));
-        assert_eq!(throttle.blocked_at(a, start + Duration::from_secs(5)), Some(1));
+        assert_eq!(
+            throttle.blocked_at(a, start + Duration::from_secs(5)),
+            Some(1)
+        );
         assert_eq!(throttle.blocked_at(a, start + REFILL), None);
         assert_eq!(throttle.blocked_at(ip("192.0.2.8"), start), None);
         assert_eq!(Throttle::new(0).blocked_at(a, start), None);

@@ -71,6 +71,18 @@ impl Backend {
         Backend::Mysql(name)
     }
 
+    /// A new connection to this PostgreSQL database.
+    fn pg(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect")
+    }
+
+    /// A new connection to this MariaDB database.
+    fn my(&self) -> mysql::PooledConn {
+        mysql::Pool::new(self.url().as_str())
+            .and_then(|pool| pool.get_conn())
+            .expect("connect")
+    }
+
     /// The `--store` URL.
     pub fn url(&self) -> String {
         match self {
@@ -94,17 +106,12 @@ impl Backend {
                 conn.execute_batch(sql).expect("run SQL");
             }
             Backend::Postgres(_) => {
-                let mut client =
-                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                let mut client = self.pg();
                 client.batch_execute(sql).expect("run SQL");
             }
             Backend::Mysql(_) => {
                 use mysql::prelude::Queryable;
-                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
-                pool.get_conn()
-                    .expect("connect")
-                    .query_drop(sql)
-                    .expect("run SQL");
+                self.my().query_drop(sql).expect("run SQL");
             }
         }
     }
@@ -116,17 +123,16 @@ impl Backend {
         match self {
             Backend::Sqlite(_) => panic!("Backend::hold is for the network stores"),
             Backend::Postgres(_) => {
-                let mut client =
-                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                let mut client = self.pg();
                 client.batch_execute("BEGIN").expect("BEGIN");
                 client.batch_execute(sql).expect("run SQL");
                 Hold::Postgres(client)
             }
             Backend::Mysql(_) => {
                 use mysql::prelude::Queryable;
-                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
-                let mut conn = pool.get_conn().expect("connect");
-                conn.query_drop("START TRANSACTION").expect("START TRANSACTION");
+                let mut conn = self.my();
+                conn.query_drop("START TRANSACTION")
+                    .expect("START TRANSACTION");
                 conn.query_drop(sql).expect("run SQL");
                 Hold::Mysql(conn)
             }
@@ -140,8 +146,7 @@ impl Backend {
         match self {
             Backend::Sqlite(_) => panic!("Backend::end_lock_waiters is for the network stores"),
             Backend::Postgres(name) => {
-                let mut client =
-                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                let mut client = self.pg();
                 client
                     .execute(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
@@ -151,8 +156,7 @@ impl Backend {
             }
             Backend::Mysql(_) => {
                 use mysql::prelude::Queryable;
-                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
-                let mut conn = pool.get_conn().expect("connect");
+                let mut conn = self.my();
                 let ids: Vec<u64> = conn
                     .query("SELECT trx_mysql_thread_id FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'")
                     .expect("innodb_trx");
@@ -169,14 +173,12 @@ impl Backend {
         match self {
             Backend::Sqlite(_) => panic!("Backend::query_count is for the network stores"),
             Backend::Postgres(_) => {
-                let mut client =
-                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                let mut client = self.pg();
                 client.query_one(sql, &[]).expect("query").get::<_, i64>(0) as u64
             }
             Backend::Mysql(_) => {
                 use mysql::prelude::Queryable;
-                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
-                let n: Option<u64> = pool.get_conn().expect("connect").query_first(sql).expect("query");
+                let n: Option<u64> = self.my().query_first(sql).expect("query");
                 n.unwrap_or(0)
             }
         }
@@ -187,8 +189,7 @@ impl Backend {
         match self {
             Backend::Sqlite(_) => panic!("Backend::lock_waiters is for the network stores"),
             Backend::Postgres(name) => {
-                let mut client =
-                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                let mut client = self.pg();
                 let row = client
                     .query_one(
                         "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
@@ -199,10 +200,7 @@ impl Backend {
             }
             Backend::Mysql(_) => {
                 use mysql::prelude::Queryable;
-                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
-                let n: Option<u64> = pool
-                    .get_conn()
-                    .expect("connect")
+                let n: Option<u64> = self.my()
                     .query_first("SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'")
                     .expect("innodb_trx");
                 n.unwrap_or(0) as usize
@@ -218,15 +216,13 @@ impl Backend {
                 sqlite_rows(&dir.path().join("tags.control.db"), sql, |r| r.get(0))
             }
             Backend::Postgres(_) => {
-                let mut client =
-                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                let mut client = self.pg();
                 let rows = client.query(sql, &[]).expect("query");
                 rows.iter().map(|r| r.get(0)).collect()
             }
             Backend::Mysql(_) => {
                 use mysql::prelude::Queryable;
-                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
-                pool.get_conn().expect("connect").query(sql).expect("query")
+                self.my().query(sql).expect("query")
             }
         }
     }
@@ -240,8 +236,7 @@ impl Backend {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             }),
             Backend::Postgres(_) => {
-                let mut client =
-                    postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect");
+                let mut client = self.pg();
                 let sql = "SELECT user_id, tag_ids::text, tag_details::text, created_time, updated_time FROM user_tags ORDER BY user_id";
                 client
                     .query(sql, &[])
@@ -252,8 +247,7 @@ impl Backend {
             }
             Backend::Mysql(_) => {
                 use mysql::prelude::Queryable;
-                let pool = mysql::Pool::new(self.url().as_str()).expect("connect");
-                pool.get_conn().expect("connect").query(SQL).expect("query")
+                self.my().query(SQL).expect("query")
             }
         }
     }

@@ -546,6 +546,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits (up to two minutes) until task `task` of the server at `base`
+/// ends (completed, failed or cancelled); its status object.
+pub fn wait_ended(base: &str, task: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let reply: serde_json::Value = client()
+            .get(format!("{base}/api/v1/tasks/{task}/status"))
+            .send()
+            .and_then(|r| r.json())
+            .expect("status");
+        let status = reply["status"].clone();
+        if ["completed", "failed", "cancelled"].contains(&status["status"].as_str().unwrap_or("")) {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Waits (up to 120 s: a loaded machine running the whole suite starts
 /// dozens of debug-built servers at once) until a tag-server at `base`
 /// answers `/health`.
@@ -632,22 +651,7 @@ impl ServerProcess {
             .as_str()
             .expect("task_id")
             .to_string();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        loop {
-            let reply: serde_json::Value = client()
-                .get(format!("{}/api/v1/tasks/{id}/status", self.base))
-                .send()
-                .and_then(|r| r.json())
-                .expect("status");
-            let status = reply["status"].clone();
-            if ["completed", "failed", "cancelled"]
-                .contains(&status["status"].as_str().unwrap_or(""))
-            {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "{status}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_ended(&self.base, &id)
     }
 
     /// The process id.

@@ -295,7 +295,10 @@ mod tests {
         let side = strings(&[Some("a"), Some("a"), Some("b"), Some("b")]);
         let t = times(&[Some(4), Some(4), Some(4), None]);
         let (take, dropped) = join_latest(&side, &t, &mut RowFinder::new(&universe, &index));
-        assert_eq!(take.iter().collect::<Vec<_>>(), vec![Some(1), Some(2), None]);
+        assert_eq!(
+            take.iter().collect::<Vec<_>>(),
+            vec![Some(1), Some(2), None]
+        );
         assert_eq!(dropped, 2);
     }
 }

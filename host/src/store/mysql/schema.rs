@@ -29,8 +29,9 @@ const USER_TAGS_VIEW: &str = concat!("CREATE VIEW user_tags AS\n     ", user_tag
 
 /// The migrations, version 1 first. Append only. Text is utf8mb4; user ids
 /// compare byte for byte (`utf8mb4_bin`): `User1` is not `user1`.
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE tasks (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE tasks (
         seq BIGINT AUTO_INCREMENT PRIMARY KEY,
         task_id VARCHAR(64) NOT NULL UNIQUE,
         spec LONGTEXT NOT NULL,
@@ -45,76 +46,83 @@ const MIGRATIONS: &[&[&str]] = &[&[
         request_hash LONGTEXT,
         INDEX tasks_status (status)
     ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
-    "CREATE TABLE tag_rules (
+        "CREATE TABLE tag_rules (
         tag_id BIGINT NOT NULL,
         version BIGINT NOT NULL,
         rule LONGTEXT NOT NULL,
         created_at VARCHAR(32) NOT NULL,
         PRIMARY KEY (tag_id, version)
     ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
-    "CREATE TABLE tag_state (
+        "CREATE TABLE tag_state (
         tag_id BIGINT PRIMARY KEY,
         rule_version BIGINT NOT NULL,
         watermarks LONGTEXT NOT NULL,
         had_full_run BOOLEAN NOT NULL
     ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
-    "CREATE TABLE tag_grants (
+        "CREATE TABLE tag_grants (
         grant_id INT AUTO_INCREMENT PRIMARY KEY,
         tag_id BIGINT NOT NULL,
         detail JSON NOT NULL
     ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
-    "CREATE TABLE user_tag_sets (
+        "CREATE TABLE user_tag_sets (
         user_id VARCHAR(255) NOT NULL PRIMARY KEY,
         tag_ids JSON NOT NULL,
         grants JSON NOT NULL,
         created_time BIGINT NOT NULL,
         updated_time BIGINT NOT NULL
     ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
-    "CREATE TABLE run_outcomes (
+        "CREATE TABLE run_outcomes (
         task_id VARCHAR(64) PRIMARY KEY,
         result LONGTEXT NOT NULL,
         committed_at VARCHAR(32) NOT NULL
     ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
-    // One row that a run's transaction locks: writers take turns, readers
-    // of user_tag_sets never wait (InnoDB reads a snapshot).
-    "CREATE TABLE run_lock (id INT PRIMARY KEY) ENGINE = InnoDB",
-    "INSERT INTO run_lock VALUES (1)",
-    USER_TAGS_VIEW,
-], &[
-    // 2: how often a task was started without finishing cleanly.
-    "ALTER TABLE tasks ADD COLUMN attempts INT NOT NULL DEFAULT 0",
-], &[
-    // 3: which process runs a task, and until when its lease holds.
-    "ALTER TABLE tasks ADD COLUMN owner VARCHAR(64)",
-    "ALTER TABLE tasks ADD COLUMN lease_until BIGINT",
-    "ALTER TABLE tasks ADD COLUMN cancel_requested INT NOT NULL DEFAULT 0",
-], &[
-    // 4: which plugin owns each tag id.
-    "CREATE TABLE tag_owners (
+        // One row that a run's transaction locks: writers take turns, readers
+        // of user_tag_sets never wait (InnoDB reads a snapshot).
+        "CREATE TABLE run_lock (id INT PRIMARY KEY) ENGINE = InnoDB",
+        "INSERT INTO run_lock VALUES (1)",
+        USER_TAGS_VIEW,
+    ],
+    &[
+        // 2: how often a task was started without finishing cleanly.
+        "ALTER TABLE tasks ADD COLUMN attempts INT NOT NULL DEFAULT 0",
+    ],
+    &[
+        // 3: which process runs a task, and until when its lease holds.
+        "ALTER TABLE tasks ADD COLUMN owner VARCHAR(64)",
+        "ALTER TABLE tasks ADD COLUMN lease_until BIGINT",
+        "ALTER TABLE tasks ADD COLUMN cancel_requested INT NOT NULL DEFAULT 0",
+    ],
+    &[
+        // 4: which plugin owns each tag id.
+        "CREATE TABLE tag_owners (
         tag_id BIGINT PRIMARY KEY,
         plugin VARCHAR(255) NOT NULL,
         recorded_at VARCHAR(32) NOT NULL
     ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
-], &[
-    // 5: who saved each rule version (an API token's name).
-    "ALTER TABLE tag_rules ADD COLUMN changed_by VARCHAR(255)",
-], &[
-    // 6: tables adopted from the old system (`user_tags` kept as a table),
-    // and the view tag-server reads its own rows through, whatever
-    // `user_tags` is.
-    "CREATE TABLE adopted_tables (
+    ],
+    &[
+        // 5: who saved each rule version (an API token's name).
+        "ALTER TABLE tag_rules ADD COLUMN changed_by VARCHAR(255)",
+    ],
+    &[
+        // 6: tables adopted from the old system (`user_tags` kept as a table),
+        // and the view tag-server reads its own rows through, whatever
+        // `user_tags` is.
+        "CREATE TABLE adopted_tables (
         table_name VARCHAR(64) PRIMARY KEY,
         adopted_at VARCHAR(32) NOT NULL,
         rows_adopted BIGINT NOT NULL
     ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
-    concat!("CREATE VIEW user_tag_rows AS ", user_tags_select!()),
-], &[
-    // 7: the console's sessions (shared by every process on the database).
-    concat!(
-        crate::store::sql::sessions::sessions_table!(),
-        " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-    ),
-]];
+        concat!("CREATE VIEW user_tag_rows AS ", user_tags_select!()),
+    ],
+    &[
+        // 7: the console's sessions (shared by every process on the database).
+        concat!(
+            crate::store::sql::sessions::sessions_table!(),
+            " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        ),
+    ],
+];
 
 /// Applies the migrations the database lacks (refusing a newer database)
 /// and adopts an old `user_tags` table; that table, if runs write it.
