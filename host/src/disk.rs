@@ -48,6 +48,23 @@ fn statvfs_available(_path: &Path) -> io::Result<Option<u64>> {
     Ok(None)
 }
 
+/// `name` in this user's cache directory: `$XDG_CACHE_HOME/tag-server/NAME`
+/// or `~/.cache/tag-server/NAME`; without either, `tag-server-NAME-UID` in
+/// the temporary directory.
+pub fn cache_dir(name: &str) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    match cache {
+        Some(cache) => cache.join("tag-server").join(name),
+        None => std::env::temp_dir().join(format!("tag-server-{name}-{}", unsafe {
+            // SAFETY: geteuid has no preconditions.
+            libc::geteuid()
+        })),
+    }
+}
+
 /// `bytes` in binary units with one decimal: `812 B`, `93.5 MiB`, `8.7 GiB`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];

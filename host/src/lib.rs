@@ -21,7 +21,8 @@
 //!   for both; [`throttle`]: failed authentications per client address.
 //! - [`server`]: start-up and shutdown; [`cli`]: the one-shot commands
 //!   ([`watch`]: `tag-server run`'s progress on stderr).
-//! - [`disk`]: free space where files go, byte counts for people.
+//! - [`disk`]: free space where files go, byte counts for people;
+//!   [`memory`]: sizes, the machine's memory and the default run limit.
 //! - [`logging`]: log set-up, logged panics, the flat JSON log format;
 //!   [`signals`]: the stop signals; [`alloc`]: the allocator's tuning.
 
@@ -36,6 +37,7 @@ pub mod disk;
 pub mod engine;
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod plugins;

@@ -71,6 +71,20 @@ pub struct TagProgress {
     pub rows_done: usize,
 }
 
+/// Where a partitioned run is: spilling (`index` 0), then partition
+/// `index` of `count`, each going through joining, evaluating and writing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PartitionProgress {
+    /// The partition being computed, from 1; 0 while the tables are
+    /// read and spilled into the partitions.
+    pub index: usize,
+    /// Partitions in all.
+    pub count: usize,
+}
+
+/// The stages a partitioned run goes through once per partition.
+const PER_PARTITION: [&str; 3] = ["joining", "evaluating", "writing"];
+
 /// A running task's progress, as its status shows it.
 #[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct Progress {
@@ -98,6 +112,9 @@ pub struct Progress {
     pub rows_total: usize,
     /// Per tag: rows evaluated so far.
     pub tags: Vec<TagProgress>,
+    /// A partitioned run's partitions: which one is being computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<PartitionProgress>,
     #[serde(skip)]
     #[schema(ignore)]
     clock: Option<Clock>,
@@ -175,6 +192,21 @@ impl Progress {
         self.live = self.position(stage).map(|at| (at, counter));
     }
 
+    /// A partitioned run starts partition `index` (from 1; 0 while
+    /// spilling) of `count`: the stages computed once per partition start
+    /// again.
+    pub fn enter_partition(&mut self, index: usize, count: usize) {
+        self.partition = Some(PartitionProgress { index, count });
+        for s in self
+            .stages
+            .iter_mut()
+            .filter(|s| PER_PARTITION.contains(&s.name.as_str()))
+        {
+            s.state = "pending".into();
+            s.done = 0;
+        }
+    }
+
     /// Ends the run: every stage finished.
     pub fn finish(&mut self) {
         let last = STAGES.len() - 1;
@@ -244,7 +276,7 @@ impl Progress {
         for s in out.stages.iter_mut().filter(|s| s.state == "running") {
             s.elapsed_ms = now.duration_since(clock.stage).as_millis() as u64;
         }
-        out.percent = (percent(&out.stages) * 10.0).round() / 10.0;
+        out.percent = (percent(&out.stages, self.partition) * 10.0).round() / 10.0;
         let elapsed = now.duration_since(clock.run).as_secs_f64();
         out.elapsed_ms = (elapsed * 1000.0) as u64;
         out.eta_seconds = (elapsed >= ESTIMATE_AFTER_SECS && out.percent > 0.5)
@@ -254,19 +286,27 @@ impl Progress {
 }
 
 /// The overall percent: finished stages count whole, the running one by
-/// its done/total, each by its share.
-fn percent(stages: &[StageProgress]) -> f64 {
+/// its done/total, each by its share. In a partitioned run the stages
+/// computed per partition count the partitions done and this one's part.
+fn percent(stages: &[StageProgress], partition: Option<PartitionProgress>) -> f64 {
     let all: f64 = STAGES.iter().map(|s| s.2).sum();
     let done: f64 = stages
         .iter()
         .zip(STAGES.iter())
-        .map(|(s, (_, _, share))| {
+        .map(|(s, (name, _, share))| {
             let part = match s.state.as_str() {
                 "finished" => 1.0,
                 "running" if s.total > 0 => s.done as f64 / s.total as f64,
                 _ => 0.0,
             };
-            share * part
+            match partition {
+                Some(p) if PER_PARTITION.contains(name) && p.count > 0 => {
+                    let before = p.index.saturating_sub(1) as f64;
+                    let this = if p.index == 0 { 0.0 } else { part };
+                    share * ((before + this) / p.count as f64).min(1.0)
+                }
+                _ => share * part,
+            }
         })
         .sum();
     // 100 only once every stage finished.

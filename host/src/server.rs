@@ -41,12 +41,20 @@ impl Core {
         let registry = catalog.registry();
         let data = DataSource::open(&config.data_dir, &config.s3_cache_dir())
             .context("opening the data location")?;
-        let engine = Arc::new(Engine::new(
-            Arc::clone(&store),
-            Arc::clone(&registry),
-            data,
-            config.batch_rows as usize,
-        ));
+        let stale = crate::engine::spill::remove_stale(&config.spill_dir());
+        if stale > 0 {
+            tracing::info!(runs = stale, dir = %config.spill_dir().display(),
+                "removed the spill files of runs whose process was killed");
+        }
+        let engine = Arc::new(
+            Engine::new(
+                Arc::clone(&store),
+                Arc::clone(&registry),
+                data,
+                config.batch_rows as usize,
+            )
+            .with_memory(config.memory_limit().bytes(), config.spill_dir()),
+        );
         Ok(Core {
             store,
             catalog,
@@ -337,6 +345,11 @@ fn announce(config: &Config, listener: &tokio::net::TcpListener) -> anyhow::Resu
         .local_addr()
         .context("reading the listener's address")?;
     tracing::info!(%addr, environment = config.env.as_str(), workers = config.max_concurrent_tasks, "tag-server listening");
+    tracing::info!(
+        memory_limit = %config.memory_limit(),
+        spill_dir = %config.spill_dir().display(),
+        "runs keep within the memory limit (--memory-limit): a larger one is partitioned and spilled"
+    );
     // A wildcard address is reached as localhost from this machine.
     let host = match addr.ip() {
         ip if ip.is_unspecified() => "localhost".to_string(),

@@ -41,11 +41,18 @@ impl Display {
 /// The running stage's figures: `reading 1200/5000 rows`, or only its
 /// name while its total is not known yet (never `0/0 rows`).
 fn stage_text(p: &Progress) -> String {
-    match p.stages.iter().find(|s| s.name == p.stage) {
-        Some(s) if s.state == "finished" => "done".to_string(),
+    let stage = match p.stages.iter().find(|s| s.name == p.stage) {
+        Some(s) if s.state == "finished" => return "done".to_string(),
         Some(s) if s.total == 0 => s.name.to_string(),
         Some(s) => format!("{} {}/{} {}", s.name, s.done, s.total, s.unit),
-        None => "starting".to_string(),
+        None => return "starting".to_string(),
+    };
+    match p.partition {
+        Some(part) if part.index == 0 => {
+            format!("{stage}, spilling into {} partitions", part.count)
+        }
+        Some(part) => format!("{stage}, partition {} of {}", part.index, part.count),
+        None => stage,
     }
 }
 

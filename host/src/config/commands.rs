@@ -29,6 +29,8 @@ pub fn settings_of(path: &[&str]) -> Option<Vec<&'static str>> {
             "s3_cache_dir",
             "store",
             "batch_rows",
+            "memory_limit",
+            "spill_dir",
         ],
         _ => &[],
     };

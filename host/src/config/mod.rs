@@ -237,6 +237,18 @@ pub struct Config {
     /// Rows per batch handed to a plugin.
     #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..), env = "TAG_BATCH_ROWS", global = true)]
     pub batch_rows: u32,
+    /// Memory a run keeps within, such as 2GiB or 512MiB: a run whose
+    /// working set (estimated from the parquet footers before reading) is
+    /// larger is split into user-hash partitions, spilled to --spill-dir
+    /// and computed one after another [default: a fifth of this machine's
+    /// memory].
+    #[arg(long, env = "TAG_MEMORY_LIMIT", global = true, value_parser = crate::memory::ByteSize::from_str)]
+    pub memory_limit: Option<crate::memory::ByteSize>,
+    /// Where partitioned runs write their spill files, each run in a 0700
+    /// directory of its own, removed when the run ends [default:
+    /// $XDG_CACHE_HOME/tag-server/spill or ~/.cache/tag-server/spill].
+    #[arg(long, env = "TAG_SPILL_DIR", global = true)]
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// The longest a console session may last: 30 days.
@@ -270,6 +282,19 @@ impl Config {
             }
             DataLocation::S3(_) => String::new(),
         })
+    }
+
+    /// The memory limit in effect.
+    pub fn memory_limit(&self) -> crate::memory::ByteSize {
+        self.memory_limit
+            .unwrap_or_else(crate::memory::default_limit)
+    }
+
+    /// The directory partitioned runs spill into.
+    pub fn spill_dir(&self) -> PathBuf {
+        self.spill_dir
+            .clone()
+            .unwrap_or_else(crate::engine::spill::default_root)
     }
 
     /// The directory S3 tables are mirrored into.

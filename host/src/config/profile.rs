@@ -35,6 +35,10 @@ pub struct Profile {
     pub max_user_ids: Option<usize>,
     /// Rows per plugin batch.
     pub batch_rows: Option<u32>,
+    /// Memory a run keeps within (`2GiB`).
+    pub memory_limit: Option<String>,
+    /// Where partitioned runs spill.
+    pub spill_dir: Option<PathBuf>,
     /// Failed authentications an address may make at once (0: no limit).
     pub auth_failure_burst: Option<u32>,
     /// Log level.
@@ -55,7 +59,7 @@ pub struct Profile {
 pub struct ConfigErrors(pub Vec<String>);
 
 /// The settings a profile may hold: (argument id, profile key).
-pub const PROFILE_KEYS: [(&str, &str); 16] = [
+pub const PROFILE_KEYS: [(&str, &str); 18] = [
     ("host", "host"),
     ("port", "port"),
     ("data_dir", "data_dir"),
@@ -72,6 +76,8 @@ pub const PROFILE_KEYS: [(&str, &str); 16] = [
     ("console_session_secs", "console_session_secs"),
     ("secure_cookies", "secure_cookies"),
     ("auth_failure_burst", "auth_failure_burst"),
+    ("memory_limit", "memory_limit"),
+    ("spill_dir", "spill_dir"),
 ];
 
 /// What marks a value of a shipped profile that must be replaced before
@@ -169,6 +175,13 @@ fn apply(
     set!(queue_capacity, "queue_capacity", profile.queue_capacity);
     set!(max_user_ids, "max_user_ids", profile.max_user_ids);
     set!(batch_rows, "batch_rows", profile.batch_rows);
+    let memory_limit = profile.memory_limit.and_then(|text| {
+        text.parse()
+            .map_err(|e| errors.push(format!("memory_limit in {}: {e}", path.display())))
+            .ok()
+    });
+    set!(memory_limit, "memory_limit", memory_limit.map(Some));
+    set!(spill_dir, "spill_dir", profile.spill_dir.map(Some));
     set!(
         auth_failure_burst,
         "auth_failure_burst",
@@ -232,6 +245,10 @@ fn check_placeholders(config: &Config, invoked: &[&str], errors: &mut Vec<String
             config.plugins_dir.as_ref().map(|p| p.display().to_string()),
         ),
         ("log_file", Some(config.log_file.display().to_string())),
+        (
+            "spill_dir",
+            config.spill_dir.as_ref().map(|p| p.display().to_string()),
+        ),
     ];
     for (id, value) in values {
         let Some(value) = value.filter(|v| v.contains(PLACEHOLDER)) else {

@@ -213,6 +213,20 @@ impl TableScan {
         self.planned
     }
 
+    /// Uncompressed bytes per row of `column`, from the footers (0 for a
+    /// table without rows).
+    pub fn column_bytes_per_row(&self, column: &str) -> f64 {
+        let mut bytes = 0i64;
+        for part in &self.parts {
+            for group in &part.metadata.row_groups {
+                if let Some(chunks) = group.columns_under_root_iter(column) {
+                    bytes += chunks.map(|c| c.uncompressed_size()).sum::<i64>();
+                }
+            }
+        }
+        bytes.max(0) as f64 / self.num_rows.max(1) as f64
+    }
+
     /// The files being read, in order.
     pub fn files(&self) -> impl Iterator<Item = &Path> {
         self.parts.iter().map(|p| p.path.as_path())

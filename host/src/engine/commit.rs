@@ -6,12 +6,13 @@
 use super::bitset::Bitset;
 use super::diff::{diff, Current, DiffTag};
 use super::index::{sorted_rows, RowFinder};
-use super::{stopped, DiffCounts, Evaluated, RunError, Universe};
+use super::{stopped, DiffCounts, Evaluated, Loaded, Plan, RunError, TagRun, Universe};
 use crate::model::now_timestamp;
 use crate::model::RunReport;
 use crate::store::{GrantInfo, RunStart, RunTx, Store, StoreError, TagState, UserRows};
 use crate::tasks::control::{panic_message, TaskControl};
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
@@ -48,12 +49,39 @@ pub fn write<'s>(
     let read = Arc::new(AtomicUsize::new(0));
     let in_scope = scoped.as_ref().map_or(universe.rows(), Vec::len) as u64;
     control.set_progress(|p| p.enter_counted("comparing", in_scope, Arc::clone(&read)));
-    let mut tx = store.begin_run(&run_start(task_id, run)).map_err(failed)?;
+    let tags: Vec<&TagRun> = run.tags.iter().map(|t| t.run).collect();
+    let mut tx = begin(store, task_id, &tags)?;
     let mut stored = UserRows::counted(read);
     tx.current(scoped.as_deref(), &mut stored).map_err(failed)?;
+    let (tx, counts) = write_part(tx, run, &stored, control)?;
+    Ok(Written {
+        tx,
+        counts,
+        states: states(run.plan, &tags, &Loaded::of(run.plan, universe).newest),
+    })
+}
+
+/// Opens the transaction of a run of `tags`.
+pub fn begin<'s>(
+    store: &'s dyn Store,
+    task_id: &str,
+    tags: &[&TagRun],
+) -> Result<Box<dyn RunTx + 's>, RunError> {
+    store.begin_run(&run_start(task_id, tags)).map_err(failed)
+}
+
+/// Diffs the users of `run` (a run's or a partition's) against their
+/// `stored` tags and applies the changes to `tx`, uncommitted.
+pub fn write_part<'s>(
+    tx: Box<dyn RunTx + 's>,
+    run: &Evaluated<'_>,
+    stored: &UserRows,
+    control: &TaskControl,
+) -> Result<(Box<dyn RunTx + 's>, DiffCounts), RunError> {
+    let universe = run.universe;
     control.set_progress(|p| p.enter("writing", universe.rows() as u64));
     let mut finder = RowFinder::new(&universe.ids, &universe.index);
-    let current = Current::place(universe.rows(), &stored, |user| finder.find(user));
+    let current = Current::place(universe.rows(), stored, |user| finder.find(user));
     let tags: Vec<DiffTag<'_>> = run
         .tags
         .iter()
@@ -65,11 +93,16 @@ pub fn write<'s>(
         .collect();
     let (tx, counts) = write_changes(tx, universe, &tags, &current, control)?;
     control.checkpoint().map_err(stopped)?;
-    Ok(Written {
-        tx,
-        counts,
-        states: states(run),
-    })
+    Ok((tx, counts))
+}
+
+/// A transaction with every part written, ready for [`finish`].
+pub fn written<'s>(
+    tx: Box<dyn RunTx + 's>,
+    counts: DiffCounts,
+    states: Vec<TagState>,
+) -> Written<'s> {
+    Written { tx, counts, states }
 }
 
 /// Commits the written results with the tag states and `report`; the
@@ -93,14 +126,12 @@ fn failed(e: StoreError) -> RunError {
 }
 
 /// What the transaction records about the run's tags.
-fn run_start(task_id: &str, run: &Evaluated<'_>) -> RunStart {
+fn run_start(task_id: &str, tags: &[&TagRun]) -> RunStart {
     RunStart {
         task_id: task_id.to_string(),
         now: now_timestamp(),
-        tags: run
-            .tags
+        tags: tags
             .iter()
-            .map(|t| t.run)
             .map(|t| GrantInfo {
                 tag_id: t.id(),
                 tag_name: t.tag.info.description.clone(),
@@ -238,15 +269,14 @@ fn scoped_users<'u>(run: &Evaluated<'u>) -> Option<Vec<&'u str>> {
     Some(rows.ones().map(|i| universe.ids.get(i)).collect())
 }
 
-/// What the next incremental run starts from. A `user_ids` run evaluates
-/// only some users: it must not move the watermarks.
-fn states(run: &Evaluated<'_>) -> Vec<TagState> {
-    if run.plan.user_ids.is_some() {
+/// What the next incremental run of `tags` starts from: the tables' newest
+/// times seen. A `user_ids` run evaluates only some users: it must not move
+/// the watermarks.
+pub fn states(plan: &Plan, tags: &[&TagRun], newest: &BTreeMap<String, i64>) -> Vec<TagState> {
+    if plan.user_ids.is_some() {
         return Vec::new();
     }
-    run.tags
-        .iter()
-        .map(|t| t.run)
+    tags.iter()
         .map(|t| TagState {
             tag_id: t.id(),
             rule_version: t.rule_version,
@@ -254,7 +284,7 @@ fn states(run: &Evaluated<'_>) -> Vec<TagState> {
                 .tables()
                 .into_iter()
                 .filter_map(|table| {
-                    let mark = run.universe.newest.get(table).or(t.watermarks.get(table))?;
+                    let mark = newest.get(table).or(t.watermarks.get(table))?;
                     Some((table.to_string(), *mark))
                 })
                 .collect(),
@@ -267,8 +297,8 @@ fn states(run: &Evaluated<'_>) -> Vec<TagState> {
 mod tests {
     use super::*;
     use crate::engine::load::tests::{cash_tag, loaded};
-    use crate::engine::report::{report, Timings};
-    use crate::engine::{Failures, Plan, TagResult};
+    use crate::engine::report::{report, Computed, Timings};
+    use crate::engine::{Failures, TagResult};
     use crate::store::sqlite::SqliteStore;
     use crate::store::ResultStore;
 
@@ -293,7 +323,14 @@ mod tests {
         };
         let written = write(store, task, &run, control)?;
         let failures = Failures::default();
-        let report = report(&run, &failures, &written.counts, &Timings::start(), None);
+        let computed = Computed::of(&run, Default::default());
+        let report = report(
+            &computed,
+            &failures,
+            &written.counts,
+            &Timings::start(),
+            None,
+        );
         finish(written, &report, control)?;
         Ok(report)
     }

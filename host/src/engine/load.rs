@@ -2,6 +2,7 @@
 //! left-join the side tables onto the universe, row for row.
 
 use super::index::{join_latest, latest_rows, RowFinder, UniverseIndex, UserIds};
+use super::spill::{SpillDir, TableSpill};
 use super::{failed, polars_failed, stopped, Delta, Plan, RunError, TablePlan, Universe};
 use super::{UPDATED_TIME, USER_ID};
 use crate::data::read::{polars_type, scan_row_groups, RowGroupId, TableScan};
@@ -54,6 +55,22 @@ impl Reader<'_> {
     fn read(&self, plan: &TablePlan, scan: TableScan) -> Result<DataFrame, RunError> {
         read_table(plan, scan, self.wanted.as_ref(), self.control)
     }
+
+    /// Reads a table's kept rows into its partitions' spill files.
+    fn spill(
+        &self,
+        plan: &TablePlan,
+        scan: TableScan,
+        dir: &SpillDir,
+        partitions: usize,
+    ) -> Result<(), RunError> {
+        let schema = plan_schema(plan);
+        let mut out = TableSpill::create(dir, &plan.table, &schema, partitions)?;
+        for_each_batch(plan, scan, self.wanted.as_ref(), self.control, |batch| {
+            out.append(&batch)
+        })?;
+        out.finish()
+    }
 }
 
 /// Opens every table's scan and starts the reading stage with their rows.
@@ -90,14 +107,9 @@ pub fn load(
     source: &Source<'_>,
     control: &TaskControl,
 ) -> Result<Universe, RunError> {
-    let wanted: Option<HashSet<&str>> = match (&plan.user_ids, &delta) {
-        (Some(ids), _) => Some(ids.iter().map(String::as_str).collect()),
-        (None, Some(delta)) => Some(delta.users.iter().map(String::as_str).collect()),
-        (None, None) => None,
-    };
     let reader = Reader {
         source,
-        wanted,
+        wanted: wanted_users(plan, delta.as_ref()),
         delta: delta.as_ref(),
         control,
     };
@@ -111,7 +123,7 @@ pub fn load(
     let reader = &reader;
     // Side tables are read on a second thread while this one reads,
     // de-duplicates and indexes the universe; then they are joined.
-    let (mut universe, sides) = std::thread::scope(|scope| {
+    let (universe, sides) = std::thread::scope(|scope| {
         let sides = std::thread::Builder::new()
             .name("side-table-reader".into())
             .spawn_scoped(scope, move || {
@@ -132,13 +144,7 @@ pub fn load(
         })?;
         Ok::<_, RunError>((universe?, sides?))
     })?;
-    let side_rows = sides.iter().map(|f| f.height() as u64).sum();
-    control.set_progress(|p| p.enter("joining", side_rows));
-    for (table, frame) in rest.iter().zip(sides) {
-        let rows = frame.height() as u64;
-        join_side_table(&mut universe, &table.table, frame, plan.incremental())?;
-        control.set_progress(|p| p.advance("joining", rows));
-    }
+    let mut universe = join_sides(plan, universe, sides, control)?;
     if let Some(delta) = delta {
         // Only changed users were read: the watermarks come from the
         // whole tables' statistics and changed rows.
@@ -146,6 +152,99 @@ pub fn load(
         universe.row_groups = Some((delta.groups_read, delta.groups_total));
     }
     Ok(universe)
+}
+
+/// The universe of one partition of a partitioned run, from the rows each
+/// planned table spilled to `partition` (the universe table's first).
+pub fn assemble(
+    plan: &Plan,
+    mut frames: Vec<DataFrame>,
+    delta: Option<&Delta>,
+    control: &TaskControl,
+) -> Result<Universe, RunError> {
+    if frames.len() != plan.tables.len() || frames.is_empty() {
+        return Err(RunError::Failed("a partition lacks a planned table".into()));
+    }
+    let sides = frames.split_off(1);
+    let first = frames.pop().expect("one frame per table");
+    let universe = universe_of(&plan.tables[0].table, first, control)?;
+    let mut universe = join_sides(plan, universe, sides, control)?;
+    if let Some(delta) = delta {
+        universe.newest = delta.newest.clone();
+    }
+    Ok(universe)
+}
+
+/// Joins the side tables' rows (in the plan's order after the universe
+/// table) onto `universe`.
+fn join_sides(
+    plan: &Plan,
+    mut universe: Universe,
+    sides: Vec<DataFrame>,
+    control: &TaskControl,
+) -> Result<Universe, RunError> {
+    let side_rows = sides.iter().map(|f| f.height() as u64).sum();
+    control.set_progress(|p| p.enter("joining", side_rows));
+    for (table, frame) in plan.tables[1..].iter().zip(sides) {
+        let rows = frame.height() as u64;
+        join_side_table(&mut universe, &table.table, frame, plan.incremental())?;
+        control.set_progress(|p| p.advance("joining", rows));
+    }
+    Ok(universe)
+}
+
+/// Reads every planned table once, appending each row (of the wanted users,
+/// outside the skipped row groups) to its user's partition in `dir`: the
+/// first pass of a partitioned run. Tables are read on threads of their own.
+pub fn spill(
+    plan: &Plan,
+    delta: Option<&Delta>,
+    source: &Source<'_>,
+    dir: &SpillDir,
+    partitions: usize,
+    control: &TaskControl,
+) -> Result<(), RunError> {
+    let reader = Reader {
+        source,
+        wanted: wanted_users(plan, delta),
+        delta,
+        control,
+    };
+    let scans = open_all(&reader, &plan.tables)?;
+    let reader = &reader;
+    // Two threads, as in `load`: the universe table on this one, the side
+    // tables one after another on the other (each holds a row group).
+    let mut jobs: Vec<(&TablePlan, TableScan)> = plan.tables.iter().zip(scans).collect();
+    let rest = jobs.split_off(1.min(jobs.len()));
+    std::thread::scope(|scope| {
+        let sides = std::thread::Builder::new()
+            .name("spill-reader".into())
+            .spawn_scoped(scope, move || {
+                rest.into_iter()
+                    .try_for_each(|(table, scan)| reader.spill(table, scan, dir, partitions))
+            })
+            .map_err(|e| RunError::Failed(format!("cannot start a reader thread: {e}")))?;
+        let first = jobs
+            .into_iter()
+            .try_for_each(|(table, scan)| reader.spill(table, scan, dir, partitions));
+        sides.join().map_err(|payload| {
+            RunError::Failed(format!(
+                "a spill reader panicked: {}",
+                panic_message(payload.as_ref())
+            ))
+        })??;
+        first
+    })
+}
+
+/// The users a run keeps as it reads: a `user_ids` run's, an incremental
+/// run's changed users, or all (`None`).
+fn wanted_users<'a>(plan: &'a Plan, delta: Option<&'a Delta>) -> Option<HashSet<&'a str>> {
+    match (&plan.user_ids, delta) {
+        (Some(ids), _) => Some(ids.iter().map(String::as_str).collect()),
+        (None, Some(delta)) => Some(delta.users.iter().map(String::as_str).collect()),
+        (None, None) => None,
+    }
 }
 
 /// The universe from the universe table's rows: each user's newest row,
@@ -232,6 +331,42 @@ fn take_columns(
     DataFrame::new(rows.len(), out)
 }
 
+/// Each batch of a table's scan, of only `wanted` users if given (filtered
+/// batch by batch as the scan goes, so a `user_ids` run never holds the
+/// whole table).
+fn for_each_batch(
+    plan: &TablePlan,
+    scan: TableScan,
+    wanted: Option<&HashSet<&str>>,
+    control: &TaskControl,
+    mut each: impl FnMut(DataFrame) -> Result<(), RunError>,
+) -> Result<(), RunError> {
+    let table = &plan.table;
+    for batch in scan {
+        control.checkpoint().map_err(stopped)?;
+        let mut batch = batch.map_err(failed)?;
+        let read = batch.height() as u64;
+        control.set_progress(|p| p.read_rows(table, read));
+        if let Some(wanted) = wanted {
+            let keep: BooleanChunked = user_ids(&batch, table)?
+                .iter()
+                .map(|id| Some(id.is_some_and(|id| wanted.contains(id))))
+                .collect();
+            batch = batch.filter(&keep).map_err(|e| polars_failed(table, e))?;
+        }
+        each(batch)?;
+    }
+    Ok(())
+}
+
+/// The columns a table's batches have.
+fn plan_schema(plan: &TablePlan) -> Schema {
+    plan.columns
+        .iter()
+        .map(|c| Field::new(c.name.as_str().into(), polars_type(c.column_type)))
+        .collect()
+}
+
 /// Reads a table's planned columns, keeping only `wanted` users if given
 /// and leaving out the row groups in `skip`.
 fn read_table(
@@ -242,20 +377,7 @@ fn read_table(
 ) -> Result<DataFrame, RunError> {
     let table = &plan.table;
     let mut out: Option<DataFrame> = None;
-    for batch in scan {
-        control.checkpoint().map_err(stopped)?;
-        let mut batch = batch.map_err(failed)?;
-        let read = batch.height() as u64;
-        control.set_progress(|p| p.read_rows(table, read));
-        if let Some(wanted) = wanted {
-            // Filtered batch by batch as the scan goes, so a user_ids run
-            // never holds the whole table.
-            let keep: BooleanChunked = user_ids(&batch, table)?
-                .iter()
-                .map(|id| Some(id.is_some_and(|id| wanted.contains(id))))
-                .collect();
-            batch = batch.filter(&keep).map_err(|e| polars_failed(table, e))?;
-        }
+    for_each_batch(plan, scan, wanted, control, |batch| {
         match out.as_mut() {
             None => out = Some(batch),
             Some(acc) => {
@@ -263,24 +385,22 @@ fn read_table(
                     .map_err(|e| polars_failed(table, e))?;
             }
         }
-    }
-    let frame = out.unwrap_or_else(|| {
-        DataFrame::empty_with_schema(
-            &plan
-                .columns
-                .iter()
-                .map(|c| Field::new(c.name.as_str().into(), polars_type(c.column_type)))
-                .collect(),
-        )
-    });
-    // One column at a time, so the table is not held twice.
+        Ok(())
+    })?;
+    let frame = out.unwrap_or_else(|| DataFrame::empty_with_schema(&plan_schema(plan)));
+    rechunked(frame).map_err(|e| polars_failed(table, e))
+}
+
+/// `frame` with each column in one chunk, one column at a time, so the
+/// table is not held twice.
+pub fn rechunked(frame: DataFrame) -> PolarsResult<DataFrame> {
     let height = frame.height();
     let columns = frame
         .into_columns()
         .into_iter()
         .map(|c| c.rechunk())
         .collect();
-    DataFrame::new(height, columns).map_err(|e| polars_failed(table, e))
+    DataFrame::new(height, columns)
 }
 
 fn user_ids<'a>(frame: &'a DataFrame, table: &str) -> Result<&'a StringChunked, RunError> {

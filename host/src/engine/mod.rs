@@ -28,6 +28,7 @@
 //! store never calls back.
 
 pub mod bitset;
+pub mod budget;
 pub mod commit;
 pub mod delta;
 pub mod diff;
@@ -35,10 +36,12 @@ pub mod evaluate;
 pub mod index;
 pub mod inputs;
 pub mod load;
+pub mod partitioned;
 pub mod plan;
 pub mod report;
 pub mod sample;
 pub mod scope;
+pub mod spill;
 #[cfg(test)]
 mod testkit;
 
@@ -354,12 +357,76 @@ pub struct DiffCounts {
     pub deleted: usize,
 }
 
+impl DiffCounts {
+    /// Adds the counts of another part of the same run (a partition).
+    pub fn add(&mut self, other: &DiffCounts) {
+        if self.tags.is_empty() {
+            self.tags = vec![TagCounts::default(); other.tags.len()];
+        }
+        for (mine, theirs) in self.tags.iter_mut().zip(&other.tags) {
+            mine.evaluated_users += theirs.evaluated_users;
+            mine.matched += theirs.matched;
+            mine.added += theirs.added;
+            mine.removed += theirs.removed;
+        }
+        self.evaluated += other.evaluated;
+        self.upserted += other.upserted;
+        self.deleted += other.deleted;
+    }
+}
+
+/// What the report and the tag states need of the users a run loaded: one
+/// universe's figures, or those of every partition added up.
+#[derive(Debug, Default, Clone)]
+pub struct Loaded {
+    /// Users in the universe.
+    pub users: usize,
+    /// Per table, rows left out because a newer row of the same user exists.
+    pub duplicates: BTreeMap<String, usize>,
+    /// Per table, the newest `updated_time` in the table.
+    pub newest: BTreeMap<String, i64>,
+    /// For an incremental run: row groups read to find changes, of all.
+    pub row_groups: Option<(usize, usize)>,
+    /// For a `user_ids` run: the requested users found in the universe.
+    pub found: Option<HashSet<String>>,
+}
+
+impl Loaded {
+    /// Adds `universe`, a part of the run's users (all, or a partition).
+    pub fn add(&mut self, plan: &Plan, universe: &Universe) {
+        self.users += universe.rows();
+        for (table, n) in &universe.duplicates {
+            *self.duplicates.entry(table.clone()).or_default() += n;
+        }
+        for (table, time) in &universe.newest {
+            let newest = self.newest.entry(table.clone()).or_insert(*time);
+            *newest = (*newest).max(*time);
+        }
+        self.row_groups = universe.row_groups.or(self.row_groups);
+        if plan.user_ids.is_some() {
+            let found = self.found.get_or_insert_with(HashSet::new);
+            found.extend((0..universe.rows()).map(|i| universe.ids.get(i).to_string()));
+        }
+    }
+
+    /// The figures of one universe.
+    pub fn of(plan: &Plan, universe: &Universe) -> Loaded {
+        let mut loaded = Loaded::default();
+        loaded.add(plan, universe);
+        loaded
+    }
+}
+
 /// Computes tasks for the scheduler and the one-shot runner.
 pub struct Engine {
     store: Arc<dyn Store>,
     registry: Arc<RwLock<TagRegistry>>,
     data: DataSource,
     batch_rows: usize,
+    /// The memory a run keeps within (bytes).
+    memory_limit: u64,
+    /// Where partitioned runs spill.
+    spill_root: PathBuf,
 }
 
 fn failed(e: impl std::fmt::Display) -> RunError {
@@ -387,7 +454,17 @@ impl Engine {
             registry,
             data,
             batch_rows: batch_rows.max(64),
+            memory_limit: crate::memory::default_limit().bytes(),
+            spill_root: spill::default_root(),
         }
+    }
+
+    /// The engine with runs kept within `limit` bytes, partitioned runs
+    /// spilling under `spill_root`.
+    pub fn with_memory(mut self, limit: u64, spill_root: PathBuf) -> Engine {
+        self.memory_limit = limit.max(1);
+        self.spill_root = spill_root;
+        self
     }
 
     /// Runs `task`: every stage in order; the results and the report are
@@ -404,10 +481,29 @@ impl Engine {
         let (plan, unreadable) = inputs::check(plan, &data_dir)?;
         failures.add(unreadable, plan.tags.len())?;
         let delta = delta::find(&plan, &data_dir, control)?;
+        let budget = budget::budget(&plan, delta.as_ref(), &data_dir, self.memory_limit)?;
         let source = load::Source {
             data_dir: &data_dir,
             batch_rows: self.batch_rows,
         };
+        if budget.partitions > 1 {
+            tracing::info!(
+                estimate = budget.estimate,
+                limit = budget.limit,
+                partitions = budget.partitions,
+                "the run exceeds the memory limit: partitioned"
+            );
+            let run = partitioned::Partitioned {
+                store,
+                task_id: &task.task_id,
+                delta,
+                source: &source,
+                budget,
+                spill_root: &self.spill_root,
+                control,
+            };
+            return partitioned::run(run, plan, failures, timings, fetched);
+        }
         let universe = load::load(&plan, delta, &source, control)?;
         timings.lap("read_ms");
         let scopes = scope::scopes(&plan, &universe)?;
@@ -419,7 +515,14 @@ impl Engine {
         control.checkpoint().map_err(stopped)?;
         let written = commit::write(store, &task.task_id, &evaluated, control)?;
         timings.lap("write_ms");
-        let report = report::report(&evaluated, &failures, &written.counts, &timings, fetched);
+        let memory = crate::model::report::MemoryReport {
+            estimate_bytes: budget.estimate,
+            limit_bytes: budget.limit,
+            partitions: 1,
+            spill_bytes: 0,
+        };
+        let computed = report::Computed::of(&evaluated, memory);
+        let report = report::report(&computed, &failures, &written.counts, &timings, fetched);
         let commit_ms = commit::finish(written, &report, control)?;
         log_committed(&report, commit_ms);
         Ok(report)
@@ -454,7 +557,7 @@ impl Engine {
 
 /// The commit's time goes to the log line and the stage metric: it is known
 /// only after the report was committed.
-fn log_committed(report: &RunReport, commit_ms: u64) {
+pub(crate) fn log_committed(report: &RunReport, commit_ms: u64) {
     crate::metrics::metrics().stage_finished("commit", commit_ms);
     tracing::info!(
         users = report.total_users,

@@ -1,8 +1,8 @@
 //! The report stage: a run's [`RunReport`] from its stages' outputs and
 //! the diff's counts (the types are the task model's).
 
-use super::{DiffCounts, Evaluated, Failures, Universe};
-use crate::model::report::{RowGroups, TagReport, TagScope, TagStatus, UnknownUsers};
+use super::{DiffCounts, Evaluated, Failures, Loaded, Plan, TagRun};
+use crate::model::report::{MemoryReport, RowGroups, TagReport, TagScope, TagStatus, UnknownUsers};
 use crate::model::{Mode, RunReport, SyncSummary};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
@@ -38,16 +38,46 @@ impl Timings {
     }
 }
 
-/// The report of a run, from its stages' outputs, the tags that failed,
-/// the diff's counts and what an S3 mirror fetched.
+/// What a run computed, as its report gives it: the plan, the tags that
+/// evaluated (each with whether it was scoped to changed rows) and the
+/// users loaded.
+pub struct Computed<'a> {
+    /// The plan (its `tags` include those that failed to evaluate).
+    pub plan: &'a Plan,
+    /// The tags that evaluated, in the plan's order, and their scoping.
+    pub tags: Vec<(&'a TagRun, bool)>,
+    /// The users loaded, over all partitions.
+    pub loaded: Loaded,
+    /// The memory estimate, the limit and the partitions.
+    pub memory: MemoryReport,
+}
+
+impl<'a> Computed<'a> {
+    /// The figures of an un-partitioned run.
+    pub fn of(run: &Evaluated<'a>, memory: MemoryReport) -> Computed<'a> {
+        Computed {
+            plan: run.plan,
+            tags: run
+                .tags
+                .iter()
+                .map(|t| (t.run, t.scope.is_some()))
+                .collect(),
+            loaded: Loaded::of(run.plan, run.universe),
+            memory,
+        }
+    }
+}
+
+/// The report of a run, from what it computed, the tags that failed, the
+/// diff's counts and what an S3 mirror fetched.
 pub fn report(
-    run: &Evaluated<'_>,
+    run: &Computed<'_>,
     failures: &Failures,
     counts: &DiffCounts,
     timings: &Timings,
     fetched: Option<SyncSummary>,
 ) -> RunReport {
-    let Evaluated { plan, universe, .. } = *run;
+    let plan = run.plan;
     let failed_tags: Vec<u32> = failures.tags().iter().map(|f| f.tag_id).collect();
     let message = if failed_tags.is_empty() {
         format!("Successfully processed {} users", counts.evaluated)
@@ -63,37 +93,43 @@ pub fn report(
         failed_tags,
         mode: plan.mode,
         as_of: plan.as_of.to_string(),
-        universe_users: universe.rows(),
+        universe_users: run.loaded.users,
         tags: tag_reports(run, failures, counts),
         rows_upserted: counts.upserted,
         rows_deleted: counts.deleted,
-        duplicates_dropped: universe.duplicates.clone(),
+        duplicates_dropped: run.loaded.duplicates.clone(),
         notes: notes(run),
         duration_ms: timings.started.elapsed().as_millis() as u64,
         timings: timings.laps.clone(),
-        changed_row_groups: universe
+        changed_row_groups: run
+            .loaded
             .row_groups
             .map(|(read, total)| RowGroups { read, total }),
         unknown_user_ids: plan
             .user_ids
             .as_ref()
-            .map(|wanted| unknown(wanted, universe)),
+            .map(|wanted| unknown(wanted, run.loaded.found.as_ref())),
         source_objects: fetched,
+        memory: Some(run.memory),
     }
 }
 
 /// One report per tag of the task, completed or failed, by tag id.
-fn tag_reports(run: &Evaluated<'_>, failures: &Failures, counts: &DiffCounts) -> Vec<TagReport> {
-    let completed = run.tags.iter().zip(&counts.tags).map(|(t, c)| TagReport {
-        tag_id: t.run.id(),
-        tag_name: t.run.tag.info.description.clone(),
-        status: TagStatus::Completed,
-        error: None,
-        rule_version: Some(t.run.rule_version),
-        counts: Some(*c),
-        scope: Some(TagScope::of(run.plan.user_ids.is_some(), t.scope.is_some())),
-        plugin: Some(t.run.tag.plugin.clone()),
-    });
+fn tag_reports(run: &Computed<'_>, failures: &Failures, counts: &DiffCounts) -> Vec<TagReport> {
+    let completed = run
+        .tags
+        .iter()
+        .zip(&counts.tags)
+        .map(|((t, scoped), c)| TagReport {
+            tag_id: t.id(),
+            tag_name: t.tag.info.description.clone(),
+            status: TagStatus::Completed,
+            error: None,
+            rule_version: Some(t.rule_version),
+            counts: Some(*c),
+            scope: Some(TagScope::of(run.plan.user_ids.is_some(), *scoped)),
+            plugin: Some(t.tag.plugin.clone()),
+        });
     let failed = failures.tags().iter().map(|f| TagReport {
         tag_id: f.tag_id,
         tag_name: f.tag_name.clone(),
@@ -110,11 +146,10 @@ fn tag_reports(run: &Evaluated<'_>, failures: &Failures, counts: &DiffCounts) ->
     tags
 }
 
-fn unknown(wanted: &[String], universe: &Universe) -> UnknownUsers {
-    let known: HashSet<&str> = (0..universe.rows()).map(|i| universe.ids.get(i)).collect();
+fn unknown(wanted: &[String], found: Option<&HashSet<String>>) -> UnknownUsers {
     let missing: Vec<&String> = wanted
         .iter()
-        .filter(|id| !known.contains(id.as_str()))
+        .filter(|id| found.is_none_or(|f| !f.contains(id.as_str())))
         .collect();
     UnknownUsers {
         count: missing.len(),
@@ -124,14 +159,14 @@ fn unknown(wanted: &[String], universe: &Universe) -> UnknownUsers {
 
 /// What a reader of an incremental run's report must know: the tags that
 /// ran with date windows were not revoked by date alone.
-fn notes(run: &Evaluated<'_>) -> Vec<String> {
+fn notes(run: &Computed<'_>) -> Vec<String> {
     if run.plan.mode != Mode::Incremental {
         return Vec::new();
     }
     let windowed: Vec<u32> = run
         .tags
         .iter()
-        .map(|t| t.run)
+        .map(|(t, _)| *t)
         .filter(|t| uses_date_window(&t.rule))
         .map(|t| t.id())
         .collect();
@@ -191,7 +226,8 @@ mod tests {
             deleted: 0,
         };
         let fetched = Some(SyncSummary::default());
-        let report = report(&run, &failures, &counts, &Timings::start(), fetched);
+        let computed = Computed::of(&run, MemoryReport::default());
+        let report = report(&computed, &failures, &counts, &Timings::start(), fetched);
         assert_eq!(report.message, "Processed 1 users; tags [1] failed");
         assert_eq!(
             (report.failed_tags.clone(), report.universe_users),

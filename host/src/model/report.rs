@@ -56,6 +56,24 @@ pub struct RunReport {
     /// already there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_objects: Option<SyncSummary>,
+    /// The run's memory: its estimate, the limit, and the partitions and
+    /// spill files that kept it within the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryReport>,
+}
+
+/// How a run kept within the memory limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MemoryReport {
+    /// The working set the run was estimated to need, from the parquet
+    /// footers, before reading (bytes).
+    pub estimate_bytes: u64,
+    /// The memory limit (`--memory-limit`, bytes).
+    pub limit_bytes: u64,
+    /// User-hash partitions the run was computed in (1: not partitioned).
+    pub partitions: usize,
+    /// Bytes of spill files written (source rows and current tags).
+    pub spill_bytes: u64,
 }
 
 /// How a tag fared in a run.

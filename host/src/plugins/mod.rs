@@ -517,16 +517,7 @@ fn settle_claims(
 /// `$XDG_CACHE_HOME/tag-server/plugins`, `$HOME/.cache/tag-server/plugins`,
 /// or `<temp dir>/tag-server-plugins-<uid>`.
 pub fn default_copies_dir() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-    match cache {
-        Some(cache) => cache.join("tag-server").join("plugins"),
-        None => std::env::temp_dir().join(format!("tag-server-plugins-{}", unsafe {
-            // SAFETY: geteuid has no preconditions.
-            libc::geteuid()
-        })),
-    }
+    crate::disk::cache_dir("plugins")
 }
 
 /// Loads every plugin library in `dir` into a fresh registry, loading

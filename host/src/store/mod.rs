@@ -158,6 +158,19 @@ impl UserRows {
     }
 }
 
+/// Where the current rows a run reads go, as the store reads them: a
+/// [`UserRows`] buffer, or a partitioned run's spill files.
+pub trait RowSink {
+    /// One user's row and its held tags (`op` is ignored for current rows).
+    fn push(&mut self, op: Op, user_id: &str, held: &[Held]);
+}
+
+impl RowSink for UserRows {
+    fn push(&mut self, op: Op, user_id: &str, held: &[Held]) {
+        UserRows::push(self, op, user_id, held);
+    }
+}
+
 /// The tags of a run, as `tag_details` shows them for the users it grants them to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantInfo {
@@ -191,7 +204,7 @@ pub trait RunTx: Send {
     /// Pushes into `out` the held tags of `users` (all users holding a tag
     /// when `None`) that have a row, ascending by user id. Other writers
     /// are excluded from the rows read until the transaction ends.
-    fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError>;
+    fn current(&mut self, users: Option<&[&str]>, out: &mut dyn RowSink) -> Result<(), StoreError>;
     /// Applies a batch of changes (rows ascending by user id are fastest).
     fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError>;
     /// Records the tag states and the task's outcome (its result JSON), and

@@ -92,7 +92,10 @@ async function followTasks() {
     const percent = task.status === "completed" ? 100 : (p ? p.percent : 0);
     row.querySelector(".fill").style.width = percent + "%";
     const eta = p && p.eta_seconds != null ? " · " + p.eta_seconds + " s" : "";
-    row.querySelector(".label").textContent = Math.round(percent) + "% " + (p ? p.stage : task.status) + eta;
+    const part = p && p.partition ? (p.partition.index === 0
+      ? " · spilling into " + p.partition.count + " partitions"
+      : " · partition " + p.partition.index + "/" + p.partition.count) : "";
+    row.querySelector(".label").textContent = Math.round(percent) + "% " + (p ? p.stage : task.status) + part + eta;
     row.dataset.status = task.status === "running" ? "running" : row.dataset.status;
   }
   if (ended) { setTimeout(() => location.reload(), 300); return; }

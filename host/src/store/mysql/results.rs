@@ -9,7 +9,7 @@ use super::adopt::Mirror;
 use super::{db, insert_rows};
 use crate::store::sql::results::{BulkWrite, RunWrite};
 use crate::store::sql::Conn;
-use crate::store::{held_tags, push_ids, Held, Op, RunStart, StoreError, UserRows};
+use crate::store::{held_tags, push_ids, Held, Op, RowSink, RunStart, StoreError, UserRows};
 use ::mysql::prelude::Queryable;
 use ::mysql::{Params, PooledConn, Value};
 
@@ -72,7 +72,7 @@ impl MyRunTx {
         &mut self,
         sql: &str,
         params: Params,
-        out: &mut UserRows,
+        out: &mut dyn RowSink,
     ) -> Result<(), StoreError> {
         let rows: Vec<(String, String, String)> = self.conn.exec(sql, params).map_err(db)?;
         let mut scratch = Default::default();
@@ -106,7 +106,7 @@ impl BulkWrite for MyRunTx {
         }
     }
 
-    fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError> {
+    fn current(&mut self, users: Option<&[&str]>, out: &mut dyn RowSink) -> Result<(), StoreError> {
         const ALL: &str = "SELECT user_id, tag_ids, grants FROM user_tag_sets ORDER BY user_id";
         let Some(users) = users else {
             return self.read_rows(ALL, Params::Empty, out);

@@ -6,7 +6,7 @@
 use super::{db, Pooled};
 use crate::store::sql::results::{BulkWrite, RunWrite};
 use crate::store::sql::Conn;
-use crate::store::{held_tags, push_ids, Held, Op, RunStart, StoreError, UserRows};
+use crate::store::{held_tags, push_ids, Held, Op, RowSink, RunStart, StoreError, UserRows};
 use std::io::Write;
 
 /// The PostgreSQL side of one run's write.
@@ -118,7 +118,7 @@ impl BulkWrite for PgRunTx<'_> {
         Ok(())
     }
 
-    fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError> {
+    fn current(&mut self, users: Option<&[&str]>, out: &mut dyn RowSink) -> Result<(), StoreError> {
         use postgres::fallible_iterator::FallibleIterator;
         use postgres::types::ToSql;
         let (sql, params): (&str, Vec<&(dyn ToSql + Sync)>) = match &users {

@@ -3,8 +3,8 @@
 
 use super::{Arg, Conn, Dialect, SqlStore};
 use crate::store::{
-    parse_tag_ids, Held, ResultStore, RunGrants, RunStart, RunTx, StoreError, TagState, UserRows,
-    UserTagRow,
+    parse_tag_ids, Held, ResultStore, RowSink, RunGrants, RunStart, RunTx, StoreError, TagState,
+    UserRows, UserTagRow,
 };
 use std::collections::HashMap;
 
@@ -76,7 +76,7 @@ pub trait BulkWrite: Send {
     /// The connection of the run's transaction, and the run's state.
     fn parts(&mut self) -> (&mut dyn Conn, &mut RunWrite);
     /// As [`RunTx::current`].
-    fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError>;
+    fn current(&mut self, users: Option<&[&str]>, out: &mut dyn RowSink) -> Result<(), StoreError>;
     /// As [`RunTx::apply`].
     fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError>;
     /// Applies what [`BulkWrite::apply`] staged, before the commit
@@ -87,7 +87,7 @@ pub trait BulkWrite: Send {
 }
 
 impl<W: BulkWrite> RunTx for W {
-    fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError> {
+    fn current(&mut self, users: Option<&[&str]>, out: &mut dyn RowSink) -> Result<(), StoreError> {
         BulkWrite::current(self, users, out)
     }
 

@@ -21,7 +21,7 @@
 use super::{connect, db};
 use crate::store::sql::results::{BulkWrite, RunWrite};
 use crate::store::sql::Conn;
-use crate::store::{held_tags, push_ids, Op, RunStart, StoreError, UserRows};
+use crate::store::{held_tags, push_ids, Op, RowSink, RunStart, StoreError, UserRows};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashSet;
 use std::path::Path;
@@ -146,7 +146,7 @@ impl SqliteRunTx {
         })
     }
 
-    fn scan(&self, keep: Option<&HashSet<&str>>, out: &mut UserRows) -> Result<(), StoreError> {
+    fn scan(&self, keep: Option<&HashSet<&str>>, out: &mut dyn RowSink) -> Result<(), StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT user_id, tag_ids, grants FROM user_tag_sets")
@@ -173,7 +173,7 @@ impl SqliteRunTx {
         Ok(())
     }
 
-    fn lookup(&self, users: &[&str], out: &mut UserRows) -> Result<(), StoreError> {
+    fn lookup(&self, users: &[&str], out: &mut dyn RowSink) -> Result<(), StoreError> {
         let mut sorted = users.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
@@ -240,7 +240,7 @@ impl BulkWrite for SqliteRunTx {
         (&mut self.conn, &mut self.run)
     }
 
-    fn current(&mut self, users: Option<&[&str]>, out: &mut UserRows) -> Result<(), StoreError> {
+    fn current(&mut self, users: Option<&[&str]>, out: &mut dyn RowSink) -> Result<(), StoreError> {
         match users {
             None => self.scan(None, out)?,
             Some(users) if users.len() <= POINT_LOOKUPS => self.lookup(users, out)?,

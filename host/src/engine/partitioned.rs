@@ -1,0 +1,214 @@
+//! A run beyond the memory limit, in user-hash partitions:
+//!
+//! 1. one pass reads each planned table (projection, pruning and the
+//!    run's user filter as always) and spills every row to its user's
+//!    partition ([`load::spill`]);
+//! 2. the run's transaction opens and the current tags of the users it
+//!    loads are read once, streamed into the partitions' files;
+//! 3. each partition in turn goes through the usual stages: de-duplicate
+//!    and join ([`load::assemble`]), scope, evaluate, diff and apply to
+//!    the one transaction;
+//! 4. the transaction commits once, with the report.
+//!
+//! Nothing is committed before step 4, so a failed, cancelled or killed run
+//! leaves the store as it was. A tag whose plugin fails in a partition
+//! after earlier partitions were written fails alone: the transaction is
+//! dropped and the partitions are computed again without it (the spill
+//! files stay).
+
+use super::budget::Budget;
+use super::load::{self, Source};
+use super::report::{self, Computed, Timings};
+use super::spill::{self, CurrentSpill, SpillDir};
+use super::{commit, evaluate, scope};
+use super::{Delta, DiffCounts, Evaluated, Failures, Loaded, Plan, RunError, TagFailure, TagRun};
+use crate::model::report::MemoryReport;
+use crate::model::{RunReport, SyncSummary};
+use crate::store::{RunTx, Store};
+use crate::tasks::control::TaskControl;
+use std::path::Path;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+/// What a partitioned run works with.
+pub struct Partitioned<'a> {
+    /// Where results go.
+    pub store: &'a dyn Store,
+    /// The task.
+    pub task_id: &'a str,
+    /// An incremental run's changed users and skipped row groups.
+    pub delta: Option<Delta>,
+    /// The tables.
+    pub source: &'a Source<'a>,
+    /// The estimate, the limit and the partitions.
+    pub budget: Budget,
+    /// Where the run's spill directory is made.
+    pub spill_root: &'a Path,
+    /// Cancel, shutdown and progress.
+    pub control: &'a TaskControl,
+}
+
+/// How one pass over the partitions ended.
+enum Attempt {
+    /// Committed, with this report.
+    Committed(RunReport),
+    /// These tags' plugins failed: nothing was committed.
+    TagsFailed(Vec<TagFailure>),
+}
+
+/// Runs `plan` in partitions; the committed report.
+pub fn run(
+    run: Partitioned<'_>,
+    mut plan: Plan,
+    mut failures: Failures,
+    mut timings: Timings,
+    fetched: Option<SyncSummary>,
+) -> Result<RunReport, RunError> {
+    let count = run.budget.partitions;
+    let dir = SpillDir::create(run.spill_root, run.task_id)?;
+    check_space(&dir, run.budget.estimate)?;
+    run.control.set_progress(|p| p.enter_partition(0, count));
+    load::spill(
+        &plan,
+        run.delta.as_ref(),
+        run.source,
+        &dir,
+        count,
+        run.control,
+    )?;
+    timings.lap("read_ms");
+    loop {
+        match attempt(&run, &plan, &dir, &failures, &mut timings, fetched)? {
+            Attempt::Committed(report) => return Ok(report),
+            Attempt::TagsFailed(more) => {
+                let left = plan.tags.len() - more.len();
+                failures.add(more.clone(), left)?;
+                plan = plan.without(&more)?;
+            }
+        }
+    }
+}
+
+/// Refuses to start spilling when the spill directory's filesystem has
+/// less room than the run's rows are expected to take.
+fn check_space(dir: &SpillDir, estimate: u64) -> Result<(), RunError> {
+    let needed = estimate / 2;
+    match crate::disk::available_bytes(dir.path()) {
+        Ok(Some(free)) if free < needed => Err(RunError::Failed(format!(
+            "the spill directory {} has {} free, and this run needs about {} there: free disk space or pass --spill-dir another directory; nothing was written",
+            dir.path().display(),
+            crate::disk::human_bytes(free),
+            crate::disk::human_bytes(needed)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// One pass over the partitions into one transaction, committed unless a
+/// tag fails.
+fn attempt(
+    run: &Partitioned<'_>,
+    plan: &Plan,
+    dir: &SpillDir,
+    failures: &Failures,
+    timings: &mut Timings,
+    fetched: Option<SyncSummary>,
+) -> Result<Attempt, RunError> {
+    let tags: Vec<&TagRun> = plan.tags.iter().collect();
+    let tx = commit::begin(run.store, run.task_id, &tags)?;
+    let tx = spill_current(run, plan, dir, tx)?;
+    let (tx, counts, loaded, scoped) = match partitions(run, plan, dir, tx)? {
+        Ok(done) => done,
+        Err(failed) => return Ok(Attempt::TagsFailed(failed)),
+    };
+    timings.lap("partitions_ms");
+    let memory = MemoryReport {
+        estimate_bytes: run.budget.estimate,
+        limit_bytes: run.budget.limit,
+        partitions: run.budget.partitions,
+        spill_bytes: dir.bytes(),
+    };
+    let states = commit::states(plan, &tags, &loaded.newest);
+    let computed = Computed {
+        plan,
+        tags: tags.iter().copied().zip(scoped).collect(),
+        loaded,
+        memory,
+    };
+    let report = report::report(&computed, failures, &counts, timings, fetched);
+    let commit_ms = commit::finish(commit::written(tx, counts, states), &report, run.control)?;
+    super::log_committed(&report, commit_ms);
+    Ok(Attempt::Committed(report))
+}
+
+/// Reads the current tags of the users the run loaded, inside `tx`,
+/// streamed into the partitions' files (never all held at once).
+fn spill_current<'s>(
+    run: &Partitioned<'_>,
+    plan: &Plan,
+    dir: &SpillDir,
+    mut tx: Box<dyn RunTx + 's>,
+) -> Result<Box<dyn RunTx + 's>, RunError> {
+    let users: Option<Vec<&str>> = match (&plan.user_ids, &run.delta) {
+        (Some(ids), _) => Some(ids.iter().map(String::as_str).collect()),
+        (None, Some(delta)) => Some(delta.users.iter().map(String::as_str).collect()),
+        (None, None) => None,
+    };
+    let read = Arc::new(AtomicUsize::new(0));
+    let total = users.as_ref().map_or(run.budget.users, |u| u.len() as u64);
+    run.control
+        .set_progress(|p| p.enter_counted("comparing", total, Arc::clone(&read)));
+    let mut sink = CurrentSpill::create(dir, run.budget.partitions, read)?;
+    tx.current(users.as_deref(), &mut sink).map_err(|e| {
+        RunError::Failed(format!(
+            "reading the current tags failed, nothing was written: {e}"
+        ))
+    })?;
+    sink.finish()?;
+    Ok(tx)
+}
+
+/// What the partitions wrote: the transaction, the counts, the users
+/// loaded and each tag's scoping; or the tags that failed.
+type Written<'s> = (Box<dyn RunTx + 's>, DiffCounts, Loaded, Vec<bool>);
+
+/// Each partition through the stages, its changes applied to `tx`.
+fn partitions<'s>(
+    run: &Partitioned<'_>,
+    plan: &Plan,
+    dir: &SpillDir,
+    mut tx: Box<dyn RunTx + 's>,
+) -> Result<Result<Written<'s>, Vec<TagFailure>>, RunError> {
+    let count = run.budget.partitions;
+    let (mut counts, mut loaded) = (DiffCounts::default(), Loaded::default());
+    let mut scoped = vec![false; plan.tags.len()];
+    for part in 0..count {
+        run.control
+            .set_progress(|p| p.enter_partition(part + 1, count));
+        let frames = plan
+            .tables
+            .iter()
+            .map(|t| spill::read_table(dir, &t.table, part))
+            .collect::<Result<Vec<_>, _>>()?;
+        let universe = load::assemble(plan, frames, run.delta.as_ref(), run.control)?;
+        let scopes = scope::scopes(plan, &universe)?;
+        let batch_rows = run.source.batch_rows;
+        let outcomes =
+            evaluate::evaluate(&plan.tags, &universe, plan.as_of, batch_rows, run.control)?;
+        let (evaluated, unevaluated) = Evaluated::split(plan, &universe, scopes, outcomes);
+        if !unevaluated.is_empty() {
+            return Ok(Err(unevaluated));
+        }
+        scoped = evaluated.tags.iter().map(|t| t.scope.is_some()).collect();
+        let stored = spill::read_current(dir, part)?;
+        let (next, part_counts) = commit::write_part(tx, &evaluated, &stored, run.control)?;
+        tx = next;
+        counts.add(&part_counts);
+        loaded.add(plan, &universe);
+    }
+    if let Some(delta) = &run.delta {
+        loaded.newest = delta.newest.clone();
+        loaded.row_groups = Some((delta.groups_read, delta.groups_total));
+    }
+    Ok(Ok((tx, counts, loaded, scoped)))
+}
