@@ -14,6 +14,10 @@ eight reference tags computed over them by DuckDB (the independent oracle).
         of part files, where a duplicated user's rows tie on updated_time, or
         have none, within one part and across parts (the row written last
         wins: the later part file, then the later row).
+    typed_export.py append DIR SEED
+        Appends a part file DIR/<table>/part-002.parquet to each table of a
+        lake: newer rows (an hour after the table's newest) for every
+        seventh user, carrying another user's values, so their tags change.
     typed_export.py expected DIR AS_OF
         Prints {user_id: [tag ids]} for the users holding at least one tag,
         from DIR/<table>.parquet or the parts of DIR/<table>/.
@@ -62,6 +66,36 @@ def lake(directory, users, seed):
         for n, part in enumerate([first, later]):
             columns = {k: [v[i] for i in part] for k, v in data.items()}
             pq.write_table(pa.table(columns, schema=schema), f"{directory}/{table}/part-{n:03d}.parquet")
+
+
+def append(directory, seed):
+    import glob
+    import os
+
+    rng = random.Random(int(seed))
+    for table in ("user_basic_info", "user_asset_summary", "user_activity_summary"):
+        parts = sorted(glob.glob(f"{directory}/{table}/*.parquet"))
+        schema = pq.read_schema(parts[0])
+        old = pa.concat_tables([pq.read_table(p, schema=schema) for p in parts])
+        columns = {name: old.column(name).to_pylist() for name in schema.names}
+        seen, chosen = set(), []
+        for i, user in enumerate(columns["user_id"]):
+            if user is not None and int(user[1:]) % 7 == 0 and user not in seen:
+                seen.add(user)
+                chosen.append(i)
+        donors = [rng.randrange(len(columns["user_id"])) for _ in chosen]
+        times = [t for t in columns["updated_time"] if t is not None]
+        newer = max(times) + dt.timedelta(hours=1)
+        data = {}
+        for name in schema.names:
+            if name == "user_id":
+                data[name] = [columns[name][i] for i in chosen]
+            elif name == "updated_time":
+                data[name] = [newer] * len(chosen)
+            else:
+                data[name] = [columns[name][d] for d in donors]
+        path = os.path.join(directory, table, "part-002.parquet")
+        pq.write_table(pa.table(data, schema=schema), path)
 
 
 def tables(users, seed, ties):
@@ -195,4 +229,4 @@ def expected(directory, as_of):
 
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    {"write": write, "lake": lake, "expected": expected}[command](*args)
+    {"write": write, "lake": lake, "append": append, "expected": expected}[command](*args)
