@@ -192,19 +192,11 @@ impl Progress {
         self.live = self.position(stage).map(|at| (at, counter));
     }
 
-    /// A partitioned run starts partition `index` (from 1; 0 while
-    /// spilling) of `count`: the stages computed once per partition start
-    /// again.
+    /// A partitioned run starts writing partition `index` (from 1; 0 while
+    /// spilling) of `count` (the next partition is read and evaluated
+    /// meanwhile).
     pub fn enter_partition(&mut self, index: usize, count: usize) {
         self.partition = Some(PartitionProgress { index, count });
-        for s in self
-            .stages
-            .iter_mut()
-            .filter(|s| PER_PARTITION.contains(&s.name.as_str()))
-        {
-            s.state = "pending".into();
-            s.done = 0;
-        }
     }
 
     /// Ends the run: every stage finished.
@@ -300,15 +292,12 @@ fn percent(stages: &[StageProgress], partition: Option<PartitionProgress>) -> f6
                 _ => 0.0,
             };
             match partition {
-                Some(p) if PER_PARTITION.contains(name) && p.count > 0 => {
-                    let before = p.index.saturating_sub(1) as f64;
-                    let this = if p.index == 0 { 0.0 } else { part };
-                    share * ((before + this) / p.count as f64).min(1.0)
-                }
+                Some(_) if PER_PARTITION.contains(name) => 0.0,
                 _ => share * part,
             }
         })
-        .sum();
+        .sum::<f64>()
+        + partitions_done(stages, partition);
     // 100 only once every stage finished.
     let percent = done / all * 100.0;
     if stages.iter().all(|s| s.state == "finished") {
@@ -318,9 +307,59 @@ fn percent(stages: &[StageProgress], partition: Option<PartitionProgress>) -> f6
     }
 }
 
+/// A partitioned run's share of the stages computed per partition: the
+/// partitions written, and the one being written by its writing stage's
+/// done/total (reading and evaluating the next one overlap it).
+fn partitions_done(stages: &[StageProgress], partition: Option<PartitionProgress>) -> f64 {
+    let Some(p) = partition.filter(|p| p.count > 0 && p.index > 0) else {
+        return 0.0;
+    };
+    let share: f64 = STAGES
+        .iter()
+        .filter(|(name, _, _)| PER_PARTITION.contains(name))
+        .map(|s| s.2)
+        .sum();
+    let writing = stages.iter().find(|s| s.name == "writing");
+    let this = match writing {
+        Some(s) if s.state == "finished" => 1.0,
+        Some(s) if s.state == "running" && s.total > 0 => s.done as f64 / s.total as f64,
+        _ => 0.0,
+    };
+    share * ((p.index as f64 - 1.0 + this) / p.count as f64).min(1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partitioned_run_moves_through_its_partitions() {
+        let mut p = Progress::begin();
+        p.enter("reading", 100);
+        p.enter_partition(0, 4);
+        p.advance("reading", 100);
+        let spilled = p.snapshot().percent;
+        assert!((spilled - 34.0).abs() < 1e-9, "{spilled}");
+        let mut last = spilled;
+        for index in 1..=4 {
+            p.enter("evaluating", 10);
+            p.enter_partition(index, 4);
+            p.enter("writing", 10);
+            for _ in 0..2 {
+                p.advance("writing", 5);
+                let now = p.snapshot().percent;
+                assert!(now > last, "partition {index}: {now} after {last}");
+                last = now;
+            }
+        }
+        // Every partition written (and comparing, finished by the first
+        // write): all but committing's share.
+        assert!((last - 95.0).abs() < 0.1, "{last}");
+        assert_eq!(
+            p.snapshot().partition,
+            Some(PartitionProgress { index: 4, count: 4 })
+        );
+    }
 
     #[test]
     fn percent_moves_through_the_stages_by_their_shares() {

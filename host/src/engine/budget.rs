@@ -18,9 +18,10 @@ const OVERHEAD: f64 = 1.35;
 /// Per universe user: the index's slots, its current row (id, tags and the
 /// placement array) and the diff's order.
 const PER_USER: f64 = 24.0 + 40.0 + 4.0 + 4.0;
-/// A partition is sized to this share of the limit: the rest holds the
-/// spill pass's row groups, the write batches and the process itself.
-const PARTITION_SHARE: f64 = 0.5;
+/// A partition is sized to this share of the limit: two are held at once
+/// (one written while the next is evaluated), and the rest holds the write
+/// batches and the process itself.
+const PARTITION_SHARE: f64 = 0.35;
 /// The most partitions a run is split into (each table keeps a file open
 /// per partition while spilling).
 pub const MAX_PARTITIONS: usize = 128;
@@ -115,7 +116,7 @@ mod tests {
     fn a_run_within_the_limit_is_one_partition_and_beyond_it_several() {
         assert_eq!(partitions(100, 100), 1);
         assert_eq!(partitions(101, 100), 3);
-        assert_eq!(partitions(1000, 100), 20);
+        assert_eq!(partitions(1000, 100), 29);
         assert_eq!(partitions(u64::MAX, 1), MAX_PARTITIONS);
     }
 

@@ -6,8 +6,9 @@
 //! 2. the run's transaction opens and the current tags of the users it
 //!    loads are read once, streamed into the partitions' files;
 //! 3. each partition in turn goes through the usual stages: de-duplicate
-//!    and join ([`load::assemble`]), scope, evaluate, diff and apply to
-//!    the one transaction;
+//!    and join ([`load::assemble`]), scope and evaluate on one thread, diff
+//!    and apply to the one transaction on another, so partition k+1 is read
+//!    and evaluated while partition k is written;
 //! 4. the transaction commits once, with the report.
 //!
 //! Nothing is committed before step 4, so a failed, cancelled or killed run
@@ -16,15 +17,17 @@
 //! dropped and the partitions are computed again without it (the spill
 //! files stay).
 
+use super::bitset::Bitset;
 use super::budget::Budget;
 use super::load::{self, Source};
 use super::report::{self, Computed, Timings};
 use super::spill::{self, CurrentSpill, SpillDir};
+use super::Universe;
 use super::{commit, evaluate, scope};
 use super::{Delta, DiffCounts, Evaluated, Failures, Loaded, Plan, RunError, TagFailure, TagRun};
 use crate::model::report::MemoryReport;
 use crate::model::{RunReport, SyncSummary};
-use crate::store::{RunTx, Store};
+use crate::store::{RunTx, Store, UserRows};
 use crate::tasks::control::TaskControl;
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
@@ -158,13 +161,19 @@ fn spill_current<'s>(
     let total = users.as_ref().map_or(run.budget.users, |u| u.len() as u64);
     run.control
         .set_progress(|p| p.enter_counted("comparing", total, Arc::clone(&read)));
-    let mut sink = CurrentSpill::create(dir, run.budget.partitions, read)?;
+    let mut sink = CurrentSpill::create(dir, run.budget.partitions, Arc::clone(&read))?;
     tx.current(users.as_deref(), &mut sink).map_err(|e| {
         RunError::Failed(format!(
             "reading the current tags failed, nothing was written: {e}"
         ))
     })?;
     sink.finish()?;
+    // Done as counted: the partitions' stages take over the progress.
+    let rows = read.load(std::sync::atomic::Ordering::Relaxed) as u64;
+    run.control.set_progress(|p| {
+        p.set_total("comparing", rows);
+        p.set_done("comparing", rows);
+    });
     Ok(tx)
 }
 
@@ -172,35 +181,100 @@ fn spill_current<'s>(
 /// loaded and each tag's scoping; or the tags that failed.
 type Written<'s> = (Box<dyn RunTx + 's>, DiffCounts, Loaded, Vec<bool>);
 
-/// Each partition through the stages, its changes applied to `tx`.
+/// One partition read back, de-duplicated, joined, scoped and evaluated,
+/// with its users' current tags: ready to be diffed and written.
+struct Prepared {
+    universe: Universe,
+    scopes: Vec<Option<Bitset>>,
+    outcomes: Vec<Result<Bitset, String>>,
+    stored: UserRows,
+}
+
+/// Partition `part` up to its evaluation.
+fn prepare(
+    run: &Partitioned<'_>,
+    plan: &Plan,
+    dir: &SpillDir,
+    part: usize,
+) -> Result<Prepared, RunError> {
+    let frames = plan
+        .tables
+        .iter()
+        .map(|t| spill::read_table(dir, &t.table, part))
+        .collect::<Result<Vec<_>, _>>()?;
+    let universe = load::assemble(plan, frames, run.delta.as_ref(), run.control)?;
+    let scopes = scope::scopes(plan, &universe)?;
+    let batch_rows = run.source.batch_rows;
+    let outcomes = evaluate::evaluate(&plan.tags, &universe, plan.as_of, batch_rows, run.control)?;
+    let stored = spill::read_current(dir, part)?;
+    Ok(Prepared {
+        universe,
+        scopes,
+        outcomes,
+        stored,
+    })
+}
+
+/// Each partition through the stages, its changes applied to `tx`: while
+/// one partition is written on this thread, the next is read and evaluated
+/// on another (one handed over at a time, so at most two are held).
 fn partitions<'s>(
     run: &Partitioned<'_>,
     plan: &Plan,
     dir: &SpillDir,
+    tx: Box<dyn RunTx + 's>,
+) -> Result<Result<Written<'s>, Vec<TagFailure>>, RunError> {
+    let count = run.budget.partitions;
+    std::thread::scope(|scope| {
+        let (send, receive) = std::sync::mpsc::sync_channel::<Result<Prepared, RunError>>(0);
+        let producer = std::thread::Builder::new()
+            .name("partition-reader".into())
+            .spawn_scoped(scope, move || {
+                for part in 0..count {
+                    let prepared = prepare(run, plan, dir, part);
+                    let failed = prepared.is_err();
+                    // A closed channel: the writer stopped, and says why.
+                    if send.send(prepared).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| RunError::Failed(format!("cannot start a partition reader: {e}")))?;
+        let written = write_all(run, plan, tx, receive);
+        producer.join().map_err(|payload| {
+            RunError::Failed(format!(
+                "a partition reader panicked: {}",
+                crate::tasks::control::panic_message(payload.as_ref())
+            ))
+        })?;
+        written
+    })
+}
+
+/// Writes each prepared partition into `tx` as it arrives.
+fn write_all<'s>(
+    run: &Partitioned<'_>,
+    plan: &Plan,
     mut tx: Box<dyn RunTx + 's>,
+    prepared: std::sync::mpsc::Receiver<Result<Prepared, RunError>>,
 ) -> Result<Result<Written<'s>, Vec<TagFailure>>, RunError> {
     let count = run.budget.partitions;
     let (mut counts, mut loaded) = (DiffCounts::default(), Loaded::default());
     let mut scoped = vec![false; plan.tags.len()];
-    for part in 0..count {
-        run.control
-            .set_progress(|p| p.enter_partition(part + 1, count));
-        let frames = plan
-            .tables
-            .iter()
-            .map(|t| spill::read_table(dir, &t.table, part))
-            .collect::<Result<Vec<_>, _>>()?;
-        let universe = load::assemble(plan, frames, run.delta.as_ref(), run.control)?;
-        let scopes = scope::scopes(plan, &universe)?;
-        let batch_rows = run.source.batch_rows;
-        let outcomes =
-            evaluate::evaluate(&plan.tags, &universe, plan.as_of, batch_rows, run.control)?;
+    for (part, next) in prepared.into_iter().enumerate() {
+        let Prepared {
+            universe,
+            scopes,
+            outcomes,
+            stored,
+        } = next?;
         let (evaluated, unevaluated) = Evaluated::split(plan, &universe, scopes, outcomes);
         if !unevaluated.is_empty() {
             return Ok(Err(unevaluated));
         }
+        run.control
+            .set_progress(|p| p.enter_partition(part + 1, count));
         scoped = evaluated.tags.iter().map(|t| t.scope.is_some()).collect();
-        let stored = spill::read_current(dir, part)?;
         let (next, part_counts) = commit::write_part(tx, &evaluated, &stored, run.control)?;
         tx = next;
         counts.add(&part_counts);
