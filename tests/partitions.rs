@@ -395,3 +395,85 @@ fn a_server_killed_while_writing_partition_2_restarts_and_finishes(backend: Back
 fn a_server_killed_while_writing_partition_2_restarts_and_finishes_on_mariadb() {
     a_server_killed_while_writing_partition_2_restarts_and_finishes(Backend::mysql());
 }
+
+/// A tmpfs of `size` mounted on a new directory (as root, or through
+/// `sudo -n`), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::process::Command::new("id").arg("-u").output().unwrap();
+        let mut command = if String::from_utf8_lossy(&root.stdout).trim() == "0" {
+            std::process::Command::new("mount")
+        } else {
+            let mut sudo = std::process::Command::new("sudo");
+            sudo.args(["-n", "mount"]);
+            sudo
+        };
+        let status = command
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .expect("mount");
+        assert!(
+            status.success(),
+            "this test mounts a small tmpfs: it needs root or sudo"
+        );
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+        let _ = std::process::Command::new("sudo")
+            .args(["-n", "umount"])
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A spill directory without room fails the task, naming it, before
+/// anything is written (too small to start) or as it fills up (enough to
+/// start, not to finish); the store is untouched and no file is left.
+#[test]
+fn a_spill_directory_out_of_space_fails_the_task_and_writes_nothing() {
+    let data = base_copy();
+    let plugins = reference_plugins_dir();
+    for (size, says) in [
+        ("1m", "free, and this run needs about"),
+        ("28m", "No space left on device"),
+    ] {
+        let disk = SmallDisk::mount(size);
+        let backend = Backend::sqlite();
+        let extra = [
+            "--memory-limit",
+            LIMIT,
+            "--spill-dir",
+            text(disk.dir.path()),
+        ];
+        let server =
+            TestServer::start_with_store(data.path(), plugins.path(), &backend.url(), &extra);
+        let task = server.trigger(json!({"tag_ids": ALL_TAGS, "as_of": AS_OF}));
+        let done = server.wait(&task);
+        assert_eq!(done["status"], "failed", "{size}: {done}");
+        let error = done["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(says) && error.contains("--spill-dir"),
+            "{size}: {error}"
+        );
+        assert!(backend.tags().is_empty());
+        assert_empty(disk.dir.path());
+    }
+}
