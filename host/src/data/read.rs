@@ -71,7 +71,6 @@ pub fn table_files(data_dir: &Path, table: &str) -> Result<Vec<PathBuf>, Error> 
 }
 
 /// One parquet file of a table, with its footer read once.
-#[derive(Clone)]
 struct Part {
     path: PathBuf,
     metadata: FileMetadataRef,
@@ -87,43 +86,16 @@ struct Slice {
 
 /// An iterator over the batches of one table: each item is a DataFrame with
 /// exactly the requested columns, in request order, of the requested types.
-///
-/// From its first batch on, a scan of more than one batch decodes on a
-/// reader thread of its own, one batch ahead of the consumer: the next row
-/// group is decoded while the current one is filtered or appended. The
-/// thread holds at most that one batch (a rendezvous channel), so memory
-/// stays bounded by two batches; dropping the scan stops and joins it.
 pub struct TableScan {
-    parts: Vec<Part>,
-    num_rows: usize,
-    /// Rows in the slices to read (the row groups kept).
-    planned: usize,
-    batches: Batches,
-}
-
-/// Where a scan's batches are decoded.
-enum Batches {
-    /// On the consumer's thread (before the first batch, or for one batch).
-    Here(Decoder),
-    /// On the scan's reader thread, one batch ahead.
-    Ahead(Prefetch),
-}
-
-/// What decodes a table's planned slices, in order.
-struct Decoder {
     table: String,
     columns: Vec<ColumnRequest>,
     parts: Vec<Part>,
     plan: std::vec::IntoIter<Slice>,
+    num_rows: usize,
+    /// Rows in the slices to read (the row groups kept).
+    planned: usize,
     /// The part currently being read and its open file.
     open: Option<(usize, File)>,
-}
-
-/// A reader thread decoding a [`Decoder`]'s batches into a rendezvous channel.
-struct Prefetch {
-    /// `None` only while dropping: closed first, so a blocked send returns.
-    batches: Option<std::sync::mpsc::Receiver<Result<DataFrame, Error>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Opens `table` in `data_dir` for batched reading of `columns`.
@@ -219,18 +191,14 @@ pub fn scan_row_groups(
         parts.push(Part { path, metadata });
     }
     let planned = plan.iter().map(|s| s.len).sum();
-    let decoder = Decoder {
-        table: table.to_string(),
-        columns: columns.to_vec(),
-        parts: parts.clone(),
-        plan: plan.into_iter(),
-        open: None,
-    };
     Ok(TableScan {
         planned,
+        table: table.to_string(),
+        columns: columns.to_vec(),
         parts,
+        plan: plan.into_iter(),
         num_rows,
-        batches: Batches::Here(decoder),
+        open: None,
     })
 }
 
@@ -249,9 +217,7 @@ impl TableScan {
     pub fn files(&self) -> impl Iterator<Item = &Path> {
         self.parts.iter().map(|p| p.path.as_path())
     }
-}
 
-impl Decoder {
     fn read(&mut self, slice: Slice) -> Result<DataFrame, Error> {
         let part = &self.parts[slice.part];
         let context = || {
@@ -313,7 +279,7 @@ impl Decoder {
     }
 }
 
-impl Iterator for Decoder {
+impl Iterator for TableScan {
     type Item = Result<DataFrame, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -324,100 +290,6 @@ impl Iterator for Decoder {
             self.plan = Vec::new().into_iter();
         }
         Some(result)
-    }
-}
-
-/// Whether scans decode ahead on a reader thread: on unless
-/// `TAG_READ_PREFETCH` is `0` (to measure what it gains).
-fn prefetch_enabled() -> bool {
-    std::env::var("TAG_READ_PREFETCH").map_or(true, |v| v.trim() != "0")
-}
-
-impl Prefetch {
-    /// Moves `decoder` to a new reader thread; gives it back if none starts.
-    fn start(decoder: Decoder) -> Result<Prefetch, (Decoder, std::io::Error)> {
-        let (send, batches) = std::sync::mpsc::sync_channel(0);
-        let handoff = std::sync::Arc::new(std::sync::Mutex::new(Some(decoder)));
-        let theirs = handoff.clone();
-        let started = std::thread::Builder::new()
-            .name("table-prefetch".into())
-            .spawn(move || {
-                let decoder = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
-                for batch in decoder.into_iter().flatten() {
-                    if send.send(batch).is_err() {
-                        return; // The scan was dropped.
-                    }
-                }
-            });
-        match started {
-            Ok(reader) => Ok(Prefetch {
-                batches: Some(batches),
-                reader: Some(reader),
-            }),
-            Err(e) => {
-                let decoder = handoff.lock().unwrap_or_else(|p| p.into_inner()).take();
-                Err((
-                    decoder.expect("a thread that did not start took nothing"),
-                    e,
-                ))
-            }
-        }
-    }
-
-    fn next(&mut self) -> Option<Result<DataFrame, Error>> {
-        let batch = self.batches.as_ref()?.recv().ok();
-        if batch.is_none() {
-            // Every batch was sent, or the reader panicked: then so does
-            // the consumer, as it would have decoding the batch itself.
-            if let Some(Err(payload)) = self.reader.take().map(|r| r.join()) {
-                std::panic::resume_unwind(payload);
-            }
-        }
-        batch
-    }
-}
-
-impl Drop for Prefetch {
-    fn drop(&mut self) {
-        drop(self.batches.take());
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-    }
-}
-
-impl Iterator for TableScan {
-    type Item = Result<DataFrame, Error>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if let Batches::Here(decoder) = &mut self.batches {
-            if decoder.plan.len() < 2 || !prefetch_enabled() {
-                return decoder.next();
-            }
-            let decoder = std::mem::replace(decoder, Decoder::empty());
-            self.batches = match Prefetch::start(decoder) {
-                Ok(prefetch) => Batches::Ahead(prefetch),
-                // No thread to spare: decode here, as without prefetching.
-                Err((decoder, _)) => Batches::Here(decoder),
-            };
-        }
-        match &mut self.batches {
-            Batches::Here(decoder) => decoder.next(),
-            Batches::Ahead(prefetch) => prefetch.next(),
-        }
-    }
-}
-
-impl Decoder {
-    /// A decoder with nothing to read.
-    fn empty() -> Decoder {
-        Decoder {
-            table: String::new(),
-            columns: Vec::new(),
-            parts: Vec::new(),
-            plan: Vec::new().into_iter(),
-            open: None,
-        }
     }
 }
 
@@ -658,74 +530,4 @@ pub fn coerce_column(table: &str, column: &Column, expected: ColumnType) -> Resu
         return Err(invalid(format!("row {row}: value {value} does not fit")));
     }
     Ok(cast)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `t.parquet` in a new directory: column `n` (i64) = 0..10, in row
-    /// groups of 3, with `last` as the final value.
-    fn table(last: i64) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        let mut values: Vec<i64> = (0..9).collect();
-        values.push(last);
-        let mut df = DataFrame::new(10, vec![Column::new("n".into(), values)]).unwrap();
-        let file = File::create(dir.path().join("t.parquet")).unwrap();
-        ParquetWriter::new(file)
-            .with_row_group_size(Some(3))
-            .finish(&mut df)
-            .unwrap();
-        dir
-    }
-
-    fn scan(dir: &tempfile::TempDir, column_type: ColumnType) -> TableScan {
-        let columns = [ColumnRequest::new("n", column_type)];
-        scan_table(dir.path(), "t", &columns, 2).unwrap()
-    }
-
-    #[test]
-    fn batches_decoded_ahead_are_those_decoded_in_place_in_order() {
-        let dir = table(9);
-        let mut ahead = scan(&dir, ColumnType::Int64);
-        let first = ahead.next().unwrap().unwrap();
-        assert!(
-            matches!(ahead.batches, Batches::Ahead(_)),
-            "a scan of several batches decodes on its reader thread"
-        );
-        let ahead: Vec<DataFrame> = std::iter::once(first)
-            .chain(ahead.map(Result::unwrap))
-            .collect();
-        let Batches::Here(in_place) = scan(&dir, ColumnType::Int64).batches else {
-            unreachable!("a new scan decodes nothing yet");
-        };
-        let in_place: Vec<DataFrame> = in_place.map(Result::unwrap).collect();
-        // Row groups of 3, 3 and 4 rows (the writer merges the last row
-        // in), in batches of at most 2 rows.
-        let heights: Vec<usize> = ahead.iter().map(DataFrame::height).collect();
-        assert_eq!(heights, [2, 1, 2, 1, 2, 2]);
-        assert_eq!(ahead, in_place);
-    }
-
-    #[test]
-    fn a_failed_batch_ends_a_scan_decoded_ahead() {
-        // The last row does not fit an i32: the last batch fails.
-        let dir = table(i64::MAX);
-        let outcomes: Vec<bool> = scan(&dir, ColumnType::Int32).map(|b| b.is_ok()).collect();
-        assert_eq!(outcomes, [true, true, true, true, true, false]);
-    }
-
-    #[test]
-    fn a_scan_dropped_after_its_first_batch_stops_its_reader() {
-        let dir = table(9);
-        let mut scan = scan(&dir, ColumnType::Int64);
-        assert!(scan.next().unwrap().is_ok());
-        let Batches::Ahead(prefetch) = &scan.batches else {
-            unreachable!("decoding ahead");
-        };
-        let reader = prefetch.reader.as_ref().unwrap().thread().clone();
-        assert_eq!(reader.name(), Some("table-prefetch"));
-        // Dropping joins the reader, which was blocked handing over batch 2.
-        drop(scan);
-    }
 }
