@@ -121,15 +121,16 @@ impl<'a> Stage<'a> {
             self.work();
         } else {
             std::thread::scope(|scope| {
-                let workers: Vec<_> = (0..threads)
+                // The calling thread is one of the `threads`.
+                let workers: Vec<_> = (1..threads)
                     .map(|i| {
                         std::thread::Builder::new()
                             .name(format!("tag-eval-{i}"))
                             .spawn_scoped(scope, || self.work())
                     })
                     .collect();
-                // A worker that cannot start leaves its share to the others;
-                // the calling thread takes one too, so the queue always drains.
+                // A worker that cannot start leaves its share to the others,
+                // and the calling thread works too, so the queue always drains.
                 self.work();
                 for worker in workers.into_iter().flatten() {
                     if let Err(payload) = worker.join() {
