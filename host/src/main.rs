@@ -28,7 +28,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tag_host::alloc::purge_freed_memory_at_once();
+    tag_host::alloc::purge_freed_memory_soon();
     let matches = tag_host::config::commands::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(errors) = tag_host::config::profile::resolve(&mut cli.config, &matches) {

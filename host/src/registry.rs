@@ -24,6 +24,15 @@ pub struct RegisteredTag {
     task: TagTaskBox,
 }
 
+// The evaluate stage calls `evaluate` on one `RegisteredTag` from several
+// threads at once. That is sound: `TagTask: Send + Sync` (checked by
+// abi_stable's layout check at load, and required of every SDK `Tag`), and
+// each call borrows only its own batch, rule text and result.
+const _: fn() = || {
+    fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<RegisteredTag>();
+};
+
 impl std::fmt::Debug for RegisteredTag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegisteredTag")

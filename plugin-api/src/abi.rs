@@ -200,6 +200,16 @@ impl std::error::Error for PluginError {}
 
 /// One tag task as the host sees it. Implemented for plugin authors by the
 /// SDK ([`crate::export_plugin!`]); every method is panic-guarded there.
+///
+/// **Threads:** `evaluate` may be called concurrently from several threads,
+/// on different batches (the host evaluates a run's (tag, batch) pairs on as
+/// many threads as it has cores, and several tasks may run at once); `info`
+/// and `validate_rule` may be called from any thread, also during an
+/// `evaluate`. Each call gets its own batch, rule text and result, so an
+/// implementation only has to make `&self` safe to share, which is what
+/// `Send + Sync` promises: state kept across calls needs a lock or atomics,
+/// and a batch's result must not depend on which batches were evaluated
+/// before it.
 #[sabi_trait]
 pub trait TagTask: Send + Sync {
     /// The tag's metadata.

@@ -13,6 +13,8 @@
 //! - [`rule`]: the rule language (parse, validate, vectorised evaluation with
 //!   SQL's three-valued logic).
 //! - [`tag`]: the [`Tag`] trait you implement, and the export machinery.
+//!   `evaluate` may be called concurrently from several threads, on
+//!   different batches, so a tag is `Send + Sync`.
 //! - [`owned`] and [`testing`]: build batches from plain values and run a tag
 //!   the way the host does, for unit tests.
 //! - [`export_plugin!`]: the one macro a plugin library needs.

@@ -189,13 +189,21 @@ impl From<TagError> for PluginError {
 
 /// A tag, as a plugin author writes it. Most tags only describe themselves:
 /// the default [`Tag::evaluate`] applies the (stored) rule.
+///
+/// `evaluate` may be called concurrently from several threads, on different
+/// batches: the server evaluates a run's batches on every core. Hence
+/// `Send + Sync`. Keep no per-batch state in `self` (a `Cell` or `RefCell`
+/// field does not compile); anything shared across calls, such as a cache,
+/// needs a `Mutex` or atomics, and each batch's mask must depend only on
+/// that batch, the rule and `as_of`, never on the order batches come in.
 pub trait Tag: Send + Sync + 'static {
     /// The tag's metadata; called once when the plugin is loaded.
     fn info(&self) -> TagInfo;
 
     /// Which rows of `batch` get the tag under `rule` on reference date
     /// `as_of`. Override for logic the rule language cannot express; the
-    /// result must cover every row of the batch.
+    /// result must cover every row of the batch. It may be called
+    /// concurrently from several threads, on different batches.
     ///
     /// An override can still take its parameters from the rule, so that an
     /// operator tunes them through the API without a rebuild: here the

@@ -95,13 +95,17 @@ impl Bitset {
         })
     }
 
-    /// Copies a plugin's mask for rows `offset..offset + mask.len()` in.
+    /// Adds a plugin's mask for rows `offset..offset + mask.len()`. Batches
+    /// may be placed in any order: the words are OR-ed in, so a mask's last
+    /// word (zero past its rows) never clears rows of the batch after it.
     pub fn place(&mut self, offset: usize, mask: &Mask) {
         assert!(offset + mask.len() <= self.len, "mask beyond the universe");
         if offset.is_multiple_of(64) {
             let start = offset / 64;
             let words = mask.words();
-            self.words[start..start + words.len()].copy_from_slice(words);
+            for (into, word) in self.words[start..start + words.len()].iter_mut().zip(words) {
+                *into |= word;
+            }
         } else {
             for i in mask.ones() {
                 self.insert(offset + i);
@@ -132,6 +136,17 @@ mod tests {
         let mut unaligned = Bitset::empty(200);
         unaligned.place(5, &mask);
         assert_eq!(unaligned.ones().collect::<Vec<_>>(), vec![5, 7]);
+    }
+
+    #[test]
+    fn batches_placed_out_of_order_keep_every_row() {
+        // Batches of 100 rows: the first ends inside the word the second
+        // starts in, and the second is placed first.
+        let mut set = Bitset::empty(200);
+        set.place(100, &Mask::from_bools(&[true; 100]));
+        set.place(0, &Mask::from_bools(&[false; 100]));
+        assert_eq!(set.count(), 100);
+        assert_eq!(set.ones().next(), Some(100));
     }
 
     #[test]

@@ -25,7 +25,12 @@ pub fn tag_at_least(id: u32, table: &str, column: &str, min: f64) -> Arc<Registe
     let info = TagInfo::new(id, "T", &format!("tag {id}"), "test")
         .input(table, column, ColumnType::Float64)
         .default_rule(&rule);
-    let tasks = tag_plugin_api::tag::export_tasks(|| vec![Box::new(RuleTag(info))])
+    registered(RuleTag(info))
+}
+
+/// `tag` exported through the plugin ABI and registered, as a library's is.
+pub fn registered(tag: impl Tag) -> Arc<RegisteredTag> {
+    let tasks = tag_plugin_api::tag::export_tasks(|| vec![Box::new(tag)])
         .into_result()
         .expect("export");
     let task = tasks.into_iter().next().expect("one task");
