@@ -347,12 +347,17 @@ fn a_server_killed_while_writing_partition_2_restarts_and_finishes(backend: Back
     wait_entered(&gate);
     let held = status(&first.base, &task);
     assert_eq!(held["progress"]["partition"]["index"], 1, "{held}");
-    let count = held["progress"]["partition"]["count"].as_u64().unwrap() as usize;
-    let user = lake()
-        .before
-        .keys()
-        .find(|u| tag_host::engine::spill::partition_of(u, count) == 1)
-        .expect("a user of partition 2");
+    // A user of partition 2, from its spill file (Arrow IPC).
+    let run = run_dirs(&spill).pop().expect("the run's spill directory");
+    let file = std::fs::File::open(run.join("user_basic_info.1")).unwrap();
+    let second = polars::prelude::SerReader::finish(polars::prelude::IpcReader::new(file)).unwrap();
+    let ids = second.column("user_id").unwrap().str().unwrap().clone();
+    let user = ids
+        .iter()
+        .flatten()
+        .find(|u| lake().before.contains_key(*u))
+        .expect("a user of partition 2")
+        .to_string();
     let hold = backend.hold(&format!(
         "INSERT INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time) VALUES ('{user}', '[1]', '[]', 0, 0)"
     ));

@@ -239,7 +239,7 @@ pub struct Config {
     pub batch_rows: u32,
     /// Memory a run keeps within, such as 2GiB or 512MiB: a run whose
     /// working set (estimated from the parquet footers before reading) is
-    /// larger is split into user-hash partitions, spilled to --spill-dir
+    /// larger is split into partitions by user id, spilled to --spill-dir
     /// and computed one after another [default: a fifth of this machine's
     /// memory].
     #[arg(long, env = "TAG_MEMORY_LIMIT", global = true, value_parser = crate::memory::ByteSize::from_str)]

@@ -213,6 +213,19 @@ impl TableScan {
         self.planned
     }
 
+    /// Row groups in all the table's parts.
+    pub fn row_groups(&self) -> usize {
+        self.parts.iter().map(|p| p.metadata.row_groups.len()).sum()
+    }
+
+    /// Row groups in the parts before part `part`.
+    pub fn groups_before(&self, part: usize) -> usize {
+        self.parts[..part.min(self.parts.len())]
+            .iter()
+            .map(|p| p.metadata.row_groups.len())
+            .sum()
+    }
+
     /// Uncompressed bytes per row of `column`, from the footers (0 for a
     /// table without rows).
     pub fn column_bytes_per_row(&self, column: &str) -> f64 {

@@ -1,5 +1,5 @@
 //! How much memory a run will need, estimated from the parquet footers
-//! before anything is read, and how many user-hash partitions keep it
+//! before anything is read, and how many partitions by user id keep it
 //! within the memory limit.
 //!
 //! The estimate adds, per table, the rows the run will read times the
@@ -33,7 +33,7 @@ pub struct Budget {
     pub estimate: u64,
     /// The memory limit (bytes).
     pub limit: u64,
-    /// User-hash partitions (1: not partitioned).
+    /// Partitions by user id (1: not partitioned).
     pub partitions: usize,
     /// Universe rows the run will read.
     pub users: u64,

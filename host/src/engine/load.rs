@@ -2,7 +2,7 @@
 //! left-join the side tables onto the universe, row for row.
 
 use super::index::{join_latest, latest_rows, RowFinder, UniverseIndex, UserIds};
-use super::spill::{SpillDir, TableSpill};
+use super::spill::{Partitions, SpillDir, TableSpill};
 use super::{failed, polars_failed, stopped, Delta, Plan, RunError, TablePlan, Universe};
 use super::{UPDATED_TIME, USER_ID};
 use crate::data::read::{polars_type, scan_row_groups, RowGroupId, TableScan};
@@ -60,7 +60,7 @@ impl Reader<'_> {
         plan: &TablePlan,
         scan: TableScan,
         dir: &SpillDir,
-        partitions: usize,
+        partitions: &Partitions,
     ) -> Result<(), RunError> {
         let schema = plan_schema(plan);
         let mut out = TableSpill::create(dir, &plan.table, &schema, partitions)?;
@@ -199,7 +199,7 @@ pub fn spill(
     delta: Option<&Delta>,
     source: &Source<'_>,
     dir: &SpillDir,
-    partitions: usize,
+    partitions: &Partitions,
     control: &TaskControl,
 ) -> Result<(), RunError> {
     let reader = Reader {

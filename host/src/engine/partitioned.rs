@@ -1,4 +1,4 @@
-//! A run beyond the memory limit, in user-hash partitions:
+//! A run beyond the memory limit, in partitions (ranges of user ids):
 //!
 //! 1. one pass reads each planned table (projection, pruning and the
 //!    run's user filter as always) and spills every row to its user's
@@ -21,7 +21,7 @@ use super::bitset::Bitset;
 use super::budget::Budget;
 use super::load::{self, Source};
 use super::report::{self, Computed, Timings};
-use super::spill::{self, CurrentSpill, SpillDir};
+use super::spill::{self, CurrentSpill, Partitions, SpillDir};
 use super::Universe;
 use super::{commit, evaluate, scope};
 use super::{Delta, DiffCounts, Evaluated, Failures, Loaded, Plan, RunError, TagFailure, TagRun};
@@ -67,21 +67,28 @@ pub fn run(
     mut timings: Timings,
     fetched: Option<SyncSummary>,
 ) -> Result<RunReport, RunError> {
-    let count = run.budget.partitions;
     let dir = SpillDir::create(run.spill_root, run.task_id)?;
     check_space(&dir, run.budget.estimate)?;
-    run.control.set_progress(|p| p.enter_partition(0, count));
+    let universe = &plan.tables[0].table;
+    let parts = spill::sample_partitions(run.source.data_dir, universe, run.budget.partitions)?;
+    let budget = Budget {
+        partitions: parts.count(),
+        ..run.budget
+    };
+    let run = Partitioned { budget, ..run };
+    run.control
+        .set_progress(|p| p.enter_partition(0, parts.count()));
     load::spill(
         &plan,
         run.delta.as_ref(),
         run.source,
         &dir,
-        count,
+        &parts,
         run.control,
     )?;
     timings.lap("read_ms");
     loop {
-        match attempt(&run, &plan, &dir, &failures, &mut timings, fetched)? {
+        match attempt(&run, &plan, &dir, &parts, &failures, &mut timings, fetched)? {
             Attempt::Committed(report) => return Ok(report),
             Attempt::TagsFailed(more) => {
                 let left = plan.tags.len() - more.len();
@@ -116,13 +123,14 @@ fn attempt(
     run: &Partitioned<'_>,
     plan: &Plan,
     dir: &SpillDir,
+    parts: &Partitions,
     failures: &Failures,
     timings: &mut Timings,
     fetched: Option<SyncSummary>,
 ) -> Result<Attempt, RunError> {
     let tags: Vec<&TagRun> = plan.tags.iter().collect();
     let tx = commit::begin(run.store, run.task_id, &tags)?;
-    let tx = spill_current(run, plan, dir, tx)?;
+    let tx = spill_current(run, plan, dir, parts, tx)?;
     let (tx, counts, loaded, scoped) = match partitions(run, plan, dir, tx)? {
         Ok(done) => done,
         Err(failed) => return Ok(Attempt::TagsFailed(failed)),
@@ -153,6 +161,7 @@ fn spill_current<'s>(
     run: &Partitioned<'_>,
     plan: &Plan,
     dir: &SpillDir,
+    parts: &Partitions,
     mut tx: Box<dyn RunTx + 's>,
 ) -> Result<Box<dyn RunTx + 's>, RunError> {
     let users: Option<Vec<&str>> = match (&plan.user_ids, &run.delta) {
@@ -164,7 +173,7 @@ fn spill_current<'s>(
     let total = users.as_ref().map_or(run.budget.users, |u| u.len() as u64);
     run.control
         .set_progress(|p| p.enter_counted("comparing", total, Arc::clone(&read)));
-    let mut sink = CurrentSpill::create(dir, run.budget.partitions, Arc::clone(&read))?;
+    let mut sink = CurrentSpill::create(dir, parts, Arc::clone(&read))?;
     tx.current(users.as_deref(), &mut sink).map_err(|e| {
         RunError::Failed(format!(
             "reading the current tags failed, nothing was written: {e}"

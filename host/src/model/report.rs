@@ -70,7 +70,7 @@ pub struct MemoryReport {
     pub estimate_bytes: u64,
     /// The memory limit (`--memory-limit`, bytes).
     pub limit_bytes: u64,
-    /// User-hash partitions the run was computed in (1: not partitioned).
+    /// Partitions by user id the run was computed in (1: not partitioned).
     pub partitions: usize,
     /// Bytes of spill files written (source rows and current tags).
     pub spill_bytes: u64,
