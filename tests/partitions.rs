@@ -154,7 +154,7 @@ fn partitioned_runs_equal_whole_runs_and_duckdb(limited: Backend, unlimited: Bac
     let whole = TestServer::start_with_store(data.path(), plugins.path(), &unlimited.url(), &[]);
     let lake = lake();
 
-    let full = run_both(
+    let _full = run_both(
         &small,
         &whole,
         json!({"tag_ids": ALL_TAGS, "as_of": AS_OF}),
@@ -349,8 +349,9 @@ fn a_server_killed_while_writing_partition_2_restarts_and_finishes(backend: Back
     assert_eq!(held["progress"]["partition"]["index"], 1, "{held}");
     // A user of partition 2, from its spill file (Arrow IPC).
     let run = run_dirs(&spill).pop().expect("the run's spill directory");
+    use polars::prelude::{IpcReader, SerReader};
     let file = std::fs::File::open(run.join("user_basic_info.1")).unwrap();
-    let second = polars::prelude::SerReader::finish(polars::prelude::IpcReader::new(file)).unwrap();
+    let second = IpcReader::new(file).finish().unwrap();
     let ids = second.column("user_id").unwrap().str().unwrap().clone();
     let user = ids
         .iter()
