@@ -367,10 +367,13 @@ fn a_server_killed_while_writing_partition_2_restarts_and_finishes(backend: Back
     loop {
         let now = status(&first.base, &task);
         let progress = &now["progress"];
-        if progress["partition"]["index"] == 2
-            && progress["stage"] == "writing"
-            && backend.lock_waiters() > 0
-        {
+        // Partition 2 is being written (the next one is evaluated
+        // meanwhile, so the current stage may read "evaluating").
+        let writing = progress["stages"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["name"] == "writing" && s["state"] == "running")
+        });
+        if progress["partition"]["index"] == 2 && writing && backend.lock_waiters() > 0 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{now}");

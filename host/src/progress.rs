@@ -72,7 +72,8 @@ pub struct TagProgress {
 }
 
 /// Where a partitioned run is: spilling (`index` 0), then partition
-/// `index` of `count`, each going through joining, evaluating and writing.
+/// `index` of `count`: the one being written, once the first is (the next
+/// is read and evaluated meanwhile).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct PartitionProgress {
     /// The partition being computed, from 1; 0 while the tables are

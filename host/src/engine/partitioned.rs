@@ -87,6 +87,9 @@ pub fn run(
         run.control,
     )?;
     timings.lap("read_ms");
+    // Spilled: partition 1 is read back and evaluated next.
+    run.control
+        .set_progress(|p| p.enter_partition(1, parts.count()));
     loop {
         match attempt(&run, &plan, &dir, &parts, &failures, &mut timings, fetched)? {
             Attempt::Committed(report) => return Ok(report),
@@ -284,8 +287,12 @@ fn write_all<'s>(
         if !unevaluated.is_empty() {
             return Ok(Err(unevaluated));
         }
-        run.control
-            .set_progress(|p| p.enter_partition(part + 1, count));
+        // At once, so no reader sees the new partition with the previous
+        // one's finished write.
+        run.control.set_progress(|p| {
+            p.enter_partition(part + 1, count);
+            p.enter("writing", universe.rows() as u64);
+        });
         scoped = evaluated.tags.iter().map(|t| t.scope.is_some()).collect();
         let (next, part_counts) = commit::write_part(tx, &evaluated, &stored, run.control)?;
         tx = next;
