@@ -345,14 +345,7 @@ impl Process {
     }
 
     fn status(&self, task: &str) -> serde_json::Value {
-        let url = format!("{}/api/v1/tasks/{task}/status", self.base);
-        client()
-            .get(url)
-            .send()
-            .unwrap()
-            .json::<serde_json::Value>()
-            .unwrap()["status"]
-            .clone()
+        task_status(&self.base, task)
     }
 
     /// Waits for the process to die by itself (the task aborts it).
@@ -438,19 +431,6 @@ fn a_task_that_kills_the_server_is_failed_after_its_second_crash(backend: Backen
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-}
-
-fn trigger(base: &str, body: serde_json::Value) -> String {
-    let response = client()
-        .post(format!("{base}/api/v1/tags/trigger"))
-        .json(&body)
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
-    response.json::<serde_json::Value>().unwrap()["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 fn three_processes_share_the_queue_and_take_over_from_one_killed_mid_run(backend: Backend) {

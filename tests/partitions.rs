@@ -209,29 +209,6 @@ fn partitioned_runs_equal_whole_runs_and_duckdb_on_mariadb() {
     partitioned_runs_equal_whole_runs_and_duckdb(Backend::mysql(), Backend::mysql());
 }
 
-/// Triggers `body` on the server at `base`; the task id.
-fn trigger(base: &str, body: Value) -> String {
-    let reply = client()
-        .post(format!("{base}/api/v1/tags/trigger"))
-        .json(&body)
-        .send()
-        .unwrap();
-    assert_eq!(reply.status().as_u16(), 202);
-    reply.json::<Value>().unwrap()["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn status(base: &str, task: &str) -> Value {
-    client()
-        .get(format!("{base}/api/v1/tasks/{task}/status"))
-        .send()
-        .and_then(|r| r.json::<Value>())
-        .unwrap()["status"]
-        .clone()
-}
-
 /// A tag-server process over `data` with the store `url`, spilling into
 /// `spill` under the small limit.
 fn process(work: &Path, data: &Path, plugins: &Path, url: &str, spill: &Path) -> ServerProcess {
@@ -250,6 +227,26 @@ fn process(work: &Path, data: &Path, plugins: &Path, url: &str, spill: &Path) ->
         "--spill-dir",
         text(spill),
     ])
+}
+
+/// A new process on the same store takes task `task` back from the killed
+/// one and completes it on its second attempt; its status.
+fn restart_finishes(
+    work: &Path,
+    data: &Path,
+    plugins: &Path,
+    url: &str,
+    spill: &Path,
+    task: &str,
+) -> Value {
+    let second = process(work, data, plugins, url, spill);
+    let done = wait_ended(&second.base, task);
+    assert_eq!(
+        (&done["status"], &done["attempts"]),
+        (&json!("completed"), &json!(2)),
+        "{done}"
+    );
+    done
 }
 
 /// The run directories under `spill`.
@@ -286,7 +283,7 @@ fn a_server_killed_while_spilling_restarts_finishes_and_leaves_no_spill_files() 
         assert!(
             std::time::Instant::now() < deadline,
             "{}",
-            status(&first.base, &task)
+            task_status(&first.base, &task)
         );
         std::thread::sleep(std::time::Duration::from_millis(2));
     };
@@ -295,18 +292,13 @@ fn a_server_killed_while_spilling_restarts_finishes_and_leaves_no_spill_files() 
     assert!(!dir.join("current.0").exists(), "killed too late");
     assert!(dir.exists());
     assert!(backend.tags().is_empty());
-    let second = process(
+    let done = restart_finishes(
         work.path(),
         data.path(),
         plugins.path(),
         &backend.url(),
         &spill,
-    );
-    let done = wait_ended(&second.base, &task);
-    assert_eq!(
-        (&done["status"], &done["attempts"]),
-        (&json!("completed"), &json!(2)),
-        "{done}"
+        &task,
     );
     assert!(partitions(&done["result"]) >= 8, "{done}");
     assert_same_tags(&backend.tags(), &lake().before);
@@ -345,7 +337,7 @@ fn a_server_killed_while_writing_partition_2_restarts_and_finishes(backend: Back
     tags.push(906);
     let task = trigger(&first.base, json!({"tag_ids": tags, "as_of": AS_OF}));
     wait_entered(&gate);
-    let held = status(&first.base, &task);
+    let held = task_status(&first.base, &task);
     assert_eq!(held["progress"]["partition"]["index"], 1, "{held}");
     // A user of partition 2, from its spill file (Arrow IPC).
     let run = run_dirs(&spill).pop().expect("the run's spill directory");
@@ -365,7 +357,7 @@ fn a_server_killed_while_writing_partition_2_restarts_and_finishes(backend: Back
     std::fs::write(&gate, b"").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        let now = status(&first.base, &task);
+        let now = task_status(&first.base, &task);
         let progress = &now["progress"];
         // Partition 2 is being written (the next one is evaluated
         // meanwhile, so the current stage may read "evaluating").
@@ -383,18 +375,13 @@ fn a_server_killed_while_writing_partition_2_restarts_and_finishes(backend: Back
     drop(hold);
     assert!(backend.tags().is_empty(), "partition 1 was committed");
     assert_eq!(run_dirs(&spill).len(), 1);
-    let second = process(
+    restart_finishes(
         work.path(),
         data.path(),
         plugins.path(),
         &backend.url(),
         &spill,
-    );
-    let done = wait_ended(&second.base, &task);
-    assert_eq!(
-        (&done["status"], &done["attempts"]),
-        (&json!("completed"), &json!(2)),
-        "{done}"
+        &task,
     );
     assert_same_tags(&without_906(backend.tags()), &lake().before);
     assert_empty(&spill);

@@ -546,17 +546,36 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Triggers `body` on the server at `base` (202 expected); the task id.
+pub fn trigger(base: &str, body: serde_json::Value) -> String {
+    let reply = client()
+        .post(format!("{base}/api/v1/tags/trigger"))
+        .json(&body)
+        .send()
+        .expect("trigger");
+    assert_eq!(reply.status().as_u16(), 202, "{:?}", reply.text());
+    reply.json::<serde_json::Value>().expect("JSON")["task_id"]
+        .as_str()
+        .expect("task_id")
+        .to_string()
+}
+
+/// Task `task`'s status object on the server at `base`.
+pub fn task_status(base: &str, task: &str) -> serde_json::Value {
+    let reply: serde_json::Value = client()
+        .get(format!("{base}/api/v1/tasks/{task}/status"))
+        .send()
+        .and_then(|r| r.json())
+        .expect("status");
+    reply["status"].clone()
+}
+
 /// Waits (up to two minutes) until task `task` of the server at `base`
 /// ends (completed, failed or cancelled); its status object.
 pub fn wait_ended(base: &str, task: &str) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        let reply: serde_json::Value = client()
-            .get(format!("{base}/api/v1/tasks/{task}/status"))
-            .send()
-            .and_then(|r| r.json())
-            .expect("status");
-        let status = reply["status"].clone();
+        let status = task_status(base, task);
         if ["completed", "failed", "cancelled"].contains(&status["status"].as_str().unwrap_or("")) {
             return status;
         }
@@ -641,16 +660,7 @@ impl ServerProcess {
     /// Triggers `body` and waits (up to two minutes) until the task ends;
     /// its status.
     pub fn run(&self, body: serde_json::Value) -> serde_json::Value {
-        let reply = client()
-            .post(format!("{}/api/v1/tags/trigger", self.base))
-            .json(&body)
-            .send()
-            .expect("trigger");
-        assert_eq!(reply.status().as_u16(), 202, "{:?}", reply.text());
-        let id = reply.json::<serde_json::Value>().expect("JSON")["task_id"]
-            .as_str()
-            .expect("task_id")
-            .to_string();
+        let id = trigger(&self.base, body);
         wait_ended(&self.base, &id)
     }
 

@@ -6,7 +6,7 @@
 use super::bitset::Bitset;
 use super::diff::{diff, Current, DiffTag};
 use super::index::{sorted_rows, RowFinder};
-use super::{stopped, DiffCounts, Evaluated, Loaded, Plan, RunError, TagRun, Universe};
+use super::{stopped, DiffCounts, Evaluated, Plan, RunError, TagRun, Universe};
 use crate::model::now_timestamp;
 use crate::model::RunReport;
 use crate::store::{GrantInfo, RunStart, RunTx, Store, StoreError, TagState, UserRows};
@@ -57,7 +57,7 @@ pub fn write<'s>(
     Ok(Written {
         tx,
         counts,
-        states: states(run.plan, &tags, &Loaded::of(run.plan, universe).newest),
+        states: states(run.plan, &tags, &universe.newest),
     })
 }
 

@@ -237,7 +237,7 @@ pub fn spill(
 
 /// The users a run keeps as it reads: a `user_ids` run's, an incremental
 /// run's changed users, or all (`None`).
-fn wanted_users<'a>(plan: &'a Plan, delta: Option<&'a Delta>) -> Option<HashSet<&'a str>> {
+pub fn wanted_users<'a>(plan: &'a Plan, delta: Option<&'a Delta>) -> Option<HashSet<&'a str>> {
     match (&plan.user_ids, delta) {
         (Some(ids), _) => Some(ids.iter().map(String::as_str).collect()),
         (None, Some(delta)) => Some(delta.users.iter().map(String::as_str).collect()),

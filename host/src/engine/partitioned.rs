@@ -167,11 +167,8 @@ fn spill_current<'s>(
     parts: &Partitions,
     mut tx: Box<dyn RunTx + 's>,
 ) -> Result<Box<dyn RunTx + 's>, RunError> {
-    let users: Option<Vec<&str>> = match (&plan.user_ids, &run.delta) {
-        (Some(ids), _) => Some(ids.iter().map(String::as_str).collect()),
-        (None, Some(delta)) => Some(delta.users.iter().map(String::as_str).collect()),
-        (None, None) => None,
-    };
+    let users: Option<Vec<&str>> =
+        load::wanted_users(plan, run.delta.as_ref()).map(|set| set.into_iter().collect());
     let read = Arc::new(AtomicUsize::new(0));
     let total = users.as_ref().map_or(run.budget.users, |u| u.len() as u64);
     run.control
