@@ -1,8 +1,10 @@
 //! Runs beyond the memory limit: a tiny `--memory-limit` forces 200,000
 //! users (pyarrow-written lake parts with duplicates, ties, nulls, DECIMAL
-//! money and zoned timestamps) into many user-hash partitions spilled to
-//! disk. Full, `user_ids` and incremental runs must equal DuckDB's
-//! computation and the same runs without a limit, on all three stores; a
+//! money and zoned timestamps) into many user-id-range partitions spilled
+//! to disk, and a small `--partition-users` splits the same runs into
+//! partitions kept in memory. Full, `user_ids` and incremental runs must
+//! equal DuckDB's computation and the same runs neither limited nor split,
+//! on all three stores; a
 //! server killed while spilling, or while writing partition 2, restarts,
 //! finishes the task and leaves no spill files.
 
@@ -19,6 +21,8 @@ const AS_OF: &str = "2025-01-15";
 const USERS: usize = 200_000;
 /// Small enough that every run below is partitioned.
 const LIMIT: &str = "4MiB";
+/// Small enough that every run below is split in memory when unlimited.
+const PARTITION_USERS: &str = "10000";
 const ALL_TAGS: [u32; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 
 /// The lake written once for every test: `base` as first exported, and
@@ -120,12 +124,23 @@ fn partitions(result: &Value) -> u64 {
     result["memory"]["partitions"].as_u64().unwrap_or(0)
 }
 
-/// Runs `body` on both servers: the limited one is partitioned (at least
-/// `at_least` partitions), the other not, and their figures agree.
-fn run_both(small: &TestServer, whole: &TestServer, body: Value, at_least: u64) -> Value {
-    let limited = small.run(body.clone());
-    let unlimited = whole.run(body);
-    assert!(partitions(&limited) >= at_least, "{limited}");
+/// The servers each run goes to: limited (spilled), split in memory, and
+/// neither.
+struct Servers {
+    small: TestServer,
+    split: TestServer,
+    whole: TestServer,
+}
+
+/// Runs `body` on every server: the limited one spills at least
+/// `at_least.0` partitions, the split one keeps at least `at_least.1` in
+/// memory, the last is not partitioned, and their figures agree.
+fn run_all(servers: &Servers, body: Value, at_least: (u64, u64)) -> Value {
+    let limited = servers.small.run(body.clone());
+    let split = servers.split.run(body.clone());
+    let unlimited = servers.whole.run(body);
+    assert!(partitions(&limited) >= at_least.0, "{limited}");
+    assert!(partitions(&split) >= at_least.1, "{split}");
     assert_eq!(partitions(&unlimited), 1, "{unlimited}");
     let memory = &limited["memory"];
     assert!(memory["spill_bytes"].as_u64().unwrap() > 0, "{memory}");
@@ -133,7 +148,14 @@ fn run_both(small: &TestServer, whole: &TestServer, body: Value, at_least: u64) 
         memory["estimate_bytes"].as_u64() > memory["limit_bytes"].as_u64(),
         "{memory}"
     );
+    let memory = &split["memory"];
+    assert_eq!(memory["spill_bytes"].as_u64(), Some(0), "{memory}");
+    assert!(
+        memory["estimate_bytes"].as_u64() <= memory["limit_bytes"].as_u64(),
+        "{memory}"
+    );
     assert_eq!(figures(&limited), figures(&unlimited));
+    assert_eq!(figures(&split), figures(&unlimited));
     limited
 }
 
@@ -145,23 +167,37 @@ fn assert_empty(dir: &Path) {
     assert!(left.is_empty(), "spill files left: {left:?}");
 }
 
-fn partitioned_runs_equal_whole_runs_and_duckdb(limited: Backend, unlimited: Backend) {
+/// Each store's tags equal `expected`.
+fn assert_stores(stores: [&Backend; 3], expected: &BTreeMap<String, Vec<u32>>) {
+    let [limited, split, unlimited] = stores;
+    assert_same_tags(&limited.tags(), expected);
+    assert_eq!(limited.tags(), unlimited.tags());
+    assert_eq!(split.tags(), unlimited.tags());
+}
+
+fn partitioned_runs_equal_whole_runs_and_duckdb(stores: [Backend; 3]) {
     let data = base_copy();
     let plugins = reference_plugins_dir();
     let spill = tempfile::tempdir().unwrap();
     let extra = ["--memory-limit", LIMIT, "--spill-dir", text(spill.path())];
-    let small = TestServer::start_with_store(data.path(), plugins.path(), &limited.url(), &extra);
-    let whole = TestServer::start_with_store(data.path(), plugins.path(), &unlimited.url(), &[]);
+    let [limited, split, unlimited] = &stores;
+    let start = |store: &Backend, extra: &[&str]| {
+        TestServer::start_with_store(data.path(), plugins.path(), &store.url(), extra)
+    };
+    let servers = Servers {
+        small: start(limited, &extra),
+        split: start(split, &["--partition-users", PARTITION_USERS]),
+        whole: start(unlimited, &["--partition-users", "0"]),
+    };
+    let stores = [limited, split, unlimited];
     let lake = lake();
 
-    let _full = run_both(
-        &small,
-        &whole,
+    let _full = run_all(
+        &servers,
         json!({"tag_ids": ALL_TAGS, "as_of": AS_OF}),
-        8,
+        (8, 8),
     );
-    assert_same_tags(&limited.tags(), &lake.before);
-    assert_eq!(limited.tags(), unlimited.tags());
+    assert_stores(stores, &lake.before);
 
     // A later export adds newer rows for every seventh user.
     append_to(data.path());
@@ -172,7 +208,7 @@ fn partitioned_runs_equal_whole_runs_and_duckdb(limited: Backend, unlimited: Bac
         .collect();
     ids.extend(["nobody-1".to_string(), "nobody-2".to_string()]);
     let body = json!({"tag_ids": ALL_TAGS, "user_ids": ids, "as_of": AS_OF});
-    let some = run_both(&small, &whole, body, 4);
+    let some = run_all(&servers, body, (4, 4));
     // The two made-up ids, and those whose rows all lack a user id.
     let unknown = &some["unknown_user_ids"];
     assert!(unknown["count"].as_u64().unwrap() >= 2, "{unknown}");
@@ -183,30 +219,40 @@ fn partitioned_runs_equal_whole_runs_and_duckdb(limited: Backend, unlimited: Bac
             None => mixed.remove(id),
         };
     }
-    assert_same_tags(&limited.tags(), &mixed);
-    assert_eq!(limited.tags(), unlimited.tags());
+    assert_stores(stores, &mixed);
 
     let body = json!({"tag_ids": ALL_TAGS, "mode": "incremental", "as_of": AS_OF});
-    let changed = run_both(&small, &whole, body, 2);
+    let changed = run_all(&servers, body, (2, 2));
     assert_eq!(changed["tags"][0]["scope"], "changed users", "{changed}");
-    assert_same_tags(&limited.tags(), &lake.after);
-    assert_eq!(limited.tags(), unlimited.tags());
+    assert_stores(stores, &lake.after);
     assert_empty(spill.path());
 }
 
 #[test]
 fn partitioned_runs_equal_whole_runs_and_duckdb_on_sqlite() {
-    partitioned_runs_equal_whole_runs_and_duckdb(Backend::sqlite(), Backend::sqlite());
+    partitioned_runs_equal_whole_runs_and_duckdb([
+        Backend::sqlite(),
+        Backend::sqlite(),
+        Backend::sqlite(),
+    ]);
 }
 
 #[test]
 fn partitioned_runs_equal_whole_runs_and_duckdb_on_postgres() {
-    partitioned_runs_equal_whole_runs_and_duckdb(Backend::postgres(), Backend::postgres());
+    partitioned_runs_equal_whole_runs_and_duckdb([
+        Backend::postgres(),
+        Backend::postgres(),
+        Backend::postgres(),
+    ]);
 }
 
 #[test]
 fn partitioned_runs_equal_whole_runs_and_duckdb_on_mariadb() {
-    partitioned_runs_equal_whole_runs_and_duckdb(Backend::mysql(), Backend::mysql());
+    partitioned_runs_equal_whole_runs_and_duckdb([
+        Backend::mysql(),
+        Backend::mysql(),
+        Backend::mysql(),
+    ]);
 }
 
 /// A tag-server process over `data` with the store `url`, spilling into

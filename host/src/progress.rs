@@ -71,16 +71,19 @@ pub struct TagProgress {
     pub rows_done: usize,
 }
 
-/// Where a partitioned run is: spilling (`index` 0), then partition
-/// `index` of `count`: the one being written, once the first is (the next
-/// is read and evaluated meanwhile).
+/// Where a partitioned run is: reading into its partitions (`index` 0),
+/// then partition `index` of `count`: the one being written, once the first
+/// is (the next is read and evaluated meanwhile).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct PartitionProgress {
     /// The partition being computed, from 1; 0 while the tables are
-    /// read and spilled into the partitions.
+    /// read into the partitions.
     pub index: usize,
     /// Partitions in all.
     pub count: usize,
+    /// Whether the partitions are spilled to disk (the run is beyond its
+    /// memory limit) rather than kept in memory.
+    pub spilled: bool,
 }
 
 /// The stages a partitioned run goes through once per partition.
@@ -193,11 +196,26 @@ impl Progress {
         self.live = self.position(stage).map(|at| (at, counter));
     }
 
+    /// A partitioned run starts reading its tables into `count` partitions,
+    /// `spilled` to disk or kept in memory.
+    pub fn begin_partitions(&mut self, count: usize, spilled: bool) {
+        self.partition = Some(PartitionProgress {
+            index: 0,
+            count,
+            spilled,
+        });
+    }
+
     /// A partitioned run starts writing partition `index` (from 1; 0 while
-    /// spilling) of `count` (the next partition is read and evaluated
-    /// meanwhile).
+    /// reading into the partitions) of `count` (the next partition is read
+    /// and evaluated meanwhile).
     pub fn enter_partition(&mut self, index: usize, count: usize) {
-        self.partition = Some(PartitionProgress { index, count });
+        let spilled = self.partition.is_some_and(|p| p.spilled);
+        self.partition = Some(PartitionProgress {
+            index,
+            count,
+            spilled,
+        });
     }
 
     /// Ends the run: every stage finished.
@@ -337,7 +355,7 @@ mod tests {
     fn a_partitioned_run_moves_through_its_partitions() {
         let mut p = Progress::begin();
         p.enter("reading", 100);
-        p.enter_partition(0, 4);
+        p.begin_partitions(4, true);
         p.advance("reading", 100);
         let spilled = p.snapshot().percent;
         assert!((spilled - 34.0).abs() < 1e-9, "{spilled}");
@@ -358,7 +376,11 @@ mod tests {
         assert!((last - 95.0).abs() < 0.1, "{last}");
         assert_eq!(
             p.snapshot().partition,
-            Some(PartitionProgress { index: 4, count: 4 })
+            Some(PartitionProgress {
+                index: 4,
+                count: 4,
+                spilled: true
+            })
         );
     }
 

@@ -53,7 +53,8 @@ impl Core {
                 data,
                 config.batch_rows as usize,
             )
-            .with_memory(config.memory_limit().bytes(), config.spill_dir()),
+            .with_memory(config.memory_limit().bytes(), config.spill_dir())
+            .with_partition_users(config.partition_users),
         );
         Ok(Core {
             store,

@@ -48,9 +48,10 @@ fn stage_text(p: &Progress) -> String {
         None => return "starting".to_string(),
     };
     match p.partition {
-        Some(part) if part.index == 0 => {
+        Some(part) if part.index == 0 && part.spilled => {
             format!("{stage}, spilling into {} partitions", part.count)
         }
+        Some(part) if part.index == 0 => format!("{stage}, into {} partitions", part.count),
         Some(part) => format!("{stage}, partition {} of {}", part.index, part.count),
         None => stage,
     }

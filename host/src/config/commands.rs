@@ -31,6 +31,7 @@ pub fn settings_of(path: &[&str]) -> Option<Vec<&'static str>> {
             "batch_rows",
             "memory_limit",
             "spill_dir",
+            "partition_users",
         ],
         _ => &[],
     };

@@ -249,6 +249,17 @@ pub struct Config {
     /// $XDG_CACHE_HOME/tag-server/spill or ~/.cache/tag-server/spill].
     #[arg(long, env = "TAG_SPILL_DIR", global = true)]
     pub spill_dir: Option<PathBuf>,
+    /// A run within the memory limit over at least twice this many users
+    /// is split into partitions of about this many, kept in memory, so that
+    /// writing one partition's results overlaps computing the next's (0:
+    /// never split a run that fits).
+    #[arg(
+        long,
+        default_value_t = crate::engine::budget::PARTITION_USERS,
+        env = "TAG_PARTITION_USERS",
+        global = true
+    )]
+    pub partition_users: u64,
 }
 
 /// The longest a console session may last: 30 days.

@@ -39,6 +39,8 @@ pub struct Profile {
     pub memory_limit: Option<String>,
     /// Where partitioned runs spill.
     pub spill_dir: Option<PathBuf>,
+    /// Users per in-memory partition of a run within its limit (0: never).
+    pub partition_users: Option<u64>,
     /// Failed authentications an address may make at once (0: no limit).
     pub auth_failure_burst: Option<u32>,
     /// Log level.
@@ -59,7 +61,7 @@ pub struct Profile {
 pub struct ConfigErrors(pub Vec<String>);
 
 /// The settings a profile may hold: (argument id, profile key).
-pub const PROFILE_KEYS: [(&str, &str); 18] = [
+pub const PROFILE_KEYS: [(&str, &str); 19] = [
     ("host", "host"),
     ("port", "port"),
     ("data_dir", "data_dir"),
@@ -78,6 +80,7 @@ pub const PROFILE_KEYS: [(&str, &str); 18] = [
     ("auth_failure_burst", "auth_failure_burst"),
     ("memory_limit", "memory_limit"),
     ("spill_dir", "spill_dir"),
+    ("partition_users", "partition_users"),
 ];
 
 /// What marks a value of a shipped profile that must be replaced before
@@ -182,6 +185,7 @@ fn apply(
     });
     set!(memory_limit, "memory_limit", memory_limit.map(Some));
     set!(spill_dir, "spill_dir", profile.spill_dir.map(Some));
+    set!(partition_users, "partition_users", profile.partition_users);
     set!(
         auth_failure_burst,
         "auth_failure_burst",

@@ -7,6 +7,10 @@
 //! plus its bytes where longer than 12), then per universe user the hash
 //! index, the current tags read back from the store and the diff's order.
 //! [`OVERHEAD`] covers the copies made while de-duplicating and joining.
+//!
+//! A run within the limit may still be split, into partitions kept in
+//! memory ([`Budget::pipelined`]), so its write overlaps the next
+//! partition's computing.
 
 use super::{Delta, Plan, RunError};
 use crate::data::read::{scan_row_groups, RowGroupId};
@@ -25,6 +29,12 @@ const PARTITION_SHARE: f64 = 0.35;
 /// The most partitions a run is split into (each table keeps a file open
 /// per partition while spilling).
 pub const MAX_PARTITIONS: usize = 128;
+/// Users per in-memory partition of a run within its limit, by default
+/// (`--partition-users`).
+pub const PARTITION_USERS: u64 = 250_000;
+/// The most in-memory partitions a run within its limit is split into:
+/// overlap needs only a few, and each costs a pass over the rows.
+pub const MAX_MEMORY_PARTITIONS: usize = 16;
 
 /// What a run is expected to need, and how it will keep within the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +47,29 @@ pub struct Budget {
     pub partitions: usize,
     /// Universe rows the run will read.
     pub users: u64,
+}
+
+impl Budget {
+    /// Whether the run's partitions are spilled to disk: the run is beyond
+    /// its limit. Otherwise any partitions are kept in memory.
+    pub fn spills(&self) -> bool {
+        self.estimate > self.limit
+    }
+
+    /// A run within its limit over at least twice `per_partition` users,
+    /// split into partitions of about that many (at most
+    /// [`MAX_MEMORY_PARTITIONS`]; 0: never split). A run beyond its limit
+    /// keeps its partitions.
+    pub fn pipelined(self, per_partition: u64) -> Budget {
+        if self.spills() || per_partition == 0 {
+            return self;
+        }
+        let count = (self.users / per_partition).min(MAX_MEMORY_PARTITIONS as u64);
+        Budget {
+            partitions: count.max(1) as usize,
+            ..self
+        }
+    }
 }
 
 /// The budget of `plan` over the tables in `data_dir` under `limit`.
@@ -118,6 +151,33 @@ mod tests {
         assert_eq!(partitions(101, 100), 3);
         assert_eq!(partitions(1000, 100), 29);
         assert_eq!(partitions(u64::MAX, 1), MAX_PARTITIONS);
+    }
+
+    #[test]
+    fn a_large_run_within_the_limit_is_split_in_memory_and_a_small_one_is_not() {
+        let fits = |users| Budget {
+            estimate: 10,
+            limit: 100,
+            partitions: 1,
+            users,
+        };
+        assert_eq!(fits(499_999).pipelined(250_000).partitions, 1);
+        assert_eq!(fits(500_000).pipelined(250_000).partitions, 2);
+        assert_eq!(fits(1_000_000).pipelined(250_000).partitions, 4);
+        assert_eq!(
+            fits(100_000_000).pipelined(250_000).partitions,
+            MAX_MEMORY_PARTITIONS
+        );
+        assert_eq!(fits(1_000_000).pipelined(0).partitions, 1);
+        assert!(!fits(1_000_000).pipelined(250_000).spills());
+        let beyond = Budget {
+            estimate: 1000,
+            limit: 100,
+            partitions: 29,
+            users: 1_000_000,
+        };
+        assert_eq!(beyond.pipelined(250_000), beyond);
+        assert!(beyond.spills());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! left-join the side tables onto the universe, row for row.
 
 use super::index::{join_latest, latest_rows, RowFinder, UniverseIndex, UserIds};
-use super::spill::{Partitions, SpillDir, TableSpill};
+use super::spill::{Partitions, Spill, TableSpill};
 use super::{failed, polars_failed, stopped, Delta, Plan, RunError, TablePlan, Universe};
 use super::{UPDATED_TIME, USER_ID};
 use crate::data::read::{polars_type, scan_row_groups, RowGroupId, TableScan};
@@ -59,7 +59,7 @@ impl Reader<'_> {
         &self,
         plan: &TablePlan,
         scan: TableScan,
-        dir: &SpillDir,
+        dir: &Spill,
         partitions: &Partitions,
     ) -> Result<(), RunError> {
         let schema = plan_schema(plan);
@@ -198,7 +198,7 @@ pub fn spill(
     plan: &Plan,
     delta: Option<&Delta>,
     source: &Source<'_>,
-    dir: &SpillDir,
+    dir: &Spill,
     partitions: &Partitions,
     control: &TaskControl,
 ) -> Result<(), RunError> {

@@ -427,6 +427,8 @@ pub struct Engine {
     memory_limit: u64,
     /// Where partitioned runs spill.
     spill_root: PathBuf,
+    /// Users per in-memory partition of a run within the limit (0: none).
+    partition_users: u64,
 }
 
 fn failed(e: impl std::fmt::Display) -> RunError {
@@ -456,6 +458,7 @@ impl Engine {
             batch_rows: batch_rows.max(64),
             memory_limit: crate::memory::default_limit().bytes(),
             spill_root: spill::default_root(),
+            partition_users: budget::PARTITION_USERS,
         }
     }
 
@@ -464,6 +467,13 @@ impl Engine {
     pub fn with_memory(mut self, limit: u64, spill_root: PathBuf) -> Engine {
         self.memory_limit = limit.max(1);
         self.spill_root = spill_root;
+        self
+    }
+
+    /// The engine with runs within the limit split into in-memory
+    /// partitions of about `users` users (0: not split).
+    pub fn with_partition_users(mut self, users: u64) -> Engine {
+        self.partition_users = users;
         self
     }
 
@@ -481,7 +491,8 @@ impl Engine {
         let (plan, unreadable) = inputs::check(plan, &data_dir)?;
         failures.add(unreadable, plan.tags.len())?;
         let delta = delta::find(&plan, &data_dir, control)?;
-        let budget = budget::budget(&plan, delta.as_ref(), &data_dir, self.memory_limit)?;
+        let budget = budget::budget(&plan, delta.as_ref(), &data_dir, self.memory_limit)?
+            .pipelined(self.partition_users);
         let source = load::Source {
             data_dir: &data_dir,
             batch_rows: self.batch_rows,
@@ -491,7 +502,13 @@ impl Engine {
                 estimate = budget.estimate,
                 limit = budget.limit,
                 partitions = budget.partitions,
-                "the run exceeds the memory limit: partitioned"
+                spilled = budget.spills(),
+                "{}",
+                if budget.spills() {
+                    "the run exceeds the memory limit: partitioned, spilled to disk"
+                } else {
+                    "the run is split into partitions kept in memory, so writing overlaps computing"
+                }
             );
             let run = partitioned::Partitioned {
                 store,

@@ -1,7 +1,9 @@
-//! A run beyond the memory limit, in partitions (ranges of user ids):
+//! A run in partitions (ranges of user ids): beyond the memory limit, with
+//! the partitions spilled to disk; within it, for a large run, kept in
+//! memory, so that writing one partition overlaps computing the next.
 //!
 //! 1. one pass reads each planned table (projection, pruning and the
-//!    run's user filter as always) and spills every row to its user's
+//!    run's user filter as always) and puts every row into its user's
 //!    partition ([`load::spill`]);
 //! 2. the run's transaction opens and the current tags of the users it
 //!    loads are read once, streamed into the partitions' files;
@@ -21,7 +23,7 @@ use super::bitset::Bitset;
 use super::budget::Budget;
 use super::load::{self, Source};
 use super::report::{self, Computed, Timings};
-use super::spill::{self, CurrentSpill, Partitions, SpillDir};
+use super::spill::{self, CurrentSpill, Partitions, Spill};
 use super::Universe;
 use super::{commit, evaluate, scope};
 use super::{Delta, DiffCounts, Evaluated, Failures, Loaded, Plan, RunError, TagFailure, TagRun};
@@ -67,8 +69,13 @@ pub fn run(
     mut timings: Timings,
     fetched: Option<SyncSummary>,
 ) -> Result<RunReport, RunError> {
-    let dir = SpillDir::create(run.spill_root, run.task_id)?;
-    check_space(&dir, run.budget.estimate)?;
+    let dir = if run.budget.spills() {
+        let dir = Spill::create(run.spill_root, run.task_id)?;
+        check_space(&dir, run.budget.estimate)?;
+        dir
+    } else {
+        Spill::in_memory()
+    };
     let universe = &plan.tables[0].table;
     let parts = spill::sample_partitions(run.source.data_dir, universe, run.budget.partitions)?;
     let budget = Budget {
@@ -76,8 +83,9 @@ pub fn run(
         ..run.budget
     };
     let run = Partitioned { budget, ..run };
+    let spills = run.budget.spills();
     run.control
-        .set_progress(|p| p.enter_partition(0, parts.count()));
+        .set_progress(|p| p.begin_partitions(parts.count(), spills));
     load::spill(
         &plan,
         run.delta.as_ref(),
@@ -104,15 +112,18 @@ pub fn run(
 
 /// Refuses to start spilling when the spill directory's filesystem has
 /// less room than the run's rows are expected to take.
-fn check_space(dir: &SpillDir, estimate: u64) -> Result<(), RunError> {
+fn check_space(dir: &Spill, estimate: u64) -> Result<(), RunError> {
     // The files hold the rows' columns without the index, the views and
     // the copies the estimate counts: about half of it (a run that
     // passes this check and still fills the disk fails as it writes).
     let needed = estimate / 5 * 2;
-    match crate::disk::available_bytes(dir.path()) {
+    let Some(path) = dir.path() else {
+        return Ok(());
+    };
+    match crate::disk::available_bytes(path) {
         Ok(Some(free)) if free < needed => Err(RunError::Failed(format!(
             "the spill directory {} has {} free, and this run needs about {} there: free disk space or pass --spill-dir another directory; nothing was written",
-            dir.path().display(),
+            path.display(),
             crate::disk::human_bytes(free),
             crate::disk::human_bytes(needed)
         ))),
@@ -125,7 +136,7 @@ fn check_space(dir: &SpillDir, estimate: u64) -> Result<(), RunError> {
 fn attempt(
     run: &Partitioned<'_>,
     plan: &Plan,
-    dir: &SpillDir,
+    dir: &Spill,
     parts: &Partitions,
     failures: &Failures,
     timings: &mut Timings,
@@ -163,7 +174,7 @@ fn attempt(
 fn spill_current<'s>(
     run: &Partitioned<'_>,
     plan: &Plan,
-    dir: &SpillDir,
+    dir: &Spill,
     parts: &Partitions,
     mut tx: Box<dyn RunTx + 's>,
 ) -> Result<Box<dyn RunTx + 's>, RunError> {
@@ -206,7 +217,7 @@ struct Prepared {
 fn prepare(
     run: &Partitioned<'_>,
     plan: &Plan,
-    dir: &SpillDir,
+    dir: &Spill,
     part: usize,
 ) -> Result<Prepared, RunError> {
     let frames = plan
@@ -233,7 +244,7 @@ fn prepare(
 fn partitions<'s>(
     run: &Partitioned<'_>,
     plan: &Plan,
-    dir: &SpillDir,
+    dir: &Spill,
     tx: Box<dyn RunTx + 's>,
 ) -> Result<Result<Written<'s>, Vec<TagFailure>>, RunError> {
     let count = run.budget.partitions;

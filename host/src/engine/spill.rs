@@ -1,7 +1,10 @@
-//! A partitioned run's spill files: its directory (0700, removed when the
-//! run ends however it ends, and by the next start after a kill), the
-//! partition of each row, each table's rows per partition as an
-//! Arrow IPC file, and the users' current tags per partition.
+//! Where a partitioned run keeps its partitions until each is computed:
+//! the partition of each row, each table's rows per partition, and the
+//! users' current tags per partition. A run beyond its memory limit spills
+//! them to files (a directory of its own, 0700, removed when the run ends
+//! however it ends, and by the next start after a kill; tables as Arrow IPC
+//! files); a run within its limit that is split only so its writing
+//! overlaps the next partition's computing keeps them in memory.
 //!
 //! Every row of a user lands in the same partition, in the order it was
 //! read, so de-duplicating and joining a partition gives exactly the rows
@@ -12,11 +15,12 @@ use crate::store::{Held, Op, RowSink, UserRows};
 use crate::tasks::owner::Owner;
 use polars::prelude::*;
 use polars_arrow::io::ipc::write::{FileWriter, WriteOptions};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Where runs spill when `--spill-dir` is not given.
 pub fn default_root() -> PathBuf {
@@ -101,15 +105,30 @@ fn groups_index(scan: &crate::data::read::TableScan, id: crate::data::read::RowG
     scan.groups_before(id.part) + id.group
 }
 
-/// One run's spill directory, removed when dropped.
-pub struct SpillDir {
-    path: PathBuf,
+/// Where one run keeps its partitions: a spill directory (removed when
+/// dropped) or memory.
+pub struct Spill {
+    place: Place,
 }
 
-impl SpillDir {
+enum Place {
+    Disk(PathBuf),
+    Memory(Mutex<Shelves>),
+}
+
+/// Partitions kept in memory, each taken (and freed) as it is read back.
+#[derive(Default)]
+struct Shelves {
+    /// Per table and partition: its columns, and its rows in spill order.
+    tables: HashMap<(String, usize), (Schema, Vec<DataFrame>)>,
+    /// Per partition, the current rows.
+    current: Vec<UserRows>,
+}
+
+impl Spill {
     /// A new directory of this run under `root` (made 0700 if missing),
     /// named after this process (so a later start can tell it is stale).
-    pub fn create(root: &Path, task_id: &str) -> Result<SpillDir, RunError> {
+    pub fn create(root: &Path, task_id: &str) -> Result<Spill, RunError> {
         use std::os::unix::fs::DirBuilderExt;
         let cannot = |e: std::io::Error| {
             RunError::Failed(format!(
@@ -132,17 +151,32 @@ impl SpillDir {
             .mode(0o700)
             .create(&path)
             .map_err(cannot)?;
-        Ok(SpillDir { path })
+        Ok(Spill {
+            place: Place::Disk(path),
+        })
     }
 
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Partitions kept in memory (nothing touches the disk).
+    pub fn in_memory() -> Spill {
+        Spill {
+            place: Place::Memory(Mutex::default()),
+        }
     }
 
-    /// Bytes in the directory's files now.
+    /// The spill directory, when the partitions are on disk.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.place {
+            Place::Disk(path) => Some(path),
+            Place::Memory(_) => None,
+        }
+    }
+
+    /// Bytes in the directory's files now (0 in memory: nothing spilled).
     pub fn bytes(&self) -> u64 {
-        std::fs::read_dir(&self.path)
+        let Some(path) = self.path() else {
+            return 0;
+        };
+        std::fs::read_dir(path)
             .into_iter()
             .flatten()
             .flatten()
@@ -151,15 +185,33 @@ impl SpillDir {
             .sum()
     }
 
-    fn file(&self, name: &str, partition: usize) -> PathBuf {
-        self.path.join(format!("{name}.{partition}"))
+    fn file(path: &Path, name: &str, partition: usize) -> PathBuf {
+        path.join(format!("{name}.{partition}"))
+    }
+
+    fn shelves(&self) -> Option<std::sync::MutexGuard<'_, Shelves>> {
+        match &self.place {
+            Place::Memory(shelves) => Some(shelves.lock().unwrap_or_else(PoisonError::into_inner)),
+            Place::Disk(_) => None,
+        }
+    }
+
+    /// A failed spill write or read, naming the directory.
+    fn failed(&self, e: impl std::fmt::Display) -> RunError {
+        match self.path() {
+            Some(dir) => spill_failed(dir, e),
+            None => RunError::Failed(format!("keeping a partition in memory failed: {e}")),
+        }
     }
 }
 
-impl Drop for SpillDir {
+impl Drop for Spill {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!(dir = %self.path.display(), error = %e, "could not remove a run's spill files");
+        let Some(path) = self.path() else {
+            return;
+        };
+        if let Err(e) = std::fs::remove_dir_all(path) {
+            tracing::warn!(dir = %path.display(), error = %e, "could not remove a run's spill files");
         }
     }
 }
@@ -196,99 +248,139 @@ fn spill_failed(dir: &Path, e: impl std::fmt::Display) -> RunError {
     ))
 }
 
-/// One table's rows, appended to one Arrow IPC file per partition.
+/// One table's rows, appended to its partitions: an Arrow IPC file each,
+/// or frames in memory.
 pub struct TableSpill<'d> {
-    dir: &'d SpillDir,
-    writers: Vec<FileWriter<BufWriter<File>>>,
+    spill: &'d Spill,
+    name: String,
+    schema: Schema,
+    out: PartsOut,
     partitions: &'d Partitions,
 }
 
+enum PartsOut {
+    Files(Vec<FileWriter<BufWriter<File>>>),
+    Memory(Vec<Vec<DataFrame>>),
+}
+
 impl<'d> TableSpill<'d> {
-    /// Files for `name` with `schema`'s columns, one per partition.
+    /// Partitions for `name` with `schema`'s columns.
     pub fn create(
-        dir: &'d SpillDir,
+        spill: &'d Spill,
         name: &str,
         schema: &Schema,
         partitions: &'d Partitions,
     ) -> Result<TableSpill<'d>, RunError> {
-        let arrow = Arc::new(schema.to_arrow(CompatLevel::newest()));
-        let writers = (0..partitions.count())
-            .map(|k| {
-                let file =
-                    File::create(dir.file(name, k)).map_err(|e| spill_failed(&dir.path, e))?;
-                FileWriter::try_new(
-                    BufWriter::with_capacity(1 << 16, file),
-                    Arc::clone(&arrow),
-                    None,
-                    WriteOptions { compression: None },
-                )
-                .map_err(|e| spill_failed(&dir.path, e))
-            })
-            .collect::<Result<_, _>>()?;
+        let count = partitions.count();
+        let out = match spill.path() {
+            None => PartsOut::Memory(vec![Vec::new(); count]),
+            Some(dir) => {
+                let arrow = Arc::new(schema.to_arrow(CompatLevel::newest()));
+                let open = |k| {
+                    let file = File::create(Spill::file(dir, name, k))?;
+                    let buffered = BufWriter::with_capacity(1 << 16, file);
+                    let options = WriteOptions { compression: None };
+                    FileWriter::try_new(buffered, Arc::clone(&arrow), None, options)
+                        .map_err(std::io::Error::other)
+                };
+                let writers = (0..count).map(open).collect::<std::io::Result<_>>();
+                PartsOut::Files(writers.map_err(|e| spill.failed(e))?)
+            }
+        };
         Ok(TableSpill {
-            dir,
-            writers,
+            spill,
+            name: name.to_string(),
+            schema: schema.clone(),
+            out,
             partitions,
         })
     }
 
     /// Appends each row of `batch` to its user's partition.
     pub fn append(&mut self, batch: &DataFrame) -> Result<(), RunError> {
+        let failed = |e: PolarsError| self.spill.failed(e);
         let ids = batch
             .column(USER_ID)
             .and_then(|c| c.as_materialized_series().str().cloned())
-            .map_err(|e| spill_failed(&self.dir.path, e))?;
-        let count = self.writers.len();
-        let mut rows: Vec<Vec<IdxSize>> = vec![Vec::new(); count];
+            .map_err(failed)?;
+        let mut rows: Vec<Vec<IdxSize>> = vec![Vec::new(); self.partitions.count()];
         for (i, id) in ids.iter().enumerate() {
             rows[self.partitions.of(id.unwrap_or(""))].push(i as IdxSize);
         }
-        for (writer, rows) in self.writers.iter_mut().zip(rows) {
+        for (k, rows) in rows.into_iter().enumerate() {
             if rows.is_empty() {
                 continue;
             }
             let mut part = batch
                 .take(&IdxCa::from_vec("rows".into(), rows))
-                .map_err(|e| spill_failed(&self.dir.path, e))?;
+                .map_err(failed)?;
             part.rechunk_mut();
-            for chunk in part.iter_chunks(CompatLevel::newest(), false) {
-                writer
-                    .write(&chunk, None)
-                    .map_err(|e| spill_failed(&self.dir.path, e))?;
+            match &mut self.out {
+                PartsOut::Memory(parts) => parts[k].push(part),
+                PartsOut::Files(writers) => {
+                    for chunk in part.iter_chunks(CompatLevel::newest(), false) {
+                        writers[k]
+                            .write(&chunk, None)
+                            .map_err(|e| self.spill.failed(e))?;
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    /// Ends every partition's file (its IPC footer) and flushes it.
+    /// Ends every partition: its file's IPC footer, flushed, or its frames
+    /// put where [`read_table`] finds them.
     pub fn finish(self) -> Result<(), RunError> {
-        for mut writer in self.writers {
-            writer
-                .finish()
-                .map_err(|e| spill_failed(&self.dir.path, e))?;
-            writer
-                .into_inner()
-                .flush()
-                .map_err(|e| spill_failed(&self.dir.path, e))?;
+        match self.out {
+            PartsOut::Files(writers) => {
+                for mut writer in writers {
+                    writer.finish().map_err(|e| self.spill.failed(e))?;
+                    writer
+                        .into_inner()
+                        .flush()
+                        .map_err(|e| self.spill.failed(e))?;
+                }
+            }
+            PartsOut::Memory(parts) => {
+                let mut shelves = self.spill.shelves().expect("kept in memory");
+                for (k, frames) in parts.into_iter().enumerate() {
+                    let key = (self.name.clone(), k);
+                    shelves.tables.insert(key, (self.schema.clone(), frames));
+                }
+            }
         }
         Ok(())
     }
 }
 
-/// Partition `partition` of the rows spilled as `name`, in spill order.
-pub fn read_table(dir: &SpillDir, name: &str, partition: usize) -> Result<DataFrame, RunError> {
-    let path = dir.file(name, partition);
-    let file = File::open(&path).map_err(|e| spill_failed(&dir.path, e))?;
-    IpcReader::new(file)
-        .finish()
-        .map_err(|e| spill_failed(&dir.path, e))
+/// Partition `partition` of the rows spilled as `name`, in spill order
+/// (taken: a partition kept in memory is read back once).
+pub fn read_table(spill: &Spill, name: &str, partition: usize) -> Result<DataFrame, RunError> {
+    let Some(dir) = spill.path() else {
+        let kept = spill
+            .shelves()
+            .and_then(|mut s| s.tables.remove(&(name.to_string(), partition)));
+        let (schema, frames) =
+            kept.ok_or_else(|| spill.failed(format!("partition {partition} of {name} is gone")))?;
+        let mut frames = frames.into_iter();
+        let Some(mut out) = frames.next() else {
+            return Ok(DataFrame::empty_with_schema(&schema));
+        };
+        for frame in frames {
+            out.vstack_mut_owned(frame).map_err(|e| spill.failed(e))?;
+        }
+        return Ok(out);
+    };
+    let file = File::open(Spill::file(dir, name, partition)).map_err(|e| spill.failed(e))?;
+    IpcReader::new(file).finish().map_err(|e| spill.failed(e))
 }
 
-/// The users' current tags as the store reads them, one file per
-/// partition: a [`RowSink`] for [`crate::store::RunTx::current`].
+/// The users' current tags as the store reads them, per partition: a
+/// [`RowSink`] for [`crate::store::RunTx::current`].
 pub struct CurrentSpill<'d> {
-    dir: &'d SpillDir,
-    writers: Vec<BufWriter<File>>,
+    spill: &'d Spill,
+    out: CurrentOut,
     /// The first write error (the store's read goes on; it is reported after).
     error: Option<std::io::Error>,
     /// Rows pushed, for the comparing stage's progress.
@@ -296,53 +388,73 @@ pub struct CurrentSpill<'d> {
     partitions: &'d Partitions,
 }
 
+enum CurrentOut {
+    Files(Vec<BufWriter<File>>),
+    Memory(Vec<UserRows>),
+}
+
 /// The name of the current rows' spill files.
 const CURRENT: &str = "current";
 
 impl<'d> CurrentSpill<'d> {
-    /// Empty files, one per partition; `pushed` counts the rows.
+    /// Empty partitions; `pushed` counts the rows.
     pub fn create(
-        dir: &'d SpillDir,
+        spill: &'d Spill,
         partitions: &'d Partitions,
         pushed: Arc<AtomicUsize>,
     ) -> Result<CurrentSpill<'d>, RunError> {
-        let writers = (0..partitions.count())
-            .map(|k| File::create(dir.file(CURRENT, k)).map(BufWriter::new))
-            .collect::<Result<_, _>>()
-            .map_err(|e| spill_failed(&dir.path, e))?;
+        let count = partitions.count();
+        let out = match spill.path() {
+            None => CurrentOut::Memory((0..count).map(|_| UserRows::default()).collect()),
+            Some(dir) => CurrentOut::Files(
+                (0..count)
+                    .map(|k| File::create(Spill::file(dir, CURRENT, k)).map(BufWriter::new))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| spill.failed(e))?,
+            ),
+        };
         Ok(CurrentSpill {
-            dir,
-            writers,
+            spill,
+            out,
             error: None,
             pushed,
             partitions,
         })
     }
 
-    /// Flushes the files; the first error the writes met.
+    /// Flushes the files (or shelves the rows); the first error the writes met.
     pub fn finish(self) -> Result<(), RunError> {
         if let Some(e) = self.error {
-            return Err(spill_failed(&self.dir.path, e));
+            return Err(self.spill.failed(e));
         }
-        for mut writer in self.writers {
-            writer
-                .flush()
-                .map_err(|e| spill_failed(&self.dir.path, e))?;
+        match self.out {
+            CurrentOut::Files(writers) => {
+                for mut writer in writers {
+                    writer.flush().map_err(|e| self.spill.failed(e))?;
+                }
+            }
+            CurrentOut::Memory(rows) => {
+                self.spill.shelves().expect("kept in memory").current = rows;
+            }
         }
         Ok(())
     }
 }
 
 impl RowSink for CurrentSpill<'_> {
-    fn push(&mut self, _op: Op, user_id: &str, held: &[Held]) {
+    fn push(&mut self, op: Op, user_id: &str, held: &[Held]) {
         self.pushed.fetch_add(1, Ordering::Relaxed);
         if self.error.is_some() {
             return;
         }
         let part = self.partitions.of(user_id);
-        let writer = &mut self.writers[part];
-        if let Err(e) = write_current(writer, user_id, held) {
-            self.error = Some(e);
+        match &mut self.out {
+            CurrentOut::Memory(rows) => rows[part].push(op, user_id, held),
+            CurrentOut::Files(writers) => {
+                if let Err(e) = write_current(&mut writers[part], user_id, held) {
+                    self.error = Some(e);
+                }
+            }
         }
     }
 }
@@ -360,21 +472,30 @@ fn write_current(out: &mut impl Write, user_id: &str, held: &[Held]) -> std::io:
     Ok(())
 }
 
-/// Partition `partition` of the current rows, as the store gave them.
-pub fn read_current(dir: &SpillDir, partition: usize) -> Result<UserRows, RunError> {
-    let path = dir.file(CURRENT, partition);
-    let file = File::open(&path).map_err(|e| spill_failed(&dir.path, e))?;
+/// Partition `partition` of the current rows, as the store gave them
+/// (taken, when kept in memory).
+pub fn read_current(spill: &Spill, partition: usize) -> Result<UserRows, RunError> {
+    let Some(dir) = spill.path() else {
+        let mut shelves = spill.shelves().expect("kept in memory");
+        return Ok(shelves
+            .current
+            .get_mut(partition)
+            .map(std::mem::take)
+            .unwrap_or_default());
+    };
+    let path = Spill::file(dir, CURRENT, partition);
+    let file = File::open(&path).map_err(|e| spill.failed(e))?;
     let mut input = BufReader::with_capacity(1 << 16, file);
     let mut rows = UserRows::default();
     let (mut id, mut held) = (Vec::new(), Vec::new());
-    let corrupt = |what: &str| spill_failed(&dir.path, format!("{} is {what}", path.display()));
-    while let Some(len) = read_u32(&mut input).map_err(|e| spill_failed(&dir.path, e))? {
+    let corrupt = |what: &str| spill.failed(format!("{} is {what}", path.display()));
+    while let Some(len) = read_u32(&mut input).map_err(|e| spill.failed(e))? {
         id.resize(len as usize, 0);
         input
             .read_exact(&mut id)
             .map_err(|_| corrupt("truncated"))?;
         let count = read_u32(&mut input)
-            .map_err(|e| spill_failed(&dir.path, e))?
+            .map_err(|e| spill.failed(e))?
             .ok_or_else(|| corrupt("truncated"))?;
         held.clear();
         for _ in 0..count {
@@ -425,10 +546,9 @@ mod tests {
         assert_eq!(Partitions::from_sample(Vec::new(), 4).count(), 1);
     }
 
-    #[test]
-    fn spilled_rows_read_back_per_partition_in_order() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = SpillDir::create(root.path(), "task-1").unwrap();
+    /// Six rows of users a–d appended in two batches to three partitions
+    /// kept by `spill`, read back: (id, x) in each partition's order.
+    fn round_trip(spill: &Spill) -> Vec<Vec<(String, i64)>> {
         let ids = ["a", "b", "a", "c", "b", "d"];
         let frame = DataFrame::new(
             ids.len(),
@@ -439,41 +559,51 @@ mod tests {
         )
         .unwrap();
         let parts = Partitions::from_sample(vec!["a".into(), "b".into(), "c".into()], 3);
-        let mut spill = TableSpill::create(&dir, "t", frame.schema(), &parts).unwrap();
-        spill.append(&frame.slice(0, 3)).unwrap();
-        spill.append(&frame.slice(3, 3)).unwrap();
-        spill.finish().unwrap();
-        let mut seen = Vec::new();
-        for k in 0..3 {
-            let part = read_table(&dir, "t", k).unwrap();
-            let ids = part.column(USER_ID).unwrap().str().unwrap().clone();
-            let xs = part.column("x").unwrap().i64().unwrap().clone();
-            for (id, x) in ids.iter().zip(xs.iter()) {
-                assert_eq!(parts.of(id.unwrap()), k);
-                seen.push((id.unwrap().to_string(), x.unwrap()));
-            }
-        }
-        seen.sort();
-        let a: Vec<i64> = seen
-            .iter()
-            .filter(|(id, _)| id == "a")
-            .map(|s| s.1)
-            .collect();
-        assert_eq!(a, vec![1, 3]);
-        assert_eq!(seen.len(), 6);
+        let mut out = TableSpill::create(spill, "t", frame.schema(), &parts).unwrap();
+        out.append(&frame.slice(0, 3)).unwrap();
+        out.append(&frame.slice(3, 3)).unwrap();
+        out.finish().unwrap();
+        (0..3)
+            .map(|k| {
+                let part = read_table(spill, "t", k).unwrap();
+                let ids = part.column(USER_ID).unwrap().str().unwrap().clone();
+                let xs = part.column("x").unwrap().i64().unwrap().clone();
+                let rows: Vec<(String, i64)> = ids
+                    .iter()
+                    .zip(xs.iter())
+                    .map(|(id, x)| (id.unwrap().to_string(), x.unwrap()))
+                    .collect();
+                assert!(rows.iter().all(|(id, _)| parts.of(id) == k));
+                rows
+            })
+            .collect()
     }
 
     #[test]
-    fn current_rows_round_trip_and_the_directory_goes_with_the_run() {
+    fn spilled_rows_read_back_per_partition_in_order() {
         let root = tempfile::tempdir().unwrap();
-        let dir = SpillDir::create(root.path(), "task-2").unwrap();
-        let path = dir.path().to_path_buf();
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+        let on_disk = Spill::create(root.path(), "task-1").unwrap();
+        let expected: Vec<Vec<(String, i64)>> = vec![
+            vec![("a".into(), 1), ("a".into(), 3)],
+            vec![("b".into(), 2), ("b".into(), 5)],
+            vec![("c".into(), 4), ("d".into(), 6)],
+        ];
+        assert_eq!(round_trip(&on_disk), expected);
+        assert!(on_disk.bytes() > 0);
+        // Kept in memory: the same partitions, nothing on disk, and each
+        // partition is taken when read.
+        let in_memory = Spill::in_memory();
+        assert_eq!(round_trip(&in_memory), expected);
+        assert_eq!((in_memory.bytes(), in_memory.path()), (0, None));
+        assert!(read_table(&in_memory, "t", 0).is_err());
+    }
+
+    /// Current rows of u1 and u2 pushed into two partitions kept by
+    /// `spill`, read back sorted by user.
+    fn current_round_trip(spill: &Spill) -> Vec<(String, Vec<Held>)> {
         let counter = Arc::new(AtomicUsize::new(0));
         let parts = Partitions::from_sample(vec!["u0".into(), "u2".into()], 2);
-        let mut sink = CurrentSpill::create(&dir, &parts, Arc::clone(&counter)).unwrap();
+        let mut sink = CurrentSpill::create(spill, &parts, Arc::clone(&counter)).unwrap();
         let held = [
             Held {
                 tag_id: 3,
@@ -490,15 +620,34 @@ mod tests {
         assert_eq!(counter.load(Ordering::Relaxed), 2);
         let mut back = Vec::new();
         for k in 0..2 {
-            let rows = read_current(&dir, k).unwrap();
+            let rows = read_current(spill, k).unwrap();
             back.extend(rows.iter().map(|(_, u, h)| (u.to_string(), h.to_vec())));
         }
         back.sort_by(|a, b| a.0.cmp(&b.0));
+        back
+    }
+
+    #[test]
+    fn current_rows_round_trip_and_the_directory_goes_with_the_run() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = Spill::create(root.path(), "task-2").unwrap();
+        let path = dir.path().unwrap().to_path_buf();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let back = current_round_trip(&dir);
+        let in_memory = current_round_trip(&Spill::in_memory());
+        assert_eq!(back, in_memory);
+        let held = |tags: &[(u32, u32)]| -> Vec<Held> {
+            tags.iter()
+                .map(|&(tag_id, grant)| Held { tag_id, grant })
+                .collect()
+        };
         assert_eq!(
             back,
             vec![
-                ("u1".into(), held.to_vec()),
-                ("u2".into(), held[..1].to_vec())
+                ("u1".into(), held(&[(3, 9), (5, 1)])),
+                ("u2".into(), held(&[(3, 9)]))
             ]
         );
         assert!(dir.bytes() > 0);

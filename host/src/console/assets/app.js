@@ -93,7 +93,7 @@ async function followTasks() {
     row.querySelector(".fill").style.width = percent + "%";
     const eta = p && p.eta_seconds != null ? " · " + p.eta_seconds + " s" : "";
     const part = p && p.partition ? (p.partition.index === 0
-      ? " · spilling into " + p.partition.count + " partitions"
+      ? (p.partition.spilled ? " · spilling into " : " · into ") + p.partition.count + " partitions"
       : " · partition " + p.partition.index + "/" + p.partition.count) : "";
     row.querySelector(".label").textContent = Math.round(percent) + "% " + (p ? p.stage : task.status) + part + eta;
     row.dataset.status = task.status === "running" ? "running" : row.dataset.status;
