@@ -41,8 +41,21 @@
 # bench/.venv), wrk for the API latency part (installed with apt-get when
 # missing and run as root), curl and /usr/bin/time. Everything it writes goes
 # to bench/out/; the final table is printed last.
+#
+# The cases of runs beyond memory and on every core have scripts of their
+# own, which this one starts with the arguments after the case's flag:
+#   bench/run.sh --partitions [...]   bench/partitions.sh: --memory-limit runs
+#                                     against unlimited ones (10M, 512MiB)
+#   bench/run.sh --cores [...]        bench/cores.sh: all cores against one
+#                                     (taskset), CPU / wall, kernel share
+#   bench/run.sh --big [...]          bench/big.sh: 100M users against DuckDB
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in
+  --partitions) shift; exec bench/partitions.sh "$@" ;;
+  --cores) shift; exec bench/cores.sh "$@" ;;
+  --big) shift; exec bench/big.sh "$@" ;;
+esac
 USERS=1000000
 SPARK=0
 ROUNDS=1
