@@ -30,8 +30,13 @@ const PARTITION_SHARE: f64 = 0.35;
 /// per partition while spilling).
 pub const MAX_PARTITIONS: usize = 128;
 /// Users per in-memory partition of a run within its limit, by default
-/// (`--partition-users`).
-pub const PARTITION_USERS: u64 = 250_000;
+/// (`--partition-users`). Measured on DuckDB-written data into SQLite
+/// (`bench/cores.sh`, 2 cores): at 10M users, 10 partitions took 10.4-12.5 s
+/// where the run unsplit took 12.7-18.3 s (16 partitions: 11.0-13.3 s); at
+/// 1M users 4 partitions took 1.15x the unsplit run (`bench/run.sh`), whose
+/// write is too short to hide the cost of splitting. So runs of fewer than
+/// 2M users are not split.
+pub const PARTITION_USERS: u64 = 1_000_000;
 /// The most in-memory partitions a run within its limit is split into:
 /// overlap needs only a few, and each costs a pass over the rows.
 pub const MAX_MEMORY_PARTITIONS: usize = 16;

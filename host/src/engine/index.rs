@@ -188,26 +188,28 @@ pub fn join_latest(
     times: &Int64Chunked,
     universe: &mut RowFinder<'_>,
 ) -> (IdxCa, usize) {
-    let mut chosen: Vec<Option<(IdxSize, Option<i64>)>> = vec![None; universe.ids.len()];
+    // Four bytes a universe row (a row number, or NONE), where pairs of
+    // row and time took 24: at 10M users 40 MB to zero and fault in, not
+    // 240 MB. Duplicates are rare, so the kept row's time is looked up.
+    const NONE: IdxSize = IdxSize::MAX;
+    let mut chosen: Vec<IdxSize> = vec![NONE; universe.ids.len()];
     let mut dropped = 0usize;
     for (i, (id, time)) in ids.iter().zip(times.iter()).enumerate() {
         let Some(slot) = id.and_then(|id| universe.find(id)) else {
             continue;
         };
-        match &mut chosen[slot] {
-            entry @ None => *entry = Some((i as IdxSize, time)),
-            Some(best) => {
-                dropped += 1;
-                if replaces(time, best.1) {
-                    *best = (i as IdxSize, time);
-                }
+        let kept = &mut chosen[slot];
+        if *kept == NONE {
+            *kept = i as IdxSize;
+        } else {
+            dropped += 1;
+            if replaces(time, times.get(*kept as usize)) {
+                *kept = i as IdxSize;
             }
         }
     }
-    (
-        chosen.into_iter().map(|c| c.map(|(i, _)| i)).collect(),
-        dropped,
-    )
+    let take = chosen.into_iter().map(|row| (row != NONE).then_some(row));
+    (IdxCa::from_iter_options("take".into(), take), dropped)
 }
 
 /// Whether a later row of a user, updated at `later`, replaces the one kept
