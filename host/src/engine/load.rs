@@ -193,7 +193,7 @@ fn join_sides(
 
 /// Reads every planned table once, appending each row (of the wanted users,
 /// outside the skipped row groups) to its user's partition in `dir`: the
-/// first pass of a partitioned run. Tables are read on threads of their own.
+/// first pass of a partitioned run. Each table is read on a thread of its own.
 pub fn spill(
     plan: &Plan,
     delta: Option<&Delta>,
@@ -210,28 +210,35 @@ pub fn spill(
     };
     let scans = open_all(&reader, &plan.tables)?;
     let reader = &reader;
-    // Two threads, as in `load`: the universe table on this one, the side
-    // tables one after another on the other (each holds a row group).
-    let mut jobs: Vec<(&TablePlan, TableScan)> = plan.tables.iter().zip(scans).collect();
-    let rest = jobs.split_off(1.min(jobs.len()));
+    // A thread per table: the tables' sizes differ, and with the universe
+    // on one thread and the side tables one after another on a second, the
+    // first thread idled for the last third of the pass. Each holds a row
+    // group at a time.
     std::thread::scope(|scope| {
-        let sides = std::thread::Builder::new()
-            .name("spill-reader".into())
-            .spawn_scoped(scope, move || {
-                rest.into_iter()
-                    .try_for_each(|(table, scan)| reader.spill(table, scan, dir, partitions))
+        let threads = plan
+            .tables
+            .iter()
+            .zip(scans)
+            .map(|(table, scan)| {
+                std::thread::Builder::new()
+                    .name("spill-reader".into())
+                    .spawn_scoped(scope, move || reader.spill(table, scan, dir, partitions))
+                    .map_err(|e| RunError::Failed(format!("cannot start a reader thread: {e}")))
             })
-            .map_err(|e| RunError::Failed(format!("cannot start a reader thread: {e}")))?;
-        let first = jobs
-            .into_iter()
-            .try_for_each(|(table, scan)| reader.spill(table, scan, dir, partitions));
-        sides.join().map_err(|payload| {
-            RunError::Failed(format!(
-                "a spill reader panicked: {}",
-                panic_message(payload.as_ref())
-            ))
-        })??;
-        first
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut first_error = None;
+        for thread in threads {
+            let outcome = thread.join().unwrap_or_else(|payload| {
+                Err(RunError::Failed(format!(
+                    "a spill reader panicked: {}",
+                    panic_message(payload.as_ref())
+                )))
+            });
+            if let Err(e) = outcome {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     })
 }
 
