@@ -43,4 +43,7 @@ while True:
             print(f"{now - start:6.2f}s {progress['stage']:<11} {progress['percent']:5.1f}%  eta {progress['eta_seconds']}")
             last, since = key, now
     time.sleep(0.2)
+# The last stage and percent stood until the task ended.
+if last is not None and time.time() - since > worst[0]:
+    worst = (time.time() - since, last)
 print(f"{status['status']} in {time.time() - start:.1f} s; longest plateau {worst[0]:.2f} s at {worst[1]}")

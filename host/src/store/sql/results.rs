@@ -58,6 +58,11 @@ impl RunWrite {
         Ok(())
     }
 
+    /// Whether the run committed.
+    pub fn committed(&self) -> bool {
+        self.committed
+    }
+
     /// Rolls back on `c` unless the run committed (a dropped run leaves
     /// nothing). An error here means the connection is gone, and the
     /// database rolls the transaction back itself.

@@ -7,6 +7,7 @@
 //! committed state without waiting for a writer. Each run's write opens its
 //! own connection; reads of results share a small pool of connections.
 
+mod checkpoint;
 mod results;
 
 use super::sql::{Arg, Cell, Conn, Dialect, Row, SqlStore, WithConn};
@@ -24,6 +25,8 @@ pub struct SqliteStore {
     /// Read connections to the results file, used round-robin.
     reads: Vec<Mutex<Connection>>,
     next_read: AtomicUsize,
+    /// Checkpoints the results' WAL after each run's commit.
+    checkpoints: checkpoint::Checkpointer,
 }
 
 /// Read connections to the results file.
@@ -143,6 +146,7 @@ impl SqliteStore {
             control: Mutex::new(control),
             reads,
             next_read: AtomicUsize::new(0),
+            checkpoints: checkpoint::Checkpointer::start(path)?,
         })
     }
 
@@ -237,6 +241,11 @@ impl SqlStore for SqliteStore {
     }
 
     fn begin_run_tx(&self, start: &RunStart) -> Result<Box<dyn RunTx + '_>, StoreError> {
-        Ok(Box::new(SqliteRunTx::begin(&self.results_path, start)?))
+        let done = self.checkpoints.handle();
+        Ok(Box::new(SqliteRunTx::begin(
+            &self.results_path,
+            start,
+            done,
+        )?))
     }
 }

@@ -133,16 +133,29 @@ pub struct SqliteRunTx {
     conn: Connection,
     /// The run, its time and grants, and whether it committed.
     run: RunWrite,
+    /// Told once the run committed, to checkpoint what it wrote.
+    checkpoint: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl SqliteRunTx {
     /// Opens a connection to `path` and begins the transaction.
-    pub fn begin(path: &Path, start: &RunStart) -> Result<SqliteRunTx, StoreError> {
+    /// Opens a connection to `path` and begins the transaction; once it
+    /// commits, `checkpoint` (when given) is told, instead of the commit
+    /// checkpointing the WAL itself.
+    pub fn begin(
+        path: &Path,
+        start: &RunStart,
+        checkpoint: Option<std::sync::mpsc::Sender<()>>,
+    ) -> Result<SqliteRunTx, StoreError> {
         let conn = connect(path, true)?;
+        if checkpoint.is_some() {
+            super::checkpoint::leave_to_checkpointer(&conn)?;
+        }
         conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
         Ok(SqliteRunTx {
             conn,
             run: RunWrite::new(start)?,
+            checkpoint,
         })
     }
 
@@ -289,5 +302,12 @@ impl BulkWrite for SqliteRunTx {
 impl Drop for SqliteRunTx {
     fn drop(&mut self) {
         self.run.abandon(&mut self.conn);
+        if self.run.committed() {
+            if let Some(checkpoint) = self.checkpoint.take() {
+                // A closed channel: the store is going away and checkpoints
+                // as its connections close.
+                let _ = checkpoint.send(());
+            }
+        }
     }
 }
