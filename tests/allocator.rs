@@ -25,11 +25,11 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use support::*;
-use tag_host::registry::{TagFailure, TagRegistry};
 use tag_plugin_api::abi::{FfiMask, PluginErrorKind, TagPluginRef, TagTaskBox};
 use tag_plugin_api::abi_stable::std_types::{RStr, RVec};
 use tag_plugin_api::owned::OwnedBatch;
 use tag_plugin_api::{Batch, ColumnType, Date, Input, Mask, Rule, TagInfo};
+use tag_plugin_loader::{TagFailure, TagRegistry};
 
 /// `tag-server`'s allocator (mimalloc) with one check: a block this process
 /// frees or resizes must be one mimalloc handed out. A release mimalloc does

@@ -7,10 +7,11 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use support::*;
-use tag_host::plugins::{load_dir, LoadReport, Outcome, Rejection};
-use tag_host::registry::{TagFailure, TagRegistry};
+use tag_host::plugins::load_dir;
 use tag_plugin_api::owned::OwnedBatch;
 use tag_plugin_api::{ColumnType, Date};
+use tag_plugin_loader::{LoadReport, Outcome, Rejection};
+use tag_plugin_loader::{TagFailure, TagRegistry};
 
 fn load(dir: &Path) -> (TagRegistry, LoadReport) {
     load_dir(dir).expect("plugins directory is readable")
@@ -1108,7 +1109,7 @@ fn an_executable_is_rejected_as_one_and_the_plugins_still_load() {
     for name in REFERENCE_PLUGINS {
         let bytes = std::fs::read(plugin(name)).unwrap();
         assert_eq!(
-            tag_host::plugins::trust::check_elf(&bytes),
+            tag_plugin_loader::trust::check_elf(&bytes),
             Ok(()),
             "{name}"
         );

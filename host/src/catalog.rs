@@ -4,12 +4,12 @@
 //! the registry they started with, and the libraries they call stay mapped
 //! (a library is never unloaded).
 
-use crate::plugins::{self, LoadReport};
-use crate::registry::TagRegistry;
 use crate::store::Store;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use tag_plugin_loader::TagRegistry;
+use tag_plugin_loader::{self as plugins, LoadReport};
 
 /// The current plugins and how to scan for them again.
 pub struct Catalog {

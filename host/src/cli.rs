@@ -5,8 +5,7 @@ use crate::data::gen::{estimate_bytes, gen_data_observed, table_files, GenOption
 use crate::disk::{available_bytes, human_bytes};
 use crate::engine::sample::SampleOutcome;
 use crate::model::{Priority, RunReport, TaskRecord, TaskSpec, TaskStatus};
-use crate::plugins::{self, sample::sample_batch, Outcome};
-use crate::registry::TagRegistry;
+use crate::plugins::sample::sample_batch;
 use crate::server::Core;
 use crate::store::{Store, StoreError};
 use crate::tasks::control::{RunError, TaskControl, TaskRunner};
@@ -18,6 +17,8 @@ use std::process::ExitCode;
 use std::sync::{mpsc, Mutex};
 use std::time::Instant;
 use tag_plugin_api::{Date, Rule};
+use tag_plugin_loader::TagRegistry;
+use tag_plugin_loader::{self as plugins, Outcome};
 
 /// `tag-server plugins [check FILE]`.
 pub fn plugins_command(

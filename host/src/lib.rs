@@ -42,7 +42,6 @@ pub mod metrics;
 pub mod model;
 pub mod plugins;
 pub mod progress;
-pub mod registry;
 pub mod server;
 pub mod signals;
 pub mod store;

@@ -7,13 +7,13 @@ use crate::data::gen::{gen_data_with, GenOptions};
 use crate::data::source::DataSource;
 use crate::engine::{Engine, UNIVERSE_TABLE};
 use crate::http::{self, AppState};
-use crate::registry::TagRegistry;
 use crate::store::{self, Store};
 use crate::tasks::Scheduler;
 use anyhow::Context;
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
+use tag_plugin_loader::TagRegistry;
 
 /// The parts every entry point needs: store, plugins and engine.
 pub struct Core {

@@ -5,8 +5,6 @@ use super::render::{diff_block, path_segment, pretty, rule_tree, short};
 use super::{error_page, page, Viewer};
 use crate::http::AppState;
 use crate::model::{TagStatus, TaskRecord, TaskStatus};
-use crate::plugins::Outcome;
-use crate::registry::{RegisteredTag, TagRegistry};
 use crate::store::{RuleVersion, Store, StoreError};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -14,6 +12,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup, PreEscaped};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+use tag_plugin_loader::Outcome;
+use tag_plugin_loader::{RegisteredTag, TagRegistry};
 
 /// Runs the console reads: the newest this many tasks (without their
 /// `user_ids` lists, see [`Store::task_history`]).

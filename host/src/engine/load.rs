@@ -428,8 +428,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::engine::testkit::{at, plan, tag_at_least, write_table};
     use crate::model::Mode;
-    use crate::registry::RegisteredTag;
     use std::sync::Arc;
+    use tag_plugin_loader::RegisteredTag;
 
     /// A universe with a newer duplicate, a null id and a null time; a side
     /// table with a newer duplicate, a missing user and an outsider.

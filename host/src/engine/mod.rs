@@ -48,7 +48,6 @@ mod testkit;
 use crate::data::read::{ColumnRequest, RowGroupId};
 use crate::data::source::DataSource;
 use crate::model::{Mode, RunReport, SyncSummary, TagCounts, TaskRecord};
-use crate::registry::{PluginIdentity, RegisteredTag, TagRegistry};
 use crate::store::Store;
 use crate::tasks::control::{RunError, Stop, TaskControl, TaskRunner};
 use bitset::Bitset;
@@ -59,6 +58,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use tag_plugin_api::Date;
+use tag_plugin_loader::{PluginIdentity, RegisteredTag, TagRegistry};
 
 /// The table that defines the user universe.
 pub const UNIVERSE_TABLE: &str = "user_basic_info";

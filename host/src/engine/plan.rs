@@ -5,10 +5,10 @@ use super::{Failures, Plan, RunError, TablePlan, TagFailure, TagRun};
 use super::{UNIVERSE_TABLE, UPDATED_TIME, USER_ID};
 use crate::data::read::ColumnRequest;
 use crate::model::{Mode, TaskRecord};
-use crate::registry::{RegisteredTag, TagRegistry};
 use crate::store::{RuleVersion, Store, StoreError, TagState};
 use std::collections::{BTreeMap, HashMap};
 use tag_plugin_api::{ColumnType, Date, TagInfo};
+use tag_plugin_loader::{RegisteredTag, TagRegistry};
 
 /// Plans `task`: each tag's rule (seeded from its plugin's default if the
 /// store has none), its last run's state, and the column plan; the tags

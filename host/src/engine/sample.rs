@@ -5,12 +5,12 @@
 use super::{evaluate, inputs, load, Plan, RunError, TagRun, UNIVERSE_TABLE, USER_ID};
 use crate::data::read::{scan_table, ColumnRequest};
 use crate::model::Mode;
-use crate::registry::RegisteredTag;
 use crate::tasks::control::TaskControl;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use tag_plugin_api::{ColumnType, Date};
+use tag_plugin_loader::RegisteredTag;
 
 /// How many matching user ids a check shows per tag.
 const EXAMPLES: usize = 5;

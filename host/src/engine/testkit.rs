@@ -4,11 +4,11 @@
 
 use super::{Plan, TagRun};
 use crate::model::Mode;
-use crate::registry::RegisteredTag;
 use polars::prelude::*;
 use std::path::Path;
 use std::sync::Arc;
 use tag_plugin_api::{ColumnType, Date, Tag, TagInfo};
+use tag_plugin_loader::RegisteredTag;
 
 /// A rule-only tag with the given metadata.
 struct RuleTag(TagInfo);
@@ -34,7 +34,7 @@ pub fn registered(tag: impl Tag) -> Arc<RegisteredTag> {
         .into_result()
         .expect("export");
     let task = tasks.into_iter().next().expect("one task");
-    let plugin = crate::registry::PluginIdentity {
+    let plugin = tag_plugin_loader::PluginIdentity {
         name: "in-process".into(),
         version: "0".into(),
         sha256: String::new(),

@@ -20,11 +20,11 @@ pub mod users;
 pub use error::ApiError;
 
 use crate::auth::Tokens;
-use crate::registry::TagRegistry;
 use crate::store::{Store, StoreError};
 use crate::tasks::Scheduler;
 use axum::Router;
 use std::sync::{Arc, RwLock};
+use tag_plugin_loader::TagRegistry;
 
 /// What every handler can reach.
 #[derive(Clone)]

@@ -3,12 +3,12 @@
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::auth::Caller;
-use crate::plugins::{LoadReport, Outcome, PluginFile};
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use tag_plugin_loader::{LoadReport, Outcome, PluginFile};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

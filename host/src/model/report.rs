@@ -205,16 +205,7 @@ pub struct SyncSummary {
     pub removed: usize,
 }
 
-/// Which build of which plugin a tag came from (recorded in each result).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PluginIdentity {
-    /// The plugin crate's name.
-    pub name: String,
-    /// The plugin crate's version.
-    pub version: String,
-    /// Hex SHA-256 of the library file.
-    pub sha256: String,
-}
+pub use tag_plugin_loader::PluginIdentity;
 
 /// The note a report recovered after a restart carries.
 pub const RECOVERED_NOTE: &str =

@@ -26,9 +26,9 @@
 use super::control::{RunError, Stop, TaskControl};
 use super::owner::Owner;
 use crate::model::{now_timestamp, RunReport, TaskRecord, TaskSpec, TaskStatus};
-use crate::registry::TagRegistry;
 use crate::store::{CancelState, Store, StoreError};
 use std::time::Duration;
+use tag_plugin_loader::TagRegistry;
 
 pub use crate::model::{id_list as list, CANCELLED_BEFORE_START};
 

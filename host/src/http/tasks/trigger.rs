@@ -3,11 +3,11 @@
 
 use crate::http::ApiError;
 use crate::model::{Mode, Priority, TaskSpec};
-use crate::registry::TagRegistry;
 use crate::tasks::lifecycle;
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 use tag_plugin_api::{echo, Date};
+use tag_plugin_loader::TagRegistry;
 
 /// The keys a trigger body may hold.
 const KEYS: [&str; 5] = ["tag_ids", "user_ids", "mode", "priority", "as_of"];

@@ -23,7 +23,7 @@
 //!   path passes the same directory checks, and that copy is what gets
 //!   loaded.
 
-use super::Rejection;
+use crate::rejection::Rejection;
 use object::elf::{FileHeader64, DF_1_PIE, DT_FLAGS_1, ET_DYN, PT_DYNAMIC, PT_INTERP, PT_LOAD};
 use object::read::elf::{Dyn, FileHeader, ProgramHeader};
 use object::Endianness;

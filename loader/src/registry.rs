@@ -11,7 +11,17 @@ use tag_plugin_api::abi::{FfiBatch, PluginError, PluginErrorKind, TagTaskBox};
 use tag_plugin_api::abi_stable::std_types::RStr;
 use tag_plugin_api::{Date, Mask, TagInfo};
 
-pub use crate::model::PluginIdentity;
+/// Which build of which plugin a tag came from (recorded in each result).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct PluginIdentity {
+    /// The plugin crate's name.
+    pub name: String,
+    /// The plugin crate's version.
+    pub version: String,
+    /// Hex SHA-256 of the library file.
+    pub sha256: String,
+}
 
 /// One tag provided by a loaded plugin.
 pub struct RegisteredTag {
@@ -85,8 +95,10 @@ pub enum TagFailure {
 }
 
 impl RegisteredTag {
-    /// Wraps a task from a plugin, reading its metadata once.
-    pub(crate) fn new(task: TagTaskBox, source: PathBuf, plugin: PluginIdentity) -> RegisteredTag {
+    /// Wraps a task from a plugin, reading its metadata once (the loader
+    /// does this for every task of a library it loaded; tests register
+    /// in-process tags exported through the same ABI).
+    pub fn new(task: TagTaskBox, source: PathBuf, plugin: PluginIdentity) -> RegisteredTag {
         let info = TagInfo::from_ffi(&task.info());
         RegisteredTag {
             info,
