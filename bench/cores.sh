@@ -26,15 +26,7 @@ while [ $# -gt 0 ]; do
 done
 BIN="${TAG_SERVER_BIN:?set TAG_SERVER_BIN to a release tag-server}"
 BASE="${BASELINE_BIN:-}"
-OUT=bench/out
-DATA="$OUT/ext-$USERS"
-VENV=bench/.venv
-mkdir -p "$OUT"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -c "import duckdb" 2>/dev/null || "$VENV/bin/pip" install -q duckdb
-if [ ! -f "$DATA/user_basic_info.parquet" ]; then
-  "$VENV/bin/python" bench/external_data.py "$DATA" "$USERS"
-fi
+. bench/ext_data.sh
 command -v taskset >/dev/null || { echo "taskset (util-linux) is needed" >&2; exit 1; }
 
 # One run: $1 = name, $2 = binary, the rest = a command prefix (taskset).

@@ -25,15 +25,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 BIN="${TAG_SERVER_BIN:?set TAG_SERVER_BIN to a release tag-server}"
-OUT=bench/out
-DATA="$OUT/ext-$USERS"
-VENV=bench/.venv
-mkdir -p "$OUT"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -c "import duckdb" 2>/dev/null || "$VENV/bin/pip" install -q duckdb
-if [ ! -f "$DATA/user_basic_info.parquet" ]; then
-  "$VENV/bin/python" bench/external_data.py "$DATA" "$USERS"
-fi
+. bench/ext_data.sh
 export TAG_PLUGINS_DIR="${TAG_PLUGINS_DIR:-$(dirname "$BIN")}"
 
 # A fresh store URL for run $1 (sqlite file, or a new database).

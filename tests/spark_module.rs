@@ -57,14 +57,7 @@ fn python() -> &'static Path {
             wheel.display()
         );
         run(
-            Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
+            python::pip_install(&python)
                 .args(["--force-reinstall", "--no-deps"])
                 .arg(&wheel),
             "pip install the wheel",
@@ -95,21 +88,8 @@ fn host_tags(data: &Path, plugins: &Path) -> std::collections::BTreeMap<String, 
     let work = tempfile::tempdir().unwrap();
     let db = work.path().join("tags.db");
     let store = format!("sqlite://{}", db.display());
-    let (code, out, err) = tag_server(&[
-        "run",
-        "--tag-ids",
-        "1,2,3,4,5,6,7,8",
-        "--as-of",
-        AS_OF,
-        "--data-dir",
-        path(data),
-        "--store",
-        &store,
-        "--plugins-dir",
-        path(plugins),
-        "--log-file",
-        path(&work.path().join("run.log")),
-    ]);
+    let log = work.path().join("run.log");
+    let (code, out, err) = run_once(data, plugins, "1,2,3,4,5,6,7,8", AS_OF, &store, &log);
     assert_eq!(code, 0, "tag-server run failed: {out}{err}");
     user_tags(&db)
 }

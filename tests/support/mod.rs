@@ -493,6 +493,36 @@ pub fn assert_same_tags(
 }
 
 /// Runs the real `tag-server` binary: exit code, stdout, stderr.
+/// `tag-server run --tag-ids tags --as-of as_of` over `data` with the
+/// plugins in `plugins`, into `store` (a URL), logging to `log`: exit code,
+/// stdout, stderr.
+pub fn run_once(
+    data: &Path,
+    plugins: &Path,
+    tags: &str,
+    as_of: &str,
+    store: &str,
+    log: &Path,
+) -> (i32, String, String) {
+    let text = |p: &Path| p.to_str().expect("UTF-8 path").to_string();
+    let (data, plugins, log) = (text(data), text(plugins), text(log));
+    tag_server(&[
+        "run",
+        "--tag-ids",
+        tags,
+        "--as-of",
+        as_of,
+        "--data-dir",
+        &data,
+        "--store",
+        store,
+        "--plugins-dir",
+        &plugins,
+        "--log-file",
+        &log,
+    ])
+}
+
 pub fn tag_server(args: &[&str]) -> (i32, String, String) {
     // `run` logs to a file too: keep it out of the source tree (a
     // `--log-file` among `args` wins over the variable).

@@ -33,14 +33,7 @@ pub fn python_with(modules: &[&str], packages: &[&str]) -> PathBuf {
         .output()
         .is_ok_and(|o| o.status.success());
     if !present {
-        let output = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
+        let output = pip_install(&python)
             .args(packages)
             .output()
             .expect("run pip");
@@ -51,6 +44,19 @@ pub fn python_with(modules: &[&str], packages: &[&str]) -> PathBuf {
         );
     }
     python
+}
+
+/// `python -m pip install --quiet`, to which the caller adds what to install.
+pub fn pip_install(python: &std::path::Path) -> Command {
+    let mut command = Command::new(python);
+    command.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    command
 }
 
 /// Runs `tests/support/<script>` with `python` and `args`, asserting it
