@@ -12,9 +12,10 @@ mod python;
 
 use pyo3::prelude::*;
 
-/// The Python module.
+/// The native module, `tag_engine_spark._native`; the package
+/// `tag_engine_spark` (spark/python/) re-exports it.
 #[pymodule]
-fn tag_engine_spark(module: &Bound<'_, PyModule>) -> PyResult<()> {
+fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<python::Evaluator>()?;
     module.add("API_VERSION", tag_plugin_api::API_VERSION)?;
     Ok(())
