@@ -43,8 +43,12 @@ impl Table {
     /// describe each other, as a producer exports them.
     pub unsafe fn from_c(array: FFI_ArrowArray, schema: &FFI_ArrowSchema) -> Result<Table, String> {
         // SAFETY: the caller's promise.
-        let data = unsafe { from_ffi(array, schema) }
+        let mut data = unsafe { from_ffi(array, schema) }
             .map_err(|e| format!("cannot import the Arrow batch: {e}"))?;
+        // The C Data Interface asks for 8-byte alignment, arrow-rs for the
+        // value type's (16 bytes for DECIMAL128): Spark's batches have
+        // DECIMAL buffers 8 bytes off. Only such buffers are copied.
+        data.align_buffers();
         if !matches!(data.data_type(), DataType::Struct(_)) {
             return Err(format!(
                 "expected a record batch (an Arrow struct array), got an array of {}",
@@ -121,6 +125,53 @@ mod tests {
         );
         // A bare column name serves any table's input of that column.
         assert_eq!(table.find("user_basic_info", "age").unwrap().0, "age");
+    }
+
+    #[test]
+    fn a_decimal_buffer_aligned_to_8_bytes_only_is_copied_not_refused() {
+        use arrow_array::Decimal128Array;
+        use arrow_buffer::Buffer;
+        use arrow_data::ArrayData;
+        // Three i128 values starting 8 bytes into a 16-aligned allocation,
+        // as in Spark's batches (arrow-rs cannot build such an array).
+        let mut bytes = vec![0u8; 8];
+        for v in [15_000_000i128, -1, 42] {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        let values = Buffer::from_vec(bytes).slice(8);
+        assert_eq!(values.as_ptr() as usize % 16, 8);
+        let decimal = DataType::Decimal128(18, 2);
+        // SAFETY: a valid layout for three non-null DECIMAL128 values (only
+        // the alignment is below arrow-rs's own).
+        let (column, batch) = unsafe {
+            let column = ArrayData::new_unchecked(
+                decimal.clone(),
+                3,
+                Some(0),
+                None,
+                0,
+                vec![values],
+                vec![],
+            );
+            let fields = Fields::from(vec![Field::new("d", decimal, true)]);
+            let batch = ArrayData::new_unchecked(
+                DataType::Struct(fields),
+                3,
+                Some(0),
+                None,
+                0,
+                vec![],
+                vec![column.clone()],
+            );
+            (column, batch)
+        };
+        let (array, schema) = to_ffi(&batch).unwrap();
+        // SAFETY: just exported, describing each other.
+        let table = unsafe { Table::from_c(array, &schema) }.unwrap();
+        drop(column);
+        let (_, got) = table.find("t", "d").unwrap();
+        let got = got.as_any().downcast_ref::<Decimal128Array>().unwrap();
+        assert_eq!(got.values().to_vec(), vec![15_000_000, -1, 42]);
     }
 
     #[test]
