@@ -10,9 +10,7 @@ mod support;
 
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 use support::*;
 
 const AS_OF: &str = "2025-01-15";
@@ -21,49 +19,9 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// The venv's python with pyarrow and the freshly built module installed
-/// (the wheel is built once per test binary, as a debug build).
+/// The venv's python with pyarrow and the freshly built module installed.
 fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let python = python::python_with(&["pyarrow", "maturin"], &["pyarrow", "maturin"]);
-        let wheels = tempfile::tempdir().unwrap();
-        let manifest = workspace().join("spark/Cargo.toml");
-        let run = |cmd: &mut Command, what: &str| {
-            let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert!(
-                out.status.success(),
-                "{what} failed:\n{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(
-            Command::new(&python)
-                .args(["-m", "maturin", "build", "--quiet", "-m"])
-                .arg(&manifest)
-                .arg("--out")
-                .arg(wheels.path()),
-            "maturin build",
-        );
-        let wheel = std::fs::read_dir(wheels.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "whl"))
-            .expect("maturin wrote a wheel");
-        assert!(
-            wheel.to_string_lossy().contains("abi3"),
-            "not an abi3 wheel: {}",
-            wheel.display()
-        );
-        run(
-            python::pip_install(&python)
-                .args(["--force-reinstall", "--no-deps"])
-                .arg(&wheel),
-            "pip install the wheel",
-        );
-        python
-    })
+    python::with_spark_module(&["pyarrow", "maturin"], &["pyarrow", "maturin"])
 }
 
 fn check(args: &[&str]) -> Value {

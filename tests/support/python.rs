@@ -90,3 +90,49 @@ fn run(python: &std::path::Path, first: &std::ffi::OsStr, args: &[&str], what: &
     );
     String::from_utf8(output.stdout).expect("UTF-8 output")
 }
+
+/// The venv's python with `modules` importable (from `packages`) and the
+/// `tag_engine_spark` wheel freshly built from spark/ (maturin, a debug
+/// build) installed: built once per test binary.
+pub fn with_spark_module(modules: &[&str], packages: &[&str]) -> &'static std::path::Path {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let python = python_with(modules, packages);
+        let wheels = tempfile::tempdir().unwrap();
+        let manifest = super::workspace().join("spark/Cargo.toml");
+        let run = |cmd: &mut Command, what: &str| {
+            let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                out.status.success(),
+                "{what} failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(
+            Command::new(&python)
+                .args(["-m", "maturin", "build", "--quiet", "-m"])
+                .arg(&manifest)
+                .arg("--out")
+                .arg(wheels.path()),
+            "maturin build",
+        );
+        let wheel = std::fs::read_dir(wheels.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "whl"))
+            .expect("maturin wrote a wheel");
+        assert!(
+            wheel.to_string_lossy().contains("abi3"),
+            "not an abi3 wheel: {}",
+            wheel.display()
+        );
+        run(
+            pip_install(&python)
+                .args(["--force-reinstall", "--no-deps"])
+                .arg(&wheel),
+            "pip install the wheel",
+        );
+        python
+    })
+}
