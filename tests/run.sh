@@ -9,7 +9,8 @@
 #     (the backend suite makes a database of its own per test);
 #   - MariaDB or MySQL on 127.0.0.1:3306, root without a password;
 #   - python3 with requests (the seed's client example), curl;
-#   - chromium, chromedriver and a CJK font (the console's browser tests).
+#   - chromium, chromedriver and a CJK font (the console's browser tests);
+#   - Java 17 or later (the PySpark job's test).
 # Services already answering are used as they are; nothing is changed on a
 # server this script did not install.
 set -euo pipefail
@@ -77,6 +78,8 @@ tools_ready() {
      || [ ! -d /usr/share/fonts/truetype/wqy ]; then
     apt_install chromium chromium-driver fonts-wqy-zenhei
   fi
+  # Spark (tests/spark_job.rs; PySpark itself comes from PyPI into the tests' venv).
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
 }
 
 postgres_ready
