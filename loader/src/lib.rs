@@ -24,5 +24,6 @@ pub mod trust;
 pub use registry::{PluginIdentity, RegisteredTag, TagFailure, TagRegistry};
 pub use rejection::Rejection;
 pub use scan::{
-    load_dir_with, load_file_alone, LoadReport, LoadedPlugin, Outcome, PluginFile, ScanError,
+    load_dir_with, load_file_alone, now_timestamp, LoadReport, LoadedPlugin, Outcome, PluginFile,
+    ScanError,
 };

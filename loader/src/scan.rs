@@ -327,9 +327,10 @@ fn settle_claims(
     }
 }
 
-/// When a file was checked and loaded: UTC, `YYYY-MM-DDTHH:MM:SS` (the
-/// form the host's store and API show every time in).
-fn now_timestamp() -> String {
+/// Now in UTC as `YYYY-MM-DDTHH:MM:SS`: when a file was checked and
+/// loaded, in the form the host's store and API show every time in (the
+/// host takes its own times from here too).
+pub fn now_timestamp() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string()
 }
 

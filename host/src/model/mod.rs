@@ -204,10 +204,9 @@ pub struct TaskRecord {
     pub attempts: u32,
 }
 
-/// Now, in the API's timestamp format (UTC, seconds).
-pub fn now_timestamp() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string()
-}
+/// Now, in the API's timestamp format (UTC, seconds): the one the plugin
+/// loader stamps loads with.
+pub use tag_plugin_loader::now_timestamp;
 
 /// The error of a task cancelled before it started.
 pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
