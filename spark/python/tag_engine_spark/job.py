@@ -11,6 +11,7 @@ and writes the per-user matches (parquet, with `_SUCCESS`) and
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 
 from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
@@ -23,9 +24,13 @@ ERRORS_PER_TAG = 5
 # Up to this many requested users are filtered in the scan (pushed down to
 # parquet); more are a broadcast semi-join.
 PUSHED_USER_IDS = 10_000
+ROWS_PER_PART = 500_000  # tag-server: spark::staged::ROWS_PER_PART
 OUTPUT_SCHEMA = T.StructType([
     T.StructField("user_id", T.StringType()),
     T.StructField("tag_ids", T.ArrayType(T.IntegerType())),
+    # The tags evaluated for the user when some tag has a scope of its own
+    # (an incremental plan's `changed_since`); null: every tag of the plan.
+    T.StructField("scoped_tag_ids", T.ArrayType(T.IntegerType())),
     T.StructField("failed_tag", T.LongType()),
     T.StructField("error", T.StringType()),
 ])
@@ -127,40 +132,79 @@ def ranked(df):
     return df.where(F.col("user_id").isNotNull()).withColumn("_rank", F.row_number().over(order))
 
 
+@dataclass
+class Joined:
+    frame: object
+    dropped: dict
+    newest: dict
+    universe_users: int
+    ranked: dict
+
+
+def scoped_duplicates(joined, scoped):
+    """An incremental run's duplicates, counted as tag-server counts them:
+    among the rows of the users it evaluates."""
+    ids = scoped.select("user_id")
+    return {
+        table: ranked.where("_rank > 1").join(ids, "user_id", "left_semi").count()
+        for table, ranked in joined.ranked.items()
+    }
+
+
 def joined(spark, plan):
     """Universe rows (each user's newest) with the side tables' newest rows
-    left-joined, each table's time as `_t.<table>`; and the duplicates
-    dropped per table (for a side table, among the universe's users)."""
-    dropped = {}
+    left-joined, each table's time as `_t.<table>`; the duplicates dropped
+    per table (for a side table, among the universe's users); and each
+    table's newest time in microseconds (the tags' next watermarks); the
+    universe's users (after a `user_ids` scope's filter); and each table's
+    ranked rows (cached, for an incremental run's own count)."""
+    dropped, newest, kept = {}, {}, {}
     universe_raw = read_table(spark, plan, plan.table(plans.UNIVERSE))
+    newest[plans.UNIVERSE] = universe_raw.agg(F.max("_t")).collect()[0][0]
     universe_ranked = ranked(universe_raw).cache()
     users = universe_ranked.where("_rank = 1")
     nulls = universe_raw.where(F.col("user_id").isNull()).count()
     dropped[plans.UNIVERSE] = universe_ranked.where("_rank > 1").count() + nulls
+    kept[plans.UNIVERSE] = universe_ranked
     frame = users.drop("_rank", "_file", "_row").withColumnRenamed("_t", f"_t.{plans.UNIVERSE}")
     ids = users.select("user_id")
     for table in plan.tables:
         if table.name == plans.UNIVERSE:
             continue
-        side = ranked(read_table(spark, plan, table)).join(ids, "user_id", "left_semi").cache()
+        raw = read_table(spark, plan, table)
+        newest[table.name] = raw.agg(F.max("_t")).collect()[0][0]
+        side = ranked(raw).join(ids, "user_id", "left_semi").cache()
         dropped[table.name] = side.where("_rank > 1").count()
+        kept[table.name] = side
         side = side.where("_rank = 1").drop("_rank", "_file", "_row")
         frame = frame.join(side.withColumnRenamed("_t", f"_t.{table.name}"), "user_id", "left")
-    return frame, dropped
+    newest = {t: n for t, n in newest.items() if n is not None}
+    return Joined(frame, dropped, newest, users.count(), kept)
+
+
+def changed(marks):
+    """A user changed since `marks` (table -> microseconds): a row newer
+    than its table's mark in any of those tables, or a universe row
+    without a time (its change cannot be known)."""
+    flag = F.col(f"`_t.{plans.UNIVERSE}`").isNull()
+    for table, mark in marks.items():
+        time = F.col(f"`_t.{table}`")
+        flag = flag | F.coalesce(time > F.lit(mark), F.lit(False))
+    return flag
 
 
 def in_scope(frame, plan):
-    """An incremental run's users: a row newer than its table's watermark
-    in any table, or a universe row without a time (its change cannot be
-    known); other scopes keep every row."""
+    """An incremental run's users (changed since the plan's watermarks),
+    each tag with a `changed_since` of its own given a column `_s.<tag_id>`:
+    whether the tag evaluates the user; other scopes keep every row."""
     if plan.scope.mode != "incremental":
         return frame
-    universe_time = F.col(f"`_t.{plans.UNIVERSE}`")
-    changed = universe_time.isNull()
-    for table in plan.tables:
-        time = F.col(f"`_t.{table.name}`")
-        changed = changed | F.coalesce(time > F.lit(plan.scope.watermark(table.name)), F.lit(False))
-    return frame.where(changed)
+    marks = {t.name: plan.scope.watermark(t.name) for t in plan.tables}
+    frame = frame.where(changed(marks))
+    for tag in plan.tags:
+        if tag.changed_since is not None:
+            frame = frame.withColumn(f"_s.{tag.tag_id}", changed(tag.changed_since))
+    return frame
 
 
 def unknown_users(spark, plan, users):
@@ -178,29 +222,27 @@ def evaluate_batches(batches, settings):
     import pyarrow as pa
 
     plugins_dir, copies_dir, requests, as_of, names = settings
+    if plugins_dir is None:  # the plan's plugin_files, shipped by Spark
+        from pyspark import SparkFiles
+
+        plugins_dir = SparkFiles.getRootDirectory()
     ev = evaluator(plugins_dir, copies_dir)
     for batch in batches:
         # Spark's columns are c0, c1, ... (mapInArrow resolves names, and
         # `table.column` has a dot); the plugins read them by their names.
         batch = pa.RecordBatch.from_arrays(batch.columns, names=names)
+        users, matched, scoped, failed = evaluate_batch(ev, batch, requests, as_of)
         rows = batch.num_rows
-        matched = [[] for _ in range(rows)]
-        failed = []
-        for result in ev.evaluate(batch, requests, as_of):
-            if result["error"] is not None:
-                failed.append((result["tag_id"], result["error"]))
-                continue
-            for row in result["matched"]:
-                matched[row].append(result["tag_id"])
-        users = batch.column(batch.schema.get_field_index("user_id"))
         yield pa.RecordBatch.from_arrays(
-            [users, pa.array(matched, pa.list_(pa.int32())), pa.nulls(rows, pa.int64()), pa.nulls(rows, pa.string())],
+            [users, pa.array(matched, pa.list_(pa.int32())), pa.array(scoped, pa.list_(pa.int32())),
+             pa.nulls(rows, pa.int64()), pa.nulls(rows, pa.string())],
             names=OUTPUT_SCHEMA.names,
         )
         if failed:
             yield pa.RecordBatch.from_arrays(
                 [
                     pa.nulls(len(failed), users.type),
+                    pa.nulls(len(failed), pa.list_(pa.int32())),
                     pa.nulls(len(failed), pa.list_(pa.int32())),
                     pa.array([t for t, _ in failed], pa.int64()),
                     pa.array([e for _, e in failed], pa.string()),
@@ -209,10 +251,38 @@ def evaluate_batches(batches, settings):
             )
 
 
+def evaluate_batch(ev, batch, requests, as_of):
+    """One batch: its user ids, per row the tags it matched and (when some
+    tag has a scope of its own) the tags evaluated for it, and the failed
+    tags with why. A tag matches a row only where it evaluates it."""
+    rows = batch.num_rows
+    masks = {}
+    for tag_id, _, _ in requests:
+        at = batch.schema.get_field_index(f"_s.{tag_id}")
+        if at >= 0:
+            masks[tag_id] = batch.column(at).fill_null(False).to_pylist()
+    matched = [[] for _ in range(rows)]
+    scoped = None
+    if masks:
+        scoped = [[t for t, _, _ in requests if t not in masks or masks[t][row]] for row in range(rows)]
+    failed = []
+    for result in ev.evaluate(batch, requests, as_of):
+        tag_id = result["tag_id"]
+        if result["error"] is not None:
+            failed.append((tag_id, result["error"]))
+            continue
+        mask = masks.get(tag_id)
+        for row in result["matched"]:
+            if mask is None or mask[row]:
+                matched[row].append(tag_id)
+    users = batch.column(batch.schema.get_field_index("user_id"))
+    return users, matched, scoped if scoped is not None else [None] * rows, failed
+
+
 def evaluated(frame, plan):
     """The frame's rows evaluated in the executors (cached: the summary's
     figures and the written matches come from one evaluation)."""
-    names = [c for c in frame.columns if not c.startswith("_t.")]
+    names = [c for c in frame.columns if not c.startswith("_t.")]  # _s.<tag> stay
     requests = [(t.tag_id, t.rule, t.rule_version) for t in plan.tags]
     settings = (plan.plugins_dir, plan.copies_dir, requests, plan.as_of, names)
     columns = [F.col("`" + c.replace("`", "``") + "`").alias(f"c{i}") for i, c in enumerate(names)]
@@ -254,19 +324,28 @@ def write_summary(spark, output, summary):
 
 def run(spark, plan):
     """Runs `plan`; returns the summary it wrote."""
-    frame, dropped = joined(spark, plan)
-    summary = {"scope": plan.scope.mode, "as_of": plan.as_of, "duplicates_dropped": dropped}
+    for library in plan.plugin_files:
+        spark.sparkContext.addFile(library)
+    read = joined(spark, plan)
+    summary = {"scope": plan.scope.mode, "as_of": plan.as_of, "duplicates_dropped": read.dropped}
     if plan.scope.mode == "user_ids":
-        summary["unknown_user_ids"] = unknown_users(spark, plan, frame.select("user_id"))
-    out = evaluated(in_scope(frame, plan), plan)
+        summary["unknown_user_ids"] = unknown_users(spark, plan, read.frame.select("user_id"))
+    scoped = in_scope(read.frame, plan)
+    if plan.scope.mode == "incremental":
+        summary["duplicates_dropped"] = scoped_duplicates(read, scoped)
+    out = evaluated(scoped, plan)
     figures = tag_figures(out, plan)
     failed = [f["tag_id"] for f in figures if f["status"] == "failed"]
     users = out.where("user_id IS NOT NULL")
     # A tag that failed in any batch fails as a whole: none of its matches.
     tag_ids = F.array_except("tag_ids", F.array(*[F.lit(t) for t in failed]).cast("array<int>"))
-    users = users.select("user_id", tag_ids.alias("tag_ids") if failed else "tag_ids")
-    users.write.mode("overwrite").parquet(plan.output)
+    users = users.select("user_id", tag_ids.alias("tag_ids") if failed else "tag_ids", "scoped_tag_ids")
+    # At most this many users per part: tag-server commits a part at a time.
+    users.write.mode("overwrite").option("maxRecordsPerFile", ROWS_PER_PART).parquet(plan.output)
     summary.update({
+        "application_id": spark.sparkContext.applicationId,
+        "universe_users": read.universe_users,
+        "newest": read.newest,
         "users_evaluated": out.where("user_id IS NOT NULL").count(),
         "tags": figures,
         "failed_tags": failed,
@@ -287,6 +366,8 @@ def main(argv=None):
         print(f"tag-engine job: {e}", file=sys.stderr)
         return 2
     spark = session()
+    # The driver's output tells tag-server (the driver of this job) its id.
+    print(f"tag-engine job: application {spark.sparkContext.applicationId}", file=sys.stderr, flush=True)
     summary = run(spark, plan)
     print(json.dumps(summary, ensure_ascii=False))
     spark.stop()

@@ -33,6 +33,10 @@ class TagRequest:
     tag_id: int
     rule: Optional[str]  # rule-language JSON, None for the plugin's default
     rule_version: object
+    # An incremental plan's per-tag scope: the tables the tag reads, each
+    # with the newest time its last run saw (MIN_WATERMARK: never seen).
+    # None: the tag evaluates every user of the run's scope.
+    changed_since: Optional[Dict[str, int]] = None
 
 
 @dataclass
@@ -53,10 +57,11 @@ class Plan:
     tags: List[TagRequest]
     scope: Scope
     as_of: str
-    plugins_dir: str
+    plugins_dir: Optional[str]  # None: the plugin_files, as Spark ships them
     output: str
     data_dir: Optional[str] = None
     copies_dir: Optional[str] = None
+    plugin_files: List[str] = field(default_factory=list)
 
     def table(self, name):
         return next(t for t in self.tables if t.name == name)
@@ -102,7 +107,7 @@ def _table(obj, where, data_dir):
     return Table(name, path, columns)
 
 
-def _tag(obj, where):
+def _tag(obj, where, tables):
     tag_id = _get(obj, "tag_id", where, int)
     if tag_id < 0 or tag_id > 2**32 - 1:
         raise PlanError(f"{where}.tag_id", f"expected an integer in [0, 2^32), got {tag_id}")
@@ -111,7 +116,26 @@ def _tag(obj, where):
         raise PlanError(f"{where}.rule", "expected a rule object or null (the plugin's default)")
     if "rule_version" not in obj:
         raise PlanError(f"{where}.rule_version", "missing")
-    return TagRequest(tag_id, None if rule is None else json.dumps(rule), obj["rule_version"])
+    return TagRequest(
+        tag_id, None if rule is None else json.dumps(rule), obj["rule_version"], _changed_since(obj, where, tables)
+    )
+
+
+def _changed_since(obj, where, tables):
+    marks = obj.get("changed_since")
+    if marks is None:
+        return None
+    if not isinstance(marks, dict) or not marks:
+        raise PlanError(f"{where}.changed_since", "expected an object of table: microseconds (or null)")
+    out = {}
+    for table, mark in marks.items():
+        at = f"{where}.changed_since.{table}"
+        if table not in tables:
+            raise PlanError(at, "not a table of the plan")
+        if mark is not None and (isinstance(mark, bool) or not isinstance(mark, int)):
+            raise PlanError(at, f"expected microseconds since the epoch or null, got {json.dumps(mark)}")
+        out[table] = MIN_WATERMARK if mark is None else mark
+    return out
 
 
 def _scope(obj, tables):
@@ -146,7 +170,7 @@ def parse(doc):
         raise PlanError("tables", f"a table is listed twice: {names}")
     if UNIVERSE not in names:
         raise PlanError("tables", f"{UNIVERSE} (the user universe) is missing")
-    tags = [_tag(t, f"tags[{i}]") for i, t in enumerate(_get(doc, "tags", "", list))]
+    tags = [_tag(t, f"tags[{i}]", names) for i, t in enumerate(_get(doc, "tags", "", list))]
     if not tags:
         raise PlanError("tags", "no tag to evaluate")
     if len({t.tag_id for t in tags}) != len(tags):
@@ -161,11 +185,30 @@ def parse(doc):
         tags=sorted(tags, key=lambda t: t.tag_id),
         scope=_scope(_get(doc, "scope", "", dict), names),
         as_of=as_of,
-        plugins_dir=_get(doc, "plugins_dir", "", str),
+        plugins_dir=_plugins_dir(doc),
         output=_get(doc, "output", "", str),
         data_dir=data_dir,
         copies_dir=_get(doc, "copies_dir", "", str, required=False),
+        plugin_files=_plugin_files(doc),
     )
+
+
+def _plugins_dir(doc):
+    """The executors' plugins directory; without one, `plugin_files` are
+    shipped to them (SparkContext.addFile) and loaded from Spark's files
+    directory."""
+    required = not doc.get("plugin_files") if isinstance(doc, dict) else True
+    return _get(doc, "plugins_dir", "", str, required=required)
+
+
+def _plugin_files(doc):
+    files = _get(doc, "plugin_files", "", list, required=False) or []
+    for i, f in enumerate(files):
+        if not isinstance(f, str) or not f.endswith(".so"):
+            raise PlanError(f"plugin_files[{i}]", f"expected the path or URI of a .so library, got {json.dumps(f)}")
+    if files and doc.get("plugins_dir") is not None:
+        raise PlanError("plugin_files", "give plugins_dir or plugin_files, not both")
+    return files
 
 
 def load(path):
