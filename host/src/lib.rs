@@ -15,11 +15,14 @@
 //! - [`tasks`]: the task wing: the bounded priority queue, the worker
 //!   threads, the run contract and every state change of a task;
 //!   [`progress`]: how far a running task has got.
+//! - [`spark`]: `spark-submit`, the driver's REST API and the staged output
+//!   of the PySpark job, for runs with `--executor spark`.
 //! - [`store`]: tasks, rules and `user_tags` (SQLite by default).
 //! - [`http`]: the API, one module per resource; [`console`]: the web
 //!   console's pages; [`auth`]: tokens, roles and the console's session,
 //!   for both; [`throttle`]: failed authentications per client address.
 //! - [`server`]: start-up and shutdown; [`cli`]: the one-shot commands
+//!   ([`package`]: `spark-package`)
 //!   ([`watch`]: `tag-server run`'s progress on stderr).
 //! - [`disk`]: free space where files go, byte counts for people;
 //!   [`memory`]: sizes, the machine's memory and the default run limit.
@@ -40,10 +43,12 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod package;
 pub mod plugins;
 pub mod progress;
 pub mod server;
 pub mod signals;
+pub mod spark;
 pub mod store;
 pub mod tasks;
 pub mod throttle;
