@@ -46,16 +46,19 @@ impl Core {
             tracing::info!(runs = stale, dir = %config.spill_dir().display(),
                 "removed the spill files of runs whose process was killed");
         }
-        let engine = Arc::new(
-            Engine::new(
-                Arc::clone(&store),
-                Arc::clone(&registry),
-                data,
-                config.batch_rows as usize,
-            )
-            .with_memory(config.memory_limit().bytes(), config.spill_dir())
-            .with_partition_users(config.partition_users),
-        );
+        let engine = Engine::new(
+            Arc::clone(&store),
+            Arc::clone(&registry),
+            data,
+            config.batch_rows as usize,
+        )
+        .with_memory(config.memory_limit().bytes(), config.spill_dir())
+        .with_partition_users(config.partition_users);
+        let engine = match config.executor {
+            crate::config::Executor::Local => engine,
+            crate::config::Executor::Spark => engine.with_spark(spark_executor(config)),
+        };
+        let engine = Arc::new(engine);
         Ok(Core {
             store,
             catalog,
@@ -63,6 +66,46 @@ impl Core {
             engine,
         })
     }
+}
+
+/// What runs with `--executor spark` submit: the `[spark]` settings, the
+/// plugins and tables as the executors reach them (by default where
+/// tag-server has them, local paths made absolute), staged under the
+/// spill directory unless the settings say where.
+fn spark_executor(config: &Config) -> crate::engine::spark::SparkExecutor {
+    let absolute = |p: std::path::PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+    let data_dir = config
+        .spark
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| match &config.data_dir {
+            crate::data::source::DataLocation::Local(dir) => {
+                absolute(dir.clone()).display().to_string()
+            }
+            s3 => crate::spark::settings::executor_data_dir(&s3.to_string()),
+        });
+    let executor = crate::engine::spark::SparkExecutor {
+        settings: config.spark.clone(),
+        host_plugins: absolute(config.plugins_dir()),
+        data_dir,
+        staging_root: config.spill_dir().join("spark"),
+    };
+    let staging = config
+        .spark
+        .staging_dir
+        .clone()
+        .unwrap_or_else(|| executor.staging_root.clone());
+    let stale = crate::engine::spill::remove_stale(&staging);
+    if stale > 0 {
+        tracing::info!(runs = stale, dir = %staging.display(),
+            "removed the Spark staging of runs whose process was killed");
+    }
+    if let Err(e) = executor.settings.launch() {
+        tracing::warn!(error = %e, "runs with --executor spark will fail until this is fixed");
+    }
+    tracing::info!(master = executor.settings.master(), data = %executor.data_dir,
+        "runs are evaluated in Spark (--executor spark)");
+    executor
 }
 
 /// Writes a sample dataset (100,000 users) where the user asked for one:

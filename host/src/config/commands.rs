@@ -18,7 +18,7 @@ pub fn settings_of(path: &[&str]) -> Option<Vec<&'static str>> {
     let own: &[&str] = match path {
         [] => return None,
         ["gen-data"] => &["data_dir"],
-        ["plugins"] => &["plugins_dir", "plugin_copies_dir"],
+        ["plugins"] | ["spark-package"] => &["plugins_dir", "plugin_copies_dir"],
         ["plugins", "check"] => &["plugin_copies_dir", "data_dir"],
         ["run", ..] => &[
             "log_format",
@@ -32,6 +32,7 @@ pub fn settings_of(path: &[&str]) -> Option<Vec<&'static str>> {
             "memory_limit",
             "spill_dir",
             "partition_users",
+            "executor",
         ],
         _ => &[],
     };

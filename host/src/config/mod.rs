@@ -260,6 +260,32 @@ pub struct Config {
         global = true
     )]
     pub partition_users: u64,
+    /// Where runs evaluate the tags: `local` in this process, or `spark`,
+    /// submitting the PySpark job of the tag_engine_spark wheel with
+    /// spark-submit as the profile's [spark] table says (master, deploy
+    /// mode, conf, package) and committing its output here.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "local",
+        env = "TAG_EXECUTOR",
+        global = true
+    )]
+    pub executor: Executor,
+    /// The profile's `[spark]` table (profile only).
+    #[arg(skip)]
+    pub spark: crate::spark::SparkSettings,
+}
+
+/// Where a run's tags are evaluated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    /// In tag-server's own process (polars).
+    #[default]
+    Local,
+    /// In Spark's executors, through spark-submit.
+    Spark,
 }
 
 /// The longest a console session may last: 30 days.
@@ -337,6 +363,23 @@ pub enum Command {
     /// Run one task with the server's engine and store, print its result as
     /// JSON, exit non-zero on failure (for cron, Airflow and the like).
     Run(RunArgs),
+    /// Write the folder to upload for running the tags on a Spark cluster
+    /// or AWS Glue: the tag_engine_spark wheel, the job script, and the
+    /// plugin libraries that pass tag-server's checks, with their SHA-256.
+    SparkPackage(SparkPackageArgs),
+}
+
+/// `tag-server spark-package`.
+#[derive(Debug, Args)]
+pub struct SparkPackageArgs {
+    /// The folder to write (made if missing; its plugins/ is replaced).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The tag_engine_spark wheel [default: the newest in
+    /// $TAG_SPARK_WHEEL_DIR, else in the wheels/ folder of cargo's target
+    /// directory, where `maturin build -m spark/Cargo.toml` puts it].
+    #[arg(long)]
+    pub wheel: Option<PathBuf>,
 }
 
 /// `tag-server plugins`.

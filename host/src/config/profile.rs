@@ -53,6 +53,10 @@ pub struct Profile {
     pub console_session_secs: Option<u32>,
     /// Whether the console's session cookie is `Secure` (HTTPS only).
     pub secure_cookies: Option<bool>,
+    /// Where runs evaluate the tags: `local` or `spark`.
+    pub executor: Option<super::Executor>,
+    /// How `spark` runs reach Spark.
+    pub spark: Option<crate::spark::SparkSettings>,
 }
 
 /// Every problem found in a configuration.
@@ -61,7 +65,7 @@ pub struct Profile {
 pub struct ConfigErrors(pub Vec<String>);
 
 /// The settings a profile may hold: (argument id, profile key).
-pub const PROFILE_KEYS: [(&str, &str); 19] = [
+pub const PROFILE_KEYS: [(&str, &str); 20] = [
     ("host", "host"),
     ("port", "port"),
     ("data_dir", "data_dir"),
@@ -81,6 +85,7 @@ pub const PROFILE_KEYS: [(&str, &str); 19] = [
     ("memory_limit", "memory_limit"),
     ("spill_dir", "spill_dir"),
     ("partition_users", "partition_users"),
+    ("executor", "executor"),
 ];
 
 /// What marks a value of a shipped profile that must be replaced before
@@ -200,6 +205,10 @@ fn apply(
         profile.console_session_secs
     );
     set!(secure_cookies, "secure_cookies", profile.secure_cookies);
+    set!(executor, "executor", profile.executor);
+    if let Some(spark) = profile.spark {
+        config.spark = spark;
+    }
     set!(store, "store", profile.store.map(Some));
     set!(plugins_dir, "plugins_dir", profile.plugins_dir.map(Some));
     applied
@@ -335,10 +344,36 @@ fn validate(config: &Config, invoked: &[&str], errors: &mut Vec<String>) {
     if uses("log_file") {
         check_log_dir(config, errors);
     }
+    if uses("executor") && config.executor == super::Executor::Spark {
+        check_spark(config, errors);
+    }
     if uses("tokens_file") && config.env != Environment::Local && !config.tokens.enabled() {
         errors.push(format!(
             "{} refuses to start without API tokens: set TAG_API_TOKENS or --tokens-file",
             config.env.as_str()
+        ));
+    }
+}
+
+/// The `[spark]` settings a `spark` executor needs: their values checked
+/// now (whether spark-submit and the job are there is checked by each run,
+/// which fails with what to set).
+fn check_spark(config: &Config, errors: &mut Vec<String>) {
+    let spark = &config.spark;
+    if let Err(e) = spark.deploy_mode() {
+        errors.push(e);
+    }
+    if let Err(e) = spark.conf_pairs() {
+        errors.push(e);
+    }
+    let file = config
+        .config_dir
+        .join(format!("{}.toml", config.env.as_str()));
+    if spark.master().contains(PLACEHOLDER) {
+        errors.push(format!(
+            "[spark] master in {} is a placeholder ({}): set it to your cluster's master URL (spark://HOST:7077, yarn, k8s://https://HOST:PORT), or run in this process with --executor local",
+            file.display(),
+            spark.master()
         ));
     }
 }

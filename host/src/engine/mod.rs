@@ -41,6 +41,7 @@ pub mod plan;
 pub mod report;
 pub mod sample;
 pub mod scope;
+pub mod spark;
 pub mod spill;
 #[cfg(test)]
 mod testkit;
@@ -429,6 +430,8 @@ pub struct Engine {
     spill_root: PathBuf,
     /// Users per in-memory partition of a run within the limit (0: none).
     partition_users: u64,
+    /// Spark, when runs are evaluated there (`--executor spark`).
+    spark: Option<Arc<spark::SparkExecutor>>,
 }
 
 fn failed(e: impl std::fmt::Display) -> RunError {
@@ -459,7 +462,14 @@ impl Engine {
             memory_limit: crate::memory::default_limit().bytes(),
             spill_root: spill::default_root(),
             partition_users: budget::PARTITION_USERS,
+            spark: None,
         }
+    }
+
+    /// The engine with runs evaluated in Spark by `executor`.
+    pub fn with_spark(mut self, executor: spark::SparkExecutor) -> Engine {
+        self.spark = Some(Arc::new(executor));
+        self
     }
 
     /// The engine with runs kept within `limit` bytes, partitioned runs
@@ -487,6 +497,9 @@ impl Engine {
             *p = crate::progress::Progress::begin();
             p.enter("reading", 0);
         });
+        if let Some(executor) = &self.spark {
+            return self.run_in_spark(task, executor, plan, failures, timings, control);
+        }
         let (data_dir, fetched) = self.fetch(&plan, &mut timings)?;
         let (plan, unreadable) = inputs::check(plan, &data_dir)?;
         failures.add(unreadable, plan.tags.len())?;
@@ -543,6 +556,34 @@ impl Engine {
         let commit_ms = commit::finish(written, &report, control)?;
         log_committed(&report, commit_ms);
         Ok(report)
+    }
+
+    /// Runs `plan` in Spark: its inputs checked here first when the tables
+    /// are local (in S3 the job checks them, and a bad column fails it).
+    fn run_in_spark(
+        &self,
+        task: &TaskRecord,
+        executor: &spark::SparkExecutor,
+        plan: Plan,
+        mut failures: Failures,
+        timings: Timings,
+        control: &TaskControl,
+    ) -> Result<RunReport, RunError> {
+        let plan = match &self.data {
+            DataSource::Local(dir) => {
+                let (plan, unreadable) = inputs::check(plan, dir)?;
+                failures.add(unreadable, plan.tags.len())?;
+                plan
+            }
+            DataSource::S3(_) => plan,
+        };
+        let run = spark::SparkRun {
+            store: self.store.as_ref(),
+            task_id: &task.task_id,
+            executor,
+            control,
+        };
+        spark::run(run, plan, failures, timings)
     }
 
     /// The registry as the task starts (a reload does not change it under

@@ -111,6 +111,7 @@ pub fn report(
             .map(|wanted| unknown(wanted, run.loaded.found.as_ref())),
         source_objects: fetched,
         memory: Some(run.memory),
+        executor: None,
     }
 }
 

@@ -60,6 +60,27 @@ pub struct RunReport {
     /// spill files that kept it within the limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryReport>,
+    /// Where the tags were evaluated, when not in tag-server's own process
+    /// (`--executor spark`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executor: Option<ExecutorReport>,
+}
+
+/// The executor a run was computed by, other than tag-server itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct ExecutorReport {
+    /// `spark`.
+    pub name: String,
+    /// Spark's id of the application (`local-...`, `app-...`,
+    /// `application_...`), when the driver gave it.
+    pub application_id: Option<String>,
+    /// The master it was submitted to.
+    pub master: String,
+    /// `client` or `cluster`.
+    pub deploy_mode: String,
+    /// Part files of the staged output, committed one after another.
+    pub staged_parts: usize,
 }
 
 /// How a run kept within the memory limit.
