@@ -58,6 +58,9 @@ fn main() -> ExitCode {
         Some(Command::Plugins(args)) => tag_host::cli::plugins_command(config, args, out),
         Some(Command::GenData(args)) => tag_host::cli::gen_data_command(config, args, out),
         Some(Command::Run(args)) => tag_host::cli::run_command(config, args, out),
+        Some(Command::SparkPackage(args)) => {
+            tag_host::package::spark_package_command(config, args, out)
+        }
     };
     outcome.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
