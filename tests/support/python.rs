@@ -91,6 +91,18 @@ fn run(python: &std::path::Path, first: &std::ffi::OsStr, args: &[&str], what: &
     String::from_utf8(output.stdout).expect("UTF-8 output")
 }
 
+/// Where [`with_spark_module`] leaves the wheel it built: a folder per
+/// test binary (they build at once), kept until the next build.
+pub fn wheel_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary");
+    let name = exe
+        .file_stem()
+        .expect("a name")
+        .to_string_lossy()
+        .into_owned();
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("wheel-{name}"))
+}
+
 /// The venv's python with `modules` importable (from `packages`) and the
 /// `tag_engine_spark` wheel freshly built from spark/ (maturin, a debug
 /// build) installed: built once per test binary.
@@ -98,7 +110,9 @@ pub fn with_spark_module(modules: &[&str], packages: &[&str]) -> &'static std::p
     static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     PYTHON.get_or_init(|| {
         let python = python_with(modules, packages);
-        let wheels = tempfile::tempdir().unwrap();
+        let wheels = wheel_dir();
+        let _ = std::fs::remove_dir_all(&wheels);
+        std::fs::create_dir_all(&wheels).unwrap();
         let manifest = super::workspace().join("spark/Cargo.toml");
         let run = |cmd: &mut Command, what: &str| {
             let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -114,10 +128,10 @@ pub fn with_spark_module(modules: &[&str], packages: &[&str]) -> &'static std::p
                 .args(["-m", "maturin", "build", "--quiet", "-m"])
                 .arg(&manifest)
                 .arg("--out")
-                .arg(wheels.path()),
+                .arg(&wheels),
             "maturin build",
         );
-        let wheel = std::fs::read_dir(wheels.path())
+        let wheel = std::fs::read_dir(&wheels)
             .unwrap()
             .map(|e| e.unwrap().path())
             .find(|p| p.extension().is_some_and(|e| e == "whl"))
