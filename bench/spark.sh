@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Spark side by side, one run each on data DuckDB wrote (bench/external_data.py,
+# not gen-data's), the eight reference tags, as_of 2025-01-15, Spark local[2]:
+#
+#   1. PySpark SQL computing the same rules, to parquet (bench/anchors.py spark:
+#      the anchor, what the replaced system's jobs did);
+#   2. tag-server run --executor spark: the plugins evaluated in Spark by the
+#      tag_engine_spark wheel (built here with maturin --release), the output
+#      committed into a fresh SQLite store;
+#   3. tag-server run in process (polars), into another fresh store.
+#
+# Each under /usr/bin/time: wall and CPU (user + system, the process and all it
+# waited for: the JVM and Python workers included). For 2, the tag-server
+# process's own peak RSS (VmHWM, polled: the JVM is not in it). Then: both
+# stores hold the same user_tags (digest), equal to the anchor's tag sets.
+#
+#   TAG_SERVER_BIN=path bench/spark.sh [--users N]
+#
+# Defaults: 10,000,000 users. Needs Java 17+; pyspark, pandas, maturin and
+# pyarrow come from PyPI into bench/.venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+USERS=10000000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --users) USERS="$2"; shift 2 ;;
+    *) echo "usage: bench/spark.sh [--users N]" >&2; exit 2 ;;
+  esac
+done
+BIN="${TAG_SERVER_BIN:?set TAG_SERVER_BIN to a release tag-server}"
+AS_OF=2025-01-15
+. bench/ext_data.sh
+PY="$VENV/bin/python"
+"$PY" -c "import pyspark, pandas, pyarrow, maturin" 2>/dev/null \
+  || "$VENV/bin/pip" install -q pyspark 'pandas>=2.2,<3' pyarrow maturin
+WHEELS="$OUT/spark-wheels"
+rm -rf "$WHEELS"
+"$PY" -m maturin build --release --quiet -m spark/Cargo.toml --out "$WHEELS"
+"$VENV/bin/pip" install -q --force-reinstall --no-deps "$WHEELS"/tag_engine_spark-*.whl
+RUN="$OUT/spark-run"
+rm -rf "$RUN" && mkdir -p "$RUN/config"
+cat > "$RUN/config/local.toml" <<EOF
+[spark]
+spark_submit = "$PWD/$VENV/bin/spark-submit"
+python = "$PWD/$PY"
+master = "local[2]"
+[spark.conf]
+"spark.driver.memory" = "4g"
+"spark.sql.shuffle.partitions" = 8
+"spark.log.level" = "WARN"
+EOF
+
+timed() { # name command...: prints "wall cpu"
+  local name="$1"; shift
+  /usr/bin/time -f "%e %U %S" -o "$RUN/$name.time" "$@" > "$RUN/$name.out" 2> "$RUN/$name.err"
+  read -r wall user sys < "$RUN/$name.time"
+  echo "$wall $(python3 -c "print(round($user + $sys, 2))")"
+}
+
+ours() { # name extra flags...
+  local name="$1"; shift
+  "$BIN" run --quiet --config-dir "$RUN/config" --data-dir "$DATA" \
+    --store "sqlite://$PWD/$RUN/$name.db" --tag-ids 1,2,3,4,5,6,7,8 --as-of $AS_OF \
+    --log-file "$RUN/$name.log" --plugins-dir "$(dirname "$BIN")" "$@"
+}
+
+# Polls a process's VmHWM (its own peak RSS) until it ends; the last in MiB.
+hwm() {
+  local pid="$1" kib=0
+  while kill -0 "$pid" 2>/dev/null; do
+    kib=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo "$kib")
+    sleep 0.5
+  done
+  echo $((kib / 1024))
+}
+
+echo "users=$USERS data=$DATA cores=$(nproc)"
+read -r a_wall a_cpu < <(timed anchor "$PY" bench/anchors.py spark "$DATA" "$RUN/anchor.parquet" $AS_OF)
+echo "PySpark SQL (anchor)      wall ${a_wall}s cpu ${a_cpu}s"
+
+( timed spark ours spark --executor spark > "$RUN/spark.times" ) &
+timer=$!
+sleep 1
+server=$(pgrep -n -f "$RUN/spark.db" || true)
+peak=$( [ -n "$server" ] && hwm "$server" || echo "?")
+wait "$timer"
+read -r s_wall s_cpu < "$RUN/spark.times"
+echo "tag-server --executor spark wall ${s_wall}s cpu ${s_cpu}s tag-server peak ${peak} MiB"
+
+read -r l_wall l_cpu < <(timed local ours local)
+echo "tag-server in process     wall ${l_wall}s cpu ${l_cpu}s"
+
+digest() {
+  python3 -c "import sqlite3,sys,hashlib; c=sqlite3.connect(sys.argv[1]); h=hashlib.sha256(); [h.update(f'{u}:{t};'.encode()) for u,t in c.execute('select user_id, tag_ids from user_tags order by user_id')]; print(h.hexdigest())" "$RUN/$1.db"
+}
+[ "$(digest spark)" = "$(digest local)" ] && echo "same user_tags: yes" || { echo "same user_tags: NO"; exit 1; }
+"$PY" - "$RUN/local.db" "$RUN/anchor.parquet" <<'EOF'
+import json, sqlite3, sys
+import pyarrow.parquet as pq
+ours = {u: json.loads(t) for u, t in sqlite3.connect(sys.argv[1]).execute("select user_id, tag_ids from user_tags")}
+anchor = pq.read_table(sys.argv[2]).to_pydict()
+theirs = {u: sorted(t) for u, t in zip(anchor["user_id"], anchor["tag_ids"])}
+print("equal to the anchor's tag sets:", "yes" if ours == theirs else f"NO ({len(ours)} vs {len(theirs)} users)")
+EOF
+python3 - "$a_wall" "$a_cpu" "$s_wall" "$s_cpu" "$l_wall" "$l_cpu" <<'EOF'
+import sys
+aw, ac, sw, sc, lw, lc = map(float, sys.argv[1:])
+print(f"spark executor / PySpark SQL: wall {sw / aw:.2f}x, cpu {sc / ac:.2f}x (target: wall <= 1.0x)")
+print(f"in process / PySpark SQL:     wall {lw / aw:.2f}x, cpu {lc / ac:.2f}x")
+EOF
