@@ -177,7 +177,7 @@ fn run_cli(data: &Path, tags: &str) -> (i32, Value, String) {
     let plugins = reference_plugins_dir();
     let store = format!("sqlite://{}", work.path().join("tags.db").display());
     let log = work.path().join("server.log");
-    let (code, out, err) = run_once(data, plugins.path(), tags, AS_OF, &store, &log);
+    let (code, out, err) = run_with(data, plugins.path(), tags, AS_OF, &store, &log, &[]);
     let task = serde_json::from_str(&out).unwrap_or_else(|_| panic!("JSON on stdout: {out}{err}"));
     (
         code,

@@ -113,32 +113,8 @@ impl SparkServer {
 
 /// `tag-server run` (in process, polars) of `tags` into `db`.
 fn local_run(data: &Path, plugins: &Path, db: &Path, tags: &[u32], extra: &[&str]) -> Value {
-    let store = format!("sqlite://{}", db.display());
     let ids: Vec<String> = tags.iter().map(u32::to_string).collect();
-    let ids = ids.join(",");
-    let log = db.with_extension("log");
-    let mut args = vec![
-        "run",
-        "--tag-ids",
-        &ids,
-        "--as-of",
-        AS_OF,
-        "--data-dir",
-        path(data),
-    ];
-    args.extend([
-        "--store",
-        &store,
-        "--plugins-dir",
-        path(plugins),
-        "--log-file",
-        path(&log),
-    ]);
-    args.extend(extra);
-    let (code, out, err) = tag_server(&args);
-    assert_eq!(code, 0, "tag-server run: {out}{err}");
-    let task: Value = serde_json::from_str(out.trim()).unwrap();
-    task["result"].clone()
+    run_report(data, plugins, db, &ids.join(","), AS_OF, extra)
 }
 
 /// `typed_export.py command DIR args...`.

@@ -110,31 +110,7 @@ fn spark_job(plugins: &Path, data: &Path, tags: &str, scope: Value) -> JobRun {
 /// `tag-server run` of `tags` over `data` into the SQLite store `db`,
 /// with `extra` flags: its result (the run's report).
 fn host_run(data: &Path, plugins: &Path, db: &Path, tags: &str, extra: &[&str]) -> Value {
-    let store = format!("sqlite://{}", db.display());
-    let log = db.with_extension("log");
-    let mut args = vec![
-        "run",
-        "--tag-ids",
-        tags,
-        "--as-of",
-        AS_OF,
-        "--data-dir",
-        path(data),
-    ];
-    args.extend([
-        "--store",
-        &store,
-        "--plugins-dir",
-        path(plugins),
-        "--log-file",
-        path(&log),
-    ]);
-    args.extend(extra);
-    let (code, out, err) = tag_server(&args);
-    assert_eq!(code, 0, "tag-server run: {out}{err}");
-    let task: Value =
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("report: {e}: {out}"));
-    task["result"].clone()
+    run_report(data, plugins, db, tags, AS_OF, extra)
 }
 
 fn export(command: &str, dir: &Path, users: &str) {

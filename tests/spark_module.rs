@@ -47,7 +47,7 @@ fn host_tags(data: &Path, plugins: &Path) -> std::collections::BTreeMap<String, 
     let db = work.path().join("tags.db");
     let store = format!("sqlite://{}", db.display());
     let log = work.path().join("run.log");
-    let (code, out, err) = run_once(data, plugins, "1,2,3,4,5,6,7,8", AS_OF, &store, &log);
+    let (code, out, err) = run_with(data, plugins, "1,2,3,4,5,6,7,8", AS_OF, &store, &log, &[]);
     assert_eq!(code, 0, "tag-server run failed: {out}{err}");
     user_tags(&db)
 }

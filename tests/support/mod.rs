@@ -492,21 +492,22 @@ pub fn assert_same_tags(
     );
 }
 
-/// Runs the real `tag-server` binary: exit code, stdout, stderr.
+/// Runs the real `tag-server` binary:
 /// `tag-server run --tag-ids tags --as-of as_of` over `data` with the
-/// plugins in `plugins`, into `store` (a URL), logging to `log`: exit code,
-/// stdout, stderr.
-pub fn run_once(
+/// plugins in `plugins`, into `store` (a URL), logging to `log`, with
+/// `extra` flags: exit code, stdout, stderr.
+pub fn run_with(
     data: &Path,
     plugins: &Path,
     tags: &str,
     as_of: &str,
     store: &str,
     log: &Path,
+    extra: &[&str],
 ) -> (i32, String, String) {
     let text = |p: &Path| p.to_str().expect("UTF-8 path").to_string();
     let (data, plugins, log) = (text(data), text(plugins), text(log));
-    tag_server(&[
+    let mut args = vec![
         "run",
         "--tag-ids",
         tags,
@@ -514,13 +515,37 @@ pub fn run_once(
         as_of,
         "--data-dir",
         &data,
+    ];
+    args.extend([
         "--store",
         store,
         "--plugins-dir",
         &plugins,
         "--log-file",
         &log,
-    ])
+    ]);
+    args.extend(extra);
+    tag_server(&args)
+}
+
+/// `tag-server run` of `tags` (`1,2,3`) at `as_of` over `data` with the
+/// plugins in `plugins`, into the SQLite store `db` (its log beside it),
+/// with `extra` flags; asserts it succeeds: its report (the task's result).
+pub fn run_report(
+    data: &Path,
+    plugins: &Path,
+    db: &Path,
+    tags: &str,
+    as_of: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let store = format!("sqlite://{}", db.display());
+    let log = db.with_extension("log");
+    let (code, out, err) = run_with(data, plugins, tags, as_of, &store, &log, extra);
+    assert_eq!(code, 0, "tag-server run: {out}{err}");
+    let task: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("report: {e}: {out}"));
+    task["result"].clone()
 }
 
 pub fn tag_server(args: &[&str]) -> (i32, String, String) {
