@@ -548,6 +548,7 @@ pub fn run_report(
     task["result"].clone()
 }
 
+/// Runs the real `tag-server` binary with `args`: exit code, stdout, stderr.
 pub fn tag_server(args: &[&str]) -> (i32, String, String) {
     // `run` logs to a file too: keep it out of the source tree (a
     // `--log-file` among `args` wins over the variable).
