@@ -234,8 +234,7 @@ def evaluate_batches(batches, settings):
         users, matched, scoped, failed = evaluate_batch(ev, batch, requests, as_of)
         rows = batch.num_rows
         yield pa.RecordBatch.from_arrays(
-            [users, pa.array(matched, pa.list_(pa.int32())), pa.array(scoped, pa.list_(pa.int32())),
-             pa.nulls(rows, pa.int64()), pa.nulls(rows, pa.string())],
+            [users, matched, scoped, pa.nulls(rows, pa.int64()), pa.nulls(rows, pa.string())],
             names=OUTPUT_SCHEMA.names,
         )
         if failed:
@@ -253,30 +252,46 @@ def evaluate_batches(batches, settings):
 
 def evaluate_batch(ev, batch, requests, as_of):
     """One batch: its user ids, per row the tags it matched and (when some
-    tag has a scope of its own) the tags evaluated for it, and the failed
-    tags with why. A tag matches a row only where it evaluates it."""
-    rows = batch.num_rows
-    masks = {}
-    for tag_id, _, _ in requests:
+    tag has a scope of its own) the tags evaluated for it, as Arrow list
+    arrays, and the failed tags with why. A tag matches a row only where it
+    evaluates it. Vectorised: a rows x tags table of flags, not Python
+    loops over rows."""
+    import numpy as np
+    import pyarrow as pa
+
+    rows, ids = batch.num_rows, np.asarray([t for t, _, _ in requests], dtype=np.int32)
+    scope = None
+    for column, tag_id in enumerate(ids):
         at = batch.schema.get_field_index(f"_s.{tag_id}")
         if at >= 0:
-            masks[tag_id] = batch.column(at).fill_null(False).to_pylist()
-    matched = [[] for _ in range(rows)]
-    scoped = None
-    if masks:
-        scoped = [[t for t, _, _ in requests if t not in masks or masks[t][row]] for row in range(rows)]
+            if scope is None:
+                scope = np.ones((rows, len(ids)), dtype=bool)
+            flags = batch.column(at).fill_null(False).to_numpy(zero_copy_only=False)
+            scope[:, column] = flags
+    hits = np.zeros((rows, len(ids)), dtype=bool)
     failed = []
-    for result in ev.evaluate(batch, requests, as_of):
-        tag_id = result["tag_id"]
+    for column, result in enumerate(ev.evaluate(batch, requests, as_of)):
         if result["error"] is not None:
-            failed.append((tag_id, result["error"]))
+            failed.append((result["tag_id"], result["error"]))
             continue
-        mask = masks.get(tag_id)
-        for row in result["matched"]:
-            if mask is None or mask[row]:
-                matched[row].append(tag_id)
+        hits[np.asarray(result["matched"], dtype=np.int64), column] = True
+    if scope is not None:
+        hits &= scope
     users = batch.column(batch.schema.get_field_index("user_id"))
-    return users, matched, scoped if scoped is not None else [None] * rows, failed
+    scoped = pa.nulls(rows, pa.list_(pa.int32())) if scope is None else tag_lists(scope, ids)
+    return users, tag_lists(hits, ids), scoped, failed
+
+
+def tag_lists(flags, ids):
+    """Per row of the rows x tags table `flags`, the ids of its set flags,
+    ascending when `ids` is."""
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.zeros(flags.shape[0] + 1, dtype=np.int32)
+    np.cumsum(flags.sum(axis=1), out=offsets[1:])
+    _, columns = np.nonzero(flags)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids[columns], pa.int32()))
 
 
 def evaluated(frame, plan):
