@@ -355,7 +355,10 @@ def run(spark, plan):
     # A tag that failed in any batch fails as a whole: none of its matches.
     tag_ids = F.array_except("tag_ids", F.array(*[F.lit(t) for t in failed]).cast("array<int>"))
     users = users.select("user_id", tag_ids.alias("tag_ids") if failed else "tag_ids", "scoped_tag_ids")
-    # At most this many users per part: tag-server commits a part at a time.
+    # Sorted by user_id, at most this many users per part: tag-server
+    # commits a part at a time, reading its users' current tags from the
+    # key range the part spans.
+    users = users.orderBy("user_id")
     users.write.mode("overwrite").option("maxRecordsPerFile", ROWS_PER_PART).parquet(plan.output)
     summary.update({
         "application_id": spark.sparkContext.applicationId,

@@ -123,7 +123,9 @@ fn insert_many_sql() -> String {
 }
 
 /// `Some(users)` lists up to this many are looked up one by one; more are
-/// found by one scan of the table.
+/// found by one scan of the key range they span (the whole table for a
+/// random sample of users; a slice of it for a part of users sorted by id,
+/// as a Spark run's output comes).
 const POINT_LOOKUPS: usize = 50_000;
 
 /// The SQLite side of one run's write: its own connection, inside
@@ -159,12 +161,26 @@ impl SqliteRunTx {
         })
     }
 
-    fn scan(&self, keep: Option<&HashSet<&str>>, out: &mut dyn RowSink) -> Result<(), StoreError> {
+    /// Every row, or those of the `keep` users, read from the key range
+    /// `low..=high` they span.
+    fn scan(
+        &self,
+        keep: Option<(&HashSet<&str>, &str, &str)>,
+        out: &mut dyn RowSink,
+    ) -> Result<(), StoreError> {
+        const ALL: &str = "SELECT user_id, tag_ids, grants FROM user_tag_sets";
+        const RANGE: &str =
+            "SELECT user_id, tag_ids, grants FROM user_tag_sets WHERE user_id BETWEEN ?1 AND ?2";
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT user_id, tag_ids, grants FROM user_tag_sets")
+            .prepare_cached(if keep.is_some() { RANGE } else { ALL })
             .map_err(db)?;
-        let mut rows = stmt.query([]).map_err(db)?;
+        let mut rows = match keep {
+            Some((_, low, high)) => stmt.query([low, high]),
+            None => stmt.query([]),
+        }
+        .map_err(db)?;
+        let keep = keep.map(|(set, _, _)| set);
         let mut scratch = Default::default();
         while let Some(row) = rows.next().map_err(db)? {
             let text = |i| -> Result<&str, StoreError> {
@@ -259,7 +275,9 @@ impl BulkWrite for SqliteRunTx {
             Some(users) if users.len() <= POINT_LOOKUPS => self.lookup(users, out)?,
             Some(users) => {
                 let keep: HashSet<&str> = users.iter().copied().collect();
-                self.scan(Some(&keep), out)?;
+                let low = users.iter().min().copied().unwrap_or_default();
+                let high = users.iter().max().copied().unwrap_or_default();
+                self.scan(Some((&keep, low, high)), out)?;
             }
         }
         Ok(())
