@@ -9,8 +9,8 @@
 #      committed into a fresh SQLite store;
 #   3. tag-server run in process (polars), into another fresh store.
 #
-# Each under /usr/bin/time: wall and CPU (user + system, the process and all it
-# waited for: the JVM and Python workers included). For 2, the tag-server
+# Each: wall time, and the machine's busy CPU time over it (/proc/stat: the
+# JVM's and Python workers' CPU included). For 2, the tag-server
 # process's own peak RSS (VmHWM, polled: the JVM is not in it). Then: both
 # stores hold the same user_tags (digest), equal to the anchor's tag sets.
 #
@@ -50,18 +50,30 @@ master = "local[2]"
 "spark.log.level" = "WARN"
 EOF
 
-timed() { # name command...: prints "wall cpu"
-  local name="$1"; shift
-  /usr/bin/time -f "%e %U %S" -o "$RUN/$name.time" "$@" > "$RUN/$name.out" 2> "$RUN/$name.err"
-  read -r wall user sys < "$RUN/$name.time"
-  echo "$wall $(python3 -c "print(round($user + $sys, 2))")"
+# Busy CPU seconds of the whole machine so far (/proc/stat: user, nice,
+# system, irq, softirq): a JVM's and its Python workers' CPU is counted
+# whoever waits for them. The machine is otherwise idle during the bench.
+busy() {
+  awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print ($2 + $3 + $4 + $7 + $8) / hz}' /proc/stat
 }
 
-ours() { # name extra flags...
+timed() { # name command...: prints "wall cpu"
   local name="$1"; shift
-  "$BIN" run --quiet --config-dir "$RUN/config" --data-dir "$DATA" \
-    --store "sqlite://$PWD/$RUN/$name.db" --tag-ids 1,2,3,4,5,6,7,8 --as-of $AS_OF \
-    --log-file "$RUN/$name.log" --plugins-dir "$(dirname "$BIN")" "$@"
+  local before after
+  before=$(busy)
+  /usr/bin/time -f "%e" -o "$RUN/$name.time" "$@" > "$RUN/$name.out" 2> "$RUN/$name.err"
+  after=$(busy)
+  read -r wall < "$RUN/$name.time"
+  echo "$wall $(python3 -c "print(round($after - $before, 2))")"
+}
+
+# tag-server run of the eight tags into $RUN/$1.db, with more flags.
+OURS=()
+ours() {
+  local name="$1"; shift
+  OURS=("$BIN" run --quiet --config-dir "$RUN/config" --data-dir "$DATA"
+    --store "sqlite://$PWD/$RUN/$name.db" --tag-ids 1,2,3,4,5,6,7,8 --as-of $AS_OF
+    --log-file "$RUN/$name.log" --plugins-dir "$(dirname "$BIN")" "$@")
 }
 
 # Polls a process's VmHWM (its own peak RSS) until it ends; the last in MiB.
@@ -78,7 +90,8 @@ echo "users=$USERS data=$DATA cores=$(nproc)"
 read -r a_wall a_cpu < <(timed anchor "$PY" bench/anchors.py spark "$DATA" "$RUN/anchor.parquet" $AS_OF)
 echo "PySpark SQL (anchor)      wall ${a_wall}s cpu ${a_cpu}s"
 
-( timed spark ours spark --executor spark > "$RUN/spark.times" ) &
+ours spark --executor spark
+( timed spark "${OURS[@]}" > "$RUN/spark.times" ) &
 timer=$!
 sleep 1
 server=$(pgrep -n -f "$RUN/spark.db" || true)
@@ -87,7 +100,8 @@ wait "$timer"
 read -r s_wall s_cpu < "$RUN/spark.times"
 echo "tag-server --executor spark wall ${s_wall}s cpu ${s_cpu}s tag-server peak ${peak} MiB"
 
-read -r l_wall l_cpu < <(timed local ours local)
+ours local
+read -r l_wall l_cpu < <(timed local "${OURS[@]}")
 echo "tag-server in process     wall ${l_wall}s cpu ${l_cpu}s"
 
 digest() {

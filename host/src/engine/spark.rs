@@ -309,6 +309,9 @@ fn commit_output(
     };
     let mut report = report::report(&computed, failures, &counts, &timings, None);
     report.memory = None;
+    for (step, ms) in &summary.timings_ms {
+        report.timings.insert(format!("spark_{step}_ms"), *ms);
+    }
     let commit_ms = commit::finish(commit::written(tx, counts, states), &report, run.control)?;
     super::log_committed(&report, commit_ms);
     Ok(report)

@@ -34,6 +34,9 @@ pub struct Summary {
     /// Per tag: its outcome.
     #[serde(default)]
     pub tags: Vec<TagOutcome>,
+    /// Milliseconds per step of the job (`read`, `evaluate`, `write`).
+    #[serde(default)]
+    pub timings_ms: BTreeMap<String, u64>,
 }
 
 /// One tag's outcome in the summary.

@@ -11,6 +11,7 @@ and writes the per-user matches (parquet, with `_SUCCESS`) and
 import argparse
 import json
 import sys
+import time
 from dataclasses import dataclass
 
 from pyspark.sql import SparkSession, Window
@@ -33,6 +34,8 @@ OUTPUT_SCHEMA = T.StructType([
     T.StructField("scoped_tag_ids", T.ArrayType(T.IntegerType())),
     T.StructField("failed_tag", T.LongType()),
     T.StructField("error", T.StringType()),
+    # One row per batch (no user_id): its figures, as JSON.
+    T.StructField("stats", T.StringType()),
 ])
 
 # One Evaluator per Python worker process (Spark reuses its workers), per
@@ -122,64 +125,51 @@ def only_users(spark, df, user_ids):
     return df.join(F.broadcast(wanted), "user_id", "left_semi")
 
 
-def ranked(df):
-    """`_rank` 1 for each user's newest row: the greatest time, a row
-    without one losing to any timed row, and on a tie the row written last
-    (the later file by name, then the later row)."""
+def latest(df):
+    """Each user's newest row: the greatest time, a row without one losing
+    to any timed row, and on a tie the row written last (the later file by
+    name, then the later row); with `_n`, the user's rows in the table (so
+    the duplicates dropped are counted in the same pass)."""
     order = Window.partitionBy("user_id").orderBy(
         F.col("_t").desc_nulls_last(), F.col("_file").desc(), F.col("_row").desc()
     )
-    return df.where(F.col("user_id").isNotNull()).withColumn("_rank", F.row_number().over(order))
+    return (
+        df.where(F.col("user_id").isNotNull())
+        .withColumn("_rank", F.row_number().over(order))
+        .withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy("user_id")))
+        .where("_rank = 1")
+        .drop("_rank", "_file", "_row")
+    )
 
 
 @dataclass
 class Joined:
     frame: object
-    dropped: dict
+    # Universe rows without a user_id (dropped, counted as duplicates).
+    nulls: int
     newest: dict
-    universe_users: int
-    ranked: dict
-
-
-def scoped_duplicates(joined, scoped):
-    """An incremental run's duplicates, counted as tag-server counts them:
-    among the rows of the users it evaluates."""
-    ids = scoped.select("user_id")
-    return {
-        table: ranked.where("_rank > 1").join(ids, "user_id", "left_semi").count()
-        for table, ranked in joined.ranked.items()
-    }
 
 
 def joined(spark, plan):
     """Universe rows (each user's newest) with the side tables' newest rows
-    left-joined, each table's time as `_t.<table>`; the duplicates dropped
-    per table (for a side table, among the universe's users); and each
-    table's newest time in microseconds (the tags' next watermarks); the
-    universe's users (after a `user_ids` scope's filter); and each table's
-    ranked rows (cached, for an incremental run's own count)."""
-    dropped, newest, kept = {}, {}, {}
+    left-joined, each table's time as `_t.<table>` and its rows of the user
+    as `_n.<table>`; the universe's rows without a user_id; and each
+    table's newest time in microseconds (the tags' next watermarks)."""
+    newest = {}
     universe_raw = read_table(spark, plan, plan.table(plans.UNIVERSE))
     newest[plans.UNIVERSE] = universe_raw.agg(F.max("_t")).collect()[0][0]
-    universe_ranked = ranked(universe_raw).cache()
-    users = universe_ranked.where("_rank = 1")
     nulls = universe_raw.where(F.col("user_id").isNull()).count()
-    dropped[plans.UNIVERSE] = universe_ranked.where("_rank > 1").count() + nulls
-    kept[plans.UNIVERSE] = universe_ranked
-    frame = users.drop("_rank", "_file", "_row").withColumnRenamed("_t", f"_t.{plans.UNIVERSE}")
-    ids = users.select("user_id")
+    frame = latest(universe_raw)
+    frame = frame.withColumnRenamed("_t", f"_t.{plans.UNIVERSE}").withColumnRenamed("_n", f"_n.{plans.UNIVERSE}")
     for table in plan.tables:
         if table.name == plans.UNIVERSE:
             continue
         raw = read_table(spark, plan, table)
         newest[table.name] = raw.agg(F.max("_t")).collect()[0][0]
-        side = ranked(raw).join(ids, "user_id", "left_semi").cache()
-        dropped[table.name] = side.where("_rank > 1").count()
-        kept[table.name] = side
-        side = side.where("_rank = 1").drop("_rank", "_file", "_row")
-        frame = frame.join(side.withColumnRenamed("_t", f"_t.{table.name}"), "user_id", "left")
+        side = latest(raw).withColumnRenamed("_t", f"_t.{table.name}").withColumnRenamed("_n", f"_n.{table.name}")
+        frame = frame.join(side, "user_id", "left")
     newest = {t: n for t, n in newest.items() if n is not None}
-    return Joined(frame, dropped, newest, users.count(), kept)
+    return Joined(frame, nulls, newest)
 
 
 def changed(marks):
@@ -234,20 +224,37 @@ def evaluate_batches(batches, settings):
         users, matched, scoped, failed = evaluate_batch(ev, batch, requests, as_of)
         rows = batch.num_rows
         yield pa.RecordBatch.from_arrays(
-            [users, matched, scoped, pa.nulls(rows, pa.int64()), pa.nulls(rows, pa.string())],
+            [users, matched, scoped, pa.nulls(rows, pa.int64()), pa.nulls(rows, pa.string()),
+             pa.nulls(rows, pa.string())],
             names=OUTPUT_SCHEMA.names,
         )
-        if failed:
-            yield pa.RecordBatch.from_arrays(
-                [
-                    pa.nulls(len(failed), users.type),
-                    pa.nulls(len(failed), pa.list_(pa.int32())),
-                    pa.nulls(len(failed), pa.list_(pa.int32())),
-                    pa.array([t for t, _ in failed], pa.int64()),
-                    pa.array([e for _, e in failed], pa.string()),
-                ],
-                names=OUTPUT_SCHEMA.names,
-            )
+        # Per failed tag a row with why, and one row of the batch's figures.
+        notes = [(t, e, None) for t, e in failed] + [(None, None, json.dumps(batch_stats(batch, matched)))]
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.nulls(len(notes), users.type),
+                pa.nulls(len(notes), pa.list_(pa.int32())),
+                pa.nulls(len(notes), pa.list_(pa.int32())),
+                pa.array([t for t, _, _ in notes], pa.int64()),
+                pa.array([e for _, e, _ in notes], pa.string()),
+                pa.array([f for _, _, f in notes], pa.string()),
+            ],
+            names=OUTPUT_SCHEMA.names,
+        )
+
+
+def batch_stats(batch, matched):
+    """A batch's figures: its users, per table the rows dropped as older
+    rows of its users (`_n.<table>` - 1), per tag its users matched."""
+    import pyarrow.compute as pc
+
+    dups = {}
+    for name in batch.schema.names:
+        if name.startswith("_n."):
+            n = pc.sum(pc.subtract(batch.column(name), 1)).as_py()
+            dups[name[3:]] = n or 0
+    tags = pc.value_counts(pc.list_flatten(matched)).to_pylist() if len(matched) else []
+    return {"users": batch.num_rows, "dups": dups, "matched": {str(t["values"]): t["counts"] for t in tags}}
 
 
 def evaluate_batch(ev, batch, requests, as_of):
@@ -297,7 +304,7 @@ def tag_lists(flags, ids):
 def evaluated(frame, plan):
     """The frame's rows evaluated in the executors (cached: the summary's
     figures and the written matches come from one evaluation)."""
-    names = [c for c in frame.columns if not c.startswith("_t.")]  # _s.<tag> stay
+    names = [c for c in frame.columns if not c.startswith("_t.")]  # _s.<tag>, _n.<table> stay
     requests = [(t.tag_id, t.rule, t.rule_version) for t in plan.tags]
     settings = (plan.plugins_dir, plan.copies_dir, requests, plan.as_of, names)
     columns = [F.col("`" + c.replace("`", "``") + "`").alias(f"c{i}") for i, c in enumerate(names)]
@@ -305,27 +312,32 @@ def evaluated(frame, plan):
     return out.persist()
 
 
-def tag_figures(out, plan):
-    """Per tag of the plan: its status, matched users and errors."""
-    errors = {}
-    for r in out.where("failed_tag IS NOT NULL").select("failed_tag", "error").distinct().collect():
-        errors.setdefault(r.failed_tag, []).append(r.error)
-    counts = dict(
-        out.where("user_id IS NOT NULL")
-        .select(F.explode("tag_ids").alias("tag_id"))
-        .groupBy("tag_id").count().collect()
-    )
-    figures = []
+def figures(notes, plan):
+    """From the rows without a user (`notes`: failed tags and each batch's
+    figures): the users evaluated, per table the duplicates dropped, and
+    per tag of the plan its status, matched users and errors."""
+    errors, users, dups, matched = {}, 0, {}, {}
+    for r in notes:
+        if r.failed_tag is not None:
+            errors.setdefault(r.failed_tag, set()).add(r.error)
+        if r.stats is not None:
+            stats = json.loads(r.stats)
+            users += stats["users"]
+            for table, n in stats["dups"].items():
+                dups[table] = dups.get(table, 0) + n
+            for tag, n in stats["matched"].items():
+                matched[int(tag)] = matched.get(int(tag), 0) + n
+    tags = []
     for tag in plan.tags:
         failed = tag.tag_id in errors
-        figures.append({
+        tags.append({
             "tag_id": tag.tag_id,
             "rule_version": tag.rule_version,
             "status": "failed" if failed else "completed",
-            "matched_users": None if failed else counts.get(tag.tag_id, 0),
+            "matched_users": None if failed else matched.get(tag.tag_id, 0),
             "errors": sorted(errors.get(tag.tag_id, []))[:ERRORS_PER_TAG],
         })
-    return figures
+    return users, dups, tags
 
 
 def write_summary(spark, output, summary):
@@ -337,20 +349,35 @@ def write_summary(spark, output, summary):
         stream.close()
 
 
+class Clock:
+    """Milliseconds per step of the job (the summary's `timings_ms`)."""
+
+    def __init__(self):
+        self.laps, self.at = {}, time.monotonic()
+
+    def lap(self, name):
+        now = time.monotonic()
+        self.laps[name] = round((now - self.at) * 1000)
+        self.at = now
+
+
 def run(spark, plan):
     """Runs `plan`; returns the summary it wrote."""
     for library in plan.plugin_files:
         spark.sparkContext.addFile(library)
+    clock = Clock()
     read = joined(spark, plan)
-    summary = {"scope": plan.scope.mode, "as_of": plan.as_of, "duplicates_dropped": read.dropped}
+    clock.lap("read")
+    summary = {"scope": plan.scope.mode, "as_of": plan.as_of}
     if plan.scope.mode == "user_ids":
         summary["unknown_user_ids"] = unknown_users(spark, plan, read.frame.select("user_id"))
-    scoped = in_scope(read.frame, plan)
-    if plan.scope.mode == "incremental":
-        summary["duplicates_dropped"] = scoped_duplicates(read, scoped)
-    out = evaluated(scoped, plan)
-    figures = tag_figures(out, plan)
-    failed = [f["tag_id"] for f in figures if f["status"] == "failed"]
+    out = evaluated(in_scope(read.frame, plan), plan)
+    notes = out.where("user_id IS NULL").select("failed_tag", "error", "stats").collect()
+    users_evaluated, dups, tags = figures(notes, plan)
+    clock.lap("evaluate")
+    if plan.scope.mode != "incremental":
+        dups[plans.UNIVERSE] = dups.get(plans.UNIVERSE, 0) + read.nulls
+    failed = [t["tag_id"] for t in tags if t["status"] == "failed"]
     users = out.where("user_id IS NOT NULL")
     # A tag that failed in any batch fails as a whole: none of its matches.
     tag_ids = F.array_except("tag_ids", F.array(*[F.lit(t) for t in failed]).cast("array<int>"))
@@ -360,12 +387,17 @@ def run(spark, plan):
     # key range the part spans.
     users = users.orderBy("user_id")
     users.write.mode("overwrite").option("maxRecordsPerFile", ROWS_PER_PART).parquet(plan.output)
+    clock.lap("write")
     summary.update({
+        "timings_ms": clock.laps,
         "application_id": spark.sparkContext.applicationId,
-        "universe_users": read.universe_users,
+        # The users evaluated: the universe's (after a user_ids filter), or
+        # an incremental run's changed users, as tag-server loads them.
+        "universe_users": users_evaluated,
+        "duplicates_dropped": dups,
         "newest": read.newest,
-        "users_evaluated": out.where("user_id IS NOT NULL").count(),
-        "tags": figures,
+        "users_evaluated": users_evaluated,
+        "tags": tags,
         "failed_tags": failed,
         "output": plan.output,
     })
