@@ -25,6 +25,8 @@ ERRORS_PER_TAG = 5
 # Up to this many requested users are filtered in the scan (pushed down to
 # parquet); more are a broadcast semi-join.
 PUSHED_USER_IDS = 10_000
+ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
+ARROW_BATCH_ROWS = 100_000
 ROWS_PER_PART = 500_000  # tag-server: spark::staged::ROWS_PER_PART
 OUTPUT_SCHEMA = T.StructType([
     T.StructField("user_id", T.StringType()),
@@ -59,6 +61,10 @@ def session():
     spark.conf.set("spark.sql.session.timeZone", "UTC")
     # Spark has no nanosecond timestamp: such columns come as int64 ns.
     spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
+    # Larger batches to the plugins than Spark's 10,000 rows, unless set:
+    # fewer calls into Python and the plugins (90.5 s against 105.7 s at 10M).
+    if not spark.sparkContext.getConf().contains(ARROW_BATCH):
+        spark.conf.set(ARROW_BATCH, str(ARROW_BATCH_ROWS))
     return spark
 
 
@@ -145,31 +151,46 @@ def latest(df):
 @dataclass
 class Joined:
     frame: object
-    # Universe rows without a user_id (dropped, counted as duplicates).
-    nulls: int
-    newest: dict
+    # Per table, observed as the evaluation reads it: its newest time and
+    # (the universe) its rows without a user_id.
+    observed: dict
+
+    def newest(self):
+        """Per table, its newest time in microseconds (after an action)."""
+        marks = {t: o.get["newest"] for t, o in self.observed.items()}
+        return {t: n for t, n in marks.items() if n is not None}
+
+    def nulls(self):
+        """The universe's rows without a user_id (after an action)."""
+        return self.observed[plans.UNIVERSE].get["nulls"] or 0
+
+
+def observed(df, table):
+    """`df` observed (no extra pass): its newest `_t` and rows without a user."""
+    from pyspark.sql import Observation
+
+    seen = Observation(f"read {table}")
+    nulls = F.sum(F.col("user_id").isNull().cast("long")).alias("nulls")
+    return df.observe(seen, F.max("_t").alias("newest"), nulls), seen
 
 
 def joined(spark, plan):
     """Universe rows (each user's newest) with the side tables' newest rows
     left-joined, each table's time as `_t.<table>` and its rows of the user
     as `_n.<table>`; the universe's rows without a user_id; and each
-    table's newest time in microseconds (the tags' next watermarks)."""
-    newest = {}
-    universe_raw = read_table(spark, plan, plan.table(plans.UNIVERSE))
-    newest[plans.UNIVERSE] = universe_raw.agg(F.max("_t")).collect()[0][0]
-    nulls = universe_raw.where(F.col("user_id").isNull()).count()
+    table's newest time and the universe's rows without a user_id,
+    observed as the evaluation reads them."""
+    seen = {}
+    universe_raw, seen[plans.UNIVERSE] = observed(read_table(spark, plan, plan.table(plans.UNIVERSE)), plans.UNIVERSE)
     frame = latest(universe_raw)
     frame = frame.withColumnRenamed("_t", f"_t.{plans.UNIVERSE}").withColumnRenamed("_n", f"_n.{plans.UNIVERSE}")
     for table in plan.tables:
         if table.name == plans.UNIVERSE:
             continue
-        raw = read_table(spark, plan, table)
-        newest[table.name] = raw.agg(F.max("_t")).collect()[0][0]
+        raw, seen[table.name] = observed(read_table(spark, plan, table), table.name)
         side = latest(raw).withColumnRenamed("_t", f"_t.{table.name}").withColumnRenamed("_n", f"_n.{table.name}")
         frame = frame.join(side, "user_id", "left")
-    newest = {t: n for t, n in newest.items() if n is not None}
-    return Joined(frame, nulls, newest)
+    return Joined(frame, seen)
 
 
 def changed(marks):
@@ -367,7 +388,6 @@ def run(spark, plan):
         spark.sparkContext.addFile(library)
     clock = Clock()
     read = joined(spark, plan)
-    clock.lap("read")
     summary = {"scope": plan.scope.mode, "as_of": plan.as_of}
     if plan.scope.mode == "user_ids":
         summary["unknown_user_ids"] = unknown_users(spark, plan, read.frame.select("user_id"))
@@ -376,7 +396,7 @@ def run(spark, plan):
     users_evaluated, dups, tags = figures(notes, plan)
     clock.lap("evaluate")
     if plan.scope.mode != "incremental":
-        dups[plans.UNIVERSE] = dups.get(plans.UNIVERSE, 0) + read.nulls
+        dups[plans.UNIVERSE] = dups.get(plans.UNIVERSE, 0) + read.nulls()
     failed = [t["tag_id"] for t in tags if t["status"] == "failed"]
     users = out.where("user_id IS NOT NULL")
     # A tag that failed in any batch fails as a whole: none of its matches.
@@ -395,7 +415,7 @@ def run(spark, plan):
         # an incremental run's changed users, as tag-server loads them.
         "universe_users": users_evaluated,
         "duplicates_dropped": dups,
-        "newest": read.newest,
+        "newest": read.newest(),
         "users_evaluated": users_evaluated,
         "tags": tags,
         "failed_tags": failed,
