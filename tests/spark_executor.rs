@@ -22,10 +22,7 @@ fn path(p: &Path) -> &str {
 }
 
 fn python() -> &'static Path {
-    python::with_spark_module(
-        &["pyarrow", "maturin", "pyspark", "pandas"],
-        &["pyarrow", "maturin", "pyspark", "pandas>=2.2,<3"],
-    )
+    python::with_pyspark()
 }
 
 /// A config directory whose `local.toml` runs tasks in Spark with

@@ -91,6 +91,15 @@ fn run(python: &std::path::Path, first: &std::ffi::OsStr, args: &[&str], what: &
     String::from_utf8(output.stdout).expect("UTF-8 output")
 }
 
+/// [`with_spark_module`] with PySpark (and the pandas its `mapInArrow`
+/// needs): the Python of the tests that run the job under spark-submit.
+pub fn with_pyspark() -> &'static std::path::Path {
+    with_spark_module(
+        &["pyarrow", "maturin", "pyspark", "pandas"],
+        &["pyarrow", "maturin", "pyspark", "pandas>=2.2,<3"],
+    )
+}
+
 /// Where [`with_spark_module`] leaves the wheel it built: a folder per
 /// test binary (they build at once), kept until the next build.
 pub fn wheel_dir() -> PathBuf {

@@ -82,11 +82,8 @@ pub fn run(
     let output = dir.join("output");
     let plan_file = dir.join("plan.json");
     let document = plan_document(&plan, executor, &output);
-    std::fs::write(
-        &plan_file,
-        serde_json::to_vec_pretty(&document).unwrap_or_default(),
-    )
-    .map_err(|e| RunError::Failed(format!("cannot write {}: {e}", plan_file.display())))?;
+    std::fs::write(&plan_file, format!("{document:#}"))
+        .map_err(|e| RunError::Failed(format!("cannot write {}: {e}", plan_file.display())))?;
     let app = follow(&run, &launch, &plan_file, &dir.join("spark-submit.log"))?;
     timings.lap("spark_ms");
     let (summary, parts) = staged::open(&output).map_err(RunError::Failed)?;
@@ -277,9 +274,8 @@ fn commit_output(
     failures: &Failures,
     summary: &Summary,
     parts: &[PathBuf],
-    timings: Timings,
+    mut timings: Timings,
 ) -> Result<RunReport, RunError> {
-    let mut timings = timings;
     let tags: Vec<&TagRun> = plan.tags.iter().collect();
     let mut tx = commit::begin(run.store, run.task_id, &tags)?;
     let (mut counts, mut loaded) = (DiffCounts::default(), Loaded::default());
@@ -346,7 +342,6 @@ fn commit_part<'s>(
             "reading the current tags failed, nothing was written: {e}"
         ))
     })?;
-    drop(users);
     let bitset = |rows_of: &[u32]| {
         let mut set = Bitset::empty(rows);
         rows_of.iter().for_each(|&r| set.insert(r as usize));
@@ -369,7 +364,6 @@ fn commit_part<'s>(
     let scoped = scopes.iter().map(Option::is_some).collect();
     let (evaluated, _) = Evaluated::split(plan, &universe, scopes, outcomes);
     let (tx, counts) = commit::write_part(tx, &evaluated, &stored, run.control)?;
-    drop(evaluated);
     Ok((tx, counts, universe, scoped))
 }
 
