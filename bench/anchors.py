@@ -44,13 +44,23 @@ def source(data, table):
     return f"{data}/{table}.parquet"
 
 
-def duckdb_tagged(data, as_of):
-    """SQL: (user_id, tag_ids) for the users holding at least one tag, tag_ids ascending."""
-    dedup = {
-        t: f"""SELECT * FROM read_parquet('{source(data, t)}') WHERE user_id IS NOT NULL
+def newest_rows(data, table, dedup="window"):
+    """SQL: a table's newest row per user_id (updated_time descending, nulls
+    last; ties arbitrary). "window" numbers each user's rows
+    (`QUALIFY row_number()`); "aggregate" keeps each user's newest row with
+    `arg_max` in a grouped aggregate, which DuckDB can spill to disk: at 100M
+    users under memory_limit='4GB' the window runs out of memory."""
+    if dedup == "aggregate":
+        return f"""SELECT unnest(arg_max(r, coalesce(epoch_us(r.updated_time), -9223372036854775807)))
+                   FROM read_parquet('{source(data, table)}') r WHERE r.user_id IS NOT NULL
+                   GROUP BY r.user_id"""
+    return f"""SELECT * FROM read_parquet('{source(data, table)}') WHERE user_id IS NOT NULL
                QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY updated_time DESC NULLS LAST) = 1"""
-        for t in TABLES
-    }
+
+
+def duckdb_tagged(data, as_of, dedup="window"):
+    """SQL: (user_id, tag_ids) for the users holding at least one tag, tag_ids ascending."""
+    dedup = {t: newest_rows(data, t, dedup) for t in TABLES}
     d = f"DATE '{as_of}'"
     return f"""
       WITH b AS ({dedup['user_basic_info']}),

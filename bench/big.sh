@@ -3,20 +3,25 @@
 # writes N users (default 100,000,000; streamed, it says how much disk it
 # needs first), tag-server computes the eight tags under its default memory
 # limit into SQLite, and DuckDB computes the same rules to parquet with
-# memory_limit='4GB' and 2 threads (compute only). Each under /usr/bin/time:
+# memory_limit='4GB' and 2 threads (compute only; each table's newest row per
+# user kept by a grouped arg_max, which DuckDB spills to disk: the window
+# form bench/run.sh uses runs out of memory at 100M users under 4GB, with or
+# without preserve_insertion_order; --duckdb-dedup window to see it). Each
+# under /usr/bin/time:
 # wall, CPU (user + system), system and peak RSS; then the ratio ours /
 # DuckDB, and both tag sets compared by an order-free digest
 # (bench/digest.py: count and md5 sum of every user's tag set).
 #
-#   TAG_SERVER_BIN=path bench/big.sh [--users N] [--limit SIZE]
+#   TAG_SERVER_BIN=path bench/big.sh [--users N] [--limit SIZE] [--duckdb-dedup aggregate|window]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-USERS=100000000 LIMIT=""
+USERS=100000000 LIMIT="" DEDUP=aggregate
 while [ $# -gt 0 ]; do
   case "$1" in
     --users) USERS="$2"; shift 2 ;;
     --limit) LIMIT="$2"; shift 2 ;;
-    *) echo "usage: bench/big.sh [--users N] [--limit SIZE]" >&2; exit 2 ;;
+    --duckdb-dedup) DEDUP="$2"; shift 2 ;;
+    *) echo "usage: bench/big.sh [--users N] [--limit SIZE] [--duckdb-dedup aggregate|window]" >&2; exit 2 ;;
   esac
 done
 BIN="${TAG_SERVER_BIN:?set TAG_SERVER_BIN to a release tag-server}"
@@ -42,7 +47,7 @@ con.execute("SET memory_limit = '4GB'")
 # DuckDB's own advice when it runs out of memory (it did, at 100M users, without it).
 con.execute("SET preserve_insertion_order = false")
 con.execute("SET temp_directory = '$OUT/duckdb-tmp'")
-con.execute(f"COPY ({anchors.duckdb_tagged('$DATA', '$AS_OF')}) TO '$OUT/big-duckdb.parquet' (FORMAT parquet)")
+con.execute(f"COPY ({anchors.duckdb_tagged('$DATA', '$AS_OF', '$DEDUP')}) TO '$OUT/big-duckdb.parquet' (FORMAT parquet)")
 EOF
 /usr/bin/time -f "%e %U %S %M" -o "$OUT/big-duckdb.time" "$VENV/bin/python" "$OUT/big-duckdb.py"
 python3 - "$OUT" "$USERS" <<'EOF'
