@@ -67,7 +67,7 @@ pub struct RuleVersion {
 /// One tag as a user holds it: the tag, and the grant that gave it to the
 /// user (which run, so which `tag_details` entry: name, category, hit time,
 /// rule version).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Held {
     /// The tag.
     pub tag_id: u32,

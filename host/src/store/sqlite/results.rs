@@ -117,9 +117,15 @@ pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
 /// New rows per multi-row `INSERT` (5 parameters each).
 const INSERT_ROWS: usize = 64;
 
+/// The run's writes say `OR FAIL`: a statement that meets a constraint
+/// error stops where it is instead of undoing its own rows, which spares
+/// SQLite a statement journal (a temporary file that got a copy of every
+/// page each multi-row `INSERT` touched: 84,000 writes for a first run of
+/// 1M users, as many as all the others nine times over). An error fails
+/// the whole run's transaction anyway, so nothing half-done is committed.
 fn insert_many_sql() -> String {
     let values = vec!["(?, ?, ?, ?, ?)"; INSERT_ROWS].join(", ");
-    format!("INSERT INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time) VALUES {values}")
+    format!("INSERT OR FAIL INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time) VALUES {values}")
 }
 
 /// `Some(users)` lists up to this many are looked up one by one; more are
@@ -127,6 +133,60 @@ fn insert_many_sql() -> String {
 /// random sample of users; a slice of it for a part of users sorted by id,
 /// as a Spark run's output comes).
 const POINT_LOOKUPS: usize = 50_000;
+
+/// The `tag_ids` and `grants` texts of the held-tag sets a run writes,
+/// each made once: a run's rows share a few hundred sets (a first run of
+/// eight tags at most 255), so most rows find theirs here.
+#[derive(Default)]
+struct Texts {
+    /// Per held set, its slot in `texts`.
+    slots: std::collections::HashMap<crate::store::HeldTags, u32>,
+    texts: Vec<(String, String)>,
+    /// Grant ids, reused.
+    grants: Vec<u32>,
+}
+
+impl Texts {
+    /// The slot of a delete's (no) texts.
+    const NONE: u32 = u32::MAX;
+    /// Sets kept from one batch to the next at most (a store that has seen
+    /// many runs can hold many more distinct sets).
+    const KEPT: usize = 4096;
+
+    /// Forgets the sets when there are more than [`Texts::KEPT`], between
+    /// batches (a batch's slots stay valid through it).
+    fn make_room(&mut self) {
+        if self.texts.len() > Self::KEPT {
+            self.slots.clear();
+            self.texts.clear();
+        }
+    }
+
+    /// Makes the texts of `held`; its slot.
+    fn add(
+        &mut self,
+        held: &[crate::store::Held],
+        run: &mut RunWrite,
+        conn: &mut Connection,
+    ) -> Result<u32, StoreError> {
+        run.resolve(conn, held, &mut self.grants)?;
+        let (mut ids, mut grants) = (String::new(), String::new());
+        push_ids(&mut ids, held.iter().map(|h| h.tag_id));
+        push_ids(&mut grants, self.grants.iter().copied());
+        let slot = self.texts.len() as u32;
+        self.texts.push((ids, grants));
+        self.slots.insert(held.iter().copied().collect(), slot);
+        Ok(slot)
+    }
+
+    /// The texts in `slot` (empty for [`Texts::NONE`]).
+    fn get(&self, slot: u32) -> (&str, &str) {
+        match self.texts.get(slot as usize) {
+            Some((ids, grants)) => (ids, grants),
+            None => ("", ""),
+        }
+    }
+}
 
 /// The SQLite side of one run's write: its own connection, inside
 /// `BEGIN IMMEDIATE` (the write lock, taken before reading, so no other run
@@ -137,6 +197,8 @@ pub struct SqliteRunTx {
     run: RunWrite,
     /// Told once the run committed, to checkpoint what it wrote.
     checkpoint: Option<std::sync::mpsc::Sender<()>>,
+    /// The texts of the held-tag sets written so far.
+    texts: Texts,
 }
 
 impl SqliteRunTx {
@@ -158,6 +220,7 @@ impl SqliteRunTx {
             conn,
             run: RunWrite::new(start)?,
             checkpoint,
+            texts: Texts::default(),
         })
     }
 
@@ -225,33 +288,32 @@ impl SqliteRunTx {
         Ok(())
     }
 
-    /// The `tag_ids` and `grants` texts of each change (empty for deletes),
-    /// creating this run's grants on first use.
-    fn format(&mut self, changes: &UserRows) -> Result<Vec<(String, String)>, StoreError> {
-        let mut grants = Vec::new();
-        let mut out = Vec::with_capacity(changes.len());
+    /// The slot in `self.texts` of each change's `tag_ids` and `grants`
+    /// texts (empty for deletes), creating this run's grants on first use.
+    fn format(&mut self, changes: &UserRows) -> Result<Vec<u32>, StoreError> {
+        self.texts.make_room();
+        let mut slots = Vec::with_capacity(changes.len());
         for (op, _, held) in changes.iter() {
-            let (mut ids, mut gs) = (String::new(), String::new());
-            if op != Op::Delete {
-                self.run.resolve(&mut self.conn, held, &mut grants)?;
-                push_ids(&mut ids, held.iter().map(|h| h.tag_id));
-                push_ids(&mut gs, grants.iter().copied());
-            }
-            out.push((ids, gs));
+            let slot = match op {
+                Op::Delete => Texts::NONE,
+                _ => match self.texts.slots.get(held) {
+                    Some(&slot) => slot,
+                    None => self.texts.add(held, &mut self.run, &mut self.conn)?,
+                },
+            };
+            slots.push(slot);
         }
-        Ok(out)
+        Ok(slots)
     }
 
     /// Inserts [`INSERT_ROWS`] new rows with one statement: fewer statement
     /// runs, and one cursor that appends keys in order.
-    fn insert_many(
-        &mut self,
-        rows: &[(Op, &str)],
-        texts: &[(String, String)],
-    ) -> Result<(), StoreError> {
-        let sql = insert_many_sql();
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(db)?;
-        for (k, ((_, user), (ids, grants))) in rows.iter().zip(texts).enumerate() {
+    fn insert_many(&mut self, rows: &[(Op, &str)], slots: &[u32]) -> Result<(), StoreError> {
+        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let sql = SQL.get_or_init(insert_many_sql);
+        let mut stmt = self.conn.prepare_cached(sql).map_err(db)?;
+        for (k, ((_, user), &slot)) in rows.iter().zip(slots).enumerate() {
+            let (ids, grants) = self.texts.get(slot);
             let at = k * 5;
             stmt.raw_bind_parameter(at + 1, user).map_err(db)?;
             stmt.raw_bind_parameter(at + 2, ids).map_err(db)?;
@@ -284,7 +346,7 @@ impl BulkWrite for SqliteRunTx {
     }
 
     fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError> {
-        let texts = self.format(changes)?;
+        let slots = self.format(changes)?;
         let mut i = 0;
         let rows: Vec<(Op, &str)> = changes.iter().map(|(op, user, _)| (op, user)).collect();
         while i < rows.len() {
@@ -294,15 +356,15 @@ impl BulkWrite for SqliteRunTx {
                 .take_while(|(op, _)| *op == Op::Insert)
                 .count();
             if run == INSERT_ROWS {
-                self.insert_many(&rows[i..i + run], &texts[i..i + run])?;
+                self.insert_many(&rows[i..i + run], &slots[i..i + run])?;
                 i += run;
                 continue;
             }
             let (op, user) = rows[i];
-            let (ids, grants) = &texts[i];
+            let (ids, grants) = self.texts.get(slots[i]);
             let sql = match op {
-                Op::Insert => "INSERT INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time) VALUES (?1, ?2, ?3, ?4, ?4)",
-                Op::Update => "UPDATE user_tag_sets SET tag_ids = ?2, grants = ?3, updated_time = ?4 WHERE user_id = ?1",
+                Op::Insert => "INSERT OR FAIL INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time) VALUES (?1, ?2, ?3, ?4, ?4)",
+                Op::Update => "UPDATE OR FAIL user_tag_sets SET tag_ids = ?2, grants = ?3, updated_time = ?4 WHERE user_id = ?1",
                 Op::Delete => "DELETE FROM user_tag_sets WHERE user_id = ?1",
             };
             let mut stmt = self.conn.prepare_cached(sql).map_err(db)?;
