@@ -21,6 +21,7 @@
 
 use super::bitset::Bitset;
 use super::budget::Budget;
+use super::index::sorted_rows;
 use super::load::{self, Source};
 use super::report::{self, Computed, Timings};
 use super::spill::{self, CurrentSpill, Partitions, Spill};
@@ -205,12 +206,15 @@ fn spill_current<'s>(
 type Written<'s> = (Box<dyn RunTx + 's>, DiffCounts, Loaded, Vec<bool>);
 
 /// One partition read back, de-duplicated, joined, scoped and evaluated,
-/// with its users' current tags: ready to be diffed and written.
+/// with its users' current tags and its write order: ready to be diffed and
+/// written.
 struct Prepared {
     universe: Universe,
     scopes: Vec<Option<Bitset>>,
     outcomes: Vec<Result<Bitset, String>>,
     stored: UserRows,
+    /// The universe's rows in write order.
+    order: Vec<u32>,
 }
 
 /// Partition `part` up to its evaluation.
@@ -230,11 +234,14 @@ fn prepare(
     let batch_rows = run.source.batch_rows;
     let outcomes = evaluate::evaluate(&plan.tags, &universe, plan.as_of, batch_rows, run.control)?;
     let stored = spill::read_current(dir, part)?;
+    // Sorted here, not on the writing side, which is the slower one.
+    let order = sorted_rows(&universe.ids);
     Ok(Prepared {
         universe,
         scopes,
         outcomes,
         stored,
+        order,
     })
 }
 
@@ -274,39 +281,41 @@ fn partitions<'s>(
     })
 }
 
-/// Writes each prepared partition into `tx` as it arrives.
+/// Writes each prepared partition into `tx` as it arrives, through one
+/// results writer for them all.
 fn write_all<'s>(
     run: &Partitioned<'_>,
     plan: &Plan,
-    mut tx: Box<dyn RunTx + 's>,
+    tx: Box<dyn RunTx + 's>,
     prepared: std::sync::mpsc::Receiver<Result<Prepared, RunError>>,
 ) -> Result<Result<Written<'s>, Vec<TagFailure>>, RunError> {
     let count = run.budget.partitions;
-    let (mut counts, mut loaded) = (DiffCounts::default(), Loaded::default());
-    let mut scoped = vec![false; plan.tags.len()];
-    for (part, next) in prepared.into_iter().enumerate() {
-        let Prepared {
-            universe,
-            scopes,
-            outcomes,
-            stored,
-        } = next?;
-        let (evaluated, unevaluated) = Evaluated::split(plan, &universe, scopes, outcomes);
-        if !unevaluated.is_empty() {
-            return Ok(Err(unevaluated));
+    let (tx, written) = commit::with_writer(tx, count, run.control, |writer| {
+        let (mut counts, mut loaded) = (DiffCounts::default(), Loaded::default());
+        let mut scoped = vec![false; plan.tags.len()];
+        for next in prepared {
+            let Prepared {
+                universe,
+                scopes,
+                outcomes,
+                stored,
+                order,
+            } = next?;
+            let (evaluated, unevaluated) = Evaluated::split(plan, &universe, scopes, outcomes);
+            if !unevaluated.is_empty() {
+                return Ok(Err(unevaluated));
+            }
+            scoped = evaluated.tags.iter().map(|t| t.scope.is_some()).collect();
+            let current = commit::placement(&universe, &stored);
+            counts.add(&writer.write(&evaluated, &current, &order)?);
+            loaded.add(plan, &universe);
         }
-        // At once, so no reader sees the new partition with the previous
-        // one's finished write.
-        run.control.set_progress(|p| {
-            p.enter_partition(part + 1, count);
-            p.enter("writing", universe.rows() as u64);
-        });
-        scoped = evaluated.tags.iter().map(|t| t.scope.is_some()).collect();
-        let (next, part_counts) = commit::write_part(tx, &evaluated, &stored, run.control)?;
-        tx = next;
-        counts.add(&part_counts);
-        loaded.add(plan, &universe);
-    }
+        Ok(Ok((counts, loaded, scoped)))
+    })?;
+    let (counts, mut loaded, scoped) = match written {
+        Ok(done) => done,
+        Err(failed) => return Ok(Err(failed)),
+    };
     if let Some(delta) = &run.delta {
         loaded.newest = delta.newest.clone();
         loaded.row_groups = Some((delta.groups_read, delta.groups_total));
