@@ -60,10 +60,36 @@ fn prefix(id: &str) -> u64 {
 impl Partitions {
     /// `count` ranges with bounds at the quantiles of `sample` (ids from
     /// across the universe); fewer when the sample has fewer distinct ids.
-    pub fn from_sample(mut sample: Vec<String>, count: usize) -> Partitions {
+    pub fn from_sample(sample: Vec<String>, count: usize) -> Partitions {
+        Partitions::weighted(sample, &vec![4; count.max(1)])
+    }
+
+    /// As [`Partitions::from_sample`], with the first and the last range a
+    /// quarter of the others (`count` + 2 ranges from 2 on): the pipeline
+    /// waits for the first partition to be computed before anything is
+    /// written, and for the last one to be written after everything else
+    /// is computed, so small ends shorten both waits (at 10M users in 11
+    /// partitions each end took about 0.4 s on one core).
+    pub fn tapered(sample: Vec<String>, count: usize) -> Partitions {
+        if count < 2 {
+            return Partitions::from_sample(sample, count);
+        }
+        let mut shares = vec![1, 3];
+        shares.extend(std::iter::repeat_n(4, count - 2));
+        shares.extend([3, 1]);
+        Partitions::weighted(sample, &shares)
+    }
+
+    /// Ranges whose sizes are in proportion to `shares`.
+    fn weighted(mut sample: Vec<String>, shares: &[usize]) -> Partitions {
         sample.sort_unstable();
-        let mut bounds: Vec<String> = (1..count.max(1))
-            .map(|k| k * sample.len() / count)
+        let total: usize = shares.iter().sum();
+        let mut bounds: Vec<String> = shares[..shares.len() - 1]
+            .iter()
+            .scan(0, |upto, share| {
+                *upto += share;
+                Some(*upto * sample.len() / total)
+            })
             .filter_map(|at| sample.get(at).cloned())
             .collect();
         bounds.dedup();
@@ -128,7 +154,7 @@ pub fn sample_partitions(
         // Every 16th id is plenty for the quantiles of 128 partitions.
         sample.extend(ids.iter().step_by(16).flatten().map(str::to_string));
     }
-    Ok(Partitions::from_sample(sample, count))
+    Ok(Partitions::tapered(sample, count))
 }
 
 /// The position of row group `id` among all of the scan's, in file order.
@@ -604,6 +630,13 @@ mod tests {
             let expected = close.bounds.partition_point(|b| b.as_str() <= id);
             assert_eq!(close.of(id), expected, "{id:?}");
         }
+        let tapered = Partitions::tapered((0..16_000).map(|i| format!("u{i:05}")).collect(), 4);
+        let counts = (0..16_000).fold(vec![0usize; 6], |mut counts, i| {
+            counts[tapered.of(&format!("u{i:05}"))] += 1;
+            counts
+        });
+        assert_eq!(counts, vec![1_000, 3_000, 4_000, 4_000, 3_000, 1_000]);
+        assert_eq!(Partitions::tapered(vec!["a".into()], 1).count(), 1);
         let few = Partitions::from_sample(vec!["a".into(), "a".into()], 4);
         assert_eq!(few.count(), 2);
         assert_eq!(Partitions::from_sample(Vec::new(), 4).count(), 1);
