@@ -1,7 +1,7 @@
 //! The load stage: read each planned table, keep each user's newest row, and
 //! left-join the side tables onto the universe, row for row.
 
-use super::index::{join_latest, latest_rows, RowFinder, UniverseIndex, UserIds};
+use super::index::{join_latest, latest_rows, RowFinder, UserIds};
 use super::spill::{Partitions, Spill, TableSpill};
 use super::{failed, polars_failed, stopped, Delta, Plan, RunError, TablePlan, Universe};
 use super::{UPDATED_TIME, USER_ID};
@@ -258,11 +258,12 @@ fn universe_of(table: &str, raw: DataFrame, control: &TaskControl) -> Result<Uni
     // De-duplicating and indexing count in the reading stage (two units a
     // row): at 10M users they take over a second after the last row read.
     let mut tick = |n: usize| control.set_progress(|p| p.advance("reading", n as u64));
-    let (keep, dropped) = latest_rows(
+    let latest = latest_rows(
         user_ids(&raw, table)?,
         updated_times(&raw, table)?,
         &mut tick,
     )?;
+    let (keep, dropped) = (latest.keep, latest.dropped);
     let frame = if dropped == 0 {
         raw
     } else {
@@ -271,10 +272,9 @@ fn universe_of(table: &str, raw: DataFrame, control: &TaskControl) -> Result<Uni
             .map_err(|e| polars_failed(&format!("table {table}: de-duplicating"), e))?
     };
     let ids = UserIds::new(user_ids(&frame, table)?);
-    let index = UniverseIndex::of_unique_ticked(&ids, &mut tick);
     let mut universe = Universe {
         ids,
-        index,
+        index: latest.index,
         tables: Vec::new(),
         duplicates: BTreeMap::new(),
         newest: BTreeMap::new(),
