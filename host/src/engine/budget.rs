@@ -30,13 +30,14 @@ const PARTITION_SHARE: f64 = 0.35;
 /// per partition while spilling).
 pub const MAX_PARTITIONS: usize = 128;
 /// Users per in-memory partition of a run within its limit, by default
-/// (`--partition-users`). Measured on DuckDB-written data into SQLite
-/// (`bench/cores.sh`, 2 cores): at 10M users, 10 partitions took 10.4-12.5 s
-/// where the run unsplit took 12.7-18.3 s (16 partitions: 11.0-13.3 s); at
-/// 1M users 4 partitions took 1.15x the unsplit run (`bench/run.sh`), whose
-/// write is too short to hide the cost of splitting. So runs of fewer than
-/// 2M users are not split.
-pub const PARTITION_USERS: u64 = 1_000_000;
+/// (`--partition-users`); a run of fewer than twice as many is not split.
+/// Measured with the pipeline's one results writer and tapered ends
+/// (2026-12-04, 2 cores, into SQLite, medians of alternating runs): at 1M
+/// gen-data users, unsplit 0.78 s, 500k a partition 0.75 s, 250k 0.72 s,
+/// 125k 0.72 s; at 10M DuckDB-written users, 1M a partition 8.90 s, 250k
+/// (16 partitions, the most) 8.66 s. (Before that pipeline, four partitions
+/// took 1.15x the unsplit run at 1M users, and the default was 1M.)
+pub const PARTITION_USERS: u64 = 250_000;
 /// The most in-memory partitions a run within its limit is split into:
 /// overlap needs only a few, and each costs a pass over the rows.
 pub const MAX_MEMORY_PARTITIONS: usize = 16;
