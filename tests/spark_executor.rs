@@ -41,6 +41,8 @@ fn spark_profile_with(dir: &Path, spark: &str, conf: &str) -> PathBuf {
 [spark]
 spark_submit = "{submit}"
 python = "{python}"
+# Several parts (user_id ranges) of the job's output over the tests' users.
+part_users = 700
 {spark}
 [spark.conf]
 "spark.sql.shuffle.partitions" = 4

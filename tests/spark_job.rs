@@ -52,6 +52,8 @@ fn job_file() -> PathBuf {
 struct JobRun {
     user_tags: UserTags,
     users: Vec<String>,
+    /// Parts of the output (user_id ranges, in order and disjoint).
+    parts: u64,
     summary: Value,
 }
 
@@ -100,6 +102,7 @@ fn spark_job(plugins: &Path, data: &Path, tags: &str, scope: Value) -> JobRun {
     JobRun {
         user_tags: serde_json::from_value(read["user_tags"].clone()).unwrap(),
         users: serde_json::from_value(read["users"].clone()).unwrap(),
+        parts: read["parts"].as_u64().unwrap(),
         summary: read["summary"].clone(),
     }
 }
@@ -140,6 +143,8 @@ fn a_full_and_a_user_ids_run_give_the_hosts_tags() {
     let work = tempfile::tempdir().unwrap();
 
     let job = spark_job(plugins.path(), data.path(), TAGS, json!({"mode": "full"}));
+    // 300 users a part (the plan's part_users) over the universe.
+    assert!(job.parts >= 3, "{} parts", job.parts);
     let db = work.path().join("full.db");
     let report = host_run(data.path(), plugins.path(), &db, TAGS, &[]);
     let host = user_tags(&db);

@@ -13,7 +13,7 @@
         the universe whose newest row in some table is newer than that
         table's watermark, or whose universe row has no time.
     spark_job_check.py output OUTPUT
-        Prints {"user_tags": {user_id: [tag ids]}, "users": [...], "summary": {...}}
+        Prints {"user_tags": {user_id: [tag ids]}, "parts": N, "users": [...], "summary": {...}}
         from the job's parquet output (read with pyarrow, after checking
         _SUCCESS) and its _summary.json.
 """
@@ -50,6 +50,8 @@ def plan(plugins_dir, data_dir, output, as_of, tag_ids, scope, path):
         "scope": json.loads(scope),
         "as_of": as_of,
         "plugins_dir": plugins_dir,
+        # Several parts (user_id ranges) over the tests' users.
+        "part_users": 300,
         "output": output,
     }
     with open(path, "w") as f:
@@ -100,14 +102,31 @@ def changed(data_dir, marks):
 def output(path):
     if not os.path.exists(f"{path}/_SUCCESS"):
         raise SystemExit(f"no _SUCCESS in {path}: {os.listdir(path)}")
-    files = sorted(glob.glob(f"{path}/*.parquet"))
-    table = pa.concat_tables([pq.read_table(f) for f in files])
-    users = table.column("user_id").to_pylist()
-    tags = table.column("tag_ids").to_pylist()
     with open(f"{path}/_summary.json") as f:
         summary = json.load(f)
+    # The parts part=1, part=2, ... (user_id ranges, ascending and
+    # disjoint); part=0 holds the rows without a user (the figures).
+    parts = sorted(int(d.split("=", 1)[1]) for d in os.listdir(path) if d.startswith("part="))
+    if len([k for k in parts if k > 0]) > summary["parts"]:
+        raise SystemExit(f"parts {parts}, more than the summary's {summary['parts']}")
+    ranges = []
+    users, tags = [], []
+    for k in (k for k in parts if k > 0):
+        files = sorted(glob.glob(f"{path}/part={k}/*.parquet"))
+        table = pa.concat_tables([pq.read_table(f, columns=["user_id", "tag_ids"]) for f in files])
+        ids = table.column("user_id").to_pylist()
+        ranges.append((min(ids), max(ids)))
+        users += ids
+        tags += table.column("tag_ids").to_pylist()
+    if any(a[1] >= b[0] for a, b in zip(ranges, ranges[1:])):
+        raise SystemExit(f"the parts' user_id ranges overlap or are out of order: {ranges}")
+    # A failed tag's ids may be in tag_ids (from the batches where it did
+    # not fail); tag-server commits none of them, and neither does this.
+    failed = set(summary["failed_tags"])
+    tags = [[t for t in ts if t not in failed] for ts in tags]
     print(json.dumps({
         "user_tags": {u: t for u, t in zip(users, tags) if t},
+        "parts": len(ranges),
         "users": sorted(users),
         "summary": summary,
     }))

@@ -11,7 +11,8 @@
 //!    as the reading stage; a cancel or shutdown stops the application; a
 //!    job that fails fails the task with Spark's error;
 //! 3. read `_summary.json` (failed tags fail alone, as in a local run) and
-//!    commit the parts one at a time into one transaction: each part's
+//!    commit the parts (`part=K/`, one `user_id` range each, see
+//!    [`staged`]) one at a time into one transaction: each part's
 //!    users' current tags are read, diffed and written, then the tag
 //!    states and the report commit once.
 //!
@@ -133,6 +134,7 @@ pub fn plan_document(plan: &Plan, executor: &SparkExecutor, output: &Path) -> Va
         "plugins_dir": (!settings.ship_plugins).then_some(plugins_dir.clone()),
         "plugin_files": shipped(settings.ship_plugins, &plugins_dir),
         "copies_dir": settings.copies_dir,
+        "part_users": settings.part_users.unwrap_or(staged::ROWS_PER_PART as u64),
         "output": output.display().to_string(),
     })
 }
@@ -273,7 +275,7 @@ fn commit_output(
     plan: &Plan,
     failures: &Failures,
     summary: &Summary,
-    parts: &[PathBuf],
+    parts: &[Vec<PathBuf>],
     mut timings: Timings,
 ) -> Result<RunReport, RunError> {
     let tags: Vec<&TagRun> = plan.tags.iter().collect();

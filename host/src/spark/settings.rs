@@ -55,6 +55,10 @@ pub struct SparkSettings {
     /// The tables as the executors read them (`s3a://bucket/prefix`, a
     /// path) [default: tag-server's data location, `s3://` as `s3a://`].
     pub data_dir: Option<String>,
+    /// Users per part of the job's output, about (each part is one
+    /// `user_id` range, committed at a time: what tag-server holds)
+    /// [default: 500,000].
+    pub part_users: Option<u64>,
 }
 
 /// What a run submits: resolved from [`SparkSettings`] at the run's start.

@@ -1,15 +1,18 @@
-//! The job's staged output: `_SUCCESS`, `_summary.json` and parquet parts
-//! of `user_id`, `tag_ids` (the tags each evaluated user matched) and
-//! `scoped_tag_ids` (the tags evaluated for the user; null: every tag).
-//! Parts are read one at a time (the job writes at most
-//! [`ROWS_PER_PART`] users to a part), so what the host holds stays small
-//! however many users the run has.
+//! The job's staged output: `_SUCCESS`, `_summary.json` and the parts
+//! `part=K/` (K from 1), each the users of one `user_id` range in parquet
+//! files of `user_id`, `tag_ids` (the tags each evaluated user matched)
+//! and `scoped_tag_ids` (the tags evaluated for the user; null: every
+//! tag). `part=0/` holds the job's rows without a user (its figures, which
+//! the summary gives), and is not read. Parts are read one at a time (the
+//! job aims at [`ROWS_PER_PART`] users a part), so what the host holds
+//! stays small however many users the run has.
 
-use polars::prelude::{DataType, ListChunked, ParquetReader, SerReader, StringChunked};
+use polars::prelude::{DataFrame, DataType, ListChunked, ParquetReader, SerReader, StringChunked};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Users per part file at most (the job's `maxRecordsPerFile`).
+/// Users per part the job aims at (it places the ranges' bounds by a
+/// sample of the universe's user ids).
 pub const ROWS_PER_PART: usize = 500_000;
 
 /// What `_summary.json` says of the run (fields tag-server does not read
@@ -75,9 +78,10 @@ pub struct Part {
     pub scoped: Option<BTreeMap<u32, Vec<u32>>>,
 }
 
-/// The output at `dir`: its summary and its part files, in name order;
-/// an error when the job did not finish writing it.
-pub fn open(dir: &Path) -> Result<(Summary, Vec<PathBuf>), String> {
+/// The output at `dir`: its summary and its parts (`part=K`, K >= 1, in
+/// K's order), each its parquet files in name order; an error when the
+/// job did not finish writing it.
+pub fn open(dir: &Path) -> Result<(Summary, Vec<Vec<PathBuf>>), String> {
     if !dir.join("_SUCCESS").is_file() {
         return Err(format!(
             "the Spark job's output {} has no _SUCCESS marker: it is incomplete",
@@ -88,41 +92,92 @@ pub fn open(dir: &Path) -> Result<(Summary, Vec<PathBuf>), String> {
         .map_err(|e| format!("cannot read {}/_summary.json: {e}", dir.display()))?;
     let summary: Summary =
         serde_json::from_str(&text).map_err(|e| format!("{}/_summary.json: {e}", dir.display()))?;
-    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
+    let mut parts: Vec<(u64, PathBuf)> = listed(dir)?
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            let k: u64 = name.strip_prefix("part=")?.parse().ok()?;
+            (k > 0 && p.is_dir()).then_some((k, p))
+        })
+        .collect();
+    parts.sort();
+    parts
+        .into_iter()
+        .map(|(_, part)| part_files(&part))
+        .collect::<Result<_, _>>()
+        .map(|parts| (summary, parts))
+}
+
+/// The entries of `dir`.
+fn listed(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    Ok(std::fs::read_dir(dir)
         .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
         .flatten()
         .map(|e| e.path())
+        .collect())
+}
+
+/// A part's parquet files in name order (not Spark's hidden `_`/`.` files).
+fn part_files(part: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut files: Vec<PathBuf> = listed(part)?
+        .into_iter()
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.ends_with(".parquet") && !n.starts_with(['_', '.']))
         })
         .collect();
-    parts.sort();
-    Ok((summary, parts))
+    files.sort();
+    Ok(files)
 }
 
-/// Reads the part file `path`.
-pub fn read_part(path: &Path) -> Result<Part, String> {
-    let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| bad(&e))?;
-    let frame = ParquetReader::new(file).finish().map_err(|e| bad(&e))?;
-    let column = |name: &str| frame.column(name).map_err(|e| bad(&e));
+/// Reads one part: its files, as one.
+pub fn read_part(files: &[PathBuf]) -> Result<Part, String> {
+    let mut frame: Option<DataFrame> = None;
+    for path in files {
+        let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let file = std::fs::File::open(path).map_err(|e| bad(&e))?;
+        let read = ParquetReader::new(file)
+            .with_columns(Some(COLUMNS.iter().map(|c| c.to_string()).collect()))
+            .finish()
+            .map_err(|e| bad(&e))?;
+        match frame.as_mut() {
+            None => frame = Some(read),
+            Some(all) => {
+                all.vstack_mut(&read).map_err(|e| bad(&e))?;
+            }
+        }
+    }
+    let Some(frame) = frame else {
+        return Err("a part of the Spark job's output has no parquet file".to_string());
+    };
+    let where_ = files.first().and_then(|f| f.parent()).unwrap_or(Path::new(""));
+    part_of(&frame).map_err(|e| format!("{}: {e}", where_.display()))
+}
+
+/// The columns of a part that tag-server reads.
+const COLUMNS: [&str; 3] = ["user_id", "tag_ids", "scoped_tag_ids"];
+
+/// A part's frame as its users, matches and scopes.
+fn part_of(frame: &DataFrame) -> Result<Part, String> {
+    let column = |name: &str| frame.column(name).map_err(|e| e.to_string());
     let users = column("user_id")?
         .cast(&DataType::String)
-        .map_err(|e| bad(&e))?
+        .map_err(|e| e.to_string())?
         .str()
-        .map_err(|e| bad(&e))?
+        .map_err(|e| e.to_string())?
         .clone();
-    let matched =
-        rows_per_tag(column("tag_ids")?.list().map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    if users.null_count() > 0 {
+        return Err("a row without a user_id".to_string());
+    }
+    let matched = rows_per_tag(column("tag_ids")?.list().map_err(|e| e.to_string())?)?;
     let scoped = match frame.column("scoped_tag_ids") {
         Ok(c) if c.null_count() < c.len() => {
-            let lists = c.list().map_err(|e| bad(&e))?;
+            let lists = c.list().map_err(|e| e.to_string())?;
             if lists.null_count() > 0 {
-                return Err(bad(&"scoped_tag_ids is null on some rows, not all"));
+                return Err("scoped_tag_ids is null on some rows, not all".to_string());
             }
-            Some(rows_per_tag(lists).map_err(|e| bad(&e))?)
+            Some(rows_per_tag(lists)?)
         }
         _ => None,
     };
@@ -159,11 +214,35 @@ mod tests {
         std::fs::write(dir.path().join("_summary.json"), "{}").unwrap();
         assert!(open(dir.path()).unwrap_err().contains("_SUCCESS"));
         std::fs::write(dir.path().join("_SUCCESS"), "").unwrap();
-        std::fs::write(dir.path().join("part-1.parquet"), "").unwrap();
-        std::fs::write(dir.path().join(".part-1.parquet.crc"), "").unwrap();
         let (summary, parts) = open(dir.path()).unwrap();
         assert_eq!(summary, Summary::default());
-        assert_eq!(parts, vec![dir.path().join("part-1.parquet")]);
+        assert!(parts.is_empty());
+    }
+
+    #[test]
+    fn parts_are_the_ranges_in_order_without_the_notes_and_hidden_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("_summary.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("_SUCCESS"), "").unwrap();
+        for (part, files) in [
+            ("part=0", &["a.parquet"][..]),
+            ("part=10", &["b.parquet"]),
+            ("part=2", &["d.parquet", "c.parquet", ".c.parquet.crc", "_x.parquet"]),
+        ] {
+            std::fs::create_dir(dir.path().join(part)).unwrap();
+            for f in files {
+                std::fs::write(dir.path().join(part).join(f), "").unwrap();
+            }
+        }
+        let (_, parts) = open(dir.path()).unwrap();
+        let p = |part: &str, f: &str| dir.path().join(part).join(f);
+        assert_eq!(
+            parts,
+            vec![
+                vec![p("part=2", "c.parquet"), p("part=2", "d.parquet")],
+                vec![p("part=10", "b.parquet")],
+            ]
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
@@ -27,7 +28,12 @@ ERRORS_PER_TAG = 5
 PUSHED_USER_IDS = 10_000
 ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
 ARROW_BATCH_ROWS = 100_000
-ROWS_PER_PART = 500_000  # tag-server: spark::staged::ROWS_PER_PART
+# The output's partition column: `part=K` (K >= 1) holds the users of the
+# K-th user_id range, `part=0` the rows without a user (failed tags and
+# each batch's figures).
+PART = "part"
+# Users sampled per part to place the ranges' bounds.
+SAMPLED_PER_PART = 1_000
 OUTPUT_SCHEMA = T.StructType([
     T.StructField("user_id", T.StringType()),
     T.StructField("tag_ids", T.ArrayType(T.IntegerType())),
@@ -98,7 +104,7 @@ def micros(column, kind, table, name):
 
 def read_table(spark, plan, table):
     """The table's user_id, declared columns (named `table.column`), `_t`
-    (updated_time in microseconds), `_file` and `_row` (the write order)."""
+    (updated_time in microseconds), `_pos` (its place in the write order)."""
     path = table_path(spark, plan, table)
     df = spark.read.option("pathGlobFilter", "*.parquet").parquet(path)
     types = {f.name: f.dataType for f in df.schema.fields}
@@ -115,13 +121,31 @@ def read_table(spark, plan, table):
         columns.append(c.alias(f"{table.name}.{name}"))
     columns += [
         micros("updated_time", types["updated_time"], table.name, "updated_time").alias("_t"),
-        F.col("_metadata.file_name").alias("_file"),
-        F.col("_metadata.row_index").alias("_row"),
+        write_order(df).alias("_pos"),
     ]
     df = df.select(*columns)
     if plan.scope.mode == "user_ids":
         df = only_users(spark, df, plan.scope.user_ids)
     return df
+
+
+# A row's place in its table's write order: its file's rank by name above
+# this many bits, its row in the file below (2^40 rows a file, 2^23 files).
+ROW_BITS = 40
+
+
+def write_order(df):
+    """Each row's place in the write order as one long (the file's rank by
+    name, then the row): the window that keeps each user's newest row
+    breaks ties on it, and a long is a smaller sort key than the file's
+    name (no faster at 10M users from one file, where the name is short)."""
+    names = sorted({unquote(f.rsplit("/", 1)[-1]) for f in df.inputFiles()})
+    if len(names) <= 1:
+        rank = F.lit(0).cast("long")
+    else:
+        ranks = F.create_map(*[F.lit(x) for i, n in enumerate(names) for x in (n, i)])
+        rank = ranks[F.col("_metadata.file_name")].cast("long")
+    return F.shiftleft(rank, ROW_BITS) + F.col("_metadata.row_index")
 
 
 def only_users(spark, df, user_ids):
@@ -136,15 +160,16 @@ def latest(df):
     to any timed row, and on a tie the row written last (the later file by
     name, then the later row); with `_n`, the user's rows in the table (so
     the duplicates dropped are counted in the same pass)."""
-    order = Window.partitionBy("user_id").orderBy(
-        F.col("_t").desc_nulls_last(), F.col("_file").desc(), F.col("_row").desc()
-    )
+    order = Window.partitionBy("user_id").orderBy(F.col("_t").desc_nulls_last(), F.col("_pos").desc())
+    # The count over the same ordering with the whole partition as its
+    # frame: one window operator computes both.
+    everything = order.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
     return (
         df.where(F.col("user_id").isNotNull())
         .withColumn("_rank", F.row_number().over(order))
-        .withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy("user_id")))
+        .withColumn("_n", F.count(F.lit(1)).over(everything))
         .where("_rank = 1")
-        .drop("_rank", "_file", "_row")
+        .drop("_rank", "_pos")
     )
 
 
@@ -323,14 +348,60 @@ def tag_lists(flags, ids):
 
 
 def evaluated(frame, plan):
-    """The frame's rows evaluated in the executors (cached: the summary's
-    figures and the written matches come from one evaluation)."""
+    """The frame's rows evaluated in the executors: a row per user, and
+    rows without a user for the failed tags and each batch's figures."""
     names = [c for c in frame.columns if not c.startswith("_t.")]  # _s.<tag>, _n.<table> stay
     requests = [(t.tag_id, t.rule, t.rule_version) for t in plan.tags]
     settings = (plan.plugins_dir, plan.copies_dir, requests, plan.as_of, names)
     columns = [F.col("`" + c.replace("`", "``") + "`").alias(f"c{i}") for i, c in enumerate(names)]
-    out = frame.select(*columns).mapInArrow(lambda it: evaluate_batches(it, settings), OUTPUT_SCHEMA)
-    return out.persist()
+    return frame.select(*columns).mapInArrow(lambda it: evaluate_batches(it, settings), OUTPUT_SCHEMA)
+
+
+def range_bounds(spark, plan):
+    """The lower bounds of the output's user_id ranges after the first:
+    about the plan's `part_users` universe users to a range, placed by a sample of
+    the universe's user ids (a scan of that one column). tag-server
+    commits a range at a time, reading its users' current tags from the
+    key range it spans; no global sort (which would evaluate twice or
+    cache the whole output) is needed for that."""
+    if plan.scope.mode == "user_ids":
+        users = len(plan.scope.user_ids)
+    else:
+        users = spark.read.option("pathGlobFilter", "*.parquet").parquet(
+            table_path(spark, plan, plan.table(plans.UNIVERSE))
+        ).count()  # from the parquet footers
+    parts = -(-users // plan.part_users)
+    if parts <= 1:
+        return []
+    ids = read_table(spark, plan, plan.table(plans.UNIVERSE)).select("user_id").where(F.col("user_id").isNotNull())
+    fraction = min(1.0, parts * SAMPLED_PER_PART / users)
+    sample = sorted(r.user_id for r in ids.sample(fraction=fraction, seed=21).collect())
+    if not sample:
+        return []
+    return sorted({sample[len(sample) * k // parts] for k in range(1, parts)})
+
+
+def part_of(user_id, bounds):
+    """The output part of a row: 0 without a user, else 1 + the bounds at
+    or below its user_id, found by a binary search over the bounds (a
+    comparison in each of its log2 levels: summing one comparison per bound
+    cost 5 s of a 10M-user job)."""
+    def search(low, high):  # the part among bounds[low:high], offset low + 1
+        if low == high:
+            return F.lit(low + 1)
+        mid = (low + high) // 2
+        return F.when(user_id < F.lit(bounds[mid]), search(low, mid)).otherwise(search(mid + 1, high))
+
+    return F.when(user_id.isNull(), 0).otherwise(search(0, len(bounds)))
+
+
+def read_notes(spark, output):
+    """The rows without a user of the written output (`part=0`)."""
+    notes = f"{output.rstrip('/')}/{PART}=0"
+    path, fs = hadoop_path(spark, notes)
+    if not fs.exists(path):  # no batch at all: an empty universe or scope
+        return []
+    return spark.read.parquet(notes).select("failed_tag", "error", "stats").collect()
 
 
 def figures(notes, plan):
@@ -391,23 +462,19 @@ def run(spark, plan):
     summary = {"scope": plan.scope.mode, "as_of": plan.as_of}
     if plan.scope.mode == "user_ids":
         summary["unknown_user_ids"] = unknown_users(spark, plan, read.frame.select("user_id"))
+    bounds = range_bounds(spark, plan)
+    clock.lap("sample")
     out = evaluated(in_scope(read.frame, plan), plan)
-    notes = out.where("user_id IS NULL").select("failed_tag", "error", "stats").collect()
-    users_evaluated, dups, tags = figures(notes, plan)
-    clock.lap("evaluate")
+    # One pass evaluates and writes: each task writes its rows into the
+    # parts of their user_id ranges (a sort within the task, no shuffle).
+    # A failed tag's ids may be in `tag_ids`: tag-server commits none of a
+    # failed tag's matches.
+    out = out.withColumn(PART, part_of(F.col("user_id"), bounds))
+    out.write.mode("overwrite").partitionBy(PART).parquet(plan.output)
+    clock.lap("evaluate_write")
+    users_evaluated, dups, tags = figures(read_notes(spark, plan.output), plan)
     if plan.scope.mode != "incremental":
         dups[plans.UNIVERSE] = dups.get(plans.UNIVERSE, 0) + read.nulls()
-    failed = [t["tag_id"] for t in tags if t["status"] == "failed"]
-    users = out.where("user_id IS NOT NULL")
-    # A tag that failed in any batch fails as a whole: none of its matches.
-    tag_ids = F.array_except("tag_ids", F.array(*[F.lit(t) for t in failed]).cast("array<int>"))
-    users = users.select("user_id", tag_ids.alias("tag_ids") if failed else "tag_ids", "scoped_tag_ids")
-    # Sorted by user_id, at most this many users per part: tag-server
-    # commits a part at a time, reading its users' current tags from the
-    # key range the part spans.
-    users = users.orderBy("user_id")
-    users.write.mode("overwrite").option("maxRecordsPerFile", ROWS_PER_PART).parquet(plan.output)
-    clock.lap("write")
     summary.update({
         "timings_ms": clock.laps,
         "application_id": spark.sparkContext.applicationId,
@@ -418,11 +485,11 @@ def run(spark, plan):
         "newest": read.newest(),
         "users_evaluated": users_evaluated,
         "tags": tags,
-        "failed_tags": failed,
+        "failed_tags": [t["tag_id"] for t in tags if t["status"] == "failed"],
+        "parts": len(bounds) + 1,
         "output": plan.output,
     })
     write_summary(spark, plan.output, summary)
-    out.unpersist()
     return summary
 
 

@@ -62,6 +62,8 @@ class Plan:
     data_dir: Optional[str] = None
     copies_dir: Optional[str] = None
     plugin_files: List[str] = field(default_factory=list)
+    # Users per part of the output, about (tag-server commits a part at a time).
+    part_users: int = 500_000
 
     def table(self, name):
         return next(t for t in self.tables if t.name == name)
@@ -190,7 +192,17 @@ def parse(doc):
         data_dir=data_dir,
         copies_dir=_get(doc, "copies_dir", "", str, required=False),
         plugin_files=_plugin_files(doc),
+        part_users=_part_users(doc),
     )
+
+
+def _part_users(doc):
+    n = _get(doc, "part_users", "", int, required=False)
+    if n is None:
+        return Plan.part_users
+    if isinstance(n, bool) or n < 1:
+        raise PlanError("part_users", f"expected a positive integer, got {json.dumps(n)}")
+    return n
 
 
 def _plugins_dir(doc):
