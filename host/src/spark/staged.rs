@@ -151,7 +151,10 @@ pub fn read_part(files: &[PathBuf]) -> Result<Part, String> {
     let Some(frame) = frame else {
         return Err("a part of the Spark job's output has no parquet file".to_string());
     };
-    let where_ = files.first().and_then(|f| f.parent()).unwrap_or(Path::new(""));
+    let where_ = files
+        .first()
+        .and_then(|f| f.parent())
+        .unwrap_or(Path::new(""));
     part_of(&frame).map_err(|e| format!("{}: {e}", where_.display()))
 }
 
@@ -227,7 +230,10 @@ mod tests {
         for (part, files) in [
             ("part=0", &["a.parquet"][..]),
             ("part=10", &["b.parquet"]),
-            ("part=2", &["d.parquet", "c.parquet", ".c.parquet.crc", "_x.parquet"]),
+            (
+                "part=2",
+                &["d.parquet", "c.parquet", ".c.parquet.crc", "_x.parquet"],
+            ),
         ] {
             std::fs::create_dir(dir.path().join(part)).unwrap();
             for f in files {
