@@ -480,15 +480,7 @@ mod tests {
         let (dir, plan, universe) = loaded(&[cash_tag()], None);
         let store = SqliteStore::open(&dir.path().join("tags.db")).unwrap();
         let control = TaskControl::default();
-        let run = Evaluated {
-            plan: &plan,
-            universe: &universe,
-            tags: vec![TagResult {
-                run: &plan.tags[0],
-                scope: None,
-                matched: Bitset::full(3),
-            }],
-        };
+        let run = all_match(&plan, &universe);
         let written = write(&store, "t1", &run, &control).unwrap();
         assert_eq!(written.counts.upserted, 3);
         drop(written);
@@ -548,18 +540,23 @@ mod tests {
         (tx, applied)
     }
 
-    #[test]
-    fn one_writer_applies_every_part_in_order_and_shows_the_partition() {
-        let (_dir, plan, universe) = loaded(&[cash_tag()], None);
-        let run = Evaluated {
-            plan: &plan,
-            universe: &universe,
+    /// The plan's first tag matching every one of the three users.
+    fn all_match<'a>(plan: &'a Plan, universe: &'a Universe) -> Evaluated<'a> {
+        Evaluated {
+            plan,
+            universe,
             tags: vec![TagResult {
                 run: &plan.tags[0],
                 scope: None,
                 matched: Bitset::full(3),
             }],
-        };
+        }
+    }
+
+    #[test]
+    fn one_writer_applies_every_part_in_order_and_shows_the_partition() {
+        let (_dir, plan, universe) = loaded(&[cash_tag()], None);
+        let run = all_match(&plan, &universe);
         let control = TaskControl::default();
         let (tx, applied) = recording(None);
         let stored = UserRows::default();
@@ -583,15 +580,7 @@ mod tests {
     #[test]
     fn a_cancel_that_comes_while_the_last_batch_is_written_is_taken_before_the_commit() {
         let (_dir, plan, universe) = loaded(&[cash_tag()], None);
-        let run = Evaluated {
-            plan: &plan,
-            universe: &universe,
-            tags: vec![TagResult {
-                run: &plan.tags[0],
-                scope: None,
-                matched: Bitset::full(3),
-            }],
-        };
+        let run = all_match(&plan, &universe);
         let control = TaskControl::default();
         let (mut tx, applied) = recording(None);
         let (go, gate) = std::sync::mpsc::channel();
@@ -611,15 +600,7 @@ mod tests {
     #[test]
     fn a_failing_writer_ends_the_parts_with_its_own_error() {
         let (_dir, plan, universe) = loaded(&[cash_tag()], None);
-        let run = Evaluated {
-            plan: &plan,
-            universe: &universe,
-            tags: vec![TagResult {
-                run: &plan.tags[0],
-                scope: None,
-                matched: Bitset::full(3),
-            }],
-        };
+        let run = all_match(&plan, &universe);
         let control = TaskControl::default();
         let (tx, applied) = recording(Some(2));
         let stored = UserRows::default();

@@ -16,6 +16,15 @@ use ::mysql::{Params, PooledConn, Value};
 /// Rows per multi-row statement.
 const ROWS: usize = 1000;
 
+/// How long a run's statements wait for a row lock, in seconds (the
+/// session's `innodb_lock_wait_timeout`; InnoDB's default is 50). A run
+/// waits its turn behind another process's run, whose partitioned write
+/// can hold the run lock for minutes, and behind a killed server's session
+/// until InnoDB has rolled it back: with 50 s the second run failed with
+/// ERROR 1205 (seen under load in the kill-and-restart tests). PostgreSQL
+/// waits without a limit by default.
+pub const LOCK_WAIT_SECONDS: u32 = 600;
+
 /// The MySQL side of one run's write.
 pub struct MyRunTx {
     conn: PooledConn,
@@ -33,6 +42,12 @@ impl MyRunTx {
         start: &RunStart,
         mirror: Option<Mirror>,
     ) -> Result<MyRunTx, StoreError> {
+        // Reset when the connection goes back to the pool (the pool resets
+        // sessions unless the URL says reset_connection=false).
+        conn.query_drop(format!(
+            "SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_SECONDS}"
+        ))
+        .map_err(db)?;
         for sql in [
             "DROP TEMPORARY TABLE IF EXISTS run_stage",
             "CREATE TEMPORARY TABLE run_stage (op CHAR(1) NOT NULL, user_id VARCHAR(255) NOT NULL,
