@@ -279,21 +279,10 @@ fn commit_output(
     mut timings: Timings,
 ) -> Result<RunReport, RunError> {
     let tags: Vec<&TagRun> = plan.tags.iter().collect();
-    let mut tx = commit::begin(run.store, run.task_id, &tags)?;
-    let (mut counts, mut loaded) = (DiffCounts::default(), Loaded::default());
-    let mut scoped = vec![false; tags.len()];
+    let tx = commit::begin(run.store, run.task_id, &tags)?;
     run.control
         .set_progress(|p| p.begin_partitions(parts.len(), false));
-    for (k, path) in parts.iter().enumerate() {
-        run.control
-            .set_progress(|p| p.enter_partition(k + 1, parts.len()));
-        let part = staged::read_part(path).map_err(RunError::Failed)?;
-        let (next, part_counts, universe, part_scoped) = commit_part(run, plan, tx, part)?;
-        tx = next;
-        counts.add(&part_counts);
-        loaded.add(plan, &universe);
-        scoped = part_scoped;
-    }
+    let (tx, counts, mut loaded, scoped) = commit_parts(run, plan, tx, parts)?;
     timings.lap("write_ms");
     loaded.users = summary.universe_users;
     loaded.duplicates = summary.duplicates_dropped.clone();
@@ -313,6 +302,49 @@ fn commit_output(
     let commit_ms = commit::finish(commit::written(tx, counts, states), &report, run.control)?;
     super::log_committed(&report, commit_ms);
     Ok(report)
+}
+
+/// What the committed parts give back: the transaction, the counts, the
+/// users loaded and per tag whether it was scoped.
+type PartsWritten<'s> = (Box<dyn RunTx + 's>, DiffCounts, Loaded, Vec<bool>);
+
+/// Commits the parts into `tx` one at a time; each is read on a thread of
+/// its own while the one before it is written (at most two are held).
+fn commit_parts<'s>(
+    run: &SparkRun<'_>,
+    plan: &Plan,
+    mut tx: Box<dyn RunTx + 's>,
+    parts: &[Vec<PathBuf>],
+) -> Result<PartsWritten<'s>, RunError> {
+    let (mut counts, mut loaded) = (DiffCounts::default(), Loaded::default());
+    let mut scoped = vec![false; plan.tags.len()];
+    std::thread::scope(|scope| {
+        let (send, receive) = std::sync::mpsc::sync_channel(0);
+        std::thread::Builder::new()
+            .name("part-reader".into())
+            .spawn_scoped(scope, move || {
+                for files in parts {
+                    let part = staged::read_part(files);
+                    let failed = part.is_err();
+                    // A closed channel: the commit stopped, and says why.
+                    if send.send(part).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| RunError::Failed(format!("cannot start the part reader: {e}")))?;
+        for (k, part) in receive.into_iter().enumerate() {
+            run.control
+                .set_progress(|p| p.enter_partition(k + 1, parts.len()));
+            let part = part.map_err(RunError::Failed)?;
+            let (next, part_counts, universe, part_scoped) = commit_part(run, plan, tx, part)?;
+            tx = next;
+            counts.add(&part_counts);
+            loaded.add(plan, &universe);
+            scoped = part_scoped;
+        }
+        Ok((tx, counts, loaded, scoped))
+    })
 }
 
 /// What one committed part gives back: the transaction, its counts, its
