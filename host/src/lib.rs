@@ -12,6 +12,8 @@
 //! - [`data`]: polars I/O: sample data, projected batched reads with type
 //!   coercion, zero-copy FFI batches.
 //! - [`engine`]: one task end to end: read, join, evaluate, diff, write.
+//! - [`audience`]: the expression language over tags and the tags'
+//!   members as roaring bitmaps.
 //! - [`tasks`]: the task wing: the bounded priority queue, the worker
 //!   threads, the run contract and every state change of a task;
 //!   [`progress`]: how far a running task has got.
@@ -30,6 +32,7 @@
 //!   [`signals`]: the stop signals; [`alloc`]: the allocator's tuning.
 
 pub mod alloc;
+pub mod audience;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
