@@ -239,10 +239,13 @@ async fn walk_through(base: &str, driver: &Driver) {
     .await;
     assert!(text(&c, &format!("{row} .outcome")).await.contains('✓'));
     shot(&c, "tasks").await;
+    the_task_has_a_page_of_its_own(&c, &base, &task_id).await;
 
-    // The tag's chart gained a point.
+    // The tag's chart gained a point, and its axes carry values.
     assert_eq!(chart_points(&c, &base).await, before + 1);
     assert!(c.find(Locator::Css(".chart svg polyline")).await.is_ok());
+    let labels = c.find_all(Locator::Css(".chart svg text")).await.unwrap();
+    assert!(labels.len() >= 3, "axis values on the members chart");
     assert!(text(&c, ".rule").await.contains("total_asset_value"));
     shot(&c, "tag").await;
 
@@ -298,9 +301,89 @@ async fn walk_through(base: &str, driver: &Driver) {
     shot(&c, "plugins").await;
     c.goto(&format!("{base}/")).await.unwrap();
     shot(&c, "tags").await;
+    a_task_of_eight_tags_fits_1400_pixels(&c, &base).await;
 
     read_tokens_see_no_admin_actions(&c, &base).await;
     c.close().await.unwrap();
+}
+
+/// The tasks table links the task to its page: spec, timing, each tag's
+/// outcome and the report.
+async fn the_task_has_a_page_of_its_own(c: &Client, base: &str, task_id: &str) {
+    c.goto(&format!("{base}/tasks")).await.unwrap();
+    let link = format!("tr[data-task='{task_id}'] a[href='/tasks/{task_id}']");
+    c.find(Locator::Css(&link))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until_at(c, &format!("/tasks/{task_id}")).await;
+    let summary = text(c, "table.summary").await;
+    assert!(
+        summary.contains(task_id) && summary.contains("full"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("2025-01-15") && summary.contains("all users"),
+        "{summary}"
+    );
+    let tags = c
+        .find_all(Locator::Css("table.task-tags tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(tags.len(), 2, "a row per tag of the task");
+    assert!(text(c, "table.task-tags").await.contains("✓ completed"));
+    assert!(c.find(Locator::Css("details.report pre")).await.is_ok());
+    shot(c, "task").await;
+    c.goto(&format!("{base}/tasks/no-such-task")).await.unwrap();
+    assert!(text(c, "main").await.contains("no task no-such-task"));
+}
+
+/// On a 1400 px screen, a task of all eight tags keeps the tasks table
+/// within the page: its outcome wraps instead of pushing the actions
+/// column off-screen.
+async fn a_task_of_eight_tags_fits_1400_pixels(c: &Client, base: &str) {
+    c.set_window_size(1400, 900).await.unwrap();
+    let submitted: Value = c
+        .execute(
+            "return fetch('/api/v1/tags/trigger', {method: 'POST', headers: \
+             {'Content-Type': 'application/json', 'X-Requested-With': 'tag-console'}, \
+             body: JSON.stringify({tag_ids: [1, 2, 3, 4, 5, 6, 7, 8], as_of: '2025-01-15'})}) \
+             .then(r => r.json()).then(b => b.task_id)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let task_id = submitted.as_str().expect("a task id").to_string();
+    let row = format!("tr[data-task='{task_id}']");
+    until("the eight-tag task done", || async {
+        c.goto(&format!("{base}/tasks")).await.unwrap();
+        text(c, &format!("{row} .status")).await == "completed"
+    })
+    .await;
+    let fits: Value = c
+        .execute(
+            "const t = document.querySelector('table.tasks'); \
+             return [t.scrollWidth, t.clientWidth, document.documentElement.clientWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let [scroll, client, page] = [0, 1, 2].map(|i| fits[i].as_f64().unwrap());
+    assert!(
+        scroll <= client + 1.0 && client <= page,
+        "the tasks table overflows: {fits}"
+    );
+    assert_eq!(
+        text(c, &format!("{row} .outcome"))
+            .await
+            .matches('✓')
+            .count(),
+        8
+    );
+    shot(c, "tasks-1400").await;
+    c.set_window_size(1280, 900).await.unwrap();
 }
 
 /// Signed out, the session's cookie opens nothing any more. Signed in with

@@ -21,6 +21,7 @@ pub mod diff;
 pub mod history;
 mod pages;
 pub mod render;
+mod task;
 
 use crate::auth::{self, Role};
 use crate::http::{sessions, ApiError, AppState};
@@ -93,6 +94,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/", get(pages::tags))
         .route("/tags/{tag_id}", get(pages::tag))
         .route("/tasks", get(pages::tasks))
+        .route("/tasks/{task_id}", get(task::task))
         .route("/plugins", get(pages::plugins))
         .route("/users", get(pages::find_user))
         .route("/users/{user_id}", get(pages::user))

@@ -351,7 +351,7 @@ fn task_row(state: &AppState, viewer: &Viewer, task: &TaskRecord) -> Markup {
     let stage = progress.as_ref().map_or(String::new(), |p| p.stage.clone());
     html! {
         tr data-task=(task.task_id) data-status=(status) {
-            td { code title=(task.task_id) { (short(&task.task_id)) } }
+            td { a href={ "/tasks/" (path_segment(&task.task_id)) } { code title=(task.task_id) { (short(&task.task_id)) } } }
             td { (crate::tasks::lifecycle::list(&task.spec.tag_ids)) }
             td { span class={ "status " (status) } { (status) } }
             td { small { (task.submitted_at) } }
