@@ -14,19 +14,27 @@
 # process's own peak RSS (VmHWM, polled: the JVM is not in it). Then: both
 # stores hold the same user_tags (digest), equal to the anchor's tag sets.
 #
-#   TAG_SERVER_BIN=path bench/spark.sh [--users N]
+#   TAG_SERVER_BIN=path bench/spark.sh [--users N] [--store sqlite|mariadb]
 #
-# Defaults: 10,000,000 users. Needs Java 17+; pyspark, pandas, maturin and
+# --store mariadb: the end to end of the system this one replaces. The
+# anchor is then PySpark computing the same rules and appending the
+# user_tags rows to MariaDB over JDBC (bench/anchors.py spark_jdbc, driver
+# from Debian's libmariadb-java), and both tag-server runs commit into
+# MariaDB (fresh databases bench_spark_* on 127.0.0.1:3306, root).
+#
+# Defaults: 10,000,000 users, SQLite. Needs Java 17+; pyspark, pandas, maturin and
 # pyarrow come from PyPI into bench/.venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-USERS=10000000
+USERS=10000000 STORE=sqlite
 while [ $# -gt 0 ]; do
   case "$1" in
     --users) USERS="$2"; shift 2 ;;
-    *) echo "usage: bench/spark.sh [--users N]" >&2; exit 2 ;;
+    --store) STORE="$2"; shift 2 ;;
+    *) echo "usage: bench/spark.sh [--users N] [--store sqlite|mariadb]" >&2; exit 2 ;;
   esac
 done
+case "$STORE" in sqlite|mariadb) ;; *) echo "--store: sqlite or mariadb" >&2; exit 2 ;; esac
 BIN="${TAG_SERVER_BIN:?set TAG_SERVER_BIN to a release tag-server}"
 AS_OF=2025-01-15
 . bench/ext_data.sh
@@ -67,12 +75,22 @@ timed() { # name command...: prints "wall cpu"
   echo "$wall $(python3 -c "print(round($after - $before, 2))")"
 }
 
-# tag-server run of the eight tags into $RUN/$1.db, with more flags.
+# A fresh store for run $1: a SQLite file, or a new MariaDB database.
+store_url() {
+  if [ "$STORE" = sqlite ]; then
+    echo "sqlite://$PWD/$RUN/$1.db"
+  else
+    mysql -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS bench_spark_$1; CREATE DATABASE bench_spark_$1 CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    echo "mysql://root@127.0.0.1:3306/bench_spark_$1"
+  fi
+}
+
+# tag-server run of the eight tags into a fresh store for $1, with more flags.
 OURS=()
 ours() {
   local name="$1"; shift
   OURS=("$BIN" run --quiet --config-dir "$RUN/config" --data-dir "$DATA"
-    --store "sqlite://$PWD/$RUN/$name.db" --tag-ids 1,2,3,4,5,6,7,8 --as-of $AS_OF
+    --store "$(store_url "$name")" --tag-ids 1,2,3,4,5,6,7,8 --as-of $AS_OF
     --log-file "$RUN/$name.log" --plugins-dir "$(dirname "$BIN")" "$@")
 }
 
@@ -86,15 +104,27 @@ hwm() {
   echo $((kib / 1024))
 }
 
-echo "users=$USERS data=$DATA cores=$(nproc)"
-read -r a_wall a_cpu < <(timed anchor "$PY" bench/anchors.py spark "$DATA" "$RUN/anchor.parquet" $AS_OF)
-echo "PySpark SQL (anchor)      wall ${a_wall}s cpu ${a_cpu}s"
+echo "users=$USERS data=$DATA cores=$(nproc) store=$STORE"
+if [ "$STORE" = sqlite ]; then
+  read -r a_wall a_cpu < <(timed anchor "$PY" bench/anchors.py spark "$DATA" "$RUN/anchor.parquet" $AS_OF)
+  echo "PySpark SQL (anchor)      wall ${a_wall}s cpu ${a_cpu}s"
+else
+  [ -f /usr/share/java/mariadb-java-client.jar ] || apt-get install -y -qq libmariadb-java > /dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq libmariadb-java > /dev/null; }
+  mysql -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS bench_spark_anchor; CREATE DATABASE bench_spark_anchor CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+    CREATE TABLE bench_spark_anchor.user_tags (user_id VARCHAR(64) PRIMARY KEY, tag_ids JSON NOT NULL, tag_details JSON NOT NULL,
+      created_time VARCHAR(19) NOT NULL, updated_time VARCHAR(19) NOT NULL)"
+  read -r a_wall a_cpu < <(timed anchor "$PY" bench/anchors.py spark_jdbc "$DATA" \
+    "jdbc:mysql://127.0.0.1:3306/bench_spark_anchor?user=root&rewriteBatchedStatements=true" $AS_OF)
+  echo "PySpark SQL -> MariaDB over JDBC (anchor) wall ${a_wall}s cpu ${a_cpu}s"
+fi
 
 ours spark --executor spark
 ( timed spark "${OURS[@]}" > "$RUN/spark.times" ) &
 timer=$!
 sleep 1
-server=$(pgrep -n -f "$RUN/spark.db" || true)
+mark="$RUN/spark.db"; [ "$STORE" = mariadb ] && mark="bench_spark_spark"
+server=$(pgrep -n -f "$mark" || true)
 peak=$( [ -n "$server" ] && hwm "$server" || echo "?")
 wait "$timer"
 read -r s_wall s_cpu < "$RUN/spark.times"
@@ -105,9 +135,23 @@ read -r l_wall l_cpu < <(timed local "${OURS[@]}")
 echo "tag-server in process     wall ${l_wall}s cpu ${l_cpu}s"
 
 digest() {
-  python3 -c "import sqlite3,sys,hashlib; c=sqlite3.connect(sys.argv[1]); h=hashlib.sha256(); [h.update(f'{u}:{t};'.encode()) for u,t in c.execute('select user_id, tag_ids from user_tags order by user_id')]; print(h.hexdigest())" "$RUN/$1.db"
+  if [ "$STORE" = sqlite ]; then
+    python3 -c "import sqlite3,sys,hashlib; c=sqlite3.connect(sys.argv[1]); h=hashlib.sha256(); [h.update(f'{u}:{t};'.encode()) for u,t in c.execute('select user_id, tag_ids from user_tags order by user_id')]; print(h.hexdigest())" "$RUN/$1.db"
+  else
+    mysql -N -h 127.0.0.1 -u root -e "SELECT COUNT(*), SUM(CRC32(CONCAT(user_id, REPLACE(tag_ids, ' ', '')))) FROM bench_spark_$1.user_tags"
+  fi
 }
 [ "$(digest spark)" = "$(digest local)" ] && echo "same user_tags: yes" || { echo "same user_tags: NO"; exit 1; }
+if [ "$STORE" = mariadb ]; then
+  echo "rows: ours $(mysql -N -h 127.0.0.1 -u root -e 'SELECT COUNT(*) FROM bench_spark_local.user_tags'), the anchor's $(mysql -N -h 127.0.0.1 -u root -e 'SELECT COUNT(*) FROM bench_spark_anchor.user_tags')"
+  python3 - "$a_wall" "$a_cpu" "$s_wall" "$s_cpu" "$l_wall" "$l_cpu" <<'EOF2'
+import sys
+aw, ac, sw, sc, lw, lc = map(float, sys.argv[1:])
+print(f"spark executor / PySpark over JDBC: wall {sw / aw:.2f}x, cpu {sc / ac:.2f}x (both into MariaDB)")
+print(f"in process / PySpark over JDBC:     wall {lw / aw:.2f}x, cpu {lc / ac:.2f}x")
+EOF2
+  exit 0
+fi
 "$PY" - "$RUN/local.db" "$RUN/anchor.parquet" <<'EOF'
 import json, sqlite3, sys
 import pyarrow.parquet as pq
