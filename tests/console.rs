@@ -100,6 +100,16 @@ async fn until_at(c: &Client, path: &str) {
     .await;
 }
 
+/// Clicks the element `css` finds.
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn text(c: &Client, css: &str) -> String {
     match c.find(Locator::Css(css)).await {
         Ok(e) => e.text().await.unwrap_or_default(),
@@ -144,13 +154,7 @@ async fn trigger_from_the_form(c: &Client, base: &str) -> String {
     c.goto(&format!("{base}/trigger")).await.unwrap();
     shot(c, "trigger").await;
     for id in [1, 2] {
-        let sel = format!("#trigger input[name=tag_ids][value='{id}']");
-        c.find(Locator::Css(&sel))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(c, &format!("#trigger input[name=tag_ids][value='{id}']")).await;
     }
     // The date input takes the keys of the browser's locale: set it directly.
     c.execute(
@@ -312,12 +316,7 @@ async fn walk_through(base: &str, driver: &Driver) {
 async fn the_task_has_a_page_of_its_own(c: &Client, base: &str, task_id: &str) {
     c.goto(&format!("{base}/tasks")).await.unwrap();
     let link = format!("tr[data-task='{task_id}'] a[href='/tasks/{task_id}']");
-    c.find(Locator::Css(&link))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, &link).await;
     until_at(c, &format!("/tasks/{task_id}")).await;
     let summary = text(c, "table.summary").await;
     assert!(

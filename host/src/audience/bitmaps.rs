@@ -94,7 +94,7 @@ impl TagBitmaps {
         for change in changes {
             let mut bits = tags
                 .remove(&change.tag_id)
-                .map(|b| Arc::unwrap_or_clone(b))
+                .map(Arc::unwrap_or_clone)
                 .unwrap_or_default();
             bits -= &change.removed;
             bits |= &change.added;

@@ -257,22 +257,26 @@ impl Parser<'_> {
 
     /// or := and (OR and)*
     fn or(&mut self) -> Result<Expr, ExprError> {
-        let mut terms = vec![self.and()?];
-        while self.peek().kind == Kind::Or {
-            self.bump();
-            terms.push(self.and()?);
-        }
-        Ok(flatten(terms, false))
+        self.chain(Kind::Or, Self::and)
     }
 
     /// and := unary (AND unary)*
     fn and(&mut self) -> Result<Expr, ExprError> {
-        let mut terms = vec![self.unary()?];
-        while self.peek().kind == Kind::And {
+        self.chain(Kind::And, Self::unary)
+    }
+
+    /// `operand (op operand)*`, flattened.
+    fn chain(
+        &mut self,
+        op: Kind,
+        operand: fn(&mut Self) -> Result<Expr, ExprError>,
+    ) -> Result<Expr, ExprError> {
+        let mut terms = vec![operand(self)?];
+        while self.peek().kind == op {
             self.bump();
-            terms.push(self.unary()?);
+            terms.push(operand(self)?);
         }
-        Ok(flatten(terms, true))
+        Ok(flatten(terms, op == Kind::And))
     }
 
     /// unary := NOT unary | ( or ) | tag

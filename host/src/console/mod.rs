@@ -177,6 +177,21 @@ async fn sign_out(State(state): State<AppState>, headers: header::HeaderMap) -> 
         .into_response()
 }
 
+/// A store read for a page; a failure is an error page.
+pub(super) async fn read<T: Send + 'static>(
+    state: &AppState,
+    viewer: &Viewer,
+    f: impl FnOnce(&dyn crate::store::Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    state.blocking(f).await.map_err(|_| {
+        error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            viewer,
+            "存储服务不可用 / the store failed to answer; retry later",
+        )
+    })
+}
+
 /// A whole page: navigation, title, body.
 fn page(title: &str, viewer: &Viewer, body: Markup) -> Html<String> {
     let markup = html! {

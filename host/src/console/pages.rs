@@ -2,10 +2,11 @@
 
 use super::history::{members_chart, members_per_run, sparkline, RunPoint};
 use super::render::{diff_block, path_segment, pretty, rule_tree, short};
-use super::{error_page, page, Viewer};
+use super::task::task_actions;
+use super::{error_page, page, read, Viewer};
 use crate::http::AppState;
 use crate::model::{TagStatus, TaskRecord, TaskStatus};
-use crate::store::{RuleVersion, Store, StoreError};
+use crate::store::RuleVersion;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -16,26 +17,11 @@ use tag_plugin_loader::Outcome;
 use tag_plugin_loader::{RegisteredTag, TagRegistry};
 
 /// Runs the console reads: the newest this many tasks (without their
-/// `user_ids` lists, see [`Store::task_history`]).
+/// `user_ids` lists, see [`crate::store::TaskStore::task_history`]).
 const HISTORY: usize = 500;
 
 /// Rule versions a tag's page shows with their diffs, newest first.
 const VERSIONS_SHOWN: usize = 10;
-
-/// A store read for a page; a failure is an error page.
-async fn read<T: Send + 'static>(
-    state: &AppState,
-    viewer: &Viewer,
-    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Response> {
-    state.blocking(f).await.map_err(|_| {
-        error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            viewer,
-            "存储服务不可用 / the store failed to answer; retry later",
-        )
-    })
-}
 
 /// Builds a page off the async threads. Decoding rules, diffing their
 /// versions and drawing charts is CPU work that grows with the data: on a
@@ -361,17 +347,7 @@ fn task_row(state: &AppState, viewer: &Viewer, task: &TaskRecord) -> Markup {
                 span.label { (format!("{percent:.0}%")) " " (stage) }
             }
             td.outcome { (outcome(task)) }
-            td {
-                @if viewer.admin && matches!(task.status, TaskStatus::Submitted | TaskStatus::Running) {
-                    button.action data-method="POST" data-path={ "/api/v1/tasks/" (task.task_id) "/cancel" }
-                        data-then="reload" { "取消 Cancel" }
-                }
-                @if viewer.admin && task.status == TaskStatus::Failed {
-                    button.action data-method="POST" data-path={ "/api/v1/tasks/" (task.task_id) "/retry" }
-                        data-then="reload" { "重试失败 Retry failed" }
-                }
-                span.result {}
-            }
+            td { (task_actions(viewer, task)) }
         }
     }
 }

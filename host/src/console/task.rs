@@ -2,7 +2,7 @@
 //! went tag by tag, and its whole report.
 
 use super::render::{path_segment, short};
-use super::{error_page, page, Viewer};
+use super::{error_page, page, read, Viewer};
 use crate::http::AppState;
 use crate::model::{Mode, RunReport, TagScope, TagStatus, TaskRecord, TaskStatus};
 use axum::extract::{Extension, Path, State};
@@ -18,15 +18,9 @@ pub async fn task(
     Path(task_id): Path<String>,
 ) -> Response {
     let id = task_id.clone();
-    let found = match state.blocking(move |s| s.get_task(&id)).await {
+    let found = match read(&state, &viewer, move |s| s.get_task(&id)).await {
         Ok(found) => found,
-        Err(_) => {
-            return error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &viewer,
-                "存储服务不可用 / the store failed to answer; retry later",
-            )
-        }
+        Err(page) => return page,
     };
     let Some(task) = found else {
         return error_page(
@@ -39,7 +33,7 @@ pub async fn task(
     let registry = state.tags();
     let body = html! {
         (summary(&task, progress.as_ref()))
-        (actions(&viewer, &task))
+        p.actions { (task_actions(&viewer, &task)) }
         @if let Some(error) = &task.error { p.error { (error) } }
         @if let Some(report) = &task.result {
             h2 { "各标签结果 Per tag" }
@@ -113,19 +107,19 @@ fn summary(task: &TaskRecord, progress: Option<&crate::progress::Progress>) -> M
     }
 }
 
-fn actions(viewer: &Viewer, task: &TaskRecord) -> Markup {
+/// The buttons an admin gets for a task: cancel while it is queued or
+/// running, retry the failed tags once it failed; where the outcome shows.
+pub(super) fn task_actions(viewer: &Viewer, task: &TaskRecord) -> Markup {
     html! {
-        p.actions {
-            @if viewer.admin && matches!(task.status, TaskStatus::Submitted | TaskStatus::Running) {
-                button.action data-method="POST" data-path={ "/api/v1/tasks/" (task.task_id) "/cancel" }
-                    data-then="reload" { "取消 Cancel" }
-            }
-            @if viewer.admin && task.status == TaskStatus::Failed {
-                button.action data-method="POST" data-path={ "/api/v1/tasks/" (task.task_id) "/retry" }
-                    data-then="reload" { "重试失败 Retry failed" }
-            }
-            span.result {}
+        @if viewer.admin && matches!(task.status, TaskStatus::Submitted | TaskStatus::Running) {
+            button.action data-method="POST" data-path={ "/api/v1/tasks/" (task.task_id) "/cancel" }
+                data-then="reload" { "取消 Cancel" }
         }
+        @if viewer.admin && task.status == TaskStatus::Failed {
+            button.action data-method="POST" data-path={ "/api/v1/tasks/" (task.task_id) "/retry" }
+                data-then="reload" { "重试失败 Retry failed" }
+        }
+        span.result {}
     }
 }
 
