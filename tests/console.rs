@@ -245,6 +245,10 @@ async fn walk_through(base: &str, driver: &Driver) {
     shot(&c, "tasks").await;
     the_task_has_a_page_of_its_own(&c, &base, &task_id).await;
 
+    // The tags table's sparklines carry their scale.
+    c.goto(&format!("{base}/")).await.unwrap();
+    let scale = text(&c, "table.tags td.spark .scale").await;
+    assert!(scale.chars().any(|ch| ch.is_ascii_digit()), "{scale:?}");
     // The tag's chart gained a point, and its axes carry values.
     assert_eq!(chart_points(&c, &base).await, before + 1);
     assert!(c.find(Locator::Css(".chart svg polyline")).await.is_ok());

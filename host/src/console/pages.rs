@@ -1,6 +1,6 @@
 //! The console's pages.
 
-use super::history::{members_chart, members_per_run, sparkline, RunPoint};
+use super::history::{count_text, members_chart, members_per_run, sparkline, RunPoint};
 use super::render::{diff_block, path_segment, pretty, rule_tree, short};
 use super::task::task_actions;
 use super::{error_page, page, read, Viewer};
@@ -111,13 +111,27 @@ fn tags_page(
                     td { (t.plugin.name) " " small { (t.plugin.version) } }
                     td { (owners.get(&id).map(String::as_str).unwrap_or("-")) }
                     td.num { (members(id).map_or("-".to_string(), |m| m.to_string())) }
-                    td.spark { @if !points.is_empty() { (PreEscaped(sparkline(points))) } }
+                    td.spark { @if !points.is_empty() {
+                        (PreEscaped(sparkline(points)))
+                        // The sparkline's scale: its lowest and highest members.
+                        small.scale { " " (spark_scale(points)) }
+                    } }
                     td { (last_run(tasks, id)) }
                 }
             } }
         }
     };
     page("标签 Tags", viewer, body).into_response()
+}
+
+/// A sparkline's range of members, `min–max` (one value when flat).
+fn spark_scale(points: &[RunPoint]) -> String {
+    let low = points.iter().map(|p| p.members).min().unwrap_or(0);
+    let high = points.iter().map(|p| p.members).max().unwrap_or(0);
+    match low == high {
+        true => count_text(low),
+        false => format!("{}–{}", count_text(low), count_text(high)),
+    }
 }
 
 /// Above the tags, while plugin files are rejected (or none was found):
