@@ -117,8 +117,10 @@ impl TagBitmaps {
         }
     }
 
-    /// Heap bytes the bitmaps take (each shared bitmap counted once here).
-    pub fn heap_bytes(&self) -> usize {
+    /// The bitmaps' size serialized (roaring's portable format), about
+    /// what they take in memory; a bitmap shared with another snapshot is
+    /// counted here too.
+    pub fn serialized_bytes(&self) -> usize {
         self.tags
             .values()
             .chain([&self.universe])
@@ -202,6 +204,6 @@ mod tests {
             b.overlap(&[2, 1, 7]),
             vec![vec![4, 2, 0], vec![2, 3, 0], vec![0, 0, 0]]
         );
-        assert!(b.heap_bytes() > 0);
+        assert!(b.serialized_bytes() > 0);
     }
 }

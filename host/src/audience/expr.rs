@@ -238,12 +238,10 @@ impl Parser<'_> {
         &self.tokens[self.next.min(self.tokens.len() - 1)]
     }
 
-    fn bump(&mut self) -> Token {
-        let token = self.peek().clone();
+    fn bump(&mut self) {
         if self.next < self.tokens.len() - 1 {
             self.next += 1;
         }
-        token
     }
 
     fn error(&self, reason: &str) -> ExprError {
@@ -316,7 +314,6 @@ impl Parser<'_> {
                     None => Err(self.error("no such tag")),
                 }
             }
-            Kind::End => Err(self.error("expected a tag, NOT or an opening parenthesis")),
             _ => Err(self.error("expected a tag, NOT or an opening parenthesis")),
         }
     }

@@ -93,9 +93,15 @@ fn chart(frame: Frame, lines: &[Line<'_>]) -> String {
         0
     };
     let pad = ((top - bottom) / 10).max(1);
-    let (low, high) = match frame.axes {
-        true => (bottom.min(0), ticks(top + pad).last().copied().unwrap_or(1)),
-        false => (bottom - pad, top + pad),
+    // With axes, the y axis ends on its highest round value.
+    let ys = if frame.axes {
+        ticks(top + pad)
+    } else {
+        Vec::new()
+    };
+    let (low, high) = match ys.last() {
+        Some(&last) => (bottom.min(0), last),
+        None => (bottom - pad, top + pad),
     };
     let mut svg = String::new();
     {
@@ -111,7 +117,7 @@ fn chart(frame: Frame, lines: &[Line<'_>]) -> String {
                 .margin_bottom(below)
                 .build_cartesian_2d(0..runs.max(2) - 1, low..high)?;
             if frame.axes {
-                draw_axes(&root, &chart, runs, ticks(high))?;
+                draw_axes(&root, &chart, runs, ys)?;
             }
             for (values, colour) in lines {
                 let points = values.iter().enumerate().map(|(i, v)| (i, *v));

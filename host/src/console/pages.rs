@@ -2,7 +2,7 @@
 
 use super::history::{count_text, members_chart, members_per_run, sparkline, RunPoint};
 use super::render::{diff_block, path_segment, pretty, rule_tree, short};
-use super::task::task_actions;
+use super::task::{progress_bar, task_actions};
 use super::{error_page, page, read, Viewer};
 use crate::http::AppState;
 use crate::model::{TagStatus, TaskRecord, TaskStatus};
@@ -355,11 +355,7 @@ fn task_row(state: &AppState, viewer: &Viewer, task: &TaskRecord) -> Markup {
             td { (crate::tasks::lifecycle::list(&task.spec.tag_ids)) }
             td { span class={ "status " (status) } { (status) } }
             td { small { (task.submitted_at) } }
-            td.progress {
-                // The script sets the width: the page's policy allows no inline style.
-                div.bar { div.fill data-percent=(percent) {} }
-                span.label { (format!("{percent:.0}%")) " " (stage) }
-            }
+            td.progress { (progress_bar(percent, &stage)) }
             td.outcome { (outcome(task)) }
             td { (task_actions(viewer, task)) }
         }

@@ -4,7 +4,7 @@
 use super::render::{path_segment, short};
 use super::{error_page, page, read, Viewer};
 use crate::http::AppState;
-use crate::model::{Mode, RunReport, TagScope, TagStatus, TaskRecord, TaskStatus};
+use crate::model::{RunReport, TagScope, TagStatus, TaskRecord, TaskStatus};
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -54,7 +54,7 @@ pub async fn task(
     .into_response()
 }
 
-/// Who may see which users: every user, or the task's list (its size).
+/// The users the task covers: every user, or how many it named.
 fn users_text(task: &TaskRecord) -> String {
     match &task.spec.user_ids {
         None => "全部 all users".into(),
@@ -72,28 +72,21 @@ fn duration_text(task: &TaskRecord) -> String {
 
 fn summary(task: &TaskRecord, progress: Option<&crate::progress::Progress>) -> Markup {
     let status = task.status.as_str();
-    let mode = match task.spec.mode {
-        Mode::Full => "full",
-        Mode::Incremental => "incremental",
-    };
     html! {
         table.summary data-task=(task.task_id) data-status=(status) {
             tbody {
                 tr { th { "任务 Task" } td { code { (task.task_id) } } }
                 tr { th { "状态 Status" } td { span class={ "status " (status) } { (status) } } }
                 @if let Some(p) = progress {
-                    tr { th { "进度 Progress" } td.progress {
-                        div.bar { div.fill data-percent=(p.percent) {} }
-                        span.label { (format!("{:.0}%", p.percent)) " " (p.stage) }
-                    } }
+                    tr { th { "进度 Progress" } td.progress { (progress_bar(p.percent, &p.stage)) } }
                 }
-                tr { th { "模式 Mode" } td { (mode) } }
+                tr { th { "模式 Mode" } td { (task.spec.mode.as_str()) } }
                 tr { th { "标签 Tags" } td { @for id in &task.spec.tag_ids {
                     a href={ "/tags/" (id) } { (id) } " "
                 } } }
                 tr { th { "用户 Users" } td { (users_text(task)) } }
                 tr { th { "基准日 As of" } td { (task.spec.as_of.as_deref().unwrap_or("today")) } }
-                tr { th { "优先级 Priority" } td { (format!("{:?}", task.spec.priority).to_lowercase()) } }
+                tr { th { "优先级 Priority" } td { (task.spec.priority.as_str()) } }
                 tr { th { "提交 Submitted" } td { (task.submitted_at) } }
                 tr { th { "开始 Started" } td { (task.started_at.as_deref().unwrap_or("—")) } }
                 tr { th { "结束 Finished" } td { (task.completed_at.as_deref().unwrap_or("—")) } }
@@ -104,6 +97,15 @@ fn summary(task: &TaskRecord, progress: Option<&crate::progress::Progress>) -> M
                 }
             }
         }
+    }
+}
+
+/// A task's bar and its label (`42% evaluating`). The script sets the
+/// fill's width: the page's policy allows no inline style.
+pub(super) fn progress_bar(percent: f64, stage: &str) -> Markup {
+    html! {
+        div.bar { div.fill data-percent=(percent) {} }
+        span.label { (format!("{percent:.0}%")) " " (stage) }
     }
 }
 
