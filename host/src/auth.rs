@@ -246,7 +246,7 @@ pub fn presented_session<'a>(method: &Method, headers: &'a HeaderMap) -> Option<
     }
     let (name, value) = CONSOLE_HEADER;
     let from_console = headers.get(name).is_some_and(|v| v == value);
-    session_id(headers).filter(|_| from_console || needed(method) == Role::Read)
+    session_id(headers).filter(|_| from_console || needed(method, "") == Role::Read)
 }
 
 /// Whether the request presents a token at all (right or wrong): a bearer
@@ -255,9 +255,12 @@ pub fn presents_token(method: &Method, headers: &HeaderMap) -> bool {
     bearer(headers).is_some() || presented_session(method, headers).is_some()
 }
 
+/// The paths a `read` token may POST to: questions that change nothing.
+const READ_POSTS: &[&str] = &["/api/v1/audiences/query"];
+
 /// The role a request needs.
-fn needed(method: &Method) -> Role {
-    if method == Method::GET || method == Method::HEAD {
+fn needed(method: &Method, path: &str) -> Role {
+    if method == Method::GET || method == Method::HEAD || READ_POSTS.contains(&path) {
         Role::Read
     } else {
         Role::Admin
@@ -286,7 +289,7 @@ pub enum Denied {
 /// `anonymous` when no token is configured.
 pub fn authenticate(
     tokens: &Tokens,
-    method: &Method,
+    (method, path): (&Method, &str),
     headers: &HeaderMap,
     session: Option<&(String, Role)>,
 ) -> Result<Caller, Denied> {
@@ -298,7 +301,7 @@ pub fn authenticate(
         None => session.cloned(),
     }
     .ok_or(Denied::Unauthenticated)?;
-    let needs = needed(method);
+    let needs = needed(method, path);
     if role < needs {
         return Err(Denied::Forbidden { name, role, needs });
     }
@@ -308,6 +311,18 @@ pub fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_token_may_ask_an_audience_query_and_nothing_else_by_post() {
+        assert_eq!(needed(&Method::POST, "/api/v1/audiences/query"), Role::Read);
+        assert_eq!(needed(&Method::PUT, "/api/v1/audiences/query"), Role::Admin);
+        assert_eq!(needed(&Method::PUT, "/api/v1/audiences/vip"), Role::Admin);
+        assert_eq!(needed(&Method::POST, "/api/v1/tags/trigger"), Role::Admin);
+        assert_eq!(
+            needed(&Method::GET, "/api/v1/audiences/vip/members"),
+            Role::Read
+        );
+    }
 
     #[test]
     fn entries_parse_from_both_sources_and_problems_are_listed() {
@@ -355,7 +370,7 @@ mod tests {
         )
         .unwrap();
         let who = |method: Method, pairs: &[(&'static str, &str)]| {
-            authenticate(&tokens, &method, &headers(pairs), None)
+            authenticate(&tokens, (&method, "/api/v1/tasks"), &headers(pairs), None)
         };
         let bearer = [("authorization", "Bearer 0123456789abcdef-view")];
         assert_eq!(who(Method::GET, &bearer).unwrap().0, "viewer");
@@ -377,18 +392,33 @@ mod tests {
         assert_eq!(presented_session(&Method::POST, &console), Some("5e55"));
         // The session as the store resolved it, never the cookie's value.
         let ops = ("ops".to_string(), Role::Admin);
-        let by_session = authenticate(&tokens, &Method::POST, &console, Some(&ops));
+        let by_session = authenticate(
+            &tokens,
+            (&Method::POST, "/api/v1/tasks"),
+            &console,
+            Some(&ops),
+        );
         assert_eq!(by_session.unwrap().0, "ops");
         let token_as_cookie = headers(&[("cookie", "tag_session=0123456789abcdef-ops")]);
         assert_eq!(
-            authenticate(&tokens, &Method::GET, &token_as_cookie, None),
+            authenticate(
+                &tokens,
+                (&Method::GET, "/api/v1/tasks"),
+                &token_as_cookie,
+                None
+            ),
             Err(Denied::Unauthenticated)
         );
         let open = Tokens::default();
         assert_eq!(
-            authenticate(&open, &Method::POST, &HeaderMap::new(), None)
-                .unwrap()
-                .0,
+            authenticate(
+                &open,
+                (&Method::POST, "/api/v1/tasks"),
+                &HeaderMap::new(),
+                None
+            )
+            .unwrap()
+            .0,
             "anonymous"
         );
     }

@@ -14,6 +14,8 @@
 //! - [`engine`]: one task end to end: read, join, evaluate, diff, write.
 //! - [`audience`]: the expression language over tags and the tags'
 //!   members as roaring bitmaps.
+//! - [`members`]: audiences as served: the live bitmaps, expressions
+//!   resolved against the loaded tags, members exported.
 //! - [`tasks`]: the task wing: the bounded priority queue, the worker
 //!   threads, the run contract and every state change of a task;
 //!   [`progress`]: how far a running task has got.
@@ -43,6 +45,7 @@ pub mod disk;
 pub mod engine;
 pub mod http;
 pub mod logging;
+pub mod members;
 pub mod memory;
 pub mod metrics;
 pub mod model;

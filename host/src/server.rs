@@ -292,6 +292,7 @@ fn api(config: &Config, started: &Started) -> axum::Router {
             lifetime_secs: config.console_session_secs.into(),
             secure: config.secure_cookies,
         },
+        live: Arc::new(crate::members::live::Live::new()),
     };
     let routes = http::routes(&state).merge(console::router(state.clone()));
     http::serve(routes, state)

@@ -71,6 +71,8 @@ pub enum ApiError {
     TaskNotFound(String),
     /// 404: the user holds no tag.
     UserNotFound(String),
+    /// 404: no saved audience has this name.
+    AudienceNotFound(String),
     /// 404: no route has this path.
     RouteNotFound(String),
     /// 405: the path exists, the method does not.
@@ -192,9 +194,11 @@ impl ApiError {
             BadRequest { .. } | BadJson(_) | BadParam { .. } | UnknownTags(_) => {
                 StatusCode::BAD_REQUEST
             }
-            UnknownTag { .. } | TaskNotFound(_) | UserNotFound(_) | RouteNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            UnknownTag { .. }
+            | TaskNotFound(_)
+            | UserNotFound(_)
+            | AudienceNotFound(_)
+            | RouteNotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IdempotencyConflict | NotRetryable { .. } | TagsGone(_) | AlreadyFinished(_) => {
                 StatusCode::CONFLICT
@@ -237,6 +241,10 @@ impl ApiError {
             UserNotFound(id) => (
                 format!("User has no tags: {}", clip(id)),
                 owned(format!("该用户没有标签: {}", clip(id))),
+            ),
+            AudienceNotFound(name) => (
+                format!("Audience not found: {}", clip(name)),
+                owned(format!("受众不存在: {}", clip(name))),
             ),
             RouteNotFound(path) => (format!("Not found: {}", clip(path)), "接口不存在".into()),
             MethodNotAllowed => ("Method not allowed".into(), "请求方法不被允许".into()),

@@ -218,7 +218,8 @@ pub async fn authenticate(
             Ok(session) => session,
             Err(e) => return e.into_response(),
         };
-        match auth::authenticate(&state.tokens, method, headers, session.as_ref()) {
+        let path = request.uri().path();
+        match auth::authenticate(&state.tokens, (method, path), headers, session.as_ref()) {
             Ok(caller) => caller,
             // A wrong token counts against the address; no token at all
             // guesses nothing and does not.

@@ -4,10 +4,11 @@
 //! state. The console's pages are mounted beside these routes where the
 //! server is assembled ([`crate::server`]); the API does not know them.
 
+pub mod audiences;
 pub mod error;
 pub mod middleware;
 pub mod openapi;
-mod params;
+pub(crate) mod params;
 pub mod plugins;
 pub mod request_id;
 pub mod sessions;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub request_timeout: std::time::Duration,
     /// How the console's sessions are made.
     pub sessions: sessions::Settings,
+    /// The tags' bitmaps as served (audiences, overlap).
+    pub live: Arc<crate::members::live::Live>,
 }
 
 impl AppState {
@@ -81,6 +84,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .merge(tags::router())
         .merge(tasks::router())
         .merge(users::router())
+        .merge(audiences::router())
         .split_for_parts();
     api.merge(openapi::route(&openapi::finish(
         doc,

@@ -33,6 +33,7 @@ pub const PATH: &str = "/api/v1/openapi.json";
         (name = "tags", description = "Loaded tags and their rules"),
         (name = "tasks", description = "Runs: trigger, status, list, cancel, retry"),
         (name = "results", description = "Who holds which tag"),
+        (name = "audiences", description = "Expressions over tags: counts, members, exports, saved audiences, change feeds, overlap"),
         (name = "plugins", description = "Plugin files, reloads, ownership"),
     )
 )]

@@ -1,5 +1,6 @@
 //! Results: a user's tags, and the users holding a tag.
 
+use super::audiences::stream;
 use super::error::ErrorBody;
 use super::params::parse_count;
 use super::tags::parse_tag_id;
@@ -57,17 +58,22 @@ struct PageQuery {
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// `csv`, `jsonl` or `parquet`: every holder streamed as a file (in
+    /// the order of their dense index), instead of a page.
+    format: Option<String>,
 }
 
 /// `GET /api/v1/tags/{tag_id}/users?limit=&cursor=`: holders, by user id;
-/// `next_cursor` continues the listing.
+/// `next_cursor` continues the listing. With `format`, every holder as a
+/// file.
 #[utoipa::path(
     get,
     path = "/api/v1/tags/{tag_id}/users",
     tag = "results",
     params(("tag_id" = u64, Path, minimum = 0, maximum = 4294967295.0, description = "A loaded tag's id"), PageQuery),
     responses(
-        (status = 200, description = "A page of the tag's holders", body = TagUsers),
+        (status = 200, description = "A page of the tag's holders; with format, every holder as CSV, JSON lines or parquet", body = TagUsers),
+        (status = 400, description = "A bad limit or format", body = ErrorBody),
         (status = 404, description = "No loaded plugin provides the tag", body = ErrorBody),
     )
 )]
@@ -75,8 +81,16 @@ async fn tag_users(
     State(state): State<AppState>,
     Path(raw): Path<String>,
     Query(q): Query<PageQuery>,
-) -> Result<Json<TagUsers>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let tag_id = parse_tag_id(&state, &raw)?;
+    if let Some(format) = stream::parse_format(q.format.as_deref())? {
+        let select = move |b: &crate::audience::bitmaps::TagBitmaps| {
+            b.members(tag_id).cloned().unwrap_or_default()
+        };
+        let name = format!("tag-{tag_id}");
+        return stream::stream_members(state, select, format, &name).await;
+    }
     let limit = parse_count(q.limit.as_deref(), "limit", 100, 10_000)?;
     let cursor = q.cursor.clone();
     let users = state
@@ -90,7 +104,8 @@ async fn tag_users(
         tag_id,
         users,
         next_cursor: next,
-    }))
+    })
+    .into_response())
 }
 
 /// `GET /api/v1/users/{user_id}/tags`: the user's row of results.

@@ -360,6 +360,93 @@ pub trait ResultStore: Send + Sync {
     ) -> Result<Vec<String>, StoreError>;
 }
 
+/// A saved audience: a named expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedAudience {
+    /// Its name (the key).
+    pub name: String,
+    /// The expression as written.
+    pub expr: String,
+    /// The expression over tag ids, as evaluated after each run.
+    pub canonical: String,
+    /// What it is for.
+    pub description: String,
+    /// The API token name that saved it.
+    pub saved_by: Option<String>,
+    /// When it was saved (`YYYY-MM-DDTHH:MM:SS`, UTC).
+    pub saved_at: String,
+}
+
+/// A saved audience's size after one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudienceCount {
+    /// The run's task.
+    pub task_id: String,
+    /// When the run committed.
+    pub committed_at: String,
+    /// The audience's members then.
+    pub members: u64,
+}
+
+/// Which runs' changes of a tag to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeFilter {
+    /// The run of one task.
+    Task(String),
+    /// Runs committed at or after a time (`YYYY-MM-DDTHH:MM:SS`, UTC).
+    Since(String),
+}
+
+/// One committed run's effect on one tag, by the users' dense indexes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagChangeRow {
+    /// The run's task.
+    pub task_id: String,
+    /// The tag.
+    pub tag_id: u32,
+    /// When the run committed.
+    pub committed_at: String,
+    /// Users who gained the tag.
+    pub added: roaring::RoaringBitmap,
+    /// Users who lost it.
+    pub removed: roaring::RoaringBitmap,
+}
+
+/// Persistence of audiences: the dense user index, each tag's members as a
+/// bitmap (maintained by every run's commit), the change feed and saved
+/// audiences ([`sql::audience`]).
+pub trait AudienceStore: Send + Sync {
+    /// The version the last commit left (0 before any).
+    fn audience_version(&self) -> Result<u64, StoreError>;
+    /// Every tag's members at one version, with that version.
+    fn tag_bitmaps(&self) -> Result<(u64, BTreeMap<u32, roaring::RoaringBitmap>), StoreError>;
+    /// The users of the indexes `uidx` (ascending), ascending by index.
+    fn indexed_users(&self, uidx: &[u32]) -> Result<Vec<(u32, String)>, StoreError>;
+    /// A user's dense index: `None` if the user never had a row.
+    fn user_index(&self, user_id: &str) -> Result<Option<u32>, StoreError>;
+    /// A tag's changes per run, oldest first.
+    fn tag_changes(
+        &self,
+        tag_id: u32,
+        filter: &ChangeFilter,
+    ) -> Result<Vec<TagChangeRow>, StoreError>;
+    /// Per tag of `tags` that a kept run changed: (tag, task id, committed at) of its last run.
+    fn last_runs(&self, tags: &[u32]) -> Result<Vec<(u32, String, String)>, StoreError>;
+    /// Saves an audience (replacing one of the same name: its counts
+    /// start again); whether one was replaced.
+    fn save_audience(&self, audience: &SavedAudience) -> Result<bool, StoreError>;
+    /// Every saved audience, by name.
+    fn audiences(&self) -> Result<Vec<SavedAudience>, StoreError>;
+    /// One saved audience.
+    fn audience(&self, name: &str) -> Result<Option<SavedAudience>, StoreError>;
+    /// Deletes a saved audience and its counts; whether it was there.
+    fn delete_audience(&self, name: &str) -> Result<bool, StoreError>;
+    /// A saved audience's size after each of the last `limit` runs, oldest first.
+    fn audience_counts(&self, name: &str, limit: usize) -> Result<Vec<AudienceCount>, StoreError>;
+    /// Deletes the change feed of runs committed before `before`; rows gone.
+    fn purge_changes(&self, before: &str) -> Result<usize, StoreError>;
+}
+
 /// A console session as the store keeps it: never the session id the
 /// browser holds, only its SHA-256, so a copy of the store signs no one in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -398,14 +485,14 @@ pub trait SessionStore: Send + Sync {
 /// Persistence used by the server and the one-shot runner: every concern,
 /// so one `Arc<dyn Store>` serves them all. Callers bring the concern's
 /// trait into scope (or [`prelude`]) to call its methods.
-pub trait Store: TaskStore + RuleStore + ResultStore + SessionStore {
+pub trait Store: TaskStore + RuleStore + ResultStore + SessionStore + AudienceStore {
     /// Checks the store answers.
     fn ping(&self) -> Result<(), StoreError>;
 }
 
 /// The store traits, for callers of their methods.
 pub mod prelude {
-    pub use super::{ResultStore, RuleStore, SessionStore, Store, TaskStore};
+    pub use super::{AudienceStore, ResultStore, RuleStore, SessionStore, Store, TaskStore};
 }
 
 /// Opens the store named by a URL: `sqlite://PATH`,

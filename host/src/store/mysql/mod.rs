@@ -65,6 +65,7 @@ impl MyStore {
             mirror: None,
         };
         store.mirror = schema::migrate(&mut store.conn()?)?;
+        crate::store::sql::audience::backfill(&mut store.conn()?)?;
         Ok(store)
     }
 
@@ -98,6 +99,7 @@ fn value(arg: &Arg<'_>) -> Value {
         Arg::Int(n) => Value::Int(n),
         Arg::Text(t) => Value::from(t),
         Arg::Bool(b) => Value::from(b),
+        Arg::Blob(b) => Value::Bytes(b.to_vec()),
     }
 }
 
@@ -115,9 +117,10 @@ fn cell(value: Value) -> Result<Cell, StoreError> {
         Value::UInt(n) => i64::try_from(n)
             .map(Cell::Int)
             .map_err(|_| StoreError::Corrupt(format!("{n} is out of range"))),
-        Value::Bytes(b) => String::from_utf8(b)
+        // Text and bytes come alike: bytes that are not UTF-8 are a blob.
+        Value::Bytes(b) => Ok(String::from_utf8(b)
             .map(Cell::Text)
-            .map_err(|e| StoreError::Corrupt(e.to_string())),
+            .unwrap_or_else(|e| Cell::Blob(e.into_bytes()))),
         other => Err(StoreError::Corrupt(format!("unexpected value {other:?}"))),
     }
 }

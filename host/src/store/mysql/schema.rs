@@ -122,6 +122,42 @@ const MIGRATIONS: &[&[&str]] = &[
             " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
         ),
     ],
+    &[
+        // 8: audiences: the dense user index, per-tag bitmaps, the change
+        // feed and saved audiences.
+        "CREATE TABLE audience_users (
+        uidx BIGINT AUTO_INCREMENT PRIMARY KEY,
+        user_id VARCHAR(255) NOT NULL UNIQUE
+    ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        "CREATE TABLE audience_meta (id INT PRIMARY KEY, version BIGINT NOT NULL) ENGINE = InnoDB",
+        "CREATE TABLE tag_bitmaps (tag_id BIGINT PRIMARY KEY, members LONGBLOB NOT NULL)",
+        "CREATE TABLE tag_changes (
+        task_id VARCHAR(64) NOT NULL,
+        tag_id BIGINT NOT NULL,
+        committed_at VARCHAR(32) NOT NULL,
+        version BIGINT NOT NULL,
+        added LONGBLOB NOT NULL,
+        removed LONGBLOB NOT NULL,
+        PRIMARY KEY (tag_id, task_id),
+        INDEX tag_changes_time (committed_at)
+    ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        "CREATE TABLE audiences (
+        name VARCHAR(255) PRIMARY KEY,
+        expr LONGTEXT NOT NULL,
+        canonical LONGTEXT NOT NULL,
+        description LONGTEXT NOT NULL,
+        saved_by VARCHAR(255),
+        saved_at VARCHAR(32) NOT NULL
+    ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        "CREATE TABLE audience_counts (
+        name VARCHAR(255) NOT NULL,
+        task_id VARCHAR(64) NOT NULL,
+        version BIGINT NOT NULL,
+        committed_at VARCHAR(32) NOT NULL,
+        members BIGINT NOT NULL,
+        PRIMARY KEY (name, task_id)
+    ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+    ],
 ];
 
 /// Applies the migrations the database lacks (refusing a newer database)

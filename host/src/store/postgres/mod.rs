@@ -99,6 +99,7 @@ impl PgStore {
         };
         let mut client = store.client()?;
         schema::migrate(&mut client)?;
+        crate::store::sql::audience::backfill(&mut *client)?;
         drop(client);
         Ok(store)
     }
@@ -141,6 +142,7 @@ impl ToSql for Bind<'_> {
             Arg::Int(n) => n.to_sql(ty, out),
             Arg::Text(t) => t.to_sql(ty, out),
             Arg::Bool(b) => b.to_sql(ty, out),
+            Arg::Blob(b) => b.to_sql(ty, out),
         }
     }
 
@@ -150,6 +152,7 @@ impl ToSql for Bind<'_> {
             || <i16 as ToSql>::accepts(ty)
             || <&str as ToSql>::accepts(ty)
             || <bool as ToSql>::accepts(ty)
+            || <&[u8] as ToSql>::accepts(ty)
     }
 
     ::postgres::types::to_sql_checked!();
@@ -168,6 +171,9 @@ fn cell(row: &::postgres::Row, i: usize) -> Result<Cell, StoreError> {
             .map(|v| v.map(|n| Cell::Int(n.into())))
     } else if ty == Type::BOOL {
         row.try_get::<_, Option<bool>>(i).map(|v| v.map(Cell::Bool))
+    } else if ty == Type::BYTEA {
+        row.try_get::<_, Option<Vec<u8>>>(i)
+            .map(|v| v.map(Cell::Blob))
     } else {
         row.try_get::<_, Option<String>>(i)
             .map(|v| v.map(Cell::Text))

@@ -12,6 +12,7 @@
 //! how a run's write begins); the task, rule, result and session stores
 //! follow from that ([`tasks`], [`rules`], [`results`], [`sessions`]).
 
+pub mod audience;
 pub mod results;
 pub mod rules;
 pub mod sessions;
@@ -160,6 +161,8 @@ pub enum Arg<'a> {
     Text(&'a str),
     /// A flag (a `BOOLEAN` where there is one, else 0 or 1).
     Bool(bool),
+    /// Bytes (a `BLOB`, `BYTEA` or `LONGBLOB`).
+    Blob(&'a [u8]),
 }
 
 impl<'a> From<&'a str> for Arg<'a> {
@@ -215,6 +218,8 @@ pub enum Cell {
     Text(String),
     /// A `BOOLEAN`.
     Bool(bool),
+    /// Bytes that are not text.
+    Blob(Vec<u8>),
 }
 
 /// A row read back, its values in the order selected.
@@ -251,6 +256,16 @@ impl Row {
     /// Column `i` as text.
     pub fn text(&self, i: usize) -> Result<String, StoreError> {
         self.opt_text(i)?.ok_or_else(|| self.unexpected(i, "text"))
+    }
+
+    /// Column `i` as bytes (a driver that cannot tell bytes from text
+    /// may hand them over as text).
+    pub fn blob(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        match self.cell(i)? {
+            Cell::Blob(b) => Ok(b.clone()),
+            Cell::Text(t) => Ok(t.clone().into_bytes()),
+            _ => Err(self.unexpected(i, "bytes")),
+        }
     }
 
     /// Column `i` as an integer.

@@ -1,6 +1,7 @@
 //! Results on every backend: tag states, run outcomes, a user's tags and
 //! the users holding a tag, and the end of a run's write.
 
+use super::audience::AudienceDelta;
 use super::{Arg, Conn, Dialect, SqlStore};
 use crate::store::{
     parse_tag_ids, Held, ResultStore, RowSink, RunGrants, RunStart, RunTx, StoreError, TagState,
@@ -17,6 +18,8 @@ pub struct RunWrite {
     /// The run's time in Unix seconds (how rows keep their times).
     pub now: i64,
     grants: RunGrants,
+    /// Who the run changed, for the audience bitmaps.
+    audience: AudienceDelta,
     committed: bool,
 }
 
@@ -27,6 +30,7 @@ impl RunWrite {
             start: start.clone(),
             now: start.unix_time()?,
             grants: RunGrants::default(),
+            audience: AudienceDelta::default(),
             committed: false,
         })
     }
@@ -53,6 +57,7 @@ impl RunWrite {
         states: &[TagState],
         outcome: &crate::model::RunReport,
     ) -> Result<(), StoreError> {
+        self.audience.fold(c, &self.start)?;
         finish_run(c, &self.start, states, outcome)?;
         self.committed = true;
         Ok(())
@@ -97,7 +102,9 @@ impl<W: BulkWrite> RunTx for W {
     }
 
     fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError> {
-        BulkWrite::apply(self, changes)
+        BulkWrite::apply(self, changes)?;
+        let (c, run) = self.parts();
+        run.audience.record(c, changes)
     }
 
     fn commit(

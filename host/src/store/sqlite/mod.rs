@@ -167,6 +167,7 @@ impl rusqlite::ToSql for Bind<'_> {
             Arg::Int(n) => ToSqlOutput::Owned(Value::Integer(n)),
             Arg::Text(t) => ToSqlOutput::Borrowed(ValueRef::Text(t.as_bytes())),
             Arg::Bool(b) => ToSqlOutput::Owned(Value::Integer(b.into())),
+            Arg::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
         })
     }
 }
@@ -179,6 +180,7 @@ fn cell(value: rusqlite::types::ValueRef<'_>) -> Result<Cell, StoreError> {
         ValueRef::Text(t) => std::str::from_utf8(t)
             .map(|t| Cell::Text(t.to_string()))
             .map_err(|e| StoreError::Corrupt(e.to_string())),
+        ValueRef::Blob(b) => Ok(Cell::Blob(b.to_vec())),
         other => Err(StoreError::Corrupt(format!(
             "unexpected {:?} value",
             other.data_type()

@@ -1,7 +1,7 @@
 //! The results file: `user_tags` as a view over compact base tables, the
 //! per-tag run state, and each run's committed outcome.
 //!
-//! Layout (schema version 2):
+//! Layout (schema version 3):
 //! - `tag_grants`: one row per tag per run that granted it: the
 //!   `tag_details` entry every user who gained the tag in that run shows
 //!   (name, category, hit time, rule version), stored once, not per user.
@@ -9,6 +9,9 @@
 //!   ascending), `grants` (JSON array of grant ids, parallel to `tag_ids`),
 //!   `created_time`/`updated_time` as Unix seconds. Keyed by `user_id`
 //!   (`WITHOUT ROWID`: the row lives in the primary-key B-tree, one lookup).
+//! - the audience tables (version 3): the dense user index, per-tag
+//!   bitmaps, the change feed and saved audiences
+//!   ([`crate::store::sql::audience`]).
 //! - `user_tags`: a view that rebuilds the original table's five columns.
 //!   It uses only SQL that SQLite 3.38 and later understand (no `ORDER BY`
 //!   inside an aggregate), so older readers such as Python's `sqlite3` can
@@ -27,7 +30,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 /// The layout this code reads and writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tag_state (
@@ -52,6 +55,44 @@ CREATE TABLE IF NOT EXISTS run_outcomes (
     task_id TEXT PRIMARY KEY,
     result TEXT NOT NULL,
     committed_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audience_users (
+    uidx INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS audience_meta (
+    id INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tag_bitmaps (
+    tag_id INTEGER PRIMARY KEY,
+    members BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tag_changes (
+    task_id TEXT NOT NULL,
+    tag_id INTEGER NOT NULL,
+    committed_at TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    added BLOB NOT NULL,
+    removed BLOB NOT NULL,
+    PRIMARY KEY (tag_id, task_id)
+);
+CREATE INDEX IF NOT EXISTS tag_changes_time ON tag_changes (committed_at);
+CREATE TABLE IF NOT EXISTS audiences (
+    name TEXT PRIMARY KEY,
+    expr TEXT NOT NULL,
+    canonical TEXT NOT NULL,
+    description TEXT NOT NULL,
+    saved_by TEXT,
+    saved_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audience_counts (
+    name TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    committed_at TEXT NOT NULL,
+    members INTEGER NOT NULL,
+    PRIMARY KEY (name, task_id)
 );
 CREATE VIEW IF NOT EXISTS user_tags AS
 SELECT s.user_id AS user_id,
@@ -91,7 +132,7 @@ pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
         .map_err(db)?;
     crate::store::sql::refuse_newer("results database", version, SCHEMA_VERSION)?;
     if version == SCHEMA_VERSION {
-        return Ok(());
+        return crate::store::sql::audience::backfill(conn);
     }
     let tx = conn.transaction().map_err(db)?;
     let old_table: bool = tx
@@ -111,7 +152,8 @@ pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
     }
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
         .map_err(db)?;
-    tx.commit().map_err(db)
+    tx.commit().map_err(db)?;
+    crate::store::sql::audience::backfill(conn)
 }
 
 /// New rows per multi-row `INSERT` (5 parameters each).

@@ -1,0 +1,478 @@
+//! Audiences on every backend: the dense user index, each tag's members as
+//! a roaring bitmap, the change feed of each run, and saved audiences.
+//!
+//! - `audience_users`: a user's dense index (`uidx`), assigned by the
+//!   database's own counter the first time the user gets a row and kept
+//!   for good (a user who loses every tag and later gains one again keeps
+//!   the index; no other user ever gets it).
+//! - `tag_bitmaps`: per tag, its members' indexes (roaring's portable
+//!   serialization).
+//! - `tag_changes`: per committed run and tag, who gained and who lost it.
+//! - `audience_meta`: one row whose `version` every run's commit bumps, so
+//!   a process polls one integer to learn that the bitmaps changed.
+//! - `audiences` and `audience_counts`: saved expressions, and each one's
+//!   size after every run.
+//!
+//! A run's write records who changed in each batch ([`AudienceDelta`]) and
+//! folds that into the bitmaps in its own transaction, just before the
+//! commit, so the bitmaps never show half a run and a run that fails or is
+//! cancelled changes none of them.
+
+use super::{Arg, Conn, Dialect, SqlStore};
+use crate::audience::bitmaps::TagBitmaps;
+use crate::audience::expr::{self, Reference};
+use crate::store::{
+    AudienceCount, AudienceStore, ChangeFilter, Op, RunStart, SavedAudience, StoreError,
+    TagChangeRow, UserRows,
+};
+use roaring::RoaringBitmap;
+use std::collections::{BTreeMap, HashMap};
+
+/// Users per statement of the index's lookups and inserts.
+const CHUNK: usize = 500;
+
+/// Rows per page when an existing store's rows are indexed.
+const BACKFILL_PAGE: i64 = 20_000;
+
+/// The bytes of `bits` as the stores keep them.
+pub fn encode(bits: &RoaringBitmap) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bits.serialized_size());
+    // Writing into a Vec cannot fail.
+    let _ = bits.serialize_into(&mut out);
+    out
+}
+
+/// A bitmap from the bytes [`encode`] wrote.
+pub fn decode(bytes: &[u8]) -> Result<RoaringBitmap, StoreError> {
+    RoaringBitmap::deserialize_from(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("a tag bitmap: {e}")))
+}
+
+/// `n` placeholders, comma-separated.
+fn marks(n: usize, each: &str) -> String {
+    vec![each; n].join(", ")
+}
+
+/// The dense index of each of `users` (ascending or not), giving the users
+/// without one a new index when `assign` says so. Users neither found nor
+/// assigned are left out.
+pub fn index_users(
+    c: &mut dyn Conn,
+    users: &[&str],
+    assign: impl Fn(usize) -> bool,
+) -> Result<HashMap<String, u32>, StoreError> {
+    let mut found = HashMap::with_capacity(users.len());
+    for chunk in users.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT uidx, user_id FROM audience_users WHERE user_id IN ({})",
+            marks(chunk.len(), "?")
+        );
+        let args: Vec<Arg<'_>> = chunk.iter().map(|u| Arg::Text(u)).collect();
+        for row in c.query(&sql, &args)? {
+            found.insert(row.text(1)?, row.id(0)?);
+        }
+    }
+    let new: Vec<&str> = users
+        .iter()
+        .enumerate()
+        .filter(|(i, u)| assign(*i) && !found.contains_key(**u))
+        .map(|(_, u)| *u)
+        .collect();
+    for chunk in new.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO audience_users (user_id) VALUES {} RETURNING uidx, user_id",
+            marks(chunk.len(), "(?)")
+        );
+        let args: Vec<Arg<'_>> = chunk.iter().map(|u| Arg::Text(u)).collect();
+        for row in c.query(&sql, &args)? {
+            found.insert(row.text(1)?, row.id(0)?);
+        }
+    }
+    Ok(found)
+}
+
+/// Who a run changed so far: every changed user's index, and per tag the
+/// changed users who hold it after the run.
+#[derive(Debug, Default)]
+pub struct AudienceDelta {
+    changed: RoaringBitmap,
+    holding: BTreeMap<u32, RoaringBitmap>,
+}
+
+impl AudienceDelta {
+    /// Records a batch of a run's changes (already applied on `c`),
+    /// indexing the users who get their first row.
+    pub fn record(&mut self, c: &mut dyn Conn, changes: &UserRows) -> Result<(), StoreError> {
+        let users: Vec<&str> = changes.iter().map(|(_, user, _)| user).collect();
+        let index = index_users(c, &users, |i| changes.get(i).0 == Op::Insert)?;
+        for (op, user, held) in changes.iter() {
+            let uidx = *index.get(user).ok_or_else(|| {
+                StoreError::Corrupt(format!("user {user:?} changed ({op:?}) but has no index"))
+            })?;
+            self.changed.insert(uidx);
+            for h in held {
+                self.holding.entry(h.tag_id).or_default().insert(uidx);
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds the run into the bitmaps, records its change feed and the
+    /// saved audiences' counts, and bumps the version, on `c` inside the
+    /// run's transaction (not committed here).
+    pub fn fold(&self, c: &mut dyn Conn, start: &RunStart) -> Result<(), StoreError> {
+        let lock = match c.dialect() {
+            Dialect::Sqlite => "SELECT version FROM audience_meta WHERE id = 1",
+            Dialect::Postgres | Dialect::MySql => {
+                "SELECT version FROM audience_meta WHERE id = 1 FOR UPDATE"
+            }
+        };
+        let version = c
+            .query_first(lock, &[])?
+            .ok_or_else(|| StoreError::Corrupt("audience_meta has no row".into()))?
+            .int(0)?;
+        let mut bitmaps = read_bitmaps(c)?;
+        let mut tags: Vec<u32> = start.tags.iter().map(|t| t.tag_id).collect();
+        tags.extend(self.holding.keys().copied());
+        tags.sort_unstable();
+        tags.dedup();
+        let in_run = |t: u32| start.tags.iter().any(|g| g.tag_id == t);
+        let version = version + 1;
+        for tag in tags {
+            let old = bitmaps.remove(&tag).unwrap_or_default();
+            let mut new = &old - &self.changed;
+            if let Some(holding) = self.holding.get(&tag) {
+                new |= holding;
+            }
+            if in_run(tag) {
+                let (added, removed) = (&new - &old, &old - &new);
+                record_change(c, start, version, tag, [&added, &removed])?;
+            }
+            if new != old {
+                write_bitmap(c, tag, &new)?;
+            }
+            bitmaps.insert(tag, new);
+        }
+        c.execute(
+            "UPDATE audience_meta SET version = ? WHERE id = 1",
+            &[Arg::Int(version)],
+        )?;
+        let snapshot = TagBitmaps::new(version as u64, bitmaps);
+        count_saved(c, start, version, &snapshot)
+    }
+}
+
+/// Every tag's bitmap as stored.
+fn read_bitmaps(c: &mut dyn Conn) -> Result<BTreeMap<u32, RoaringBitmap>, StoreError> {
+    let mut out = BTreeMap::new();
+    for row in c.query("SELECT tag_id, members FROM tag_bitmaps", &[])? {
+        out.insert(row.id(0)?, decode(&row.blob(1)?)?);
+    }
+    Ok(out)
+}
+
+fn write_bitmap(c: &mut dyn Conn, tag: u32, bits: &RoaringBitmap) -> Result<(), StoreError> {
+    let sql = c.dialect().upsert("tag_bitmaps", &["tag_id", "members"]);
+    c.execute(&sql, &[Arg::from(tag), Arg::Blob(&encode(bits))])
+        .map(drop)
+}
+
+/// Records who gained (`[added, removed]`) and who lost `tag` in the run
+/// committing as `version`.
+fn record_change(
+    c: &mut dyn Conn,
+    start: &RunStart,
+    version: i64,
+    tag: u32,
+    [added, removed]: [&RoaringBitmap; 2],
+) -> Result<(), StoreError> {
+    // A task commits once: its run's rows are new.
+    let sql = "INSERT INTO tag_changes (task_id, tag_id, version, committed_at, added, removed) \
+               VALUES (?, ?, ?, ?, ?, ?)";
+    c.execute(
+        sql,
+        &[
+            Arg::from(&start.task_id),
+            Arg::from(tag),
+            Arg::Int(version),
+            Arg::from(&start.now),
+            Arg::Blob(&encode(added)),
+            Arg::Blob(&encode(removed)),
+        ],
+    )
+    .map(drop)
+}
+
+/// Records each saved audience's size in `snapshot` (the state the run
+/// commits).
+fn count_saved(
+    c: &mut dyn Conn,
+    start: &RunStart,
+    version: i64,
+    snapshot: &TagBitmaps,
+) -> Result<(), StoreError> {
+    let saved = c.query("SELECT name, canonical FROM audiences", &[])?;
+    let sql = "INSERT INTO audience_counts (name, task_id, version, committed_at, members) \
+               VALUES (?, ?, ?, ?, ?)";
+    for row in saved {
+        let (name, canonical) = (row.text(0)?, row.text(1)?);
+        let parsed = expr::parse(&canonical, &|r| match r {
+            Reference::Id(id) => Some(id),
+            Reference::Name(_) => None,
+        })
+        .map_err(|e| StoreError::Corrupt(format!("saved audience {name:?}: {e}")))?;
+        let members = parsed.count(snapshot) as i64;
+        c.execute(
+            sql,
+            &[
+                Arg::from(&name),
+                Arg::from(&start.task_id),
+                Arg::Int(version),
+                Arg::from(&start.now),
+                Arg::Int(members),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Indexes the users of a store that had rows before it kept bitmaps, and
+/// builds their bitmaps, once: the first process to insert the version
+/// row does it in the same transaction; any other finds the row there.
+pub fn backfill(c: &mut dyn Conn) -> Result<(), StoreError> {
+    c.transaction(|c| {
+        let into = "INTO audience_meta (id, version) VALUES (1, 0)";
+        if c.execute(&c.dialect().insert_ignore(into), &[])? == 0 {
+            return Ok(());
+        }
+        let (mut bitmaps, mut after, mut users) = (BTreeMap::new(), String::new(), 0u64);
+        loop {
+            let d = c.dialect();
+            let sql = format!(
+                "SELECT user_id, {} FROM {} WHERE user_id > ? ORDER BY user_id LIMIT ?",
+                d.json_text("tag_ids"),
+                d.user_rows()
+            );
+            let rows = c.query(&sql, &[Arg::from(after.as_str()), Arg::Int(BACKFILL_PAGE)])?;
+            let Some(last) = rows.last() else { break };
+            after = last.text(0)?;
+            let page: Vec<(String, Vec<u32>)> = rows
+                .iter()
+                .map(|r| Ok((r.text(0)?, crate::store::parse_tag_ids(&r.text(1)?)?)))
+                .collect::<Result<_, StoreError>>()?;
+            let ids: Vec<&str> = page.iter().map(|(u, _)| u.as_str()).collect();
+            let index = index_users(c, &ids, |_| true)?;
+            for (user, tags) in &page {
+                for tag in tags {
+                    let bits: &mut RoaringBitmap = bitmaps.entry(*tag).or_default();
+                    bits.insert(index[user]);
+                }
+            }
+            users += page.len() as u64;
+        }
+        for (tag, bits) in &bitmaps {
+            write_bitmap(c, *tag, bits)?;
+        }
+        if users > 0 {
+            tracing::info!(users, "indexed the stored users for audiences");
+        }
+        Ok(())
+    })
+}
+
+/// The user ids of `uidx` (ascending), in the same order; an index without
+/// a user (never assigned) is left out. Dense runs of indexes are read as
+/// one range, sparse ones by key.
+fn indexed_users(c: &mut dyn Conn, uidx: &[u32]) -> Result<Vec<(u32, String)>, StoreError> {
+    let mut out = Vec::with_capacity(uidx.len());
+    for chunk in uidx.chunks(CHUNK) {
+        let (Some(&low), Some(&high)) = (chunk.first(), chunk.last()) else {
+            continue;
+        };
+        let rows = if (high - low) as usize <= chunk.len() * 4 {
+            let sql =
+                "SELECT uidx, user_id FROM audience_users WHERE uidx BETWEEN ? AND ? ORDER BY uidx";
+            c.query(sql, &[Arg::from(low), Arg::from(high)])?
+        } else {
+            let sql = format!(
+                "SELECT uidx, user_id FROM audience_users WHERE uidx IN ({}) ORDER BY uidx",
+                marks(chunk.len(), "?")
+            );
+            let args: Vec<Arg<'_>> = chunk.iter().map(|&u| Arg::from(u)).collect();
+            c.query(&sql, &args)?
+        };
+        for row in rows {
+            let at = row.id(0)?;
+            if chunk.binary_search(&at).is_ok() {
+                out.push((at, row.text(1)?));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn saved(row: &super::Row) -> Result<SavedAudience, StoreError> {
+    Ok(SavedAudience {
+        name: row.text(0)?,
+        expr: row.text(1)?,
+        canonical: row.text(2)?,
+        description: row.text(3)?,
+        saved_by: row.opt_text(4)?,
+        saved_at: row.text(5)?,
+    })
+}
+
+const SAVED_COLUMNS: &str = "name, expr, canonical, description, saved_by, saved_at";
+
+impl<B: SqlStore> AudienceStore for B {
+    fn audience_version(&self) -> Result<u64, StoreError> {
+        let row =
+            self.results(|c| c.query_first("SELECT version FROM audience_meta WHERE id = 1", &[]))?;
+        Ok(row.map(|r| r.int(0)).transpose()?.unwrap_or(0) as u64)
+    }
+
+    fn tag_bitmaps(&self) -> Result<(u64, BTreeMap<u32, RoaringBitmap>), StoreError> {
+        // The version before and after the read: equal, no commit came
+        // between, so the bitmaps are that version's.
+        for _ in 0..10 {
+            let before = self.audience_version()?;
+            let bitmaps = self.results(read_bitmaps)?;
+            if self.audience_version()? == before {
+                return Ok((before, bitmaps));
+            }
+        }
+        Err(StoreError::Database(
+            "the bitmaps changed during ten reads in a row".into(),
+        ))
+    }
+
+    fn indexed_users(&self, uidx: &[u32]) -> Result<Vec<(u32, String)>, StoreError> {
+        self.results(|c| indexed_users(c, uidx))
+    }
+
+    fn user_index(&self, user_id: &str) -> Result<Option<u32>, StoreError> {
+        let row = self.results(|c| {
+            c.query_first(
+                "SELECT uidx FROM audience_users WHERE user_id = ?",
+                &[user_id.into()],
+            )
+        })?;
+        row.map(|r| r.id(0)).transpose()
+    }
+
+    fn tag_changes(
+        &self,
+        tag_id: u32,
+        filter: &ChangeFilter,
+    ) -> Result<Vec<TagChangeRow>, StoreError> {
+        let (condition, value) = match filter {
+            ChangeFilter::Task(task_id) => ("task_id = ?", task_id.as_str()),
+            ChangeFilter::Since(time) => ("committed_at >= ?", time.as_str()),
+        };
+        let sql = format!(
+            "SELECT task_id, committed_at, added, removed FROM tag_changes \
+             WHERE tag_id = ? AND {condition} ORDER BY version"
+        );
+        let rows = self.results(|c| c.query(&sql, &[Arg::from(tag_id), value.into()]))?;
+        rows.iter()
+            .map(|r| {
+                Ok(TagChangeRow {
+                    task_id: r.text(0)?,
+                    tag_id,
+                    committed_at: r.text(1)?,
+                    added: decode(&r.blob(2)?)?,
+                    removed: decode(&r.blob(3)?)?,
+                })
+            })
+            .collect()
+    }
+
+    fn last_runs(&self, tags: &[u32]) -> Result<Vec<(u32, String, String)>, StoreError> {
+        let sql = "SELECT task_id, committed_at FROM tag_changes WHERE tag_id = ? \
+                   ORDER BY version DESC LIMIT 1";
+        let mut out = Vec::new();
+        for &tag in tags {
+            if let Some(row) = self.results(|c| c.query_first(sql, &[Arg::from(tag)]))? {
+                out.push((tag, row.text(0)?, row.text(1)?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn save_audience(&self, audience: &SavedAudience) -> Result<bool, StoreError> {
+        let a = audience;
+        self.results_write(|c| {
+            c.transaction(|c| {
+                let existed = c
+                    .query_first(
+                        "SELECT 1 FROM audiences WHERE name = ?",
+                        &[(&a.name).into()],
+                    )?
+                    .is_some();
+                let columns: Vec<&str> = SAVED_COLUMNS.split(", ").collect();
+                let sql = c.dialect().upsert("audiences", &columns);
+                let args = [
+                    (&a.name).into(),
+                    (&a.expr).into(),
+                    (&a.canonical).into(),
+                    (&a.description).into(),
+                    (&a.saved_by).into(),
+                    (&a.saved_at).into(),
+                ];
+                c.execute(&sql, &args)?;
+                if existed {
+                    // A new expression: the old one's counts no longer apply.
+                    c.execute(
+                        "DELETE FROM audience_counts WHERE name = ?",
+                        &[(&a.name).into()],
+                    )?;
+                }
+                Ok(existed)
+            })
+        })
+    }
+
+    fn audiences(&self) -> Result<Vec<SavedAudience>, StoreError> {
+        let sql = format!("SELECT {SAVED_COLUMNS} FROM audiences ORDER BY name");
+        let rows = self.results(|c| c.query(&sql, &[]))?;
+        rows.iter().map(saved).collect()
+    }
+
+    fn audience(&self, name: &str) -> Result<Option<SavedAudience>, StoreError> {
+        let sql = format!("SELECT {SAVED_COLUMNS} FROM audiences WHERE name = ?");
+        let row = self.results(|c| c.query_first(&sql, &[name.into()]))?;
+        row.as_ref().map(saved).transpose()
+    }
+
+    fn delete_audience(&self, name: &str) -> Result<bool, StoreError> {
+        self.results_write(|c| {
+            c.transaction(|c| {
+                c.execute("DELETE FROM audience_counts WHERE name = ?", &[name.into()])?;
+                Ok(c.execute("DELETE FROM audiences WHERE name = ?", &[name.into()])? > 0)
+            })
+        })
+    }
+
+    fn audience_counts(&self, name: &str, limit: usize) -> Result<Vec<AudienceCount>, StoreError> {
+        let sql = "SELECT task_id, committed_at, members FROM audience_counts WHERE name = ? \
+                   ORDER BY version DESC LIMIT ?";
+        let rows = self.results(|c| c.query(sql, &[name.into(), Arg::Int(limit as i64)]))?;
+        let mut counts = rows
+            .iter()
+            .map(|r| {
+                Ok(AudienceCount {
+                    task_id: r.text(0)?,
+                    committed_at: r.text(1)?,
+                    members: r.int(2)?.max(0) as u64,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        counts.reverse();
+        Ok(counts)
+    }
+
+    fn purge_changes(&self, before: &str) -> Result<usize, StoreError> {
+        let sql = "DELETE FROM tag_changes WHERE committed_at < ?";
+        Ok(self.results_write(|c| c.execute(sql, &[before.into()]))? as usize)
+    }
+}
