@@ -527,6 +527,77 @@ fn expressions_are_checked_and_the_read_role_asks_but_does_not_save() {
     }
 }
 
+/// `tag-server export` writes a saved audience or an expression's members
+/// to a file whole; an unknown audience or a bad expression fails clearly
+/// and leaves no file.
+#[test]
+fn the_export_command_writes_what_the_api_answers() {
+    let data = generate(800);
+    let plugins = reference_plugins_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tags.db");
+    let server = TestServer::start(data.path(), plugins.path(), &db, &[]);
+    server.run(json!({"tag_ids": [1, 2, 5, 3], "as_of": AS_OF}));
+    assert_eq!(put_audience(&server, "vip", "(5 AND 2) AND NOT 3").0, 200);
+    let rows = user_tags(&db);
+    let store = format!("sqlite://{}", db.display());
+    let plugins_dir = plugins.path().to_str().unwrap();
+    let export = |extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "--store",
+            &store,
+            "--plugins-dir",
+            plugins_dir,
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        tag_server(&args)
+    };
+    let parquet = dir.path().join("vip.parquet");
+    let (code, out, err) = export(&["--audience", "vip", "--out", parquet.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let frame = {
+        use polars::prelude::*;
+        ParquetReader::new(std::fs::File::open(&parquet).unwrap())
+            .finish()
+            .unwrap()
+    };
+    let users: BTreeSet<String> = frame
+        .column("user_id")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|u| u.unwrap().to_string())
+        .collect();
+    assert_eq!(users, independent(&rows, QUESTIONS[2].1));
+    assert!(
+        out.contains(&format!("wrote {} members", users.len())),
+        "{out}"
+    );
+    let csv = dir.path().join("ones.csv");
+    let (code, out, err) = export(&["--expr", "1 OR 3", "--out", csv.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let listed: BTreeSet<String> = text.lines().skip(1).map(str::to_string).collect();
+    assert_eq!(listed, independent(&rows, |t| has(t, 1) || has(t, 3)));
+    let missing = dir.path().join("none.csv");
+    let (code, _, err) = export(&["--audience", "nobody", "--out", missing.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no saved audience is named \"nobody\""),
+        "{err}"
+    );
+    let (code, _, err) = export(&["--expr", "1 AND", "--out", missing.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("invalid audience expression") && err.contains("position 5"),
+        "{err}"
+    );
+    assert!(!missing.exists());
+}
+
 /// A store whose rows were written before it kept bitmaps (its audience
 /// tables emptied here) is indexed at the next start.
 fn rows_from_before_audiences_are_indexed_at_start(backend: Backend) {
@@ -545,6 +616,42 @@ fn rows_from_before_audiences_are_indexed_at_start(backend: Backend) {
     }
     let again = TestServer::start_with_store(data.path(), plugins.path(), &backend.url(), &[]);
     assert_every_question(&again, &backend.tags());
+}
+
+/// A change feed older than `--change-retention-days` is deleted at start.
+fn change_feeds_past_retention_are_deleted(backend: Backend) {
+    let data = generate(300);
+    let plugins = reference_plugins_dir();
+    let server = TestServer::start_with_store(data.path(), plugins.path(), &backend.url(), &[]);
+    let old = server.trigger(json!({"tag_ids": [7], "as_of": AS_OF}));
+    server.wait(&old);
+    let recent = server.trigger(json!({"tag_ids": [7, 1], "as_of": AS_OF}));
+    server.wait(&recent);
+    drop(server);
+    backend.execute(
+        &format!(
+            "UPDATE tag_changes SET committed_at = '2000-01-01T00:00:00' WHERE task_id = '{old}'"
+        ),
+        false,
+    );
+    let server = TestServer::start_with_store(
+        data.path(),
+        plugins.path(),
+        &backend.url(),
+        &["--change-retention-days", "7"],
+    );
+    let runs = |task: &str| {
+        let (status, reply) = server
+            .get(&format!("/api/v1/tags/7/changes?task_id={task}"))
+            .unwrap();
+        assert_eq!(status, 200, "{reply}");
+        reply["runs"].as_array().unwrap().len()
+    };
+    assert_eq!((runs(&old), runs(&recent)), (0, 1));
+    let (_, since) = server
+        .get("/api/v1/tags/7/changes?since=2001-01-01")
+        .unwrap();
+    assert_eq!(since["runs"][0]["task_id"], json!(recent), "{since}");
 }
 
 macro_rules! on_every_backend {
@@ -566,4 +673,5 @@ on_every_backend!(
     a_failed_run_changes_no_bitmap_and_a_restart_answers_the_same,
     a_second_process_sees_a_commit_of_the_first,
     rows_from_before_audiences_are_indexed_at_start,
+    change_feeds_past_retention_are_deleted,
 );

@@ -260,7 +260,8 @@ const READ_POSTS: &[&str] = &["/api/v1/audiences/query"];
 
 /// The role a request needs.
 fn needed(method: &Method, path: &str) -> Role {
-    if method == Method::GET || method == Method::HEAD || READ_POSTS.contains(&path) {
+    let read_post = method == Method::POST && READ_POSTS.contains(&path);
+    if method == Method::GET || method == Method::HEAD || read_post {
         Role::Read
     } else {
         Role::Admin

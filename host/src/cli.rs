@@ -201,7 +201,7 @@ pub fn gen_data_command(
         ..GenOptions::default()
     };
     check_space(&dir, &options, args.force, out)?;
-    let mut shown = GenDisplay::new(crate::watch::Display::choose(args.quiet));
+    let mut shown = RowsDisplay::new(crate::watch::Display::choose(args.quiet), "generating");
     let summary = gen_data_observed(&dir, &options, &mut |p| shown.update(p));
     shown.finish();
     let summary = summary?;
@@ -278,19 +278,24 @@ fn check_space(
     Ok(())
 }
 
-/// `gen-data`'s progress on stderr, shown like `run`'s: a bar on a
-/// terminal, a log line every few seconds otherwise, nothing when quiet.
-struct GenDisplay {
+/// A count of rows done on stderr (`gen-data`'s, `export`'s), shown like
+/// `run`'s progress: a bar on a terminal, a log line every few seconds
+/// otherwise, nothing when quiet.
+pub struct RowsDisplay {
+    /// What is being done (`generating`, `exporting`).
+    doing: &'static str,
     display: crate::watch::Display,
     bar: Option<indicatif::ProgressBar>,
     started: Instant,
     last_line: Instant,
 }
 
-impl GenDisplay {
-    fn new(display: crate::watch::Display) -> Self {
+impl RowsDisplay {
+    /// Shown as `display` says; `doing` names the work.
+    pub fn new(display: crate::watch::Display, doing: &'static str) -> Self {
         let bar = (display == crate::watch::Display::Bar).then(crate::watch::new_bar);
-        GenDisplay {
+        RowsDisplay {
+            doing,
             display,
             bar,
             started: Instant::now(),
@@ -298,7 +303,8 @@ impl GenDisplay {
         }
     }
 
-    fn update(&mut self, p: GenProgress) {
+    /// Shows `p.rows_done` of `p.rows_total`.
+    pub fn update(&mut self, p: GenProgress) {
         let share = p.rows_done as f64 / p.rows_total.max(1) as f64;
         let elapsed = self.started.elapsed().as_secs_f64();
         let left = if p.rows_done > 0 && elapsed >= 1.0 {
@@ -306,7 +312,7 @@ impl GenDisplay {
         } else {
             String::new()
         };
-        let text = format!("generating {}/{} rows{left}", p.rows_done, p.rows_total);
+        let text = format!("{} {}/{} rows{left}", self.doing, p.rows_done, p.rows_total);
         match (&self.bar, self.display) {
             (Some(bar), _) => {
                 bar.set_message(crate::watch::bar_line(share * 100.0, &text));
@@ -318,7 +324,7 @@ impl GenDisplay {
                 tracing::info!(
                     rows_done = p.rows_done,
                     rows_total = p.rows_total,
-                    "gen-data: {:.1}%, {text}",
+                    "{:.1}%, {text}",
                     share * 100.0
                 );
             }
@@ -326,7 +332,8 @@ impl GenDisplay {
         }
     }
 
-    fn finish(self) {
+    /// Takes the bar away.
+    pub fn finish(self) {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
         }

@@ -26,7 +26,7 @@
 //!   console's pages; [`auth`]: tokens, roles and the console's session,
 //!   for both; [`throttle`]: failed authentications per client address.
 //! - [`server`]: start-up and shutdown; [`cli`]: the one-shot commands
-//!   ([`package`]: `spark-package`)
+//!   ([`package`]: `spark-package`; [`export`]: `export`)
 //!   ([`watch`]: `tag-server run`'s progress on stderr).
 //! - [`disk`]: free space where files go, byte counts for people;
 //!   [`memory`]: sizes, the machine's memory and the default run limit.
@@ -43,6 +43,7 @@ pub mod console;
 pub mod data;
 pub mod disk;
 pub mod engine;
+pub mod export;
 pub mod http;
 pub mod logging;
 pub mod members;

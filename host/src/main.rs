@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     }
     let console = match cli.command {
         None => Some(Console::Stdout),
-        Some(Command::Run(_)) => Some(Console::Stderr),
+        Some(Command::Run(_)) | Some(Command::Export(_)) => Some(Console::Stderr),
         Some(_) => None,
     };
     if let Err(e) = tag_host::logging::init(&cli.config, console) {
@@ -58,6 +58,7 @@ fn main() -> ExitCode {
         Some(Command::Plugins(args)) => tag_host::cli::plugins_command(config, args, out),
         Some(Command::GenData(args)) => tag_host::cli::gen_data_command(config, args, out),
         Some(Command::Run(args)) => tag_host::cli::run_command(config, args, out),
+        Some(Command::Export(args)) => tag_host::export::export_command(config, args, out),
         Some(Command::SparkPackage(args)) => {
             tag_host::package::spark_package_command(config, args, out)
         }

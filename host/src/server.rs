@@ -188,7 +188,11 @@ fn start(config: &Config) -> anyhow::Result<Started> {
     } else {
         None
     };
-    let retention = purge_old_tasks(&core, config.task_retention_days)?;
+    let retention = purge_old(
+        &core,
+        config.task_retention_days,
+        config.change_retention_days,
+    )?;
     Ok(Started {
         core,
         scheduler,
@@ -197,24 +201,43 @@ fn start(config: &Config) -> anyhow::Result<Started> {
     })
 }
 
-/// Deletes finished tasks older than `days` now (before serving) and every
-/// hour after, on a thread that ends when the returned sender is dropped.
-fn purge_old_tasks(core: &Core, days: u32) -> anyhow::Result<Option<std::sync::mpsc::Sender<()>>> {
-    if days == 0 {
+/// Deletes finished tasks older than `task_days` and change feeds older
+/// than `change_days` (0: kept forever) now (before serving) and every hour
+/// after, on a thread that ends when the returned sender is dropped.
+fn purge_old(
+    core: &Core,
+    task_days: u32,
+    change_days: u32,
+) -> anyhow::Result<Option<std::sync::mpsc::Sender<()>>> {
+    if task_days == 0 && change_days == 0 {
         return Ok(None);
     }
     let store = Arc::clone(&core.store);
-    let keep = chrono::Duration::days(days.into());
-    let purge = move || {
-        let before = (chrono::Utc::now() - keep)
+    let before = |days: u32| {
+        (chrono::Utc::now() - chrono::Duration::days(days.into()))
             .format("%Y-%m-%dT%H:%M:%S")
-            .to_string();
-        match store.purge_finished(&before) {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(tasks = n, before = %before, "finished tasks past retention deleted")
+            .to_string()
+    };
+    let purge = move || {
+        if task_days > 0 {
+            let before = before(task_days);
+            match store.purge_finished(&before) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(tasks = n, before = %before, "finished tasks past retention deleted")
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot delete old tasks"),
             }
-            Err(e) => tracing::warn!(error = %e, "cannot delete old tasks"),
+        }
+        if change_days > 0 {
+            let before = before(change_days);
+            match store.purge_changes(&before) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(changes = n, before = %before, "change feeds past retention deleted")
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot delete old change feeds"),
+            }
         }
     };
     purge();

@@ -20,6 +20,7 @@ pub fn settings_of(path: &[&str]) -> Option<Vec<&'static str>> {
         ["gen-data"] => &["data_dir"],
         ["plugins"] | ["spark-package"] => &["plugins_dir", "plugin_copies_dir"],
         ["plugins", "check"] => &["plugin_copies_dir", "data_dir"],
+        ["export"] => &["plugins_dir", "plugin_copies_dir", "store"],
         ["run", ..] => &[
             "log_format",
             "log_file",

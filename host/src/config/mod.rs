@@ -210,6 +210,15 @@ pub struct Config {
         global = true
     )]
     pub task_retention_days: u32,
+    /// Days each run's change feed (who gained and who lost each tag) is
+    /// kept, checked at start and hourly; 0 keeps it forever.
+    #[arg(
+        long,
+        default_value_t = 30,
+        env = "TAG_CHANGE_RETENTION_DAYS",
+        global = true
+    )]
+    pub change_retention_days: u32,
     /// Seconds a console sign-in lasts; its session is then refused and
     /// deleted (sign in again).
     #[arg(long, default_value_t = 43_200, value_parser = clap::value_parser!(u32).range(1..=MAX_CONSOLE_SESSION_SECS as i64), env = "TAG_CONSOLE_SESSION_SECS", global = true)]
@@ -367,6 +376,31 @@ pub enum Command {
     /// or AWS Glue: the tag_engine_spark wheel, the job script, and the
     /// plugin libraries that pass tag-server's checks, with their SHA-256.
     SparkPackage(SparkPackageArgs),
+    /// Write the members of a saved audience, an expression or a tag to a
+    /// file (CSV, JSON lines or parquet), for schedulers.
+    Export(ExportArgs),
+}
+
+/// `tag-server export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A saved audience's name.
+    #[arg(long, conflicts_with = "expr", required_unless_present = "expr")]
+    pub audience: Option<String>,
+    /// An expression over tag ids or names, e.g. "(5 AND 2) AND NOT 3"
+    /// (one tag's holders: its id alone).
+    #[arg(long)]
+    pub expr: Option<String>,
+    /// The file to write (replaced whole when the export is complete).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// csv, jsonl or parquet [default: from --out's extension, else csv].
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Show no progress on stderr (by default a bar on a terminal, a log
+    /// line every 5 s otherwise).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// `tag-server spark-package`.
