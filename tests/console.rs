@@ -310,6 +310,7 @@ async fn walk_through(base: &str, driver: &Driver) {
     c.goto(&format!("{base}/")).await.unwrap();
     shot(&c, "tags").await;
     a_task_of_eight_tags_fits_1400_pixels(&c, &base).await;
+    an_audience_is_built_saved_counted_and_exported(&c, &base).await;
 
     read_tokens_see_no_admin_actions(&c, &base).await;
     c.close().await.unwrap();
@@ -387,6 +388,89 @@ async fn a_task_of_eight_tags_fits_1400_pixels(c: &Client, base: &str) {
     );
     shot(c, "tasks-1400").await;
     c.set_window_size(1280, 900).await.unwrap();
+}
+
+/// What the API answers for `expr` (asked from the page, with its session).
+async fn api_count(c: &Client, expr: &str) -> u64 {
+    let script = format!(
+        "return fetch('/api/v1/audiences/query', {{method: 'POST', headers: \
+         {{'Content-Type': 'application/json', 'X-Requested-With': 'tag-console'}}, \
+         body: JSON.stringify({{expr: {expr:?}, limit: 0}})}}).then(r => r.json()).then(b => b.count)"
+    );
+    c.execute(&script, vec![])
+        .await
+        .unwrap()
+        .as_u64()
+        .expect("a count")
+}
+
+/// The audience page: an expression typed with a name taken from the
+/// suggestions, its count as the API says, an error pointing at the token,
+/// saving, the saved audience's count, its export and its page.
+async fn an_audience_is_built_saved_counted_and_exported(c: &Client, base: &str) {
+    c.goto(&format!("{base}/audiences")).await.unwrap();
+    let expr = c.find(Locator::Css("#expr")).await.unwrap();
+    expr.send_keys("(1 OR 2) AND NOT 99").await.unwrap();
+    until("the error pointing at the token", || async {
+        let shown = text(c, "#expr-error").await;
+        shown.contains("position 17") && shown.contains("99")
+    })
+    .await;
+    expr.clear().await.unwrap();
+    expr.send_keys("(1 OR 2) AND NOT LowRi").await.unwrap();
+    until("the name offered", || async {
+        text(c, "#suggest").await.contains("LowRiskUserTask")
+    })
+    .await;
+    click(c, "#suggest button").await;
+    let value = expr.prop("value").await.unwrap().unwrap_or_default();
+    assert!(
+        value.starts_with("(1 OR 2) AND NOT LowRiskUserTask"),
+        "{value:?}"
+    );
+    let want = api_count(c, "(1 OR 2) AND NOT LowRiskUserTask").await;
+    assert!(want > 0);
+    until("the live count", || async {
+        text(c, "#count").await == want.to_string()
+    })
+    .await;
+    assert!(c.find(Locator::Css("#audience-members li a")).await.is_ok());
+    shot(c, "audience-query").await;
+    let save = c
+        .find(Locator::Css("#save-audience input[name=name]"))
+        .await
+        .unwrap();
+    save.send_keys("wealthy-not-low-risk").await.unwrap();
+    click(c, "#save-audience button").await;
+    until("the saved audience listed", || async {
+        text(c, "table.audiences")
+            .await
+            .contains("wealthy-not-low-risk")
+    })
+    .await;
+    assert_eq!(text(c, "table.audiences td.num").await, want.to_string());
+    // The CSV export: a header and one line per member.
+    let lines: Value = c
+        .execute(
+            "const a = document.querySelector('table.audiences a.export[data-format=csv]'); \
+             return fetch(a.href).then(r => r.text()).then(t => t.trim().split('\\n').length)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(lines.as_u64(), Some(want + 1), "header and members");
+    shot(c, "audiences").await;
+    click(c, "table.audiences td a").await;
+    until_at(c, "/audiences/wealthy-not-low-risk").await;
+    until("the audience's members", || async {
+        c.find(Locator::Css("#audience-members li a")).await.is_ok()
+    })
+    .await;
+    shot(c, "audience").await;
+    // The tags page's overlap heatmap.
+    c.goto(&format!("{base}/")).await.unwrap();
+    let cells = c.find_all(Locator::Css(".overlap svg rect")).await.unwrap();
+    assert_eq!(cells.len(), 64, "8 by 8 cells");
 }
 
 /// Signed out, the session's cookie opens nothing any more. Signed in with

@@ -17,6 +17,7 @@
 //! framing; the API's edge adds `nosniff`, `X-Frame-Options` and
 //! `Referrer-Policy`.
 
+mod audiences;
 pub mod diff;
 pub mod history;
 mod pages;
@@ -93,6 +94,9 @@ pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(pages::tags))
         .route("/tags/{tag_id}", get(pages::tag))
+        .route("/tags/{tag_id}/changes", get(audiences::changes))
+        .route("/audiences", get(audiences::audiences))
+        .route("/audiences/{name}", get(audiences::audience))
         .route("/tasks", get(pages::tasks))
         .route("/tasks/{task_id}", get(task::task))
         .route("/plugins", get(pages::plugins))
@@ -208,6 +212,7 @@ fn page(title: &str, viewer: &Viewer, body: Markup) -> Html<String> {
                 nav {
                     a.brand href="/" { "tag-engine" }
                     a href="/" { "标签 Tags" }
+                    a href="/audiences" { "受众 Audiences" }
                     a href="/tasks" { "任务 Tasks" }
                     a href="/plugins" { "插件 Plugins" }
                     @if viewer.admin { a href="/trigger" { "触发 Trigger" } }

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup, PreEscaped};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use tag_plugin_loader::Outcome;
 use tag_plugin_loader::{RegisteredTag, TagRegistry};
 
@@ -56,31 +57,75 @@ pub async fn tags(
     Extension(viewer): Extension<Viewer>,
     Query(q): Query<SortQuery>,
 ) -> Response {
-    let loaded = read(&state, &viewer, |s| {
-        Ok((s.tag_owners()?, s.task_history(HISTORY)?))
+    let registry = state.tags();
+    let (live, ids) = (Arc::clone(&state.live), registry.ids());
+    let loaded = read(&state, &viewer, move |s| {
+        let shown: Vec<u32> = ids.into_iter().take(OVERLAP_TAGS).collect();
+        let overlap = live.fresh(s)?.overlap(&shown);
+        Ok((s.tag_owners()?, s.task_history(HISTORY)?, (shown, overlap)))
     });
-    let (owners, tasks) = match loaded.await {
+    let (owners, tasks, overlap) = match loaded.await {
         Ok(v) => v,
         Err(page) => return page,
     };
-    let registry = state.tags();
     let alert = plugins_alert(&state);
     let sort = q.sort;
     off_runtime(&viewer.clone(), move || {
-        tags_page(&viewer, &registry, &owners, &tasks, sort.as_deref(), alert)
+        let heatmap = heatmap(&registry, &overlap);
+        let listed = Listed {
+            owners: &owners,
+            tasks: &tasks,
+            sort: sort.as_deref(),
+        };
+        tags_page(&viewer, &registry, listed, alert, heatmap)
     })
     .await
+}
+
+/// Tags drawn in the overlap heatmap at most.
+const OVERLAP_TAGS: usize = 24;
+
+/// The overlap heatmap of the tags shown, with their names.
+fn heatmap(registry: &TagRegistry, (tags, matrix): &(Vec<u32>, Vec<Vec<u64>>)) -> Markup {
+    if tags.is_empty() || matrix.iter().all(|row| row.iter().all(|&n| n == 0)) {
+        return html! {};
+    }
+    let named: Vec<(u32, String)> = tags
+        .iter()
+        .map(|&id| {
+            let name = registry
+                .get(id)
+                .map_or(String::new(), |t| t.info.description.to_string());
+            (id, name)
+        })
+        .collect();
+    html! {
+        h2 { "重叠 Overlap" }
+        p.meta { "格中为同时持有两个标签的用户数；颜色越深，较小标签中同时持有另一标签的比例越高 · users holding both; darker: a larger share of the smaller tag" }
+        div.chart.overlap { (PreEscaped(super::audiences::overlap_heatmap(&named, matrix))) }
+    }
+}
+
+/// What the tags page lists beside the registry.
+struct Listed<'a> {
+    owners: &'a HashMap<u32, String>,
+    tasks: &'a [TaskRecord],
+    sort: Option<&'a str>,
 }
 
 /// The tags page: members per run and a sparkline per tag, from `tasks`.
 fn tags_page(
     viewer: &Viewer,
     registry: &TagRegistry,
-    owners: &HashMap<u32, String>,
-    tasks: &[TaskRecord],
-    sort: Option<&str>,
+    listed: Listed<'_>,
     alert: Markup,
+    heatmap: Markup,
 ) -> Response {
+    let Listed {
+        owners,
+        tasks,
+        sort,
+    } = listed;
     let series = members_per_run(tasks);
     let mut rows: Vec<_> = registry.iter().collect();
     let members = |id: u32| series.get(&id).and_then(|p| p.last()).map(|p| p.members);
@@ -120,6 +165,7 @@ fn tags_page(
                 }
             } }
         }
+        (heatmap)
     };
     page("标签 Tags", viewer, body).into_response()
 }
@@ -222,6 +268,7 @@ fn tag_page(
         @if let Some(current) = &current { div.rule { (rule_tree(current)) } }
         @if viewer.admin { (rule_form(id, current.as_ref())) }
         h2 { "用户数 Members per run" }
+        p { a href={ "/tags/" (id) "/changes" } { "每次运行的变化 Who gained and lost it in each run →" } }
         (members_section(points))
         h2 { "用户示例 Sample members" }
         ul.members { @for user in members {
@@ -440,16 +487,21 @@ pub async fn user(
     Path(user_id): Path<String>,
 ) -> Response {
     let id = user_id.clone();
-    let row = match read(&state, &viewer, move |s| s.user_tags(&id)).await {
-        Ok(row) => row,
+    let found = read(&state, &viewer, move |s| {
+        Ok((s.user_tags(&id)?, s.user_index(&id)?))
+    });
+    let (row, known) = match found.await {
+        Ok(found) => found,
         Err(page) => return page,
     };
     let Some(row) = row else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            &viewer,
-            "该用户没有标签 / this user holds no tag",
-        );
+        // The dense index outlives a user's last tag: it tells a user who
+        // held tags once from one no run ever tagged.
+        let message = match known {
+            Some(_) => "该用户曾有标签，现在没有 / this user held tags once and holds none now",
+            None => "未知用户：没有运行给过它标签 / unknown user: no run has ever tagged this id",
+        };
+        return error_page(StatusCode::NOT_FOUND, &viewer, message);
     };
     let details: BTreeMap<String, Value> = serde_json::from_str(&row.details).unwrap_or_default();
     let body = html! {

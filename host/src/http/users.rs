@@ -72,7 +72,7 @@ struct PageQuery {
     tag = "results",
     params(("tag_id" = u64, Path, minimum = 0, maximum = 4294967295.0, description = "A loaded tag's id"), PageQuery),
     responses(
-        (status = 200, description = "A page of the tag's holders; with format, every holder as CSV, JSON lines or parquet", body = TagUsers),
+        (status = 200, description = "A page of the tag's holders; with format, every holder as CSV, JSON lines or parquet", content((TagUsers = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"), (String = "application/vnd.apache.parquet"))),
         (status = 400, description = "A bad limit or format", body = ErrorBody),
         (status = 404, description = "No loaded plugin provides the tag", body = ErrorBody),
     )

@@ -102,6 +102,103 @@ async function followTasks() {
   setTimeout(followTasks, 500);
 }
 
+// A user id as a link to the user's page.
+function userItem(user) {
+  const li = document.createElement("li");
+  const a = document.createElement("a");
+  a.href = "/users/" + encodeURIComponent(user);
+  a.textContent = user;
+  li.append(a);
+  return li;
+}
+
+// The name being typed at the caret (a token of the expression).
+function typedToken(input) {
+  const before = input.value.slice(0, input.selectionStart);
+  const match = before.match(/"[^"]*$|[^\s()"]*$/);
+  return { text: match[0].replace(/^"/, ""), start: before.length - match[0].length };
+}
+
+// Tag names matching what is typed, offered below the box; a click puts
+// the name in place of the token (quoted when it needs it).
+function offerNames(input, suggest, names) {
+  suggest.replaceChildren();
+  const token = typedToken(input);
+  const keyword = /^(and|or|not)$/i.test(token.text);
+  if (!token.text || keyword || /^\d+$/.test(token.text)) return;
+  const wanted = token.text.toLowerCase();
+  for (const name of names.filter(n => n.toLowerCase().includes(wanted)).slice(0, 8)) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = name;
+    button.addEventListener("click", () => {
+      const quoted = /[\s()"]/.test(name) ? JSON.stringify(name) : name;
+      const after = input.value.slice(input.selectionStart);
+      input.value = input.value.slice(0, token.start) + quoted + " " + after.replace(/^[^\s()]*/, "");
+      suggest.replaceChildren();
+      input.focus();
+      input.dispatchEvent(new Event("input"));
+    });
+    li.append(button);
+    suggest.append(li);
+  }
+}
+
+// The audience box: the count, the first members and the export links
+// follow the expression as it is typed; errors point at the token.
+function audienceBox() {
+  const form = document.getElementById("audience");
+  if (!form) return;
+  const input = form.querySelector("#expr");
+  const suggest = document.getElementById("suggest");
+  const names = [...document.querySelectorAll("#tag-names option")].map(o => o.value);
+  const count = document.getElementById("count");
+  const error = document.getElementById("expr-error");
+  const members = document.getElementById("audience-members");
+  const links = document.getElementById("export-links");
+  let timer = null, asked = 0;
+  async function ask() {
+    const expr = input.value.trim();
+    const mine = ++asked;
+    if (!expr) { count.textContent = "-"; members.replaceChildren(); links.hidden = true; error.textContent = ""; return; }
+    const reply = await api("POST", "/api/v1/audiences/query", { expr, limit: 20 });
+    if (mine !== asked) return; // a newer question was asked meanwhile
+    if (reply.status !== 200) { show(error, false, explain(reply)); count.textContent = "-"; links.hidden = true; return; }
+    error.textContent = "";
+    count.textContent = reply.json.count;
+    members.replaceChildren(...reply.json.members.map(userItem));
+    links.querySelectorAll("a.export").forEach(a => {
+      a.href = "/api/v1/audiences/query?expr=" + encodeURIComponent(expr) + "&format=" + a.dataset.format;
+    });
+    links.hidden = false;
+  }
+  input.addEventListener("input", () => {
+    offerNames(input, suggest, names);
+    clearTimeout(timer);
+    timer = setTimeout(ask, 150);
+  });
+  form.addEventListener("submit", e => e.preventDefault());
+  const save = document.getElementById("save-audience");
+  if (save) save.addEventListener("submit", async e => {
+    e.preventDefault();
+    const name = save.elements.name.value.trim();
+    const body = { expr: input.value, description: save.elements.description.value };
+    const reply = await api("PUT", "/api/v1/audiences/" + encodeURIComponent(name), body);
+    if (reply.status < 300) { show(save.querySelector(".result"), true, "OK"); location.reload(); }
+    else show(save.querySelector(".result"), false, explain(reply));
+  });
+}
+
+// A saved audience's page lists its first members.
+async function audienceMembers() {
+  const list = document.querySelector("#audience-members[data-audience]");
+  if (!list) return;
+  const path = "/api/v1/audiences/" + encodeURIComponent(list.dataset.audience) + "/members?limit=" + list.dataset.limit;
+  const reply = await api("GET", path);
+  if (reply.status === 200) list.replaceChildren(...reply.json.members.map(userItem));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("form[data-path]").forEach(f =>
     f.addEventListener("submit", e => submitForm(f, e)));
@@ -121,4 +218,6 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   fillBars();
   followTasks();
+  audienceBox();
+  audienceMembers();
 });

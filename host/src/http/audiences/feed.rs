@@ -188,7 +188,7 @@ fn filter(q: &ChangesQuery) -> Result<ChangeFilter, ApiError> {
     tag = "audiences",
     params(("tag_id" = u64, Path, minimum = 0, maximum = 4294967295.0, description = "A loaded tag's id"), ChangesQuery),
     responses(
-        (status = 200, description = "Per run: who gained and who lost the tag; with format, every change as a file", body = Changes),
+        (status = 200, description = "Per run: who gained and who lost the tag; with format, every change as a file", content((Changes = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"), (String = "application/vnd.apache.parquet"))),
         (status = 400, description = "Neither or both of task_id and since, a bad time, limit or format", body = ErrorBody),
         (status = 404, description = "No loaded plugin provides the tag", body = ErrorBody),
     )

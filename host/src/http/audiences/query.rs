@@ -178,7 +178,7 @@ async fn query_post(
     tag = "audiences",
     params(MembersQuery),
     responses(
-        (status = 200, description = "The count and a page of members; with format, every member as CSV, JSON lines or parquet", body = QueryAnswer),
+        (status = 200, description = "The count and a page of members; with format, every member as CSV, JSON lines or parquet", content((QueryAnswer = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"), (String = "application/vnd.apache.parquet"))),
         (status = 400, description = "No expr, an expression with an error, or an unknown format", body = ErrorBody),
     )
 )]

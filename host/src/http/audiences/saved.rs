@@ -309,7 +309,7 @@ async fn delete_saved(
     tag = "audiences",
     params(("name" = String, Path, description = "The audience's name"), MembersQuery),
     responses(
-        (status = 200, description = "A page of members; with format, every member as CSV, JSON lines or parquet", body = MembersPage),
+        (status = 200, description = "A page of members; with format, every member as CSV, JSON lines or parquet", content((MembersPage = "application/json"), (String = "text/csv"), (String = "application/x-ndjson"), (String = "application/vnd.apache.parquet"))),
         (status = 400, description = "An unknown format, a bad limit or cursor", body = ErrorBody),
         (status = 404, description = "No audience of that name", body = ErrorBody),
     )
