@@ -53,35 +53,42 @@ fn marks(n: usize, each: &str) -> String {
     vec![each; n].join(", ")
 }
 
-/// The dense index of each of `users` (ascending or not), giving the users
-/// without one a new index when `assign` says so. Users neither found nor
-/// assigned are left out.
+/// The dense index of each of `users` (ascending or not). Those that
+/// `assign` picks get a new index unless they have one (one statement that
+/// inserts and returns what it inserted); the rest, and those found
+/// indexed already, are looked up. Users neither found nor assigned are
+/// left out.
 pub fn index_users(
     c: &mut dyn Conn,
     users: &[&str],
     assign: impl Fn(usize) -> bool,
 ) -> Result<HashMap<String, u32>, StoreError> {
     let mut found = HashMap::with_capacity(users.len());
-    for chunk in users.chunks(CHUNK) {
-        let sql = format!(
-            "SELECT uidx, user_id FROM audience_users WHERE user_id IN ({})",
-            marks(chunk.len(), "?")
-        );
+    let new: Vec<&str> = (0..users.len())
+        .filter(|&i| assign(i))
+        .map(|i| users[i])
+        .collect();
+    for chunk in new.chunks(CHUNK) {
+        let values = marks(chunk.len(), "(?)");
+        let sql = match c.dialect() {
+            Dialect::Sqlite => format!("INSERT OR IGNORE INTO audience_users (user_id) VALUES {values} RETURNING uidx, user_id"),
+            Dialect::Postgres => format!("INSERT INTO audience_users (user_id) VALUES {values} ON CONFLICT DO NOTHING RETURNING uidx, user_id"),
+            Dialect::MySql => format!("INSERT IGNORE INTO audience_users (user_id) VALUES {values} RETURNING uidx, user_id"),
+        };
         let args: Vec<Arg<'_>> = chunk.iter().map(|u| Arg::Text(u)).collect();
         for row in c.query(&sql, &args)? {
             found.insert(row.text(1)?, row.id(0)?);
         }
     }
-    let new: Vec<&str> = users
+    let rest: Vec<&str> = users
         .iter()
-        .enumerate()
-        .filter(|(i, u)| assign(*i) && !found.contains_key(**u))
-        .map(|(_, u)| *u)
+        .copied()
+        .filter(|u| !found.contains_key(*u))
         .collect();
-    for chunk in new.chunks(CHUNK) {
+    for chunk in rest.chunks(CHUNK) {
         let sql = format!(
-            "INSERT INTO audience_users (user_id) VALUES {} RETURNING uidx, user_id",
-            marks(chunk.len(), "(?)")
+            "SELECT uidx, user_id FROM audience_users WHERE user_id IN ({})",
+            marks(chunk.len(), "?")
         );
         let args: Vec<Arg<'_>> = chunk.iter().map(|u| Arg::Text(u)).collect();
         for row in c.query(&sql, &args)? {
@@ -280,30 +287,38 @@ pub fn backfill(c: &mut dyn Conn) -> Result<(), StoreError> {
     })
 }
 
+/// Indexes looked up together: one range read when they are dense.
+const WINDOW: usize = 8192;
+
 /// The user ids of `uidx` (ascending), in the same order; an index without
-/// a user (never assigned) is left out. Dense runs of indexes are read as
-/// one range, sparse ones by key.
+/// a user (never assigned) is left out. A window of indexes dense enough
+/// (spanning at most four times their number) is read as one range, a
+/// sparse one by key, [`CHUNK`] at a time.
 fn indexed_users(c: &mut dyn Conn, uidx: &[u32]) -> Result<Vec<(u32, String)>, StoreError> {
     let mut out = Vec::with_capacity(uidx.len());
-    for chunk in uidx.chunks(CHUNK) {
-        let (Some(&low), Some(&high)) = (chunk.first(), chunk.last()) else {
+    for window in uidx.chunks(WINDOW) {
+        let (Some(&low), Some(&high)) = (window.first(), window.last()) else {
             continue;
         };
-        let rows = if (high - low) as usize <= chunk.len() * 4 {
+        let rows = if (high - low) as usize <= window.len() * 4 {
             let sql =
                 "SELECT uidx, user_id FROM audience_users WHERE uidx BETWEEN ? AND ? ORDER BY uidx";
             c.query(sql, &[Arg::from(low), Arg::from(high)])?
         } else {
-            let sql = format!(
-                "SELECT uidx, user_id FROM audience_users WHERE uidx IN ({}) ORDER BY uidx",
-                marks(chunk.len(), "?")
-            );
-            let args: Vec<Arg<'_>> = chunk.iter().map(|&u| Arg::from(u)).collect();
-            c.query(&sql, &args)?
+            let mut rows = Vec::with_capacity(window.len());
+            for chunk in window.chunks(CHUNK) {
+                let sql = format!(
+                    "SELECT uidx, user_id FROM audience_users WHERE uidx IN ({}) ORDER BY uidx",
+                    marks(chunk.len(), "?")
+                );
+                let args: Vec<Arg<'_>> = chunk.iter().map(|&u| Arg::from(u)).collect();
+                rows.extend(c.query(&sql, &args)?);
+            }
+            rows
         };
         for row in rows {
             let at = row.id(0)?;
-            if chunk.binary_search(&at).is_ok() {
+            if window.binary_search(&at).is_ok() {
                 out.push((at, row.text(1)?));
             }
         }
