@@ -171,7 +171,7 @@ fn difference(before: &Rows, after: &Rows, tag: u32) -> (BTreeSet<String>, BTree
 
 /// Runs `body`, and checks the change feed of each of `tags` against the
 /// difference of `user_tags` before and after.
-fn run_and_check_feed(server: &TestServer, backend: &Backend, body: Value, tags: &[u32]) {
+fn run_and_check_feed(server: &TestServer, backend: &Backend, body: Value, tags: &[u32]) -> String {
     let before = backend.tags();
     let task = server.trigger(body);
     assert_eq!(server.wait(&task)["status"], "completed");
@@ -183,6 +183,7 @@ fn run_and_check_feed(server: &TestServer, backend: &Backend, body: Value, tags:
             "tag {tag}"
         );
     }
+    task
 }
 
 /// Makes every user a heavy trader, with a newer `updated_time`: an
@@ -225,7 +226,7 @@ fn audiences_follow_full_user_ids_and_incremental_runs(backend: Backend) {
     // A saved audience counts after every run.
     let (status, saved) = put_audience(&server, "vip-traders", "(5 AND 2) AND NOT 3");
     assert_eq!(status, 200, "{saved}");
-    run_and_check_feed(
+    let first = run_and_check_feed(
         &server,
         &backend,
         json!({"tag_ids": all, "as_of": AS_OF}),
@@ -256,7 +257,7 @@ fn audiences_follow_full_user_ids_and_incremental_runs(backend: Backend) {
     );
     // An incremental run that gives many users tag 2.
     everyone_trades(data.path());
-    run_and_check_feed(
+    let last = run_and_check_feed(
         &server,
         &backend,
         json!({"tag_ids": [2], "mode": "incremental", "as_of": AS_OF}),
@@ -265,6 +266,17 @@ fn audiences_follow_full_user_ids_and_incremental_runs(backend: Backend) {
     let rows = backend.tags();
     assert_every_question(&server, &rows);
     assert_overlap(&server, &rows);
+    // Each tag used is shown with its last run.
+    let answer = query(&server, "2 AND 3", 0, None);
+    let two = &answer["tags"][0];
+    assert_eq!(two["tag_id"], 2, "{answer}");
+    assert_eq!(two["last_run"]["task_id"], json!(last), "{answer}");
+    assert_eq!(two["last_run"]["as_of"], AS_OF, "{answer}");
+    assert_eq!(
+        answer["tags"][1]["last_run"]["task_id"],
+        json!(first),
+        "{answer}"
+    );
     // The saved audience: its count now, and one count per run, the last
     // equal to now.
     let (status, one) = server.get("/api/v1/audiences/vip-traders").unwrap();

@@ -3,8 +3,23 @@
 //! commit of this process or of another on the same store).
 
 use crate::audience::bitmaps::TagBitmaps;
-use crate::store::{AudienceStore, StoreError};
+use crate::store::{AudienceStore, Store, StoreError};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
+
+/// A tag's last committed run, as the change feed keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRun {
+    /// The run's task.
+    pub task_id: String,
+    /// When it committed (UTC).
+    pub committed_at: String,
+    /// The task's `as_of` (none: the task is gone, or it took today's date).
+    pub as_of: Option<String>,
+}
+
+/// Per tag, its last run, at one version.
+type LastRuns = (u64, Arc<BTreeMap<u32, LastRun>>);
 
 /// The snapshot served, shared by every request.
 #[derive(Debug, Default)]
@@ -12,6 +27,8 @@ pub struct Live {
     current: RwLock<Option<Arc<TagBitmaps>>>,
     /// Held while a reload reads the store: one reload at a time.
     reloading: Mutex<()>,
+    /// The tags' last runs, read once per version.
+    last_runs: Mutex<Option<LastRuns>>,
 }
 
 impl Live {
@@ -44,6 +61,33 @@ impl Live {
         let snapshot = Arc::new(TagBitmaps::new(version, bitmaps));
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&snapshot));
         Ok(snapshot)
+    }
+
+    /// Per tag, its last run as of `version` (read from the store once per
+    /// version: a question does not pay for it).
+    pub fn last_runs(
+        &self,
+        store: &dyn Store,
+        version: u64,
+    ) -> Result<Arc<BTreeMap<u32, LastRun>>, StoreError> {
+        let mut held = self.last_runs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((v, runs)) = held.as_ref().filter(|(v, _)| *v == version) {
+            debug_assert_eq!(*v, version);
+            return Ok(Arc::clone(runs));
+        }
+        let mut runs = BTreeMap::new();
+        for (tag, task_id, committed_at) in store.last_runs()? {
+            let as_of = store.get_task(&task_id)?.and_then(|t| t.spec.as_of);
+            let run = LastRun {
+                task_id,
+                committed_at,
+                as_of,
+            };
+            runs.insert(tag, run);
+        }
+        let runs = Arc::new(runs);
+        *held = Some((version, Arc::clone(&runs)));
+        Ok(runs)
     }
 
     /// The snapshot held now, without asking the store (none before the

@@ -430,8 +430,9 @@ pub trait AudienceStore: Send + Sync {
         tag_id: u32,
         filter: &ChangeFilter,
     ) -> Result<Vec<TagChangeRow>, StoreError>;
-    /// Per tag of `tags` that a kept run changed: (tag, task id, committed at) of its last run.
-    fn last_runs(&self, tags: &[u32]) -> Result<Vec<(u32, String, String)>, StoreError>;
+    /// Per tag that a kept run changed: (tag, task id, committed at) of its
+    /// last run, ascending by tag.
+    fn last_runs(&self) -> Result<Vec<(u32, String, String)>, StoreError>;
     /// Saves an audience (replacing one of the same name: its counts
     /// start again); whether one was replaced.
     fn save_audience(&self, audience: &SavedAudience) -> Result<bool, StoreError>;

@@ -43,6 +43,8 @@ pub struct LastRun {
     pub task_id: String,
     /// When it committed (UTC).
     pub committed_at: String,
+    /// The run's reference date (none: the task is no longer kept).
+    pub as_of: Option<String>,
 }
 
 /// A tag an expression uses.
@@ -88,12 +90,12 @@ fn used_tags(
     snapshot: &TagBitmaps,
     expr: &Expr,
 ) -> Result<Vec<UsedTag>, crate::store::StoreError> {
-    let ids = expr.tags();
-    let runs = store.last_runs(&ids)?;
+    let runs = state.live.last_runs(store, snapshot.version())?;
     let registry = state.tags();
-    Ok(ids
-        .iter()
-        .map(|&tag_id| {
+    Ok(expr
+        .tags()
+        .into_iter()
+        .map(|tag_id| {
             let info = registry.get(tag_id).map(|t| t.info.clone());
             UsedTag {
                 tag_id,
@@ -102,12 +104,11 @@ fn used_tags(
                     .map_or(String::new(), |i| i.task_class.to_string()),
                 description: info.map_or(String::new(), |i| i.description.to_string()),
                 members: snapshot.members(tag_id).map_or(0, |b| b.len()),
-                last_run: runs.iter().find(|(t, _, _)| *t == tag_id).map(
-                    |(_, task_id, committed_at)| LastRun {
-                        task_id: task_id.clone(),
-                        committed_at: committed_at.clone(),
-                    },
-                ),
+                last_run: runs.get(&tag_id).map(|r| LastRun {
+                    task_id: r.task_id.clone(),
+                    committed_at: r.committed_at.clone(),
+                    as_of: r.as_of.clone(),
+                }),
             }
         })
         .collect())

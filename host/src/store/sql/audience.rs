@@ -402,16 +402,14 @@ impl<B: SqlStore> AudienceStore for B {
             .collect()
     }
 
-    fn last_runs(&self, tags: &[u32]) -> Result<Vec<(u32, String, String)>, StoreError> {
-        let sql = "SELECT task_id, committed_at FROM tag_changes WHERE tag_id = ? \
-                   ORDER BY version DESC LIMIT 1";
-        let mut out = Vec::new();
-        for &tag in tags {
-            if let Some(row) = self.results(|c| c.query_first(sql, &[Arg::from(tag)]))? {
-                out.push((tag, row.text(0)?, row.text(1)?));
-            }
-        }
-        Ok(out)
+    fn last_runs(&self) -> Result<Vec<(u32, String, String)>, StoreError> {
+        let sql = "SELECT c.tag_id, c.task_id, c.committed_at FROM tag_changes AS c \
+                   JOIN (SELECT tag_id, MAX(version) AS version FROM tag_changes GROUP BY tag_id) AS l \
+                   ON l.tag_id = c.tag_id AND l.version = c.version ORDER BY c.tag_id";
+        let rows = self.results(|c| c.query(sql, &[]))?;
+        rows.iter()
+            .map(|r| Ok((r.id(0)?, r.text(1)?, r.text(2)?)))
+            .collect()
     }
 
     fn save_audience(&self, audience: &SavedAudience) -> Result<bool, StoreError> {
