@@ -186,36 +186,6 @@ fn run_and_check_feed(server: &TestServer, backend: &Backend, body: Value, tags:
     task
 }
 
-/// Makes every user a heavy trader, with a newer `updated_time`: an
-/// incremental run of tag 2 re-evaluates them all.
-fn everyone_trades(data: &std::path::Path) {
-    use polars::prelude::*;
-    let path = data.join("user_activity_summary.parquet");
-    let mut df = ParquetReader::new(std::fs::File::open(&path).unwrap())
-        .finish()
-        .unwrap();
-    let newest = df
-        .column("updated_time")
-        .unwrap()
-        .datetime()
-        .unwrap()
-        .physical()
-        .max()
-        .unwrap();
-    let n = df.height();
-    df.with_column(Int32Chunked::full("trade_count_30d".into(), 99, n).into_column())
-        .unwrap();
-    df.with_column(
-        Int64Chunked::full("updated_time".into(), newest + 1_000_000, n)
-            .into_datetime(TimeUnit::Microseconds, None)
-            .into_column(),
-    )
-    .unwrap();
-    ParquetWriter::new(std::fs::File::create(&path).unwrap())
-        .finish(&mut df)
-        .unwrap();
-}
-
 fn audiences_follow_full_user_ids_and_incremental_runs(backend: Backend) {
     let data = generate(1500);
     let plugins = reference_plugins_dir();

@@ -153,34 +153,7 @@ fn an_incremental_run_equals_a_full_one(backend: Backend) {
     let env = Env::new(backend, 900);
     env.server
         .run(json!({"tag_ids": [2, 3, 8], "as_of": AS_OF}));
-    let path = env.data.path().join("user_activity_summary.parquet");
-    // Every user trades a lot now, with a newer time.
-    {
-        use polars::prelude::*;
-        let mut df = ParquetReader::new(std::fs::File::open(&path).unwrap())
-            .finish()
-            .unwrap();
-        let newest = df
-            .column("updated_time")
-            .unwrap()
-            .datetime()
-            .unwrap()
-            .physical()
-            .max()
-            .unwrap();
-        let n = df.height();
-        df.with_column(Int32Chunked::full("trade_count_30d".into(), 99, n).into_column())
-            .unwrap();
-        df.with_column(
-            Int64Chunked::full("updated_time".into(), newest + 1_000_000, n)
-                .into_datetime(TimeUnit::Microseconds, None)
-                .into_column(),
-        )
-        .unwrap();
-        ParquetWriter::new(std::fs::File::create(&path).unwrap())
-            .finish(&mut df)
-            .unwrap();
-    }
+    everyone_trades(env.data.path());
     let result = env
         .server
         .run(json!({"tag_ids": [2, 3, 8], "mode": "incremental", "as_of": AS_OF}));

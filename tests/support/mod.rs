@@ -746,3 +746,33 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Makes every user of the sample data in `data` a heavy trader, with a
+/// newer `updated_time`: an incremental run re-evaluates them all.
+pub fn everyone_trades(data: &Path) {
+    use polars::prelude::*;
+    let path = data.join("user_activity_summary.parquet");
+    let mut df = ParquetReader::new(std::fs::File::open(&path).unwrap())
+        .finish()
+        .unwrap();
+    let newest = df
+        .column("updated_time")
+        .unwrap()
+        .datetime()
+        .unwrap()
+        .physical()
+        .max()
+        .unwrap();
+    let n = df.height();
+    df.with_column(Int32Chunked::full("trade_count_30d".into(), 99, n).into_column())
+        .unwrap();
+    df.with_column(
+        Int64Chunked::full("updated_time".into(), newest + 1_000_000, n)
+            .into_datetime(TimeUnit::Microseconds, None)
+            .into_column(),
+    )
+    .unwrap();
+    ParquetWriter::new(std::fs::File::create(&path).unwrap())
+        .finish(&mut df)
+        .unwrap();
+}

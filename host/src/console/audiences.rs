@@ -5,7 +5,7 @@
 
 use super::history::{count_text, members_chart, sparkline, RunPoint};
 use super::render::{path_segment, short};
-use super::{error_page, page, read, Viewer};
+use super::{error_page, loaded_tag, page, read, Viewer};
 use crate::audience::expr::{self, Reference};
 use crate::http::AppState;
 use crate::store::{AudienceCount, ChangeFilter, SavedAudience, TagChangeRow};
@@ -217,14 +217,9 @@ pub async fn changes(
     Extension(viewer): Extension<Viewer>,
     Path(raw): Path<String>,
 ) -> Response {
-    let registry = state.tags();
-    let Some(tag) = raw
-        .parse::<u32>()
-        .ok()
-        .and_then(|id| registry.get(id))
-        .cloned()
-    else {
-        return error_page(StatusCode::NOT_FOUND, &viewer, "没有这个标签 / no such tag");
+    let tag = match loaded_tag(&state, &viewer, &raw) {
+        Ok(tag) => tag,
+        Err(page) => return page,
     };
     let id = tag.info.tag_id;
     let since = ChangeFilter::Since("0000-01-01T00:00:00".into());

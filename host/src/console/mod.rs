@@ -196,6 +196,20 @@ pub(super) async fn read<T: Send + 'static>(
     })
 }
 
+/// The loaded tag a page's path names (`raw`), or the 404 page.
+pub(super) fn loaded_tag(
+    state: &AppState,
+    viewer: &Viewer,
+    raw: &str,
+) -> Result<std::sync::Arc<tag_plugin_loader::RegisteredTag>, Response> {
+    let registry = state.tags();
+    raw.parse::<u32>()
+        .ok()
+        .and_then(|id| registry.get(id))
+        .cloned()
+        .ok_or_else(|| error_page(StatusCode::NOT_FOUND, viewer, "没有这个标签 / no such tag"))
+}
+
 /// A whole page: navigation, title, body.
 fn page(title: &str, viewer: &Viewer, body: Markup) -> Html<String> {
     let markup = html! {

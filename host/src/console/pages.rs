@@ -3,7 +3,7 @@
 use super::history::{count_text, members_chart, members_per_run, sparkline, RunPoint};
 use super::render::{diff_block, path_segment, pretty, rule_tree, short};
 use super::task::{progress_bar, task_actions};
-use super::{error_page, page, read, Viewer};
+use super::{error_page, loaded_tag, page, read, Viewer};
 use crate::http::AppState;
 use crate::model::{TagStatus, TaskRecord, TaskStatus};
 use crate::store::RuleVersion;
@@ -218,14 +218,9 @@ pub async fn tag(
     Extension(viewer): Extension<Viewer>,
     Path(raw): Path<String>,
 ) -> Response {
-    let registry = state.tags();
-    let Some(tag) = raw
-        .parse::<u32>()
-        .ok()
-        .and_then(|id| registry.get(id))
-        .cloned()
-    else {
-        return error_page(StatusCode::NOT_FOUND, &viewer, "没有这个标签 / no such tag");
+    let tag = match loaded_tag(&state, &viewer, &raw) {
+        Ok(tag) => tag,
+        Err(page) => return page,
     };
     let id = tag.info.tag_id;
     let loaded = read(&state, &viewer, move |s| {
