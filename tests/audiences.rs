@@ -600,6 +600,25 @@ fn rows_from_before_audiences_are_indexed_at_start(backend: Backend) {
     assert_every_question(&again, &backend.tags());
 }
 
+/// Runs that overlap in time (each of other tags, so they may write at
+/// once where the store allows it) each fold into the bitmaps the others
+/// left: every answer equals `user_tags` after them all.
+fn overlapping_runs_keep_every_bitmap(backend: Backend) {
+    let data = generate(1500);
+    let plugins = reference_plugins_dir();
+    let server = TestServer::start_with_store(data.path(), plugins.path(), &backend.url(), &[]);
+    let ids: Vec<String> = [vec![1, 6], vec![2, 8], vec![3, 7], vec![4, 5]]
+        .iter()
+        .map(|tags| server.trigger(json!({"tag_ids": tags, "as_of": AS_OF})))
+        .collect();
+    for id in &ids {
+        assert_eq!(server.wait(id)["status"], "completed");
+    }
+    let rows = backend.tags();
+    assert_every_question(&server, &rows);
+    assert_overlap(&server, &rows);
+}
+
 /// A change feed older than `--change-retention-days` is deleted at start.
 fn change_feeds_past_retention_are_deleted(backend: Backend) {
     let data = generate(300);
@@ -656,4 +675,5 @@ on_every_backend!(
     a_second_process_sees_a_commit_of_the_first,
     rows_from_before_audiences_are_indexed_at_start,
     change_feeds_past_retention_are_deleted,
+    overlapping_runs_keep_every_bitmap,
 );

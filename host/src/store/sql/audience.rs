@@ -138,7 +138,9 @@ impl AudienceDelta {
             .query_first(lock, &[])?
             .ok_or_else(|| StoreError::Corrupt("audience_meta has no row".into()))?
             .int(0)?;
-        let mut bitmaps = read_bitmaps(c)?;
+        // A locking read where there are row locks: the latest committed
+        // bitmaps, whatever snapshot the transaction's earlier reads saw.
+        let mut bitmaps = read_bitmaps(c, true)?;
         let mut tags: Vec<u32> = start.tags.iter().map(|t| t.tag_id).collect();
         tags.extend(self.holding.keys().copied());
         tags.sort_unstable();
@@ -169,10 +171,20 @@ impl AudienceDelta {
     }
 }
 
-/// Every tag's bitmap as stored.
-fn read_bitmaps(c: &mut dyn Conn) -> Result<BTreeMap<u32, RoaringBitmap>, StoreError> {
+/// Every tag's bitmap as stored (`locking`: with the rows locked, where
+/// the database has row locks).
+fn read_bitmaps(
+    c: &mut dyn Conn,
+    locking: bool,
+) -> Result<BTreeMap<u32, RoaringBitmap>, StoreError> {
+    let sql = match (locking, c.dialect()) {
+        (true, Dialect::Postgres | Dialect::MySql) => {
+            "SELECT tag_id, members FROM tag_bitmaps FOR UPDATE"
+        }
+        _ => "SELECT tag_id, members FROM tag_bitmaps",
+    };
     let mut out = BTreeMap::new();
-    for row in c.query("SELECT tag_id, members FROM tag_bitmaps", &[])? {
+    for row in c.query(sql, &[])? {
         out.insert(row.id(0)?, decode(&row.blob(1)?)?);
     }
     Ok(out)
@@ -351,7 +363,7 @@ impl<B: SqlStore> AudienceStore for B {
         // between, so the bitmaps are that version's.
         for _ in 0..10 {
             let before = self.audience_version()?;
-            let bitmaps = self.results(read_bitmaps)?;
+            let bitmaps = self.results(|c| read_bitmaps(c, false))?;
             if self.audience_version()? == before {
                 return Ok((before, bitmaps));
             }
