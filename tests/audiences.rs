@@ -130,31 +130,43 @@ fn url_encode(text: &str) -> String {
         .collect()
 }
 
-/// A tag's changes in one run, asked of the feed: (added, removed).
+/// A tag's changes in one run, asked of the feed page by page (pages of
+/// 53 changed users): (added, removed).
 fn feed(server: &TestServer, tag: u32, task: &str) -> (BTreeSet<String>, BTreeSet<String>) {
-    let (status, reply) = server
-        .get(&format!(
-            "/api/v1/tags/{tag}/changes?task_id={task}&limit=10000"
-        ))
-        .unwrap();
-    assert_eq!(status, 200, "{reply}");
-    let runs = reply["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 1, "{reply}");
-    let set = |key: &str| -> BTreeSet<String> {
-        runs[0][key]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string())
-            .collect()
-    };
-    let (added, removed) = (set("added"), set("removed"));
-    assert_eq!(runs[0]["added_count"].as_u64(), Some(added.len() as u64));
-    assert_eq!(
-        runs[0]["removed_count"].as_u64(),
-        Some(removed.len() as u64)
-    );
-    (added, removed)
+    let (mut added, mut removed) = (BTreeSet::new(), BTreeSet::new());
+    let mut cursor = String::new();
+    loop {
+        let (status, reply) = server
+            .get(&format!(
+                "/api/v1/tags/{tag}/changes?task_id={task}&limit=53{cursor}"
+            ))
+            .unwrap();
+        assert_eq!(status, 200, "{reply}");
+        let runs = reply["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 1, "{reply}");
+        for (key, into) in [("added", &mut added), ("removed", &mut removed)] {
+            for user in runs[0][key].as_array().unwrap() {
+                assert!(
+                    into.insert(user.as_str().unwrap().to_string()),
+                    "listed twice"
+                );
+            }
+        }
+        let counts = (
+            runs[0]["added_count"].as_u64(),
+            runs[0]["removed_count"].as_u64(),
+        );
+        match reply["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => {
+                assert_eq!(
+                    counts,
+                    (Some(added.len() as u64), Some(removed.len() as u64))
+                );
+                return (added, removed);
+            }
+        }
+    }
 }
 
 /// Who gained and who lost `tag` between two states of `user_tags`.
@@ -497,6 +509,7 @@ fn expressions_are_checked_and_the_read_role_asks_but_does_not_save() {
         "/api/v1/audiences/query",
         "/api/v1/tags/1/changes",
         "/api/v1/tags/1/changes?since=yesterday",
+        "/api/v1/tags/1/changes?since=2020-01-01&cursor=5",
         "/api/v1/tags/overlap?tags=1,999",
         "/api/v1/tags/overlap",
     ] {

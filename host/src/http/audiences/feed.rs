@@ -2,7 +2,7 @@
 //! and who lost it in each committed run) and the tags' overlap
 //! (`GET /api/v1/tags/overlap`), from the bitmaps.
 
-use super::stream::{attachment, parse_format, streamed};
+use super::stream::{attachment, parse_cursor, parse_format, streamed};
 use crate::http::error::ErrorBody;
 use crate::http::params::parse_count;
 use crate::http::tags::parse_tag_id;
@@ -118,6 +118,9 @@ pub struct ChangesQuery {
     /// Users listed per run and direction, 0 to 10000 (default 100).
     #[param(value_type = Option<u32>, maximum = 10000)]
     pub limit: Option<String>,
+    /// With `task_id`: the `next_cursor` of the previous page (the run's
+    /// lists continue after it).
+    pub cursor: Option<String>,
     /// `csv`, `jsonl` or `parquet`: every change as a file of rows
     /// `user_id, change (added|removed), task_id, committed_at`.
     pub format: Option<String>,
@@ -134,9 +137,9 @@ pub struct RunChanges {
     pub added_count: u64,
     /// Users who lost it.
     pub removed_count: u64,
-    /// The first `limit` who gained it.
+    /// Who gained it, of the page's (at most `limit`) changed users.
     pub added: Vec<String>,
-    /// The first `limit` who lost it.
+    /// Who lost it, of the page's changed users.
     pub removed: Vec<String>,
 }
 
@@ -149,6 +152,8 @@ pub struct Changes {
     pub tag_id: u32,
     /// The runs, oldest first.
     pub runs: Vec<RunChanges>,
+    /// With `task_id`: continues the run's lists (none: they ended).
+    pub next_cursor: Option<String>,
 }
 
 /// `since` as stored times compare: `YYYY-MM-DDTHH:MM:SS`.
@@ -200,7 +205,15 @@ async fn changes(
 ) -> Result<Response, ApiError> {
     let tag_id = parse_tag_id(&state, &raw)?;
     let filter = filter(&q)?;
+    let one_run = matches!(filter, ChangeFilter::Task(_));
     let limit = parse_count(q.limit.as_deref(), "limit", 100, super::stream::MAX_PAGE)?;
+    let cursor = parse_cursor(q.cursor.as_deref())?;
+    if cursor.is_some() && !one_run {
+        return Err(ApiError::BadParam {
+            name: "cursor",
+            error: "cursor pages one run: give it with task_id (since lists each run's first limit users)".into(),
+        });
+    }
     let format = parse_format(q.format.as_deref())?;
     let runs = state
         .blocking(move |s| s.tag_changes(tag_id, &filter))
@@ -210,34 +223,56 @@ async fn changes(
         let body = streamed(move |out| write_changes(store.as_ref(), &runs, format, out));
         return Ok(attachment(body, format, &format!("tag-{tag_id}-changes")));
     }
-    let runs = state
-        .blocking(move |s| runs.iter().map(|r| run_page(s, r, limit)).collect())
+    let pages: Vec<(RunChanges, Option<u32>)> = state
+        .blocking(move |s| runs.iter().map(|r| run_page(s, r, cursor, limit)).collect())
         .await?;
+    // Only one run's lists can be continued by one cursor.
+    let next_cursor = match one_run {
+        true => pages.first().and_then(|(_, n)| *n).map(|n| n.to_string()),
+        false => None,
+    };
     Ok(Json(Changes {
         success: true,
         tag_id,
-        runs,
+        runs: pages.into_iter().map(|(run, _)| run).collect(),
+        next_cursor,
     })
     .into_response())
 }
 
-fn run_page(store: &dyn Store, run: &TagChangeRow, limit: usize) -> Result<RunChanges, StoreError> {
-    let first = |bits: &roaring::RoaringBitmap| -> Result<Vec<String>, StoreError> {
-        let uidx: Vec<u32> = bits.iter().take(limit).collect();
-        Ok(store
-            .indexed_users(&uidx)?
-            .into_iter()
-            .map(|(_, u)| u)
-            .collect())
-    };
-    Ok(RunChanges {
+/// One run's lists: up to `limit` of its changed users (gained or lost)
+/// after `cursor`, by dense index, and the cursor that continues them
+/// (none: they ended).
+fn run_page(
+    store: &dyn Store,
+    run: &TagChangeRow,
+    cursor: Option<u32>,
+    limit: usize,
+) -> Result<(RunChanges, Option<u32>), StoreError> {
+    let changed = &run.added | &run.removed;
+    let start = cursor.map_or(0, |c| changed.rank(c)) as u32;
+    let uidx: Vec<u32> = (0..limit as u32)
+        .map_while(|i| changed.select(start.checked_add(i)?))
+        .collect();
+    let next = (uidx.len() == limit && limit > 0)
+        .then(|| uidx.last().copied())
+        .flatten();
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    for (at, user) in store.indexed_users(&uidx)? {
+        match run.added.contains(at) {
+            true => added.push(user),
+            false => removed.push(user),
+        }
+    }
+    let changes = RunChanges {
         task_id: run.task_id.clone(),
         committed_at: run.committed_at.clone(),
         added_count: run.added.len(),
         removed_count: run.removed.len(),
-        added: first(&run.added)?,
-        removed: first(&run.removed)?,
-    })
+        added,
+        removed,
+    };
+    Ok((changes, next))
 }
 
 /// Every change of `runs` as rows `user_id, change, task_id, committed_at`.
