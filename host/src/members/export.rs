@@ -199,26 +199,32 @@ fn csv_field(v: &str) -> String {
 }
 
 /// Calls `each` with the user id of every member of `members`, ascending
-/// by dense index, reading the ids a chunk at a time; `progress` gets the
-/// count done after each chunk.
+/// by dense index, streamed from the store on one connection; `progress`
+/// gets the count done every [`CHUNK`] members and at the end.
 pub fn each_member(
     store: &dyn AudienceStore,
     members: &RoaringBitmap,
     mut each: impl FnMut(&str) -> Result<(), ExportError>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, ExportError> {
-    let mut done = 0u64;
-    let mut chunk: Vec<u32> = Vec::with_capacity(CHUNK);
-    let mut iter = members.iter().peekable();
-    while iter.peek().is_some() {
-        chunk.clear();
-        chunk.extend(iter.by_ref().take(CHUNK));
-        for (_, user) in store.indexed_users(&chunk)? {
-            each(&user)?;
+    let (mut done, mut failed) = (0u64, None);
+    store.each_member(members, &mut |_, user| match each(user) {
+        Ok(()) => {
             done += 1;
+            if done % CHUNK as u64 == 0 {
+                progress(done);
+            }
+            true
         }
-        progress(done);
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
     }
+    progress(done);
     Ok(done)
 }
 

@@ -422,6 +422,14 @@ pub trait AudienceStore: Send + Sync {
     fn tag_bitmaps(&self) -> Result<(u64, BTreeMap<u32, roaring::RoaringBitmap>), StoreError>;
     /// The users of the indexes `uidx` (ascending), ascending by index.
     fn indexed_users(&self, uidx: &[u32]) -> Result<Vec<(u32, String)>, StoreError>;
+    /// Calls `each` with the index and id of every user of `members`,
+    /// ascending by index, on one connection, without holding the list
+    /// (an export); `each` returns false to stop.
+    fn each_member(
+        &self,
+        members: &roaring::RoaringBitmap,
+        each: &mut dyn FnMut(u32, &str) -> bool,
+    ) -> Result<(), StoreError>;
     /// A user's dense index: `None` if the user never had a row.
     fn user_index(&self, user_id: &str) -> Result<Option<u32>, StoreError>;
     /// A tag's changes per run, oldest first.

@@ -126,9 +126,14 @@ const MIGRATIONS: &[&[&str]] = &[
         // 8: audiences: the dense user index, per-tag bitmaps, the change
         // feed and saved audiences.
         "CREATE TABLE audience_users (
-        uidx BIGINT AUTO_INCREMENT PRIMARY KEY,
-        user_id VARCHAR(255) NOT NULL UNIQUE
+        user_id VARCHAR(255) NOT NULL PRIMARY KEY,
+        uidx BIGINT NOT NULL
     ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        "CREATE TABLE audience_ids (
+        first_uidx BIGINT PRIMARY KEY,
+        user_count BIGINT NOT NULL,
+        user_ids LONGBLOB NOT NULL
+    )",
         "CREATE TABLE audience_meta (id INT PRIMARY KEY, version BIGINT NOT NULL) ENGINE = InnoDB",
         "CREATE TABLE tag_bitmaps (tag_id BIGINT PRIMARY KEY, members LONGBLOB NOT NULL)",
         "CREATE TABLE tag_changes (

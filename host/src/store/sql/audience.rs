@@ -18,6 +18,7 @@
 //! commit, so the bitmaps never show half a run and a run that fails or is
 //! cancelled changes none of them.
 
+use super::user_index::{each_indexed, Allocator};
 use super::{Arg, Conn, Dialect, SqlStore};
 use crate::audience::bitmaps::TagBitmaps;
 use crate::audience::expr::{self, Reference};
@@ -26,10 +27,7 @@ use crate::store::{
     TagChangeRow, UserRows,
 };
 use roaring::RoaringBitmap;
-use std::collections::{BTreeMap, HashMap};
-
-/// Users per statement of the index's lookups and inserts.
-const CHUNK: usize = 500;
+use std::collections::BTreeMap;
 
 /// Rows per page when an existing store's rows are indexed.
 const BACKFILL_PAGE: i64 = 20_000;
@@ -48,62 +46,13 @@ pub fn decode(bytes: &[u8]) -> Result<RoaringBitmap, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("a tag bitmap: {e}")))
 }
 
-/// `n` placeholders, comma-separated.
-fn marks(n: usize, each: &str) -> String {
-    vec![each; n].join(", ")
-}
-
-/// The dense index of each of `users` (ascending or not). Those that
-/// `assign` picks get a new index unless they have one (one statement that
-/// inserts and returns what it inserted); the rest, and those found
-/// indexed already, are looked up. Users neither found nor assigned are
-/// left out.
-pub fn index_users(
-    c: &mut dyn Conn,
-    users: &[&str],
-    assign: impl Fn(usize) -> bool,
-) -> Result<HashMap<String, u32>, StoreError> {
-    let mut found = HashMap::with_capacity(users.len());
-    let new: Vec<&str> = (0..users.len())
-        .filter(|&i| assign(i))
-        .map(|i| users[i])
-        .collect();
-    for chunk in new.chunks(CHUNK) {
-        let values = marks(chunk.len(), "(?)");
-        let sql = match c.dialect() {
-            Dialect::Sqlite => format!("INSERT OR IGNORE INTO audience_users (user_id) VALUES {values} RETURNING uidx, user_id"),
-            Dialect::Postgres => format!("INSERT INTO audience_users (user_id) VALUES {values} ON CONFLICT DO NOTHING RETURNING uidx, user_id"),
-            Dialect::MySql => format!("INSERT IGNORE INTO audience_users (user_id) VALUES {values} RETURNING uidx, user_id"),
-        };
-        let args: Vec<Arg<'_>> = chunk.iter().map(|u| Arg::Text(u)).collect();
-        for row in c.query(&sql, &args)? {
-            found.insert(row.text(1)?, row.id(0)?);
-        }
-    }
-    let rest: Vec<&str> = users
-        .iter()
-        .copied()
-        .filter(|u| !found.contains_key(*u))
-        .collect();
-    for chunk in rest.chunks(CHUNK) {
-        let sql = format!(
-            "SELECT uidx, user_id FROM audience_users WHERE user_id IN ({})",
-            marks(chunk.len(), "?")
-        );
-        let args: Vec<Arg<'_>> = chunk.iter().map(|u| Arg::Text(u)).collect();
-        for row in c.query(&sql, &args)? {
-            found.insert(row.text(1)?, row.id(0)?);
-        }
-    }
-    Ok(found)
-}
-
 /// Who a run changed so far: every changed user's index, and per tag the
 /// changed users who hold it after the run.
 #[derive(Debug, Default)]
 pub struct AudienceDelta {
     changed: RoaringBitmap,
     holding: BTreeMap<u32, RoaringBitmap>,
+    index: Allocator,
 }
 
 impl AudienceDelta {
@@ -111,11 +60,9 @@ impl AudienceDelta {
     /// indexing the users who get their first row.
     pub fn record(&mut self, c: &mut dyn Conn, changes: &UserRows) -> Result<(), StoreError> {
         let users: Vec<&str> = changes.iter().map(|(_, user, _)| user).collect();
-        let index = index_users(c, &users, |i| changes.get(i).0 == Op::Insert)?;
-        for (op, user, held) in changes.iter() {
-            let uidx = *index.get(user).ok_or_else(|| {
-                StoreError::Corrupt(format!("user {user:?} changed ({op:?}) but has no index"))
-            })?;
+        let new: Vec<bool> = changes.iter().map(|(op, _, _)| op == Op::Insert).collect();
+        let index = self.index.index(c, &users, &new)?;
+        for ((_, _, held), uidx) in changes.iter().zip(index) {
             self.changed.insert(uidx);
             for h in held {
                 self.holding.entry(h.tag_id).or_default().insert(uidx);
@@ -265,6 +212,7 @@ pub fn backfill(c: &mut dyn Conn) -> Result<(), StoreError> {
             return Ok(());
         }
         let (mut bitmaps, mut after, mut users) = (BTreeMap::new(), String::new(), 0u64);
+        let mut allocator = Allocator::default();
         loop {
             let d = c.dialect();
             let sql = format!(
@@ -280,11 +228,11 @@ pub fn backfill(c: &mut dyn Conn) -> Result<(), StoreError> {
                 .map(|r| Ok((r.text(0)?, crate::store::parse_tag_ids(&r.text(1)?)?)))
                 .collect::<Result<_, StoreError>>()?;
             let ids: Vec<&str> = page.iter().map(|(u, _)| u.as_str()).collect();
-            let index = index_users(c, &ids, |_| true)?;
-            for (user, tags) in &page {
+            let index = allocator.index(c, &ids, &vec![true; ids.len()])?;
+            for ((_, tags), uidx) in page.iter().zip(index) {
                 for tag in tags {
                     let bits: &mut RoaringBitmap = bitmaps.entry(*tag).or_default();
-                    bits.insert(index[user]);
+                    bits.insert(uidx);
                 }
             }
             users += page.len() as u64;
@@ -297,45 +245,6 @@ pub fn backfill(c: &mut dyn Conn) -> Result<(), StoreError> {
         }
         Ok(())
     })
-}
-
-/// Indexes looked up together: one range read when they are dense.
-const WINDOW: usize = 8192;
-
-/// The user ids of `uidx` (ascending), in the same order; an index without
-/// a user (never assigned) is left out. A window of indexes dense enough
-/// (spanning at most four times their number) is read as one range, a
-/// sparse one by key, [`CHUNK`] at a time.
-fn indexed_users(c: &mut dyn Conn, uidx: &[u32]) -> Result<Vec<(u32, String)>, StoreError> {
-    let mut out = Vec::with_capacity(uidx.len());
-    for window in uidx.chunks(WINDOW) {
-        let (Some(&low), Some(&high)) = (window.first(), window.last()) else {
-            continue;
-        };
-        let rows = if (high - low) as usize <= window.len() * 4 {
-            let sql =
-                "SELECT uidx, user_id FROM audience_users WHERE uidx BETWEEN ? AND ? ORDER BY uidx";
-            c.query(sql, &[Arg::from(low), Arg::from(high)])?
-        } else {
-            let mut rows = Vec::with_capacity(window.len());
-            for chunk in window.chunks(CHUNK) {
-                let sql = format!(
-                    "SELECT uidx, user_id FROM audience_users WHERE uidx IN ({}) ORDER BY uidx",
-                    marks(chunk.len(), "?")
-                );
-                let args: Vec<Arg<'_>> = chunk.iter().map(|&u| Arg::from(u)).collect();
-                rows.extend(c.query(&sql, &args)?);
-            }
-            rows
-        };
-        for row in rows {
-            let at = row.id(0)?;
-            if window.binary_search(&at).is_ok() {
-                out.push((at, row.text(1)?));
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn saved(row: &super::Row) -> Result<SavedAudience, StoreError> {
@@ -374,7 +283,42 @@ impl<B: SqlStore> AudienceStore for B {
     }
 
     fn indexed_users(&self, uidx: &[u32]) -> Result<Vec<(u32, String)>, StoreError> {
-        self.results(|c| indexed_users(c, uidx))
+        let mut out = Vec::with_capacity(uidx.len());
+        self.results(|c| {
+            each_indexed(c, uidx.iter().copied(), &mut |u, id| {
+                out.push((u, id.to_string()));
+                true
+            })
+        })?;
+        Ok(out)
+    }
+
+    fn each_member(
+        &self,
+        members: &RoaringBitmap,
+        each: &mut dyn FnMut(u32, &str) -> bool,
+    ) -> Result<(), StoreError> {
+        self.results(|c| {
+            // One connection for the whole stream, its page cache kept
+            // small meanwhile (SQLite's pages count in this process's
+            // memory): an export reads every chunk once.
+            let sqlite = c.dialect() == Dialect::Sqlite;
+            let cache = match sqlite {
+                true => c
+                    .query_first("PRAGMA cache_size", &[])?
+                    .map(|r| r.int(0))
+                    .transpose()?,
+                false => None,
+            };
+            if sqlite {
+                c.batch("PRAGMA cache_size = -4096; PRAGMA shrink_memory")?;
+            }
+            let streamed = each_indexed(c, members.iter(), each);
+            if let Some(size) = cache {
+                c.batch(&format!("PRAGMA cache_size = {size}"))?;
+            }
+            streamed
+        })
     }
 
     fn user_index(&self, user_id: &str) -> Result<Option<u32>, StoreError> {

@@ -17,6 +17,7 @@ pub mod results;
 pub mod rules;
 pub mod sessions;
 pub mod tasks;
+pub mod user_index;
 
 use super::{numbered, RunStart, RunTx, StoreError};
 use std::borrow::Cow;

@@ -57,8 +57,13 @@ CREATE TABLE IF NOT EXISTS run_outcomes (
     committed_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audience_users (
-    uidx INTEGER PRIMARY KEY,
-    user_id TEXT NOT NULL UNIQUE
+    user_id TEXT PRIMARY KEY,
+    uidx INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audience_ids (
+    first_uidx INTEGER PRIMARY KEY,
+    user_count INTEGER NOT NULL,
+    user_ids BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audience_meta (
     id INTEGER PRIMARY KEY,
