@@ -372,24 +372,44 @@ impl Expr {
                 None => Cow::Owned(RoaringBitmap::new()),
             },
             Expr::Not(inner) => Cow::Owned(members.universe() - inner.evaluate(members).as_ref()),
-            Expr::And(terms) => {
-                let mut acc = terms[0].evaluate(members).into_owned();
-                for term in &terms[1..] {
-                    if acc.is_empty() {
-                        break;
-                    }
-                    acc &= term.evaluate(members).as_ref();
-                }
-                Cow::Owned(acc)
-            }
+            Expr::And(terms) => Cow::Owned(Expr::intersect(terms, members)),
             Expr::Or(terms) => {
-                let mut acc = RoaringBitmap::new();
-                for term in terms {
-                    acc |= term.evaluate(members).as_ref();
-                }
-                Cow::Owned(acc)
+                use roaring::MultiOps;
+                let parts: Vec<Cow<'_, RoaringBitmap>> =
+                    terms.iter().map(|t| t.evaluate(members)).collect();
+                Cow::Owned(parts.iter().map(|p| p.as_ref()).union())
             }
         }
+    }
+
+    /// The users in every one of `terms`: the plain terms intersected,
+    /// smallest first, then each `NOT x` taken away as `x` (no complement
+    /// of the universe is built unless every term is a `NOT`).
+    fn intersect(terms: &[Expr], members: &dyn Members) -> RoaringBitmap {
+        let (negated, plain): (Vec<&Expr>, Vec<&Expr>) =
+            terms.iter().partition(|t| matches!(t, Expr::Not(_)));
+        let mut sets: Vec<Cow<'_, RoaringBitmap>> =
+            plain.iter().map(|t| t.evaluate(members)).collect();
+        sets.sort_by_key(|b| b.len());
+        let mut acc = match sets.first() {
+            Some(smallest) => smallest.as_ref().clone(),
+            None => members.universe().clone(),
+        };
+        for set in sets.iter().skip(1) {
+            if acc.is_empty() {
+                return acc;
+            }
+            acc &= set.as_ref();
+        }
+        for term in negated {
+            if acc.is_empty() {
+                break;
+            }
+            if let Expr::Not(inner) = term {
+                acc -= inner.evaluate(members).as_ref();
+            }
+        }
+        acc
     }
 
     /// How many users the expression selects, without building the set
@@ -561,7 +581,10 @@ mod tests {
             ],
             bits(&[1, 2, 3, 4, 5, 6, 7]),
         );
-        let cases: [(&str, &[u32]); 10] = [
+        let cases: [(&str, &[u32]); 13] = [
+            ("NOT 1 AND NOT 3", &[5, 7]),
+            ("(1 OR 2) AND NOT (3 OR 8) AND 2", &[3, 5]),
+            ("2 AND 1 AND 2 AND NOT 8", &[3, 4]),
             ("1 AND 2", &[3, 4]),
             ("1 AND 2 AND NOT 3", &[3]),
             ("1 AND NOT 3", &[1, 2, 3]),

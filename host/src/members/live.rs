@@ -3,8 +3,9 @@
 //! commit of this process or of another on the same store).
 
 use crate::audience::bitmaps::TagBitmaps;
+use crate::audience::expr::Expr;
 use crate::store::{AudienceStore, Store, StoreError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// A tag's last committed run, as the change feed keeps it.
@@ -29,7 +30,12 @@ pub struct Live {
     reloading: Mutex<()>,
     /// The tags' last runs, read once per version.
     last_runs: Mutex<Option<LastRuns>>,
+    /// Counts of expressions (by their canonical text) at one version.
+    counts: Mutex<(u64, HashMap<String, u64>)>,
 }
+
+/// Counts remembered per version at most (then the memory starts again).
+const COUNTS_KEPT: usize = 4096;
 
 impl Live {
     /// Nothing loaded yet: the first [`Live::fresh`] loads.
@@ -90,9 +96,62 @@ impl Live {
         Ok(runs)
     }
 
+    /// How many users `expr` selects in `snapshot`, remembered for the
+    /// snapshot's version (a count cannot change until a run commits).
+    pub fn count(&self, snapshot: &TagBitmaps, expr: &Expr) -> u64 {
+        let key = expr.to_string();
+        {
+            let held = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            if held.0 == snapshot.version() {
+                if let Some(&n) = held.1.get(&key) {
+                    return n;
+                }
+            }
+        }
+        let n = expr.count(snapshot);
+        self.remember(snapshot.version(), key, n);
+        n
+    }
+
+    /// Keeps `count` of the expression `key` at `version`.
+    pub fn remember(&self, version: u64, key: String, count: u64) {
+        let mut held = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if held.0 != version || held.1.len() >= COUNTS_KEPT {
+            *held = (version, HashMap::new());
+        }
+        held.1.insert(key, count);
+    }
+
     /// The snapshot held now, without asking the store (none before the
     /// first load).
     pub fn held_now(&self) -> Option<Arc<TagBitmaps>> {
         self.held()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audience::expr::{parse, Reference};
+    use roaring::RoaringBitmap;
+
+    #[test]
+    fn counts_are_remembered_per_version_only() {
+        let expr = parse("1 AND NOT 2", &|r| match r {
+            Reference::Id(id) => Some(id),
+            Reference::Name(_) => None,
+        })
+        .unwrap();
+        let bits = |ids: &[u32]| ids.iter().copied().collect::<RoaringBitmap>();
+        let v1 = TagBitmaps::new(1, [(1, bits(&[1, 2, 3])), (2, bits(&[3]))]);
+        let live = Live::new();
+        assert_eq!(live.count(&v1, &expr), 2);
+        // A wrong count remembered for version 1 is what version 1 answers
+        // (so the answer came from memory) ...
+        live.remember(1, expr.to_string(), 99);
+        assert_eq!(live.count(&v1, &expr), 99);
+        // ... and version 2 computes again.
+        let v2 = TagBitmaps::new(2, [(1, bits(&[1, 2, 3, 4])), (2, bits(&[3]))]);
+        assert_eq!(live.count(&v2, &expr), 3);
     }
 }

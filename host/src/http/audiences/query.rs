@@ -127,12 +127,19 @@ async fn answer(
     state
         .blocking(move |s| {
             let snapshot = live.fresh(s)?;
-            let bits = expr.select(snapshot.as_ref());
-            let (members, next_cursor) = page(s, &bits, cursor, limit)?;
+            let (count, (members, next_cursor)) = match limit {
+                // A count alone: remembered per committed version.
+                0 => (live.count(&snapshot, &expr), (Vec::new(), None)),
+                _ => {
+                    let bits = expr.select(snapshot.as_ref());
+                    live.remember(snapshot.version(), expr.to_string(), bits.len());
+                    (bits.len(), page(s, &bits, cursor, limit)?)
+                }
+            };
             Ok(QueryAnswer {
                 success: true,
                 canonical: expr.to_string(),
-                count: bits.len(),
+                count,
                 version: snapshot.version(),
                 members,
                 next_cursor,
