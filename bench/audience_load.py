@@ -5,7 +5,8 @@ client from send to last byte. Prints one JSON line: the system, the
 latencies' p50 / p99 / max in milliseconds, the questions per second, and
 each expression's count (so the systems' answers can be compared).
 
-  python audience_load.py server HOST:PORT CONNS EACH
+  python audience_load.py server HOST:PORT CONNS EACH [LIMIT]
+  python audience_load.py cold HOST:PORT
   python audience_load.py duckdb PARQUET CONNS EACH
   python audience_load.py postgres DSN TABLE CONNS EACH
 
@@ -87,14 +88,14 @@ def run(ask, conns, each, connect):
     }
 
 
-def server(address, conns, each):
+def server(address, conns, each, limit=0):
     host, port = address.rsplit(":", 1)
 
     def connect():
         return http.client.HTTPConnection(host, int(port), timeout=120)
 
     def ask(conn, i):
-        body = json.dumps({"expr": EXPRESSIONS[i], "limit": 0})
+        body = json.dumps({"expr": EXPRESSIONS[i], "limit": limit})
         conn.request("POST", "/api/v1/audiences/query", body, {"Content-Type": "application/json"})
         reply = conn.getresponse()
         data = reply.read()
@@ -103,6 +104,21 @@ def server(address, conns, each):
         return json.loads(data)["count"]
 
     return run(ask, conns, each, connect)
+
+
+def cold(address):
+    """Each expression asked once on one connection, right after the
+    server loaded the bitmaps: nothing remembered, every count computed."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    out = {}
+    for e in EXPRESSIONS:
+        start = time.perf_counter()
+        conn.request("POST", "/api/v1/audiences/query", json.dumps({"expr": e, "limit": 0}), {"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        reply.read()
+        out[e] = round((time.perf_counter() - start) * 1000.0, 2)
+    return {"first_ask_ms": out, "max_ms": max(out.values())}
 
 
 def duckdb_counts(parquet, conns, each):
@@ -142,7 +158,10 @@ def postgres_counts(dsn, table, conns, each):
 def main():
     kind = sys.argv[1]
     if kind == "server":
-        result = server(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        limit = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+        result = server(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), limit)
+    elif kind == "cold":
+        result = cold(sys.argv[2])
     elif kind == "duckdb":
         result = duckdb_counts(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif kind == "postgres":

@@ -89,7 +89,11 @@ after=$(rss)
 echo "RSS before ${before} KiB, after ${after} KiB: the bitmaps add $(( (after - before) / 1024 )) MiB"
 
 echo "== 3. counts under load: $CONNS connections"
+echo "each expression asked once, before anything is remembered (one connection):"
+"$PY" bench/audience_load.py cold "127.0.0.1:$PORT"
 "$PY" bench/audience_load.py server "127.0.0.1:$PORT" "$CONNS" "$EACH" | tee "$OUT/aud-load-server.json"
+echo "the same with a first page of 100 members each (computed every time):"
+"$PY" bench/audience_load.py server "127.0.0.1:$PORT" "$CONNS" "$EACH" 100 | tee "$OUT/aud-load-server-pages.json"
 echo "server's own histogram (http_request_duration_seconds, the query route):"
 curl -sf "http://127.0.0.1:$PORT/metrics" | grep 'audiences/query' | grep -E '_bucket.*le="0.00(2|4|8)|_count' | head -4 || true
 # user_tags exported by tag-server's own view through Python's sqlite3 (no DuckDB extension needed).
