@@ -605,10 +605,12 @@ fn rows_from_before_audiences_are_indexed_at_start(backend: Backend) {
         "audience_meta",
         "tag_bitmaps",
         "tag_changes",
-        "audience_users",
+        "retired_users",
+        "audience_ids",
     ] {
         backend.execute(&format!("DELETE FROM {table}"), false);
     }
+    backend.execute("UPDATE user_tag_sets SET uidx = NULL", false);
     let again = TestServer::start_with_store(data.path(), plugins.path(), &backend.url(), &[]);
     assert_every_question(&again, &backend.tags());
 }

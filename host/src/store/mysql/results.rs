@@ -138,12 +138,13 @@ impl BulkWrite for MyRunTx {
         Ok(())
     }
 
-    fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError> {
-        let rows: Vec<(Op, &str, &[Held])> = changes.iter().collect();
+    fn apply(&mut self, changes: &UserRows, uidx: &[u32]) -> Result<(), StoreError> {
+        let rows: Vec<((Op, &str, &[Held]), u32)> =
+            changes.iter().zip(uidx.iter().copied()).collect();
         for chunk in rows.chunks(ROWS) {
             let (mut new_rows, mut new_values) = (0, Vec::new());
             let (mut staged, mut staged_values) = (0, Vec::new());
-            for &(op, user, held) in chunk {
+            for &((op, user, held), index) in chunk {
                 if op == Op::Insert {
                     let at = new_values.len();
                     self.row_values(user, held, &mut new_values)?;
@@ -152,7 +153,11 @@ impl BulkWrite for MyRunTx {
                         staged_values.extend_from_slice(&new_values[at..]);
                         staged += 1;
                     }
-                    new_values.extend([Value::from(self.run.now), Value::from(self.run.now)]);
+                    new_values.extend([
+                        Value::from(self.run.now),
+                        Value::from(self.run.now),
+                        Value::from(index),
+                    ]);
                     new_rows += 1;
                 } else {
                     staged_values.push(Value::from(if op == Op::Update { "U" } else { "D" }));
@@ -162,8 +167,8 @@ impl BulkWrite for MyRunTx {
             }
             insert_rows(
                 &mut self.conn,
-                "INSERT INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time) VALUES",
-                "(?, ?, ?, ?, ?)",
+                "INSERT INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time, uidx) VALUES",
+                "(?, ?, ?, ?, ?, ?)",
                 new_rows,
                 new_values,
             )?;

@@ -125,7 +125,8 @@ const MIGRATIONS: &[&[&str]] = &[
     &[
         // 8: audiences: the dense user index, per-tag bitmaps, the change
         // feed and saved audiences.
-        "CREATE TABLE audience_users (
+        "ALTER TABLE user_tag_sets ADD COLUMN uidx BIGINT",
+        "CREATE TABLE retired_users (
         user_id VARCHAR(255) NOT NULL PRIMARY KEY,
         uidx BIGINT NOT NULL
     ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",

@@ -40,9 +40,7 @@ impl<'a> PgRunTx<'a> {
     fn copy_line(
         &mut self,
         out: &mut Vec<u8>,
-        op: Op,
-        user: &str,
-        held: &[Held],
+        (op, user, held, uidx): (Op, &str, &[Held], u32),
         text: &mut String,
     ) -> Result<(), StoreError> {
         match op {
@@ -64,7 +62,7 @@ impl<'a> PgRunTx<'a> {
         out.push(b'\t');
         out.extend_from_slice(text.as_bytes());
         if op == Op::Insert {
-            out.extend_from_slice(format!("\t{0}\t{0}", self.run.now).as_bytes());
+            out.extend_from_slice(format!("\t{0}\t{0}\t{uidx}", self.run.now).as_bytes());
         }
         out.push(b'\n');
         Ok(())
@@ -142,21 +140,21 @@ impl BulkWrite for PgRunTx<'_> {
         Ok(())
     }
 
-    fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError> {
+    fn apply(&mut self, changes: &UserRows, uidx: &[u32]) -> Result<(), StoreError> {
         // New rows go straight into the table; updates and deletes are
         // staged and merged with one statement each at commit.
         let (mut new_rows, mut staged) = (Vec::new(), Vec::new());
         let mut text = String::new();
-        for (op, user, held) in changes.iter() {
+        for ((op, user, held), &index) in changes.iter().zip(uidx) {
             let out = if op == Op::Insert {
                 &mut new_rows
             } else {
                 &mut staged
             };
-            self.copy_line(out, op, user, held, &mut text)?;
+            self.copy_line(out, (op, user, held, index), &mut text)?;
         }
         self.copy(
-            "COPY user_tag_sets (user_id, tag_ids, grants, created_time, updated_time) FROM STDIN",
+            "COPY user_tag_sets (user_id, tag_ids, grants, created_time, updated_time, uidx) FROM STDIN",
             &new_rows,
         )?;
         self.copy(

@@ -66,7 +66,8 @@ FROM user_tag_sets AS s;
     crate::store::sql::sessions::sessions_table!(),
     // 7: audiences: the dense user index, per-tag bitmaps, the change feed
     // and saved audiences.
-    "CREATE TABLE audience_users (user_id TEXT PRIMARY KEY, uidx BIGINT NOT NULL);
+    "ALTER TABLE user_tag_sets ADD COLUMN uidx BIGINT;
+    CREATE TABLE retired_users (user_id TEXT PRIMARY KEY, uidx BIGINT NOT NULL);
     CREATE TABLE audience_ids (first_uidx BIGINT PRIMARY KEY, user_count BIGINT NOT NULL, user_ids BYTEA NOT NULL);
     CREATE TABLE audience_meta (id INTEGER PRIMARY KEY, version BIGINT NOT NULL);
     CREATE TABLE tag_bitmaps (tag_id BIGINT PRIMARY KEY, members BYTEA NOT NULL);

@@ -1,10 +1,10 @@
 //! Audiences on every backend: the dense user index, each tag's members as
 //! a roaring bitmap, the change feed of each run, and saved audiences.
 //!
-//! - `audience_users`: a user's dense index (`uidx`), assigned by the
-//!   database's own counter the first time the user gets a row and kept
-//!   for good (a user who loses every tag and later gains one again keeps
-//!   the index; no other user ever gets it).
+//! - the users' dense index (`uidx`, [`super::user_index`]): given the
+//!   first time a user gets a row and kept for good (a user who loses
+//!   every tag and later gains one again keeps it; no other user ever gets
+//!   it).
 //! - `tag_bitmaps`: per tag, its members' indexes (roaring's portable
 //!   serialization).
 //! - `tag_changes`: per committed run and tag, who gained and who lost it.
@@ -23,8 +23,8 @@ use super::{Arg, Conn, Dialect, SqlStore};
 use crate::audience::bitmaps::TagBitmaps;
 use crate::audience::expr::{self, Reference};
 use crate::store::{
-    AudienceCount, AudienceStore, ChangeFilter, Op, RunStart, SavedAudience, StoreError,
-    TagChangeRow, UserRows,
+    AudienceCount, AudienceStore, ChangeFilter, RunStart, SavedAudience, StoreError, TagChangeRow,
+    UserRows,
 };
 use roaring::RoaringBitmap;
 use std::collections::BTreeMap;
@@ -56,19 +56,18 @@ pub struct AudienceDelta {
 }
 
 impl AudienceDelta {
-    /// Records a batch of a run's changes (already applied on `c`),
-    /// indexing the users who get their first row.
-    pub fn record(&mut self, c: &mut dyn Conn, changes: &UserRows) -> Result<(), StoreError> {
-        let users: Vec<&str> = changes.iter().map(|(_, user, _)| user).collect();
-        let new: Vec<bool> = changes.iter().map(|(op, _, _)| op == Op::Insert).collect();
-        let index = self.index.index(c, &users, &new)?;
-        for ((_, _, held), uidx) in changes.iter().zip(index) {
+    /// Records a batch of a run's changes, before they are applied on
+    /// `c`: the index of each row (new users get theirs here), to be
+    /// written with the new rows.
+    pub fn record(&mut self, c: &mut dyn Conn, changes: &UserRows) -> Result<Vec<u32>, StoreError> {
+        let index = self.index.index(c, changes)?;
+        for ((_, _, held), &uidx) in changes.iter().zip(&index) {
             self.changed.insert(uidx);
             for h in held {
                 self.holding.entry(h.tag_id).or_default().insert(uidx);
             }
         }
-        Ok(())
+        Ok(index)
     }
 
     /// Folds the run into the bitmaps, records its change feed and the
@@ -214,11 +213,10 @@ pub fn backfill(c: &mut dyn Conn) -> Result<(), StoreError> {
         let (mut bitmaps, mut after, mut users) = (BTreeMap::new(), String::new(), 0u64);
         let mut allocator = Allocator::default();
         loop {
-            let d = c.dialect();
             let sql = format!(
-                "SELECT user_id, {} FROM {} WHERE user_id > ? ORDER BY user_id LIMIT ?",
-                d.json_text("tag_ids"),
-                d.user_rows()
+                "SELECT user_id, {} FROM user_tag_sets WHERE user_id > ? AND uidx IS NULL \
+                 ORDER BY user_id LIMIT ?",
+                c.dialect().json_text("tag_ids")
             );
             let rows = c.query(&sql, &[Arg::from(after.as_str()), Arg::Int(BACKFILL_PAGE)])?;
             let Some(last) = rows.last() else { break };
@@ -228,8 +226,13 @@ pub fn backfill(c: &mut dyn Conn) -> Result<(), StoreError> {
                 .map(|r| Ok((r.text(0)?, crate::store::parse_tag_ids(&r.text(1)?)?)))
                 .collect::<Result<_, StoreError>>()?;
             let ids: Vec<&str> = page.iter().map(|(u, _)| u.as_str()).collect();
-            let index = allocator.index(c, &ids, &vec![true; ids.len()])?;
-            for ((_, tags), uidx) in page.iter().zip(index) {
+            let first = allocator.assign(c, &ids)?;
+            for (k, (user, tags)) in page.iter().enumerate() {
+                let uidx = first + k as u32;
+                c.execute(
+                    "UPDATE user_tag_sets SET uidx = ? WHERE user_id = ?",
+                    &[Arg::from(uidx), Arg::from(user.as_str())],
+                )?;
                 for tag in tags {
                     let bits: &mut RoaringBitmap = bitmaps.entry(*tag).or_default();
                     bits.insert(uidx);
@@ -322,13 +325,14 @@ impl<B: SqlStore> AudienceStore for B {
     }
 
     fn user_index(&self, user_id: &str) -> Result<Option<u32>, StoreError> {
-        let row = self.results(|c| {
-            c.query_first(
-                "SELECT uidx FROM audience_users WHERE user_id = ?",
-                &[user_id.into()],
-            )
-        })?;
-        row.map(|r| r.id(0)).transpose()
+        let sql = "SELECT uidx FROM user_tag_sets WHERE user_id = ? \
+                   UNION ALL SELECT uidx FROM retired_users WHERE user_id = ?";
+        let row = self.results(|c| c.query_first(sql, &[user_id.into(), user_id.into()]))?;
+        Ok(row
+            .map(|r| r.opt_int(0))
+            .transpose()?
+            .flatten()
+            .map(|n| n as u32))
     }
 
     fn tag_changes(

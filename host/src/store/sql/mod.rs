@@ -269,6 +269,15 @@ impl Row {
         }
     }
 
+    /// Column `i` as an integer, or `None` for `NULL`.
+    pub fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        match self.cell(i)? {
+            Cell::Null => Ok(None),
+            Cell::Int(n) => Ok(Some(*n)),
+            _ => Err(self.unexpected(i, "an integer")),
+        }
+    }
+
     /// Column `i` as an integer.
     pub fn int(&self, i: usize) -> Result<i64, StoreError> {
         match self.cell(i)? {

@@ -87,8 +87,9 @@ pub trait BulkWrite: Send {
     fn parts(&mut self) -> (&mut dyn Conn, &mut RunWrite);
     /// As [`RunTx::current`].
     fn current(&mut self, users: Option<&[&str]>, out: &mut dyn RowSink) -> Result<(), StoreError>;
-    /// As [`RunTx::apply`].
-    fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError>;
+    /// As [`RunTx::apply`], each new row written with its dense index
+    /// (`uidx[i]` for row `i`; the other rows keep theirs).
+    fn apply(&mut self, changes: &UserRows, uidx: &[u32]) -> Result<(), StoreError>;
     /// Applies what [`BulkWrite::apply`] staged, before the commit
     /// (nothing unless the backend stages changes).
     fn merge(&mut self) -> Result<(), StoreError> {
@@ -102,9 +103,11 @@ impl<W: BulkWrite> RunTx for W {
     }
 
     fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError> {
-        BulkWrite::apply(self, changes)?;
+        // Before the rows change: an update's or a delete's index is read
+        // from its row.
         let (c, run) = self.parts();
-        run.audience.record(c, changes)
+        let uidx = run.audience.record(c, changes)?;
+        BulkWrite::apply(self, changes, &uidx)
     }
 
     fn commit(

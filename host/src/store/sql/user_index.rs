@@ -1,23 +1,23 @@
-//! The users' dense index on every backend, kept in two tables so that a
-//! run's first write of millions of users adds one B-tree insert per user,
-//! not two:
+//! The users' dense index on every backend, kept where a run writes
+//! anyway, so that a first run of millions of users adds no B-tree insert
+//! per user:
 //!
-//! - `audience_users` (`user_id` → `uidx`), keyed by the user id: what a
-//!   run looks up for the users it changes, and where a user who gets a
-//!   row again finds the index it had;
+//! - `user_tag_sets.uidx`: each row's index, written with the row; a run
+//!   reads it for the rows it updates or deletes;
+//! - `retired_users`: the index of each user whose row was deleted (no tag
+//!   left), which the user gets back with a new row;
 //! - `audience_ids`: the ids in index order, a chunk per batch of newly
-//!   indexed users (`first_uidx`, how many, their ids encoded), appended
-//!   once per batch: what exports and member pages read.
+//!   indexed users (`first_uidx`, how many, their ids front-coded),
+//!   appended once per batch: what exports and member pages read.
 //!
 //! New users get consecutive indexes after the last chunk's, taken while
 //! the run holds the writers' lock (SQLite's write transaction, MariaDB's
 //! run lock, a PostgreSQL advisory lock held to the commit), so two runs
-//! never hand out the same index. An index is never reused: a user keeps
-//! it after losing every tag. A user whose insert found it already indexed
-//! leaves a hole in its chunk that no bitmap ever holds.
+//! never hand out the same index. An index is never reused by another
+//! user.
 
 use super::{Arg, Conn, Dialect};
-use crate::store::StoreError;
+use crate::store::{Op, StoreError, UserRows};
 use std::collections::HashMap;
 
 /// Users per statement of the index's lookups and inserts.
@@ -31,20 +31,47 @@ pub fn marks(n: usize, each: &str) -> String {
     vec![each; n].join(", ")
 }
 
-/// Ids as a chunk stores them: each its length (LEB128) and its bytes.
-pub fn encode_ids(ids: &[&str]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ids.iter().map(|i| i.len() + 1).sum());
-    for id in ids {
-        let mut n = id.len();
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            out.push(if n == 0 { byte } else { byte | 0x80 });
-            if n == 0 {
-                break;
-            }
+/// Appends `n` as LEB128.
+fn push_varint(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        out.push(if n == 0 { byte } else { byte | 0x80 });
+        if n == 0 {
+            return;
         }
-        out.extend_from_slice(id.as_bytes());
+    }
+}
+
+/// A LEB128 number at the front of `bytes`, and the rest.
+fn take_varint(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let (mut n, mut shift) = (0usize, 0);
+    for (i, &byte) in bytes.iter().enumerate() {
+        n |= ((byte & 0x7f) as usize) << shift;
+        if byte & 0x80 == 0 {
+            return Some((n, &bytes[i + 1..]));
+        }
+        shift += 7;
+        if shift > 35 {
+            return None;
+        }
+    }
+    None
+}
+
+/// Ids as a chunk stores them, front-coded: for each, the bytes it shares
+/// with the one before, then the length and bytes of the rest (a batch of
+/// ids sorted by id takes a few bytes each).
+pub fn encode_ids(ids: &[&str]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ids.len() * 6);
+    let mut before: &[u8] = &[];
+    for id in ids {
+        let id = id.as_bytes();
+        let shared = before.iter().zip(id).take_while(|(a, b)| a == b).count();
+        push_varint(&mut out, shared);
+        push_varint(&mut out, id.len() - shared);
+        out.extend_from_slice(&id[shared..]);
+        before = id;
     }
     out
 }
@@ -52,21 +79,21 @@ pub fn encode_ids(ids: &[&str]) -> Vec<u8> {
 /// The ids [`encode_ids`] wrote.
 pub fn decode_ids(mut bytes: &[u8]) -> Result<Vec<String>, StoreError> {
     let corrupt = || StoreError::Corrupt("a chunk of user ids is cut short".into());
-    let mut out = Vec::new();
+    let mut out: Vec<String> = Vec::new();
+    let mut before: Vec<u8> = Vec::new();
     while !bytes.is_empty() {
-        let (mut n, mut shift) = (0usize, 0);
-        loop {
-            let (&byte, rest) = bytes.split_first().ok_or_else(corrupt)?;
-            bytes = rest;
-            n |= ((byte & 0x7f) as usize) << shift;
-            shift += 7;
-            if byte & 0x80 == 0 || shift > 35 {
-                break;
-            }
+        let (shared, rest) = take_varint(bytes).ok_or_else(corrupt)?;
+        let (len, rest) = take_varint(rest).ok_or_else(corrupt)?;
+        let suffix = rest.get(..len).ok_or_else(corrupt)?;
+        before.truncate(shared.min(before.len()));
+        if before.len() != shared {
+            return Err(corrupt());
         }
-        let (id, rest) = (bytes.get(..n).ok_or_else(corrupt)?, &bytes[n..]);
-        out.push(String::from_utf8(id.to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-        bytes = rest;
+        before.extend_from_slice(suffix);
+        out.push(
+            String::from_utf8(before.clone()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
+        bytes = &rest[len..];
     }
     Ok(out)
 }
@@ -89,20 +116,41 @@ fn next_free(c: &mut dyn Conn) -> Result<u32, StoreError> {
     })
 }
 
-/// Each of `users`' index, by id (those not indexed are left out).
-pub fn lookup(c: &mut dyn Conn, users: &[&str]) -> Result<HashMap<String, u32>, StoreError> {
+/// Each of `users`' index from `table` (`user_tag_sets` or
+/// `retired_users`), by id; those not there are left out.
+pub fn lookup(
+    c: &mut dyn Conn,
+    table: &str,
+    users: &[&str],
+) -> Result<HashMap<String, u32>, StoreError> {
     let mut found = HashMap::with_capacity(users.len());
     for chunk in users.chunks(CHUNK) {
         let sql = format!(
-            "SELECT user_id, uidx FROM audience_users WHERE user_id IN ({})",
+            "SELECT user_id, uidx FROM {table} WHERE user_id IN ({})",
             marks(chunk.len(), "?")
         );
         let args: Vec<Arg<'_>> = chunk.iter().map(|u| Arg::Text(u)).collect();
         for row in c.query(&sql, &args)? {
-            found.insert(row.text(0)?, row.id(1)?);
+            if let Some(uidx) = row.opt_int(1)? {
+                found.insert(
+                    row.text(0)?,
+                    u32::try_from(uidx)
+                        .map_err(|_| StoreError::Corrupt(format!("index {uidx}")))?,
+                );
+            }
         }
     }
     Ok(found)
+}
+
+/// Runs `sql` (ending in `IN (`) over `users`, [`CHUNK`] at a time.
+fn each_chunk(c: &mut dyn Conn, sql: &str, users: &[&str]) -> Result<(), StoreError> {
+    for chunk in users.chunks(CHUNK) {
+        let sql = format!("{sql}{})", marks(chunk.len(), "?"));
+        let args: Vec<Arg<'_>> = chunk.iter().map(|u| Arg::Text(u)).collect();
+        c.execute(&sql, &args)?;
+    }
+    Ok(())
 }
 
 /// Hands out indexes within one transaction (the first use locks the
@@ -110,73 +158,66 @@ pub fn lookup(c: &mut dyn Conn, users: &[&str]) -> Result<HashMap<String, u32>, 
 #[derive(Debug, Default)]
 pub struct Allocator {
     next: Option<u32>,
+    /// Whether `retired_users` may hold someone (asked once per run).
+    retired: Option<bool>,
 }
 
 impl Allocator {
-    /// The index of each of `users` (in their order); `new[i]` marks the
-    /// users getting their first row now, who get the next indexes unless
-    /// they had one. A user neither new nor indexed is corrupt state.
-    pub fn index(
-        &mut self,
-        c: &mut dyn Conn,
-        users: &[&str],
-        new: &[bool],
-    ) -> Result<Vec<u32>, StoreError> {
-        let mut out = vec![u32::MAX; users.len()];
-        let fresh: Vec<usize> = (0..users.len()).filter(|&i| new[i]).collect();
-        if !fresh.is_empty() {
-            self.assign(c, users, &fresh, &mut out)?;
-        }
-        let rest: Vec<&str> = (0..users.len())
-            .filter(|&i| !new[i])
-            .map(|i| users[i])
-            .collect();
-        let found = lookup(c, &rest)?;
-        for i in (0..users.len()).filter(|&i| !new[i]) {
-            out[i] = *found.get(users[i]).ok_or_else(|| {
-                StoreError::Corrupt(format!("user {:?} has a row but no dense index", users[i]))
+    /// The index of each row of `changes` (in their order), called before
+    /// they are applied: an update's or delete's is read from its row (a
+    /// delete's is retired), a new row gets its user's retired index back
+    /// or the next one.
+    pub fn index(&mut self, c: &mut dyn Conn, changes: &UserRows) -> Result<Vec<u32>, StoreError> {
+        let mut out = vec![u32::MAX; changes.len()];
+        let (new, there): (Vec<usize>, Vec<usize>) =
+            (0..changes.len()).partition(|&i| changes.get(i).0 == Op::Insert);
+        let user = |i: usize| changes.get(i).1;
+        let users: Vec<&str> = there.iter().map(|&i| user(i)).collect();
+        let found = lookup(c, "user_tag_sets", &users)?;
+        for &i in &there {
+            out[i] = *found.get(user(i)).ok_or_else(|| {
+                StoreError::Corrupt(format!("user {:?} has a row but no dense index", user(i)))
             })?;
+        }
+        let deleted: Vec<usize> = there
+            .into_iter()
+            .filter(|&i| changes.get(i).0 == Op::Delete)
+            .collect();
+        self.retire(
+            c,
+            &deleted
+                .iter()
+                .map(|&i| (user(i), out[i]))
+                .collect::<Vec<_>>(),
+        )?;
+        let users: Vec<&str> = new.iter().map(|&i| user(i)).collect();
+        let back = self.unretire(c, &users)?;
+        let mut fresh = Vec::with_capacity(new.len());
+        for &i in &new {
+            match back.get(user(i)) {
+                Some(&old) => out[i] = old,
+                None => fresh.push(i),
+            }
+        }
+        if !fresh.is_empty() {
+            let ids: Vec<&str> = fresh.iter().map(|&i| user(i)).collect();
+            let first = self.assign(c, &ids)?;
+            for (k, &i) in fresh.iter().enumerate() {
+                out[i] = first + k as u32;
+            }
         }
         Ok(out)
     }
 
-    /// Gives the users at `fresh` the next indexes (keeping the index of
-    /// one that had one) and appends their chunk.
-    fn assign(
-        &mut self,
-        c: &mut dyn Conn,
-        users: &[&str],
-        fresh: &[usize],
-        out: &mut [u32],
-    ) -> Result<(), StoreError> {
+    /// Gives `ids` the next indexes, in order, and appends their chunk;
+    /// the first index.
+    pub fn assign(&mut self, c: &mut dyn Conn, ids: &[&str]) -> Result<u32, StoreError> {
         let first = match self.next {
             Some(next) => next,
             None => next_free(c)?,
         };
-        let ids: Vec<&str> = fresh.iter().map(|&i| users[i]).collect();
-        let mut had = Vec::new();
-        for (k, chunk) in ids.chunks(CHUNK).enumerate() {
-            let base = first + (k * CHUNK) as u32;
-            let values = marks(chunk.len(), "(?, ?)");
-            let into = format!("INTO audience_users (user_id, uidx) VALUES {values}");
-            let sql = c.dialect().insert_ignore(&into);
-            let numbers: Vec<i64> = (0..chunk.len())
-                .map(|j| i64::from(base) + j as i64)
-                .collect();
-            let mut args = Vec::with_capacity(chunk.len() * 2);
-            for (u, n) in chunk.iter().zip(&numbers) {
-                args.push(Arg::Text(u));
-                args.push(Arg::Int(*n));
-            }
-            if (c.execute(&sql, &args)? as usize) < chunk.len() {
-                had.extend_from_slice(chunk);
-            }
-        }
-        for (k, &i) in fresh.iter().enumerate() {
-            out[i] = first + k as u32;
-        }
         let sql = "INSERT INTO audience_ids (first_uidx, user_count, user_ids) VALUES (?, ?, ?)";
-        let encoded = encode_ids(&ids);
+        let encoded = encode_ids(ids);
         let args = [
             Arg::from(first),
             Arg::Int(ids.len() as i64),
@@ -184,15 +225,49 @@ impl Allocator {
         ];
         c.execute(sql, &args)?;
         self.next = Some(first + ids.len() as u32);
-        // Users indexed before (a row again after losing every tag) keep
-        // their index; the one handed out stays a hole.
-        let found = lookup(c, &had)?;
-        for &i in fresh {
-            if let Some(&old) = found.get(users[i]) {
-                out[i] = old;
+        Ok(first)
+    }
+
+    /// Keeps the index of users whose row goes.
+    fn retire(&mut self, c: &mut dyn Conn, users: &[(&str, u32)]) -> Result<(), StoreError> {
+        for chunk in users.chunks(CHUNK) {
+            let into = format!(
+                "INTO retired_users (user_id, uidx) VALUES {}",
+                marks(chunk.len(), "(?, ?)")
+            );
+            let mut args = Vec::with_capacity(chunk.len() * 2);
+            for (user, uidx) in chunk {
+                args.push(Arg::Text(user));
+                args.push(Arg::from(*uidx));
             }
+            c.execute(&c.dialect().insert_ignore(&into), &args)?;
+            self.retired = Some(true);
         }
         Ok(())
+    }
+
+    /// The retired indexes of those of `users` who had one, taken back.
+    fn unretire(
+        &mut self,
+        c: &mut dyn Conn,
+        users: &[&str],
+    ) -> Result<HashMap<String, u32>, StoreError> {
+        if users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        if self.retired.is_none() {
+            let any = c
+                .query_first("SELECT 1 FROM retired_users LIMIT 1", &[])?
+                .is_some();
+            self.retired = Some(any);
+        }
+        if self.retired != Some(true) {
+            return Ok(HashMap::new());
+        }
+        let back = lookup(c, "retired_users", users)?;
+        let names: Vec<&str> = back.keys().map(String::as_str).collect();
+        each_chunk(c, "DELETE FROM retired_users WHERE user_id IN (", &names)?;
+        Ok(back)
     }
 }
 
@@ -237,10 +312,24 @@ mod tests {
     #[test]
     fn ids_round_trip_whatever_their_length_and_characters() {
         let long = "x".repeat(300);
-        let ids = ["u1", "", "高净值用户", "a,b\n\"c\"", long.as_str()];
+        let ids = [
+            "u1",
+            "",
+            "高净值用户",
+            "高净值",
+            "a,b\n\"c\"",
+            long.as_str(),
+            "user_0001",
+            "user_0002",
+        ];
         let bytes = encode_ids(&ids);
         assert_eq!(decode_ids(&bytes).unwrap(), ids.to_vec());
         assert!(decode_ids(&bytes[..bytes.len() - 1]).is_err(), "cut short");
         assert!(decode_ids(&[]).unwrap().is_empty());
+        let sorted: Vec<String> = (0..1000).map(|i| format!("user_{i:09}")).collect();
+        let refs: Vec<&str> = sorted.iter().map(String::as_str).collect();
+        let bytes = encode_ids(&refs);
+        assert!(bytes.len() < 1000 * 5, "front-coded: {} bytes", bytes.len());
+        assert_eq!(decode_ids(&bytes).unwrap(), sorted);
     }
 }

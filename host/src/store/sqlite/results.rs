@@ -49,14 +49,15 @@ CREATE TABLE IF NOT EXISTS user_tag_sets (
     tag_ids TEXT NOT NULL,
     grants TEXT NOT NULL,
     created_time INTEGER NOT NULL,
-    updated_time INTEGER NOT NULL
+    updated_time INTEGER NOT NULL,
+    uidx INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS run_outcomes (
     task_id TEXT PRIMARY KEY,
     result TEXT NOT NULL,
     committed_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS audience_users (
+CREATE TABLE IF NOT EXISTS retired_users (
     user_id TEXT PRIMARY KEY,
     uidx INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -151,6 +152,18 @@ pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(MIGRATE_FROM_V1).map_err(db)?;
     }
     tx.execute_batch(SCHEMA).map_err(db)?;
+    // A version 2 table gains the dense index (filled by the backfill).
+    let indexed: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('user_tag_sets') WHERE name = 'uidx')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    if !indexed {
+        tx.execute_batch("ALTER TABLE user_tag_sets ADD COLUMN uidx INTEGER")
+            .map_err(db)?;
+    }
     if old_table {
         tx.execute_batch(MIGRATE_ROWS_FROM_V1).map_err(db)?;
         tracing::info!("results migrated to the compact layout (user_tags is now a view)");
@@ -161,7 +174,7 @@ pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
     crate::store::sql::audience::backfill(conn)
 }
 
-/// New rows per multi-row `INSERT` (5 parameters each).
+/// New rows per multi-row `INSERT` (6 parameters each).
 const INSERT_ROWS: usize = 64;
 
 /// The run's writes say `OR FAIL`: a statement that meets a constraint
@@ -171,8 +184,8 @@ const INSERT_ROWS: usize = 64;
 /// 1M users, as many as all the others nine times over). An error fails
 /// the whole run's transaction anyway, so nothing half-done is committed.
 fn insert_many_sql() -> String {
-    let values = vec!["(?, ?, ?, ?, ?)"; INSERT_ROWS].join(", ");
-    format!("INSERT OR FAIL INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time) VALUES {values}")
+    let values = vec!["(?, ?, ?, ?, ?, ?)"; INSERT_ROWS].join(", ");
+    format!("INSERT OR FAIL INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time, uidx) VALUES {values}")
 }
 
 /// `Some(users)` lists up to this many are looked up one by one; more are
@@ -355,18 +368,24 @@ impl SqliteRunTx {
 
     /// Inserts [`INSERT_ROWS`] new rows with one statement: fewer statement
     /// runs, and one cursor that appends keys in order.
-    fn insert_many(&mut self, rows: &[(Op, &str)], slots: &[u32]) -> Result<(), StoreError> {
+    fn insert_many(
+        &mut self,
+        rows: &[(Op, &str)],
+        slots: &[u32],
+        uidx: &[u32],
+    ) -> Result<(), StoreError> {
         static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         let sql = SQL.get_or_init(insert_many_sql);
         let mut stmt = self.conn.prepare_cached(sql).map_err(db)?;
         for (k, ((_, user), &slot)) in rows.iter().zip(slots).enumerate() {
             let (ids, grants) = self.texts.get(slot);
-            let at = k * 5;
+            let at = k * 6;
             stmt.raw_bind_parameter(at + 1, user).map_err(db)?;
             stmt.raw_bind_parameter(at + 2, ids).map_err(db)?;
             stmt.raw_bind_parameter(at + 3, grants).map_err(db)?;
             stmt.raw_bind_parameter(at + 4, self.run.now).map_err(db)?;
             stmt.raw_bind_parameter(at + 5, self.run.now).map_err(db)?;
+            stmt.raw_bind_parameter(at + 6, uidx[k]).map_err(db)?;
         }
         stmt.raw_execute().map_err(db)?;
         Ok(())
@@ -392,7 +411,7 @@ impl BulkWrite for SqliteRunTx {
         Ok(())
     }
 
-    fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError> {
+    fn apply(&mut self, changes: &UserRows, uidx: &[u32]) -> Result<(), StoreError> {
         let slots = self.format(changes)?;
         let mut i = 0;
         let rows: Vec<(Op, &str)> = changes.iter().map(|(op, user, _)| (op, user)).collect();
@@ -403,21 +422,22 @@ impl BulkWrite for SqliteRunTx {
                 .take_while(|(op, _)| *op == Op::Insert)
                 .count();
             if run == INSERT_ROWS {
-                self.insert_many(&rows[i..i + run], &slots[i..i + run])?;
+                self.insert_many(&rows[i..i + run], &slots[i..i + run], &uidx[i..i + run])?;
                 i += run;
                 continue;
             }
             let (op, user) = rows[i];
             let (ids, grants) = self.texts.get(slots[i]);
             let sql = match op {
-                Op::Insert => "INSERT OR FAIL INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time) VALUES (?1, ?2, ?3, ?4, ?4)",
+                Op::Insert => "INSERT OR FAIL INTO user_tag_sets (user_id, tag_ids, grants, created_time, updated_time, uidx) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
                 Op::Update => "UPDATE OR FAIL user_tag_sets SET tag_ids = ?2, grants = ?3, updated_time = ?4 WHERE user_id = ?1",
                 Op::Delete => "DELETE FROM user_tag_sets WHERE user_id = ?1",
             };
             let mut stmt = self.conn.prepare_cached(sql).map_err(db)?;
             match op {
                 Op::Delete => stmt.execute([user]),
-                _ => stmt.execute(params![user, ids, grants, self.run.now]),
+                Op::Insert => stmt.execute(params![user, ids, grants, self.run.now, uidx[i]]),
+                Op::Update => stmt.execute(params![user, ids, grants, self.run.now]),
             }
             .map_err(db)?;
             i += 1;
