@@ -4,8 +4,9 @@
 #
 # 1. The first full run of the eight reference tags into a fresh SQLite
 #    store, this build and BASELINE_BIN (a build without the bitmaps)
-#    alternating, each under /usr/bin/time: wall, CPU, and the store's part
-#    (the report's write_ms plus the logged commit_ms); ratios ours / baseline.
+#    alternating, each under /usr/bin/time: wall, CPU, peak RSS and the
+#    commit's own time (logged commit_ms); ratios ours / baseline, and
+#    their medians (--first-run-only stops there).
 # 2. tag-server serving that store: its RSS before and after the bitmaps
 #    are loaded (the first question loads them).
 # 3. Counts under load: CONNS connections, each asking EACH questions (eight
@@ -18,7 +19,7 @@
 #    second, and the server's RSS rise during it (sampled every 20 ms).
 #
 #   TAG_SERVER_BIN=path [BASELINE_BIN=path] bench/audiences.sh [--users N]
-#       [--rounds N] [--conns N] [--each N] [--anchor-each N]
+#       [--rounds N] [--conns N] [--each N] [--anchor-each N] [--first-run-only]
 #
 # Defaults: 10,000,000 users, 2 rounds, 64 connections, 40 questions each
 # for the server, 1 each for DuckDB and PostgreSQL (a question takes them
@@ -26,7 +27,7 @@
 # bench_audiences on 127.0.0.1:5432 (user postgres), dropped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-USERS=10000000 ROUNDS=2 CONNS=64 EACH=40 ANCHOR_EACH=1
+USERS=10000000 ROUNDS=2 CONNS=64 EACH=40 ANCHOR_EACH=1 FIRST_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --users) USERS="$2"; shift 2 ;;
@@ -34,7 +35,8 @@ while [ $# -gt 0 ]; do
     --conns) CONNS="$2"; shift 2 ;;
     --each) EACH="$2"; shift 2 ;;
     --anchor-each) ANCHOR_EACH="$2"; shift 2 ;;
-    *) echo "usage: bench/audiences.sh [--users N] [--rounds N] [--conns N] [--each N] [--anchor-each N]" >&2; exit 2 ;;
+    --first-run-only) FIRST_ONLY=1; shift ;;
+    *) echo "usage: bench/audiences.sh [--users N] [--rounds N] [--conns N] [--each N] [--anchor-each N] [--first-run-only]" >&2; exit 2 ;;
   esac
 done
 BIN="${TAG_SERVER_BIN:?set TAG_SERVER_BIN to a release tag-server}"
@@ -44,7 +46,7 @@ BASE="${BASELINE_BIN:-}"
 PY="$VENV/bin/python"
 
 # The first run of $2 into a fresh store named $1; prints
-# "wall cpu rss_kib write_ms commit_ms".
+# "wall cpu rss_kib commit_ms".
 first_run() {
   local name="$1" bin="$2"
   rm -f "$OUT/aud-$name.db"* "$OUT/aud-$name.log"
@@ -59,20 +61,29 @@ wall, user, system, rss = open(base + ".time").read().split()[-4:]
 report = json.load(open(base + ".json"))["result"]
 log = open(base + ".log").read()
 commit = re.findall(r'commit_ms"?[=:]\s*"?(\d+)', log)
-print(wall, round(float(user) + float(system), 2), rss, report["timings"].get("write_ms", 0), commit[-1] if commit else 0)
+print(wall, round(float(user) + float(system), 2), rss, commit[-1] if commit else 0)
 EOF
 }
 
-echo "== 1. first run of 8 tags, $USERS users, SQLite: wall s, CPU s, peak RSS KiB, write ms, commit ms"
+echo "== 1. first run of 8 tags, $USERS users, SQLite: wall s, CPU s, peak RSS KiB, commit ms"
+RATIOS="$OUT/aud-ratios"; : > "$RATIOS"
 for round in $(seq 1 "$ROUNDS"); do
   ours=$(first_run "ours" "$BIN"); echo "round $round ours:     $ours"
   if [ -n "$BASE" ]; then
     base=$(first_run "base" "$BASE"); echo "round $round baseline: $base"
     "$PY" -c "
 o, b = [list(map(float, s.split())) for s in ('$ours', '$base')]
-print('round $round ours/baseline: wall %.3f  CPU %.3f  store (write+commit) %.3f' % (o[0]/b[0], o[1]/b[1], (o[3]+o[4])/(b[3]+b[4])))"
+print('round $round ours/baseline: wall %.3f  CPU %.3f  commit %.3f' % (o[0]/b[0], o[1]/b[1], o[3]/b[3]))
+open('$RATIOS', 'a').write('%f %f\\n' % (o[0]/b[0], o[1]/b[1]))"
   fi
 done
+if [ -n "$BASE" ]; then
+  "$PY" -c "
+import statistics
+rows = [list(map(float, l.split())) for l in open('$RATIOS')]
+print('median ours/baseline: wall %.3f  CPU %.3f' % (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)))"
+fi
+[ "$FIRST_ONLY" = 1 ] && exit 0
 
 echo "== 2. serving: RSS before and after the bitmaps load"
 PORT=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")

@@ -61,11 +61,21 @@ impl AudienceDelta {
     /// written with the new rows.
     pub fn record(&mut self, c: &mut dyn Conn, changes: &UserRows) -> Result<Vec<u32>, StoreError> {
         let index = self.index.index(c, changes)?;
+        // Per tag, the batch's holders, then added to its bitmap at once:
+        // a sorted run (a first run's new users) is appended, not inserted
+        // one by one.
+        let mut batch: Vec<(u32, Vec<u32>)> = Vec::new();
         for ((_, _, held), &uidx) in changes.iter().zip(&index) {
-            self.changed.insert(uidx);
             for h in held {
-                self.holding.entry(h.tag_id).or_default().insert(uidx);
+                match batch.iter_mut().find(|(tag, _)| *tag == h.tag_id) {
+                    Some((_, holders)) => holders.push(uidx),
+                    None => batch.push((h.tag_id, vec![uidx])),
+                }
             }
+        }
+        add_all(&mut self.changed, index.clone());
+        for (tag, holders) in batch {
+            add_all(self.holding.entry(tag).or_default(), holders);
         }
         Ok(index)
     }
@@ -115,6 +125,20 @@ impl AudienceDelta {
         let snapshot = TagBitmaps::new(version as u64, bitmaps);
         count_saved(c, start, version, &snapshot)
     }
+}
+
+/// Adds `values` to `bits`: appended when they are ascending and above
+/// its largest value, else one by one.
+fn add_all(bits: &mut RoaringBitmap, values: Vec<u32>) {
+    let ascending = values.windows(2).all(|w| w[0] < w[1]);
+    let above = match (bits.max(), values.first()) {
+        (Some(max), Some(&first)) => first > max,
+        _ => true,
+    };
+    if ascending && above && bits.append(values.iter().copied()).is_ok() {
+        return;
+    }
+    bits.extend(values);
 }
 
 /// Every tag's bitmap as stored (`locking`: with the rows locked, where
@@ -447,5 +471,20 @@ impl<B: SqlStore> AudienceStore for B {
     fn purge_changes(&self, before: &str) -> Result<usize, StoreError> {
         let sql = "DELETE FROM tag_changes WHERE committed_at < ?";
         Ok(self.results_write(|c| c.execute(sql, &[before.into()]))? as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_added_whether_they_come_in_order_or_not() {
+        let mut bits: RoaringBitmap = [5, 9].into_iter().collect();
+        add_all(&mut bits, vec![10, 11, 400_000]);
+        add_all(&mut bits, vec![7, 3, 7]);
+        add_all(&mut bits, vec![]);
+        let want: RoaringBitmap = [3, 5, 7, 9, 10, 11, 400_000].into_iter().collect();
+        assert_eq!(bits, want);
     }
 }

@@ -168,39 +168,44 @@ impl Allocator {
     /// delete's is retired), a new row gets its user's retired index back
     /// or the next one.
     pub fn index(&mut self, c: &mut dyn Conn, changes: &UserRows) -> Result<Vec<u32>, StoreError> {
-        let mut out = vec![u32::MAX; changes.len()];
+        let rows: Vec<(Op, &str)> = changes.iter().map(|(op, user, _)| (op, user)).collect();
+        let mut out = vec![u32::MAX; rows.len()];
         let (new, there): (Vec<usize>, Vec<usize>) =
-            (0..changes.len()).partition(|&i| changes.get(i).0 == Op::Insert);
-        let user = |i: usize| changes.get(i).1;
-        let users: Vec<&str> = there.iter().map(|&i| user(i)).collect();
-        let found = lookup(c, "user_tag_sets", &users)?;
-        for &i in &there {
-            out[i] = *found.get(user(i)).ok_or_else(|| {
-                StoreError::Corrupt(format!("user {:?} has a row but no dense index", user(i)))
-            })?;
-        }
-        let deleted: Vec<usize> = there
-            .into_iter()
-            .filter(|&i| changes.get(i).0 == Op::Delete)
-            .collect();
-        self.retire(
-            c,
-            &deleted
+            (0..rows.len()).partition(|&i| rows[i].0 == Op::Insert);
+        if !there.is_empty() {
+            let users: Vec<&str> = there.iter().map(|&i| rows[i].1).collect();
+            let found = lookup(c, "user_tag_sets", &users)?;
+            for &i in &there {
+                out[i] = *found.get(rows[i].1).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "user {:?} has a row but no dense index",
+                        rows[i].1
+                    ))
+                })?;
+            }
+            let deleted: Vec<(&str, u32)> = there
                 .iter()
-                .map(|&i| (user(i), out[i]))
-                .collect::<Vec<_>>(),
-        )?;
-        let users: Vec<&str> = new.iter().map(|&i| user(i)).collect();
+                .filter(|&&i| rows[i].0 == Op::Delete)
+                .map(|&i| (rows[i].1, out[i]))
+                .collect();
+            self.retire(c, &deleted)?;
+        }
+        let users: Vec<&str> = new.iter().map(|&i| rows[i].1).collect();
         let back = self.unretire(c, &users)?;
-        let mut fresh = Vec::with_capacity(new.len());
-        for &i in &new {
-            match back.get(user(i)) {
-                Some(&old) => out[i] = old,
-                None => fresh.push(i),
+        let fresh: Vec<usize> = match back.is_empty() {
+            true => new,
+            false => new
+                .into_iter()
+                .filter(|&i| !back.contains_key(rows[i].1))
+                .collect(),
+        };
+        for (user, &old) in &back {
+            if let Some(i) = rows.iter().position(|(_, u)| u == user) {
+                out[i] = old;
             }
         }
         if !fresh.is_empty() {
-            let ids: Vec<&str> = fresh.iter().map(|&i| user(i)).collect();
+            let ids: Vec<&str> = fresh.iter().map(|&i| rows[i].1).collect();
             let first = self.assign(c, &ids)?;
             for (k, &i) in fresh.iter().enumerate() {
                 out[i] = first + k as u32;
