@@ -5,6 +5,7 @@
 //! `user_ids` and incremental runs; a failed run changes nothing; a restart
 //! and a second process answer the same.
 
+#[macro_use]
 mod support;
 
 use serde_json::{json, Value};
@@ -668,20 +669,6 @@ fn change_feeds_past_retention_are_deleted(backend: Backend) {
         .get("/api/v1/tags/7/changes?since=2001-01-01")
         .unwrap();
     assert_eq!(since["runs"][0]["task_id"], json!(recent), "{since}");
-}
-
-macro_rules! on_every_backend {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $scenario() { super::$scenario(super::Backend::sqlite()) })*
-        }
-        mod postgres {
-            $(#[test] fn $scenario() { super::$scenario(super::Backend::postgres()) })*
-        }
-        mod mariadb {
-            $(#[test] fn $scenario() { super::$scenario(super::Backend::mysql()) })*
-        }
-    };
 }
 
 on_every_backend!(

@@ -2,6 +2,7 @@
 //! against SQLite, PostgreSQL and MariaDB through a real server, in a
 //! database of its own, and is checked against the independent computation.
 
+#[macro_use]
 mod support;
 
 use serde_json::json;
@@ -938,20 +939,6 @@ fn console_sessions_are_shared_by_the_processes_on_one_store(backend: Backend) {
         api_with_cookie(&first.base, "/api/v1/tasks", &as_viewer),
         200
     );
-}
-
-macro_rules! on_every_backend {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $scenario() { super::$scenario(super::Backend::sqlite()) })*
-        }
-        mod postgres {
-            $(#[test] fn $scenario() { super::$scenario(super::Backend::postgres()) })*
-        }
-        mod mariadb {
-            $(#[test] fn $scenario() { super::$scenario(super::Backend::mysql()) })*
-        }
-    };
 }
 
 on_every_backend!(

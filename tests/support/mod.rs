@@ -6,6 +6,24 @@
 #![allow(dead_code)]
 
 pub mod backend;
+
+/// Runs each scenario (a function taking a [`backend::Backend`]) as a test
+/// on SQLite, PostgreSQL and MariaDB, in modules named after them; the
+/// test file brings `Backend` into scope.
+#[allow(unused_macros)]
+macro_rules! on_every_backend {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $scenario() { super::$scenario(super::Backend::sqlite()) })*
+        }
+        mod postgres {
+            $(#[test] fn $scenario() { super::$scenario(super::Backend::postgres()) })*
+        }
+        mod mariadb {
+            $(#[test] fn $scenario() { super::$scenario(super::Backend::mysql()) })*
+        }
+    };
+}
 pub mod oracle;
 pub mod proxy;
 pub mod python;

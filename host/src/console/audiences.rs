@@ -219,7 +219,7 @@ pub async fn changes(
 ) -> Response {
     let tag = match loaded_tag(&state, &viewer, &raw) {
         Ok(tag) => tag,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     let id = tag.info.tag_id;
     let since = ChangeFilter::Since("0000-01-01T00:00:00".into());

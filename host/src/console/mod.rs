@@ -201,13 +201,19 @@ pub(super) fn loaded_tag(
     state: &AppState,
     viewer: &Viewer,
     raw: &str,
-) -> Result<std::sync::Arc<tag_plugin_loader::RegisteredTag>, Response> {
+) -> Result<std::sync::Arc<tag_plugin_loader::RegisteredTag>, Box<Response>> {
     let registry = state.tags();
     raw.parse::<u32>()
         .ok()
         .and_then(|id| registry.get(id))
         .cloned()
-        .ok_or_else(|| error_page(StatusCode::NOT_FOUND, viewer, "没有这个标签 / no such tag"))
+        .ok_or_else(|| {
+            Box::new(error_page(
+                StatusCode::NOT_FOUND,
+                viewer,
+                "没有这个标签 / no such tag",
+            ))
+        })
 }
 
 /// A whole page: navigation, title, body.

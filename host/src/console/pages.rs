@@ -220,7 +220,7 @@ pub async fn tag(
 ) -> Response {
     let tag = match loaded_tag(&state, &viewer, &raw) {
         Ok(tag) => tag,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     let id = tag.info.tag_id;
     let loaded = read(&state, &viewer, move |s| {

@@ -75,7 +75,7 @@ pub struct RowWriter<W: Write + Send> {
 enum State<W: Write + Send> {
     Text(Format, W),
     Parquet {
-        writer: Option<polars::io::parquet::write::BatchedWriter<W>>,
+        writer: Option<Box<polars::io::parquet::write::BatchedWriter<W>>>,
         out: Option<W>,
         buffered: Vec<Vec<String>>,
     },
@@ -162,7 +162,7 @@ impl<W: Write + Send> RowWriter<W> {
                 .with_row_group_size(Some(CHUNK))
                 .batched(frame.schema())
                 .map_err(|e| ExportError::Parquet(e.to_string()))?;
-            *writer = Some(batched);
+            *writer = Some(Box::new(batched));
         }
         if frame.height() > 0 {
             if let Some(w) = writer.as_mut() {

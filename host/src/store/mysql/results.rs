@@ -13,6 +13,9 @@ use crate::store::{held_tags, push_ids, Held, Op, RowSink, RunStart, StoreError,
 use ::mysql::prelude::Queryable;
 use ::mysql::{Params, PooledConn, Value};
 
+/// A change as the run's rows hold it: op, user, held tags.
+type Row<'a> = (Op, &'a str, &'a [Held]);
+
 /// Rows per multi-row statement.
 const ROWS: usize = 1000;
 
@@ -139,8 +142,7 @@ impl BulkWrite for MyRunTx {
     }
 
     fn apply(&mut self, changes: &UserRows, uidx: &[u32]) -> Result<(), StoreError> {
-        let rows: Vec<((Op, &str, &[Held]), u32)> =
-            changes.iter().zip(uidx.iter().copied()).collect();
+        let rows: Vec<(Row<'_>, u32)> = changes.iter().zip(uidx.iter().copied()).collect();
         for chunk in rows.chunks(ROWS) {
             let (mut new_rows, mut new_values) = (0, Vec::new());
             let (mut staged, mut staged_values) = (0, Vec::new());
