@@ -1993,8 +1993,11 @@ fn progress_moves_through_every_stage_and_never_stalls_while_writing() {
         }
     }
     assert!(stages.len() >= 4, "stages seen: {stages:?}");
+    // Each stage ends at or above the one before; a stage over within one
+    // poll (joining, often) may show the percent its predecessor ended at,
+    // but never two in a row.
     assert!(
-        stages.windows(2).all(|w| w[1].1 > w[0].1),
+        stages.windows(2).all(|w| w[1].1 >= w[0].1) && stages.windows(3).all(|w| w[2].1 > w[0].1),
         "percent did not rise from stage to stage: {stages:?}"
     );
     let distinct: std::collections::BTreeSet<u64> = samples
