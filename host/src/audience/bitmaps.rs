@@ -1,26 +1,13 @@
 //! Each tag's current members as a roaring bitmap over the users' dense
-//! indexes, one immutable snapshot per committed version.
-//!
-//! A snapshot is never changed in place: a run's changes make the next
-//! snapshot ([`TagBitmaps::apply`]), sharing the bitmaps of the tags it
-//! did not touch, so a reader holding one (a count, a page of members, an
-//! export) sees one whole committed state, never half a run.
+//! indexes, one immutable snapshot per committed version: a reader holding
+//! one (a count, a page of members, an export) sees one whole committed
+//! state, never half a run. A process loads the next snapshot whole when
+//! the store's version moves ([`crate::members::live`]).
 
 use super::expr::Members;
 use roaring::RoaringBitmap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// One run's effect on one tag: who gained it and who lost it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TagChange {
-    /// The tag.
-    pub tag_id: u32,
-    /// Users who hold the tag after the run and did not before.
-    pub added: RoaringBitmap,
-    /// Users who held the tag before the run and do not after.
-    pub removed: RoaringBitmap,
-}
 
 /// The members of every tag at one committed version.
 #[derive(Debug, Clone, Default)]
@@ -85,38 +72,6 @@ impl TagBitmaps {
         matrix
     }
 
-    /// The snapshot after a run's `changes`, at `version`. Users removed
-    /// from a tag leave the universe only if they hold no other tag.
-    pub fn apply(&self, version: u64, changes: &[TagChange]) -> TagBitmaps {
-        let mut tags = self.tags.clone();
-        let mut universe = self.universe.as_ref().clone();
-        let mut left = RoaringBitmap::new();
-        for change in changes {
-            let mut bits = tags
-                .remove(&change.tag_id)
-                .map(Arc::unwrap_or_clone)
-                .unwrap_or_default();
-            bits -= &change.removed;
-            bits |= &change.added;
-            universe |= &change.added;
-            left |= &change.removed;
-            if !bits.is_empty() {
-                tags.insert(change.tag_id, Arc::new(bits));
-            }
-        }
-        // Of the users who lost a tag, those still holding one stay.
-        let mut still = RoaringBitmap::new();
-        for bits in tags.values() {
-            still |= &left & bits.as_ref();
-        }
-        universe -= left - still;
-        TagBitmaps {
-            version,
-            tags,
-            universe: Arc::new(universe),
-        }
-    }
-
     /// The bitmaps' size serialized (roaring's portable format), about
     /// what they take in memory; a bitmap shared with another snapshot is
     /// counted here too.
@@ -127,6 +82,23 @@ impl TagBitmaps {
             .map(|b| b.serialized_size())
             .sum()
     }
+}
+
+/// Up to `limit` members of `bits` after `cursor` (a member's index), in
+/// order, and the cursor of the next page (none: these were the last).
+pub fn page_after(
+    bits: &RoaringBitmap,
+    cursor: Option<u32>,
+    limit: usize,
+) -> (Vec<u32>, Option<u32>) {
+    let start = cursor.map_or(0, |c| bits.rank(c)) as u32;
+    let page: Vec<u32> = (0..limit as u32)
+        .map_while(|i| bits.select(start.checked_add(i)?))
+        .collect();
+    let next = (page.len() == limit && limit > 0)
+        .then(|| page.last().copied())
+        .flatten();
+    (page, next)
 }
 
 impl Members for TagBitmaps {
@@ -142,52 +114,34 @@ impl Members for TagBitmaps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audience::expr::{parse, Reference};
+    use crate::audience::expr::parse_ids;
 
     fn bits(ids: &[u32]) -> RoaringBitmap {
         ids.iter().copied().collect()
     }
 
-    fn change(tag_id: u32, added: &[u32], removed: &[u32]) -> TagChange {
-        TagChange {
-            tag_id,
-            added: bits(added),
-            removed: bits(removed),
-        }
-    }
-
     fn count(b: &TagBitmaps, text: &str) -> u64 {
-        let resolve = |r: Reference<'_>| match r {
-            Reference::Id(id) => Some(id),
-            Reference::Name(_) => None,
-        };
-        parse(text, &resolve).expect(text).count(b)
+        parse_ids(text).expect(text).count(b)
     }
 
     #[test]
-    fn a_run_moves_members_and_the_universe_and_leaves_the_old_snapshot_whole() {
+    fn a_snapshot_keeps_the_tags_someone_holds_and_their_universe() {
         let v1 = TagBitmaps::new(
             1,
             [(1, bits(&[1, 2, 3])), (2, bits(&[3, 4])), (3, bits(&[]))],
         );
         assert_eq!(v1.tag_ids().collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(count(&v1, "NOT 1"), 1); // user 4
-                                            // User 3 loses tag 1 but keeps 2; user 4 loses 2, its only tag;
-                                            // user 9 is new.
-        let v2 = v1.apply(2, &[change(1, &[9], &[3]), change(2, &[], &[4])]);
-        assert_eq!(v2.version(), 2);
-        assert_eq!(v2.members(1), Some(&bits(&[1, 2, 9])));
-        assert_eq!(v2.members(2), Some(&bits(&[3])));
-        assert_eq!(Members::universe(&v2), &bits(&[1, 2, 3, 9]));
-        assert_eq!(count(&v2, "NOT 2"), 3);
-        // The old snapshot still answers as before.
-        assert_eq!(v1.members(1), Some(&bits(&[1, 2, 3])));
         assert_eq!(Members::universe(&v1), &bits(&[1, 2, 3, 4]));
-        // A tag emptied by a run disappears.
-        let v3 = v2.apply(3, &[change(2, &[], &[3])]);
-        assert_eq!(v3.members(2), None);
-        assert_eq!(v3.tag_ids().collect::<Vec<_>>(), vec![1]);
-        assert_eq!(Members::universe(&v3), &bits(&[1, 2, 9]));
+    }
+
+    #[test]
+    fn pages_after_a_cursor_end_with_the_last_member() {
+        let b = bits(&[2, 5, 9, 14]);
+        assert_eq!(page_after(&b, None, 3), (vec![2, 5, 9], Some(9)));
+        assert_eq!(page_after(&b, Some(9), 3), (vec![14], None));
+        assert_eq!(page_after(&b, Some(6), 1), (vec![9], Some(9)));
+        assert_eq!(page_after(&b, None, 0), (vec![], None));
     }
 
     #[test]

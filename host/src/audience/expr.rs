@@ -217,6 +217,15 @@ pub fn parse(
     Ok(expr)
 }
 
+/// An expression written over tag ids alone (a saved audience's
+/// canonical form): a name is an error.
+pub fn parse_ids(text: &str) -> Result<Expr, ExprError> {
+    parse(text, &|r| match r {
+        Reference::Id(id) => Some(id),
+        Reference::Name(_) => None,
+    })
+}
+
 /// A tag as the expression names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reference<'a> {

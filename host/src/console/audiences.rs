@@ -6,7 +6,7 @@
 use super::history::{count_text, members_chart, sparkline, RunPoint};
 use super::render::{path_segment, short};
 use super::{error_page, loaded_tag, page, read, Viewer};
-use crate::audience::expr::{self, Reference};
+use crate::audience::expr;
 use crate::http::AppState;
 use crate::store::{AudienceCount, ChangeFilter, SavedAudience, TagChangeRow};
 use axum::extract::{Extension, Path, State};
@@ -65,10 +65,7 @@ async fn load(
         };
         let mut shown = Vec::new();
         for saved in saved {
-            let parsed = expr::parse(&saved.canonical, &|r| match r {
-                Reference::Id(id) => Some(id),
-                Reference::Name(_) => None,
-            });
+            let parsed = expr::parse_ids(&saved.canonical);
             let count = parsed.map_or(0, |e| e.count(snapshot.as_ref()));
             let counts = s.audience_counts(&saved.name, COUNTS_SHOWN)?;
             shown.push(Shown {

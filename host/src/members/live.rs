@@ -121,27 +121,17 @@ impl Live {
         }
         held.1.insert(key, count);
     }
-
-    /// The snapshot held now, without asking the store (none before the
-    /// first load).
-    pub fn held_now(&self) -> Option<Arc<TagBitmaps>> {
-        self.held()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audience::expr::{parse, Reference};
+    use crate::audience::expr::parse_ids;
     use roaring::RoaringBitmap;
 
     #[test]
     fn counts_are_remembered_per_version_only() {
-        let expr = parse("1 AND NOT 2", &|r| match r {
-            Reference::Id(id) => Some(id),
-            Reference::Name(_) => None,
-        })
-        .unwrap();
+        let expr = parse_ids("1 AND NOT 2").unwrap();
         let bits = |ids: &[u32]| ids.iter().copied().collect::<RoaringBitmap>();
         let v1 = TagBitmaps::new(1, [(1, bits(&[1, 2, 3])), (2, bits(&[3]))]);
         let live = Live::new();

@@ -3,6 +3,7 @@
 //! (`GET /api/v1/tags/overlap`), from the bitmaps.
 
 use super::stream::{attachment, parse_cursor, parse_format, streamed};
+use crate::audience::bitmaps::page_after;
 use crate::http::error::ErrorBody;
 use crate::http::params::parse_count;
 use crate::http::tags::parse_tag_id;
@@ -249,14 +250,7 @@ fn run_page(
     cursor: Option<u32>,
     limit: usize,
 ) -> Result<(RunChanges, Option<u32>), StoreError> {
-    let changed = &run.added | &run.removed;
-    let start = cursor.map_or(0, |c| changed.rank(c)) as u32;
-    let uidx: Vec<u32> = (0..limit as u32)
-        .map_while(|i| changed.select(start.checked_add(i)?))
-        .collect();
-    let next = (uidx.len() == limit && limit > 0)
-        .then(|| uidx.last().copied())
-        .flatten();
+    let (uidx, next) = page_after(&(&run.added | &run.removed), cursor, limit);
     let (mut added, mut removed) = (Vec::new(), Vec::new());
     for (at, user) in store.indexed_users(&uidx)? {
         match run.added.contains(at) {

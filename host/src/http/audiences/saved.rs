@@ -5,7 +5,7 @@ use super::stream::{
     page, parse_cursor, parse_expr, parse_format, stream_members, MembersQuery, MAX_PAGE,
 };
 use crate::audience::bitmaps::TagBitmaps;
-use crate::audience::expr::{self, Reference};
+use crate::audience::expr;
 use crate::auth::Caller;
 use crate::http::error::ErrorBody;
 use crate::http::params::parse_count;
@@ -113,11 +113,8 @@ pub struct MembersPage {
 
 /// The expression of a saved audience, over ids.
 fn stored_expr(saved: &SavedAudience) -> Result<expr::Expr, StoreError> {
-    expr::parse(&saved.canonical, &|r| match r {
-        Reference::Id(id) => Some(id),
-        Reference::Name(_) => None,
-    })
-    .map_err(|e| StoreError::Corrupt(format!("saved audience {:?}: {e}", saved.name)))
+    expr::parse_ids(&saved.canonical)
+        .map_err(|e| StoreError::Corrupt(format!("saved audience {:?}: {e}", saved.name)))
 }
 
 fn body(

@@ -1,7 +1,7 @@
 //! What the audience routes share: expressions and cursors from the
 //! request, pages of members, and members streamed as a file.
 
-use crate::audience::bitmaps::TagBitmaps;
+use crate::audience::bitmaps::{page_after, TagBitmaps};
 use crate::audience::expr::Expr;
 use crate::http::{ApiError, AppState};
 use crate::members::export::{self, ExportError, Format};
@@ -65,14 +65,9 @@ pub fn page(
     cursor: Option<u32>,
     limit: usize,
 ) -> Result<(Vec<String>, Option<String>), crate::store::StoreError> {
-    let start = cursor.map_or(0, |c| bits.rank(c)) as u32;
-    let uidx: Vec<u32> = (0..limit as u32)
-        .map_while(|i| bits.select(start.checked_add(i)?))
-        .collect();
+    let (uidx, next) = page_after(bits, cursor, limit);
     let users = store.indexed_users(&uidx)?;
-    let next = (uidx.len() == limit && limit > 0)
-        .then(|| uidx.last().map(|u| u.to_string()))
-        .flatten();
+    let next = next.map(|u| u.to_string());
     Ok((users.into_iter().map(|(_, u)| u).collect(), next))
 }
 

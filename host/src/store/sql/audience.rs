@@ -21,7 +21,7 @@
 use super::user_index::{each_indexed, Allocator};
 use super::{Arg, Conn, Dialect, SqlStore};
 use crate::audience::bitmaps::TagBitmaps;
-use crate::audience::expr::{self, Reference};
+use crate::audience::expr;
 use crate::store::{
     AudienceCount, AudienceStore, ChangeFilter, RunStart, SavedAudience, StoreError, TagChangeRow,
     UserRows,
@@ -205,11 +205,8 @@ fn count_saved(
                VALUES (?, ?, ?, ?, ?)";
     for row in saved {
         let (name, canonical) = (row.text(0)?, row.text(1)?);
-        let parsed = expr::parse(&canonical, &|r| match r {
-            Reference::Id(id) => Some(id),
-            Reference::Name(_) => None,
-        })
-        .map_err(|e| StoreError::Corrupt(format!("saved audience {name:?}: {e}")))?;
+        let parsed = expr::parse_ids(&canonical)
+            .map_err(|e| StoreError::Corrupt(format!("saved audience {name:?}: {e}")))?;
         let members = parsed.count(snapshot) as i64;
         c.execute(
             sql,
