@@ -157,10 +157,7 @@ impl Backend {
             Backend::Mysql(_) => {
                 use mysql::prelude::Queryable;
                 let mut conn = self.my();
-                let ids: Vec<u64> = conn
-                    .query("SELECT trx_mysql_thread_id FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'")
-                    .expect("innodb_trx");
-                for id in ids {
+                for id in self.mysql_lock_waiters() {
                     let _ = conn.query_drop(format!("KILL {id}"));
                 }
             }
@@ -198,14 +195,33 @@ impl Backend {
                     .expect("pg_stat_activity");
                 row.get::<_, i64>(0) as usize
             }
-            Backend::Mysql(_) => {
-                use mysql::prelude::Queryable;
-                let n: Option<u64> = self.my()
-                    .query_first("SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'")
-                    .expect("innodb_trx");
-                n.unwrap_or(0) as usize
-            }
+            Backend::Mysql(_) => self.mysql_lock_waiters().len(),
         }
+    }
+
+    /// The thread ids of this MariaDB database's sessions that wait for a
+    /// row lock now. Read from `SHOW ENGINE INNODB STATUS`, not from
+    /// `information_schema.innodb_trx`: InnoDB refreshes that table's
+    /// cache only when nobody read it in the last 0.1 s, so a test polling
+    /// it faster (or two tests polling it at once) sees the first answer
+    /// for as long as they poll.
+    fn mysql_lock_waiters(&self) -> Vec<u64> {
+        use mysql::prelude::Queryable;
+        let Backend::Mysql(name) = self else {
+            panic!("Backend::mysql_lock_waiters is for MariaDB")
+        };
+        let mut conn = self.my();
+        let status: Option<(String, String, String)> = conn
+            .query_first("SHOW ENGINE INNODB STATUS")
+            .expect("SHOW ENGINE INNODB STATUS");
+        let waiting = lock_waiting_threads(&status.expect("InnoDB's status").2);
+        let here: Vec<u64> = conn
+            .exec(
+                "SELECT id FROM information_schema.processlist WHERE db = ?",
+                (name,),
+            )
+            .expect("processlist");
+        waiting.into_iter().filter(|id| here.contains(id)).collect()
     }
 
     /// The one text column `sql` selects from the control tables (tasks,
@@ -292,4 +308,18 @@ pub enum Hold {
     Postgres(postgres::Client),
     /// On MariaDB.
     Mysql(mysql::PooledConn),
+}
+
+/// The thread ids of the transactions `SHOW ENGINE INNODB STATUS` lists
+/// as waiting for a lock (a `LOCK WAIT` line in a transaction's block).
+fn lock_waiting_threads(status: &str) -> Vec<u64> {
+    status
+        .split("---TRANSACTION")
+        .filter(|block| block.lines().any(|l| l.starts_with("LOCK WAIT")))
+        .filter_map(|block| {
+            let (_, after) = block.split_once(" thread id ")?;
+            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
 }
