@@ -126,7 +126,7 @@ impl Backend {
                 let mut client = self.pg();
                 client.batch_execute("BEGIN").expect("BEGIN");
                 client.batch_execute(sql).expect("run SQL");
-                Hold::Postgres(client)
+                Hold::Postgres(Box::new(client))
             }
             Backend::Mysql(_) => {
                 use mysql::prelude::Queryable;
@@ -305,7 +305,7 @@ impl Drop for Backend {
 /// A transaction a test holds open: see [`Backend::hold`].
 pub enum Hold {
     /// On PostgreSQL.
-    Postgres(postgres::Client),
+    Postgres(Box<postgres::Client>),
     /// On MariaDB.
     Mysql(mysql::PooledConn),
 }

@@ -57,7 +57,7 @@ pub struct Partitioned<'a> {
 /// How one pass over the partitions ended.
 enum Attempt {
     /// Committed, with this report.
-    Committed(RunReport),
+    Committed(Box<RunReport>),
     /// These tags' plugins failed: nothing was committed.
     TagsFailed(Vec<TagFailure>),
 }
@@ -101,7 +101,7 @@ pub fn run(
         .set_progress(|p| p.enter_partition(1, parts.count()));
     loop {
         match attempt(&run, &plan, &dir, &parts, &failures, &mut timings, fetched)? {
-            Attempt::Committed(report) => return Ok(report),
+            Attempt::Committed(report) => return Ok(*report),
             Attempt::TagsFailed(more) => {
                 let left = plan.tags.len() - more.len();
                 failures.add(more.clone(), left)?;
@@ -167,7 +167,7 @@ fn attempt(
     let report = report::report(&computed, failures, &counts, timings, fetched);
     let commit_ms = commit::finish(commit::written(tx, counts, states), &report, run.control)?;
     super::log_committed(&report, commit_ms);
-    Ok(Attempt::Committed(report))
+    Ok(Attempt::Committed(Box::new(report)))
 }
 
 /// Reads the current tags of the users the run loaded, inside `tx`,

@@ -142,7 +142,7 @@ pub fn sample_partitions(
     let all = scan_row_groups(data_dir, table, &columns, usize::MAX, &|_| true).map_err(failed)?;
     let groups = all.row_groups();
     let step = groups.div_ceil(SAMPLED_GROUPS).max(1);
-    let keep = |id: crate::data::read::RowGroupId| groups_index(&all, id) % step == 0;
+    let keep = |id: crate::data::read::RowGroupId| groups_index(&all, id).is_multiple_of(step);
     let scan = scan_row_groups(data_dir, table, &columns, usize::MAX, &keep).map_err(failed)?;
     let mut sample = Vec::new();
     for batch in scan {
