@@ -477,6 +477,74 @@ fn cli_check_runs_each_tag_on_the_sample_batch() {
     assert!(out.contains("incompatible plugin-api version"), "{out}");
 }
 
+/// Tag 960's own words for what its code adds to its rule tree
+/// (tests/fixtures/custom).
+const CUSTOM_NOTE: &str = "A user with no last_login_date counts as recently active too.";
+
+#[test]
+fn a_custom_evaluate_is_shown_beside_the_rule_tree_and_an_unsaid_one_fails_the_check() {
+    let dir = plugins_dir(&[
+        ("custom.so", fixture("custom")),
+        ("older.so", fixture("older")),
+        ("behavior.so", plugin("behavior")),
+    ]);
+    let data = sample_data(100);
+    let work = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path(), dir.path(), &work.path().join("t.db"), &[]);
+    let (_, available) = server.get("/api/v1/tags/available").unwrap();
+    let tags = available["available_tags"].as_array().unwrap();
+    let tag = |id: u32| tags.iter().find(|t| t["tag_id"] == id).unwrap();
+    assert_eq!(tag(960)["custom_evaluate"], CUSTOM_NOTE, "{available}");
+    // Absent where the tree is the whole rule, as the seed's list has it,
+    // and for a library from before the custom-evaluate export, which
+    // loads all the same (tag 962 declares one it cannot pass on).
+    assert_eq!(available["available_tags"].as_array().unwrap().len(), 5);
+    for id in [961, 962, 2, 8] {
+        assert!(tag(id).get("custom_evaluate").is_none(), "{available}");
+    }
+    let (_, rule) = server.get("/api/v1/tags/960/rule").unwrap();
+    assert_eq!(rule["custom_evaluate"], CUSTOM_NOTE, "{rule}");
+    assert_eq!(rule["rule"]["rule"]["operator"], "recent_days", "{rule}");
+    let (_, plain) = server.get("/api/v1/tags/8/rule").unwrap();
+    assert!(plain["custom_evaluate"].is_null(), "{plain}");
+    // The console says so beside the tree, and marks the tag in the list.
+    let page = |path: &str| {
+        let response = client()
+            .get(format!("{}{path}", server.base))
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        response.text().unwrap()
+    };
+    let html = page("/tags/960");
+    let note = html.find(CUSTOM_NOTE).expect("the note on the tag page");
+    let tree = html.find("class=\"rule\"").expect("the rule tree");
+    assert!(note < tree, "the note comes before the tree it qualifies");
+    assert!(!page("/tags/8").contains("custom-evaluate"));
+    let list = page("/");
+    assert_eq!(list.matches("custom evaluate</small>").count(), 1, "{list}");
+
+    // `plugins check`: the declared tag passes and says what its code
+    // adds; the same code unsaid fails, naming the rows.
+    let library = dir.path().join("custom.so");
+    let (code, out, _) = tag_server(&["plugins", "check", library.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("ok      tag 960")
+            && l.ends_with(&format!("custom evaluate: {CUSTOM_NOTE}"))),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("FAILED  tag 961")
+            && l.contains("its evaluate answers otherwise than its rule tree on 1 of")
+            && l.contains("TagInfo::custom_evaluate")),
+        "{out}"
+    );
+    let behavior = dir.path().join("behavior.so");
+    let (code, out, _) = tag_server(&["plugins", "check", behavior.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+}
+
 #[test]
 fn building_the_workspace_never_builds_the_fixture_libraries() {
     // `cargo build` and `cargo test --workspace` build the members of the

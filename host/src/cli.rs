@@ -5,7 +5,7 @@ use crate::data::gen::{estimate_bytes, gen_data_observed, table_files, GenOption
 use crate::disk::{available_bytes, human_bytes};
 use crate::engine::sample::SampleOutcome;
 use crate::model::{Priority, RunReport, TaskRecord, TaskSpec, TaskStatus};
-use crate::plugins::sample::sample_batch;
+use crate::plugins::sample::{check_tag, SampleCheck};
 use crate::server::Core;
 use crate::store::{Store, StoreError};
 use crate::tasks::control::{RunError, TaskControl, TaskRunner};
@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{mpsc, Mutex};
 use std::time::Instant;
-use tag_plugin_api::{Date, Rule};
+use tag_plugin_api::Date;
 use tag_plugin_loader::TagRegistry;
 use tag_plugin_loader::{self as plugins, Outcome};
 
@@ -98,29 +98,42 @@ fn check_plugin(
             "tag {} {} ({})",
             info.tag_id, info.task_class, info.description
         );
-        let checked = tag
-            .validate_rule(&info.default_rule)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                let rule = Rule::parse(&info.default_rule).map_err(|e| e.to_string())?;
-                let batch = sample_batch(info, &rule, as_of);
-                let mask = batch
-                    .with_ffi(|ffi| tag.evaluate(ffi, &info.default_rule, as_of))
-                    .map_err(|e| e.to_string())?;
-                Ok((batch.num_rows(), mask.count_ones()))
-            });
-        match checked {
-            Ok((rows, matched)) => writeln!(
-                out,
-                "ok      {label}: default rule on {rows} sample rows, {matched} matched"
-            )?,
-            Err(reason) => {
+        let line = match check_tag(tag, as_of) {
+            Ok(checked) => sample_line(&label, &checked, info.custom_evaluate.as_deref()),
+            Err(reason) => Err(format!("FAILED  {label}: {reason}")),
+        };
+        match line {
+            Ok(line) => writeln!(out, "{line}")?,
+            Err(line) => {
                 failed = true;
-                writeln!(out, "FAILED  {label}: {reason}")?;
+                writeln!(out, "{line}")?;
             }
         }
     }
     Ok((registry, !failed))
+}
+
+/// The line `plugins check` prints for a tag's sample rows: `Ok` when it
+/// passed, `Err` when its evaluate answers otherwise than its rule tree
+/// and the tag does not say what its code adds (`custom`).
+fn sample_line(label: &str, checked: &SampleCheck, custom: Option<&str>) -> Result<String, String> {
+    let SampleCheck {
+        rows,
+        matched,
+        tree_matched,
+        differ,
+    } = checked;
+    let ok = format!("ok      {label}: default rule on {rows} sample rows, {matched} matched");
+    match (custom, differ.first()) {
+        (Some(what), _) => Ok(format!(
+            "{ok} ({tree_matched} by the rule tree alone); custom evaluate: {what}"
+        )),
+        (None, None) => Ok(ok),
+        (None, Some(row)) => Err(format!(
+            "FAILED  {label}: its evaluate answers otherwise than its rule tree on {} of {rows} sample rows (the first is sample row {row}; the code matched {matched}, the tree {tree_matched}), and the tag does not say so: declare what its code decides with TagInfo::custom_evaluate, or the console and the API show the tree as the whole rule",
+            differ.len()
+        )),
+    }
 }
 
 /// Each tag of `registry` on the first `sample` users of the data in `dir`
@@ -437,6 +450,35 @@ mod tests {
     use crate::store::prelude::*;
     use crate::store::sqlite::SqliteStore;
     use crate::tasks::workers::testing::{commit_outcome, MustNotRun};
+
+    #[test]
+    fn a_sample_line_fails_only_a_tag_whose_code_differs_unsaid() {
+        let same = SampleCheck {
+            rows: 5,
+            matched: 1,
+            tree_matched: 1,
+            differ: vec![],
+        };
+        let line = sample_line("tag 1 T (t)", &same, None).unwrap();
+        assert_eq!(
+            line,
+            "ok      tag 1 T (t): default rule on 5 sample rows, 1 matched"
+        );
+        let more = SampleCheck {
+            matched: 2,
+            differ: vec![1],
+            ..same
+        };
+        let said = sample_line("tag 1 T (t)", &more, Some("Nulls too.")).unwrap();
+        assert!(
+            said.starts_with("ok ")
+                && said.ends_with("(1 by the rule tree alone); custom evaluate: Nulls too."),
+            "{said}"
+        );
+        let unsaid = sample_line("tag 1 T (t)", &more, None).unwrap_err();
+        assert!(unsaid.starts_with("FAILED  tag 1 T (t): its evaluate answers otherwise than its rule tree on 1 of 5 sample rows (the first is sample row 1;"), "{unsaid}");
+        assert!(unsaid.contains("TagInfo::custom_evaluate"), "{unsaid}");
+    }
 
     #[test]
     fn a_run_whose_outcome_was_committed_is_recorded_with_it_not_run_again() {

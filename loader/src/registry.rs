@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tag_plugin_api::abi::{FfiBatch, PluginError, PluginErrorKind, TagTaskBox};
 use tag_plugin_api::abi_stable::std_types::RStr;
-use tag_plugin_api::{Date, Mask, TagInfo};
+use tag_plugin_api::{Date, Mask, TagInfo, CUSTOM_EVALUATE_CHARS};
 
 /// Which build of which plugin a tag came from (recorded in each result).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -94,6 +94,12 @@ pub enum TagFailure {
     },
 }
 
+/// A plugin's `custom_evaluate` text as the host keeps it.
+fn custom_evaluate_text(what: &str) -> Option<String> {
+    let what = what.trim();
+    (!what.is_empty()).then(|| what.chars().take(CUSTOM_EVALUATE_CHARS).collect())
+}
+
 impl RegisteredTag {
     /// Wraps a task from a plugin, reading its metadata once (the loader
     /// does this for every task of a library it loaded; tests register
@@ -106,6 +112,15 @@ impl RegisteredTag {
             plugin,
             task,
         }
+    }
+
+    /// The tag with what its plugin says its code decides beyond its rule
+    /// tree (the library's custom-evaluate export's answer): trimmed, at
+    /// most [`CUSTOM_EVALUATE_CHARS`] characters (the SDK refuses longer
+    /// ones; a library built without it may send anything), none if blank.
+    pub fn with_custom_evaluate(mut self, what: Option<&str>) -> RegisteredTag {
+        self.info.custom_evaluate = what.and_then(custom_evaluate_text);
+        self
     }
 
     fn failure(&self, error: PluginError) -> TagFailure {

@@ -98,7 +98,7 @@ pub use batch::{Batch, BatchError, Column};
 pub use date::Date;
 pub use mask::Mask;
 pub use rule::{Rule, RuleError, Schema};
-pub use tag::{Input, Tag, TagError, TagInfo};
+pub use tag::{Input, Tag, TagError, TagInfo, CUSTOM_EVALUATE_CHARS};
 
 /// Re-exported so the export macro can name it; plugin crates still need
 /// their own `abi_stable` dependency for the export attribute.
@@ -116,6 +116,19 @@ macro_rules! export_plugin {
             $crate::abi::PluginError,
         > {
             $crate::tag::export_tasks(|| {
+                ::std::vec![$(::std::boxed::Box::new($tag) as ::std::boxed::Box<dyn $crate::Tag>),+]
+            })
+        }
+
+        /// What a tag's own evaluate decides beyond its rule tree: found
+        /// by the host by this name (`abi::CUSTOM_EVALUATE_SYMBOL`).
+        #[no_mangle]
+        pub extern "C" fn tag_plugin_custom_evaluate_v1(
+            tag_id: u32,
+        ) -> $crate::abi_stable::std_types::ROption<$crate::abi_stable::std_types::RString> {
+            // Checks its type against the one the host calls it as.
+            const _: $crate::abi::CustomEvaluateFn = tag_plugin_custom_evaluate_v1;
+            $crate::tag::custom_evaluate_of(tag_id, || {
                 ::std::vec![$(::std::boxed::Box::new($tag) as ::std::boxed::Box<dyn $crate::Tag>),+]
             })
         }

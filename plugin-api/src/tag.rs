@@ -12,7 +12,7 @@ use crate::mask::Mask;
 use crate::rule::{EvalError, Rule, RuleError, Schema};
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr, RString, RVec};
+use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// One column a tag reads.
@@ -25,6 +25,9 @@ pub struct Input {
     /// Type the tag expects.
     pub column_type: ColumnType,
 }
+
+/// The longest [`TagInfo::custom_evaluate`] text, in characters.
+pub const CUSTOM_EVALUATE_CHARS: usize = 500;
 
 /// A tag's metadata. Build it with [`TagInfo::new`] and the chained setters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +47,9 @@ pub struct TagInfo {
     pub inputs: Vec<Input>,
     /// Default rule, rule-language JSON.
     pub default_rule: String,
+    /// What the tag's own [`Tag::evaluate`] decides beyond its rule tree,
+    /// when it has one (set with [`TagInfo::custom_evaluate`]).
+    pub custom_evaluate: Option<String>,
 }
 
 impl TagInfo {
@@ -57,6 +63,7 @@ impl TagInfo {
             version: "1".into(),
             inputs: Vec::new(),
             default_rule: String::new(),
+            custom_evaluate: None,
         }
     }
 
@@ -79,6 +86,17 @@ impl TagInfo {
     /// Sets the tag's version.
     pub fn version(mut self, version: &str) -> TagInfo {
         self.version = version.into();
+        self
+    }
+
+    /// Declares that the tag's own [`Tag::evaluate`] decides more than its
+    /// rule tree shows, and says what in one sentence (for example "A user
+    /// with no login date counts as dormant"). The console shows it beside
+    /// the tree and the API beside the rule, so nobody reads the tree as the
+    /// whole rule; `tag-server plugins check` fails a tag whose evaluate
+    /// answers otherwise than its tree on the sample rows without it.
+    pub fn custom_evaluate(mut self, what: &str) -> TagInfo {
+        self.custom_evaluate = Some(what.into());
         self
     }
 
@@ -110,6 +128,9 @@ impl TagInfo {
                 })
                 .collect(),
             default_rule: info.default_rule.to_string(),
+            // Not part of the FFI metadata: the host asks the library's
+            // optional `CUSTOM_EVALUATE_SYMBOL`, which older plugins lack.
+            custom_evaluate: None,
         }
     }
 
@@ -136,6 +157,14 @@ impl TagInfo {
     /// Checks the metadata a host relies on: a rule that fits the inputs and
     /// no column declared twice.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(what) = &self.custom_evaluate {
+            if what.trim().is_empty() || what.chars().count() > CUSTOM_EVALUATE_CHARS {
+                return Err(format!(
+                    "tag {}: custom_evaluate must say in 1 to {CUSTOM_EVALUATE_CHARS} characters what the tag's evaluate decides beyond its rule tree",
+                    self.tag_id
+                ));
+            }
+        }
         for (i, a) in self.inputs.iter().enumerate() {
             if self.inputs[..i].iter().any(|b| b.column == a.column) {
                 return Err(format!(
@@ -221,6 +250,7 @@ pub trait Tag: Send + Sync + 'static {
     ///             .input("user_asset_summary", "cash_balance", ColumnType::Float64)
     ///             .input("user_asset_summary", "stock_value", ColumnType::Float64)
     ///             .default_rule(r#"{"field": "stock_value", "operator": ">", "value": 2}"#)
+    ///             .custom_evaluate("Stock worth more than k times cash, k being the rule's stock_value value.")
     ///     }
     ///
     ///     fn evaluate(&self, batch: &Batch<'_>, rule: &Rule, _: Date) -> Result<Mask, TagError> {
@@ -342,6 +372,24 @@ pub fn export_tasks(
     })
 }
 
+/// The body of a plugin's [`crate::abi::CUSTOM_EVALUATE_SYMBOL`] export
+/// (used by [`crate::export_plugin!`]): tag `tag_id`'s
+/// [`TagInfo::custom_evaluate`] among the tags `make` builds; none when it
+/// has none, is not among them, or building them panics.
+pub fn custom_evaluate_of(
+    tag_id: u32,
+    make: impl FnOnce() -> Vec<Box<dyn Tag>>,
+) -> ROption<RString> {
+    let found = catch_unwind(AssertUnwindSafe(|| {
+        make()
+            .iter()
+            .map(|tag| tag.info())
+            .find(|info| info.tag_id == tag_id)
+            .and_then(|info| info.custom_evaluate)
+    }));
+    found.ok().flatten().map(RString::from).into()
+}
+
 /// Builds the root module a plugin exports (used by [`crate::export_plugin!`]).
 pub fn root_module(
     name: &'static str,
@@ -376,4 +424,67 @@ pub fn evaluate_via_ffi(
         kind: PluginErrorKind::Evaluation,
         message: "mask words do not match its length".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> TagInfo {
+        TagInfo::new(7, "T", "t", "test")
+            .input("user_asset_summary", "cash_balance", ColumnType::Float64)
+            .default_rule(r#"{"field": "cash_balance", "operator": ">", "value": 10}"#)
+    }
+
+    struct Described(TagInfo);
+    impl Tag for Described {
+        fn info(&self) -> TagInfo {
+            self.0.clone()
+        }
+    }
+
+    /// What the plugin's custom-evaluate export answers for the tag, or
+    /// the reason `export_tasks` refused it.
+    fn exported(info: TagInfo) -> Result<Option<String>, String> {
+        let id = info.tag_id;
+        let make = || vec![Box::new(Described(info.clone())) as Box<dyn Tag>];
+        export_tasks(make)
+            .into_result()
+            .map_err(|e| e.message.to_string())?;
+        Ok(custom_evaluate_of(id, make).into_option().map(String::from))
+    }
+
+    #[test]
+    fn custom_evaluate_is_answered_by_the_export_and_none_unless_declared() {
+        assert_eq!(exported(info()), Ok(None));
+        let made = || vec![Box::new(Described(info().custom_evaluate("x"))) as Box<dyn Tag>];
+        assert_eq!(custom_evaluate_of(8, made), ROption::RNone, "no tag 8");
+        let panics = || -> Vec<Box<dyn Tag>> { panic!("a constructor panicked") };
+        assert_eq!(custom_evaluate_of(7, panics), ROption::RNone);
+        let said = "A null balance matches too.";
+        assert_eq!(
+            exported(info().custom_evaluate(said)),
+            Ok(Some(said.into()))
+        );
+        // Not in the FFI metadata: read back from it, it is unknown.
+        let ffi = info().custom_evaluate(said).to_ffi();
+        assert_eq!(TagInfo::from_ffi(&ffi).custom_evaluate, None);
+    }
+
+    #[test]
+    fn a_blank_or_overlong_custom_evaluate_keeps_the_plugin_from_loading() {
+        for bad in [
+            String::new(),
+            "  ".into(),
+            "x".repeat(CUSTOM_EVALUATE_CHARS + 1),
+        ] {
+            let refused = exported(info().custom_evaluate(&bad)).unwrap_err();
+            assert!(refused.contains("custom_evaluate must say"), "{refused}");
+        }
+        let longest = "说".repeat(CUSTOM_EVALUATE_CHARS);
+        assert_eq!(
+            exported(info().custom_evaluate(&longest)),
+            Ok(Some(longest))
+        );
+    }
 }

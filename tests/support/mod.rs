@@ -36,12 +36,14 @@ use std::sync::OnceLock;
 /// The reference plugin crates, as (package, library file stem).
 pub const REFERENCE_PLUGINS: [&str; 5] = ["wealth", "behavior", "risk", "lifecycle", "demographic"];
 /// The test-fixture crates.
-pub const FIXTURES: [&str; 5] = [
+pub const FIXTURES: [&str; 7] = [
     "misbehaving",
     "incompatible",
     "not-a-plugin",
     "constructor",
     "usurper",
+    "custom",
+    "older",
 ];
 
 /// The workspace root.

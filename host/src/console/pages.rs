@@ -151,7 +151,12 @@ fn tags_page(
                 @let points = series.get(&id).map(Vec::as_slice).unwrap_or(&[]);
                 tr {
                     td { (id) }
-                    td { a href={ "/tags/" (id) } { (t.info.description) } }
+                    td {
+                        a href={ "/tags/" (id) } { (t.info.description) }
+                        @if let Some(what) = &t.info.custom_evaluate {
+                            " " small.custom title=(what) { "代码判定 custom evaluate" }
+                        }
+                    }
                     td { (t.info.category) }
                     td { (t.plugin.name) " " small { (t.plugin.version) } }
                     td { (owners.get(&id).map(String::as_str).unwrap_or("-")) }
@@ -260,6 +265,13 @@ fn tag_page(
             span.result {}
         }
         h2 { "规则 Rule" }
+        @if let Some(what) = &tag.info.custom_evaluate {
+            p.custom-evaluate {
+                strong { "代码另有判定 Custom evaluate: " } (what)
+                br;
+                small { "此标签的代码不只按下面的规则树判定。 The tag's code decides more than the tree below shows." }
+            }
+        }
         @if let Some(current) = &current { div.rule { (rule_tree(current)) } }
         @if viewer.admin { (rule_form(id, current.as_ref())) }
         h2 { "用户数 Members per run" }

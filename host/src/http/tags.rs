@@ -39,6 +39,7 @@ async fn available(State(state): State<AppState>) -> Json<AvailableTags> {
             description: t.info.description.clone(),
             category: t.info.category.clone(),
             version: t.info.version.clone(),
+            custom_evaluate: t.info.custom_evaluate.clone(),
         })
         .collect();
     Json(AvailableTags {
@@ -90,6 +91,10 @@ async fn get_rule(
     Path(raw): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let tag_id = parse_tag_id(&state, &raw)?;
+    let custom_evaluate = state
+        .tags()
+        .get(tag_id)
+        .and_then(|t| t.info.custom_evaluate.clone());
     // Every version, decoded and encoded again: megabytes of JSON for a
     // long history of large rules, so off the async threads.
     let json = state
@@ -103,6 +108,7 @@ async fn get_rule(
                 success: true,
                 tag_id,
                 rule: history.last().cloned(),
+                custom_evaluate,
                 history,
             };
             Ok(serde_json::to_vec(&body).expect("a rule body encodes"))
@@ -207,6 +213,10 @@ pub struct TagInfo {
     pub category: String,
     /// The providing plugin's version.
     pub version: String,
+    /// What the tag's code decides beyond its rule tree, when the plugin
+    /// says it does more than the tree (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_evaluate: Option<String>,
 }
 
 /// `GET /api/v1/tags/available`.
@@ -254,6 +264,9 @@ pub struct RuleBody {
     pub tag_id: u32,
     /// The rule in effect.
     pub rule: Option<RuleVersionBody>,
+    /// What the tag's code decides beyond this rule tree (null when the
+    /// tree is the whole rule): the plugin's own words.
+    pub custom_evaluate: Option<String>,
     /// Every version, oldest first.
     pub history: Vec<RuleVersionBody>,
 }

@@ -1,10 +1,12 @@
 //! The built-in sample batch of `tag-server plugins check`: for each column a
 //! tag declares, values on and around every threshold its default rule
-//! names, plus a null, so a data team sees the rule run on edge cases.
+//! names, plus a null, so a data team sees the rule run on edge cases;
+//! and how the tag's own evaluate compares with its rule tree there.
 
 use serde_json::Value;
 use tag_plugin_api::owned::OwnedBatch;
-use tag_plugin_api::{ColumnType, Date, Rule, TagInfo};
+use tag_plugin_api::{Batch, ColumnType, Date, Rule, TagInfo};
+use tag_plugin_loader::RegisteredTag;
 
 /// Every literal the rule compares `field` with (lists flattened).
 fn literals<'r>(rule: &'r Rule, field: &str) -> Vec<&'r Value> {
@@ -132,4 +134,124 @@ pub fn sample_batch(info: &TagInfo, rule: &Rule, as_of: Date) -> OwnedBatch {
         };
     }
     batch
+}
+
+/// A tag's default rule on its sample batch, through its plugin and as the
+/// rule tree alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleCheck {
+    /// Rows in the sample batch.
+    pub rows: usize,
+    /// Rows the plugin's evaluate matched.
+    pub matched: usize,
+    /// Rows the rule tree alone matched.
+    pub tree_matched: usize,
+    /// The rows (from 0) where the two answer otherwise.
+    pub differ: Vec<usize>,
+}
+
+/// Runs `tag`'s default rule on its sample batch through its plugin, and
+/// the same rule tree in the host, so a tag whose code decides more than
+/// its tree shows is found (an error names what failed).
+pub fn check_tag(tag: &RegisteredTag, as_of: Date) -> Result<SampleCheck, String> {
+    let info = &tag.info;
+    tag.validate_rule(&info.default_rule)
+        .map_err(|e| e.to_string())?;
+    let rule = Rule::parse(&info.default_rule).map_err(|e| e.to_string())?;
+    let batch = sample_batch(info, &rule, as_of);
+    let mask = batch
+        .with_ffi(|ffi| tag.evaluate(ffi, &info.default_rule, as_of))
+        .map_err(|e| e.to_string())?;
+    let tree = batch
+        .with_ffi(|ffi| {
+            let batch = Batch::new(ffi).map_err(|e| e.to_string())?;
+            rule.evaluate(&batch, as_of).map_err(|e| e.to_string())
+        })
+        .map_err(|e| format!("the rule tree alone: {e}"))?;
+    Ok(SampleCheck {
+        rows: batch.num_rows(),
+        matched: mask.count_ones(),
+        tree_matched: tree.count_ones(),
+        differ: (0..mask.len())
+            .filter(|&i| mask.get(i) != tree.get(i))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tag_plugin_api::{Mask, Tag, TagError};
+
+    /// `tag` exported through the plugin ABI and registered, with what it
+    /// says its code adds, as the loader registers a library's tags.
+    fn registered(tag: impl Tag) -> RegisteredTag {
+        let what = tag.info().custom_evaluate;
+        let tasks = tag_plugin_api::tag::export_tasks(|| vec![Box::new(tag)])
+            .into_result()
+            .expect("export");
+        let task = tasks.into_iter().next().expect("one task");
+        RegisteredTag::new(task, "in-process".into(), Default::default())
+            .with_custom_evaluate(what.as_deref())
+    }
+
+    fn info(id: u32) -> TagInfo {
+        TagInfo::new(id, "T", "t", "test")
+            .input("user_asset_summary", "cash_balance", ColumnType::Float64)
+            .default_rule(r#"{"field": "cash_balance", "operator": ">", "value": 10}"#)
+    }
+
+    /// The tree, or a null balance: declared when `declared`.
+    struct NullsToo {
+        declared: bool,
+    }
+
+    impl Tag for NullsToo {
+        fn info(&self) -> TagInfo {
+            match self.declared {
+                true => info(2).custom_evaluate("A null balance matches too."),
+                false => info(2),
+            }
+        }
+        fn evaluate(&self, batch: &Batch<'_>, rule: &Rule, as_of: Date) -> Result<Mask, TagError> {
+            let mut mask = rule.evaluate(batch, as_of)?;
+            let column = batch.column("cash_balance")?;
+            (0..batch.num_rows())
+                .filter(|&i| !column.is_valid(i))
+                .for_each(|i| mask.set(i, true));
+            Ok(mask)
+        }
+    }
+
+    struct TreeOnly;
+    impl Tag for TreeOnly {
+        fn info(&self) -> TagInfo {
+            info(1)
+        }
+    }
+
+    #[test]
+    fn a_tag_that_applies_its_rule_answers_as_its_tree() {
+        let as_of = Date::parse("2025-01-15").unwrap();
+        let checked = check_tag(&registered(TreeOnly), as_of).unwrap();
+        // 0, null, 9, 10, 11: only 11 is over 10.
+        assert_eq!((checked.rows, checked.matched), (5, 1));
+        assert_eq!(checked.tree_matched, 1);
+        assert!(checked.differ.is_empty());
+    }
+
+    #[test]
+    fn code_that_decides_more_than_the_tree_is_found_on_the_null_row() {
+        let as_of = Date::parse("2025-01-15").unwrap();
+        for declared in [false, true] {
+            let tag = registered(NullsToo { declared });
+            let checked = check_tag(&tag, as_of).unwrap();
+            assert_eq!((checked.matched, checked.tree_matched), (2, 1));
+            assert_eq!(checked.differ, [1], "the null is the second value");
+            assert_eq!(
+                tag.info.custom_evaluate.as_deref(),
+                declared.then_some("A null balance matches too.")
+            );
+        }
+    }
 }
