@@ -11,7 +11,9 @@
 #    are loaded (the first question loads them).
 # 3. Counts under load: CONNS connections, each asking EACH questions (eight
 #    expressions over up to eight tags, bench/audience_load.py), timed on the
-#    client; the same questions asked of DuckDB over a parquet export of
+#    client, and the same questions from wrk for 20 s when it is installed
+#    (bench/audience_wrk.lua: a C client, which leaves the server more of
+#    the two cores than the Python one); the same questions asked of DuckDB over a parquet export of
 #    user_tags and of PostgreSQL over the same rows (tag_ids jsonb, JSON
 #    containment), each with CONNS connections; every system's counts must
 #    be equal (checked).
@@ -103,6 +105,18 @@ echo "== 3. counts under load: $CONNS connections"
 echo "each expression asked once, before anything is remembered (one connection):"
 "$PY" bench/audience_load.py cold "127.0.0.1:$PORT"
 "$PY" bench/audience_load.py server "127.0.0.1:$PORT" "$CONNS" "$EACH" | tee "$OUT/aud-load-server.json"
+if command -v wrk > /dev/null; then
+  # The Python client takes much of the two cores itself; wrk (C, epoll)
+  # little. Same questions, same connections, closed loop, 20 s.
+  echo "the same questions from wrk, $CONNS connections, 20 s:"
+  cpu() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
+  c0=$(cpu)
+  wrk -t2 -c"$CONNS" -d20s --latency -s bench/audience_wrk.lua "http://127.0.0.1:$PORT" | tee "$OUT/aud-load-wrk.txt"
+  c1=$(cpu)
+  echo "server CPU during it: $(( (c1 - c0) / $(getconf CLK_TCK) )) s in 20 s of wall time"
+else
+  echo "(no wrk: apt-get install wrk for the figures from a C client)"
+fi
 echo "the same with a first page of 100 members each (computed every time):"
 "$PY" bench/audience_load.py server "127.0.0.1:$PORT" "$CONNS" "$EACH" 100 | tee "$OUT/aud-load-server-pages.json"
 echo "server's own histogram (http_request_duration_seconds, the query route):"

@@ -300,7 +300,7 @@ fn store_unreachable(error: &anyhow::Error) -> Option<String> {
 /// What a started process serves: the API and, beside it, the console,
 /// both behind the API's edge (request ids, authentication, limits).
 fn api(config: &Config, started: &Started) -> axum::Router {
-    let state = AppState {
+    let state = AppState::new(http::AppParts {
         environment: config.env.as_str().to_string(),
         store: Arc::clone(&started.core.store),
         scheduler: started.scheduler.clone(),
@@ -316,7 +316,7 @@ fn api(config: &Config, started: &Started) -> axum::Router {
             secure: config.secure_cookies,
         },
         live: Arc::new(crate::members::live::Live::new()),
-    };
+    });
     let routes = http::routes(&state).merge(console::router(state.clone()));
     http::serve(routes, state)
 }

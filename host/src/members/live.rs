@@ -1,12 +1,21 @@
 //! The tags' bitmaps as this process serves them: the last committed
 //! version, reloaded whole when the store's version counter moves (after a
-//! commit of this process or of another on the same store).
+//! commit of this process or of another on the same store). This
+//! process's own commits are seen at once (the store counts them in
+//! memory); the counter, for other processes' commits, is read at most
+//! once per [`RECHECK`], so a remembered count is answered from memory
+//! alone ([`Live::remembered`]), without a store read or a thread switch.
 
 use crate::audience::bitmaps::TagBitmaps;
 use crate::audience::expr::Expr;
 use crate::store::{AudienceStore, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long a read of the version counter stands for other processes'
+/// commits: another process's commit is served within this.
+pub const RECHECK: Duration = Duration::from_millis(250);
 
 /// A tag's last committed run, as the change feed keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +28,16 @@ pub struct LastRun {
     pub as_of: Option<String>,
 }
 
+/// A count answered from memory ([`Live::remembered`]).
+pub struct Remembered {
+    /// The snapshot it counts.
+    pub snapshot: Arc<TagBitmaps>,
+    /// The expression's count in it.
+    pub count: u64,
+    /// The tags' last runs at its version.
+    pub runs: Arc<BTreeMap<u32, LastRun>>,
+}
+
 /// Per tag, its last run, at one version.
 type LastRuns = (u64, Arc<BTreeMap<u32, LastRun>>);
 
@@ -26,6 +45,9 @@ type LastRuns = (u64, Arc<BTreeMap<u32, LastRun>>);
 #[derive(Debug, Default)]
 pub struct Live {
     current: RwLock<Option<Arc<TagBitmaps>>>,
+    /// When the version counter was last read, and this process's commits
+    /// then.
+    checked: Mutex<Option<(Instant, u64)>>,
     /// Held while a reload reads the store: one reload at a time.
     reloading: Mutex<()>,
     /// The tags' last runs, read once per version.
@@ -51,10 +73,38 @@ impl Live {
     }
 
     /// The snapshot of the store's last committed version: the one held if
-    /// the version counter has not moved (one small read), else reloaded.
-    /// Blocking: call it off the async threads.
+    /// this process committed nothing since the version counter was read
+    /// less than [`RECHECK`] ago, or if the counter has not moved (one
+    /// small read); else reloaded. Blocking: call it off the async threads.
     pub fn fresh(&self, store: &dyn AudienceStore) -> Result<Arc<TagBitmaps>, StoreError> {
+        let commits = store.local_commits();
+        if let Some(held) = self.recent(commits) {
+            return Ok(held);
+        }
+        let at = Instant::now();
         let version = store.audience_version()?;
+        let snapshot = self.at_least(store, version)?;
+        *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, commits));
+        Ok(snapshot)
+    }
+
+    /// The snapshot held, if it stands without reading the store (this
+    /// process has made `commits` commits, as when the counter was last
+    /// read, and that read is recent). No I/O: fine on an async thread.
+    pub fn recent(&self, commits: u64) -> Option<Arc<TagBitmaps>> {
+        let checked = *self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        match checked {
+            Some((at, seen)) if seen == commits && at.elapsed() < RECHECK => self.held(),
+            _ => None,
+        }
+    }
+
+    /// The snapshot held if it is at `version` or later, else reloaded.
+    fn at_least(
+        &self,
+        store: &dyn AudienceStore,
+        version: u64,
+    ) -> Result<Arc<TagBitmaps>, StoreError> {
         if let Some(held) = self.held().filter(|h| h.version() >= version) {
             return Ok(held);
         }
@@ -96,6 +146,29 @@ impl Live {
         Ok(runs)
     }
 
+    /// The snapshot served now, `expr`'s count and the tags' last runs, if
+    /// all three are held for it ([`Live::recent`] with this process's
+    /// `commits`): memory alone, no I/O and no counting, so an async thread
+    /// may answer with it. None: ask the blocking way ([`Live::fresh`]).
+    pub fn remembered(&self, commits: u64, expr: &Expr) -> Option<Remembered> {
+        let snapshot = self.recent(commits)?;
+        let version = snapshot.version();
+        let count = {
+            let held = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            (held.0 == version).then(|| held.1.get(&expr.to_string()).copied())??
+        };
+        let runs = {
+            let held = self.last_runs.lock().unwrap_or_else(|p| p.into_inner());
+            let (v, runs) = held.as_ref()?;
+            (*v == version).then(|| Arc::clone(runs))?
+        };
+        Some(Remembered {
+            snapshot,
+            count,
+            runs,
+        })
+    }
+
     /// How many users `expr` selects in `snapshot`, remembered for the
     /// snapshot's version (a count cannot change until a run commits).
     pub fn count(&self, snapshot: &TagBitmaps, expr: &Expr) -> u64 {
@@ -128,6 +201,28 @@ mod tests {
     use super::*;
     use crate::audience::expr::parse_ids;
     use roaring::RoaringBitmap;
+
+    #[test]
+    fn another_process_commit_is_served_within_recheck() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tags.db");
+        let store = crate::store::sqlite::SqliteStore::open(&path).unwrap();
+        let live = Live::new();
+        let started = Instant::now();
+        assert_eq!(live.fresh(&store).unwrap().version(), 0);
+        // Another process commits: the counter moves in the file.
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute("UPDATE audience_meta SET version = 7", [])
+            .unwrap();
+        let held = live.fresh(&store).unwrap().version();
+        // Within RECHECK of the read the snapshot held stands: no read.
+        if started.elapsed() < RECHECK {
+            assert_eq!(held, 0);
+        }
+        std::thread::sleep(RECHECK);
+        assert_eq!(live.fresh(&store).unwrap().version(), 7);
+    }
 
     #[test]
     fn counts_are_remembered_per_version_only() {

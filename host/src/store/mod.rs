@@ -418,6 +418,11 @@ pub struct TagChangeRow {
 pub trait AudienceStore: Send + Sync {
     /// The version the last commit left (0 before any).
     fn audience_version(&self) -> Result<u64, StoreError>;
+    /// How many runs this store object has committed since it was opened:
+    /// in memory, no read. A reader holding a version sees its own
+    /// process's commits at once by it, and reads the version counter for
+    /// other processes' commits only now and then.
+    fn local_commits(&self) -> u64;
     /// Every tag's members at one version, with that version.
     fn tag_bitmaps(&self) -> Result<(u64, BTreeMap<u32, roaring::RoaringBitmap>), StoreError>;
     /// The users of the indexes `uidx` (ascending), ascending by index.

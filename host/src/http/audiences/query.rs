@@ -14,6 +14,7 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -91,18 +92,25 @@ fn used_tags(
     expr: &Expr,
 ) -> Result<Vec<UsedTag>, crate::store::StoreError> {
     let runs = state.live.last_runs(store, snapshot.version())?;
+    Ok(tags_with_runs(state, snapshot, expr, &runs))
+}
+
+/// The tags `expr` uses, as [`UsedTag`]s, with their last `runs`.
+fn tags_with_runs(
+    state: &AppState,
+    snapshot: &TagBitmaps,
+    expr: &Expr,
+    runs: &BTreeMap<u32, crate::members::live::LastRun>,
+) -> Vec<UsedTag> {
     let registry = state.tags();
-    Ok(expr
-        .tags()
+    expr.tags()
         .into_iter()
         .map(|tag_id| {
-            let info = registry.get(tag_id).map(|t| t.info.clone());
+            let info = registry.get(tag_id).map(|t| &t.info);
             UsedTag {
                 tag_id,
-                task_class: info
-                    .as_ref()
-                    .map_or(String::new(), |i| i.task_class.to_string()),
-                description: info.map_or(String::new(), |i| i.description.to_string()),
+                task_class: info.map_or(String::new(), |i| i.task_class.clone()),
+                description: info.map_or(String::new(), |i| i.description.clone()),
                 members: snapshot.members(tag_id).map_or(0, |b| b.len()),
                 last_run: runs.get(&tag_id).map(|r| LastRun {
                     task_id: r.task_id.clone(),
@@ -111,7 +119,7 @@ fn used_tags(
                 }),
             }
         })
-        .collect())
+        .collect()
 }
 
 /// Counts `expr` and lists a page of its members.
@@ -122,6 +130,23 @@ async fn answer(
     cursor: Option<u32>,
 ) -> Result<QueryAnswer, ApiError> {
     let expr = parse_expr(&state, &text)?;
+    if limit == 0 {
+        // A count asked before at the version served now: from memory, on
+        // this thread (a blocking thread's round trip would cost more).
+        let commits = state.store.local_commits();
+        if let Some(known) = state.live.remembered(commits, &expr) {
+            return Ok(QueryAnswer {
+                success: true,
+                canonical: expr.to_string(),
+                count: known.count,
+                version: known.snapshot.version(),
+                members: Vec::new(),
+                next_cursor: None,
+                tags: tags_with_runs(&state, &known.snapshot, &expr, &known.runs),
+                expr: text,
+            });
+        }
+    }
     let live = Arc::clone(&state.live);
     let reader = state.clone();
     state

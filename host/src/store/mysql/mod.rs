@@ -40,6 +40,8 @@ pub struct MyStore {
     shown: String,
     /// The adopted `user_tags` table runs also write, if there is one.
     mirror: Option<Mirror>,
+    /// Runs committed through this object.
+    commits: std::sync::atomic::AtomicU64,
 }
 
 fn db(e: ::mysql::Error) -> StoreError {
@@ -63,6 +65,7 @@ impl MyStore {
             pool,
             shown,
             mirror: None,
+            commits: Default::default(),
         };
         store.mirror = schema::migrate(&mut store.conn()?)?;
         crate::store::sql::audience::backfill(&mut store.conn()?)?;
@@ -150,6 +153,10 @@ impl Conn for PooledConn {
 }
 
 impl SqlStore for MyStore {
+    fn commits(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.commits
+    }
+
     fn control<T>(&self, f: impl WithConn<T>) -> Result<T, StoreError> {
         f(&mut self.conn()?)
     }

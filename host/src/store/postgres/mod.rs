@@ -22,6 +22,8 @@ pub struct PgStore {
     /// The URL without its password, for messages.
     shown: String,
     idle: Mutex<Vec<Client>>,
+    /// Runs committed through this object.
+    commits: std::sync::atomic::AtomicU64,
 }
 
 /// Idle connections kept for reuse.
@@ -96,6 +98,7 @@ impl PgStore {
             config,
             shown: redact(url),
             idle: Mutex::new(Vec::new()),
+            commits: Default::default(),
         };
         let mut client = store.client()?;
         schema::migrate(&mut client)?;
@@ -214,6 +217,10 @@ impl Conn for Client {
 }
 
 impl SqlStore for PgStore {
+    fn commits(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.commits
+    }
+
     fn control<T>(&self, f: impl WithConn<T>) -> Result<T, StoreError> {
         let mut client = self.client()?;
         match f(&mut *client) {

@@ -285,6 +285,10 @@ fn saved(row: &super::Row) -> Result<SavedAudience, StoreError> {
 const SAVED_COLUMNS: &str = "name, expr, canonical, description, saved_by, saved_at";
 
 impl<B: SqlStore> AudienceStore for B {
+    fn local_commits(&self) -> u64 {
+        self.commits().load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn audience_version(&self) -> Result<u64, StoreError> {
         let row =
             self.results(|c| c.query_first("SELECT version FROM audience_meta WHERE id = 1", &[]))?;

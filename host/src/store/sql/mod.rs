@@ -413,6 +413,9 @@ pub trait SqlStore: Send + Sync {
 
     /// Starts a run's write transaction (the backend's bulk path).
     fn begin_run_tx(&self, start: &RunStart) -> Result<Box<dyn RunTx + '_>, StoreError>;
+
+    /// The runs committed through this object since it was opened.
+    fn commits(&self) -> &std::sync::atomic::AtomicU64;
 }
 
 impl<B: SqlStore> super::Store for B {

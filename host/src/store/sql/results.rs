@@ -121,6 +121,35 @@ impl<W: BulkWrite> RunTx for W {
     }
 }
 
+/// A run's transaction that counts its commit in the store's
+/// [`SqlStore::commits`] once it is done (what
+/// `AudienceStore::local_commits` answers).
+struct Counted<'s> {
+    tx: Box<dyn RunTx + 's>,
+    commits: &'s std::sync::atomic::AtomicU64,
+}
+
+impl RunTx for Counted<'_> {
+    fn current(&mut self, users: Option<&[&str]>, out: &mut dyn RowSink) -> Result<(), StoreError> {
+        self.tx.current(users, out)
+    }
+
+    fn apply(&mut self, changes: &UserRows) -> Result<(), StoreError> {
+        self.tx.apply(changes)
+    }
+
+    fn commit(
+        self: Box<Self>,
+        states: &[TagState],
+        outcome: &crate::model::RunReport,
+    ) -> Result<(), StoreError> {
+        self.tx.commit(states, outcome)?;
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 /// Creates a grant (`detail`: its `tag_details` entry as JSON); its id.
 fn create_grant(c: &mut dyn Conn, tag_id: u32, detail: &str) -> Result<u32, StoreError> {
     let dialect = c.dialect();
@@ -206,7 +235,10 @@ impl<B: SqlStore> ResultStore for B {
     }
 
     fn begin_run(&self, start: &RunStart) -> Result<Box<dyn RunTx + '_>, StoreError> {
-        self.begin_run_tx(start)
+        Ok(Box::new(Counted {
+            tx: self.begin_run_tx(start)?,
+            commits: self.commits(),
+        }))
     }
 
     fn run_outcome(&self, task_id: &str) -> Result<Option<crate::model::RunReport>, StoreError> {

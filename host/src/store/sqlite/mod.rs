@@ -27,6 +27,8 @@ pub struct SqliteStore {
     next_read: AtomicUsize,
     /// Checkpoints the results' WAL after each run's commit.
     checkpoints: checkpoint::Checkpointer,
+    /// Runs committed through this object.
+    commits: std::sync::atomic::AtomicU64,
 }
 
 /// Read connections to the results file.
@@ -147,6 +149,7 @@ impl SqliteStore {
             reads,
             next_read: AtomicUsize::new(0),
             checkpoints: checkpoint::Checkpointer::start(path)?,
+            commits: Default::default(),
         })
     }
 
@@ -222,6 +225,10 @@ impl Conn for Connection {
 }
 
 impl SqlStore for SqliteStore {
+    fn commits(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.commits
+    }
+
     fn control<T>(&self, f: impl WithConn<T>) -> Result<T, StoreError> {
         // A poisoned mutex only means another thread panicked mid-call; the
         // connection itself is still usable (SQLite rolls back open work).
