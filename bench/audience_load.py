@@ -15,21 +15,15 @@ integers); `TABLE` a PostgreSQL table (user_id, tag_ids jsonb).
 """
 import http.client
 import json
+import os
 import re
 import sys
 import threading
 import time
 
-EXPRESSIONS = [
-    "1",
-    "2 AND 3",
-    "(5 AND 2) AND NOT 3",
-    "NOT 7",
-    "1 OR 2 OR 3 OR 4 OR 5 OR 6 OR 7 OR 8",
-    "1 AND 2 AND 3 AND 4 AND 5 AND 6 AND 7 AND 8",
-    "(1 OR 6) AND NOT (3 OR 4)",
-    "(1 AND 2) OR (5 AND NOT 8) OR (3 AND 7)",
-]
+# The questions, one expression per line (wrk's script reads the same file).
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "audience_expressions.txt")) as f:
+    EXPRESSIONS = [line.strip() for line in f if line.strip()]
 
 
 def to_sql(expr, holds):
