@@ -12,12 +12,13 @@ use crate::registry::{PluginIdentity, RegisteredTag, TagRegistry};
 use crate::rejection::Rejection;
 use crate::trust;
 use abi_stable::library::{lib_header_from_path, LibraryError, RawLibrary};
+use abi_stable::std_types::Tuple2;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tag_plugin_api::abi::{CustomEvaluateFn, TagPluginRef, CUSTOM_EVALUATE_SYMBOL};
+use tag_plugin_api::abi::{CustomEvaluatesFn, TagPluginRef, CUSTOM_EVALUATE_SYMBOL};
 use tag_plugin_api::{TagInfo, API_VERSION};
 
 /// A file that loaded.
@@ -211,17 +212,25 @@ fn summarize(report: &str) -> String {
     }
 }
 
-/// The library's optional custom-evaluate export, if it has one (plugins
-/// built before it existed do not). `copy` is the private copy just loaded
-/// through its root module: opening it again only finds that loaded image,
-/// and the handle's drop leaves it loaded (abi_stable never unloads it).
-fn custom_evaluate_export(copy: &Path) -> Option<CustomEvaluateFn> {
-    let library = RawLibrary::load_at(copy).ok()?;
+/// What the library's optional custom-evaluate export says of its tags,
+/// by tag id; nothing from a library without it (built before it existed).
+/// `copy` is the private copy just loaded through its root module: opening
+/// it again only finds that loaded image, and the handle's drop leaves it
+/// loaded (abi_stable never unloads it).
+fn custom_evaluates(copy: &Path) -> HashMap<u32, String> {
+    let Ok(library) = RawLibrary::load_at(copy) else {
+        return HashMap::new();
+    };
     // SAFETY: the symbol is defined by `export_plugin!` with exactly this
     // type (checked there at compile time), in a library whose root module
     // has passed abi_stable's layout check, so its abi_stable types match.
-    let symbol = unsafe { library.get::<CustomEvaluateFn>(CUSTOM_EVALUATE_SYMBOL) }.ok()?;
-    Some(*symbol)
+    match unsafe { library.get::<CustomEvaluatesFn>(CUSTOM_EVALUATE_SYMBOL) } {
+        Ok(export) => export()
+            .into_iter()
+            .map(|Tuple2(tag_id, what)| (tag_id, what.into_string()))
+            .collect(),
+        Err(_) => HashMap::new(),
+    }
 }
 
 /// Opens one library (its private copy `copy`) and collects its tasks,
@@ -241,18 +250,13 @@ fn open_library(copy: &Path, path: &Path, sha256: &str) -> Result<Candidate, Rej
         version: module.version().to_string(),
         sha256: sha256.to_string(),
     };
-    let custom = custom_evaluate_export(copy);
+    let custom = custom_evaluates(copy);
     let tags = tasks
         .into_iter()
         .map(|task| {
             let tag = RegisteredTag::new(task, path.to_path_buf(), identity.clone());
-            match custom {
-                Some(custom) => {
-                    let what = custom(tag.info.tag_id).into_option();
-                    tag.with_custom_evaluate(what.as_deref())
-                }
-                None => tag,
-            }
+            let what = custom.get(&tag.info.tag_id).map(String::as_str);
+            tag.with_custom_evaluate(what)
         })
         .collect::<Vec<_>>();
     Ok(Candidate {

@@ -12,7 +12,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec},
+    std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2},
     StableAbi,
 };
 
@@ -256,17 +256,17 @@ impl RootModule for TagPluginRef {
 }
 
 /// The symbol of a plugin's optional second export, beside its root module:
-/// a [`CustomEvaluateFn`]. Not a method of [`TagTask`]: abi_stable refuses a
-/// library whose vtable is shorter than the host's, so a method appended
+/// a [`CustomEvaluatesFn`]. Not a method of [`TagTask`]: abi_stable refuses
+/// a library whose vtable is shorter than the host's, so a method appended
 /// there would reject every plugin built before it; a symbol a library may
 /// lack keeps those loading (they answer none). `export_plugin!` defines it.
-pub const CUSTOM_EVALUATE_SYMBOL: &[u8] = b"tag_plugin_custom_evaluate_v1\0";
+pub const CUSTOM_EVALUATE_SYMBOL: &[u8] = b"tag_plugin_custom_evaluates_v1\0";
 
-/// What tag `tag_id`'s own evaluate decides beyond its rule tree, in the
-/// plugin's words (`TagInfo::custom_evaluate`); none when the tree is the
-/// whole rule or the library has no such tag. Its types are abi_stable's,
-/// whose layouts the root module's check has already matched.
-pub type CustomEvaluateFn = extern "C" fn(tag_id: u32) -> ROption<RString>;
+/// Each of the library's tags whose own evaluate decides more than its rule
+/// tree, with what, in the plugin's words (`TagInfo::custom_evaluate`); the
+/// host calls it once per load. Its types are abi_stable's, whose layouts
+/// the root module's check has already matched.
+pub type CustomEvaluatesFn = extern "C" fn() -> RVec<Tuple2<u32, RString>>;
 
 /// The version of this API crate; plugins built against another `0.y` are
 /// rejected at load time.

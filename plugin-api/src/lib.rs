@@ -111,26 +111,27 @@ pub use abi_stable;
 #[macro_export]
 macro_rules! export_plugin {
     ($($tag:expr),+ $(,)?) => {
+        /// The plugin's tags, built anew for each caller.
+        fn __tag_plugin_make() -> ::std::vec::Vec<::std::boxed::Box<dyn $crate::Tag>> {
+            ::std::vec![$(::std::boxed::Box::new($tag) as ::std::boxed::Box<dyn $crate::Tag>),+]
+        }
+
         extern "C" fn __tag_plugin_tasks() -> $crate::abi_stable::std_types::RResult<
             $crate::abi_stable::std_types::RVec<$crate::abi::TagTaskBox>,
             $crate::abi::PluginError,
         > {
-            $crate::tag::export_tasks(|| {
-                ::std::vec![$(::std::boxed::Box::new($tag) as ::std::boxed::Box<dyn $crate::Tag>),+]
-            })
+            $crate::tag::export_tasks(__tag_plugin_make)
         }
 
-        /// What a tag's own evaluate decides beyond its rule tree: found
-        /// by the host by this name (`abi::CUSTOM_EVALUATE_SYMBOL`).
+        /// What the tags' own evaluate decides beyond their rule trees:
+        /// found by the host by this name (`abi::CUSTOM_EVALUATE_SYMBOL`).
         #[no_mangle]
-        pub extern "C" fn tag_plugin_custom_evaluate_v1(
-            tag_id: u32,
-        ) -> $crate::abi_stable::std_types::ROption<$crate::abi_stable::std_types::RString> {
+        pub extern "C" fn tag_plugin_custom_evaluates_v1() -> $crate::abi_stable::std_types::RVec<
+            $crate::abi_stable::std_types::Tuple2<u32, $crate::abi_stable::std_types::RString>,
+        > {
             // Checks its type against the one the host calls it as.
-            const _: $crate::abi::CustomEvaluateFn = tag_plugin_custom_evaluate_v1;
-            $crate::tag::custom_evaluate_of(tag_id, || {
-                ::std::vec![$(::std::boxed::Box::new($tag) as ::std::boxed::Box<dyn $crate::Tag>),+]
-            })
+            const _: $crate::abi::CustomEvaluatesFn = tag_plugin_custom_evaluates_v1;
+            $crate::tag::custom_evaluates(__tag_plugin_make)
         }
 
         /// The plugin's root module, found by the host through abi_stable.

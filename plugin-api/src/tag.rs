@@ -12,7 +12,7 @@ use crate::mask::Mask;
 use crate::rule::{EvalError, Rule, RuleError, Schema};
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
+use abi_stable::std_types::{RResult, RStr, RString, RVec, Tuple2};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// One column a tag reads.
@@ -373,21 +373,17 @@ pub fn export_tasks(
 }
 
 /// The body of a plugin's [`crate::abi::CUSTOM_EVALUATE_SYMBOL`] export
-/// (used by [`crate::export_plugin!`]): tag `tag_id`'s
-/// [`TagInfo::custom_evaluate`] among the tags `make` builds; none when it
-/// has none, is not among them, or building them panics.
-pub fn custom_evaluate_of(
-    tag_id: u32,
-    make: impl FnOnce() -> Vec<Box<dyn Tag>>,
-) -> ROption<RString> {
+/// (used by [`crate::export_plugin!`]): each tag `make` builds that has a
+/// [`TagInfo::custom_evaluate`], with it; none if building them panics.
+pub fn custom_evaluates(make: impl FnOnce() -> Vec<Box<dyn Tag>>) -> RVec<Tuple2<u32, RString>> {
     let found = catch_unwind(AssertUnwindSafe(|| {
         make()
             .iter()
             .map(|tag| tag.info())
-            .find(|info| info.tag_id == tag_id)
-            .and_then(|info| info.custom_evaluate)
+            .filter_map(|info| Some(Tuple2(info.tag_id, RString::from(info.custom_evaluate?))))
+            .collect()
     }));
-    found.ok().flatten().map(RString::from).into()
+    found.unwrap_or_default()
 }
 
 /// Builds the root module a plugin exports (used by [`crate::export_plugin!`]).
@@ -443,6 +439,15 @@ mod tests {
         }
     }
 
+    /// What the plugin's custom-evaluate export answers for tag `id`
+    /// among the tags `make` builds.
+    fn answer(id: u32, make: impl FnOnce() -> Vec<Box<dyn Tag>>) -> Option<String> {
+        let all = custom_evaluates(make);
+        all.into_iter()
+            .find(|Tuple2(tag, _)| *tag == id)
+            .map(|Tuple2(_, what)| what.into_string())
+    }
+
     /// What the plugin's custom-evaluate export answers for the tag, or
     /// the reason `export_tasks` refused it.
     fn exported(info: TagInfo) -> Result<Option<String>, String> {
@@ -451,16 +456,16 @@ mod tests {
         export_tasks(make)
             .into_result()
             .map_err(|e| e.message.to_string())?;
-        Ok(custom_evaluate_of(id, make).into_option().map(String::from))
+        Ok(answer(id, make))
     }
 
     #[test]
     fn custom_evaluate_is_answered_by_the_export_and_none_unless_declared() {
         assert_eq!(exported(info()), Ok(None));
         let made = || vec![Box::new(Described(info().custom_evaluate("x"))) as Box<dyn Tag>];
-        assert_eq!(custom_evaluate_of(8, made), ROption::RNone, "no tag 8");
+        assert_eq!(answer(8, made), None, "no tag 8");
         let panics = || -> Vec<Box<dyn Tag>> { panic!("a constructor panicked") };
-        assert_eq!(custom_evaluate_of(7, panics), ROption::RNone);
+        assert_eq!(answer(7, panics), None);
         let said = "A null balance matches too.";
         assert_eq!(
             exported(info().custom_evaluate(said)),
