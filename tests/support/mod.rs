@@ -183,11 +183,14 @@ pub fn hold_tag_906_at(base: &str, gate: &Path) {
     assert_eq!(reply.status().as_u16(), 200, "{:?}", reply.text());
 }
 
-/// Waits (up to a minute) until a batch of tag 906 held by
-/// [`hold_tag_906_at`] has entered the plugin.
+/// Waits (up to three minutes) until a batch of tag 906 held by
+/// [`hold_tag_906_at`] has entered the plugin. A minute was too short once
+/// for a standalone Spark cluster started while the other Spark tests ran
+/// on the same two cores (the job had not reached the plugin yet; run
+/// alone, the whole test takes 74 s).
 pub fn wait_entered(gate: &Path) {
     let entered = gate.with_extension("entered");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     while !entered.exists() {
         assert!(
             std::time::Instant::now() < deadline,
